@@ -1,0 +1,1 @@
+"""smtpplus operator console (Textual) and the ``smtpplus`` CLI."""

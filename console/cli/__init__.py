@@ -1,0 +1,32 @@
+"""The ``smtpplus`` command. Subcommands load lazily, so ``smtpplus --help`` and the
+store commands never import Textual (only ``console`` and ``demo`` do)."""
+
+from __future__ import annotations
+
+from console.cli.common import LazyGroup
+
+# name -> ("module:attribute", one-line help). Each module owns its commands.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("console.cli.console_cmd:demo", "Open the demo: console, relay, capture sink and sample traffic."),
+    "console": ("console.cli.console_cmd:console", "Open the operator console (runs the relay in-process)."),
+    "relay": ("console.cli.relay_cmd:relay", "Run the relay as a headless daemon."),
+    "status": ("console.cli.relay_cmd:status", "Is a relay alive on this store? Ports, TLS, queue controls."),
+    "lists": ("console.cli.lists:lists", "Lists: client settings, members, statistics."),
+    "users": ("console.cli.users:users", "Relay users: add, edit, activate, reset passwords."),
+    "senders": ("console.cli.senders:senders", "Sender identities and their verification."),
+    "campaigns": ("console.cli.campaigns:campaigns", "Campaigns sent to every member of a list."),
+    "queue": ("console.cli.queue:queue", "The sending queue: inspect, hold, retry; pause, rate, next hop."),
+    "tls": ("console.cli.relay_cmd:tls", "The relay's TLS certificate."),
+    "store": ("console.cli.store_cmd:store", "The store file: backup."),
+    "send": ("console.cli.send:send", "Send one message, swaks-style, and show the dialogue."),
+    "sink": ("console.cli.sink:sink", "Run a capture sink that accepts and records every message."),
+    "harness": ("console.cli.harness_cmd:harness", "Scenario runs and benchmarks against a relay."),
+}
+
+
+main = LazyGroup(
+    name="smtpplus",
+    commands_spec=COMMANDS,
+    help="smtpplus — a self-hosted authenticated SMTP relay (SMTP+), its console and test harness.\n\n"
+    "Every command takes --db PATH (else $SMTPPLUS_DB, else the user's data directory).",
+)

@@ -1,0 +1,161 @@
+"""Shared pieces of the CLI: lazy groups, the --db option, one-line errors, JSON output."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import os
+import sqlite3
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class CliError(click.ClickException):
+    """A one-line error with a non-zero exit (click prints ``Error: …``)."""
+
+    exit_code = 1
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"smtpplus: error: {self.format_message()}", err=True)
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    from relay.policy import PolicyError
+    from relay.ports import PortSpecError
+    from relay.priority import PriorityError
+    from relay.store.db import StoreError
+
+    return (StoreError, PolicyError, PriorityError, PortSpecError)
+
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported only when used.
+
+    It is also the one place that turns errors into one line on stderr: known
+    errors print their message; anything unexpected prints its type and message
+    (``SMTPPLUS_DEBUG=1`` shows the traceback) — never a traceback by default.
+    """
+
+    def __init__(self, *args: Any, commands_spec: dict[str, tuple[str, str]] | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("context_settings", {"help_option_names": ["-h", "--help"]})
+        super().__init__(*args, **kwargs)
+        self.commands_spec = dict(commands_spec or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *self.commands_spec})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.commands:
+            return self.commands[cmd_name]
+        spec = self.commands_spec.get(cmd_name)
+        if spec is None:
+            return None
+        module_name, _, attribute = spec[0].partition(":")
+        command = getattr(importlib.import_module(module_name), attribute)
+        self.commands[cmd_name] = command
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            if name in self.commands_spec:
+                rows.append((name, self.commands_spec[name][1]))
+            else:
+                rows.append((name, self.commands[name].get_short_help_str(limit=80)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except KeyboardInterrupt:
+            click.echo("smtpplus: interrupted", err=True)
+            ctx.exit(130)
+        except _expected_errors() as exc:
+            raise CliError(str(exc)) from None
+        except sqlite3.Error as exc:
+            raise CliError(f"store error: {exc} — check --db and that the file is writable") from None
+        except Exception as exc:
+            if os.environ.get("SMTPPLUS_DEBUG"):
+                raise
+            raise CliError(
+                f"internal error ({type(exc).__name__}: {exc}) — rerun with SMTPPLUS_DEBUG=1 for details"
+            ) from None
+
+
+def lazy_group(name: str, commands_spec: dict[str, tuple[str, str]], help: str) -> LazyGroup:
+    return LazyGroup(name=name, commands_spec=commands_spec, help=help)
+
+
+def db_option(f: F) -> F:
+    """``--db PATH`` on every command (else $SMTPPLUS_DB, else the data directory)."""
+    return click.option(
+        "--db",
+        "db_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="Store file (default: $SMTPPLUS_DB, else smtpplus.db in the user's data directory).",
+    )(f)
+
+
+def json_option(f: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")(f)
+
+
+def resolve_db_path(db_path: Path | None) -> Path:
+    from relay.store.db import default_db_path
+
+    return db_path if db_path is not None else default_db_path()
+
+
+@contextmanager
+def open_db(db_path: Path | None) -> Iterator[sqlite3.Connection]:
+    from relay.store.db import open_store
+
+    db = open_store(resolve_db_path(db_path))
+    try:
+        yield db
+    finally:
+        db.close()
+
+
+def to_jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {k: to_jsonable(v) for k, v in dataclasses.asdict(value).items()}
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def print_json(value: Any) -> None:
+    click.echo(json.dumps(to_jsonable(value), indent=2, sort_keys=False, default=str))
+
+
+def stdout_console() -> Any:
+    """A rich Console for tables; plain when not a terminal (for pipes and tests)."""
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else 200)
+
+
+def fmt_time(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(ts).astimezone().strftime("%Y-%m-%d %H:%M:%S")

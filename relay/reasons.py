@@ -1,0 +1,94 @@
+"""The one enumeration of event kinds and reason codes.
+
+The relay records them, the console filters on them, the CLI prints them and the
+harness asserts on them. Add members here; never spell a reason as a bare string.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class EventKind(enum.StrEnum):
+    AUTH = "auth"
+    REFUSED = "refused"
+    QUEUED = "queued"
+    DELIVERY = "delivery"
+    DEFERRED = "deferred"
+    SENT = "sent"
+    FAILED = "failed"
+    BOUNCE = "bounce"
+    CAMPAIGN = "campaign"
+    OPERATOR = "operator"
+    RELAY = "relay"
+    VERIFICATION = "verification"
+
+
+class Reason(enum.StrEnum):
+    # AUTH
+    AUTH_OK = "auth-ok"
+    AUTH_BAD_CREDENTIALS = "auth-bad-credentials"
+    AUTH_UNKNOWN_USER = "auth-unknown-user"
+    AUTH_INACTIVE_USER = "auth-inactive-user"
+    AUTH_AUTHZID_MISMATCH = "auth-authzid-mismatch"
+    AUTH_NEEDS_TLS = "auth-needs-tls"
+    AUTH_TOO_MANY_FAILURES = "auth-too-many-failures"
+    AUTH_MALFORMED = "auth-malformed"
+    # Refusals during the session
+    MAIL_BEFORE_AUTH = "mail-before-auth"
+    SENDER_EMPTY = "sender-empty"
+    SENDER_INVALID = "sender-invalid"
+    SENDER_NOT_AUTHORIZED = "sender-not-authorized"
+    SENDER_UNVERIFIED = "sender-unverified"
+    RECIPIENT_INVALID = "recipient-invalid"
+    TOO_MANY_RECIPIENTS = "too-many-recipients"
+    MESSAGE_TOO_LARGE = "message-too-large"
+    HEADER_FROM_MISSING = "header-from-missing"
+    HEADER_FROM_MULTIPLE = "header-from-multiple"
+    HEADER_FROM_INVALID = "header-from-invalid"
+    HEADER_FROM_NOT_AUTHORIZED = "header-from-not-authorized"
+    HEADER_FROM_UNVERIFIED = "header-from-unverified"
+    HEADER_SENDER_MULTIPLE = "header-sender-multiple"
+    HEADER_SENDER_INVALID = "header-sender-invalid"
+    TLS_INSIDE_TLS = "starttls-inside-tls"
+    CONNECTION_LIMIT = "connection-limit"
+    STORE_UNAVAILABLE = "store-unavailable"
+    STORE_FULL = "store-full"
+    INTERNAL_ERROR = "internal-error"
+    # Queue and delivery
+    ACCEPTED = "accepted"
+    DELIVERY_ATTEMPT = "delivery-attempt"
+    DELIVERED = "delivered"
+    DEFERRED_4XX = "deferred-4xx"
+    DEFERRED_CONNECT = "deferred-connect"
+    DEFERRED_TIMEOUT = "deferred-timeout"
+    FAILED_5XX = "failed-5xx"
+    FAILED_LIFETIME = "failed-lifetime"
+    NO_NEXT_HOP = "no-next-hop"
+    LEASE_RECLAIMED = "lease-reclaimed"
+    BOUNCE_QUEUED = "bounce-queued"
+    # Campaigns
+    CAMPAIGN_STARTED = "campaign-started"
+    CAMPAIGN_PAUSED_PRIORITY = "campaign-paused-priority"
+    CAMPAIGN_RESUMED = "campaign-resumed"
+    CAMPAIGN_PAUSED = "campaign-paused"
+    CAMPAIGN_CANCELLED = "campaign-cancelled"
+    CAMPAIGN_DONE = "campaign-done"
+    # Operators
+    MESSAGE_HELD = "message-held"
+    MESSAGE_RELEASED = "message-released"
+    MESSAGE_RETRY = "message-retry"
+    MESSAGE_DELETED = "message-deleted"
+    DELIVERY_PAUSED = "delivery-paused"
+    DELIVERY_RESUMED = "delivery-resumed"
+    SETTING_CHANGED = "setting-changed"
+    # Relay lifecycle
+    RELAY_STARTED = "relay-started"
+    RELAY_STOPPED = "relay-stopped"
+    RELAY_TAKEOVER = "relay-takeover"
+    PORT_NOT_SERVED = "port-not-served"
+    # Sender verification
+    IDENTITY_VERIFIED = "identity-verified"
+    CODE_SENT = "code-sent"
+    CODE_REJECTED = "code-rejected"
+    DNS_CHECK_FAILED = "dns-check-failed"

@@ -1,0 +1,139 @@
+"""Opening the store: pragmas, migrations, transactions, backup, and the async bridge."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiosqlite
+
+from relay.store.schema import SCHEMA_VERSION, migrate
+
+T = TypeVar("T")
+
+BUSY_TIMEOUT_MS = 10_000
+
+
+class StoreError(Exception):
+    """A store problem worth one line to the operator (never a traceback)."""
+
+
+class StoreTooNew(StoreError):
+    """The file was written by a newer smtpplus than this one."""
+
+
+def default_db_path() -> Path:
+    """``SMTPPLUS_DB``, else ``smtpplus.db`` in the user's data directory."""
+    env = os.environ.get("SMTPPLUS_DB")
+    if env:
+        return Path(env)
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("smtpplus")) / "smtpplus.db"
+
+
+def _configure(db: sqlite3.Connection) -> None:
+    db.row_factory = sqlite3.Row
+    db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if str(mode).lower() != "wal":
+        raise StoreError(f"store: cannot switch to WAL journal mode (got {mode})")
+    db.execute("PRAGMA synchronous = FULL")
+    db.execute("PRAGMA foreign_keys = ON")
+
+
+def open_store(path: str | os.PathLike[str], *, create: bool = True, migrate_to: int | None = None) -> sqlite3.Connection:
+    """Open (and create or upgrade) the store at ``path``.
+
+    The connection is in autocommit mode; group writes with :func:`transaction`.
+    ``check_same_thread`` is off so the async bridge can hand it to its thread.
+    """
+    p = Path(path)
+    if not create and not p.exists():
+        raise StoreError(f"store {p} does not exist — create it with any smtpplus command, or pass --db")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(p, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
+        _configure(db)
+        migrate(db, target=migrate_to)
+    except StoreTooNew:
+        raise
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"store {p} is not usable: {exc} — check the path and its permissions") from None
+    except OSError as exc:
+        raise StoreError(f"store {p} is not usable: {exc.strerror or exc} — check the path and its permissions") from None
+    return db
+
+
+@contextlib.contextmanager
+def transaction(db: sqlite3.Connection, *, immediate: bool = True) -> Iterator[sqlite3.Connection]:
+    """One write transaction; ``BEGIN IMMEDIATE`` so writers queue on busy_timeout
+    instead of failing half-way with SQLITE_BUSY on lock upgrade."""
+    if db.in_transaction:
+        # Nested use joins the outer transaction.
+        yield db
+        return
+    db.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+    try:
+        yield db
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    else:
+        db.execute("COMMIT")
+
+
+def backup(db: sqlite3.Connection, target: str | os.PathLike[str]) -> None:
+    """A consistent copy of a live store (SQLite online backup)."""
+    dest = sqlite3.connect(Path(target))
+    try:
+        db.backup(dest, pages=1024)
+    finally:
+        dest.close()
+
+
+def data_version(db: sqlite3.Connection) -> int:
+    """Changes whenever another connection commits; cheap to poll."""
+    return int(db.execute("PRAGMA data_version").fetchone()[0])
+
+
+class AsyncStore:
+    """Runs synchronous store functions on one dedicated connection thread (aiosqlite's).
+
+    ``await store.run(fn, *args)`` calls ``fn(db, *args)`` on that thread, so a whole
+    unit of work (say, a group commit of many messages) costs one thread hand-off.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._conn: aiosqlite.Connection | None = None
+
+    async def open(self) -> AsyncStore:
+        # Opening (and migrating) happens on aiosqlite's worker thread, off the loop.
+        path = self.path
+        self._conn = aiosqlite.Connection(lambda: open_store(path), iter_chunk_size=64)
+        await self._conn
+        return self
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        if self._conn is None:
+            raise StoreError("store is not open")
+        conn = self._conn
+        # aiosqlite's _execute runs a callable on its connection thread; it is the one
+        # private call we rely on, wrapped here only.
+        return await conn._execute(fn, conn._conn, *args, **kwargs)  # type: ignore[no-any-return]
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await conn.close()
+
+    async def __aenter__(self) -> AsyncStore:
+        return await self.open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

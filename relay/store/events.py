@@ -1,0 +1,122 @@
+"""The event log: every decision, with time, client, port, user and reason code."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from relay.reasons import EventKind, Reason
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    id: int
+    at: float
+    kind: str
+    reason: str
+    username: str | None
+    list_id: int | None
+    client: str | None
+    port: int | None
+    message_id: int | None
+    queue_id: str | None
+    detail: str
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Event:
+        return cls(*row)
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event not yet written; the relay batches these into its group commit."""
+
+    kind: EventKind
+    reason: Reason
+    username: str | None = None
+    list_id: int | None = None
+    client: str | None = None
+    port: int | None = None
+    message_id: int | None = None
+    queue_id: str | None = None
+    detail: str = ""
+    at: float | None = None
+
+
+_COLUMNS = "id, at, kind, reason, username, list_id, client, port, message_id, queue_id, detail"
+
+
+def record_event(db: sqlite3.Connection, event: NewEvent) -> int:
+    cur = db.execute(
+        "INSERT INTO events(at, kind, reason, username, list_id, client, port, message_id, queue_id, detail) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        _values(event),
+    )
+    return int(cur.lastrowid or 0)
+
+
+def record_events(db: sqlite3.Connection, events: Iterable[NewEvent]) -> None:
+    db.executemany(
+        "INSERT INTO events(at, kind, reason, username, list_id, client, port, message_id, queue_id, detail) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [_values(e) for e in events],
+    )
+
+
+def _values(e: NewEvent) -> tuple[object, ...]:
+    return (
+        time.time() if e.at is None else e.at,
+        str(e.kind),
+        str(e.reason),
+        e.username,
+        e.list_id,
+        e.client,
+        e.port,
+        e.message_id,
+        e.queue_id,
+        e.detail,
+    )
+
+
+def events_for_message(db: sqlite3.Connection, message_id: int) -> list[Event]:
+    rows = db.execute(
+        f"SELECT {_COLUMNS} FROM events WHERE message_id = ? ORDER BY id", (message_id,)
+    ).fetchall()
+    return [Event.from_row(r) for r in rows]
+
+
+def find_events(
+    db: sqlite3.Connection,
+    *,
+    username: str | None = None,
+    kind: str | None = None,
+    reason: str | None = None,
+    port: int | None = None,
+    since: float | None = None,
+    until: float | None = None,
+    before_id: int | None = None,
+    limit: int = 200,
+) -> list[Event]:
+    """Newest first, one page at a time (``before_id`` pages backwards)."""
+    where: list[str] = []
+    args: list[object] = []
+    for column, value in (("username", username), ("kind", kind), ("reason", reason), ("port", port)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            args.append(value)
+    if since is not None:
+        where.append("at >= ?")
+        args.append(since)
+    if until is not None:
+        where.append("at < ?")
+        args.append(until)
+    if before_id is not None:
+        where.append("id < ?")
+        args.append(before_id)
+    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    rows = db.execute(
+        f"SELECT {_COLUMNS} FROM events {clause} ORDER BY id DESC LIMIT ?", (*args, limit)
+    ).fetchall()
+    return [Event.from_row(r) for r in rows]

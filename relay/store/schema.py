@@ -1,0 +1,217 @@
+"""Versioned schema. The version lives in ``PRAGMA user_version``.
+
+Each entry of ``MIGRATIONS`` upgrades the store from version ``i`` to ``i + 1``.
+Append new steps; never edit a step that has shipped. Times are UTC unix seconds (REAL).
+
+Mail is never deleted by deleting a user or a list: ``messages`` keeps the list and
+user names as text, and its foreign keys are ``ON DELETE SET NULL``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+V1_DIRECTORY = """
+CREATE TABLE lists (
+    id          INTEGER PRIMARY KEY,
+    name        TEXT NOT NULL UNIQUE COLLATE NOCASE,
+    description TEXT NOT NULL DEFAULT '',
+    created_at  REAL NOT NULL
+);
+
+CREATE TABLE list_members (
+    list_id  INTEGER NOT NULL REFERENCES lists(id) ON DELETE CASCADE,
+    address  TEXT NOT NULL,
+    name     TEXT NOT NULL DEFAULT '',
+    added_at REAL NOT NULL,
+    PRIMARY KEY (list_id, address)
+) WITHOUT ROWID;
+
+CREATE TABLE users (
+    id            INTEGER PRIMARY KEY,
+    list_id       INTEGER NOT NULL REFERENCES lists(id) ON DELETE CASCADE,
+    username      TEXT NOT NULL UNIQUE,
+    password_hash TEXT NOT NULL,
+    active        INTEGER NOT NULL DEFAULT 0 CHECK (active IN (0, 1)),
+    priority      INTEGER NOT NULL DEFAULT 3 CHECK (priority BETWEEN 1 AND 5),
+    note          TEXT NOT NULL DEFAULT '',
+    -- Bumped on every change that must invalidate cached password checks
+    -- (reset, edit, activation, deactivation), in any process.
+    auth_version  INTEGER NOT NULL DEFAULT 1,
+    created_at    REAL NOT NULL,
+    updated_at    REAL NOT NULL
+);
+CREATE INDEX users_list ON users(list_id);
+
+-- A sender identity: an address or a domain. Verification belongs to the identity
+-- and is shared by every user that lists it.
+CREATE TABLE identities (
+    id          INTEGER PRIMARY KEY,
+    kind        TEXT NOT NULL CHECK (kind IN ('address', 'domain')),
+    value       TEXT NOT NULL UNIQUE,
+    state       TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'verified')),
+    method      TEXT CHECK (method IN ('code', 'dns', 'manual')),
+    reason      TEXT,
+    verified_at REAL,
+    dns_token   TEXT NOT NULL,
+    created_at  REAL NOT NULL,
+    CHECK ((state = 'verified') = (method IS NOT NULL AND verified_at IS NOT NULL))
+);
+
+CREATE TABLE user_identities (
+    user_id     INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    identity_id INTEGER NOT NULL REFERENCES identities(id) ON DELETE RESTRICT,
+    PRIMARY KEY (user_id, identity_id)
+) WITHOUT ROWID;
+CREATE INDEX user_identities_identity ON user_identities(identity_id);
+
+CREATE TABLE settings (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+
+-- Every decision: auth, refusals, queued, delivery attempts, campaign changes.
+-- Names are kept as text so events outlive deleted users and lists.
+CREATE TABLE events (
+    id         INTEGER PRIMARY KEY,
+    at         REAL NOT NULL,
+    kind       TEXT NOT NULL,
+    reason     TEXT NOT NULL,
+    username   TEXT,
+    list_id    INTEGER,
+    client     TEXT,
+    port       INTEGER,
+    message_id INTEGER,
+    queue_id   TEXT,
+    detail     TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX events_at ON events(at);
+CREATE INDEX events_message ON events(message_id) WHERE message_id IS NOT NULL;
+CREATE INDEX events_list_at ON events(list_id, at) WHERE list_id IS NOT NULL;
+"""
+
+V2_QUEUE = """
+CREATE TABLE messages (
+    id              INTEGER PRIMARY KEY,
+    queue_id        TEXT NOT NULL UNIQUE,
+    list_id         INTEGER REFERENCES lists(id) ON DELETE SET NULL,
+    list_name       TEXT,
+    user_id         INTEGER REFERENCES users(id) ON DELETE SET NULL,
+    username        TEXT,
+    origin          TEXT NOT NULL CHECK (origin IN ('smtp', 'campaign', 'system')),
+    campaign_id     INTEGER,
+    mail_from       TEXT NOT NULL,
+    header_from     TEXT NOT NULL DEFAULT '',
+    subject         TEXT NOT NULL DEFAULT '',
+    size            INTEGER NOT NULL,
+    header_priority INTEGER NOT NULL CHECK (header_priority BETWEEN 1 AND 5),
+    user_priority   INTEGER NOT NULL CHECK (user_priority BETWEEN 1 AND 5),
+    priority        INTEGER NOT NULL CHECK (priority BETWEEN 1 AND 5),
+    state           TEXT NOT NULL DEFAULT 'queued'
+                    CHECK (state IN ('queued', 'sending', 'deferred', 'sent', 'failed', 'held')),
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    lease_owner     TEXT,
+    lease_until     REAL,
+    last_reply      TEXT,
+    client          TEXT,
+    port            INTEGER,
+    created_at      REAL NOT NULL,
+    updated_at      REAL NOT NULL,
+    finished_at     REAL
+);
+-- The dispatch index: the next message is one seek.
+CREATE INDEX messages_dispatch ON messages(state, priority, id);
+CREATE INDEX messages_list_created ON messages(list_id, created_at);
+CREATE INDEX messages_campaign ON messages(campaign_id) WHERE campaign_id IS NOT NULL;
+CREATE INDEX messages_finished ON messages(finished_at) WHERE finished_at IS NOT NULL;
+
+-- Bodies apart, so queue scans stay small.
+CREATE TABLE message_bodies (
+    message_id INTEGER PRIMARY KEY REFERENCES messages(id) ON DELETE CASCADE,
+    data       BLOB NOT NULL
+);
+
+CREATE TABLE recipients (
+    message_id INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+    address    TEXT NOT NULL,
+    state      TEXT NOT NULL DEFAULT 'queued' CHECK (state IN ('queued', 'sent', 'deferred', 'failed')),
+    last_reply TEXT,
+    PRIMARY KEY (message_id, address)
+) WITHOUT ROWID;
+
+CREATE TABLE campaigns (
+    id            INTEGER PRIMARY KEY,
+    list_id       INTEGER REFERENCES lists(id) ON DELETE SET NULL,
+    list_name     TEXT NOT NULL,
+    subject       TEXT NOT NULL DEFAULT '',
+    mail_from     TEXT NOT NULL,
+    body          BLOB NOT NULL,
+    priority      INTEGER NOT NULL DEFAULT 3 CHECK (priority BETWEEN 1 AND 5),
+    state         TEXT NOT NULL DEFAULT 'scheduled'
+                  CHECK (state IN ('scheduled', 'sending', 'paused', 'done', 'cancelled')),
+    paused_reason TEXT,
+    scheduled_at  REAL NOT NULL,
+    expand_cursor TEXT,
+    expanded      INTEGER NOT NULL DEFAULT 0,
+    total         INTEGER,
+    created_at    REAL NOT NULL,
+    finished_at   REAL
+);
+
+-- Ports the live relay serves or could not serve, with the reason.
+CREATE TABLE relay_ports (
+    port   INTEGER PRIMARY KEY,
+    served INTEGER NOT NULL CHECK (served IN (0, 1)),
+    reason TEXT
+);
+"""
+
+MIGRATIONS: list[str] = [V1_DIRECTORY, V2_QUEUE]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def current_version(db: sqlite3.Connection) -> int:
+    return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+
+def migrate(db: sqlite3.Connection, target: int | None = None) -> int:
+    """Bring the store to ``target`` (default: this code's version); returns it."""
+    from relay.store.db import StoreTooNew
+
+    goal = SCHEMA_VERSION if target is None else target
+    version = current_version(db)
+    if version > SCHEMA_VERSION:
+        raise StoreTooNew(
+            f"store was written by a newer smtpplus (schema {version}, this one knows up to "
+            f"{SCHEMA_VERSION}) — upgrade smtpplus to use it"
+        )
+    if version >= goal:
+        return version
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        # Re-read under the write lock: another process may have migrated meanwhile.
+        version = current_version(db)
+        for step in range(version, goal):
+            for statement in _statements(MIGRATIONS[step]):
+                db.execute(statement)
+            db.execute(f"PRAGMA user_version = {step + 1}")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    return max(version, goal)
+
+
+def _statements(script: str) -> list[str]:
+    # executescript() would COMMIT our transaction; split on complete statements instead.
+    out: list[str] = []
+    buf = ""
+    for line in script.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            out.append(buf.strip())
+            buf = ""
+    if buf.strip():
+        out.append(buf.strip())
+    return out

@@ -1,0 +1,61 @@
+"""Key/value settings in the store: runtime controls (paused, rate, next hop, …) and
+relay-published facts (TLS fingerprint, served ports). Values are JSON."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+
+def get_setting(db: sqlite3.Connection, key: str, default: Any = None) -> Any:
+    row = db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+    return default if row is None else json.loads(row[0])
+
+
+def get_settings(db: sqlite3.Connection, keys: list[str] | None = None) -> dict[str, Any]:
+    if keys is None:
+        rows = db.execute("SELECT key, value FROM settings").fetchall()
+    else:
+        marks = ",".join("?" * len(keys))
+        rows = db.execute(f"SELECT key, value FROM settings WHERE key IN ({marks})", keys).fetchall()
+    return {row[0]: json.loads(row[1]) for row in rows}
+
+
+def set_setting(db: sqlite3.Connection, key: str, value: Any) -> None:
+    db.execute(
+        "INSERT INTO settings(key, value) VALUES (?, ?) "
+        "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        (key, json.dumps(value)),
+    )
+
+
+def seed_setting(db: sqlite3.Connection, key: str, value: Any) -> bool:
+    """Set ``key`` only when it has no value yet (flags and TOML seed runtime controls).
+    Returns True when it was set."""
+    cur = db.execute("INSERT OR IGNORE INTO settings(key, value) VALUES (?, ?)", (key, json.dumps(value)))
+    return cur.rowcount == 1
+
+
+def delete_setting(db: sqlite3.Connection, key: str) -> None:
+    db.execute("DELETE FROM settings WHERE key = ?", (key,))
+
+
+class Keys:
+    """Setting names shared by the relay, the console and the CLI."""
+
+    # Runtime controls: the relay follows these live (flags/TOML only seed them).
+    PAUSED = "delivery.paused"  # bool
+    RATE = "delivery.rate"  # messages per second, float; 0 = unlimited
+    PARALLEL = "delivery.parallel"  # max next-hop connections, int
+    NEXT_HOP = "delivery.next_hop"  # "host:port" or None
+    NEXT_HOP_TLS = "delivery.next_hop_tls"  # "required" | "opportunistic" | "off"
+    NEXT_HOP_USER = "delivery.next_hop_user"  # optional AUTH at the next hop
+    NEXT_HOP_PASSWORD = "delivery.next_hop_password"
+    STARVATION_SHARE = "delivery.starvation_share"  # 0 = strict priority (default)
+    # Published by the live relay for consoles, `status` and `lists show`.
+    SERVER_NAME = "relay.server_name"
+    TLS_FINGERPRINT = "relay.tls_fingerprint"  # "SHA256:AB:CD:…"
+    TLS_CERT_PEM = "relay.tls_cert_pem"
+    ALLOW_PLAIN_AUTH = "relay.allow_plain_auth"  # bool
+    LEASE = "relay.lease"  # {"owner", "pid", "host", "heartbeat_at", "started_at", "listen_host"}
