@@ -159,6 +159,16 @@ CREATE TABLE campaigns (
     finished_at   REAL
 );
 
+-- Single-use codes mailed to an address identity; only the hash is kept.
+CREATE TABLE verification_codes (
+    identity_id INTEGER PRIMARY KEY REFERENCES identities(id) ON DELETE CASCADE,
+    code_hash   TEXT NOT NULL,
+    created_at  REAL NOT NULL,
+    expires_at  REAL NOT NULL,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    used_at     REAL
+);
+
 -- Ports the live relay serves or could not serve, with the reason.
 CREATE TABLE relay_ports (
     port   INTEGER PRIMARY KEY,
