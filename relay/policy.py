@@ -130,6 +130,11 @@ def normalize_address(value: str) -> str:
     return check.address
 
 
+def describe_address_problem(problem: AddressProblem | None) -> str:
+    """A short human phrase for a problem found by :func:`check_address`."""
+    return _describe(problem)
+
+
 def _describe(problem: AddressProblem | None) -> str:
     return {
         AddressProblem.EMPTY: "it is empty",
@@ -161,7 +166,9 @@ def check_address(raw: str) -> AddressCheck:
         return AddressCheck(None, AddressProblem.EMPTY)
     if _CONTROL_RE.search(text):
         return AddressCheck(None, AddressProblem.CONTROL)
-    if text.startswith("@") or (":" in text and text.split(":", 1)[0].startswith("@")):
+    if text.startswith("@") and ":" in text:
+        # `@relay.example:user@example.com` (RFC 5321 source route); a bare
+        # `@example.com` is merely missing its local part and falls through to SYNTAX.
         return AddressCheck(None, AddressProblem.SOURCE_ROUTE)
     if text.startswith('"'):
         end = _closing_quote(text)

@@ -43,6 +43,7 @@ class Reason(enum.StrEnum):
     RECIPIENT_INVALID = "recipient-invalid"
     TOO_MANY_RECIPIENTS = "too-many-recipients"
     MESSAGE_TOO_LARGE = "message-too-large"
+    LINE_TOO_LONG = "line-too-long"
     HEADER_FROM_MISSING = "header-from-missing"
     HEADER_FROM_MULTIPLE = "header-from-multiple"
     HEADER_FROM_INVALID = "header-from-invalid"
@@ -67,7 +68,14 @@ class Reason(enum.StrEnum):
     NO_NEXT_HOP = "no-next-hop"
     LEASE_RECLAIMED = "lease-reclaimed"
     BOUNCE_QUEUED = "bounce-queued"
+    DEFERRED_TLS = "deferred-tls"  # STARTTLS required but not offered or failed
+    DEFERRED_AUTH = "deferred-auth"  # the next hop refused our AUTH
+    NEXT_HOP_SELF = "next-hop-self"  # the next hop is this relay's own listening address
+    NEXT_HOP_DOWN = "next-hop-down"  # backing off for the whole next hop
+    NEXT_HOP_UP = "next-hop-up"
+    PRUNED = "pruned"  # retention removed finished messages and old events
     # Campaigns
+    CAMPAIGN_CREATED = "campaign-created"
     CAMPAIGN_STARTED = "campaign-started"
     CAMPAIGN_PAUSED_PRIORITY = "campaign-paused-priority"
     CAMPAIGN_RESUMED = "campaign-resumed"

@@ -159,3 +159,17 @@ def fmt_time(ts: float | None) -> str:
     import datetime as dt
 
     return dt.datetime.fromtimestamp(ts).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def confirm_or_require_yes(action: str, yes: bool) -> None:
+    """Ask before a destructive ``action`` ("delete list 'x'"); scripts must pass --yes.
+
+    Without a terminal on stdin nobody can answer, so refuse with a one-line error
+    rather than block or guess.
+    """
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise CliError(f"not going to {action} without confirmation — pass --yes (stdin is not a terminal)")
+    if not click.confirm(f"{action[:1].upper()}{action[1:]}?", default=False):
+        raise CliError("cancelled — nothing was changed")

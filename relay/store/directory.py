@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from relay import policy
+from relay.priority import PriorityError, validate_priority
 from relay.store.db import transaction
 from relay.store.errors import AlreadyExists, InvalidInput, NotFound
 
@@ -340,6 +341,22 @@ def _set_identities(db: sqlite3.Connection, user_id: int, kind: str, values: lis
         db.execute("INSERT OR IGNORE INTO user_identities(user_id, identity_id) VALUES (?, ?)", (user_id, identity_id))
 
 
+def _checked_fields(
+    priority: int | None, note: str | None, domains: list[str] | None, senders: list[str] | None
+) -> tuple[int | None, str | None, list[str] | None, list[str] | None]:
+    """Validate user fields before they reach the table's CHECK constraints, so a bad
+    value is reported as such (not as a duplicate user) and identities are canonical."""
+    try:
+        return (
+            None if priority is None else validate_priority(priority),
+            None if note is None else policy.validate_note(note),
+            None if domains is None else list(dict.fromkeys(policy.normalize_domain(d) for d in domains)),
+            None if senders is None else list(dict.fromkeys(policy.normalize_address(a) for a in senders)),
+        )
+    except (policy.PolicyError, PriorityError) as exc:
+        raise InvalidInput(str(exc)) from None
+
+
 def create_user(
     db: sqlite3.Connection,
     *,
@@ -356,6 +373,8 @@ def create_user(
     (see :func:`relay.policy.parse_domains` / ``parse_senders``)."""
     if not password_hash.startswith("$argon2id$"):
         raise InvalidInput("refusing to store a password that is not an argon2id hash")
+    checked_priority, checked_note, domains, senders = _checked_fields(priority, note, domains, senders)
+    priority, note = checked_priority or 3, checked_note or ""
     with transaction(db):
         current = get_list(db, list_name)
         if username is None:
@@ -390,6 +409,7 @@ def edit_user(
     domains: list[str] | None = None,
     senders: list[str] | None = None,
 ) -> UserInfo:
+    priority, note, domains, senders = _checked_fields(priority, note, domains, senders)
     with transaction(db):
         user = get_user(db, username)
         if priority is not None:

@@ -125,6 +125,8 @@ CREATE INDEX messages_dispatch ON messages(state, priority, id);
 CREATE INDEX messages_list_created ON messages(list_id, created_at);
 CREATE INDEX messages_campaign ON messages(campaign_id) WHERE campaign_id IS NOT NULL;
 CREATE INDEX messages_finished ON messages(finished_at) WHERE finished_at IS NOT NULL;
+-- Deferred messages become ready when next_attempt_at passes: one range scan finds them.
+CREATE INDEX messages_deferred_due ON messages(next_attempt_at) WHERE state = 'deferred';
 
 -- Bodies apart, so queue scans stay small.
 CREATE TABLE message_bodies (
@@ -154,6 +156,7 @@ CREATE TABLE campaigns (
     scheduled_at  REAL NOT NULL,
     expand_cursor TEXT,
     expanded      INTEGER NOT NULL DEFAULT 0,
+    expand_done   INTEGER NOT NULL DEFAULT 0 CHECK (expand_done IN (0, 1)),
     total         INTEGER,
     created_at    REAL NOT NULL,
     finished_at   REAL
@@ -168,6 +171,16 @@ CREATE TABLE verification_codes (
     attempts    INTEGER NOT NULL DEFAULT 0,
     used_at     REAL
 );
+
+-- Per-list daily counts of events already pruned by retention, so list statistics
+-- keep their totals (kind is an EventKind value; day is the local date YYYY-MM-DD).
+CREATE TABLE list_stats_archive (
+    list_id INTEGER NOT NULL,
+    day     TEXT NOT NULL,
+    kind    TEXT NOT NULL,
+    count   INTEGER NOT NULL,
+    PRIMARY KEY (list_id, day, kind)
+) WITHOUT ROWID;
 
 -- Ports the live relay serves or could not serve, with the reason.
 CREATE TABLE relay_ports (

@@ -53,9 +53,14 @@ class Keys:
     NEXT_HOP_USER = "delivery.next_hop_user"  # optional AUTH at the next hop
     NEXT_HOP_PASSWORD = "delivery.next_hop_password"
     STARVATION_SHARE = "delivery.starvation_share"  # 0 = strict priority (default)
+    NEXT_HOP_CAFILE = "delivery.next_hop_cafile"  # PEM bundle trusted for STARTTLS "required"
+    STATUS = "delivery.status"  # published by the engine: {"state", "detail", "at"}
     # Published by the live relay for consoles, `status` and `lists show`.
     SERVER_NAME = "relay.server_name"
     TLS_FINGERPRINT = "relay.tls_fingerprint"  # "SHA256:AB:CD:…"
     TLS_CERT_PEM = "relay.tls_cert_pem"
     ALLOW_PLAIN_AUTH = "relay.allow_plain_auth"  # bool
     LEASE = "relay.lease"  # {"owner", "pid", "host", "heartbeat_at", "started_at", "listen_host"}
+    # Sender verification.
+    SYSTEM_SENDER = "verification.system_sender"  # envelope and From: of code mails
+    DNS_RESOLVER = "verification.dns_resolver"  # "HOST[:PORT]" for check-dns; None = env/system

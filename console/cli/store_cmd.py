@@ -1,0 +1,50 @@
+"""``smtpplus store``: operations on the store file itself."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from console.cli import common
+from console.cli.common import CliError, LazyGroup
+
+store = LazyGroup(name="store", help="The store file: backup.")
+
+
+@store.command("backup")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Overwrite PATH if it exists.")
+@common.json_option
+@common.db_option
+def backup(path: Path, force: bool, as_json: bool, db_path: Path | None) -> None:
+    """Copy the store to PATH, consistently, while the relay and consoles keep using it
+    (SQLite online backup)."""
+    from relay.store import backup as store_backup
+    from relay.store import open_store
+
+    source = common.resolve_db_path(db_path)
+    if path.exists() and not force:
+        raise CliError(f"{path} already exists — choose another path or pass --force to overwrite it")
+    if path.resolve() == source.resolve():
+        raise CliError("the backup path is the store itself — choose another path")
+    if not path.parent.is_dir():
+        raise CliError(f"directory {path.parent} does not exist — create it first")
+    # Copy into a temporary file beside the target and rename it into place, so an
+    # interrupted backup never leaves a half-written file under the chosen name.
+    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    db = open_store(source, create=False)
+    try:
+        store_backup(db, partial)
+        os.replace(partial, path)
+    except OSError as exc:
+        raise CliError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        db.close()
+        partial.unlink(missing_ok=True)
+    size = path.stat().st_size
+    if as_json:
+        common.print_json({"store": str(source), "backup": str(path), "bytes": size})
+        return
+    click.echo(f"Backed up {source} to {path} ({size:,} bytes).")

@@ -1,0 +1,111 @@
+"""Port specs (relay.ports) and the client settings built from served ports."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from relay import client_settings as cs
+from relay.ports import DEFAULT_SPEC, PortSpecError, format_port_spec, parse_port_spec, sample_ports
+
+
+def test_default_spec_is_3977_ports() -> None:
+    ports = parse_port_spec(DEFAULT_SPEC)
+    assert len(ports) == 3977
+    assert ports[:2] == [25, 1025] and ports[-1] == 5000
+    assert format_port_spec(ports) == DEFAULT_SPEC
+
+
+def test_parse_sorts_dedupes_and_trims() -> None:
+    assert parse_port_spec(" 4000-4002 , 25,2525, 4001 ") == [25, 2525, 4000, 4001, 4002]
+    assert parse_port_spec("7-7") == [7]
+    assert parse_port_spec("1,65535") == [1, 65535]
+
+
+@pytest.mark.parametrize(
+    ("spec", "fragment"),
+    [
+        ("", "empty"),
+        ("   ", "empty"),
+        ("25,,26", "empty item"),
+        ("abc", "not a port number"),
+        ("25;26", "not a port number"),
+        ("-5", "not a port number"),
+        ("0", "out of range"),
+        ("65536", "out of range"),
+        ("10-5", "write 5-10"),
+    ],
+)
+def test_bad_specs(spec: str, fragment: str) -> None:
+    with pytest.raises(PortSpecError, match=fragment):
+        parse_port_spec(spec)
+
+
+@given(st.lists(st.integers(1, 65535), max_size=60))
+def test_format_and_parse_round_trip(ports: list[int]) -> None:
+    spec = format_port_spec(ports)
+    if not ports:
+        assert spec == ""
+        return
+    assert parse_port_spec(spec) == sorted(set(ports))
+    assert format_port_spec(parse_port_spec(spec)) == spec
+    # The shortest form: no two items could merge.
+    items = [tuple(map(int, item.split("-"))) for item in spec.split(",")]
+    assert all(later[0] > earlier[-1] + 1 for earlier, later in zip(items, items[1:], strict=False))
+
+
+def test_sample_ports_is_deterministic_sorted_and_a_subset() -> None:
+    ports = parse_port_spec(DEFAULT_SPEC)
+    sample = sample_ports(ports, 50, seed=7)
+    assert sample == sample_ports(list(reversed(ports)), 50, seed=7)
+    assert len(sample) == 50 == len(set(sample))
+    assert sample == sorted(sample) and set(sample) <= set(ports)
+    assert sample_ports([3, 1, 2], 10) == [1, 2, 3]
+
+
+# ---------------------------------------------------------------------------
+# Client settings (relay.client_settings): pure assembly from what the relay published
+
+
+def test_client_settings_before_any_relay_ran() -> None:
+    s = cs.client_settings(server_name="relay.example.com", served=[])
+    assert s.relay_has_run is False
+    assert s.ports_text == "no relay has run yet — default 25,1025-5000"
+    assert s.ports_spec == DEFAULT_SPEC
+    assert s.port == 2525  # served by default and rarely blocked
+    assert s.encryption == "STARTTLS (required for AUTH)" and s.starttls_required
+    assert s.fingerprint is None and s.fingerprint_text == "not yet generated — start the relay once"
+    for client in ("Thunderbird", "Outlook", "Apple Mail", "SMTP_HOST=relay.example.com", "SMTP_PORT=2525"):
+        assert client in s.block
+    assert "SMTP_STARTTLS=true" in s.block and "SMTP_USERNAME=<relay username>" in s.block
+
+
+def test_client_settings_from_a_relay_that_ran() -> None:
+    s = cs.client_settings(
+        server_name="mx.example.net",
+        served=[25, 1026, 1025, 1027],
+        not_served={2525: "address in use"},
+        allow_plain_auth=True,
+        fingerprint="SHA256:AB:CD",
+        username="shop-1",
+    )
+    assert s.relay_has_run and s.ports_text == s.ports_spec == "25,1025-1027"
+    assert s.port == 1025 and s.not_served == {2525: "address in use"}
+    assert s.encryption == "STARTTLS optional; plain AUTH allowed" and not s.starttls_required
+    assert s.fingerprint_text == "SHA256:AB:CD" and "SHA256:AB:CD" in s.block
+    assert "SMTP_USERNAME=shop-1" in s.block and "SMTP_PORT=1025" in s.block
+    assert "SMTP_STARTTLS=true" in s.block  # still recommended when plain AUTH is allowed
+
+
+def test_client_settings_when_the_relay_served_nothing() -> None:
+    s = cs.client_settings(server_name="h", served=[], not_served={25: "permission denied"})
+    assert s.relay_has_run and s.port is None and "none" in s.ports_text
+    assert "<no port served yet>" in s.block
+
+
+@pytest.mark.parametrize(
+    ("ports", "expected"), [([25, 587, 2525], 587), ([25, 1025, 2525], 2525), ([25, 4000, 1030], 1030), ([25], 25), ([], None)]
+)
+def test_suggested_port(ports: list[int], expected: int | None) -> None:
+    assert cs.suggested_port(ports) == expected

@@ -1,0 +1,300 @@
+"""The shared SQLite store: pragmas, migrations, directory rules, several processes."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from relay import passwords
+from relay.store import StoreError, StoreTooNew, backup, open_store, transaction
+from relay.store import directory as d
+from relay.store.errors import AlreadyExists, InvalidInput, NotFound
+from relay.store.intake import NewMessage, insert_messages
+from relay.store.schema import SCHEMA_VERSION
+
+ROOT = Path(__file__).resolve().parents[2]
+# One real argon2id hash shared by the tests (hashing costs ~70 ms each).
+HASH = passwords.hash_password("correct horse battery staple")
+
+
+def _tables(db: sqlite3.Connection) -> set[str]:
+    return {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def test_pragmas_are_set(db: sqlite3.Connection) -> None:
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert db.execute("PRAGMA busy_timeout").fetchone()[0] >= 1000
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert {"lists", "list_members", "users", "identities", "user_identities", "messages"} <= _tables(db)
+
+
+def test_an_older_store_is_upgraded_with_its_data_intact(store_path: Path) -> None:
+    old = open_store(store_path, migrate_to=1)
+    assert old.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert "messages" not in _tables(old)
+    d.create_list(old, "Shop", "the web shop")
+    d.create_user(old, list_name="Shop", password_hash=HASH, priority=2, note="from v1", domains=["shop.example"], senders=["info@shop.example"])
+    d.approve_identities(old, ["shop.example"], "existing account")
+    old.close()
+
+    db = open_store(store_path)
+    try:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert "messages" in _tables(db)
+        user = d.get_user(db, "shop-1")
+        assert (user.list_name, user.priority, user.note, user.active) == ("Shop", 2, "from v1", False)
+        assert {(i.value, i.state) for i in user.identities} == {("shop.example", "verified"), ("info@shop.example", "pending")}
+        assert d.auth_record(db, "shop-1").password_hash == HASH  # type: ignore[union-attr]
+        assert d.get_list(db, "shop").description == "the web shop"
+        # The upgraded store takes the new tables' data.
+        insert_messages(db, [NewMessage(mail_from="info@shop.example", recipients=["a@b.example"], data=b"x")])
+    finally:
+        db.close()
+
+
+def test_a_store_from_a_newer_version_is_refused(store_path: Path) -> None:
+    open_store(store_path).close()
+    raw = sqlite3.connect(store_path)
+    raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    raw.close()
+    with pytest.raises(StoreTooNew, match="upgrade smtpplus"):
+        open_store(store_path)
+
+
+def test_an_unreadable_file_is_a_store_error(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"this is not a database, just some text" * 200)
+    with pytest.raises(StoreError, match="not usable"):
+        open_store(garbage)
+    with pytest.raises(StoreError, match="does not exist"):
+        open_store(tmp_path / "missing.db", create=False)
+
+
+# ---------------------------------------------------------------------------
+# Lists, users, identities
+
+
+def test_lists_are_unique_case_insensitively_and_renamable(db: sqlite3.Connection) -> None:
+    d.create_list(db, "Newsletter", "monthly")
+    with pytest.raises(AlreadyExists, match="already exists"):
+        d.create_list(db, "newsletter")
+    with pytest.raises(InvalidInput):
+        d.create_list(db, "   ")
+    d.create_list(db, "Alerts")
+    with pytest.raises(AlreadyExists):
+        d.edit_list(db, "Alerts", new_name="NEWSLETTER")
+    renamed = d.edit_list(db, "alerts", new_name="Ops alerts", description="pager")
+    assert (renamed.name, renamed.description) == ("Ops alerts", "pager")
+    assert [x.name for x in d.all_lists(db)] == ["Newsletter", "Ops alerts"]
+    with pytest.raises(NotFound, match="smtpplus lists ls"):
+        d.get_list(db, "Alerts")
+
+
+def test_users_get_generated_names_and_fields_are_validated(db: sqlite3.Connection) -> None:
+    d.create_list(db, "Newsletter EU")
+    first = d.create_user(db, list_name="Newsletter EU", password_hash=HASH)
+    second = d.create_user(db, list_name="newsletter eu", password_hash=HASH, priority=1)
+    assert (first.username, second.username) == ("newsletter-eu-1", "newsletter-eu-2")
+    assert not first.active and first.priority == 3 and second.priority == 1
+    with pytest.raises(AlreadyExists, match="already exists"):
+        d.create_user(db, list_name="Newsletter EU", password_hash=HASH, username="newsletter-eu-1")
+    with pytest.raises(InvalidInput, match="argon2id"):
+        d.create_user(db, list_name="Newsletter EU", password_hash="plaintext")
+    with pytest.raises(InvalidInput, match="1 \\(very high\\) to 5"):
+        d.create_user(db, list_name="Newsletter EU", password_hash=HASH, priority=9)
+    with pytest.raises(InvalidInput, match="note"):
+        d.edit_user(db, "newsletter-eu-1", note="x" * 500)
+    with pytest.raises(InvalidInput, match="not a valid"):
+        d.edit_user(db, "newsletter-eu-1", senders=["visitor%evil@example.com"])
+    with pytest.raises(NotFound, match="smtpplus users ls"):
+        d.get_user(db, "nobody")
+    with pytest.raises(NotFound):
+        d.create_user(db, list_name="missing", password_hash=HASH)
+    assert [u.username for u in d.all_users(db, "Newsletter EU")] == ["newsletter-eu-1", "newsletter-eu-2"]
+
+
+def test_identities_are_shared_and_verification_survives_edits(db: sqlite3.Connection) -> None:
+    d.create_list(db, "Shop")
+    a = d.create_user(db, list_name="Shop", password_hash=HASH, domains=["Shop.Example"], senders=["Info@Shop.Example"])
+    b = d.create_user(db, list_name="Shop", password_hash=HASH, domains=["shop.example"])
+    assert [(i.kind, i.value, i.state) for i in a.identities] == [
+        ("domain", "shop.example", "pending"),
+        ("address", "info@shop.example", "pending"),
+    ]
+    assert not a.all_verified and not a.needs_activation
+    version_before = d.auth_version(db, b.username)
+
+    [(identity, changed)] = d.approve_identities(db, ["SHOP.example"], "existing account")
+    assert changed and identity.method == "manual" and identity.reason == "existing account"
+    assert d.approve_identities(db, ["shop.example"], "again") == [(identity, False)]  # a no-op
+    assert d.auth_version(db, b.username) > version_before  # cached authorizations invalidated
+    assert d.get_user(db, b.username).needs_activation  # its only identity is verified, still inactive
+    assert not d.get_user(db, a.username).needs_activation  # info@ is pending
+
+    # Dropping an identity from a user and adding it back keeps its verification.
+    d.edit_user(db, b.username, domains=[])
+    assert d.get_user(db, b.username).identities == ()
+    assert d.edit_user(db, b.username, domains=["shop.example"]).identities[0].state == "verified"
+    with pytest.raises(InvalidInput, match="reason"):
+        d.approve_identities(db, ["info@shop.example"], "  ")
+    with pytest.raises(NotFound):
+        d.approve_identities(db, ["unknown.example"], "why")
+    with pytest.raises(InvalidInput, match="method"):
+        d.mark_verified(db, identity.id, "because")
+    assert d.set_active(db, b.username, True).active and not d.get_user(db, b.username).needs_activation
+
+
+def test_member_import_counts_added_and_already_there(db: sqlite3.Connection) -> None:
+    d.create_list(db, "Shop")
+    assert d.import_members(db, "Shop", [("A@Example.com", "Ann"), ("b@example.com", "")]) == (2, 0)
+    assert d.import_members(db, "Shop", [("a@example.com", "Ann again"), ("c@example.com", "Cy")]) == (1, 1)
+    assert d.list_members(db, "Shop") == [("a@example.com", "Ann"), ("b@example.com", ""), ("c@example.com", "Cy")]
+    assert d.list_members(db, "Shop", after="a@example.com", limit=1) == [("b@example.com", "")]
+    with pytest.raises(InvalidInput, match="row 2"):
+        d.import_members(db, "Shop", [("d@example.com", ""), ("not an address", "")])
+    assert len(d.list_members(db, "Shop")) == 3  # nothing half-imported
+
+
+def test_deleting_a_user_or_a_list_keeps_queued_mail(db: sqlite3.Connection) -> None:
+    d.create_list(db, "Shop")
+    alice = d.create_user(db, list_name="Shop", password_hash=HASH, username="alice")
+    bob = d.create_user(db, list_name="Shop", password_hash=HASH, username="bob")
+
+    def message(user: Any) -> NewMessage:
+        return NewMessage(
+            mail_from="info@shop.example", recipients=["r1@x.example", "r2@x.example"], data=b"Subject: hi\r\n\r\nbody\r\n",
+            list_id=user.list_id, list_name="Shop", user_id=user.id, username=user.username,
+        )
+
+    queued = insert_messages(db, [message(alice), message(bob)])
+    d.delete_user(db, "alice")
+    d.delete_list(db, "Shop")  # cascades to bob
+    assert d.all_users(db) == []
+    rows = db.execute(
+        "SELECT queue_id, list_id, list_name, user_id, username, state FROM messages ORDER BY id"
+    ).fetchall()
+    assert [tuple(r) for r in rows] == [
+        (queued[0].queue_id, None, "Shop", None, "alice", "queued"),
+        (queued[1].queue_id, None, "Shop", None, "bob", "queued"),
+    ]
+    assert db.execute("SELECT count(*) FROM recipients").fetchone()[0] == 4
+    assert db.execute("SELECT count(*) FROM message_bodies").fetchone()[0] == 2
+
+
+# ---------------------------------------------------------------------------
+# Several processes at once
+
+
+def _spawn(code: str, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+WRITER = """
+    import sys, time
+    from relay.store import open_store
+    from relay.store import directory as d
+    path, tag, other, count, hash_ = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
+    db = open_store(path)
+    for i in range(count):
+        if i == count // 2:
+            # Halfway, wait for the other writer's first row: their runs must overlap.
+            while not db.execute("SELECT 1 FROM lists WHERE name = ?", (f"{other}-0",)).fetchone():
+                time.sleep(0.002)
+        d.create_list(db, f"{tag}-{i}")
+        d.create_user(db, list_name="shared", password_hash=hash_)  # generated name: contended
+        d.create_user(db, list_name=f"{tag}-{i}", password_hash=hash_, username=f"{tag}-user-{i}")
+    print("done")
+"""
+
+
+def test_two_processes_writing_at_once_lose_nothing(store_path: Path) -> None:
+    db = open_store(store_path)
+    d.create_list(db, "shared")
+    count = 60
+    writers = [_spawn(WRITER, str(store_path), tag, other, str(count), HASH) for tag, other in (("p1", "p2"), ("p2", "p1"))]
+    for w in writers:
+        out, err = w.communicate(timeout=60)
+        assert w.returncode == 0 and out.strip() == "done", err
+    assert len(d.all_lists(db)) == 1 + 2 * count
+    names = [u.username for u in d.all_users(db)]
+    assert len(names) == len(set(names)) == 4 * count
+    # The two writers really overlapped in time...
+    spans = [
+        db.execute("SELECT min(created_at), max(created_at) FROM lists WHERE name LIKE ?", (f"{tag}-%",)).fetchone()
+        for tag in ("p1", "p2")
+    ]
+    assert spans[0][0] < spans[1][1] and spans[1][0] < spans[0][1]
+    # ...and generated names stayed unique and gap-free under contention.
+    assert sorted(u.username for u in d.all_users(db, "shared")) == sorted(f"shared-{n}" for n in range(1, 2 * count + 1))
+    db.close()
+
+
+BUSY_WRITER = """
+    import sys
+    from pathlib import Path
+    from relay.store import open_store, transaction
+    from relay.store import directory as d
+    path, stop, hash_ = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+    db = open_store(path)
+    i = 0
+    while not stop.exists():
+        with transaction(db):  # a list and its user in one transaction
+            d.create_list(db, f"busy-{i}", "x" * 500)
+            d.create_user(db, list_name=f"busy-{i}", password_hash=hash_)
+        i += 1
+    print(i)
+"""
+
+
+def test_backup_while_another_process_writes_is_consistent(store_path: Path, tmp_path: Path) -> None:
+    db = open_store(store_path)
+    with transaction(db):
+        # Over 1024 pages (~5 MB): a chunked copy restarts on every commit of the
+        # writer and never finished; the copy must be taken from one snapshot.
+        for i in range(2500):
+            d.create_list(db, f"seed-{i}", "y" * 2000)
+    assert db.execute("PRAGMA page_count").fetchone()[0] > 1024
+    stop = tmp_path / "stop"
+    writer = _spawn(BUSY_WRITER, str(store_path), str(stop), HASH)
+    try:
+        while db.execute("SELECT count(*) FROM lists WHERE name LIKE 'busy-%'").fetchone()[0] < 20:
+            assert writer.poll() is None, writer.stderr.read() if writer.stderr else ""
+            time.sleep(0.02)
+        copies = [tmp_path / f"copy-{n}.db" for n in range(3)]
+        for copy in copies:
+            copier = threading.Thread(target=backup, args=(db, copy), daemon=True)
+            copier.start()
+            copier.join(timeout=20)
+            assert not copier.is_alive(), "backup did not finish while another process was writing"
+    finally:
+        stop.touch()
+        out, err = writer.communicate(timeout=30)
+    assert writer.returncode == 0, err
+    total_written = int(out)
+    for copy in copies:
+        raw = sqlite3.connect(copy)
+        assert raw.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        busy = raw.execute("SELECT count(*) FROM lists WHERE name LIKE 'busy-%'").fetchone()[0]
+        # Each busy list was written with its user in one transaction: never one without the other.
+        assert busy == raw.execute("SELECT count(*) FROM users").fetchone()[0]
+        assert 20 <= busy <= total_written
+        assert raw.execute("SELECT count(*) FROM lists WHERE name LIKE 'seed-%'").fetchone()[0] == 2500
+        raw.close()
+        reopened = open_store(copy, create=False)
+        assert len(d.all_users(reopened)) == busy
+        reopened.close()
+    db.close()
