@@ -54,10 +54,10 @@ def header_priority(headers: Iterable[tuple[str, str]]) -> int:
         if match:
             return int(match.group(1))
     for name in _WORD_HEADERS:
-        value = first.get(name)
-        if value is None:
+        word_value = first.get(name)
+        if word_value is None:
             continue
-        word = value.strip().lower()
+        word = word_value.strip().lower()
         if word in _WORD_PRIORITY:
             return _WORD_PRIORITY[word]
     return NORMAL

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from relay.store.schema import SCHEMA_VERSION, migrate
+from relay.store.schema import migrate
 
 T = TypeVar("T")
 
@@ -129,7 +129,8 @@ class AsyncStore:
         conn = self._conn
         # aiosqlite's _execute runs a callable on its connection thread; it is the one
         # private call we rely on, wrapped here only.
-        return await conn._execute(fn, conn._conn, *args, **kwargs)  # type: ignore[no-any-return]
+        result: T = await conn._execute(fn, conn._conn, *args, **kwargs)
+        return result
 
     async def close(self) -> None:
         if self._conn is not None:
