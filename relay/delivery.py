@@ -1,10 +1,432 @@
-"""Delivery to the next hop. (Placeholder until the delivery issue lands: the
-interface RelayService relies on.)"""
+"""Delivery to the next hop: the scheduler loop, next-hop connections and retry rules.
+
+:class:`DeliveryEngine` is run by :class:`relay.service.RelayService` (or directly,
+by tests and benchmarks). It keeps one long-lived store connection and, in a loop,
+asks :func:`relay.store.queue.dispatch_round` to record finished attempts and claim
+as many messages as the shared bandwidth allows right now — strict priority, FIFO
+within a priority, under lease. Each claimed message goes out on a next-hop
+connection (aiosmtplib; reused for consecutive messages); its outcome is recorded
+in the next round, in the same transaction as the next claims.
+
+Runtime controls (paused, rate, parallel, next hop, STARTTLS mode, AUTH) are store
+settings; the loop notices changes from any process through ``PRAGMA data_version``
+within a fraction of a second. Campaign expansion and retention run beside the loop
+on the same store connection.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import random
+import socket
+import sqlite3
+import ssl
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+import aiosmtplib
+
+from relay.bounce import FailedRecipient, bounce_message
+from relay.reasons import EventKind, Reason
+from relay.scheduler import HopBackoff, StarvationShare, TokenBucket, decide_retry
+from relay.store.db import AsyncStore, StoreError
+from relay.store.events import NewEvent
+from relay.store.queue import (
+    Claimed,
+    DeliverySettings,
+    Outcome,
+    RecipientResult,
+    RoundRequest,
+    RoundResult,
+    dispatch_round,
+    parse_next_hop,
+    prune,
+    publish_status,
+    reclaim_owner,
+)
+
+log = logging.getLogger("smtpplus.delivery")
+
+IDLE_POLL = 0.05  # seconds between data_version checks while idle (a cheap PRAGMA)
+FULL_ROUND_EVERY = 1.0  # a full round (deferred mail, scheduled mail) at least this often
+IDLE_CONNECTION_TTL = 10.0  # an unused next-hop connection is closed after this
+PRUNE_EVERY = 3600.0
+
+
+class DeliveryConfig(Protocol):
+    """What the engine reads from :class:`relay.config.RelayConfig` (all optional)."""
+
+    retry_base: float
+    retry_max: float
+    queue_lifetime: float
+    message_lease: float
+    connect_timeout: float
+    command_timeout: float
+    retention_days: float
+
+
+_DEFAULTS: dict[str, float] = {
+    "retry_base": 60.0,
+    "retry_max": 3600.0,
+    "queue_lifetime": 5 * 86400.0,
+    "message_lease": 300.0,
+    "connect_timeout": 30.0,
+    "command_timeout": 60.0,
+    "retention_days": 30.0,
+}
+
+
+def _setting(config: Any, name: str) -> float:
+    value = getattr(config, name, None)
+    return float(_DEFAULTS[name] if value is None else value)
+
+
+def _server_name(config: Any) -> str:
+    resolve = getattr(config, "resolved_server_name", None)
+    if callable(resolve):
+        with contextlib.suppress(Exception):
+            return str(resolve())
+    return str(getattr(config, "server_name", "") or socket.gethostname() or "localhost")
+
+
+# ---------------------------------------------------------------------------
+# One next-hop connection
+
+
+@dataclass(frozen=True, slots=True)
+class NextHop:
+    host: str
+    port: int
+    tls: str  # required | opportunistic | off
+    user: str | None = None
+    password: str | None = None
+    cafile: str | None = None
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @classmethod
+    def from_settings(cls, settings: DeliverySettings) -> NextHop | None:
+        if not settings.next_hop:
+            return None
+        host, port = parse_next_hop(settings.next_hop)
+        return cls(host, port, settings.next_hop_tls, settings.next_hop_user, settings.next_hop_password, settings.next_hop_cafile)
+
+
+class HopFailure(Exception):
+    """The next hop as a whole is unusable right now (connect, greeting, TLS, AUTH, timeout)."""
+
+    def __init__(self, reason: Reason, reply: str) -> None:
+        super().__init__(reply)
+        self.reason = reason
+        self.reply = reply
+
+
+@dataclass(slots=True)
+class AttemptResult:
+    recipients: list[RecipientResult]
+    reason: Reason
+    reply: str
+    hop_failure: bool = False
+
+
+def _reply_text(code: int, message: str) -> str:
+    return f"{code} {' '.join(str(message).split())}".strip()
+
+
+def _classify(code: int) -> tuple[str, Reason]:
+    if 200 <= code < 300:
+        return "sent", Reason.DELIVERED
+    if 400 <= code < 500:
+        return "deferred", Reason.DEFERRED_4XX
+    return "failed", Reason.FAILED_5XX
+
+
+class HopConnection:
+    """One SMTP client connection to the next hop, reused across messages."""
+
+    def __init__(self, hop: NextHop, *, connect_timeout: float, command_timeout: float, local_hostname: str) -> None:
+        self.hop = hop
+        self.connect_timeout = connect_timeout
+        self.command_timeout = command_timeout
+        self.local_hostname = local_hostname
+        self.smtp: aiosmtplib.SMTP | None = None
+        self.last_used = time.monotonic()
+        self.delivered = 0
+        self.tls = False
+
+    @property
+    def connected(self) -> bool:
+        return self.smtp is not None and self.smtp.is_connected
+
+    async def open(self) -> None:
+        hop = self.hop
+        smtp = aiosmtplib.SMTP(
+            hostname=hop.host, port=hop.port, timeout=self.command_timeout, start_tls=False,
+            use_tls=False, local_hostname=self.local_hostname,
+        )
+        try:
+            await smtp.connect(timeout=self.connect_timeout)
+        except aiosmtplib.SMTPConnectTimeoutError as exc:
+            raise HopFailure(Reason.DEFERRED_TIMEOUT, f"connect to {hop.address} timed out: {exc}") from None
+        except aiosmtplib.SMTPConnectResponseError as exc:
+            raise HopFailure(Reason.DEFERRED_4XX, f"{hop.address} greeting: {_reply_text(exc.code, exc.message)}") from None
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            raise HopFailure(Reason.DEFERRED_CONNECT, f"cannot connect to {hop.address}: {exc}") from None
+        try:
+            await self._hello(smtp)
+            self.tls = False
+            if hop.tls != "off" and (hop.tls == "required" or smtp.supports_extension("starttls")):
+                if not smtp.supports_extension("starttls"):
+                    raise HopFailure(Reason.DEFERRED_TLS, f"{hop.address} does not offer STARTTLS, and TLS is required")
+                try:
+                    await smtp.starttls(server_hostname=hop.host, tls_context=self._tls_context())
+                except (aiosmtplib.SMTPException, ssl.SSLError, OSError) as exc:
+                    raise HopFailure(Reason.DEFERRED_TLS, f"STARTTLS with {hop.address} failed: {exc}") from None
+                self.tls = True
+            if hop.user:
+                if not self.tls and hop.tls != "off":
+                    raise HopFailure(
+                        Reason.DEFERRED_TLS, f"will not send AUTH to {hop.address} in plain text (STARTTLS not offered)"
+                    )
+                try:
+                    await smtp.login(hop.user, hop.password or "")
+                except aiosmtplib.SMTPAuthenticationError as exc:
+                    raise HopFailure(Reason.DEFERRED_AUTH, f"AUTH at {hop.address}: {_reply_text(exc.code, exc.message)}") from None
+                except aiosmtplib.SMTPException as exc:
+                    raise HopFailure(Reason.DEFERRED_AUTH, f"AUTH at {hop.address}: {exc}") from None
+        except HopFailure:
+            smtp.close()
+            raise
+        except aiosmtplib.SMTPTimeoutError as exc:
+            smtp.close()
+            raise HopFailure(Reason.DEFERRED_TIMEOUT, f"{hop.address} timed out: {exc}") from None
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            smtp.close()
+            raise HopFailure(Reason.DEFERRED_CONNECT, f"{hop.address}: {exc}") from None
+        self.smtp = smtp
+
+    async def _hello(self, smtp: aiosmtplib.SMTP) -> None:
+        try:
+            await smtp.ehlo()
+        except aiosmtplib.SMTPHeloError:
+            await smtp.helo()
+
+    def _tls_context(self) -> ssl.SSLContext:
+        if self.hop.tls == "required":
+            # Required means verified: a certificate we cannot check is no better than plain text.
+            return ssl.create_default_context(cafile=self.hop.cafile or None)
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+
+    async def close(self) -> None:
+        smtp, self.smtp = self.smtp, None
+        if smtp is None:
+            return
+        try:
+            if smtp.is_connected:
+                await asyncio.wait_for(smtp.quit(), 1)
+        except (aiosmtplib.SMTPException, OSError, TimeoutError):
+            smtp.close()
+
+    async def deliver(self, message: Claimed) -> AttemptResult:
+        """One attempt: MAIL, RCPT per recipient, DATA — an outcome per recipient.
+        Raises :class:`HopFailure` when the hop itself is unusable."""
+        reused = self.connected
+        if not reused:
+            await self.open()
+        self.last_used = time.monotonic()
+        try:
+            return await self._transaction(message)
+        except _Retryable:
+            # A reused connection the server had dropped: one fresh try.
+            await self.close()
+            await self.open()
+            return await self._transaction(message)
+        finally:
+            self.last_used = time.monotonic()
+
+    async def _transaction(self, m: Claimed) -> AttemptResult:
+        smtp = self.smtp
+        assert smtp is not None
+        options: list[str] = []
+        encoding = "ascii"
+        if not m.data.isascii() and smtp.supports_extension("8bitmime"):
+            options.append("BODY=8BITMIME")
+        if not (m.mail_from.isascii() and all(r.isascii() for r in m.recipients)):
+            if smtp.supports_extension("smtputf8"):
+                options.append("SMTPUTF8")
+            encoding = "utf-8"
+        try:
+            await smtp.mail(m.mail_from, options=options, encoding=encoding)
+        except aiosmtplib.SMTPServerDisconnected:
+            smtp.close()
+            raise _Retryable() from None
+        except aiosmtplib.SMTPResponseException as exc:
+            await self._rset()
+            state, reason = _classify(exc.code)
+            reply = _reply_text(exc.code, exc.message)
+            return AttemptResult([RecipientResult(r, state, reply) for r in m.recipients], reason, f"MAIL: {reply}")
+        except aiosmtplib.SMTPTimeoutError as exc:
+            smtp.close()
+            raise HopFailure(Reason.DEFERRED_TIMEOUT, f"MAIL timed out at {self.hop.address}: {exc}") from None
+        results: dict[str, RecipientResult] = {}
+        accepted: list[str] = []
+        try:
+            for rcpt in m.recipients:
+                try:
+                    await smtp.rcpt(rcpt, encoding=encoding)
+                    accepted.append(rcpt)
+                except aiosmtplib.SMTPRecipientRefused as exc:
+                    state, _ = _classify(exc.code)
+                    results[rcpt] = RecipientResult(rcpt, state, _reply_text(exc.code, exc.message))
+            if not accepted:
+                await self._rset()
+                return _summarize(m, results)
+            try:
+                response = await smtp.data(m.data)
+            except aiosmtplib.SMTPResponseException as exc:
+                state, _ = _classify(exc.code)
+                reply = _reply_text(exc.code, exc.message)
+                for rcpt in accepted:
+                    results[rcpt] = RecipientResult(rcpt, state, reply)
+                return _summarize(m, results, prefix="DATA: ")
+        except aiosmtplib.SMTPTimeoutError as exc:
+            smtp.close()
+            raise HopFailure(Reason.DEFERRED_TIMEOUT, f"timed out at {self.hop.address}: {exc}") from None
+        except (aiosmtplib.SMTPServerDisconnected, OSError) as exc:
+            smtp.close()
+            # Mid-transaction: the message may or may not have gone; retry later (at least once).
+            reply = f"connection to {self.hop.address} lost: {exc}"
+            return AttemptResult(
+                [RecipientResult(r, "deferred", reply) for r in m.recipients if r not in results]
+                + list(results.values()),
+                Reason.DEFERRED_CONNECT,
+                reply,
+            )
+        self.delivered += 1
+        reply = _reply_text(response.code, response.message)
+        for rcpt in accepted:
+            results[rcpt] = RecipientResult(rcpt, "sent", reply)
+        return _summarize(m, results)
+
+    async def _rset(self) -> None:
+        if self.smtp is None:
+            return
+        try:
+            await self.smtp.rset()
+        except (aiosmtplib.SMTPException, OSError):
+            self.smtp.close()
+
+
+class _Retryable(Exception):
+    pass
+
+
+def _summarize(m: Claimed, results: dict[str, RecipientResult], prefix: str = "") -> AttemptResult:
+    ordered = [results[r] for r in m.recipients if r in results]
+    deferred = [r for r in ordered if r.state == "deferred"]
+    failed = [r for r in ordered if r.state == "failed"]
+    if deferred:
+        return AttemptResult(ordered, Reason.DEFERRED_4XX, prefix + deferred[0].reply)
+    if failed and len(failed) == len(ordered):
+        return AttemptResult(ordered, Reason.FAILED_5XX, prefix + failed[0].reply)
+    sent = next((r for r in ordered if r.state == "sent"), None)
+    return AttemptResult(ordered, Reason.DELIVERED, prefix + (sent.reply if sent else ""))
+
+
+# ---------------------------------------------------------------------------
+# Own-address check
+
+
+def _is_local_ip(ip: str) -> bool:
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    if address.is_loopback or address.is_unspecified:
+        return True
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    # Binding succeeds only for this machine's own addresses (no packet is sent).
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((ip, 0))
+        except OSError:
+            return False
+    return True
+
+
+async def _resolve(host: str, port: int) -> set[str]:
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await asyncio.wait_for(loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), 3)
+    except (OSError, TimeoutError):
+        return set()
+    return {str(info[4][0]) for info in infos}
+
+
+def _canonical(ip: str) -> str:
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if address.version == 6 and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
+
+
+async def is_own_address(hop_host: str, hop_port: int, own: list[tuple[str, int]]) -> bool:
+    """Whether ``hop_host:hop_port`` reaches one of the relay's own listeners.
+    A wildcard listener (0.0.0.0, ::) answers on every local address."""
+    same_port = [host for host, port in own if port == hop_port]
+    if not same_port:
+        return False
+    hop_ips = {_canonical(ip) for ip in await _resolve(hop_host, hop_port)}
+    if not hop_ips:
+        return False
+    for host in same_port:
+        if host in ("", "0.0.0.0", "::", "*"):
+            if any(_is_local_ip(ip) for ip in hop_ips):
+                return True
+            continue
+        own_ips = {_canonical(ip) for ip in await _resolve(host, hop_port)}
+        if hop_ips & own_ips:
+            return True
+    return False
+
+
+# ---------------------------------------------------------------------------
+# The engine
+
+
+@dataclass(slots=True)
+class EngineCounters:
+    """Running totals for tests, benchmarks and logs."""
+
+    dispatched: int = 0
+    delivered: int = 0
+    deferred: int = 0
+    failed: int = 0
+    bounced: int = 0
+    hop_failures: int = 0
+    rounds: int = 0
+    reclaimed: int = 0
+    connections_opened: int = 0
+
+
+@dataclass(slots=True)
+class _Flight:
+    message: Claimed
+    task: asyncio.Task[None] | None = None
+    started: float = field(default_factory=time.time)
 
 
 class DeliveryEngine:
@@ -12,7 +434,9 @@ class DeliveryEngine:
 
     ``owner`` is the relay's lease owner id; ``reclaim_from`` names a dead relay whose
     in-flight messages are reclaimed at once on takeover; ``own_addresses`` are the
-    relay's listening (host, port) pairs, refused as next hop.
+    relay's listening (host, port) pairs, refused as next hop. ``config`` is any
+    object with the delivery fields of :class:`relay.config.RelayConfig` (missing
+    ones take their defaults).
     """
 
     def __init__(
@@ -24,14 +448,445 @@ class DeliveryEngine:
         reclaim_from: str | None = None,
         own_addresses: list[tuple[str, int]] | None = None,
     ) -> None:
-        self.store_path = store_path
+        self.store_path = Path(store_path)
         self.config = config
         self.owner = owner
         self.reclaim_from = reclaim_from
-        self.own_addresses = own_addresses or []
+        self.own_addresses = list(own_addresses or [])
+        self.retry_base = _setting(config, "retry_base")
+        self.retry_max = _setting(config, "retry_max")
+        self.queue_lifetime = _setting(config, "queue_lifetime")
+        self.lease_seconds = _setting(config, "message_lease")
+        self.connect_timeout = _setting(config, "connect_timeout")
+        self.command_timeout = _setting(config, "command_timeout")
+        self.retention = _setting(config, "retention_days") * 86400.0
+        self.server_name = _server_name(config)
+        self.counters = EngineCounters()
+        self.settings = DeliverySettings()
+        self.hop: NextHop | None = None
+        self.hop_is_self = False
+        self.status: tuple[str, str] = ("starting", "")
+        self._store = AsyncStore(self.store_path)
+        self._rng = random.Random()
+        self._bucket = TokenBucket(0.0, time.monotonic())
+        self._hop_backoff = HopBackoff(min(self.retry_base, 5.0), min(self.retry_max, 60.0))
+        self._starvation = StarvationShare()
+        self._flights: dict[int, _Flight] = {}
+        self._outcomes: list[Outcome] = []
+        self._events: list[NewEvent] = []
+        self._idle: list[HopConnection] = []
+        self._wake = asyncio.Event()
+        self._campaign_wake = asyncio.Event()
+        self._stop_event = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self._started = False
+
+    # -- lifecycle -------------------------------------------------------------
 
     async def start(self) -> None:
-        return None
+        """Open the store, take over a dead relay's in-flight mail, start the loops."""
+        if self._started:
+            return
+        self._started = True
+        await self._store.open()
+        if self.reclaim_from and self.reclaim_from != self.owner:
+            self.counters.reclaimed += await self._store.run(reclaim_owner, self.reclaim_from)
+        from relay.campaigns import CampaignRunner
 
-    async def stop(self) -> None:
-        return None
+        runner = CampaignRunner(self._store, server_name=self.server_name, notify=self.notify, stopping=lambda: self._stopping)
+        self._campaigns = runner
+        self._tasks = [
+            asyncio.create_task(self._run(), name="delivery-scheduler"),
+            asyncio.create_task(runner.run(self._campaign_wake), name="delivery-campaigns"),
+            asyncio.create_task(self._maintain(), name="delivery-retention"),
+        ]
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop claiming; let deliveries under way finish (bounded), record their
+        outcomes, give back anything unfinished, close connections and the store."""
+        if not self._started or self._stopping:
+            return
+        self._stopping = True
+        self._stop_event.set()
+        self._wake.set()
+        self._campaign_wake.set()
+        limit = grace if grace is not None else min(10.0, self.command_timeout + 1)
+        scheduler, others = self._tasks[0], self._tasks[1:]
+        # The scheduler finishes its round (what it claimed is launched and awaited below).
+        _done, still = await asyncio.wait([scheduler], timeout=5)
+        for task in [*still, *others]:
+            task.cancel()
+        pending = [f.task for f in self._flights.values() if f.task is not None]
+        if pending:
+            _done, late = await asyncio.wait(pending, timeout=limit)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late, timeout=2)
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        try:
+            self._flights.clear()
+            request = RoundRequest(self.owner, self.lease_seconds, 0, None, self._take_outcomes(), force=True)
+            request.events = self._take_events()
+            await self._store.run(_final_round, request)
+            await self._store.run(publish_status, "stopped", "")
+        except (StoreError, sqlite3.Error) as exc:
+            log.warning("delivery: could not record the last outcomes: %s", exc)
+        idle, self._idle = self._idle, []
+        await asyncio.gather(*(conn.close() for conn in idle), return_exceptions=True)
+        await self._store.close()
+
+    def notify(self) -> None:
+        """New mail is in the store (called by the relay after its commit): look now."""
+        self._wake.set()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._flights)
+
+    # -- the scheduler loop -----------------------------------------------------
+
+    async def _run(self) -> None:
+        seen: int | None = None
+        force = True
+        backlog = True
+        next_due: float | None = None
+        last_full = 0.0
+        last_renew = time.time()
+        last_reclaim = 0.0
+        while not self._stopping:
+            now = time.time()
+            mono = time.monotonic()
+            budget = self._budget(mono)
+            renew: list[int] = []
+            if self._flights and now - last_renew >= self.lease_seconds / 3:
+                renew = list(self._flights)
+                last_renew = now
+            reclaim = now - last_reclaim >= max(0.5, min(5.0, self.lease_seconds / 2))
+            if reclaim:
+                last_reclaim = now
+            promote = next_due is not None and now >= next_due
+            full = force or (backlog and budget > 0) or now - last_full >= FULL_ROUND_EVERY
+            request = RoundRequest(
+                owner=self.owner,
+                lease_seconds=self.lease_seconds,
+                budget=budget,
+                hop=self.hop.address if self.hop is not None and not self.hop_is_self else None,
+                outcomes=self._take_outcomes(),
+                renew=renew,
+                reclaim_expired=reclaim,
+                promote_due=promote or full,
+                oldest_lower=self._starvation.due(budget) if budget else False,
+                seen_version=seen,
+                force=full,
+                now=now,
+            )
+            events = request.events = self._take_events()
+            try:
+                result = await self._store.run(dispatch_round, request)
+            except (StoreError, sqlite3.Error) as exc:
+                log.warning("delivery: store round failed, retrying: %s", exc)
+                self._outcomes[:0] = request.outcomes
+                self._events[:0] = events
+                await self._sleep(1.0)
+                continue
+            self.counters.rounds += 1
+            seen = result.version
+            if result.skipped:
+                await self._sleep(self._idle_wait(next_due, budget))
+                continue
+            last_full = now if full else last_full
+            force = False
+            self.counters.reclaimed += result.reclaimed
+            if result.settings is not None and (result.settings != self.settings or self.status[0] == "starting"):
+                force = await self._apply_settings(result.settings)
+            if promote or full or result.next_due is not None:
+                next_due = result.next_due
+            self._launch(result.claimed)
+            await self._reap_idle()
+            # More may be ready than this round could take (no tokens, no free
+            # connection, or a full claim): look again without waiting for a commit.
+            backlog = len(result.claimed) == budget and not self._held_back()
+            await self._publish_status()
+            if backlog and budget > 0:
+                await asyncio.sleep(0)
+                continue
+            await self._sleep(self._idle_wait(next_due, budget))
+
+    def _held_back(self) -> bool:
+        """Delivery waits for a control to change (a commit will say so)."""
+        return self.hop is None or self.hop_is_self or self.settings.paused
+
+    def _budget(self, mono: float) -> int:
+        if self._stopping or self.hop is None or self.hop_is_self or self.settings.paused:
+            return 0
+        free = self.settings.parallel - len(self._flights)
+        if free <= 0:
+            return 0
+        return max(0, min(free, self._bucket.available(mono), self._hop_backoff.allowed(time.time(), len(self._flights))))
+
+    def _idle_wait(self, next_due: float | None, budget: int) -> float:
+        now = time.time()
+        wait = IDLE_POLL
+        if next_due is not None:
+            wait = min(wait, max(0.0, next_due - now))
+        if self._hop_backoff.down:
+            wait = min(wait, max(0.01, self._hop_backoff.retry_at - now))
+        if budget == 0 and self.settings.rate and len(self._flights) < self.settings.parallel:
+            wait = min(wait, max(0.001, self._bucket.wait_for_one(time.monotonic())))
+        return wait
+
+    async def _sleep(self, seconds: float) -> None:
+        if self._wake.is_set():
+            self._wake.clear()
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        self._wake.clear()
+
+    def _take_outcomes(self) -> list[Outcome]:
+        outcomes, self._outcomes = self._outcomes, []
+        return outcomes
+
+    def _take_events(self) -> list[NewEvent]:
+        events, self._events = self._events, []
+        return events
+
+    async def _apply_settings(self, settings: DeliverySettings) -> bool:
+        """Follow new runtime controls; True when the next round should run at once."""
+        before = self.settings
+        self.settings = settings
+        self._bucket.set_rate(settings.rate, time.monotonic())
+        self._starvation.set_share(settings.starvation_share)
+        if settings.hop_key != before.hop_key or self.status[0] == "starting":
+            try:
+                hop = NextHop.from_settings(settings)
+            except StoreError as exc:
+                log.warning("delivery: ignoring next hop setting: %s", exc)
+                hop = None
+            self.hop = hop
+            self.hop_is_self = False
+            self._hop_backoff.succeeded()
+            for conn in self._idle:
+                await conn.close()
+            self._idle.clear()
+            if hop is None:
+                self._event(EventKind.RELAY, Reason.NO_NEXT_HOP, "no next hop set: delivery waits — set one with `smtpplus queue next-hop HOST:PORT`")
+            elif await is_own_address(hop.host, hop.port, self.own_addresses):
+                self.hop_is_self = True
+                self._event(
+                    EventKind.RELAY, Reason.NEXT_HOP_SELF,
+                    f"next hop {hop.address} is this relay's own listening address: refused, delivery waits",
+                )
+        return True
+
+    async def _publish_status(self) -> None:
+        if self.settings.paused:
+            status = ("paused", "delivery paused by an operator")
+        elif self.hop is None:
+            status = ("no next hop", "set one with `smtpplus queue next-hop HOST:PORT`")
+        elif self.hop_is_self:
+            status = ("next hop is this relay", f"{self.hop.address} is one of this relay's own listening addresses")
+        elif self._hop_backoff.down:
+            status = ("next hop down", f"{self._hop_backoff.reason}; next try in {max(0.0, self._hop_backoff.retry_at - time.time()):.0f} s")
+        else:
+            status = ("running", f"to {self.hop.address}")
+        if status[0] != self.status[0]:
+            self.status = status
+            events = self._take_events()
+            try:
+                await self._store.run(publish_status, status[0], status[1], events=events)
+            except (StoreError, sqlite3.Error) as exc:
+                self._events[:0] = events
+                log.warning("delivery: cannot publish status: %s", exc)
+
+    def _event(self, kind: EventKind, reason: Reason, detail: str) -> None:
+        self._events.append(NewEvent(kind, reason, detail=detail, at=time.time()))
+
+    # -- deliveries ---------------------------------------------------------------
+
+    def _launch(self, claimed: list[Claimed]) -> None:
+        if not claimed:
+            return
+        self._bucket.take(len(claimed), time.monotonic())
+        self.counters.dispatched += len(claimed)
+        hop = self.hop
+        for message in claimed:
+            if hop is None:  # cannot happen: claims need a hop; give it back at once
+                self._outcomes.append(self._temporary(message, Reason.NO_NEXT_HOP, "no next hop", hop_wide=False))
+                continue
+            flight = _Flight(message)
+            self._flights[message.id] = flight
+            # The connection is taken now, not when the task first runs, so the idle
+            # pool and the in-flight count always add up to the connections open.
+            conn = self._connection(hop)
+            flight.task = asyncio.create_task(self._deliver(message, hop, conn), name=f"deliver-{message.queue_id}")
+
+    async def _reap_idle(self) -> None:
+        if not self._idle:
+            return
+        cutoff = time.monotonic() - IDLE_CONNECTION_TTL
+        keep = [c for c in self._idle if c.last_used >= cutoff and c.connected]
+        for conn in self._idle:
+            if conn not in keep:
+                await conn.close()
+        self._idle = keep
+
+    def _connection(self, hop: NextHop) -> HopConnection:
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.hop == hop and conn.connected:
+                return conn
+            asyncio.create_task(conn.close())
+        self.counters.connections_opened += 1
+        return HopConnection(
+            hop, connect_timeout=self.connect_timeout, command_timeout=self.command_timeout,
+            local_hostname=self.server_name,
+        )
+
+    async def _deliver(self, message: Claimed, hop: NextHop, conn: HopConnection) -> None:
+        try:
+            try:
+                result = await conn.deliver(message)
+            except HopFailure as exc:
+                result = AttemptResult(
+                    [RecipientResult(r, "deferred", exc.reply) for r in message.recipients], exc.reason, exc.reply, hop_failure=True
+                )
+            except asyncio.CancelledError:
+                await conn.close()
+                raise
+            except Exception as exc:  # a bug must not lose the message: retry later
+                log.exception("delivery: unexpected error delivering %s", message.queue_id)
+                await conn.close()
+                result = AttemptResult(
+                    [RecipientResult(r, "deferred", f"internal error: {type(exc).__name__}") for r in message.recipients],
+                    Reason.DEFERRED_CONNECT, f"internal error: {type(exc).__name__}",
+                )
+            self._record(message, result, hop)
+            keep = (
+                conn.connected and not self._stopping and self.hop == hop
+                and len(self._idle) + len(self._flights) <= self.settings.parallel
+            )
+            if keep:
+                self._idle.append(conn)
+            else:
+                await conn.close()
+        finally:
+            self._flights.pop(message.id, None)
+            self._wake.set()
+
+    def _record(self, message: Claimed, result: AttemptResult, hop: NextHop) -> None:
+        now = time.time()
+        if result.hop_failure:
+            self.counters.hop_failures += 1
+            was_down = self._hop_backoff.down
+            if was_down and now < self._hop_backoff.retry_at:
+                retry_at = self._hop_backoff.retry_at  # a parallel attempt failing the same way
+            else:
+                retry_at = self._hop_backoff.failed(now, result.reply, self._rng)
+            if not was_down:
+                self._event(
+                    EventKind.RELAY, Reason.NEXT_HOP_DOWN,
+                    f"next hop {hop.address} unusable ({result.reply}); backing off, next try in {retry_at - now:.1f} s",
+                )
+        elif self._hop_backoff.succeeded():
+            self._event(EventKind.RELAY, Reason.NEXT_HOP_UP, f"next hop {hop.address} answers again")
+        self._outcomes.append(self._outcome(message, result, hop, now))
+
+    def _temporary(self, message: Claimed, reason: Reason, reply: str, *, hop_wide: bool) -> Outcome:
+        result = AttemptResult([RecipientResult(r, "deferred", reply) for r in message.recipients], reason, reply, hop_wide)
+        return self._outcome(message, result, self.hop, time.time())
+
+    def _outcome(self, m: Claimed, result: AttemptResult, hop: NextHop | None, now: float) -> Outcome:
+        """Turn one attempt into the message's new state: sent, deferred (with its
+        next attempt) or failed (with a bounce for the failed recipients)."""
+        recipients = list(result.recipients)
+        reason, reply = result.reason, result.reply
+        deferred = [r for r in recipients if r.state == "deferred"]
+        state = "sent"
+        next_attempt_at = None
+        if deferred:
+            decision = decide_retry(
+                attempts=m.attempts, created_at=m.created_at, now=now, base=self.retry_base,
+                maximum=self.retry_max, lifetime=self.queue_lifetime, rng=self._rng,
+            )
+            if decision.final:
+                lifetime_reply = f"queue lifetime exceeded after {m.attempts} attempt(s); last reply: {reply}"
+                recipients = [
+                    RecipientResult(r.address, "failed", f"{r.reply} (queue lifetime exceeded)") if r.state == "deferred" else r
+                    for r in recipients
+                ]
+                reason, reply = Reason.FAILED_LIFETIME, lifetime_reply
+            else:
+                state, next_attempt_at = "deferred", decision.next_attempt_at
+        failed = [r for r in recipients if r.state == "failed"]
+        sent = [r for r in recipients if r.state == "sent"]
+        if state != "deferred":
+            if failed and not sent and not m.delivered_before:
+                state = "failed"
+                reason = reason if reason in (Reason.FAILED_LIFETIME,) else Reason.FAILED_5XX
+            else:
+                state, reason = "sent", Reason.DELIVERED
+        bounce = None
+        if failed and state != "deferred" and m.mail_from:
+            bounce = bounce_message(
+                original=m.data, original_sender=m.mail_from,
+                failed=[FailedRecipient(r.address, r.reply) for r in failed],
+                queue_id=m.queue_id, arrival=m.created_at, reporting_mta=self.server_name,
+                next_hop=hop.address if hop else None, now=now,
+            )
+            self.counters.bounced += 1
+        elif state == "deferred" and failed and m.mail_from:
+            # Some recipients failed for good while others wait: tell the sender now.
+            bounce = bounce_message(
+                original=m.data, original_sender=m.mail_from,
+                failed=[FailedRecipient(r.address, r.reply) for r in failed],
+                queue_id=m.queue_id, arrival=m.created_at, reporting_mta=self.server_name,
+                next_hop=hop.address if hop else None, now=now,
+            )
+            self.counters.bounced += 1
+        if state == "sent":
+            self.counters.delivered += 1
+        elif state == "deferred":
+            self.counters.deferred += 1
+        else:
+            self.counters.failed += 1
+        target = hop.address if hop else "-"
+        if state == "sent":
+            detail = f"{reply} (to {target}, {len(sent)} recipient(s)"
+            detail += f", {len(failed)} failed)" if failed else ")"
+        elif state == "deferred":
+            wait = (next_attempt_at or now) - now
+            detail = f"{reply} (to {target}; next attempt in {wait:.0f} s, attempt {m.attempts})"
+        else:
+            detail = f"{reply} (to {target}, attempt {m.attempts})"
+        return Outcome(m, state, reason, reply, recipients, next_attempt_at, bounce, detail)
+
+    # -- retention ------------------------------------------------------------------
+
+    async def _maintain(self) -> None:
+        await self._sleep_stopping(5.0)
+        while not self._stopping:
+            try:
+                pruned = await self._store.run(prune, before=time.time() - self.retention)
+                if pruned.messages or pruned.events:
+                    log.info("retention: pruned %d message(s) and %d event(s)", pruned.messages, pruned.events)
+            except (StoreError, sqlite3.Error) as exc:
+                log.warning("retention: prune failed: %s", exc)
+            await self._sleep_stopping(PRUNE_EVERY)
+
+    async def _sleep_stopping(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop_event.wait(), seconds)
+
+
+def _final_round(db: sqlite3.Connection, request: RoundRequest) -> RoundResult:
+    """Record the last outcomes, then give back whatever this engine still holds."""
+    from relay.store.queue import release_claims
+
+    result = dispatch_round(db, request)
+    release_claims(db, request.owner)
+    return result

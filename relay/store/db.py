@@ -81,7 +81,10 @@ def transaction(db: sqlite3.Connection, *, immediate: bool = True) -> Iterator[s
     try:
         yield db
     except BaseException:
-        db.execute("ROLLBACK")
+        # SQLite rolls back by itself on some errors (SQLITE_FULL, IOERR): a second
+        # ROLLBACK would fail and hide the error that matters.
+        if db.in_transaction:
+            db.execute("ROLLBACK")
         raise
     else:
         db.execute("COMMIT")

@@ -85,3 +85,10 @@ def insert_messages(db: sqlite3.Connection, messages: Sequence[NewMessage], *, n
             )
             out.append(Queued(message_id, m.queue_id))
     return out
+
+
+def count_messages(db: sqlite3.Connection, origin: str | None = None) -> int:
+    """How many messages the store holds (of one origin), whatever their state."""
+    if origin is None:
+        return int(db.execute("SELECT count(*) FROM messages").fetchone()[0])
+    return int(db.execute("SELECT count(*) FROM messages WHERE origin = ?", (origin,)).fetchone()[0])

@@ -127,6 +127,8 @@ CREATE INDEX messages_campaign ON messages(campaign_id) WHERE campaign_id IS NOT
 CREATE INDEX messages_finished ON messages(finished_at) WHERE finished_at IS NOT NULL;
 -- Deferred messages become ready when next_attempt_at passes: one range scan finds them.
 CREATE INDEX messages_deferred_due ON messages(next_attempt_at) WHERE state = 'deferred';
+-- Campaign progress and "anything left?" without walking the campaign's sent mail.
+CREATE INDEX messages_campaign_state ON messages(campaign_id, state) WHERE campaign_id IS NOT NULL;
 
 -- Bodies apart, so queue scans stay small.
 CREATE TABLE message_bodies (

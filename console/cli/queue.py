@@ -1,0 +1,319 @@
+"""``smtpplus queue``: the sending queue — inspect, hold, release, retry, delete;
+pause and resume all delivery; the shared rate, parallel connections and next hop.
+
+Every change is a row or setting in the store (recorded as an operator event); a
+relay in another process follows it within about a second.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+
+from console.cli import common
+from console.cli.common import CliError, LazyGroup
+
+queue = LazyGroup(name="queue", help="The sending queue: inspect, hold, retry; pause, rate, next hop.")
+
+STATES = ("active", "all", "queued", "sending", "deferred", "held", "sent", "failed")
+
+
+def _escape(value: object) -> str:
+    from rich.markup import escape
+
+    return escape(str(value))
+
+
+def message_json(row: Any) -> dict[str, Any]:
+    """The public fields of a queued message (``relay.store.queue.MessageRow``)."""
+    return {
+        "queue_id": row.queue_id,
+        "state": row.state,
+        "priority": row.priority,
+        "header_priority": row.header_priority,
+        "user_priority": row.user_priority,
+        "origin": row.origin,
+        "list": row.list_name,
+        "user": row.username,
+        "campaign_id": row.campaign_id,
+        "mail_from": row.mail_from,
+        "header_from": row.header_from,
+        "subject": row.subject,
+        "recipients": row.recipients,
+        "size": row.size,
+        "attempts": row.attempts,
+        "next_attempt_at": row.next_attempt_at if row.state in ("queued", "deferred") else None,
+        "last_reply": row.last_reply,
+        "client": row.client,
+        "port": row.port,
+        "created_at": row.created_at,
+        "finished_at": row.finished_at,
+    }
+
+
+def _wait(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 86400:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
+@queue.command("ls")
+@click.option("--state", type=click.Choice(STATES), default="active", show_default=True,
+              help="Which messages: active = queued, sending, deferred and held.")
+@click.option("--priority", type=click.IntRange(1, 5), default=None, help="Only this effective priority (1–5).")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True, help="At most this many rows.")
+@common.json_option
+@common.db_option
+def ls(state: str, priority: int | None, limit: int, as_json: bool, db_path: Path | None) -> None:
+    """Messages in dispatch order: priority first, then first in, first out."""
+    import time
+
+    from relay.store import queue as store_queue
+
+    with common.open_db(db_path) as db:
+        rows = store_queue.list_messages(db, state=state, priority=priority, limit=limit)
+        overview = store_queue.queue_overview(db) if not as_json else None
+    if as_json:
+        common.print_json([message_json(r) for r in rows])
+        return
+    assert overview is not None
+    settings = overview.settings
+    status = overview.status.get("state", "no relay has run")
+    click.echo(
+        f"delivery: {'paused' if settings.paused else status} · next hop {settings.next_hop or 'none'} "
+        f"· rate {'unlimited' if not settings.rate else f'{settings.rate:g}/s'} · parallel {settings.parallel}"
+    )
+    if not rows:
+        click.echo({"active": "The queue is empty.", "all": "No messages."}.get(state, f"No {state} messages."))
+        return
+    from rich import box
+    from rich.table import Table
+
+    now = time.time()
+    table = Table(box=box.SIMPLE_HEAD)
+    for column in ("queue id", "state", "prio", "origin", "from", "rcpts", "subject", "tries", "waiting", "last reply"):
+        table.add_column(column, no_wrap=column in ("queue id", "state"))
+    for r in rows:
+        table.add_row(
+            r.queue_id, r.state, str(r.priority), r.origin, _escape(r.mail_from or "<>"), str(r.recipients),
+            _escape(r.subject[:40]), str(r.attempts),
+            _wait(now - r.created_at) if r.finished_at is None else "-",
+            _escape((r.last_reply or "")[:50]),
+        )
+    common.stdout_console().print(table)
+
+
+@queue.command("show")
+@click.argument("queue_id")
+@common.json_option
+@common.db_option
+def show(queue_id: str, as_json: bool, db_path: Path | None) -> None:
+    """One message: envelope, priorities, recipients and its event timeline."""
+    from relay.priority import NAMES
+    from relay.store import queue as store_queue
+
+    with common.open_db(db_path) as db:
+        detail = store_queue.message_detail(db, queue_id)
+    m = detail.message
+    if as_json:
+        out = message_json(m)
+        out["recipient_states"] = [
+            {"address": r.address, "state": r.state, "last_reply": r.last_reply} for r in detail.recipients
+        ]
+        out["events"] = [
+            {"at": e.at, "kind": e.kind, "reason": e.reason, "detail": e.detail, "client": e.client, "port": e.port}
+            for e in detail.events
+        ]
+        out["headers"] = detail.headers
+        common.print_json(out)
+        return
+    lines = [
+        f"queue id      {m.queue_id}",
+        f"state         {m.state} (attempts {m.attempts})",
+        f"priority      {m.priority} {NAMES.get(m.priority, '')} — header {m.header_priority}, user {m.user_priority}",
+        f"origin        {m.origin}" + (f" (campaign {m.campaign_id})" if m.campaign_id else ""),
+        f"list / user   {m.list_name or '-'} / {m.username or '-'}",
+        f"from          {m.mail_from or '<>'}" + (f"   (header: {m.header_from})" if m.header_from else ""),
+        f"subject       {m.subject}",
+        f"size          {m.size} bytes",
+        f"received      {common.fmt_time(m.created_at)}" + (f" from {m.client}, port {m.port}" if m.client else ""),
+    ]
+    if m.state in ("queued", "deferred"):
+        lines.append(f"next attempt  {common.fmt_time(m.next_attempt_at)}")
+    if m.finished_at:
+        lines.append(f"finished      {common.fmt_time(m.finished_at)}")
+    if m.last_reply:
+        lines.append(f"last reply    {m.last_reply}")
+    if m.header_priority == 1:
+        lines.append("note          header priority 1: recipients' mail clients show it as urgent")
+    for line in lines:
+        click.echo(line)
+    click.echo("recipients")
+    for r in detail.recipients:
+        click.echo(f"  {r.address}  {r.state}" + (f"  {r.last_reply}" if r.last_reply else ""))
+    click.echo("timeline")
+    for e in detail.events:
+        click.echo(f"  {common.fmt_time(e.at)}  {e.kind:<9} {e.reason:<22} {e.detail}")
+
+
+def _report(results: list[Any], verb: str) -> None:
+    changed = 0
+    for r in results:
+        if r.after is None and verb != "deleted":
+            click.echo(f"{r.queue_id}: unchanged — {r.note}")
+        else:
+            changed += 1
+            suffix = f" ({r.note})" if r.note else ""
+            click.echo(f"{r.queue_id}: {verb}{suffix}")
+    if len(results) > 1:
+        click.echo(f"{changed} of {len(results)} message(s) {verb}.")
+
+
+def _action(name: str, verb: str, help_text: str) -> None:
+    @queue.command(name, help=help_text)
+    @click.argument("queue_ids", nargs=-1, required=True, metavar="ID...")
+    @common.json_option
+    @common.db_option
+    def command(queue_ids: tuple[str, ...], as_json: bool, db_path: Path | None) -> None:
+        from relay.store import queue as store_queue
+
+        fn = getattr(store_queue, {"rm": "delete"}.get(name, name))
+        with common.open_db(db_path) as db:
+            results = fn(db, list(queue_ids))
+        if as_json:
+            common.print_json(results)
+            return
+        _report(results, verb)
+
+
+_action("hold", "held", "Hold messages: nothing delivers them until released.")
+_action("release", "released", "Release held messages back into the queue.")
+_action("retry", "queued for a retry now", "Retry now: deferred, held or failed messages become ready at once.")
+_action("rm", "deleted", "Delete messages from the queue (recorded as an operator event).")
+
+
+@queue.command("pause")
+@common.db_option
+def pause(db_path: Path | None) -> None:
+    """Pause all delivery (deliveries under way finish)."""
+    from relay.store import queue as store_queue
+
+    with common.open_db(db_path) as db:
+        was = store_queue.set_paused(db, True)
+    click.echo("Delivery was already paused." if was else "Delivery paused. Resume with: smtpplus queue resume")
+
+
+@queue.command("resume")
+@common.db_option
+def resume(db_path: Path | None) -> None:
+    """Resume all delivery."""
+    from relay.store import queue as store_queue
+
+    with common.open_db(db_path) as db:
+        was = store_queue.set_paused(db, False)
+    click.echo("Delivery resumed." if was else "Delivery was not paused.")
+
+
+@queue.command("rate")
+@click.argument("rate")
+@common.db_option
+def rate(rate: str, db_path: Path | None) -> None:
+    """Set the shared delivery rate in messages per second (0 = unlimited)."""
+    from relay.store import queue as store_queue
+
+    with common.open_db(db_path) as db:
+        store_queue.set_rate(db, rate)  # type: ignore[arg-type]
+    value = float(rate)
+    click.echo("Rate: unlimited." if value == 0 else f"Rate: {value:g} messages per second.")
+
+
+@queue.command("parallel")
+@click.argument("count")
+@common.db_option
+def parallel(count: str, db_path: Path | None) -> None:
+    """Set the maximum parallel next-hop connections."""
+    from relay.store import queue as store_queue
+
+    with common.open_db(db_path) as db:
+        store_queue.set_parallel(db, count)  # type: ignore[arg-type]
+    click.echo(f"Parallel connections: {int(count)}.")
+
+
+@queue.command("next-hop")
+@click.argument("hop", required=False, metavar="HOST:PORT")
+@click.option("--tls", type=click.Choice(["required", "opportunistic", "off"]), default=None,
+              help="STARTTLS toward the next hop (required never sends in plain text).")
+@click.option("--auth-user", default=None, help="AUTH at the next hop as this user ('' for none).")
+@click.option("--auth-password-env", default=None, metavar="VAR",
+              help="Read the next hop's AUTH password from this environment variable.")
+@click.option("--cafile", default=None, help="PEM CA bundle to trust for STARTTLS 'required' ('' for the system's).")
+@click.option("--clear", is_flag=True, help="Remove the next hop: delivery waits.")
+@common.db_option
+def next_hop(hop: str | None, tls: str | None, auth_user: str | None, auth_password_env: str | None,
+             cafile: str | None, clear: bool, db_path: Path | None) -> None:
+    """Show or set the next hop (smarthost) every message is delivered to."""
+    from relay.store import queue as store_queue
+
+    if clear and hop:
+        raise CliError("give HOST:PORT or --clear, not both")
+    password = None
+    if auth_password_env is not None:
+        password = os.environ.get(auth_password_env)
+        if password is None:
+            raise CliError(f"environment variable {auth_password_env} is not set — export it first")
+    if cafile and not Path(cafile).is_file():
+        raise CliError(f"--cafile {cafile} does not exist")
+    with common.open_db(db_path) as db:
+        if not clear and hop is None and tls is None and auth_user is None and password is None and cafile is None:
+            s = store_queue.delivery_settings(db)
+            click.echo(f"next hop: {s.next_hop or 'none (delivery waits)'}, STARTTLS {s.next_hop_tls}"
+                       + (f", AUTH as {s.next_hop_user}" if s.next_hop_user else ""))
+            return
+        current = store_queue.delivery_settings(db).next_hop
+        value = None if clear else (hop or current)
+        normalized = store_queue.set_next_hop(db, value, tls=tls, user=auth_user, password=password, cafile=cafile)
+    if normalized is None:
+        click.echo("Next hop cleared: delivery waits until one is set.")
+    else:
+        click.echo(f"Next hop: {normalized}" + (f" (STARTTLS {tls})" if tls else ""))
+
+
+@queue.command("status")
+@common.json_option
+@common.db_option
+def status(as_json: bool, db_path: Path | None) -> None:
+    """Counts per priority, the oldest wait, the controls and the engine's state."""
+    import time
+
+    from relay.store import queue as store_queue
+
+    now = time.time()
+    with common.open_db(db_path) as db:
+        o = store_queue.queue_overview(db, now=now)
+    s = o.settings
+    if as_json:
+        common.print_json({
+            "paused": s.paused, "rate": s.rate, "parallel": s.parallel, "next_hop": s.next_hop,
+            "next_hop_tls": s.next_hop_tls, "starvation_share": s.starvation_share, "status": o.status,
+            "sent_last_minute": o.sent_last_minute,
+            "priorities": [
+                {"priority": lane.priority, "queued": lane.queued, "deferred": lane.deferred, "sending": lane.sending,
+                 "held": lane.held, "oldest_wait": lane.oldest_wait(now)}
+                for lane in o.lanes
+            ],
+        })
+        return
+    click.echo(f"delivery: {o.status.get('state', 'no relay has run')} {o.status.get('detail', '')}".rstrip())
+    click.echo(f"paused {s.paused} · next hop {s.next_hop or 'none'} ({s.next_hop_tls}) · rate "
+               f"{'unlimited' if not s.rate else f'{s.rate:g}/s'} · parallel {s.parallel} · sent last minute {o.sent_last_minute}")
+    for lane in o.lanes:
+        wait = lane.oldest_wait(now)
+        click.echo(f"  priority {lane.priority}: queued {lane.queued}, deferred {lane.deferred}, sending {lane.sending}, "
+                   f"held {lane.held}, oldest waiting {_wait(wait) if wait is not None else '-'}")

@@ -1,0 +1,265 @@
+"""``smtpplus relay`` (the headless daemon), ``smtpplus status`` and ``smtpplus tls export``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from console.cli.common import (
+    CliError,
+    db_option,
+    json_option,
+    open_db,
+    print_json,
+    resolve_db_path,
+    stdout_console,
+)
+
+
+@click.command()
+@click.option("--host", default=None, help="Address to listen on (default 0.0.0.0: all interfaces).")
+@click.option("--ports", default=None, help="Port spec, e.g. 25,1025-5000 (the default) or 2525,4000-4010.")
+@click.option("--allow-plain-auth", is_flag=True, default=None, help="Allow AUTH before STARTTLS (off by default: 538 5.7.11).")
+@click.option("--strict-ports", is_flag=True, default=None, help="Fail when any port of the spec cannot be bound.")
+@click.option("--next-hop", default=None, metavar="HOST:PORT", help="Seed the next hop (only when the store has none yet).")
+@click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help='Once accepting, write {"pid", "served", "not_served", "host"} here as JSON (atomically).')
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="TOML settings file (default: $SMTPPLUS_CONFIG).")
+@db_option
+def relay(
+    host: str | None,
+    ports: str | None,
+    allow_plain_auth: bool | None,
+    strict_ports: bool | None,
+    next_hop: str | None,
+    ready_file: Path | None,
+    config_path: Path | None,
+    db_path: Path | None,
+) -> None:
+    """Run the relay as a headless daemon: every port of the spec, STARTTLS, AUTH, delivery.
+
+    SIGTERM or Ctrl-C stops accepting, lets sessions in progress finish (bounded) and
+    exits 0. A second relay on a store whose relay is alive exits with an error naming it.
+    """
+    from relay.config import load_config
+    from relay.listen import expand_ports
+
+    overrides = {
+        "host": host,
+        "ports": ports,
+        "allow_plain_auth": allow_plain_auth,
+        "strict_ports": strict_ports,
+        "next_hop": next_hop,
+    }
+    config = load_config(config_path, overrides)
+    if next_hop is not None:
+        _check_next_hop(next_hop)
+    expand_ports(config.ports)  # a bad spec is a one-line error before anything starts
+    _configure_logging()
+    store_path = resolve_db_path(db_path)
+    runner = _event_loop_runner()
+    code = runner(_serve(store_path, config, ready_file))
+    sys.exit(code)
+
+
+def _check_next_hop(value: str) -> None:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise CliError(f"--next-hop {value!r} is not HOST:PORT — e.g. smarthost.example:25")
+
+
+def _configure_logging() -> None:
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger = logging.getLogger("smtpplus")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    # aiosmtpd logs every command at INFO on "mail.log": far too chatty for a relay.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
+
+
+def _event_loop_runner() -> Any:
+    """uvloop on Linux (``SMTPPLUS_EVENT_LOOP=asyncio`` picks the standard loop)."""
+    choice = os.environ.get("SMTPPLUS_EVENT_LOOP", "").strip().lower()
+    if choice == "asyncio":
+        return asyncio.run
+    if choice == "uvloop" or sys.platform.startswith("linux"):
+        try:
+            import uvloop
+
+            return uvloop.run
+        except ImportError:
+            pass
+    return asyncio.run
+
+
+async def _serve(store_path: Path, config: Any, ready_file: Path | None) -> int:
+    from relay.service import RelayService
+
+    service = RelayService(store_path, config)
+    stop_requested = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop_requested.set)
+    await service.start()
+    try:
+        _announce(service, store_path)
+        if ready_file is not None:
+            write_ready_file(
+                ready_file,
+                {
+                    "pid": os.getpid(),
+                    "host": config.host,
+                    "served": service.served,
+                    "not_served": {str(port): reason for port, reason in sorted(service.not_served.items())},
+                    "fingerprint": service.tls.fingerprint if service.tls else None,
+                    "store": str(store_path),
+                },
+            )
+        stopped = asyncio.ensure_future(service.wait_stopped())
+        requested = asyncio.ensure_future(stop_requested.wait())
+        await asyncio.wait({stopped, requested}, return_when=asyncio.FIRST_COMPLETED)
+        taken_over = stopped.done() and not requested.done()
+        requested.cancel()
+    finally:
+        click.echo("smtpplus relay: stopping — letting sessions in progress finish", err=True)
+        await service.stop()
+    if taken_over:
+        click.echo("smtpplus: error: another relay took over this store's lease", err=True)
+        return 1
+    click.echo("smtpplus relay: stopped", err=True)
+    return 0
+
+
+def _announce(service: Any, store_path: Path) -> None:
+    from relay.ports import format_port_spec
+
+    served = service.served
+    click.echo(
+        f"smtpplus relay: serving {len(served)} port(s) on {service.config.host} "
+        f"({format_port_spec(served)}) for store {store_path}",
+        err=True,
+    )
+    for port, reason in sorted(service.not_served.items()):
+        click.echo(f"smtpplus relay: port {port} not served: {reason}", err=True)
+    if service.took_over:
+        click.echo("smtpplus relay: took over from a relay that died (stale heartbeat); its in-flight mail is reclaimed", err=True)
+
+
+def write_ready_file(path: Path, payload: dict[str, Any]) -> None:
+    """Write JSON atomically: a temporary file in the same directory, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(payload), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------
+# status
+
+
+@click.command()
+@click.option("--wait", "wait_seconds", type=float, default=None, metavar="SECONDS",
+              help="Wait up to SECONDS for a live relay; exit 1 when none appears.")
+@click.option("--stale-after", type=float, default=None, help="Heartbeat age that counts as dead (default: the relay setting, 10 s).")
+@json_option
+@db_option
+def status(wait_seconds: float | None, stale_after: float | None, as_json: bool, db_path: Path | None) -> None:
+    """Is a relay alive on this store? Ports served and not served, TLS, paused, next hop."""
+    from relay.store.lease import DEFAULT_STALE_AFTER, relay_status
+
+    limit = DEFAULT_STALE_AFTER if stale_after is None else stale_after
+    deadline = time.monotonic() + (wait_seconds or 0)
+    with open_db(db_path) as db:
+        while True:
+            current = relay_status(db, limit)
+            if current.alive or wait_seconds is None or time.monotonic() >= deadline:
+                break
+            time.sleep(0.2)
+    if as_json:
+        print_json(current)
+    else:
+        _print_status(current)
+    if wait_seconds is not None and not current.alive:
+        raise CliError(f"no live relay on this store after waiting {wait_seconds:g}s — start one with `smtpplus relay`")
+
+
+def _print_status(current: Any) -> None:
+    from rich.table import Table
+
+    from relay.ports import format_port_spec
+
+    console = stdout_console()
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    if current.alive:
+        table.add_row("relay", f"alive — pid {current.pid} on {current.host}, heartbeat {current.heartbeat_age:.1f}s ago")
+    elif current.owner is None:
+        table.add_row("relay", "not running — this store has never been served")
+    elif current.stopped_at:
+        table.add_row("relay", f"not running — stopped (last pid {current.pid} on {current.host})")
+    else:
+        age = f"{current.heartbeat_age:.0f}s" if current.heartbeat_age is not None else "?"
+        table.add_row("relay", f"not running — no heartbeat for {age} (last pid {current.pid} on {current.host})")
+    if current.listen_host:
+        table.add_row("listening on", str(current.listen_host))
+    table.add_row("ports served", f"{len(current.served)}" + (f" ({format_port_spec(current.served)})" if current.served else ""))
+    for port, reason in sorted(current.not_served.items())[:50]:
+        table.add_row("not served", f"port {port}: {reason}")
+    if len(current.not_served) > 50:
+        table.add_row("not served", f"… and {len(current.not_served) - 50} more (see --json)")
+    table.add_row("server name", current.server_name or "-")
+    encryption = "STARTTLS (optional: plain AUTH allowed)" if current.allow_plain_auth else "STARTTLS (required for AUTH)"
+    table.add_row("encryption", encryption)
+    table.add_row("TLS fingerprint", current.tls_fingerprint or "- (published when the relay first starts)")
+    table.add_row("delivery", "paused" if current.paused else "running")
+    table.add_row("next hop", current.next_hop or "none — delivery waits (smtpplus queue next-hop HOST:PORT)")
+    if current.rate is not None:
+        table.add_row("rate", f"{current.rate:g}/s" if current.rate else "unlimited")
+    if current.parallel is not None:
+        table.add_row("parallel", str(current.parallel))
+    console.print(table)
+
+
+# ---------------------------------------------------------------------------
+# tls
+
+
+@click.group()
+def tls() -> None:
+    """The relay's TLS certificate."""
+
+
+@tls.command("export")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the PEM here instead of stdout.")
+@click.option("--fingerprint", "show_fingerprint", is_flag=True, help="Print only the SHA-256 fingerprint.")
+@db_option
+def tls_export(out: Path | None, show_fingerprint: bool, db_path: Path | None) -> None:
+    """Print the relay's certificate (PEM) for clients to trust (--cafile)."""
+    from relay.store.settings import Keys, get_setting
+
+    with open_db(db_path) as db:
+        pem = get_setting(db, Keys.TLS_CERT_PEM)
+        fingerprint = get_setting(db, Keys.TLS_FINGERPRINT)
+    if not pem:
+        raise CliError("no certificate published yet — start the relay once (`smtpplus relay`) on this store")
+    if show_fingerprint:
+        click.echo(fingerprint)
+        return
+    if out is not None:
+        out.write_text(pem, encoding="ascii")
+        click.echo(f"wrote the relay certificate ({fingerprint}) to {out}", err=True)
+    else:
+        click.echo(pem, nl=not pem.endswith("\n"))

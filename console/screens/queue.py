@@ -1,0 +1,449 @@
+"""The live queue: lanes per priority, the delivery rate, the next messages in
+dispatch order, in flight, deferred, held, and campaigns.
+
+Each refresh reads the lane aggregates (the dispatch index) and one page of the view
+being looked at; campaign progress is re-counted at most every two seconds.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.widgets import ContentSwitcher, Static, Tab, Tabs
+
+from console import format as fmt
+from console.screens.base import LiveScreen
+from console.widgets.dialogs import ConfirmDialog, PromptDialog
+from console.widgets.keyed_table import KeyedTable
+from console.widgets.lanes import PriorityLanes
+from relay.store import views
+
+PAGE = 50
+CAMPAIGN_RECOUNT = 2.0  # seconds between campaign progress counts
+
+#: (id, tab label, message state or None for campaigns)
+VIEWS: list[tuple[str, str, str | None]] = [
+    ("next", "Next to send", "queued"),
+    ("sending", "In flight", "sending"),
+    ("deferred", "Deferred", "deferred"),
+    ("held", "Held", "held"),
+    ("campaigns", "Campaigns", None),
+]
+STATE_OF = {view: state for view, _, state in VIEWS}
+
+Columns = list[tuple[str, str, int | None]]
+
+MESSAGE_COLUMNS: dict[str, Columns] = {
+    "next": [("p", "P", 1), ("qid", "Queue ID", 12), ("wait", "Waiting", 8), ("from", "From", 22),
+             ("rcpt", "Rcpt", 4), ("subject", "Subject", None)],
+    "sending": [("p", "P", 1), ("qid", "Queue ID", 12), ("wait", "Waiting", 8), ("from", "From", 22),
+                ("rcpt", "Rcpt", 4), ("try", "Attempt", 7)],
+    "deferred": [("p", "P", 2), ("qid", "Queue ID", 12), ("try", "Tries", 5), ("next", "Next try", 8),
+                 ("reply", "Last reply", None)],
+    "held": [("p", "P", 1), ("qid", "Queue ID", 12), ("wait", "Waiting", 8), ("from", "From", 22),
+             ("rcpt", "Rcpt", 4), ("subject", "Subject", None)],
+}
+CAMPAIGN_COLUMNS: Columns = [("id", "#", 2), ("list", "List", 10), ("subject", "Subject", 12), ("p", "P", 1),
+                    ("state", "State", 24), ("progress", "Progress", None)]
+
+
+@dataclass(frozen=True, slots=True)
+class QueueRequest:
+    view: str = "next"
+    after: tuple[int, int] | None = None  # dispatch key of the previous page's last row
+    page: int = 0
+
+
+@dataclass(slots=True)
+class QueueData:
+    request: QueueRequest
+    lanes: list[views.Lane]
+    rate: float
+    rows: list[views.QueueRow] = field(default_factory=list)
+    campaigns: list[views.CampaignRow] = field(default_factory=list)
+
+
+class QueueScreen(LiveScreen):
+    """Opens first: the live sending queue."""
+
+    TITLE_TEXT = "Queue"
+    CSS_PATH = "queue.tcss"
+
+    BINDINGS = [
+        Binding("p", "toggle_pause", "Pause", tooltip="Pause or resume all delivery (deliveries under way finish)", id="queue.pause"),
+        Binding("r", "set_rate", "Rate", tooltip="Set the shared delivery rate (messages per second)", id="queue.rate"),
+        Binding("right_square_bracket", "next_view", "View", key_display="]", tooltip="Next view: next to send, in flight, deferred, held, campaigns", id="queue.next-view"),
+        Binding("left_square_bracket", "previous_view", "Prev view", key_display="[", show=False, tooltip="Previous view", id="queue.previous-view"),
+        Binding("greater_than_sign", "next_page", "Next page", key_display=">", show=False, id="queue.next-page"),
+        Binding("less_than_sign", "previous_page", "Previous page", key_display="<", show=False, id="queue.previous-page"),
+        Binding("enter", "open", "Details", show=False, tooltip="Open the selected message: envelope, headers, priorities, timeline", id="queue.open"),
+        Binding("h", "hold_release", "Hold", tooltip="Hold the selected message, or release it when held", id="queue.hold"),
+        Binding("t", "retry", "Retry", tooltip="Retry the selected message now", id="queue.retry"),
+        Binding("d", "delete", "Delete", tooltip="Delete the selected message (asks first)", id="queue.delete"),
+        Binding("space", "campaign_toggle", "Pause/resume campaign", show=False, id="queue.campaign-toggle"),
+        Binding("x", "campaign_cancel", "Cancel campaign", show=False, id="queue.campaign-cancel"),
+        Binding("c", "campaign_new", "Campaign", tooltip="New campaign to every member of a list", id="queue.campaign-new"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__(id="queue")
+        self.request = QueueRequest()
+        self._pages: dict[str, list[tuple[int, int] | None]] = {view: [] for view, _, _ in VIEWS}
+        self._campaign_cache: tuple[float, list[views.CampaignRow]] | None = None
+        self.data: QueueData | None = None
+
+    # -- layout ---------------------------------------------------------------
+
+    def compose_body(self) -> ComposeResult:
+        yield PriorityLanes(id="lanes")
+        yield Static("", id="summary")
+        yield Tabs(*(Tab(label, id=f"tab-{view}") for view, label, _ in VIEWS), id="views")
+        yield Static("", id="page-info")
+        with ContentSwitcher(initial="table-next", id="tables"):
+            for view, _, state in VIEWS:
+                columns = CAMPAIGN_COLUMNS if state is None else MESSAGE_COLUMNS[view]
+                yield KeyedTable(columns, id=f"table-{view}")
+
+    def on_mount(self) -> None:
+        self.query_one(Tabs).can_focus = False
+        self.table().focus()
+
+    def table(self, view: str | None = None) -> KeyedTable:
+        return self.query_one(f"#table-{view or self.request.view}", KeyedTable)
+
+    # -- reading (watcher thread) -----------------------------------------------
+
+    def read(self, db: sqlite3.Connection, now: float) -> QueueData:
+        request = self.request
+        data = QueueData(request, views.priority_lanes(db), views.delivery_rate(db, now=now))
+        state = STATE_OF[request.view]
+        if state is not None:
+            data.rows = views.queue_page(db, state, after=request.after, limit=PAGE)
+        data.campaigns = self._campaigns(db, force=state is None)
+        return data
+
+    def _campaigns(self, db: sqlite3.Connection, *, force: bool) -> list[views.CampaignRow]:
+        # Progress counts walk a campaign's messages: do it at most every 2 s.
+        stamp = time.monotonic()
+        cached = self._campaign_cache
+        if cached is None or stamp - cached[0] >= CAMPAIGN_RECOUNT or (force and stamp - cached[0] >= 0.5):
+            cached = (stamp, views.campaign_rows(db, limit=PAGE))
+            self._campaign_cache = cached
+        return cached[1]
+
+    # -- applying (UI thread) ----------------------------------------------------
+
+    def apply(self, data: QueueData, now: float) -> None:
+        self.data = data
+        self.query_one(PriorityLanes).show(data.lanes, now)
+        self.query_one("#summary", Static).update(self._summary(data, now))
+        if data.request != self.request:
+            return  # the operator moved on; a fresh read is on its way
+        view = data.request.view
+        if STATE_OF[view] is None:
+            self.table(view).sync([(str(c.id), self._campaign_cells(c, now)) for c in data.campaigns])
+        else:
+            self.table(view).sync([(str(r.id), self._message_cells(view, r, now)) for r in data.rows])
+        self.query_one("#page-info", Static).update(self._page_info(data))
+
+    def _summary(self, data: QueueData, now: float) -> Text:
+        """Two lines: delivery state, rate and backlog; then the campaigns under way."""
+        text = Text(no_wrap=True, overflow="ellipsis")
+        relay = self.last_status.relay if self.last_status else None
+        paused = bool(relay and relay.paused)
+        text.append("Delivery ")
+        text.append("PAUSED" if paused else "on", style="bold red" if paused else "bold green")
+        text.append(f" · sent {data.rate:.1f}/s over 10 s")
+        if relay and relay.rate:
+            text.append(f" (limit {fmt.rate(float(relay.rate))})")
+        waiting = sum(lane.waiting for lane in data.lanes)
+        text.append(f" · waiting {fmt.count(waiting)}")
+        active = [c for c in data.campaigns if c.state in ("sending", "paused", "scheduled")]
+        text.append("\n")
+        if not active:
+            text.append("No campaign under way.", style="dim")
+        for n, campaign in enumerate(active[:3]):
+            text.append(" · " if n else "")
+            text.append(f"Campaign {campaign.id} ")
+            text.append(campaign.state_label, style="bold yellow" if campaign.paused_by_priority else "bold")
+            if campaign.state == "scheduled":
+                text.append(f" in {fmt.age(campaign.scheduled_at - now)}")
+            elif campaign.progress is not None:
+                text.append(f" {campaign.progress:.0%}")
+        return text
+
+    def _page_info(self, data: QueueData) -> str:
+        view = data.request.view
+        state = STATE_OF[view]
+        if state is None:
+            return f"{len(data.campaigns)} campaign(s) · space pause/resume · x cancel · c new"
+        total = sum(getattr(lane, state) for lane in data.lanes)
+        first = data.request.page * PAGE + 1
+        last = first + len(data.rows) - 1
+        if not data.rows:
+            label = next(title for name, title, _ in VIEWS if name == view)
+            return f"{fmt.count(total)} {view}" if total else f"{label}: none"
+        order = "dispatch order" if view in ("next", "held") else "priority order"
+        return f"{first:,}–{last:,} of {fmt.count(total)} · {order} · > next page · < previous"
+
+    @staticmethod
+    def _message_cells(view: str, row: views.QueueRow, now: float) -> list[Any]:
+        urgent = row.header_priority == 1
+        p = Text(str(row.priority), style="bold red" if row.priority == 1 else "")
+        if view == "deferred":
+            return [
+                p, row.queue_id, str(row.attempts), fmt.age(row.next_attempt_at - now),
+                fmt.shorten(row.last_reply, 40),
+            ]
+        cells: list[Any] = [p, row.queue_id, fmt.age(now - row.created_at), fmt.shorten(row.mail_from, 22),
+                            str(row.recipients)]
+        if view == "sending":
+            cells.append(str(row.attempts + 1))
+        else:
+            subject = fmt.shorten(row.subject, 28)
+            cells.append(Text("! " + subject, style="bold") if urgent else subject)
+        return cells
+
+    @staticmethod
+    def _campaign_cells(c: views.CampaignRow, now: float) -> list[Any]:
+        if c.state == "scheduled":
+            progress = f"starts in {fmt.age(c.scheduled_at - now)}" if c.scheduled_at > now else "starting"
+        elif c.progress is None:
+            progress = "-"
+        else:
+            progress = f"{c.progress:>4.0%} {c.finished:,}/{(c.total or 0):,}"
+        state = Text(c.state_label, style="bold yellow" if c.paused_by_priority else "")
+        return [str(c.id), fmt.shorten(c.list_name, 10), fmt.shorten(c.subject, 12), str(c.priority), state, progress]
+
+    # -- views and pages ----------------------------------------------------------
+
+    def _switch(self, view: str, *, after: tuple[int, int] | None = None, page: int = 0) -> None:
+        self.request = QueueRequest(view=view, after=after, page=page)
+        self.query_one(Tabs).active = f"tab-{view}"
+        self.query_one(ContentSwitcher).current = f"table-{view}"
+        self.table(view).focus()
+        self.refresh_bindings()
+        self.refresh_data()
+
+    def on_tabs_tab_activated(self, event: Tabs.TabActivated) -> None:
+        view = (event.tab.id or "tab-next").removeprefix("tab-")
+        if view != self.request.view:
+            self._pages[view] = []
+            self._switch(view)
+
+    def action_next_view(self) -> None:
+        names = [v for v, _, _ in VIEWS]
+        self._switch(names[(names.index(self.request.view) + 1) % len(names)])
+
+    def action_previous_view(self) -> None:
+        names = [v for v, _, _ in VIEWS]
+        self._switch(names[(names.index(self.request.view) - 1) % len(names)])
+
+    def action_next_page(self) -> None:
+        data = self.data
+        if data is None or data.request != self.request or len(data.rows) < PAGE:
+            self.notify("This is the last page.", timeout=2)
+            return
+        self._pages[self.request.view].append(self.request.after)
+        self._switch(self.request.view, after=data.rows[-1].dispatch_key, page=self.request.page + 1)
+
+    def action_previous_page(self) -> None:
+        stack = self._pages[self.request.view]
+        if not stack:
+            self.notify("This is the first page.", timeout=2)
+            return
+        self._switch(self.request.view, after=stack.pop(), page=self.request.page - 1)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        on_campaigns = STATE_OF.get(self.request.view) is None
+        if action in ("campaign_toggle", "campaign_cancel"):
+            return on_campaigns
+        if action in ("hold_release", "retry", "delete", "open", "next_page", "previous_page"):
+            return not on_campaigns
+        return True
+
+    # -- the selected row -----------------------------------------------------------
+
+    def selected_message(self) -> views.QueueRow | None:
+        key = self.table().cursor_key
+        if key is None or self.data is None:
+            return None
+        return next((r for r in self.data.rows if str(r.id) == key), None)
+
+    def selected_campaign(self) -> views.CampaignRow | None:
+        key = self.table().cursor_key
+        if key is None or self.data is None:
+            return None
+        return next((c for c in self.data.campaigns if str(c.id) == key), None)
+
+    def on_data_table_row_selected(self, event: KeyedTable.RowSelected) -> None:
+        event.stop()
+        if STATE_OF.get(self.request.view) is not None:
+            self.action_open()
+
+    # -- actions --------------------------------------------------------------
+
+    def action_open(self) -> None:
+        row = self.selected_message()
+        if row is None:
+            return
+        from console.screens.message import MessageScreen
+
+        self.app.push_screen(MessageScreen(row.id))
+
+    def action_toggle_pause(self) -> None:
+        from relay.store import queue
+
+        paused = bool(self.last_status and self.last_status.relay.paused)
+        self.console.run_store(
+            queue.set_paused, not paused,
+            success="Delivery resumed." if paused else "Delivery paused: deliveries under way finish.",
+        )
+
+    def action_set_rate(self) -> None:
+        from relay.store import queue
+
+        current = self.last_status.relay.rate if self.last_status else None
+
+        def check(text: str) -> str | None:
+            try:
+                value = float(text)
+            except ValueError:
+                return "a number of messages per second (0 = unlimited)"
+            return None if value >= 0 else "the rate cannot be negative"
+
+        def chosen(answer: str | None) -> None:
+            if answer is not None:
+                self.console.run_store(queue.set_rate, float(answer), success=f"Rate set to {fmt.rate(float(answer))}.")
+
+        self.app.push_screen(
+            PromptDialog(
+                "Delivery rate (messages per second, 0 = unlimited)",
+                value="" if current is None else f"{float(current):g}",
+                check=check,
+            ),
+            chosen,
+        )
+
+    def action_hold_release(self) -> None:
+        from relay.store import queue
+
+        row = self.selected_message()
+        if row is None:
+            return
+        if row.state == "held":
+            self.console.run_store(queue.release, [f"#{row.id}"], done=self._report, success=None)
+        else:
+            self.console.run_store(queue.hold, [f"#{row.id}"], done=self._report, success=None)
+
+    def action_retry(self) -> None:
+        from relay.store import queue
+
+        row = self.selected_message()
+        if row is not None:
+            self.console.run_store(queue.retry, [f"#{row.id}"], done=self._report)
+
+    def action_delete(self) -> None:
+        from relay.store import queue
+
+        row = self.selected_message()
+        if row is None:
+            return
+
+        def confirmed(yes: bool | None) -> None:
+            if yes:
+                self.console.run_store(queue.delete, [f"#{row.id}"], done=self._report)
+
+        self.app.push_screen(
+            ConfirmDialog(f"Delete message {row.queue_id} ({row.recipients} recipient(s))? It will not be delivered."),
+            confirmed,
+        )
+
+    def _report(self, results: Any) -> None:
+        for result in results or []:
+            if result.after is None and result.note:
+                self.notify(f"{result.queue_id}: {result.note}", severity="warning", timeout=5)
+            else:
+                self.notify(f"{result.queue_id}: {result.before} → {result.after or 'deleted'}", timeout=4)
+
+    def action_campaign_toggle(self) -> None:
+        from relay.store import campaigns
+
+        campaign = self.selected_campaign()
+        if campaign is None:
+            return
+        if campaign.state == "paused" and not campaign.paused_by_priority:
+            self.console.run_store(campaigns.resume_campaign, campaign.id, done=self._recount,
+                                   success=f"Campaign {campaign.id} resumed.")
+        else:
+            self.console.run_store(campaigns.pause_campaign, campaign.id, done=self._recount,
+                                   success=f"Campaign {campaign.id} paused.")
+
+    def _recount(self, _: Any = None) -> None:
+        """A campaign changed: count its progress on the next read, not in 2 s."""
+        self._campaign_cache = None
+
+    def action_campaign_cancel(self) -> None:
+        from relay.store import campaigns
+
+        campaign = self.selected_campaign()
+        if campaign is None:
+            return
+
+        def confirmed(yes: bool | None) -> None:
+            if yes:
+                self.console.run_store(
+                    campaigns.cancel_campaign, campaign.id, done=self._recount,
+                    success=f"Campaign {campaign.id} cancelled.",
+                )
+
+        self.app.push_screen(
+            ConfirmDialog(f"Cancel campaign {campaign.id} ({campaign.subject!r})? Its unsent messages are dropped."),
+            confirmed,
+        )
+
+    def action_campaign_new(self) -> None:
+        from console.widgets.campaign_form import CampaignForm
+        from relay.store import directory
+
+        def show_form(lists: list[Any]) -> None:
+            names = [info.name for info in lists if info.members]
+            if not names:
+                self.notify("No list has members yet: import some on the Lists screen (2, then i).",
+                            severity="warning", timeout=6)
+                return
+            self.app.push_screen(CampaignForm(names, now=self.console.clock()), self._create_campaign)
+
+        self.console.run_store(directory.all_lists, done=show_form)
+
+    def _create_campaign(self, values: dict[str, Any] | None) -> None:
+        if not values:
+            return
+        from relay.store import campaigns
+
+        template = campaign_template(values["subject"], values["sender"], values["body"])
+
+        def created(info: Any) -> None:
+            self._recount()
+            self.notify(f"Campaign {info.id} to {info.list_name} ({info.total} members) scheduled.", timeout=5)
+            self._switch("campaigns")
+
+        self.console.run_store(
+            campaigns.create_campaign, values["list"], subject=values["subject"], template=template,
+            mail_from=values["sender"], scheduled_at=values["scheduled_at"], priority=values["priority"],
+            done=created,
+        )
+
+
+def campaign_template(subject: str, sender: str, body: str) -> bytes:
+    """The campaign's message without ``To:`` (added per member by the relay)."""
+    from relay.campaigns import build_template
+
+    template, _, _ = build_template(subject=subject, mail_from=sender, body=body or " ")
+    return template

@@ -1,0 +1,1 @@
+"""Reusable console widgets: keyed tables, priority lanes, the status bar and dialogs."""

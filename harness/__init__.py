@@ -1,0 +1,1 @@
+"""smtpplus harness: the swaks-like client, the capture sink, scenarios and benchmarks."""

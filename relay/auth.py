@@ -1,0 +1,200 @@
+"""Password checks for SMTP AUTH, and the limits on failed attempts.
+
+``PasswordChecker(store, concurrency=2)``
+    ``await check(username, password) -> AuthOutcome``. Reads the user's
+    :class:`~relay.store.directory.AuthRecord` (one store call), then either answers
+    from the cache or runs a full argon2 verification in a small thread pool (at most
+    ``concurrency`` at once, never on the event loop). An unknown user is verified
+    against :data:`relay.passwords.DUMMY_HASH`, an inactive user against its own hash:
+    every failure costs one full verification, the same as a wrong password.
+
+    The cache holds, per username, the ``auth_version`` it was verified at and an HMAC
+    (key random per process) of the password; a hit needs the *current*
+    ``auth_version`` from the store, so a reset, edit, (de)activation or deletion made
+    by any process invalidates it. A miss or mismatch runs a full verification;
+    identical checks arriving while one runs share it.
+    ``full_verifications`` and ``cache_hits`` count both paths (tests count, never time).
+
+    ``await current_record(username, max_age)`` returns the user's record, re-read when
+    older than ``max_age`` seconds, shared across connections (MAIL uses it so a
+    deactivation stops an open session within about a second).
+
+``FailureLimiter(per_client, per_user, window)``
+    Failed AUTH attempts per client address and per username across connections, in
+    a sliding window: ``blocked(client, username)`` names the limit hit, or None.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import secrets
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from relay import passwords
+from relay.reasons import Reason
+from relay.store.db import AsyncStore
+from relay.store.directory import AuthRecord, auth_record
+
+CACHE_SIZE = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class AuthOutcome:
+    ok: bool
+    reason: Reason
+    record: AuthRecord | None = None
+
+
+class PasswordChecker:
+    def __init__(self, store: AsyncStore, *, concurrency: int = 2) -> None:
+        self._store = store
+        self._executor = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="smtpplus-argon2")
+        self._key = secrets.token_bytes(32)
+        self._verified: OrderedDict[str, tuple[int, bytes]] = OrderedDict()
+        self._records: dict[str, tuple[float, AuthRecord | None]] = {}
+        self._running: dict[tuple[str, int, bytes], asyncio.Future[bool]] = {}
+        self._reading: dict[str, asyncio.Future[AuthRecord | None]] = {}
+        self.full_verifications = 0
+        self.cache_hits = 0
+
+    def _digest(self, username: str, password: bytes) -> bytes:
+        return hmac.new(self._key, username.encode("utf-8", "surrogateescape") + b"\0" + password, hashlib.sha256).digest()
+
+    async def check(self, username: str, password: bytes) -> AuthOutcome:
+        record = await self._read_record(username)
+        digest = self._digest(username, password)
+        if record is not None and record.active:
+            cached = self._verified.get(username)
+            if cached is not None and cached[0] == record.auth_version and hmac.compare_digest(cached[1], digest):
+                self.cache_hits += 1
+                self._verified.move_to_end(username)
+                return AuthOutcome(True, Reason.AUTH_OK, record)
+        matches = await self._verify_once(
+            (username, record.auth_version if record is not None else 0, digest),
+            record.password_hash if record is not None else passwords.DUMMY_HASH,
+            password,
+        )
+        if record is None:
+            return AuthOutcome(False, Reason.AUTH_UNKNOWN_USER)
+        if not matches:
+            return AuthOutcome(False, Reason.AUTH_BAD_CREDENTIALS, record)
+        if not record.active:
+            return AuthOutcome(False, Reason.AUTH_INACTIVE_USER, record)
+        self._remember(username, record.auth_version, digest)
+        return AuthOutcome(True, Reason.AUTH_OK, record)
+
+    async def dummy_verification(self, password: bytes) -> None:
+        """Spend what a real check costs (for refusals that must not be cheaper)."""
+        await self._verify(passwords.DUMMY_HASH, password)
+
+    async def current_record(self, username: str, max_age: float = 1.0) -> AuthRecord | None:
+        seen = self._records.get(username)
+        if seen is not None and time.monotonic() - seen[0] < max_age:
+            return seen[1]
+        return await self._read_record(username)
+
+    async def _read_record(self, username: str) -> AuthRecord | None:
+        """The user's record from the store; checks arriving while a read for the same
+        user is under way share it (one thread hop for a burst of connections)."""
+        reading = self._reading.get(username)
+        if reading is None:
+            reading = asyncio.ensure_future(self._store.run(auth_record, username))
+            self._reading[username] = reading
+            reading.add_done_callback(lambda _: self._reading.pop(username, None))
+        record = await asyncio.shield(reading)
+        self._records[username] = (time.monotonic(), record)
+        if len(self._records) > CACHE_SIZE:
+            self._records.pop(next(iter(self._records)))
+        return record
+
+    async def _verify_once(self, key: tuple[str, int, bytes], password_hash: str, password: bytes) -> bool:
+        """One verification for identical checks that arrive together (a client opening
+        32 connections at once costs one argon2 run, not 32)."""
+        running = self._running.get(key)
+        if running is None:
+            running = asyncio.ensure_future(self._verify(password_hash, password))
+            self._running[key] = running
+            running.add_done_callback(lambda _: self._running.pop(key, None))
+        return await asyncio.shield(running)
+
+    async def _verify(self, password_hash: str, password: bytes) -> bool:
+        self.full_verifications += 1
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, _verify_bytes, password_hash, password)
+
+    def _remember(self, username: str, version: int, digest: bytes) -> None:
+        self._verified[username] = (version, digest)
+        self._verified.move_to_end(username)
+        while len(self._verified) > CACHE_SIZE:
+            self._verified.popitem(last=False)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _verify_bytes(password_hash: str, password: bytes) -> bool:
+    # argon2-cffi takes the password as bytes, exactly as the client sent it.
+    return passwords.verify_password(password_hash, password)  # type: ignore[arg-type]
+
+
+class FailureLimiter:
+    """Sliding-window counts of failed AUTH per client address and per username."""
+
+    def __init__(
+        self,
+        per_client: int,
+        per_user: int,
+        window: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.per_client = per_client
+        self.per_user = per_user
+        self.window = window
+        self._clock = clock
+        self._by_client: dict[str, deque[float]] = {}
+        self._by_user: dict[str, deque[float]] = {}
+
+    def _count(self, table: dict[str, deque[float]], key: str) -> int:
+        stamps = table.get(key)
+        if not stamps:
+            return 0
+        horizon = self._clock() - self.window
+        while stamps and stamps[0] < horizon:
+            stamps.popleft()
+        if not stamps:
+            del table[key]
+            return 0
+        return len(stamps)
+
+    def blocked(self, client: str, username: str | None) -> str | None:
+        """"client" or "user" when that limit is reached, else None."""
+        if self.per_client > 0 and self._count(self._by_client, client) >= self.per_client:
+            return "client"
+        if username and self.per_user > 0 and self._count(self._by_user, username) >= self.per_user:
+            return "user"
+        return None
+
+    def record(self, client: str, username: str | None) -> None:
+        now = self._clock()
+        self._add(self._by_client, client, now)
+        if username:
+            self._add(self._by_user, username, now)
+
+    def _add(self, table: dict[str, deque[float]], key: str, now: float) -> None:
+        stamps = table.get(key)
+        if stamps is None:
+            if len(table) >= CACHE_SIZE:
+                # Drop the entry that was inserted first: memory stays bounded under a flood.
+                table.pop(next(iter(table)))
+            stamps = table[key] = deque()
+        stamps.append(now)
+        limit = max(self.per_client, self.per_user, 1) * 2
+        while len(stamps) > limit:
+            stamps.popleft()

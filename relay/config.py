@@ -1,0 +1,221 @@
+"""Relay configuration: defaults ← TOML file ← environment ← flags.
+
+Public API
+----------
+``RelayConfig``
+    A dataclass of every relay setting with a documented default (see the field
+    comments). The delivery engine reads its fields too; their names are stable.
+``load_config(path=None, overrides=None, *, environ=None) -> RelayConfig``
+    Builds a config: the defaults, then the TOML file (``path``, else
+    ``$SMTPPLUS_CONFIG``), then ``SMTPPLUS_<FIELD>`` environment variables (for
+    example ``SMTPPLUS_PORTS=2525``, ``SMTPPLUS_ALLOW_PLAIN_AUTH=1``), then
+    ``overrides`` (command-line flags; ``None`` values are ignored). An unknown TOML
+    key, or a value of the wrong type, raises :class:`ConfigError` naming the key.
+``ConfigError``
+    A one-line error (a ``StoreError`` subclass, so the CLI prints it as one line).
+``RUNTIME_SEEDS``
+    Maps the seed fields (``next_hop``, ``rate``, ``parallel``, ``paused``) to the
+    store setting they seed. Runtime controls live in the store
+    (:class:`relay.store.settings.Keys`); the relay only *seeds* them when unset.
+
+The TOML file holds the same keys as the dataclass, at the top level or inside a
+``[relay]`` or ``[delivery]`` table::
+
+    host = "0.0.0.0"
+    ports = "25,1025-5000"
+    allow_plain_auth = false
+    tls_cert = "/etc/smtpplus/cert.pem"
+    tls_key = "/etc/smtpplus/key.pem"
+    [delivery]
+    next_hop = "smarthost.example:25"
+    retry_base = 60
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from relay.ports import DEFAULT_SPEC
+from relay.store.db import StoreError
+from relay.store.settings import Keys
+
+MIB = 1024 * 1024
+ENV_PREFIX = "SMTPPLUS_"
+CONFIG_ENV = "SMTPPLUS_CONFIG"
+_TABLES = ("relay", "delivery")
+
+
+class ConfigError(StoreError):
+    """A configuration problem, worth one line naming the key and the fix."""
+
+
+def default_data_dir() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("smtpplus"))
+
+
+@dataclass
+class RelayConfig:
+    """Every relay setting. Times are seconds unless named otherwise."""
+
+    # -- Listening ---------------------------------------------------------------
+    host: str = "0.0.0.0"  # the daemon listens on all interfaces; tests use 127.0.0.1
+    ports: str = DEFAULT_SPEC  # "25,1025-5000"; "0" = one ephemeral port, "0*N" = N of them
+    strict_ports: bool = False  # any port that cannot be bound is fatal
+    allow_plain_auth: bool = False  # AUTH before STARTTLS (off: 538 5.7.11)
+    server_name: str = ""  # EHLO/greeting name and Received: "by"; "" = this host's name
+    # -- TLS -------------------------------------------------------------------
+    data_dir: Path = field(default_factory=default_data_dir)  # self-signed pair lives here
+    tls_cert: Path | None = None  # PEM certificate (chain); with tls_key, replaces the self-signed pair
+    tls_key: Path | None = None
+    # -- Session limits ----------------------------------------------------------
+    max_message_size: int = 25 * MIB  # SIZE advertised; larger → 552 5.3.4
+    max_recipients: int = 100  # past it → 452 4.5.3 per recipient
+    max_connections: int = 4096  # global cap → 421 4.7.0
+    max_connections_per_client: int = 256  # per client address → 421 4.7.0
+    session_timeout: float = 300.0  # idle client is disconnected
+    # -- AUTH --------------------------------------------------------------------
+    auth_failures_per_connection: int = 3  # the 3rd failure → 421 4.7.0 and close
+    auth_failures_per_client: int = 50  # failures from one address within the window
+    auth_failures_per_user: int = 20  # failures for one username within the window
+    auth_failure_window: float = 600.0
+    auth_concurrency: int = 2  # argon2 verifications running at once (threads)
+    # -- Lease -------------------------------------------------------------------
+    heartbeat_interval: float = 1.0
+    stale_after: float = 10.0  # an older heartbeat means that relay died: take over
+    shutdown_grace: float = 10.0  # sessions in progress get this long on stop
+    # -- Delivery (read by relay.delivery / relay.scheduler) ----------------------
+    retry_base: float = 60.0  # first retry after ~this long, doubling
+    retry_max: float = 3600.0  # backoff ceiling
+    queue_lifetime: float = 5 * 86400.0  # then failed + bounce
+    message_lease: float = 300.0  # a claimed message is leased this long
+    connect_timeout: float = 30.0
+    command_timeout: float = 60.0
+    retention_days: float = 30.0  # finished messages, bodies and events are pruned after
+    # -- Seeds for runtime controls (written to the store only when unset) -------
+    next_hop: str | None = None  # "host:port"
+    rate: float | None = None  # messages per second, 0 = unlimited
+    parallel: int | None = None  # next-hop connections
+    paused: bool | None = None
+
+    def resolved_server_name(self) -> str:
+        return self.server_name or socket.gethostname() or "localhost"
+
+
+RUNTIME_SEEDS: dict[str, str] = {
+    "next_hop": Keys.NEXT_HOP,
+    "rate": Keys.RATE,
+    "parallel": Keys.PARALLEL,
+    "paused": Keys.PAUSED,
+}
+
+_FIELDS = {f.name: f for f in dataclasses.fields(RelayConfig)}
+_HINTS = typing.get_type_hints(RelayConfig)
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+) -> RelayConfig:
+    """Defaults ← TOML (``path`` or ``$SMTPPLUS_CONFIG``) ← environment ← ``overrides``."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    file_path = path if path is not None else env.get(CONFIG_ENV) or None
+    if file_path is not None:
+        values.update(_read_toml(Path(file_path)))
+    for name in _FIELDS:
+        raw = env.get(ENV_PREFIX + name.upper())
+        if raw is not None and raw != "":
+            values[name] = _coerce(name, raw, source=f"${ENV_PREFIX}{name.upper()}")
+    for name, value in (overrides or {}).items():
+        if name not in _FIELDS:
+            raise ConfigError(f"unknown relay setting {name!r}")
+        if value is not None:
+            values[name] = _coerce(name, value, source=f"--{name.replace('_', '-')}")
+    return RelayConfig(**values)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist — check --config or ${CONFIG_ENV}") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in _TABLES and isinstance(value, dict):
+            for inner_key, inner_value in value.items():
+                flat[_known(path, f"{key}.{inner_key}", inner_key)] = inner_value
+        else:
+            flat[_known(path, key, key)] = value
+    return {name: _coerce(name, value, source=f"{path}: {name}") for name, value in flat.items()}
+
+
+def _known(path: Path, shown: str, key: str) -> str:
+    if key not in _FIELDS:
+        raise ConfigError(
+            f"config file {path}: unknown key {shown!r} — see `relay/config.py` for the settings"
+        )
+    return key
+
+
+def _coerce(name: str, value: Any, *, source: str) -> Any:
+    """Turn a TOML, environment or flag value into the field's type."""
+    hint = _HINTS[name]
+    optional = False
+    args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        optional = type(None) in args
+        hint = next(a for a in args if a is not type(None))
+    if value is None or (optional and isinstance(value, str) and value.strip().lower() in {"", "none"}):
+        if optional:
+            return None
+        raise ConfigError(f"{source}: a value is required")
+    try:
+        if hint is bool:
+            return _to_bool(value)
+        if hint is int:
+            if isinstance(value, bool):
+                raise ValueError
+            return int(value)
+        if hint is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if hint is Path:
+            return Path(str(value)).expanduser()
+        if hint is str:
+            if not isinstance(value, str | int):
+                raise ValueError
+            return str(value)
+    except (TypeError, ValueError):
+        pass
+    else:
+        raise ConfigError(f"{source}: unsupported setting type")
+    raise ConfigError(f"{source}: {value!r} is not a valid {getattr(hint, '__name__', hint)}")
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(value)

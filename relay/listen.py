@@ -1,0 +1,163 @@
+"""Listening on every port of a spec: one loop, one protocol factory, clear per-port reasons.
+
+``expand_ports(spec)`` turns a spec into ports, where ``0`` is one ephemeral port and
+``0*N`` is N of them (tests and benchmarks: the ready file / the store then tell the
+real numbers). ``raise_open_file_limit(needed)`` lifts RLIMIT_NOFILE's soft limit
+toward the hard one. ``bind_all(loop, factory, host, ports, strict=…)`` binds them and
+returns a :class:`Listeners`: the servers, the ports served and, for every port not
+served, the reason with its fix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import resource
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from relay.ports import parse_port_spec
+from relay.store.db import StoreError
+
+# File descriptors kept free beyond the listening sockets: the store, TLS files, logs.
+FD_MARGIN = 64
+BACKLOG = 511
+
+
+class ListenError(StoreError):
+    """Listening cannot go ahead (strict ports, no port at all, open-file limit)."""
+
+
+@dataclass
+class Listeners:
+    servers: list[asyncio.AbstractServer] = field(default_factory=list)
+    served: list[int] = field(default_factory=list)
+    not_served: dict[int, str] = field(default_factory=dict)
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.close()
+
+
+def expand_ports(spec: str) -> list[int]:
+    """``25,1025-5000`` → ports; ``0`` / ``0*N`` → that many ephemeral ports (as 0s)."""
+    ephemeral = 0
+    rest: list[str] = []
+    for item in spec.split(","):
+        text = item.strip()
+        if text == "0":
+            ephemeral += 1
+        elif text.startswith("0*") and text[2:].isdigit():
+            ephemeral += int(text[2:])
+        else:
+            rest.append(item)
+    ports = parse_port_spec(",".join(rest)) if rest else []
+    return ports + [0] * ephemeral
+
+
+def raise_open_file_limit(required: int, wanted: int | None = None) -> int:
+    """Raise the soft RLIMIT_NOFILE toward ``wanted`` (at least ``required``), capped
+    by the hard limit. Returns the soft limit now in force; raises ListenError when
+    even the hard limit is below ``required``."""
+    goal = max(required, wanted or 0)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < goal:
+        target = goal if hard == resource.RLIM_INFINITY else min(hard, goal)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft != resource.RLIM_INFINITY and soft < required:
+        raise ListenError(
+            f"the open-file limit is {soft} (hard limit {hard}) but {required} are needed — "
+            "raise it (ulimit -n, or LimitNOFILE= in the service unit) or narrow --ports"
+        )
+    return soft
+
+
+def port_reason(port: int, exc: OSError) -> str:
+    """Why a port could not be bound, and the fix."""
+    code = exc.errno
+    if code == errno.EACCES or code == errno.EPERM:
+        return "permission denied — run as root or grant CAP_NET_BIND_SERVICE"
+    if code == errno.EADDRINUSE:
+        return "in use"
+    if code == errno.EADDRNOTAVAIL:
+        return "address not available — check --host"
+    if code in (errno.EMFILE, errno.ENFILE):
+        return "too many open files — raise the open-file limit (ulimit -n)"
+    return f"{exc.strerror or exc} (errno {code})"
+
+
+def _family(host: str) -> socket.AddressFamily:
+    try:
+        return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+        return infos[0][0]
+
+
+def _listening_socket(family: socket.AddressFamily, host: str, port: int) -> socket.socket:
+    # proto=IPPROTO_TCP so asyncio sets TCP_NODELAY on accepted sockets (Nagle would
+    # hold small replies back for 40 ms).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind((host, port))
+        sock.listen(BACKLOG)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def bind_all(
+    loop: asyncio.AbstractEventLoop,
+    factory: Callable[[], asyncio.BaseProtocol],
+    host: str,
+    ports: list[int],
+    *,
+    strict: bool = False,
+    connections: int = 0,
+) -> Listeners:
+    """Serve ``factory`` on every port; report each port that cannot be bound.
+
+    ``connections`` (the connection cap) is added to the open-file limit wanted."""
+    raise_open_file_limit(len(ports) + FD_MARGIN, len(ports) + FD_MARGIN + connections)
+    family = _family(host)
+    listeners = Listeners()
+    try:
+        for port in ports:
+            try:
+                sock = _listening_socket(family, host, port)
+            except OSError as exc:
+                listeners.not_served[port] = port_reason(port, exc)
+                if strict:
+                    raise ListenError(f"port {port}: {listeners.not_served[port]} (--strict-ports)") from None
+                continue
+            server = await loop.create_server(factory, sock=sock)
+            if not server.sockets:
+                # Seen under EMFILE: a server object that holds no socket serves nothing.
+                server.close()
+                sock.close()
+                listeners.not_served[port] = "no listening socket (too many open files?)"
+                if strict:
+                    raise ListenError(f"port {port}: {listeners.not_served[port]} (--strict-ports)")
+                continue
+            listeners.servers.append(server)
+            listeners.served.append(int(server.sockets[0].getsockname()[1]))
+    except BaseException:
+        listeners.close()
+        raise
+    if not listeners.served:
+        listeners.close()
+        summary = "; ".join(f"port {p}: {r}" for p, r in list(listeners.not_served.items())[:5])
+        raise ListenError(f"no port could be bound ({summary})")
+    return listeners

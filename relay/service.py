@@ -1,0 +1,299 @@
+"""The relay as one asyncio service: listeners, writer, heartbeat and delivery.
+
+Public API
+----------
+``RelayService(store_path, config=None)``
+    ``await start()``: takes the store's lease (``RelayAlreadyRunning`` when a live
+    relay holds it), loads or generates the TLS pair, publishes the server name, TLS
+    fingerprint and certificate to the store's settings and seeds the runtime
+    controls (``config.next_hop``/``rate``/``parallel``/``paused``, only when unset),
+    starts the group-commit writer, binds every port of ``config.ports``, records
+    which are served (``relay.store.relay_info.publish_ports``), starts the
+    heartbeat and then :class:`relay.delivery.DeliveryEngine`. Raises a
+    ``StoreError`` subclass (one line) when it cannot start, leaving nothing behind.
+
+    ``await stop(grace=None)``: stops accepting, tells idle sessions ``421`` and lets
+    sessions in a transaction finish (at most ``grace`` seconds, default
+    ``config.shutdown_grace``), flushes the writer, stops delivery and releases the
+    lease. Idempotent.
+
+    ``await wait_stopped()``: returns once the service stopped — after ``stop()``, or
+    by itself when another relay took the lease over (this one was presumed dead).
+
+    After ``start()``: ``served`` (ports), ``not_served`` ({port: reason with fix}),
+    ``addresses`` ([(host, port)]), ``owner`` (lease id), ``reclaimed_from`` (the
+    previous relay's owner id, when it is gone, or None), ``took_over`` (that relay
+    had died rather than stopped), ``tls`` (:class:`relay.tls.TlsMaterial`),
+    ``checker`` (:class:`relay.auth.PasswordChecker`), ``writer``
+    (:class:`relay.writer.StoreWriter`), ``context`` (shared session state),
+    ``delivery``, ``running``.
+
+    ``delivery_factory`` (keyword, default :class:`relay.delivery.DeliveryEngine`) is
+    called with the engine's arguments (``store_path, config, owner=…,
+    reclaim_from=…, own_addresses=…``) for embedders that bring their own.
+
+The service installs no signal handlers: the ``relay`` command does, and the console
+runs the service as a task in its own loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import sqlite3
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from relay import delivery as delivery_module
+from relay.auth import FailureLimiter, PasswordChecker
+from relay.config import RUNTIME_SEEDS, RelayConfig
+from relay.listen import Listeners, bind_all, expand_ports
+from relay.reasons import EventKind, Reason
+from relay.smtp import ConnectionTracker, RelayContext, make_factory
+from relay.store import lease
+from relay.store.db import AsyncStore, transaction
+from relay.store.events import NewEvent, record_event, record_events
+from relay.store.relay_info import publish_ports
+from relay.store.settings import Keys, seed_setting, set_setting
+from relay.tls import TlsMaterial, load_tls
+from relay.writer import StoreWriter
+
+log = logging.getLogger("smtpplus.relay")
+
+
+def publish_start(
+    db: sqlite3.Connection,
+    facts: dict[str, Any],
+    seeds: dict[str, Any],
+) -> None:
+    """Settings the live relay publishes, plus runtime controls seeded when unset."""
+    with transaction(db):
+        for key, value in facts.items():
+            set_setting(db, key, value)
+        for key, value in seeds.items():
+            seed_setting(db, key, value)
+
+
+def publish_listening(db: sqlite3.Connection, served: list[int], not_served: dict[int, str], events: list[NewEvent]) -> None:
+    with transaction(db):
+        publish_ports(db, served, not_served)
+        record_events(db, events)
+
+
+class RelayService:
+    def __init__(
+        self,
+        store_path: str | os.PathLike[str],
+        config: RelayConfig | None = None,
+        *,
+        delivery_factory: Callable[..., Any] | None = None,
+    ) -> None:
+        self.store_path = Path(store_path)
+        self.config = config if config is not None else RelayConfig()
+        self._delivery_factory = delivery_factory
+        self.owner = uuid.uuid4().hex
+        self.reclaimed_from: str | None = None
+        self.took_over = False  # the previous relay died (stale heartbeat): we took over
+        self.served: list[int] = []
+        self.not_served: dict[int, str] = {}
+        self.tls: TlsMaterial | None = None
+        self.checker: PasswordChecker | None = None
+        self.writer: StoreWriter | None = None
+        self.context: RelayContext | None = None
+        self.delivery: Any = None
+        self._control: AsyncStore | None = None
+        self._reads: AsyncStore | None = None
+        self._writes: AsyncStore | None = None
+        self._listeners: Listeners | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._stopped = asyncio.Event()
+        self._stopping = False
+        self._leased = False
+        self.running = False
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        return [(self.config.host, port) for port in self.served]
+
+    async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            await self._teardown()
+            raise
+
+    async def _start(self) -> None:
+        cfg = self.config
+        mail_log = logging.getLogger("mail.log")
+        if mail_log.level == logging.NOTSET:
+            # aiosmtpd logs every command at INFO: not for a relay (unless asked for).
+            mail_log.setLevel(logging.WARNING)
+        server_name = cfg.resolved_server_name()
+        self._control = await AsyncStore(self.store_path).open()
+        acquired = await self._control.run(
+            lease.acquire_lease, self.owner, os.getpid(), socket.gethostname(), cfg.host, cfg.stale_after
+        )
+        self.reclaimed_from = acquired.previous_owner
+        self.took_over = acquired.died
+        self._leased = True
+        self.tls = await asyncio.to_thread(load_tls, cfg.tls_cert, cfg.tls_key, cfg.data_dir, server_name)
+        log.info("TLS certificate %s (%s)", self.tls.fingerprint, "self-signed" if self.tls.self_signed else str(self.tls.cert_path))
+        facts = {
+            Keys.SERVER_NAME: server_name,
+            Keys.TLS_FINGERPRINT: self.tls.fingerprint,
+            Keys.TLS_CERT_PEM: self.tls.cert_pem,
+            Keys.ALLOW_PLAIN_AUTH: cfg.allow_plain_auth,
+        }
+        seeds = {key: getattr(cfg, name) for name, key in RUNTIME_SEEDS.items() if getattr(cfg, name) is not None}
+        await self._control.run(publish_start, facts, seeds)
+
+        self._reads = await AsyncStore(self.store_path).open()
+        self._writes = await AsyncStore(self.store_path).open()
+        self.writer = StoreWriter(self._writes)
+        self.writer.start()
+        self.checker = PasswordChecker(self._reads, concurrency=cfg.auth_concurrency)
+        self.context = RelayContext(
+            config=cfg,
+            server_name=server_name,
+            tls_context=self.tls.context,
+            checker=self.checker,
+            limiter=FailureLimiter(cfg.auth_failures_per_client, cfg.auth_failures_per_user, cfg.auth_failure_window),
+            writer=self.writer,
+            tracker=ConnectionTracker(cfg.max_connections, cfg.max_connections_per_client),
+        )
+        ports = expand_ports(cfg.ports)
+        self._listeners = await bind_all(
+            asyncio.get_running_loop(),
+            make_factory(self.context),
+            cfg.host,
+            ports,
+            strict=cfg.strict_ports,
+            connections=cfg.max_connections,
+        )
+        self.served = list(self._listeners.served)
+        self.not_served = dict(self._listeners.not_served)
+        events = [
+            NewEvent(
+                kind=EventKind.RELAY,
+                reason=Reason.RELAY_STARTED,
+                detail=f"pid {os.getpid()} on {cfg.host}: {len(self.served)} port(s) served, "
+                f"{len(self.not_served)} not served; TLS {self.tls.fingerprint}",
+            )
+        ]
+        events += [
+            NewEvent(kind=EventKind.RELAY, reason=Reason.PORT_NOT_SERVED, port=port, detail=reason)
+            for port, reason in sorted(self.not_served.items())[:100]
+        ]
+        await self._control.run(publish_listening, self.served, self.not_served, events)
+        self._heartbeat = asyncio.get_running_loop().create_task(self._beat(), name="smtpplus-heartbeat")
+        factory = self._delivery_factory or delivery_module.DeliveryEngine
+        self.delivery = factory(
+            self.store_path,
+            cfg,
+            owner=self.owner,
+            reclaim_from=self.reclaimed_from,
+            own_addresses=self.addresses,
+        )
+        await self.delivery.start()
+        self.running = True
+
+    async def _beat(self) -> None:
+        assert self._control is not None
+        interval = self.config.heartbeat_interval
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                still_ours = await self._control.run(lease.heartbeat, self.owner)
+            except Exception as exc:  # a busy or failing store: try again next beat
+                log.warning("heartbeat failed: %s", exc)
+                continue
+            if not still_ours:
+                log.error("another relay took over this store's lease; stopping")
+                self._leased = False
+                asyncio.get_running_loop().create_task(self.stop())
+                return
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    async def stop(self, grace: float | None = None) -> None:
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
+        try:
+            await self._shutdown(self.config.shutdown_grace if grace is None else grace)
+        finally:
+            self.running = False
+            self._stopped.set()
+
+    async def _shutdown(self, grace: float) -> None:
+        if self._listeners is not None:
+            self._listeners.close()
+        if self.context is not None:
+            self.context.stopping = True
+            for session in list(self.context.tracker.sessions):
+                if session.idle:
+                    session.say_goodbye()
+            await self._drain_sessions(grace)
+        await self._teardown()
+
+    async def _drain_sessions(self, grace: float) -> None:
+        assert self.context is not None
+        tracker = self.context.tracker
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(tracker.wait_empty(), grace)
+        for session in list(tracker.sessions):
+            if session.transport is not None:
+                session.transport.abort()  # type: ignore[attr-defined]
+
+    async def _teardown(self) -> None:
+        if self._listeners is not None:
+            self._listeners.close()
+        if self.delivery is not None:
+            with _logged("stopping delivery"):
+                await self.delivery.stop()
+            self.delivery = None
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+            self._heartbeat = None
+        if self.writer is not None:
+            with _logged("flushing the store writer"):
+                await self.writer.close()
+        if self.checker is not None:
+            self.checker.close()
+        if self._control is not None and self._leased:
+            with _logged("releasing the lease"):
+                await self._control.run(_record_stop_and_release, self.owner)
+            self._leased = False
+        for store in (self._writes, self._reads, self._control):
+            if store is not None:
+                with _logged("closing the store"):
+                    await store.close()
+        self._writes = self._reads = self._control = None
+        if self._listeners is not None:
+            for server in self._listeners.servers:
+                with _logged("closing a listener"):
+                    await server.wait_closed()
+            self._listeners = None
+
+
+def _record_stop_and_release(db: sqlite3.Connection, owner: str) -> None:
+    with transaction(db):
+        record_event(db, NewEvent(kind=EventKind.RELAY, reason=Reason.RELAY_STOPPED, detail=f"pid {os.getpid()} stopped"))
+        lease.release(db, owner)
+
+
+@contextlib.contextmanager
+def _logged(what: str) -> Any:
+    try:
+        yield
+    except Exception as exc:
+        log.warning("%s failed: %s", what, exc)

@@ -1,0 +1,1028 @@
+"""The relay's SMTP session: an aiosmtpd ``SMTP`` subclass that words every reply.
+
+aiosmtpd 1.4.6 parses addresses with the email package (which silently drops source
+routes), leaks exception text in its default error reply, and answers STARTTLS
+inside TLS by starting TLS again, so this class takes over EHLO, STARTTLS, AUTH,
+MAIL, RCPT and DATA and keeps aiosmtpd for the connection, the command loop, the
+TLS upgrade (which discards commands pipelined before the handshake) and the
+remaining commands.
+
+Replies (PRODUCT.md's table is the contract):
+
+=====================================================  =======================================
+queued                                                 ``250 2.0.0 Ok: queued as <queue id>``
+MAIL/RCPT/DATA before AUTH                             ``530 5.7.0 Authentication required``
+AUTH before STARTTLS (plain AUTH not allowed)          ``538 5.7.11 Encryption required …``
+bad credentials, inactive or unknown user, authzid ≠   ``535 5.7.8 Authentication credentials
+login                                                  invalid``
+3rd failure on a connection; client/username limit     ``421 4.7.0 …`` and the connection closes
+too many connections (global or per client)            ``421 4.7.0 …`` and the connection closes
+envelope sender ``<>``                                 ``550 5.7.1``
+sender with ``%``, ``!``, quoted ``@``, source route,  ``550 5.7.1 <address>: …``
+address literal, no domain; or not authorized
+sender authorized, identity pending                    ``550 5.7.1 <address>: … awaits verification``
+sender too long / malformed; control characters        ``553 5.1.7`` / ``501 5.1.7``
+recipient with ``%``, ``!``, quoted ``@``, source      ``553 5.1.3``
+route, literal, no domain, too long; control chars     (``501 5.1.3`` for control characters)
+more than ``max_recipients``                           ``452 4.5.3`` for each one past the limit
+SIZE parameter or data over the limit                  ``552 5.3.4``
+no ``From:``                                           ``550 5.6.0``
+several ``From:``/``Sender:``, one that does not       ``550 5.7.1``
+parse, or an address in it not authorized/verified
+a data line over 998 characters (after CR/LF fixes)    ``500 5.5.2``
+STARTTLS inside TLS                                    ``503 5.5.1``
+store full / store failure / any internal error        ``452 4.3.1`` / ``451 4.3.0`` (no internals)
+relay shutting down                                    ``421 4.3.2``
+=====================================================  =======================================
+
+End of data is only ``<CRLF>.<CRLF>``; bare CR or LF in the message is stored as
+CRLF; a ``Received:`` header with a sanitized EHLO name is prepended. Every AUTH
+outcome, refusal and queued message becomes an event (``relay.reasons``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import collections
+import datetime as dt
+import email.header
+import email.policy
+import email.utils
+import functools
+import logging
+import re
+import ssl
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, TLSSetupException
+
+from relay import policy, priority
+from relay.auth import FailureLimiter, PasswordChecker
+from relay.config import RelayConfig
+from relay.reasons import EventKind, Reason
+from relay.store.directory import AuthRecord
+from relay.store.events import NewEvent
+from relay.store.intake import NewMessage, new_queue_id
+from relay.writer import StoreWriter, WriteFailed
+
+log = logging.getLogger("smtpplus.relay")
+
+R_AUTH_OK = "235 2.7.0 Authentication successful"
+R_AUTH_REQUIRED = "530 5.7.0 Authentication required"
+R_ENCRYPTION_REQUIRED = "538 5.7.11 Encryption required for requested authentication mechanism"
+R_BAD_CREDENTIALS = "535 5.7.8 Authentication credentials invalid"
+R_TOO_MANY_FAILURES = "421 4.7.0 Too many failed authentication attempts, closing connection"
+R_TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections, try again later"
+R_TOO_LARGE = "552 5.3.4 Message size exceeds fixed maximum message size"
+R_TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
+R_TLS_ACTIVE = "503 5.5.1 TLS already active"
+R_INTERNAL = "451 4.3.0 Internal error, try again later"
+R_SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
+R_LINE_TOO_LONG = "500 5.5.2 Line too long (see RFC 5321 4.5.3.1.6)"
+
+COMMAND_LIMIT = 512  # RFC 5321 4.5.3.1.4, CRLF included
+MAIL_LIMIT = COMMAND_LIMIT + 26 + 10  # + SIZE= and BODY= parameters (RFC 1870, 6152)
+MAX_DATA_LINE = 1000  # octets with CRLF (RFC 5321 4.5.3.1.6)
+MAX_HEADER_SECTION = 1024 * 1024
+R_HEADER_TOO_LARGE = "552 5.3.4 Message header section too large"
+
+_SENDER_FORM_PROBLEMS = {
+    policy.AddressProblem.PERCENT,
+    policy.AddressProblem.BANG,
+    policy.AddressProblem.QUOTED_AT,
+    policy.AddressProblem.SOURCE_ROUTE,
+    policy.AddressProblem.LITERAL,
+    policy.AddressProblem.NO_DOMAIN,
+}
+_EHLO_UNSAFE = re.compile(r"[^A-Za-z0-9.\-:\[\]_]")
+_LINE_ENDINGS = re.compile(rb"\r\n|\r|\n")
+
+
+# ---------------------------------------------------------------------------
+# Shared state of all sessions
+
+
+class ConnectionTracker:
+    """Live sessions, with the global and per-client caps."""
+
+    def __init__(self, max_total: int, max_per_client: int) -> None:
+        self.max_total = max_total
+        self.max_per_client = max_per_client
+        self.sessions: set[RelaySMTP] = set()
+        self.per_client: collections.Counter[str] = collections.Counter()
+        self.refused = 0
+        self._empty = asyncio.Event()
+        self._empty.set()
+
+    def admit(self, session: RelaySMTP, client: str) -> bool:
+        if len(self.sessions) >= self.max_total or self.per_client[client] >= self.max_per_client:
+            self.refused += 1
+            return False
+        self.sessions.add(session)
+        self.per_client[client] += 1
+        self._empty.clear()
+        return True
+
+    def release(self, session: RelaySMTP, client: str) -> None:
+        if session in self.sessions:
+            self.sessions.discard(session)
+            self.per_client[client] -= 1
+            if self.per_client[client] <= 0:
+                del self.per_client[client]
+            if not self.sessions:
+                self._empty.set()
+
+    async def wait_empty(self) -> None:
+        """Returns once no session is left."""
+        await self._empty.wait()
+
+
+@dataclass
+class RelayContext:
+    """What every session of one relay shares."""
+
+    config: RelayConfig
+    server_name: str
+    tls_context: ssl.SSLContext | None
+    checker: PasswordChecker
+    limiter: FailureLimiter
+    writer: StoreWriter
+    tracker: ConnectionTracker
+    stopping: bool = False
+    counters: collections.Counter[str] = field(default_factory=collections.Counter)
+
+
+class _NoHooks:
+    """aiosmtpd looks for ``handle_*`` hooks on a handler; every decision is ours."""
+
+
+_NO_HOOKS = _NoHooks()
+
+
+@dataclass(frozen=True, slots=True)
+class _Refusal:
+    reply: str
+    reason: Reason | None  # None: a plain syntax answer, no event
+    detail: str = ""
+
+
+class _Cancelled:
+    pass
+
+
+_CANCELLED = _Cancelled()
+
+
+# ---------------------------------------------------------------------------
+# Pure helpers
+
+
+def split_path(arg: str | None, keyword: str) -> tuple[str, list[str]] | None:
+    """``FROM:<a@b> SIZE=10`` → (``a@b``, [``SIZE=10``]); None when malformed.
+
+    The path is taken verbatim (source routes and quotes kept) so policy sees what
+    the client sent, not what a lenient parser made of it."""
+    if arg is None or arg[: len(keyword)].upper() != keyword:
+        return None
+    rest = arg[len(keyword) :].lstrip()
+    if not rest:
+        return None
+    if not rest.startswith("<"):
+        parts = rest.split()
+        return parts[0], parts[1:]
+    end = _closing_angle(rest)
+    if end is None:
+        return None
+    tail = rest[end + 1 :]
+    if tail and not tail[0].isspace():
+        return None
+    return rest[1:end], tail.split()
+
+
+def _closing_angle(text: str) -> int | None:
+    quoted = False
+    i = 1
+    while i < len(text):
+        ch = text[i]
+        if quoted and ch == "\\":
+            i += 2
+            continue
+        if ch == '"':
+            quoted = not quoted
+        elif ch == ">" and not quoted:
+            return i
+        i += 1
+    return None
+
+
+def shown(address: str, limit: int = 256) -> str:
+    """An address safe to echo in a reply: ASCII, no control characters, bounded."""
+    text = address.encode("ascii", "backslashreplace").decode("ascii")
+    text = "".join(ch if 32 <= ord(ch) < 127 else "?" for ch in text)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def sanitize_ehlo(name: str) -> str:
+    """The EHLO name as it may appear in a Received: header."""
+    return _EHLO_UNSAFE.sub("?", name)[:255] or "unknown"
+
+
+def normalize_line_endings(data: bytes) -> bytes:
+    """Every bare CR or LF becomes CRLF."""
+    crlf = data.count(b"\r\n")
+    if crlf == data.count(b"\r") and crlf == data.count(b"\n"):
+        return data
+    return _LINE_ENDINGS.sub(b"\r\n", data)
+
+
+def longest_line(data: bytes) -> int:
+    longest = 0
+    start = 0
+    while True:
+        end = data.find(b"\r\n", start)
+        if end < 0:
+            return max(longest, len(data) - start)
+        longest = max(longest, end + 2 - start)
+        start = end + 2
+
+
+def header_section(data: bytes) -> bytes:
+    """The bytes before the first empty line (all of it when there is none)."""
+    if data.startswith(b"\r\n"):
+        return b""
+    end = data.find(b"\r\n\r\n")
+    return data if end < 0 else data[: end + 2]
+
+
+def split_headers(section: bytes) -> list[tuple[str, str]]:
+    """(lower-case name, unfolded value) for every field of a header section.
+
+    Lines that are neither a field nor a continuation are skipped, and scanning goes
+    on: a ``From:`` hidden after a malformed line still counts."""
+    fields: list[tuple[str, str]] = []
+    for line in section.decode("utf-8", "surrogateescape").split("\r\n"):
+        if not line:
+            continue
+        if line[0] in " \t":
+            if fields:
+                name, value = fields[-1]
+                fields[-1] = (name, value + line)
+            continue
+        name, colon, value = line.partition(":")
+        if not colon or not name.strip() or " " in name.strip() or "\t" in name.strip():
+            continue
+        fields.append((name.strip().lower(), value))
+    return fields
+
+
+CACHED_TEXT = 1000  # longer inputs are checked every time, never remembered
+
+
+def check_address(raw: str) -> policy.AddressCheck:
+    """:func:`relay.policy.check_address`, remembered: bulk mail repeats its addresses."""
+    return _check_address_cached(raw) if len(raw) <= CACHED_TEXT else policy.check_address(raw)
+
+
+_check_address_cached = functools.lru_cache(maxsize=4096)(policy.check_address)
+
+
+def header_addresses(value: str) -> tuple[str, ...] | None:
+    """The addr-specs of a From:/Sender: value; None unless it parses cleanly.
+
+    Two parsers must agree (the header registry and ``getaddresses``): a value that
+    one reads differently from the other is how a forged sender slips through.
+    Pure, so remembered per value."""
+    return _header_addresses_cached(value) if len(value) <= CACHED_TEXT else _header_addresses(value)
+
+
+def _header_addresses(value: str) -> tuple[str, ...] | None:
+    try:
+        header: Any = email.policy.default.header_factory("from", value)
+        addresses = [a.addr_spec for a in header.addresses]
+        defects = header.defects
+    except Exception:
+        return None
+    if defects or not addresses or any(not a or a == "<>" for a in addresses):
+        return None
+    known = {a.lower() for a in addresses}
+    try:
+        others = {addr.lower() for _, addr in email.utils.getaddresses([value]) if "@" in addr}
+    except Exception:
+        return None
+    if not others <= known:
+        return None
+    return tuple(addresses)
+
+
+_header_addresses_cached = functools.lru_cache(maxsize=4096)(_header_addresses)
+
+
+def decoded_subject(value: str) -> str:
+    if "=?" not in value:  # no encoded words: nothing to decode
+        return " ".join(value.split())[:200]
+    try:
+        text = str(email.header.make_header(email.header.decode_header(value)))
+    except Exception:
+        text = value
+    return " ".join(text.split())[:200]
+
+
+@functools.lru_cache(maxsize=4)
+def _rfc5322_date(second: int) -> str:
+    return email.utils.format_datetime(dt.datetime.fromtimestamp(second, dt.UTC))
+
+
+def received_header(ehlo: str, client: str, server_name: str, protocol: str, queue_id: str) -> bytes:
+    stamp = _rfc5322_date(int(time.time()))
+    line = (
+        f"Received: from {sanitize_ehlo(ehlo)} ({shown(client, 64)}) by {sanitize_ehlo(server_name)} "
+        f"(smtpplus) with {protocol} id {queue_id}; {stamp}\r\n"
+    )
+    return line.encode("ascii", "replace")
+
+
+def authorization(address: str, user: AuthRecord, what: str) -> tuple[str, Reason] | None:
+    """Why ``user`` may not send as ``address`` (canonical), or None when it may.
+
+    Exact address or exact domain; the identity that authorizes it must be verified
+    (either one, when both the address and its domain are listed)."""
+    address = address.lower()
+    domain = address.rpartition("@")[2]
+    states = []
+    if address in user.senders:
+        states.append((address, user.senders[address]))
+    if domain in user.domains:
+        states.append((domain, user.domains[domain]))
+    if not states:
+        return f"<{shown(address)}>: {what} not authorized for this login", Reason.SENDER_NOT_AUTHORIZED
+    if any(state == "verified" for _, state in states):
+        return None
+    return (
+        f"<{shown(address)}>: {what} identity {shown(states[0][0])} awaits verification",
+        Reason.SENDER_UNVERIFIED,
+    )
+
+
+# ---------------------------------------------------------------------------
+# The session
+
+
+class RelaySMTP(SMTP):
+    """One client connection (aiosmtpd creates one protocol per connection)."""
+
+    AuthLoginUsernameChallenge = "Username:"
+    AuthLoginPasswordChallenge = "Password:"
+
+    def __init__(self, ctx: RelayContext, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        cfg = ctx.config
+        super().__init__(
+            _NO_HOOKS,
+            data_size_limit=cfg.max_message_size,
+            enable_SMTPUTF8=False,
+            decode_data=False,
+            hostname=ctx.server_name,
+            ident="ESMTP smtpplus",
+            tls_context=ctx.tls_context,
+            timeout=cfg.session_timeout,
+            auth_required=True,
+            auth_require_tls=True,
+            loop=loop,
+        )
+        # aiosmtpd keeps these limits in a class-level dict that every EHLO grows;
+        # ours are fixed and per instance.
+        self.command_size_limits = collections.defaultdict(
+            lambda: COMMAND_LIMIT, {"MAIL": MAIL_LIMIT, "RCPT": COMMAND_LIMIT}
+        )
+        self.ctx = ctx
+        self.client_ip = "?"
+        self.local_port: int | None = None
+        self.user: AuthRecord | None = None
+        self.ehlo_name = ""
+        self.auth_failures = 0
+        self._attempted_user: str | None = None
+        self._admitted = False
+        self._released = False
+        self._busy = False
+        self._recipients_refused = False
+
+    def __dir__(self) -> list[str]:
+        # aiosmtpd's __init__ scans dir(self) twice per connection (inspect.getmembers
+        # evaluates every attribute) just to find the smtp_*/auth_* methods; with a
+        # new connection per message that scan is a tenth of the relay's time. Those
+        # names are all it needs.
+        return _command_names(type(self))
+
+    # -- connection ---------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = self.transport is None
+        if first:
+            peer = transport.get_extra_info("peername")
+            local = transport.get_extra_info("sockname")
+            self.client_ip = str(peer[0]) if peer else "?"
+            self.local_port = int(local[1]) if local else None
+            self._admitted = self.ctx.tracker.admit(self, self.client_ip)
+        super().connection_made(transport)
+        if not first:
+            # RFC 3207 4.2: after the handshake, forget what the client said before it.
+            self.user = None
+            self.ehlo_name = ""
+
+    def connection_lost(self, error: Exception | None) -> None:
+        super().connection_lost(error)
+        if self._admitted and not self._released:
+            self._released = True
+            self.ctx.tracker.release(self, self.client_ip)
+
+    async def _handle_client(self) -> None:
+        if not self._admitted:
+            self._event(EventKind.REFUSED, Reason.CONNECTION_LIMIT, "connection cap reached")
+            await self.push(R_TOO_MANY_CONNECTIONS)
+            self._close()
+            return
+        await super()._handle_client()
+
+    def _close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    @property
+    def idle(self) -> bool:
+        """No command in progress and no transaction open."""
+        return not self._busy and (self.envelope is None or self.envelope.mail_from is None)
+
+    def say_goodbye(self) -> None:
+        """The relay is stopping: tell the client and close."""
+        if self.transport is not None and not self.transport.is_closing():
+            self._writer.write(R_SHUTTING_DOWN.encode("ascii") + b"\r\n")
+            self.transport.close()
+
+    async def _after_transaction(self) -> None:
+        if self.ctx.stopping:
+            await self.push(R_SHUTTING_DOWN)
+            self._close()
+
+    async def handle_exception(self, error: Exception) -> str:
+        if isinstance(error, TLSSetupException):
+            log.info("%s: TLS handshake failed: %s", self.client_ip, error.__cause__ or error)
+        else:
+            log.error("%s: session error", self.client_ip, exc_info=error)
+            self._event(EventKind.REFUSED, Reason.INTERNAL_ERROR, type(error).__name__)
+        return R_INTERNAL
+
+    def _event(self, kind: EventKind, reason: Reason, detail: str = "") -> None:
+        user = self.user
+        self.ctx.writer.record(
+            NewEvent(
+                kind=kind,
+                reason=reason,
+                username=user.username if user is not None else self._attempted_user,
+                list_id=user.list_id if user is not None else None,
+                client=self.client_ip,
+                port=self.local_port,
+                detail=detail[:500],
+            )
+        )
+
+    async def _refuse(self, refusal: _Refusal) -> None:
+        await self.push(self._refusal_reply(refusal))
+
+    def _refusal_reply(self, refusal: _Refusal) -> str:
+        if refusal.reason is not None:
+            self._event(EventKind.REFUSED, refusal.reason, refusal.detail)
+        return refusal.reply
+
+    # -- greeting and TLS -----------------------------------------------------
+
+    async def check_helo_needed(self, helo: str = "HELO") -> bool:
+        assert self.session is not None
+        if not self.session.host_name:
+            await self.push(f"503 5.5.1 Error: send {helo} first")
+            return True
+        return False
+
+    async def smtp_HELO(self, hostname: str) -> None:
+        if not hostname:
+            await self.push("501 5.5.4 Syntax: HELO hostname")
+            return
+        self._set_rset_state()
+        assert self.session is not None
+        self.session.extended_smtp = False
+        self.session.host_name = hostname
+        self.ehlo_name = hostname
+        await self.push(f"250 {self.hostname}")
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        if not hostname:
+            await self.push("501 5.5.4 Syntax: EHLO hostname")
+            return
+        self._set_rset_state()
+        assert self.session is not None
+        self.session.extended_smtp = True
+        self.session.host_name = hostname
+        self.ehlo_name = hostname
+        lines = [self.hostname, f"SIZE {self.data_size_limit}", "8BITMIME", "ENHANCEDSTATUSCODES"]
+        if self.tls_context is not None and self._tls_protocol is None:
+            lines.append("STARTTLS")
+        if self._tls_protocol is not None or self.ctx.config.allow_plain_auth:
+            lines.append("AUTH PLAIN LOGIN")
+        lines.append("HELP")
+        reply = "\r\n".join(f"250-{line}" for line in lines[:-1]) + f"\r\n250 {lines[-1]}"
+        await self.push(reply)
+
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        if self._tls_protocol is not None:
+            self._event(EventKind.REFUSED, Reason.TLS_INSIDE_TLS, "STARTTLS inside TLS")
+            await self.push(R_TLS_ACTIVE)
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: STARTTLS")
+            return
+        if self.tls_context is None:
+            await self.push("454 4.7.0 TLS not available")
+            return
+        await super().smtp_STARTTLS(arg)
+
+    # -- AUTH ---------------------------------------------------------------
+
+    async def smtp_AUTH(self, arg: str) -> None:
+        if await self.check_helo_needed("EHLO"):
+            return
+        assert self.session is not None
+        if not self.session.extended_smtp:
+            await self.push("503 5.5.1 Error: send EHLO first")
+            return
+        if self._tls_protocol is None and not self.ctx.config.allow_plain_auth:
+            self._event(EventKind.AUTH, Reason.AUTH_NEEDS_TLS, "AUTH before STARTTLS")
+            await self.push(R_ENCRYPTION_REQUIRED)
+            return
+        if self.session.authenticated:
+            await self.push("503 5.5.1 Error: already authenticated")
+            return
+        args = (arg or "").split()
+        if not args or len(args) > 2:
+            await self.push("501 5.5.4 Syntax: AUTH mechanism [initial-response]")
+            return
+        mechanism = args[0].upper()
+        if mechanism == "PLAIN":
+            credentials = await self.auth_PLAIN(args)
+        elif mechanism == "LOGIN":
+            credentials = await self.auth_LOGIN(args)
+        else:
+            await self.push("504 5.5.4 Unrecognized authentication type")
+            return
+        if credentials is not None:
+            await self._check_credentials(*credentials)
+
+    async def auth_PLAIN(self, args: list[str]) -> tuple[bytes, bytes] | None:  # type: ignore[override]
+        """RFC 4616: ``authzid NUL authcid NUL password``; authzid empty or = login."""
+        response = args[1] if len(args) == 2 else await self._challenge("")
+        if response is None:
+            return None
+        if isinstance(response, _Cancelled):
+            await self.push("501 5.7.0 Authentication cancelled")
+            return None
+        blob = self._b64(response)
+        if blob is None:
+            await self._auth_failed(Reason.AUTH_MALFORMED, "501 5.5.2 Cannot decode base64", "PLAIN: bad base64")
+            return None
+        parts = blob.split(b"\0")
+        if len(parts) != 3:
+            await self._auth_failed(Reason.AUTH_MALFORMED, "501 5.5.2 Cannot split PLAIN credentials", "PLAIN: not 3 fields")
+            return None
+        authzid, login, password = parts
+        if authzid and authzid != login:
+            self._attempted_user = _printable(login)
+            await self._auth_failed(
+                Reason.AUTH_AUTHZID_MISMATCH, R_BAD_CREDENTIALS, f"authorization identity {_printable(authzid)!r} is not the login"
+            )
+            return None
+        return login, password
+
+    async def auth_LOGIN(self, args: list[str]) -> tuple[bytes, bytes] | None:  # type: ignore[override]
+        """``334 VXNlcm5hbWU6`` (Username:) then ``334 UGFzc3dvcmQ6`` (Password:)."""
+        first = args[1] if len(args) == 2 else await self._challenge(self.AuthLoginUsernameChallenge)
+        if first is None:
+            return None
+        if isinstance(first, _Cancelled):
+            await self.push("501 5.7.0 Authentication cancelled")
+            return None
+        login = self._b64(first)
+        if login is None:
+            await self._auth_failed(Reason.AUTH_MALFORMED, "501 5.5.2 Cannot decode base64", "LOGIN: bad base64")
+            return None
+        second = await self._challenge(self.AuthLoginPasswordChallenge)
+        if second is None:
+            return None
+        if isinstance(second, _Cancelled):
+            await self.push("501 5.7.0 Authentication cancelled")
+            return None
+        password = self._b64(second)
+        if password is None:
+            await self._auth_failed(Reason.AUTH_MALFORMED, "501 5.5.2 Cannot decode base64", "LOGIN: bad base64")
+            return None
+        return login, password
+
+    async def _challenge(self, text: str) -> str | _Cancelled | None:
+        """Send ``334 <base64 text>``, return the client's line (None if unusable)."""
+        await self.push("334 " + base64.b64encode(text.encode("ascii")).decode("ascii"))
+        try:
+            line = await self._reader.readline()
+        except ValueError:  # longer than the stream limit
+            await self._auth_failed(Reason.AUTH_MALFORMED, "500 5.5.2 Line too long", "AUTH response too long")
+            return None
+        if not line.endswith(b"\n"):  # EOF
+            self._close()
+            return None
+        text_line = line.strip().decode("ascii", "replace")
+        if text_line == "*":
+            return _CANCELLED
+        return text_line
+
+    @staticmethod
+    def _b64(text: str) -> bytes | None:
+        if text == "=":
+            return b""
+        try:
+            return base64.b64decode(text.encode("ascii"), validate=True)
+        except (binascii.Error, ValueError, UnicodeEncodeError):
+            return None
+
+    async def _check_credentials(self, login: bytes, password: bytes) -> None:
+        ctx = self.ctx
+        username = login.decode("utf-8", "surrogateescape")
+        self._attempted_user = _printable(login)
+        blocked = ctx.limiter.blocked(self.client_ip, username)
+        if blocked is not None:
+            which = "this client address" if blocked == "client" else f"user {self._attempted_user!r}"
+            self._event(EventKind.AUTH, Reason.AUTH_TOO_MANY_FAILURES, f"failure limit reached for {which}")
+            await self.push(R_TOO_MANY_FAILURES)
+            self._close()
+            return
+        self._busy = True
+        try:
+            outcome = await ctx.checker.check(username, password)
+        finally:
+            self._busy = False
+        if not outcome.ok:
+            details = {
+                Reason.AUTH_UNKNOWN_USER: "unknown user",
+                Reason.AUTH_BAD_CREDENTIALS: "wrong password",
+                Reason.AUTH_INACTIVE_USER: "user is inactive",
+            }
+            await self._auth_failed(outcome.reason, R_BAD_CREDENTIALS, details.get(outcome.reason, ""), username=username)
+            return
+        assert self.session is not None and outcome.record is not None
+        self.session.authenticated = True
+        self.user = outcome.record
+        self._event(EventKind.AUTH, Reason.AUTH_OK, "authenticated over TLS" if self._tls_protocol else "authenticated without TLS")
+        await self.push(R_AUTH_OK)
+
+    async def _auth_failed(self, reason: Reason, reply: str, detail: str, *, username: str | None = None) -> None:
+        self.auth_failures += 1
+        self.ctx.limiter.record(self.client_ip, username)
+        self._event(EventKind.AUTH, reason, detail)
+        if self.auth_failures >= self.ctx.config.auth_failures_per_connection:
+            self._event(EventKind.AUTH, Reason.AUTH_TOO_MANY_FAILURES, f"{self.auth_failures} failed attempts on one connection")
+            await self.push(R_TOO_MANY_FAILURES)
+            self._close()
+            return
+        await self.push(reply)
+
+    # -- the transaction -----------------------------------------------------
+
+    async def _current_user(self) -> AuthRecord | None:
+        """The authenticated user, re-read at most every second (shared cache), so a
+        deactivation, deletion or password reset also ends sessions already open."""
+        assert self.session is not None
+        if not self.session.authenticated or self.user is None:
+            return None
+        record = await self.ctx.checker.current_record(self.user.username)
+        if record is None or not record.active or record.password_hash != self.user.password_hash:
+            self.session.authenticated = False
+            self._event(EventKind.REFUSED, Reason.MAIL_BEFORE_AUTH, "user deactivated, deleted or reset during the session")
+            self.user = None
+            return None
+        self.user = record
+        return record
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        if await self.check_helo_needed():
+            return
+        assert self.session is not None and self.envelope is not None
+        if not self.session.authenticated:
+            await self._refuse(_Refusal(R_AUTH_REQUIRED, Reason.MAIL_BEFORE_AUTH, f"MAIL {shown(arg or '', 300)}"))
+            return
+        if self.envelope.mail_from is not None:
+            await self.push("503 5.5.1 Error: nested MAIL command")
+            return
+        parsed = split_path(arg, "FROM:")
+        if parsed is None:
+            await self.push("501 5.5.4 Syntax: MAIL FROM:<address>")
+            return
+        path, params = parsed
+        problem = self._mail_params(params)
+        if problem is not None:
+            await self._refuse(problem)
+            return
+        self._busy = True
+        try:
+            user = await self._current_user()
+        finally:
+            self._busy = False
+        if user is None:
+            await self.push(R_AUTH_REQUIRED)
+            return
+        refusal = self._check_sender(path, user)
+        if refusal is not None:
+            await self._refuse(refusal)
+            return
+        check = check_address(path)
+        assert check.address is not None
+        self.envelope.mail_from = check.address
+        self.envelope.mail_options = params
+        self._recipients_refused = False
+        await self.push("250 2.1.0 Ok")
+
+    def _mail_params(self, params: list[str]) -> _Refusal | None:
+        for param in params:
+            name, eq, value = param.partition("=")
+            name = name.upper()
+            if name == "SIZE" and eq and value.isdigit():
+                if self.data_size_limit and int(value) > self.data_size_limit:
+                    return _Refusal(R_TOO_LARGE, Reason.MESSAGE_TOO_LARGE, f"SIZE={value} over {self.data_size_limit}")
+            elif name == "BODY" and value.upper() in {"7BIT", "8BITMIME"}:
+                continue
+            elif name in {"SIZE", "BODY"}:
+                return _Refusal(f"501 5.5.4 Syntax error in {name} parameter", None)
+            else:
+                return _Refusal(f"555 5.5.4 MAIL FROM parameter {shown(name, 32)} not supported", None)
+        return None
+
+    def _check_sender(self, path: str, user: AuthRecord) -> _Refusal | None:
+        if path == "":
+            return _Refusal("550 5.7.1 Empty envelope sender <> is not allowed", Reason.SENDER_EMPTY, "MAIL FROM:<>")
+        check = check_address(path)
+        problem = check.problem
+        if problem is policy.AddressProblem.CONTROL:
+            return _Refusal("501 5.1.7 Control characters are not allowed in addresses", Reason.SENDER_INVALID, f"<{shown(path)}>: {problem}")
+        if problem in _SENDER_FORM_PROBLEMS:
+            return _Refusal(
+                f"550 5.7.1 <{shown(path)}>: sender address form not allowed ({problem})",
+                Reason.SENDER_INVALID,
+                f"<{shown(path)}>: {problem}",
+            )
+        if problem is not None:
+            return _Refusal(f"553 5.1.7 <{shown(path)}>: bad sender address syntax ({problem})", Reason.SENDER_INVALID, f"<{shown(path)}>: {problem}")
+        assert check.address is not None
+        denied = authorization(check.address, user, "sender")
+        if denied is not None:
+            reply, reason = denied
+            return _Refusal(f"550 5.7.1 {reply}", reason, f"envelope sender {reply}")
+        return None
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        if await self.check_helo_needed():
+            return
+        if await self.check_auth_needed("RCPT"):
+            return
+        assert self.envelope is not None
+        if self.envelope.mail_from is None:
+            await self.push("503 5.5.1 Error: need MAIL command")
+            return
+        parsed = split_path(arg, "TO:")
+        if parsed is None:
+            await self.push("501 5.5.4 Syntax: RCPT TO:<address>")
+            return
+        path, params = parsed
+        if params:
+            await self.push("555 5.5.4 RCPT TO parameters not supported")
+            return
+        if len(self.envelope.rcpt_tos) >= self.ctx.config.max_recipients:
+            if not self._recipients_refused:
+                self._recipients_refused = True
+                self._event(EventKind.REFUSED, Reason.TOO_MANY_RECIPIENTS, f"more than {self.ctx.config.max_recipients} recipients")
+            await self.push(R_TOO_MANY_RECIPIENTS)
+            return
+        check = check_address(path)
+        if check.problem is policy.AddressProblem.CONTROL:
+            await self._refuse(_Refusal("501 5.1.3 Control characters are not allowed in addresses", Reason.RECIPIENT_INVALID, f"<{shown(path)}>: control-character"))
+            return
+        if check.problem is not None or check.address is None:
+            await self._refuse(
+                _Refusal(
+                    f"553 5.1.3 <{shown(path)}>: recipient address not allowed ({check.problem})",
+                    Reason.RECIPIENT_INVALID,
+                    f"<{shown(path)}>: {check.problem}",
+                )
+            )
+            return
+        # Keep the local part as sent (it may be case-sensitive); the domain canonical.
+        local = path.strip().rpartition("@")[0]
+        self.envelope.rcpt_tos.append(f"{local}@{check.address.rpartition('@')[2]}")
+        await self.push("250 2.1.5 Ok")
+
+    async def smtp_RSET(self, arg: str) -> None:
+        if arg:
+            await self.push("501 5.5.4 Syntax: RSET")
+            return
+        self._set_rset_state()
+        await self.push("250 2.0.0 Ok")
+        await self._after_transaction()
+
+    async def smtp_DATA(self, arg: str) -> None:
+        if await self.check_helo_needed():
+            return
+        if await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 5.5.1 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        self._busy = True
+        try:
+            raw, too_much, longest = await self._read_data()
+            if too_much:
+                reply = self._refusal_reply(
+                    _Refusal(R_TOO_LARGE, Reason.MESSAGE_TOO_LARGE, f"data over {self.data_size_limit} bytes")
+                )
+            else:
+                reply = await self._accept(raw, longest)
+            self._set_post_data_state()
+            await self.push(reply)
+        finally:
+            self._busy = False
+        await self._after_transaction()
+
+    async def _read_data(self) -> tuple[bytes, bool, int]:
+        """Read up to ``<CRLF>.<CRLF>``: (unstuffed bytes, over the size limit?, the
+        longest CRLF-terminated line).
+
+        Only a line that is exactly ``.`` followed by CRLF, at a line start, ends the
+        data: ``\\n.\\n``, ``\\r.\\r`` and the rest of the smuggling variants are text."""
+        reader = self._reader
+        limit = self.data_size_limit or 0
+        parts: list[bytes] = []
+        size = 0
+        too_much = False
+        at_line_start = True
+        line_length = longest = 0
+        while True:
+            try:
+                piece = await reader.readuntil(b"\r\n")
+                complete = True
+            except asyncio.LimitOverrunError as exc:
+                # A line longer than the stream limit: take what is there, keep going.
+                piece = await reader.read(exc.consumed)
+                complete = False
+            except asyncio.IncompleteReadError:
+                self._close()
+                raise asyncio.CancelledError() from None
+            if not piece:
+                self._close()
+                raise asyncio.CancelledError()
+            if at_line_start and complete and piece == b".\r\n":
+                return b"".join(parts), too_much, longest
+            size += len(piece)
+            if limit and size > limit:
+                if not too_much:
+                    too_much = True
+                    parts.clear()
+            elif not too_much:
+                if at_line_start and piece[:1] == b".":
+                    piece = piece[1:]
+                parts.append(piece)
+                line_length += len(piece)
+                if complete:
+                    longest = max(longest, line_length)
+                    line_length = 0
+            at_line_start = complete
+
+    async def _accept(self, raw: bytes, longest: int) -> str:
+        """Header policy, priority, Received:, then the durable enqueue."""
+        assert self.envelope is not None and self.envelope.mail_from is not None
+        user = await self._current_user()
+        if user is None:
+            return R_AUTH_REQUIRED
+        data = normalize_line_endings(raw)
+        if data is not raw:  # bare CR/LF made new lines: measure them again
+            longest = longest_line(data)
+        if longest > MAX_DATA_LINE:
+            return self._refusal_reply(_Refusal(R_LINE_TOO_LONG, Reason.LINE_TOO_LONG, "a data line is over 998 characters"))
+        section = header_section(data)
+        if len(section) > MAX_HEADER_SECTION:
+            return self._refusal_reply(_Refusal(R_HEADER_TOO_LARGE, Reason.MESSAGE_TOO_LARGE, "header section over 1 MiB"))
+        fields = split_headers(section)
+        refusal, from_value = self._check_headers(fields, user)
+        if refusal is not None:
+            return self._refusal_reply(refusal)
+        header_prio = priority.header_priority(fields)
+        effective = priority.effective_priority(user.priority, header_prio)
+        subject = next((value for name, value in fields if name == "subject"), "")
+        queue_id = new_queue_id()
+        protocol = "ESMTPSA" if self._tls_protocol is not None else "ESMTPA"
+        received = received_header(self.ehlo_name, self.client_ip, self.ctx.server_name, protocol, queue_id)
+        message = NewMessage(
+            mail_from=self.envelope.mail_from,
+            recipients=list(dict.fromkeys(self.envelope.rcpt_tos)),
+            data=received + data,
+            header_priority=header_prio,
+            user_priority=user.priority,
+            priority=effective,
+            header_from=" ".join(from_value.split())[:300],
+            subject=decoded_subject(subject),
+            list_id=user.list_id,
+            list_name=user.list_name,
+            user_id=user.user_id,
+            username=user.username,
+            client=self.client_ip,
+            port=self.local_port,
+            queue_id=queue_id,
+        )
+        try:
+            queued = await self.ctx.writer.enqueue(message)
+        except WriteFailed as failed:
+            return self._refusal_reply(_Refusal(failed.reply, failed.reason, "the store did not take the message"))
+        self.ctx.counters["queued"] += 1
+        return f"250 2.0.0 Ok: queued as {queued.queue_id}"
+
+    def _check_headers(self, fields: list[tuple[str, str]], user: AuthRecord) -> tuple[_Refusal | None, str]:
+        froms = [value for name, value in fields if name == "from"]
+        senders = [value for name, value in fields if name == "sender"]
+        if not froms:
+            return _Refusal("550 5.6.0 Message has no From: header", Reason.HEADER_FROM_MISSING, "no From: header"), ""
+        if len(froms) > 1:
+            return _Refusal("550 5.7.1 Message has more than one From: header", Reason.HEADER_FROM_MULTIPLE, f"{len(froms)} From: headers"), ""
+        if len(senders) > 1:
+            return _Refusal("550 5.7.1 Message has more than one Sender: header", Reason.HEADER_SENDER_MULTIPLE, f"{len(senders)} Sender: headers"), ""
+        from_addresses = header_addresses(froms[0])
+        if from_addresses is None:
+            return _Refusal("550 5.7.1 From: header does not parse", Reason.HEADER_FROM_INVALID, f"From: {shown(froms[0], 300)}"), ""
+        checks: list[tuple[str, str]] = [(a, "From:") for a in from_addresses]
+        if senders:
+            sender_addresses = header_addresses(senders[0])
+            if sender_addresses is None or len(sender_addresses) != 1:
+                return _Refusal("550 5.7.1 Sender: header does not parse", Reason.HEADER_SENDER_INVALID, f"Sender: {shown(senders[0], 300)}"), ""
+            checks.append((sender_addresses[0], "Sender:"))
+        for address, header in checks:
+            refusal = _header_address_refusal(address, header, user)
+            if refusal is not None:
+                return refusal, froms[0]
+        return None, froms[0]
+
+    async def smtp_VRFY(self, arg: str) -> None:
+        if await self.check_auth_needed("VRFY"):
+            return
+        await self.push("252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery")
+
+    async def smtp_EXPN(self, arg: str) -> None:
+        await self.push("502 5.5.1 EXPN not implemented")
+
+
+_COMMAND_NAMES: dict[type, list[str]] = {}
+
+
+def _command_names(cls: type) -> list[str]:
+    names = _COMMAND_NAMES.get(cls)
+    if names is None:
+        names = sorted({n for klass in cls.__mro__ for n in vars(klass) if n.startswith(("smtp_", "auth_"))})
+        _COMMAND_NAMES[cls] = names
+    return names
+
+
+def _header_address_refusal(address: str, header: str, user: AuthRecord) -> _Refusal | None:
+    check = check_address(address)
+    invalid = Reason.HEADER_SENDER_INVALID if header == "Sender:" else Reason.HEADER_FROM_INVALID
+    if check.problem is not None or check.address is None:
+        return _Refusal(
+            f"550 5.7.1 <{shown(address)}>: {header} address form not allowed ({check.problem})",
+            invalid,
+            f"{header} <{shown(address)}>: {check.problem}",
+        )
+    denied = authorization(check.address, user, f"{header} address")
+    if denied is None:
+        return None
+    reply, reason = denied
+    reason = Reason.HEADER_FROM_UNVERIFIED if reason is Reason.SENDER_UNVERIFIED else Reason.HEADER_FROM_NOT_AUTHORIZED
+    return _Refusal(f"550 5.7.1 {reply}", reason, reply)
+
+
+def _printable(value: bytes) -> str:
+    return shown(value.decode("utf-8", "replace"), 64)
+
+
+def make_factory(ctx: RelayContext) -> Any:
+    """The one protocol factory every listening port shares."""
+
+    def factory() -> RelaySMTP:
+        return RelaySMTP(ctx, asyncio.get_running_loop())
+
+    return factory

@@ -1,0 +1,364 @@
+"""Campaigns: a message from the console to every member of a list.
+
+Operators: :func:`create_campaign`, :func:`list_campaigns`, :func:`get_campaign`,
+:func:`pause_campaign`, :func:`resume_campaign`, :func:`cancel_campaign`.
+The relay's engine: :func:`start_due_campaigns`, :func:`expandable_campaigns`,
+:func:`expand_batch`, :func:`finish_campaigns`.
+
+Expansion inserts one message per member in batches (a keyset cursor on the member
+address, saved with each batch), so a 100,000-member list never blocks the relay
+and a crash resumes where the last committed batch ended. Preemption by priority
+traffic ("paused: priority traffic") is decided where messages are claimed
+(:mod:`relay.store.queue`).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import sqlite3
+import time
+from dataclasses import dataclass
+
+from relay import policy
+from relay.priority import header_priority, validate_priority
+from relay.reasons import EventKind, Reason
+from relay.store.db import transaction
+from relay.store.directory import get_list
+from relay.store.errors import InvalidInput, NotFound
+from relay.store.events import NewEvent, record_event
+from relay.store.intake import NewMessage, insert_messages, new_queue_id
+
+EXPAND_BATCH = 500
+
+_COLUMNS = (
+    "c.id, c.list_id, c.list_name, c.subject, c.mail_from, c.priority, c.state, c.paused_reason, "
+    "c.scheduled_at, c.expanded, c.expand_done, c.total, c.created_at, c.finished_at"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignInfo:
+    id: int
+    list_id: int | None
+    list_name: str
+    subject: str
+    mail_from: str
+    priority: int
+    state: str  # scheduled | sending | paused | done | cancelled
+    paused_reason: str | None  # 'priority' (preempted) | 'operator'
+    scheduled_at: float
+    expanded: int  # messages created so far
+    expand_done: bool
+    total: int | None  # members when created (the final count once expanded)
+    created_at: float
+    finished_at: float | None
+    sent: int = 0
+    failed: int = 0
+    pending: int = 0  # queued, sending, deferred or held
+
+    @property
+    def display_state(self) -> str:
+        """What operators see: ``paused: priority traffic`` while preempted."""
+        if self.state == "paused":
+            return "paused: priority traffic" if self.paused_reason == "priority" else "paused"
+        return self.state
+
+
+def _info(db: sqlite3.Connection, row: sqlite3.Row) -> CampaignInfo:
+    counts = dict(
+        db.execute(
+            "SELECT state, count(*) FROM messages WHERE campaign_id = ? GROUP BY state", (row[0],)
+        ).fetchall()
+    )
+    pending = sum(counts.get(s, 0) for s in ("queued", "sending", "deferred", "held"))
+    return CampaignInfo(
+        row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9], bool(row[10]), row[11],
+        row[12], row[13], counts.get("sent", 0), counts.get("failed", 0), pending,
+    )
+
+
+def get_campaign(db: sqlite3.Connection, campaign_id: int) -> CampaignInfo:
+    row = db.execute(f"SELECT {_COLUMNS} FROM campaigns c WHERE c.id = ?", (int(campaign_id),)).fetchone()
+    if row is None:
+        raise NotFound(f"no campaign {campaign_id} — see `smtpplus campaigns ls`")
+    return _info(db, row)
+
+
+def list_campaigns(db: sqlite3.Connection, *, limit: int = 200) -> list[CampaignInfo]:
+    """Newest first, with progress counts."""
+    rows = db.execute(f"SELECT {_COLUMNS} FROM campaigns c ORDER BY c.id DESC LIMIT ?", (limit,)).fetchall()
+    return [_info(db, r) for r in rows]
+
+
+def create_campaign(
+    db: sqlite3.Connection,
+    list_name: str,
+    *,
+    subject: str,
+    template: bytes,
+    mail_from: str,
+    scheduled_at: float | None = None,
+    priority: int = 3,
+    now: float | None = None,
+) -> CampaignInfo:
+    """Schedule ``template`` (a whole message without ``To:``/``Message-ID:``, CRLF
+    line ends — see :func:`relay.campaigns.build_template`) for every member of
+    ``list_name`` at ``scheduled_at`` (default now), with queue ``priority``."""
+    stamp = time.time() if now is None else now
+    target = get_list(db, list_name)
+    if target.members == 0:
+        raise InvalidInput(
+            f"list {target.name!r} has no members — add some with `smtpplus lists members import {target.name} FILE.csv`"
+        )
+    try:
+        sender = policy.normalize_address(mail_from)
+    except policy.PolicyError as exc:
+        raise InvalidInput(f"--from: {exc}") from None
+    level = validate_priority(priority)
+    when = stamp if scheduled_at is None else float(scheduled_at)
+    with transaction(db):
+        cur = db.execute(
+            "INSERT INTO campaigns(list_id, list_name, subject, mail_from, body, priority, state, "
+            "scheduled_at, total, created_at) VALUES (?, ?, ?, ?, ?, ?, 'scheduled', ?, ?, ?)",
+            (target.id, target.name, subject, sender, template, level, when, target.members, stamp),
+        )
+        campaign_id = int(cur.lastrowid or 0)
+        record_event(
+            db,
+            NewEvent(
+                EventKind.CAMPAIGN, Reason.CAMPAIGN_CREATED, list_id=target.id, at=stamp,
+                detail=f"campaign {campaign_id} to list {target.name} ({target.members} members), "
+                f"priority {level}, subject {subject!r}",
+            ),
+        )
+    return get_campaign(db, campaign_id)
+
+
+def _campaign_event(db: sqlite3.Connection, info: CampaignInfo, reason: Reason, detail: str, now: float) -> None:
+    record_event(
+        db,
+        NewEvent(EventKind.CAMPAIGN, reason, list_id=info.list_id, at=now, detail=f"campaign {info.id} {detail}"),
+    )
+
+
+def pause_campaign(db: sqlite3.Connection, campaign_id: int, *, now: float | None = None) -> CampaignInfo:
+    """An operator's pause: its waiting messages are held until resumed."""
+    stamp = time.time() if now is None else now
+    with transaction(db):
+        info = get_campaign(db, campaign_id)
+        if info.state in ("done", "cancelled"):
+            raise InvalidInput(f"campaign {info.id} is {info.state} — nothing to pause")
+        if info.state == "paused" and info.paused_reason == "operator":
+            return info
+        db.execute("UPDATE campaigns SET state = 'paused', paused_reason = 'operator' WHERE id = ?", (info.id,))
+        held = db.execute(
+            "UPDATE messages SET state = 'held', updated_at = ? WHERE campaign_id = ? AND state IN ('queued', 'deferred')",
+            (stamp, info.id),
+        ).rowcount
+        _campaign_event(db, info, Reason.CAMPAIGN_PAUSED, f"paused by an operator ({held} message(s) held)", stamp)
+    return get_campaign(db, campaign_id)
+
+
+def resume_campaign(db: sqlite3.Connection, campaign_id: int, *, now: float | None = None) -> CampaignInfo:
+    """Undo an operator's pause: held messages of the campaign are ready again."""
+    stamp = time.time() if now is None else now
+    with transaction(db):
+        info = get_campaign(db, campaign_id)
+        if info.state != "paused":
+            raise InvalidInput(f"campaign {info.id} is {info.display_state}, not paused")
+        if info.paused_reason != "operator":
+            return info  # preempted: it resumes by itself
+        started = info.expanded > 0 or info.scheduled_at <= stamp
+        db.execute(
+            "UPDATE campaigns SET state = ?, paused_reason = NULL WHERE id = ?",
+            ("sending" if started else "scheduled", info.id),
+        )
+        released = db.execute(
+            "UPDATE messages SET state = 'queued', next_attempt_at = ?, updated_at = ? "
+            "WHERE campaign_id = ? AND state = 'held'",
+            (stamp, stamp, info.id),
+        ).rowcount
+        _campaign_event(db, info, Reason.CAMPAIGN_RESUMED, f"resumed by an operator ({released} message(s) released)", stamp)
+    return get_campaign(db, campaign_id)
+
+
+def cancel_campaign(db: sqlite3.Connection, campaign_id: int, *, now: float | None = None) -> CampaignInfo:
+    """Stop a campaign for good: messages not yet sent are removed (those being
+    sent right now finish); what was sent stays sent."""
+    stamp = time.time() if now is None else now
+    with transaction(db):
+        info = get_campaign(db, campaign_id)
+        if info.state in ("done", "cancelled"):
+            raise InvalidInput(f"campaign {info.id} is already {info.state}")
+        removed = db.execute(
+            "DELETE FROM messages WHERE campaign_id = ? AND state IN ('queued', 'deferred', 'held')", (info.id,)
+        ).rowcount
+        db.execute(
+            "UPDATE campaigns SET state = 'cancelled', paused_reason = NULL, finished_at = ? WHERE id = ?",
+            (stamp, info.id),
+        )
+        _campaign_event(db, info, Reason.CAMPAIGN_CANCELLED, f"cancelled by an operator ({removed} unsent message(s) removed)", stamp)
+    return get_campaign(db, campaign_id)
+
+
+# ---------------------------------------------------------------------------
+# The engine's side
+
+
+def start_due_campaigns(db: sqlite3.Connection, *, now: float | None = None) -> list[int]:
+    """Scheduled campaigns whose time has come start sending; returns their ids."""
+    stamp = time.time() if now is None else now
+    due = db.execute("SELECT 1 FROM campaigns WHERE state = 'scheduled' AND scheduled_at <= ? LIMIT 1", (stamp,)).fetchone()
+    if due is None:
+        return []  # the common case, without taking the write lock
+    with transaction(db):
+        rows = db.execute(
+            "UPDATE campaigns SET state = 'sending' WHERE state = 'scheduled' AND scheduled_at <= ? "
+            "RETURNING id, list_id, list_name, total",
+            (stamp,),
+        ).fetchall()
+        for campaign_id, list_id, list_name, total in rows:
+            record_event(
+                db,
+                NewEvent(
+                    EventKind.CAMPAIGN, Reason.CAMPAIGN_STARTED, list_id=list_id, at=stamp,
+                    detail=f"campaign {campaign_id} started: {total} member(s) of list {list_name}",
+                ),
+            )
+    return [r[0] for r in rows]
+
+
+def next_scheduled_at(db: sqlite3.Connection) -> float | None:
+    row = db.execute("SELECT min(scheduled_at) FROM campaigns WHERE state = 'scheduled'").fetchone()
+    return row[0]
+
+
+def expandable_campaigns(db: sqlite3.Connection) -> list[int]:
+    """Started campaigns with members still to turn into messages, oldest first."""
+    rows = db.execute(
+        "SELECT id FROM campaigns WHERE state IN ('sending', 'paused') AND expand_done = 0 ORDER BY id"
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def personalize(template: bytes, address: str, name: str, queue_id: str, server_name: str) -> bytes:
+    """The template with this member's ``To:`` and a unique ``Message-ID:`` prepended."""
+    to = email.utils.formataddr((name, address)) if name else address
+    if any(ord(c) > 127 for c in to) or "\r" in to or "\n" in to:
+        to = address  # a display name that would need encoding is left out rather than mangled
+    return f"To: {to}\r\nMessage-ID: <{queue_id}@{server_name}>\r\n".encode() + template
+
+
+def header_priority_of(data: bytes) -> int:
+    """The header priority of a message (its first header block), as the relay reads it."""
+    end = data.find(b"\r\n\r\n")
+    block = data[: end if end >= 0 else len(data)].decode("utf-8", "replace")
+    headers: list[tuple[str, str]] = []
+    for line in block.split("\r\n"):
+        if line[:1] in (" ", "\t") and headers:
+            headers[-1] = (headers[-1][0], headers[-1][1] + line)
+        elif ":" in line:
+            name, _, value = line.partition(":")
+            headers.append((name, value.strip()))
+    return header_priority(headers)
+
+
+def expand_batch(
+    db: sqlite3.Connection,
+    campaign_id: int,
+    *,
+    batch: int = EXPAND_BATCH,
+    server_name: str = "localhost",
+    now: float | None = None,
+) -> int:
+    """Turn the next ``batch`` members into queued messages in one transaction and
+    move the cursor; returns how many were created (0 once the list is exhausted,
+    which also marks the expansion complete)."""
+    stamp = time.time() if now is None else now
+    with transaction(db):
+        row = db.execute(
+            "SELECT id, list_id, list_name, subject, mail_from, body, priority, state, paused_reason, "
+            "expand_cursor, expand_done FROM campaigns WHERE id = ?",
+            (campaign_id,),
+        ).fetchone()
+        if row is None or row["expand_done"] or row["state"] not in ("sending", "paused"):
+            return 0
+        members: list[tuple[str, str]] = []
+        if row["list_id"] is not None:
+            members = [
+                (r[0], r[1])
+                for r in db.execute(
+                    "SELECT address, name FROM list_members WHERE list_id = ? AND address > ? ORDER BY address LIMIT ?",
+                    (row["list_id"], row["expand_cursor"] or "", batch),
+                )
+            ]
+        if not members:
+            db.execute(
+                "UPDATE campaigns SET expand_done = 1, total = expanded WHERE id = ?", (campaign_id,)
+            )
+            return 0
+        template = bytes(row["body"])
+        header_priority = header_priority_of(template)
+        held = row["state"] == "paused" and row["paused_reason"] == "operator"
+        messages = []
+        for address, name in members:
+            queue_id = new_queue_id()
+            messages.append(
+                NewMessage(
+                    mail_from=row["mail_from"],
+                    recipients=[address],
+                    data=personalize(template, address, name, queue_id, server_name),
+                    origin="campaign",
+                    header_priority=header_priority,
+                    user_priority=row["priority"],
+                    priority=row["priority"],
+                    header_from=row["mail_from"],
+                    subject=row["subject"],
+                    list_id=row["list_id"],
+                    list_name=row["list_name"],
+                    campaign_id=campaign_id,
+                    queue_id=queue_id,
+                    state="held" if held else "queued",
+                )
+            )
+        insert_messages(db, messages, now=stamp)
+        db.execute(
+            "UPDATE campaigns SET expand_cursor = ?, expanded = expanded + ? WHERE id = ?",
+            (members[-1][0], len(members), campaign_id),
+        )
+    return len(members)
+
+
+def finish_campaigns(db: sqlite3.Connection, *, now: float | None = None) -> list[int]:
+    """Campaigns fully expanded with nothing left to deliver become ``done``."""
+    stamp = time.time() if now is None else now
+    finished: list[int] = []
+    candidates = db.execute(
+        "SELECT id, list_id, expanded FROM campaigns WHERE state IN ('sending', 'paused') AND expand_done = 1"
+    ).fetchall()
+    for campaign_id, list_id, expanded in candidates:
+        pending = db.execute(
+            "SELECT 1 FROM messages WHERE campaign_id = ? AND state IN ('queued', 'sending', 'deferred', 'held') LIMIT 1",
+            (campaign_id,),
+        ).fetchone()
+        if pending is not None:
+            continue
+        with transaction(db):
+            cur = db.execute(
+                "UPDATE campaigns SET state = 'done', paused_reason = NULL, finished_at = ? "
+                "WHERE id = ? AND state IN ('sending', 'paused')",
+                (stamp, campaign_id),
+            )
+            if cur.rowcount:
+                sent = db.execute(
+                    "SELECT count(*) FROM messages WHERE campaign_id = ? AND state = 'sent'", (campaign_id,)
+                ).fetchone()[0]
+                record_event(
+                    db,
+                    NewEvent(
+                        EventKind.CAMPAIGN, Reason.CAMPAIGN_DONE, list_id=list_id, at=stamp,
+                        detail=f"campaign {campaign_id} done: {sent} of {expanded} message(s) sent",
+                    ),
+                )
+                finished.append(campaign_id)
+    return finished

@@ -1,0 +1,229 @@
+"""One relay per store: the relay's lease (a heartbeat in the store's settings).
+
+Public API
+----------
+``acquire(db, owner, pid, host, listen_host, stale_after, *, now=None) -> str | None``
+    In one IMMEDIATE transaction: refuse with :class:`RelayAlreadyRunning` (naming the
+    pid, host and heartbeat age) while another relay's heartbeat is fresher than
+    ``stale_after`` seconds; otherwise take the lease. Returns the previous owner's id
+    when that relay is gone (its heartbeat went stale, or it stopped), so its in-flight
+    messages are reclaimed at once; ``None`` on a store never served before. A
+    takeover from a relay that died (stale, not stopped) is recorded as an event.
+``acquire_lease(...) -> Acquired(previous_owner, died)``
+    The same, also telling whether the previous relay died (rather than stopped).
+``heartbeat(db, owner, *, now=None) -> bool``
+    Refresh the heartbeat; ``False`` when the lease now belongs to someone else
+    (this relay was presumed dead and taken over: it must stop).
+``release(db, owner)``
+    A clean stop: the lease stays as a record (``stopped_at``) but is no longer alive.
+``relay_status(db, stale_after=10.0, *, now=None) -> RelayStatus``
+    Whether a relay is alive on this store, who, since when, the ports it serves and
+    does not serve (with reasons), and the facts it publishes (TLS fingerprint, …) and
+    the runtime controls (paused, next hop). ``stale_after`` applies only when the
+    relay did not publish its own. Used by ``smtpplus status``, the console and the
+    harness.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from relay.reasons import EventKind, Reason
+from relay.store.db import StoreError, transaction
+from relay.store.events import NewEvent, record_event
+from relay.store.relay_info import served_ports
+from relay.store.settings import Keys, get_setting, get_settings, set_setting
+
+DEFAULT_STALE_AFTER = 10.0
+
+
+class RelayAlreadyRunning(StoreError):
+    """Another relay holds this store's lease and its heartbeat is fresh."""
+
+    def __init__(self, message: str, *, owner: str, pid: int | None, host: str | None, age: float) -> None:
+        super().__init__(message)
+        self.owner = owner
+        self.pid = pid
+        self.host = host
+        self.age = age
+
+
+@dataclass(frozen=True, slots=True)
+class RelayStatus:
+    alive: bool
+    owner: str | None = None
+    pid: int | None = None
+    host: str | None = None
+    listen_host: str | None = None
+    heartbeat_age: float | None = None
+    started_at: float | None = None
+    stopped_at: float | None = None
+    served: list[int] = field(default_factory=list)
+    not_served: dict[int, str] = field(default_factory=dict)
+    server_name: str | None = None
+    tls_fingerprint: str | None = None
+    allow_plain_auth: bool = False
+    paused: bool = False
+    next_hop: str | None = None
+    rate: float | None = None
+    parallel: int | None = None
+
+
+def _read_lease(db: sqlite3.Connection) -> dict[str, Any] | None:
+    try:
+        value = get_setting(db, Keys.LEASE)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _write_lease(db: sqlite3.Connection, lease: dict[str, Any]) -> None:
+    set_setting(db, Keys.LEASE, lease)
+
+
+def _is_alive(lease: dict[str, Any] | None, stale_after: float, now: float) -> bool:
+    if not lease or lease.get("stopped_at"):
+        return False
+    return now - float(lease.get("heartbeat_at") or 0) < stale_after
+
+
+@dataclass(frozen=True, slots=True)
+class Acquired:
+    previous_owner: str | None  # the relay before this one, when it is gone
+    died: bool  # it did not stop cleanly: its heartbeat went stale
+
+
+def acquire(
+    db: sqlite3.Connection,
+    owner: str,
+    pid: int,
+    host: str,
+    listen_host: str,
+    stale_after: float = DEFAULT_STALE_AFTER,
+    *,
+    now: float | None = None,
+) -> str | None:
+    """Take the lease, or raise RelayAlreadyRunning. Returns the gone owner's id."""
+    return acquire_lease(db, owner, pid, host, listen_host, stale_after, now=now).previous_owner
+
+
+def acquire_lease(
+    db: sqlite3.Connection,
+    owner: str,
+    pid: int,
+    host: str,
+    listen_host: str,
+    stale_after: float = DEFAULT_STALE_AFTER,
+    *,
+    now: float | None = None,
+) -> Acquired:
+    """:func:`acquire`, also telling whether the previous relay died."""
+    with transaction(db):
+        stamp = time.time() if now is None else now
+        previous = _read_lease(db)
+        if previous and previous.get("owner") != owner and _is_alive(previous, stale_after, stamp):
+            age = max(0.0, stamp - float(previous.get("heartbeat_at") or 0))
+            where = previous.get("listen_host") or "?"
+            raise RelayAlreadyRunning(
+                f"a relay is already running on this store (pid {previous.get('pid')} on "
+                f"{previous.get('host')}, listening on {where}, heartbeat {age:.1f}s ago) — "
+                "stop it first, or use another --db",
+                owner=str(previous.get("owner")),
+                pid=previous.get("pid"),
+                host=previous.get("host"),
+                age=age,
+            )
+        _write_lease(
+            db,
+            {
+                "owner": owner,
+                "pid": pid,
+                "host": host,
+                "listen_host": listen_host,
+                "heartbeat_at": stamp,
+                "started_at": stamp,
+                "stopped_at": None,
+                "stale_after": stale_after,
+            },
+        )
+        if not previous or previous.get("owner") in (None, owner):
+            return Acquired(None, False)
+        died = not previous.get("stopped_at")
+        if died:
+            age = stamp - float(previous.get("heartbeat_at") or 0)
+            record_event(
+                db,
+                NewEvent(
+                    kind=EventKind.RELAY,
+                    reason=Reason.RELAY_TAKEOVER,
+                    detail=f"took over from relay pid {previous.get('pid')} on {previous.get('host')} "
+                    f"(heartbeat {age:.1f}s old)",
+                    at=stamp,
+                ),
+            )
+        return Acquired(str(previous["owner"]), died)
+
+
+def heartbeat(db: sqlite3.Connection, owner: str, *, now: float | None = None) -> bool:
+    """Refresh the heartbeat; False when another relay owns the lease now."""
+    with transaction(db):
+        lease = _read_lease(db)
+        if not lease or lease.get("owner") != owner or lease.get("stopped_at"):
+            return False
+        lease["heartbeat_at"] = time.time() if now is None else now
+        _write_lease(db, lease)
+        return True
+
+
+def release(db: sqlite3.Connection, owner: str, *, now: float | None = None) -> None:
+    """Mark the lease stopped (a clean stop). No-op when someone else owns it."""
+    with transaction(db):
+        lease = _read_lease(db)
+        if not lease or lease.get("owner") != owner:
+            return
+        lease["stopped_at"] = time.time() if now is None else now
+        _write_lease(db, lease)
+
+
+def relay_status(db: sqlite3.Connection, stale_after: float = DEFAULT_STALE_AFTER, *, now: float | None = None) -> RelayStatus:
+    """What a console, ``status`` or the harness needs to know about the relay."""
+    stamp = time.time() if now is None else now
+    lease = _read_lease(db)
+    served, not_served = served_ports(db)
+    values = get_settings(
+        db,
+        [
+            Keys.SERVER_NAME, Keys.TLS_FINGERPRINT, Keys.ALLOW_PLAIN_AUTH, Keys.PAUSED,
+            Keys.NEXT_HOP, Keys.RATE, Keys.PARALLEL,
+        ],
+    )
+    common: dict[str, Any] = {
+        "served": served,
+        "not_served": not_served,
+        "server_name": values.get(Keys.SERVER_NAME),
+        "tls_fingerprint": values.get(Keys.TLS_FINGERPRINT),
+        "allow_plain_auth": bool(values.get(Keys.ALLOW_PLAIN_AUTH, False)),
+        "paused": bool(values.get(Keys.PAUSED, False)),
+        "next_hop": values.get(Keys.NEXT_HOP),
+        "rate": values.get(Keys.RATE),
+        "parallel": values.get(Keys.PARALLEL),
+    }
+    if not lease:
+        return RelayStatus(alive=False, **common)
+    heartbeat_at = float(lease.get("heartbeat_at") or 0)
+    # The relay's own setting, when it published one, so every reader agrees with it.
+    limit = float(lease.get("stale_after") or stale_after)
+    return RelayStatus(
+        alive=_is_alive(lease, limit, stamp),
+        owner=lease.get("owner"),
+        pid=lease.get("pid"),
+        host=lease.get("host"),
+        listen_host=lease.get("listen_host"),
+        heartbeat_age=max(0.0, stamp - heartbeat_at) if heartbeat_at else None,
+        started_at=lease.get("started_at"),
+        stopped_at=lease.get("stopped_at"),
+        **common,
+    )

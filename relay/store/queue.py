@@ -1,0 +1,937 @@
+"""The sending queue: claims under lease, delivery outcomes, operator actions,
+listings, reclaiming and retention.
+
+Claims are leases, never in-process locks: a claim is one atomic
+``UPDATE … WHERE id IN (SELECT … ORDER BY priority, id LIMIT n) RETURNING …`` that
+moves messages from ``queued`` to ``sending`` with ``lease_owner``/``lease_until``.
+On PostgreSQL the inner select becomes ``… FOR UPDATE SKIP LOCKED``; nothing here
+relies on state only one process can see.
+
+Public API for the relay's engine: :func:`dispatch_round` (one unit of scheduler
+work per call), :func:`reclaim_owner`, :func:`prune`, :func:`publish_status`.
+For operators (CLI, console): :func:`hold`, :func:`release`, :func:`retry`,
+:func:`delete`, :func:`set_paused`, :func:`set_rate`, :func:`set_parallel`,
+:func:`set_next_hop`, :func:`list_messages`, :func:`message_detail`,
+:func:`queue_overview`, :func:`delivery_settings`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import re
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from relay.reasons import EventKind, Reason
+from relay.store.db import data_version, transaction
+from relay.store.errors import InvalidInput, NotFound
+from relay.store.events import Event, NewEvent, events_for_message, record_event, record_events
+from relay.store.intake import NewMessage, insert_messages
+from relay.store.settings import Keys, get_settings, set_setting
+
+ACTIVE_STATES = ("queued", "sending", "deferred", "held")
+FINISHED_STATES = ("sent", "failed")
+ALL_STATES = ACTIVE_STATES + FINISHED_STATES
+TLS_MODES = ("required", "opportunistic", "off")
+
+DEFAULT_PARALLEL = 4
+MAX_PARALLEL = 256
+
+
+# ---------------------------------------------------------------------------
+# Runtime controls
+
+
+@dataclass(frozen=True, slots=True)
+class DeliverySettings:
+    """The runtime controls the engine follows live (all from the store's settings)."""
+
+    paused: bool = False
+    rate: float = 0.0  # messages per second; 0 = unlimited
+    parallel: int = DEFAULT_PARALLEL
+    next_hop: str | None = None  # "host:port"
+    next_hop_tls: str = "opportunistic"
+    next_hop_user: str | None = None
+    next_hop_password: str | None = None
+    next_hop_cafile: str | None = None
+    starvation_share: float = 0.0
+
+    @property
+    def hop_key(self) -> tuple[Any, ...]:
+        """Everything that identifies one next-hop connection setup."""
+        return (self.next_hop, self.next_hop_tls, self.next_hop_user, self.next_hop_password, self.next_hop_cafile)
+
+
+_SETTING_KEYS = [
+    Keys.PAUSED, Keys.RATE, Keys.PARALLEL, Keys.NEXT_HOP, Keys.NEXT_HOP_TLS, Keys.NEXT_HOP_USER,
+    Keys.NEXT_HOP_PASSWORD, Keys.NEXT_HOP_CAFILE, Keys.STARVATION_SHARE,
+]
+
+
+def delivery_settings(db: sqlite3.Connection) -> DeliverySettings:
+    """The current runtime controls, with defaults for those never set."""
+    raw = get_settings(db, _SETTING_KEYS)
+
+    def num(key: str, default: float) -> float:
+        try:
+            return float(raw.get(key, default) if raw.get(key) is not None else default)
+        except (TypeError, ValueError):
+            return default
+
+    tls = raw.get(Keys.NEXT_HOP_TLS) or "opportunistic"
+    return DeliverySettings(
+        paused=bool(raw.get(Keys.PAUSED, False)),
+        rate=max(0.0, num(Keys.RATE, 0.0)),
+        parallel=max(1, min(MAX_PARALLEL, int(num(Keys.PARALLEL, DEFAULT_PARALLEL)))),
+        next_hop=raw.get(Keys.NEXT_HOP) or None,
+        next_hop_tls=tls if tls in TLS_MODES else "opportunistic",
+        next_hop_user=raw.get(Keys.NEXT_HOP_USER) or None,
+        next_hop_password=raw.get(Keys.NEXT_HOP_PASSWORD) or None,
+        next_hop_cafile=raw.get(Keys.NEXT_HOP_CAFILE) or None,
+        starvation_share=min(0.5, max(0.0, num(Keys.STARVATION_SHARE, 0.0))),
+    )
+
+
+def parse_next_hop(text: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` → (host, port); a precise error otherwise."""
+    value = text.strip()
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)", value) or re.fullmatch(r"([^\s:\[\]]+):(\d+)", value)
+    if not match:
+        raise InvalidInput(f"next hop {text!r} is not HOST:PORT — e.g. 127.0.0.1:8025 or smarthost.example:25")
+    port = int(match.group(2))
+    if not 1 <= port <= 65535:
+        raise InvalidInput(f"next hop port {port} is out of range 1-65535")
+    return match.group(1), port
+
+
+def _operator_event(db: sqlite3.Connection, reason: Reason, detail: str, **kw: Any) -> None:
+    record_event(db, NewEvent(EventKind.OPERATOR, reason, detail=detail, **kw))
+
+
+def set_paused(db: sqlite3.Connection, paused: bool) -> bool:
+    """Pause or resume all delivery (deliveries under way finish). Returns the
+    previous value. Recorded as an operator event."""
+    with transaction(db):
+        before = bool(get_settings(db, [Keys.PAUSED]).get(Keys.PAUSED, False))
+        set_setting(db, Keys.PAUSED, bool(paused))
+        _operator_event(
+            db, Reason.DELIVERY_PAUSED if paused else Reason.DELIVERY_RESUMED,
+            "delivery paused" if paused else "delivery resumed",
+        )
+    return before
+
+
+def set_rate(db: sqlite3.Connection, rate: float) -> None:
+    """Shared delivery rate in messages per second (0 = unlimited)."""
+    try:
+        value = float(rate)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"rate {rate!r} is not a number — give messages per second, 0 for unlimited") from None
+    if not value >= 0 or value != value or value == float("inf"):
+        raise InvalidInput(f"rate {rate!r} must be 0 (unlimited) or a positive number of messages per second")
+    with transaction(db):
+        set_setting(db, Keys.RATE, value)
+        _operator_event(db, Reason.SETTING_CHANGED, f"rate set to {_fmt_rate(value)}")
+
+
+def set_parallel(db: sqlite3.Connection, parallel: int) -> None:
+    """Maximum parallel next-hop connections (1–256)."""
+    try:
+        value = int(str(parallel).strip())
+    except ValueError:
+        raise InvalidInput(f"parallel {parallel!r} is not a whole number — give 1 to {MAX_PARALLEL}") from None
+    if not 1 <= value <= MAX_PARALLEL:
+        raise InvalidInput(f"parallel must be from 1 to {MAX_PARALLEL}, not {value}")
+    with transaction(db):
+        set_setting(db, Keys.PARALLEL, value)
+        _operator_event(db, Reason.SETTING_CHANGED, f"parallel connections set to {value}")
+
+
+def set_starvation_share(db: sqlite3.Connection, share: float) -> None:
+    """Share of the bandwidth reserved for the oldest lower-priority message (0 = off, ≤ 0.5)."""
+    value = float(share)
+    if not 0 <= value <= 0.5:
+        raise InvalidInput(f"starvation share must be from 0 (off) to 0.5, not {share}")
+    with transaction(db):
+        set_setting(db, Keys.STARVATION_SHARE, value)
+        _operator_event(db, Reason.SETTING_CHANGED, f"starvation share set to {value:g}")
+
+
+def set_next_hop(
+    db: sqlite3.Connection,
+    hop: str | None,
+    *,
+    tls: str | None = None,
+    user: str | None = None,
+    password: str | None = None,
+    cafile: str | None = None,
+) -> str | None:
+    """Set (``hop="host:port"``) or clear (``hop=None``) the next hop, optionally with
+    its STARTTLS mode (required | opportunistic | off), AUTH and trusted CA file.
+    Returns the normalized hop. The password is stored as a setting and never
+    echoed in events."""
+    normalized: str | None = None
+    if hop is not None:
+        host, port = parse_next_hop(hop)
+        normalized = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if tls is not None and tls not in TLS_MODES:
+        raise InvalidInput(f"TLS mode {tls!r} is not one of {', '.join(TLS_MODES)}")
+    with transaction(db):
+        set_setting(db, Keys.NEXT_HOP, normalized)
+        parts = [f"next hop set to {normalized}" if normalized else "next hop cleared"]
+        if tls is not None:
+            set_setting(db, Keys.NEXT_HOP_TLS, tls)
+            parts.append(f"STARTTLS {tls}")
+        if user is not None:
+            set_setting(db, Keys.NEXT_HOP_USER, user or None)
+            parts.append(f"AUTH as {user}" if user else "no AUTH")
+        if password is not None:
+            set_setting(db, Keys.NEXT_HOP_PASSWORD, password or None)
+        if cafile is not None:
+            set_setting(db, Keys.NEXT_HOP_CAFILE, cafile or None)
+            parts.append(f"CA file {cafile}" if cafile else "system CAs")
+        _operator_event(db, Reason.SETTING_CHANGED, ", ".join(parts))
+    return normalized
+
+
+def publish_status(
+    db: sqlite3.Connection, state: str, detail: str = "", *, events: Sequence[NewEvent] = (), now: float | None = None
+) -> None:
+    """The engine's own state for consoles and ``status`` ("running", "paused",
+    "no next hop", "next hop is this relay", "next hop down", "stopped"), with the
+    events that explain it."""
+    with transaction(db):
+        if events:
+            record_events(db, events)
+        set_setting(db, Keys.STATUS, {"state": state, "detail": detail, "at": time.time() if now is None else now})
+
+
+def _fmt_rate(value: float) -> str:
+    return "unlimited" if value == 0 else f"{value:g} msg/s"
+
+
+# ---------------------------------------------------------------------------
+# The scheduler's unit of work
+
+
+@dataclass(slots=True)
+class Claimed:
+    """A message leased for one delivery attempt, with what the attempt needs."""
+
+    id: int
+    queue_id: str
+    origin: str
+    campaign_id: int | None
+    list_id: int | None
+    username: str | None
+    mail_from: str
+    priority: int
+    attempts: int  # including this one
+    created_at: float
+    recipients: list[str] = field(default_factory=list)  # still to deliver
+    data: bytes = b""
+    delivered_before: int = 0  # recipients an earlier attempt delivered
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientResult:
+    address: str
+    state: str  # 'sent' | 'deferred' | 'failed'
+    reply: str
+
+
+@dataclass(slots=True)
+class Outcome:
+    """The result of one attempt, as the engine decided it."""
+
+    message: Claimed
+    state: str  # the message's new state: 'sent' | 'deferred' | 'failed'
+    reason: Reason
+    reply: str
+    recipients: list[RecipientResult] = field(default_factory=list)
+    next_attempt_at: float | None = None  # for 'deferred'
+    bounce: NewMessage | None = None  # a DSN to queue with a final failure
+    detail: str = ""
+
+
+@dataclass(slots=True)
+class RoundRequest:
+    owner: str
+    lease_seconds: float
+    budget: int  # how many messages the engine can start now
+    hop: str | None  # the hop the engine delivers to; claims only while it matches the setting
+    outcomes: list[Outcome] = field(default_factory=list)
+    renew: list[int] = field(default_factory=list)  # in-flight ids whose lease to extend
+    reclaim_expired: bool = False
+    promote_due: bool = False
+    oldest_lower: bool = False  # spend one claim on the oldest lower-priority message
+    events: list[NewEvent] = field(default_factory=list)  # the engine's own (next hop down, …)
+    seen_version: int | None = None
+    force: bool = False
+    now: float | None = None
+
+
+@dataclass(slots=True)
+class RoundResult:
+    version: int
+    skipped: bool
+    settings: DeliverySettings | None = None
+    claimed: list[Claimed] = field(default_factory=list)
+    next_due: float | None = None  # earliest next attempt among deferred messages
+    reclaimed: int = 0
+
+
+def dispatch_round(db: sqlite3.Connection, req: RoundRequest) -> RoundResult:
+    """One scheduler step in one transaction: record finished attempts, extend
+    leases, reclaim expired ones, make due deferred mail ready, then claim up to
+    ``req.budget`` messages in strict (priority, id) order — unless delivery is
+    paused or the next hop setting no longer matches ``req.hop``.
+
+    Returns quickly without a transaction when nothing changed since
+    ``req.seen_version`` and the engine has nothing to write (``force`` overrides).
+    """
+    version = data_version(db)
+    idle = not (req.outcomes or req.events or req.renew or req.reclaim_expired or req.promote_due or req.force)
+    if idle and req.seen_version is not None and version == req.seen_version:
+        return RoundResult(version=version, skipped=True)
+    now = time.time() if req.now is None else req.now
+    result = RoundResult(version=version, skipped=False)
+    with transaction(db):
+        settings = delivery_settings(db)
+        result.settings = settings
+        if req.events:
+            record_events(db, req.events)
+        _settle(db, req.owner, req.outcomes, now)
+        if req.renew:
+            _renew(db, req.owner, req.renew, now + req.lease_seconds)
+        if req.reclaim_expired:
+            result.reclaimed = _reclaim(db, "state = 'sending' AND lease_until < ?", (now,), now, "lease expired")
+        if req.promote_due:
+            db.execute(
+                "UPDATE messages SET state = 'queued', updated_at = ? WHERE state = 'deferred' AND next_attempt_at <= ?",
+                (now, now),
+            )
+        budget = req.budget
+        if settings.paused or not settings.next_hop or settings.next_hop != req.hop:
+            budget = 0
+        if budget > 0:
+            result.claimed = _claim(db, req, budget, now)
+        _follow_campaigns(db, result.claimed, budget, now)
+    if req.promote_due or any(o.state == "deferred" for o in req.outcomes) or req.force:
+        row = db.execute("SELECT min(next_attempt_at) FROM messages WHERE state = 'deferred'").fetchone()
+        result.next_due = row[0]
+    return result
+
+
+_CLAIM_RETURNING = (
+    "RETURNING id, queue_id, origin, campaign_id, list_id, username, mail_from, priority, attempts, created_at"
+)
+
+
+def _claim(db: sqlite3.Connection, req: RoundRequest, budget: int, now: float) -> list[Claimed]:
+    lease_until = now + req.lease_seconds
+    rows: list[sqlite3.Row] = []
+    if req.oldest_lower:
+        oldest = _oldest_lower_ready(db, now)
+        if oldest is not None:
+            rows += db.execute(
+                "UPDATE messages SET state = 'sending', lease_owner = ?, lease_until = ?, "
+                "attempts = attempts + 1, updated_at = ? WHERE id = ? AND state = 'queued' "
+                + _CLAIM_RETURNING,
+                (req.owner, lease_until, now, oldest),
+            ).fetchall()
+            budget -= len(rows)
+    if budget > 0:
+        # PostgreSQL: the inner SELECT gets FOR UPDATE SKIP LOCKED.
+        rows += db.execute(
+            "UPDATE messages SET state = 'sending', lease_owner = ?, lease_until = ?, "
+            "attempts = attempts + 1, updated_at = ? WHERE id IN ("
+            "SELECT id FROM messages WHERE state = 'queued' AND next_attempt_at <= ? "
+            "ORDER BY priority, id LIMIT ?) " + _CLAIM_RETURNING,
+            (req.owner, lease_until, now, now, budget),
+        ).fetchall()
+    if not rows:
+        return []
+    by_id = {
+        r[0]: Claimed(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9]) for r in rows
+    }
+    marks = ",".join("?" * len(by_id))
+    ids = list(by_id)
+    for message_id, data in db.execute(f"SELECT message_id, data FROM message_bodies WHERE message_id IN ({marks})", ids):
+        by_id[message_id].data = bytes(data)
+    for message_id, address in db.execute(
+        f"SELECT message_id, address FROM recipients WHERE message_id IN ({marks}) "
+        "AND state IN ('queued', 'deferred') ORDER BY message_id, address",
+        ids,
+    ):
+        by_id[message_id].recipients.append(address)
+    retried = [i for i, m in by_id.items() if m.attempts > 1]
+    if retried:
+        for message_id, n in db.execute(
+            f"SELECT message_id, count(*) FROM recipients WHERE message_id IN ({','.join('?' * len(retried))}) "
+            "AND state = 'sent' GROUP BY message_id",
+            retried,
+        ):
+            by_id[message_id].delivered_before = n
+    # The oldest-lower pick (if any) goes first: it was chosen to run now.
+    claimed = sorted(by_id.values(), key=lambda m: (m.priority, m.id))
+    if req.oldest_lower and rows and rows[0][0] in by_id:
+        first = by_id[rows[0][0]]
+        claimed.remove(first)
+        claimed.insert(0, first)
+    record_events(
+        db,
+        [
+            NewEvent(
+                EventKind.DELIVERY, Reason.DELIVERY_ATTEMPT, username=m.username, list_id=m.list_id,
+                message_id=m.id, queue_id=m.queue_id, at=now,
+                detail=f"attempt {m.attempts} to {req.hop}, priority {m.priority}, "
+                f"{len(m.recipients)} recipient(s)" + (f", campaign {m.campaign_id}" if m.campaign_id else ""),
+            )
+            for m in claimed
+        ],
+    )
+    return claimed
+
+
+def _oldest_lower_ready(db: sqlite3.Connection, now: float) -> int | None:
+    """The oldest ready message below the highest ready priority (one seek per priority)."""
+    heads: list[tuple[int, int]] = []
+    for priority in range(1, 6):
+        row = db.execute(
+            "SELECT id FROM messages WHERE state = 'queued' AND priority = ? AND next_attempt_at <= ? "
+            "ORDER BY id LIMIT 1",
+            (priority, now),
+        ).fetchone()
+        if row is not None:
+            heads.append((priority, row[0]))
+    if len(heads) < 2:
+        return None
+    return min(message_id for _priority, message_id in heads[1:])
+
+
+def _renew(db: sqlite3.Connection, owner: str, ids: Sequence[int], until: float) -> None:
+    db.executemany(
+        "UPDATE messages SET lease_until = ? WHERE id = ? AND state = 'sending' AND lease_owner = ?",
+        [(until, i, owner) for i in ids],
+    )
+
+
+_OUTCOME_EVENT = {"sent": EventKind.SENT, "deferred": EventKind.DEFERRED, "failed": EventKind.FAILED}
+
+
+def _settle(db: sqlite3.Connection, owner: str, outcomes: Sequence[Outcome], now: float) -> None:
+    events: list[NewEvent] = []
+    for o in outcomes:
+        m = o.message
+        reply = o.reply[:1000]
+        if o.state == "sent":
+            # Delivered is delivered, even if the lease was lost meanwhile: never send twice on purpose.
+            cur = db.execute(
+                "UPDATE messages SET state = 'sent', lease_owner = NULL, lease_until = NULL, last_reply = ?, "
+                "finished_at = ?, updated_at = ? WHERE id = ? AND state != 'sent'",
+                (reply, now, now, m.id),
+            )
+        elif o.state == "deferred":
+            cur = db.execute(
+                "UPDATE messages SET state = 'deferred', lease_owner = NULL, lease_until = NULL, last_reply = ?, "
+                "next_attempt_at = ?, updated_at = ? WHERE id = ? AND state = 'sending' AND lease_owner = ?",
+                (reply, o.next_attempt_at if o.next_attempt_at is not None else now, now, m.id, owner),
+            )
+        else:
+            cur = db.execute(
+                "UPDATE messages SET state = 'failed', lease_owner = NULL, lease_until = NULL, last_reply = ?, "
+                "finished_at = ?, updated_at = ? WHERE id = ? AND state = 'sending' AND lease_owner = ?",
+                (reply, now, now, m.id, owner),
+            )
+        owned = cur.rowcount == 1
+        if o.recipients and (owned or o.state == "sent"):
+            db.executemany(
+                "UPDATE recipients SET state = ?, last_reply = ? WHERE message_id = ? AND address = ?",
+                [(r.state, r.reply[:1000], m.id, r.address) for r in o.recipients],
+            )
+        detail = o.detail or reply
+        if not owned and o.state != "sent":
+            detail += " (lease lost: another attempt owns the message now)"
+        events.append(
+            NewEvent(
+                _OUTCOME_EVENT[o.state], o.reason, username=m.username, list_id=m.list_id,
+                message_id=m.id, queue_id=m.queue_id, at=now, detail=detail[:2000],
+            )
+        )
+        if o.bounce is not None and owned and m.mail_from:
+            queued = insert_messages(db, [o.bounce], now=now)
+            events.append(
+                NewEvent(
+                    EventKind.BOUNCE, Reason.BOUNCE_QUEUED, username=m.username, list_id=m.list_id,
+                    message_id=m.id, queue_id=m.queue_id, at=now,
+                    detail=f"delivery status notification {queued[0].queue_id} to {m.mail_from}",
+                )
+            )
+    if events:
+        record_events(db, events)
+
+
+def _reclaim(db: sqlite3.Connection, where: str, args: tuple[Any, ...], now: float, why: str) -> int:
+    rows = db.execute(
+        "UPDATE messages SET state = 'queued', lease_owner = NULL, lease_until = NULL, updated_at = ? "
+        f"WHERE {where} RETURNING id, queue_id, username, list_id",
+        (now, *args),
+    ).fetchall()
+    record_events(
+        db,
+        [
+            NewEvent(
+                EventKind.DELIVERY, Reason.LEASE_RECLAIMED, username=r[2], list_id=r[3],
+                message_id=r[0], queue_id=r[1], at=now, detail=f"back in the queue: {why}",
+            )
+            for r in rows
+        ],
+    )
+    return len(rows)
+
+
+def reclaim_owner(db: sqlite3.Connection, owner: str, *, now: float | None = None) -> int:
+    """Put a dead relay's in-flight messages back in the queue at once (takeover)."""
+    stamp = time.time() if now is None else now
+    with transaction(db):
+        return _reclaim(
+            db, "state = 'sending' AND lease_owner = ?", (owner,), stamp, f"relay {owner} died (takeover)"
+        )
+
+
+def release_claims(db: sqlite3.Connection, owner: str, *, now: float | None = None) -> int:
+    """Give back every message this owner still holds (a clean stop)."""
+    stamp = time.time() if now is None else now
+    with transaction(db):
+        return _reclaim(
+            db, "state = 'sending' AND lease_owner = ?", (owner,), stamp,
+            "the relay stopped before this attempt finished",
+        )
+
+
+def reclaim_expired(db: sqlite3.Connection, *, now: float | None = None) -> int:
+    """Put messages whose lease ran out back in the queue."""
+    stamp = time.time() if now is None else now
+    with transaction(db):
+        return _reclaim(db, "state = 'sending' AND lease_until < ?", (stamp,), stamp, "lease expired")
+
+
+# ---------------------------------------------------------------------------
+# Campaign preemption (decided where the claims are made, so events line up)
+
+
+def _follow_campaigns(db: sqlite3.Connection, claimed: Sequence[Claimed], budget: int, now: float) -> None:
+    """A sending campaign is paused ("priority traffic") when a higher-priority
+    message is dispatched while it still has ready messages, and resumes when the
+    bandwidth comes back to its priority (or nothing is ready at all)."""
+    if not claimed and budget == 0:
+        return
+    campaigns = db.execute(
+        "SELECT id, priority, state, list_id FROM campaigns "
+        "WHERE state = 'sending' OR (state = 'paused' AND paused_reason = 'priority')"
+    ).fetchall()
+    if not campaigns:
+        return
+    events: list[NewEvent] = []
+    top = min((m.priority for m in claimed), default=None)
+    for campaign_id, priority, state, list_id in campaigns:
+        preempted = top is not None and top < priority
+        progress = any(m.priority >= priority for m in claimed) or not claimed
+        if state == "sending" and preempted:
+            ready = db.execute(
+                "SELECT 1 FROM messages WHERE state = 'queued' AND priority = ? AND campaign_id = ? LIMIT 1",
+                (priority, campaign_id),
+            ).fetchone()
+            if ready is not None:
+                first = next(m for m in claimed if m.priority == top)
+                db.execute(
+                    "UPDATE campaigns SET state = 'paused', paused_reason = 'priority' WHERE id = ?", (campaign_id,)
+                )
+                events.append(
+                    NewEvent(
+                        EventKind.CAMPAIGN, Reason.CAMPAIGN_PAUSED_PRIORITY, list_id=list_id, at=now,
+                        detail=f"campaign {campaign_id} paused: priority traffic "
+                        f"(priority {first.priority} message {first.queue_id} ready)",
+                    )
+                )
+                state = "paused"
+        if state == "paused" and progress:
+            db.execute("UPDATE campaigns SET state = 'sending', paused_reason = NULL WHERE id = ?", (campaign_id,))
+            events.append(
+                NewEvent(
+                    EventKind.CAMPAIGN, Reason.CAMPAIGN_RESUMED, list_id=list_id, at=now,
+                    detail=f"campaign {campaign_id} resumed: no higher-priority mail ready",
+                )
+            )
+    if events:
+        record_events(db, events)
+
+
+# ---------------------------------------------------------------------------
+# Operator actions on messages
+
+
+@dataclass(frozen=True, slots=True)
+class ActionResult:
+    queue_id: str
+    before: str
+    after: str | None  # None: left as it was (see ``note``), or deleted for rm
+    note: str = ""
+
+
+def _resolve(db: sqlite3.Connection, refs: Iterable[str]) -> list[sqlite3.Row]:
+    """Messages by queue id (case-insensitive) or ``#<number>``; all or a NotFound."""
+    rows: list[sqlite3.Row] = []
+    missing: list[str] = []
+    for ref in refs:
+        text = str(ref).strip()
+        if text.startswith("#") and text[1:].isdigit():
+            row = db.execute(_DETAIL_SELECT + " WHERE id = ?", (int(text[1:]),)).fetchone()
+        else:
+            row = db.execute(_DETAIL_SELECT + " WHERE queue_id = ?", (text.upper(),)).fetchone()
+        if row is None:
+            missing.append(text)
+        else:
+            rows.append(row)
+    if missing:
+        raise NotFound(f"no message with queue id {', '.join(missing)} — see `smtpplus queue ls`")
+    return rows
+
+
+def _apply(
+    db: sqlite3.Connection,
+    refs: Iterable[str],
+    reason: Reason,
+    decide: Any,
+    verb: str,
+    now: float | None,
+) -> list[ActionResult]:
+    stamp = time.time() if now is None else now
+    results: list[ActionResult] = []
+    with transaction(db):
+        for row in _resolve(db, refs):
+            after, sql, note = decide(row)
+            if sql is None:
+                results.append(ActionResult(row["queue_id"], row["state"], None, note))
+                continue
+            db.execute(sql, {"now": stamp, "id": row["id"]})
+            results.append(ActionResult(row["queue_id"], row["state"], after, note))
+            record_event(
+                db,
+                NewEvent(
+                    EventKind.OPERATOR, reason, username=row["username"], list_id=row["list_id"],
+                    message_id=row["id"], queue_id=row["queue_id"], at=stamp,
+                    detail=f"{verb} by an operator ({row['state']} → {after or 'deleted'})",
+                ),
+            )
+    return results
+
+
+def hold(db: sqlite3.Connection, refs: Iterable[str], *, now: float | None = None) -> list[ActionResult]:
+    """Hold queued or deferred messages: nothing delivers them until released.
+    A message being sent right now, or already finished, is left as it is."""
+
+    def decide(row: sqlite3.Row) -> tuple[str | None, str | None, str]:
+        if row["state"] in ("queued", "deferred"):
+            return "held", "UPDATE messages SET state = 'held', updated_at = :now WHERE id = :id", ""
+        if row["state"] == "held":
+            return None, None, "already held"
+        if row["state"] == "sending":
+            return None, None, "being sent right now — hold it after this attempt"
+        return None, None, f"already {row['state']}"
+
+    return _apply(db, refs, Reason.MESSAGE_HELD, decide, "held", now)
+
+
+def release(db: sqlite3.Connection, refs: Iterable[str], *, now: float | None = None) -> list[ActionResult]:
+    """Release held messages back into the queue (ready at once)."""
+
+    def decide(row: sqlite3.Row) -> tuple[str | None, str | None, str]:
+        if row["state"] == "held":
+            return "queued", "UPDATE messages SET state = 'queued', next_attempt_at = :now, updated_at = :now WHERE id = :id", ""
+        return None, None, f"not held (it is {row['state']})"
+
+    return _apply(db, refs, Reason.MESSAGE_RELEASED, decide, "released", now)
+
+
+def retry(db: sqlite3.Connection, refs: Iterable[str], *, now: float | None = None) -> list[ActionResult]:
+    """Retry now: deferred, held or failed messages become ready at once (a failed
+    message's failed recipients are tried again)."""
+
+    def decide(row: sqlite3.Row) -> tuple[str | None, str | None, str]:
+        if row["state"] in ("deferred", "held", "queued"):
+            return "queued", "UPDATE messages SET state = 'queued', next_attempt_at = :now, updated_at = :now WHERE id = :id", ""
+        if row["state"] == "failed":
+            db.execute("UPDATE recipients SET state = 'queued' WHERE message_id = ? AND state = 'failed'", (row["id"],))
+            return (
+                "queued",
+                "UPDATE messages SET state = 'queued', next_attempt_at = :now, updated_at = :now, "
+                "finished_at = NULL WHERE id = :id",
+                "",
+            )
+        if row["state"] == "sending":
+            return None, None, "being sent right now"
+        return None, None, "already sent"
+
+    return _apply(db, refs, Reason.MESSAGE_RETRY, decide, "retry requested", now)
+
+
+def delete(db: sqlite3.Connection, refs: Iterable[str], *, now: float | None = None) -> list[ActionResult]:
+    """Delete messages (body and recipients too). One being sent right now may still
+    reach the next hop; the deletion is recorded as an operator event."""
+
+    stamp = time.time() if now is None else now
+    results: list[ActionResult] = []
+    with transaction(db):
+        for row in _resolve(db, refs):
+            note = "was being sent: this attempt may still deliver it" if row["state"] == "sending" else ""
+            db.execute("DELETE FROM messages WHERE id = ?", (row["id"],))
+            results.append(ActionResult(row["queue_id"], row["state"], None, note))
+            record_event(
+                db,
+                NewEvent(
+                    EventKind.OPERATOR, Reason.MESSAGE_DELETED, username=row["username"],
+                    list_id=row["list_id"], message_id=row["id"], queue_id=row["queue_id"], at=stamp,
+                    detail=f"deleted by an operator (was {row['state']})",
+                ),
+            )
+    return results
+
+
+# ---------------------------------------------------------------------------
+# Listings
+
+
+_MESSAGE_COLUMNS = (
+    "id, queue_id, list_id, list_name, user_id, username, origin, campaign_id, mail_from, header_from, "
+    "subject, size, header_priority, user_priority, priority, state, attempts, next_attempt_at, "
+    "lease_owner, lease_until, last_reply, client, port, created_at, updated_at, finished_at"
+)
+_DETAIL_SELECT = f"SELECT {_MESSAGE_COLUMNS} FROM messages"
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRow:
+    """One message as the queue listing shows it (no body)."""
+
+    id: int
+    queue_id: str
+    list_id: int | None
+    list_name: str | None
+    user_id: int | None
+    username: str | None
+    origin: str
+    campaign_id: int | None
+    mail_from: str
+    header_from: str
+    subject: str
+    size: int
+    header_priority: int
+    user_priority: int
+    priority: int
+    state: str
+    attempts: int
+    next_attempt_at: float
+    lease_owner: str | None
+    lease_until: float | None
+    last_reply: str | None
+    client: str | None
+    port: int | None
+    created_at: float
+    updated_at: float
+    finished_at: float | None
+    recipients: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientState:
+    address: str
+    state: str
+    last_reply: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageDetail:
+    message: MessageRow
+    recipients: list[RecipientState]
+    events: list[Event]
+    headers: str  # the stored header block, for the message screen
+
+
+def list_messages(
+    db: sqlite3.Connection,
+    *,
+    state: str | None = None,
+    priority: int | None = None,
+    limit: int = 50,
+    after: tuple[int, int] | None = None,
+    campaign_id: int | None = None,
+) -> list[MessageRow]:
+    """One page of messages in dispatch order (priority, then id).
+
+    ``state`` is one of the message states, ``"active"`` (the default: queued,
+    sending, deferred and held) or ``"all"``; ``after`` is the (priority, id) of the
+    last row seen, for keyset paging. A single state (``"queued"`` for "next in
+    dispatch order") reads straight off the dispatch index, whatever the queue size."""
+    where: list[str] = []
+    args: list[Any] = []
+    chosen = state or "active"
+    if chosen == "active":
+        where.append("state IN ('queued', 'sending', 'deferred', 'held')")
+    elif chosen != "all":
+        if chosen not in ALL_STATES:
+            raise InvalidInput(f"state {state!r} is not one of {', '.join(ALL_STATES)}, active, all")
+        where.append("state = ?")
+        args.append(chosen)
+    if priority is not None:
+        where.append("priority = ?")
+        args.append(int(priority))
+    if campaign_id is not None:
+        where.append("campaign_id = ?")
+        args.append(campaign_id)
+    if after is not None:
+        where.append("(priority, id) > (?, ?)")
+        args.extend(after)
+    clause = f" WHERE {' AND '.join(where)}" if where else ""
+    rows = db.execute(
+        f"SELECT {_MESSAGE_COLUMNS}, (SELECT count(*) FROM recipients r WHERE r.message_id = messages.id) "
+        f"FROM messages{clause} ORDER BY priority, id LIMIT ?",
+        (*args, max(1, int(limit))),
+    ).fetchall()
+    return [MessageRow(*r) for r in rows]
+
+
+def message_detail(db: sqlite3.Connection, ref: str) -> MessageDetail:
+    """One message by queue id: its row, per-recipient states, event timeline and headers."""
+    row = _resolve(db, [ref])[0]
+    count = db.execute("SELECT count(*) FROM recipients WHERE message_id = ?", (row["id"],)).fetchone()[0]
+    message = dataclasses.replace(MessageRow(*row), recipients=count)
+    recipients = [
+        RecipientState(*r)
+        for r in db.execute(
+            "SELECT address, state, last_reply FROM recipients WHERE message_id = ? ORDER BY address", (row["id"],)
+        )
+    ]
+    body = db.execute("SELECT data FROM message_bodies WHERE message_id = ?", (row["id"],)).fetchone()
+    headers = ""
+    if body is not None:
+        data = bytes(body[0])
+        end = data.find(b"\r\n\r\n")
+        headers = data[: end if end >= 0 else len(data)].decode("utf-8", "replace")
+    return MessageDetail(message, recipients, events_for_message(db, row["id"]), headers)
+
+
+@dataclass(frozen=True, slots=True)
+class PriorityLane:
+    priority: int
+    queued: int = 0
+    deferred: int = 0
+    sending: int = 0
+    held: int = 0
+    oldest_created_at: float | None = None  # oldest queued or deferred message
+
+    def oldest_wait(self, now: float) -> float | None:
+        return None if self.oldest_created_at is None else max(0.0, now - self.oldest_created_at)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueOverview:
+    lanes: list[PriorityLane]
+    settings: DeliverySettings
+    status: dict[str, Any]
+    sent_last_minute: int
+
+    @property
+    def queued(self) -> int:
+        return sum(lane.queued for lane in self.lanes)
+
+
+def queue_overview(db: sqlite3.Connection, *, now: float | None = None) -> QueueOverview:
+    """Counts per priority and state, the oldest wait per priority, the controls,
+    the engine's status and deliveries in the last minute (for the rate display)."""
+    stamp = time.time() if now is None else now
+    counts: dict[int, dict[str, int]] = {p: {} for p in range(1, 6)}
+    for state in ACTIVE_STATES:
+        for priority, n in db.execute(
+            "SELECT priority, count(*) FROM messages WHERE state = ? GROUP BY priority", (state,)
+        ):
+            counts[priority][state] = n
+    lanes: list[PriorityLane] = []
+    for priority in range(1, 6):
+        oldest = None
+        for state in ("queued", "deferred"):
+            row = db.execute(
+                "SELECT created_at FROM messages WHERE state = ? AND priority = ? ORDER BY id LIMIT 1",
+                (state, priority),
+            ).fetchone()
+            if row is not None and (oldest is None or row[0] < oldest):
+                oldest = row[0]
+        c = counts[priority]
+        lanes.append(
+            PriorityLane(priority, c.get("queued", 0), c.get("deferred", 0), c.get("sending", 0), c.get("held", 0), oldest)
+        )
+    sent = db.execute(
+        "SELECT count(*) FROM messages WHERE finished_at >= ? AND state = 'sent'", (stamp - 60,)
+    ).fetchone()[0]
+    status = get_settings(db, [Keys.STATUS]).get(Keys.STATUS) or {}
+    return QueueOverview(lanes, delivery_settings(db), status, sent)
+
+
+# ---------------------------------------------------------------------------
+# Retention
+
+
+@dataclass(frozen=True, slots=True)
+class Pruned:
+    messages: int
+    events: int
+
+
+def prune(db: sqlite3.Connection, *, before: float, batch: int = 2000) -> Pruned:
+    """Delete finished messages (with bodies and recipients) that finished before
+    ``before``, and events older than it — in batches, each its own transaction, so a
+    relay keeps delivering meanwhile. Event counts per list and day are rolled up
+    first so list statistics keep their totals."""
+    messages = 0
+    while True:
+        with transaction(db):
+            cur = db.execute(
+                "DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE finished_at IS NOT NULL "
+                "AND finished_at < ? LIMIT ?)",
+                (before, batch),
+            )
+            messages += cur.rowcount
+        if cur.rowcount < batch:
+            break
+    events = 0
+    while True:
+        with transaction(db):
+            rows = db.execute(
+                "SELECT id, at, kind, list_id FROM events WHERE at < ? ORDER BY at LIMIT ?", (before, batch)
+            ).fetchall()
+            if not rows:
+                break
+            rollup: dict[tuple[int, str, str], int] = {}
+            for _id, at, kind, list_id in rows:
+                if list_id is not None:
+                    key = (list_id, _local_day(at), kind)
+                    rollup[key] = rollup.get(key, 0) + 1
+            db.executemany(
+                "INSERT INTO list_stats_archive(list_id, day, kind, count) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(list_id, day, kind) DO UPDATE SET count = count + excluded.count",
+                [(*key, n) for key, n in rollup.items()],
+            )
+            db.executemany("DELETE FROM events WHERE id = ?", [(r[0],) for r in rows])
+            events += len(rows)
+        if len(rows) < batch:
+            break
+    return Pruned(messages, events)
+
+
+def _local_day(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts).astimezone().strftime("%Y-%m-%d")

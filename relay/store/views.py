@@ -1,0 +1,438 @@
+"""The console's read queries: only what a screen shows, never every row.
+
+Every function here is either an index-backed aggregate (counts per state and
+priority from the dispatch index) or one page of rows (``LIMIT``, keyset paging).
+With 100,000 messages queued, a refresh of the queue screen reads a few dozen index
+entries per aggregate and one page of rows.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from email.parser import BytesHeaderParser
+from email.policy import default as default_policy
+
+from relay.store.events import Event, events_for_message
+
+PRIORITIES = (1, 2, 3, 4, 5)
+# States of a message that is still the relay's business.
+ACTIVE_STATES = ("queued", "deferred", "sending", "held")
+# Header bytes read for message detail; bodies are never loaded whole.
+HEADER_BYTES = 64 * 1024
+
+# ---------------------------------------------------------------------------
+# The queue: lanes per priority, delivery rate, pages in dispatch order
+
+
+@dataclass(frozen=True, slots=True)
+class Lane:
+    """One priority's share of the queue."""
+
+    priority: int
+    queued: int = 0
+    deferred: int = 0
+    sending: int = 0
+    held: int = 0
+    oldest_at: float | None = None  # creation time of the oldest queued or deferred message
+
+    def oldest_wait(self, now: float) -> float | None:
+        return None if self.oldest_at is None else max(0.0, now - self.oldest_at)
+
+    @property
+    def waiting(self) -> int:
+        return self.queued + self.deferred
+
+
+def priority_lanes(db: sqlite3.Connection) -> list[Lane]:
+    """Counts per priority 1–5 of queued, deferred, in flight (sending) and held
+    messages, and when the oldest waiting one arrived.
+
+    One scan of the dispatch index ``(state, priority, id)`` restricted to the active
+    states (a covering index: no table rows are read), then one row seek per
+    priority for the oldest message's creation time.
+    """
+    marks = ",".join("?" * len(ACTIVE_STATES))
+    counts: dict[int, dict[str, int]] = {p: {} for p in PRIORITIES}
+    oldest_ids: dict[int, list[int]] = {p: [] for p in PRIORITIES}
+    for state, priority, count, first_id in db.execute(
+        f"SELECT state, priority, count(*), min(id) FROM messages WHERE state IN ({marks}) "
+        "GROUP BY state, priority",
+        ACTIVE_STATES,
+    ):
+        counts[priority][state] = count
+        if state in ("queued", "deferred"):
+            oldest_ids[priority].append(first_id)
+    wanted = [i for ids in oldest_ids.values() for i in ids]
+    created: dict[int, float] = {}
+    if wanted:
+        created = dict(
+            db.execute(
+                f"SELECT id, created_at FROM messages WHERE id IN ({','.join('?' * len(wanted))})", wanted
+            ).fetchall()
+        )
+    lanes = []
+    for p in PRIORITIES:
+        times = [created[i] for i in oldest_ids[p] if i in created]
+        c = counts[p]
+        lanes.append(
+            Lane(
+                priority=p,
+                queued=c.get("queued", 0),
+                deferred=c.get("deferred", 0),
+                sending=c.get("sending", 0),
+                held=c.get("held", 0),
+                oldest_at=min(times) if times else None,
+            )
+        )
+    return lanes
+
+
+def delivery_rate(db: sqlite3.Connection, *, now: float | None = None, window: float = 10.0) -> float:
+    """Messages delivered per second over the last ``window`` seconds
+    (an index range on ``finished_at``: only the last few seconds are read)."""
+    stamp = time.time() if now is None else now
+    row = db.execute(
+        # `+state` keeps the planner on the finished_at index (the state index would
+        # walk every sent message still retained).
+        "SELECT count(*) FROM messages WHERE finished_at >= ? AND +state = 'sent'", (stamp - window,)
+    ).fetchone()
+    return float(row[0]) / window if window > 0 else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class QueueRow:
+    """A message as one line of a queue table."""
+
+    id: int
+    queue_id: str
+    priority: int
+    header_priority: int
+    user_priority: int
+    state: str
+    origin: str
+    username: str | None
+    list_name: str | None
+    mail_from: str
+    subject: str
+    recipients: int
+    attempts: int
+    next_attempt_at: float
+    created_at: float
+    last_reply: str | None
+    campaign_id: int | None
+    size: int
+
+    @property
+    def dispatch_key(self) -> tuple[int, int]:
+        """Where it stands in dispatch order (priority, then arrival)."""
+        return (self.priority, self.id)
+
+
+_QUEUE_COLUMNS = (
+    "m.id, m.queue_id, m.priority, m.header_priority, m.user_priority, m.state, m.origin, m.username, "
+    "m.list_name, m.mail_from, m.subject, "
+    "(SELECT count(*) FROM recipients r WHERE r.message_id = m.id), "
+    "m.attempts, m.next_attempt_at, m.created_at, m.last_reply, m.campaign_id, m.size"
+)
+
+
+def queue_page(
+    db: sqlite3.Connection,
+    state: str = "queued",
+    *,
+    after: tuple[int, int] | None = None,
+    limit: int = 50,
+) -> list[QueueRow]:
+    """One page of messages in ``state``, in dispatch order (priority, then id).
+
+    ``after`` is the ``dispatch_key`` of the last row of the previous page (keyset
+    paging: each page is one index range, however deep in the queue it is).
+    """
+    if after is None:
+        rows = db.execute(
+            f"SELECT {_QUEUE_COLUMNS} FROM messages m WHERE m.state = ? ORDER BY m.priority, m.id LIMIT ?",
+            (state, limit),
+        ).fetchall()
+    else:
+        # Two index seeks: the rest of the current priority, then the lower ones.
+        priority, last_id = after
+        rows = db.execute(
+            f"SELECT {_QUEUE_COLUMNS} FROM messages m WHERE m.state = ? AND m.priority = ? AND m.id > ? "
+            "ORDER BY m.id LIMIT ?",
+            (state, priority, last_id, limit),
+        ).fetchall()
+        if len(rows) < limit:
+            rows += db.execute(
+                f"SELECT {_QUEUE_COLUMNS} FROM messages m WHERE m.state = ? AND m.priority > ? "
+                "ORDER BY m.priority, m.id LIMIT ?",
+                (state, priority, limit - len(rows)),
+            ).fetchall()
+    return [QueueRow(*r) for r in rows]
+
+
+# ---------------------------------------------------------------------------
+# One message in full
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientRow:
+    address: str
+    state: str
+    last_reply: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageDetail:
+    message: QueueRow
+    header_from: str
+    client: str | None
+    port: int | None
+    updated_at: float
+    finished_at: float | None
+    lease_owner: str | None
+    lease_until: float | None
+    recipients: list[RecipientRow]
+    recipient_count: int
+    headers: list[tuple[str, str]]
+    events: list[Event] = field(default_factory=list)
+
+
+def message_detail(
+    db: sqlite3.Connection, message_id: int | None = None, *, queue_id: str | None = None, max_recipients: int = 200
+) -> MessageDetail | None:
+    """Envelope, per-recipient states, the header block, and the event timeline of one
+    message (by id or queue id); None when it no longer exists."""
+    if message_id is None and queue_id is None:
+        raise ValueError("message_detail needs a message id or a queue id")
+    where, key = ("m.id = ?", message_id) if message_id is not None else ("m.queue_id = ?", queue_id)
+    row = db.execute(
+        f"SELECT {_QUEUE_COLUMNS}, m.header_from, m.client, m.port, m.updated_at, m.finished_at, "
+        f"m.lease_owner, m.lease_until FROM messages m WHERE {where}",
+        (key,),
+    ).fetchone()
+    if row is None:
+        return None
+    message = QueueRow(*row[:18])
+    recipients = [
+        RecipientRow(*r)
+        for r in db.execute(
+            "SELECT address, state, last_reply FROM recipients WHERE message_id = ? ORDER BY address LIMIT ?",
+            (message.id, max_recipients),
+        )
+    ]
+    head = db.execute(
+        "SELECT substr(data, 1, ?) FROM message_bodies WHERE message_id = ?", (HEADER_BYTES, message.id)
+    ).fetchone()
+    return MessageDetail(
+        message=message,
+        header_from=row[18],
+        client=row[19],
+        port=row[20],
+        updated_at=row[21],
+        finished_at=row[22],
+        lease_owner=row[23],
+        lease_until=row[24],
+        recipients=recipients,
+        recipient_count=message.recipients,
+        headers=parse_headers(bytes(head[0])) if head and head[0] is not None else [],
+        events=events_for_message(db, message.id),
+    )
+
+
+def parse_headers(data: bytes) -> list[tuple[str, str]]:
+    """The header fields of a message (RFC 2047 words decoded), in order."""
+    end = data.find(b"\r\n\r\n")
+    block = data if end < 0 else data[: end + 4]
+    try:
+        parsed = BytesHeaderParser(policy=default_policy).parsebytes(block)
+        return [(name, str(value)) for name, value in parsed.items()]
+    except Exception:  # a malformed header must not hide the rest of the detail
+        lines = block.decode("utf-8", "replace").splitlines()
+        return [tuple(line.split(":", 1)) for line in lines if ":" in line]  # type: ignore[misc]
+
+
+# ---------------------------------------------------------------------------
+# Lists with their numbers
+
+
+@dataclass(frozen=True, slots=True)
+class ListRow:
+    id: int
+    name: str
+    description: str
+    users: int
+    members: int
+    queued: int  # still to deliver: queued, deferred, in flight or held
+    delivered_today: int
+    refused_today: int
+
+
+def list_rows(db: sqlite3.Connection, *, since: float) -> list[ListRow]:
+    """Every list with its users, members, mail still queued, and mail delivered
+    and refused since ``since`` (the caller's local midnight).
+
+    Three grouped aggregates for all lists at once: the active states through the
+    dispatch index, today's finished messages through ``finished_at``, and today's
+    refusals through the event time index.
+    """
+    marks = ",".join("?" * len(ACTIVE_STATES))
+    queued = dict(
+        db.execute(
+            f"SELECT list_id, count(*) FROM messages WHERE state IN ({marks}) AND list_id IS NOT NULL "
+            "GROUP BY list_id",
+            ACTIVE_STATES,
+        ).fetchall()
+    )
+    delivered = dict(
+        db.execute(
+            "SELECT list_id, count(*) FROM messages WHERE finished_at >= ? AND +state = 'sent' "
+            "AND list_id IS NOT NULL GROUP BY list_id",
+            (since,),
+        ).fetchall()
+    )
+    refused = dict(
+        db.execute(
+            "SELECT list_id, count(*) FROM events WHERE at >= ? AND kind = 'refused' AND list_id IS NOT NULL "
+            "GROUP BY list_id",
+            (since,),
+        ).fetchall()
+    )
+    out = []
+    for list_id, name, description, users, members in db.execute(
+        "SELECT l.id, l.name, l.description, "
+        "(SELECT count(*) FROM users u WHERE u.list_id = l.id), "
+        "(SELECT count(*) FROM list_members m WHERE m.list_id = l.id) "
+        "FROM lists l ORDER BY l.name"
+    ):
+        out.append(
+            ListRow(
+                id=list_id,
+                name=name,
+                description=description,
+                users=users,
+                members=members,
+                queued=queued.get(list_id, 0),
+                delivered_today=delivered.get(list_id, 0),
+                refused_today=refused.get(list_id, 0),
+            )
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Campaigns
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignRow:
+    id: int
+    list_name: str
+    subject: str
+    mail_from: str
+    priority: int
+    state: str  # scheduled | sending | paused | done | cancelled
+    paused_reason: str | None
+    scheduled_at: float
+    total: int | None  # members when expansion started
+    expanded: int
+    finished: int  # messages sent or failed
+    created_at: float
+    finished_at: float | None
+
+    @property
+    def paused_by_priority(self) -> bool:
+        return self.state == "paused" and "priority" in (self.paused_reason or "").lower()
+
+    @property
+    def state_label(self) -> str:
+        if self.paused_by_priority:
+            return "paused: priority traffic"
+        return self.state
+
+    @property
+    def progress(self) -> float | None:
+        """Fraction delivered (sent or failed) of the campaign's messages."""
+        if self.state == "done":
+            return 1.0
+        if not self.total:
+            return None
+        return min(1.0, self.finished / self.total)
+
+
+def campaign_rows(db: sqlite3.Connection, *, limit: int = 50) -> list[CampaignRow]:
+    """Campaigns still under way first, then the latest finished ones; each with
+    how many of its messages are finished (counted only for unfinished campaigns,
+    through the campaign index)."""
+    rows = db.execute(
+        "SELECT id, list_name, subject, mail_from, priority, state, paused_reason, scheduled_at, total, "
+        "expanded, created_at, finished_at FROM campaigns "
+        "ORDER BY state IN ('done', 'cancelled'), scheduled_at DESC, id DESC LIMIT ?",
+        (limit,),
+    ).fetchall()
+    out = []
+    for r in rows:
+        finished = 0
+        if r[5] not in ("done", "cancelled", "scheduled"):
+            finished = int(
+                db.execute(
+                    "SELECT count(*) FROM messages WHERE campaign_id = ? AND state IN ('sent', 'failed')", (r[0],)
+                ).fetchone()[0]
+            )
+        elif r[5] == "done":
+            finished = int(r[8] or 0)
+        out.append(
+            CampaignRow(
+                id=r[0], list_name=r[1], subject=r[2], mail_from=r[3], priority=r[4], state=r[5],
+                paused_reason=r[6], scheduled_at=r[7], total=r[8], expanded=r[9], finished=finished,
+                created_at=r[10], finished_at=r[11],
+            )
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Events (the answer to "message not being sent?")
+
+
+def event_page(
+    db: sqlite3.Connection,
+    *,
+    username: str | None = None,
+    kinds: Sequence[str] | None = None,
+    reason: str | None = None,
+    port: int | None = None,
+    since: float | None = None,
+    until: float | None = None,
+    before_id: int | None = None,
+    limit: int = 100,
+) -> list[Event]:
+    """Newest first, one page (``before_id`` pages back). Time bounds use the
+    ``at`` index; the newest-first walk stops at ``limit`` matches."""
+    where: list[str] = []
+    args: list[object] = []
+    for column, value in (("username", username), ("reason", reason), ("port", port)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            args.append(value)
+    if kinds:
+        where.append(f"kind IN ({','.join('?' * len(kinds))})")
+        args.extend(kinds)
+    if since is not None:
+        where.append("at >= ?")
+        args.append(since)
+    if until is not None:
+        where.append("at < ?")
+        args.append(until)
+    if before_id is not None:
+        where.append("id < ?")
+        args.append(before_id)
+    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    rows = db.execute(
+        "SELECT id, at, kind, reason, username, list_id, client, port, message_id, queue_id, detail "
+        f"FROM events {clause} ORDER BY id DESC LIMIT ?",
+        (*args, limit),
+    ).fetchall()
+    return [Event.from_row(r) for r in rows]

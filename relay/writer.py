@@ -1,0 +1,170 @@
+"""The relay's one store writer: group commit of accepted messages and events.
+
+``StoreWriter(store)`` owns a task that collects every enqueue that is ready, writes
+them in one transaction (``relay.store.intake.insert_messages`` plus the pending
+events via ``relay.store.events.record_events``) with one thread hand-off, and only
+then resolves each caller's future. While one commit runs, the next batch gathers,
+so concurrent sessions share the cost of a commit.
+
+``await writer.enqueue(message) -> Queued`` returns once the message is durable, or
+raises :class:`WriteFailed` carrying the SMTP reply (``452 4.3.1`` for no space,
+``451 4.3.0`` otherwise) and the reason code. ``writer.record(event)`` queues an event
+for the next commit (fire and forget). ``await writer.flush()`` waits until all of it
+is committed. ``batches``/``messages_written`` count commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import sqlite3
+from collections.abc import Sequence
+
+from relay.reasons import Reason
+from relay.store.db import AsyncStore, transaction
+from relay.store.events import NewEvent, record_events
+from relay.store.intake import NewMessage, Queued, insert_messages
+
+log = logging.getLogger("smtpplus.relay")
+
+REPLY_NO_SPACE = "452 4.3.1 Insufficient system storage, try again later"
+REPLY_TEMPORARY = "451 4.3.0 Temporary failure, try again later"
+MAX_BATCH = 512
+
+
+class WriteFailed(Exception):
+    """The store did not take the message: nothing of it was written."""
+
+    def __init__(self, reply: str, reason: Reason) -> None:
+        super().__init__(reply)
+        self.reply = reply
+        self.reason = reason
+
+
+def classify(exc: BaseException) -> WriteFailed:
+    """The client-visible reply for a store failure (never its text)."""
+    if isinstance(exc, sqlite3.Error) and getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+        return WriteFailed(REPLY_NO_SPACE, Reason.STORE_FULL)
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return WriteFailed(REPLY_NO_SPACE, Reason.STORE_FULL)
+    if isinstance(exc, sqlite3.Error) and "full" in str(exc).lower():
+        return WriteFailed(REPLY_NO_SPACE, Reason.STORE_FULL)
+    return WriteFailed(REPLY_TEMPORARY, Reason.STORE_UNAVAILABLE)
+
+
+def commit_batch(db: sqlite3.Connection, messages: Sequence[NewMessage], events: Sequence[NewEvent]) -> list[Queued]:
+    """One transaction: the messages (bodies, recipients, queued events) and the events."""
+    with transaction(db):
+        queued = insert_messages(db, messages) if messages else []
+        if events:
+            record_events(db, events)
+    return queued
+
+
+def _retrieve(future: asyncio.Future[Queued]) -> None:
+    # The session may be gone (shielded wait cancelled): mark the outcome as seen.
+    if not future.cancelled():
+        future.exception()
+
+
+class StoreWriter:
+    def __init__(self, store: AsyncStore) -> None:
+        self._store = store
+        self._pending: list[tuple[NewMessage, asyncio.Future[Queued]]] = []
+        self._events: list[NewEvent] = []
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._writing = False
+        self._idle = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.batches = 0
+        self.messages_written = 0
+        self.failures = 0
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="smtpplus-writer")
+
+    async def enqueue(self, message: NewMessage) -> Queued:
+        if self._closing and self._task is None:
+            raise WriteFailed(REPLY_TEMPORARY, Reason.STORE_UNAVAILABLE)
+        future: asyncio.Future[Queued] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(_retrieve)
+        self._pending.append((message, future))
+        self._wake.set()
+        # Shielded: a client that disconnects now leaves the commit whole (all or nothing).
+        return await asyncio.shield(future)
+
+    def record(self, event: NewEvent) -> None:
+        self._events.append(event)
+        self._wake.set()
+
+    @property
+    def idle(self) -> bool:
+        return not self._pending and not self._events and not self._writing
+
+    async def flush(self) -> None:
+        """Wait until everything handed over so far is committed (or failed)."""
+        while not self.idle:
+            self._idle.clear()
+            self._wake.set()
+            await self._idle.wait()
+
+    async def close(self) -> None:
+        """Write what is pending, then stop."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending or self._events:
+                self._writing = True
+                try:
+                    await self._write_some()
+                finally:
+                    self._writing = False
+            self._idle.set()
+            if self._closing:
+                return
+
+    async def _write_some(self) -> None:
+        batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+        events, self._events = self._events, []
+        try:
+            queued = await self._store.run(commit_batch, [m for m, _ in batch], events)
+        except Exception as exc:  # the store failed: answer every waiting session
+            self.failures += 1
+            log.error("store write failed (%d message(s), %d event(s)): %s", len(batch), len(events), exc)
+            if len(batch) > 1:
+                # One bad message must not sink the others: retry them one by one.
+                for item in batch:
+                    await self._write_one(item)
+            else:
+                failed = classify(exc)
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(failed)
+            return
+        self.batches += 1
+        self.messages_written += len(queued)
+        for (_, future), result in zip(batch, queued, strict=True):
+            if not future.done():
+                future.set_result(result)
+
+    async def _write_one(self, item: tuple[NewMessage, asyncio.Future[Queued]]) -> None:
+        message, future = item
+        try:
+            queued = await self._store.run(commit_batch, [message], [])
+        except Exception as exc:
+            if not future.done():
+                future.set_exception(classify(exc))
+            return
+        self.batches += 1
+        self.messages_written += 1
+        if not future.done():
+            future.set_result(queued[0])

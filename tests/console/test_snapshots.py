@@ -1,0 +1,98 @@
+"""Snapshot tests (pytest-textual-snapshot) at 100×30 and 80×24: fixed clock, fixed
+data (seeded ids and times), no cursor blink, no animations, no relay.
+
+Regenerate after a deliberate change with ``--snapshot-update`` and look at the SVGs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.console.conftest import wait_for
+
+BIG = (100, 30)
+SMALL = (80, 24)
+
+
+def showing(name: str, *, keys: tuple[str, ...] = (), then: tuple[str, ...] = ()):  # noqa: ANN201
+    """A run_before: press ``keys``, wait until screen ``name`` shows data, press ``then``."""
+
+    async def run_before(pilot) -> None:  # noqa: ANN001
+        app = pilot.app
+        await wait_for(pilot, lambda: getattr(app.screen, "snapshots_applied", 0) > 0)
+        first_screen, applied_before = app.screen, app.screen.snapshots_applied
+        for key in keys:
+            await pilot.press(key)
+
+        def settled() -> bool:
+            screen = app.screen
+            if type(screen).__name__ != name or getattr(screen, "snapshots_applied", 1) == 0:
+                return False
+            # A key that changes the view of the same screen needs a fresh snapshot too.
+            return not keys or screen is not first_screen or screen.snapshots_applied > applied_before
+
+        await wait_for(pilot, settled)
+        for key in then:
+            await pilot.press(key)
+        await pilot.pause(0.1)
+
+    return run_before
+
+
+@pytest.mark.parametrize("size", [BIG, SMALL], ids=["100x30", "80x24"])
+def test_queue(snap_compare, seeded_store: Path, make_app, size: tuple[int, int]) -> None:
+    assert snap_compare(make_app(seeded_store), terminal_size=size, run_before=showing("QueueScreen"))
+
+
+def test_queue_no_color(snap_compare, seeded_store: Path, make_app, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert snap_compare(make_app(seeded_store), terminal_size=SMALL, run_before=showing("QueueScreen"))
+
+
+def test_queue_campaigns_view(snap_compare, seeded_store: Path, make_app) -> None:
+    run_before = showing("QueueScreen", keys=("left_square_bracket",))
+    assert snap_compare(make_app(seeded_store), terminal_size=SMALL, run_before=run_before)
+
+
+def test_lists(snap_compare, seeded_store: Path, make_app) -> None:
+    assert snap_compare(make_app(seeded_store), terminal_size=BIG, run_before=showing("ListsScreen", keys=("2",)))
+
+
+@pytest.mark.parametrize("size", [BIG, SMALL], ids=["100x30", "80x24"])
+def test_users(snap_compare, seeded_store: Path, make_app, size: tuple[int, int]) -> None:
+    assert snap_compare(make_app(seeded_store), terminal_size=size, run_before=showing("UsersScreen", keys=("3",)))
+
+
+def test_user_form_comma_error(snap_compare, seeded_store: Path, make_app) -> None:
+    async def run_before(pilot) -> None:  # noqa: ANN001
+        await showing("UsersScreen", keys=("3",))(pilot)
+        await pilot.press("a")
+        await pilot.pause()
+        pilot.app.screen.query_one("#domains").value = "shop.example, mail.example"
+        await pilot.pause(0.1)
+
+    assert snap_compare(make_app(seeded_store), terminal_size=SMALL, run_before=run_before)
+
+
+def test_senders(snap_compare, seeded_store: Path, make_app) -> None:
+    assert snap_compare(make_app(seeded_store), terminal_size=BIG, run_before=showing("SendersScreen", keys=("4",)))
+
+
+def test_events(snap_compare, seeded_store: Path, make_app) -> None:
+    assert snap_compare(make_app(seeded_store), terminal_size=SMALL, run_before=showing("EventsScreen", keys=("5",)))
+
+
+def test_message_detail(snap_compare, seeded_store: Path, make_app) -> None:
+    run_before = showing("MessageScreen", keys=("enter",))
+    assert snap_compare(make_app(seeded_store), terminal_size=BIG, run_before=run_before)
+
+
+def test_help(snap_compare, seeded_store: Path, make_app) -> None:
+    async def run_before(pilot) -> None:  # noqa: ANN001
+        await showing("QueueScreen")(pilot)
+        await pilot.press("f1")
+        await pilot.pause(0.1)
+
+    assert snap_compare(make_app(seeded_store), terminal_size=SMALL, run_before=run_before)

@@ -1,0 +1,143 @@
+"""The `relay`, `status` and `tls export` commands as real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiosmtplib
+
+from tests.conftest import ROOT, Cli
+from tests.relay.support import PASSWORD, Seeded, message, stored_messages
+
+
+class RelayProcess:
+    """``smtpplus relay`` in a subprocess; ``ready`` is its ready file's content."""
+
+    def __init__(self, cli: Cli, tmp_path: Path, *args: str, name: str = "relay") -> None:
+        self.ready_path = tmp_path / f"{name}.ready.json"
+        self.stderr_path = tmp_path / f"{name}.stderr"
+        self.stderr = self.stderr_path.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from console.cli import main; main()", "relay", "--host", "127.0.0.1",
+             "--ready-file", str(self.ready_path), *args],
+            env=cli.env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self.stderr,
+        )
+        self.ready: dict[str, Any] = {}
+
+    def wait_ready(self, timeout: float = 30) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.ready_path.exists():
+                self.ready = json.loads(self.ready_path.read_text())
+                return self.ready
+            if self.proc.poll() is not None:
+                raise AssertionError(f"relay exited {self.proc.returncode}: {self.output()}")
+            time.sleep(0.05)
+        raise AssertionError(f"relay not ready after {timeout}s: {self.output()}")
+
+    def output(self) -> str:
+        if not self.stderr.closed:
+            self.stderr.flush()
+        return self.stderr_path.read_text()
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        code = self.proc.wait(timeout)
+        self.stderr.close()
+        return code
+
+
+async def test_daemon_ready_file_status_tls_export_and_sigterm(cli: Cli, seeded: Seeded, tmp_path: Path) -> None:
+    relay = RelayProcess(cli, tmp_path, "--ports", "0*2")
+    try:
+        ready = relay.wait_ready()
+        assert ready["pid"] == relay.proc.pid and ready["host"] == "127.0.0.1"
+        assert len(ready["served"]) == 2 and ready["not_served"] == {}
+        assert "serving 2 port(s)" in relay.output()
+
+        status = cli.json("status")
+        assert status["alive"] and status["pid"] == relay.proc.pid
+        assert sorted(status["served"]) == sorted(ready["served"])
+        assert status["tls_fingerprint"].startswith("SHA256:")
+
+        # The self-signed certificate, exported, is what a client trusts.
+        cert = tmp_path / "relay-cert.pem"
+        cli("tls", "export", "--out", str(cert), check=True)
+        assert cli("tls", "export", "--fingerprint", check=True).stdout.strip() == status["tls_fingerprint"]
+        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=ready["served"][1], start_tls=True,
+                                 tls_context=ssl.create_default_context(cafile=str(cert)), timeout=10)
+        await client.connect()
+        await client.login("alice", PASSWORD["alice"])
+        _, reply = await client.sendmail("x@a.example", ["r@d.example"], message())
+        await client.quit()
+        assert "queued as" in reply
+
+        second = cli("relay", "--host", "127.0.0.1", "--ports", "0")
+        assert second.returncode == 1
+        [line] = second.stderr.strip().splitlines()
+        assert "already running" in line and f"pid {relay.proc.pid}" in line
+    finally:
+        code = relay.stop(signal.SIGTERM)
+    assert code == 0, relay.output()
+    assert "stopped" in relay.output()
+    assert cli.json("status")["alive"] is False
+    waited = cli("status", "--wait", "0.3")
+    assert waited.returncode == 1 and "no live relay" in waited.stderr
+    assert len(stored_messages(seeded.store_path)) == 1
+
+
+def test_ports_not_served_are_reported_and_strict_ports_is_fatal(cli: Cli, seeded: Seeded, tmp_path: Path) -> None:
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    taken = holder.getsockname()[1]
+    try:
+        relay = RelayProcess(cli, tmp_path, "--ports", f"{taken},0")
+        try:
+            ready = relay.wait_ready()
+            assert ready["not_served"] == {str(taken): "in use"} and len(ready["served"]) == 1
+            assert f"port {taken} not served: in use" in relay.output()
+            status = cli.json("status")
+            assert status["not_served"] == {str(taken): "in use"}
+        finally:
+            assert relay.stop() == 0
+        strict = cli("relay", "--host", "127.0.0.1", "--ports", f"0,{taken}", "--strict-ports")
+        assert strict.returncode == 1
+        [line] = [x for x in strict.stderr.splitlines() if "error" in x.lower()]
+        assert line.startswith("smtpplus: error:") and f"port {taken}: in use" in line
+    finally:
+        holder.close()
+
+
+def test_bad_config_and_port_spec_are_one_line_errors(cli: Cli, tmp_path: Path) -> None:
+    toml = tmp_path / "relay.toml"
+    toml.write_text("prots = '2525'\n")
+    bad = cli("relay", "--config", str(toml))
+    assert bad.returncode == 1 and "prots" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    env_bad = cli("relay", "--ports", "25-x")
+    assert env_bad.returncode == 1 and len(env_bad.stderr.strip().splitlines()) == 1
+    hop = cli("relay", "--next-hop", "nohost")
+    assert hop.returncode == 1 and "HOST:PORT" in hop.stderr
+
+
+def test_status_and_tls_export_without_a_relay(cli: Cli) -> None:
+    status = cli("status")
+    assert status.returncode == 0 and "not running" in status.stdout
+    export = cli("tls", "export")
+    assert export.returncode == 1 and "start the relay once" in export.stderr
+
+
+def test_sigint_also_stops_cleanly(cli: Cli, seeded: Seeded, tmp_path: Path) -> None:
+    relay = RelayProcess(cli, tmp_path, "--ports", "0", "--next-hop", "127.0.0.1:9")
+    relay.wait_ready()
+    assert cli.json("status")["next_hop"] == "127.0.0.1:9"  # the flag seeded the setting
+    assert relay.stop(signal.SIGINT) == 0
