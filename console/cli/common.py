@@ -150,7 +150,8 @@ def stdout_console() -> Any:
     """A rich Console for tables; plain when not a terminal (for pipes and tests)."""
     from rich.console import Console
 
-    return Console(highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else 200)
+    # emoji=False: fingerprints like "…:AB:…" must never turn into emoji.
+    return Console(highlight=False, emoji=False, soft_wrap=False, width=None if sys.stdout.isatty() else 200)
 
 
 def fmt_time(ts: float | None) -> str:

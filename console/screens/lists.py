@@ -141,14 +141,16 @@ class ListsScreen(LiveScreen):
         table = Table.grid(padding=(0, 2))
         table.add_column(style="bold", no_wrap=True)
         table.add_column(overflow="fold")
-        table.add_row("Server", settings.server_name)
+        # Plain Text cells: a fingerprint's ":AB:" must not render as an emoji, nor
+        # a server name as markup.
+        table.add_row("Server", Text(settings.server_name))
         ports = settings.ports_text
         if settings.not_served:
             ports += f"  ({len(settings.not_served)} not served: " + ", ".join(
                 f"{p} {why}" for p, why in list(settings.not_served.items())[:2]) + ")"
-        table.add_row("Ports", ports)
-        table.add_row("Encryption", settings.encryption)
-        table.add_row("Certificate", settings.fingerprint_text)
+        table.add_row("Ports", Text(ports))
+        table.add_row("Encryption", Text(settings.encryption))
+        table.add_row("Certificate", Text(settings.fingerprint_text))
         table.add_row("", Text("y: copy the block for mail clients · v: view it · enter: the list's users", style="dim"))
         return table
 
