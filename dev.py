@@ -25,7 +25,7 @@ STAMP = VENV / ".smtpplus-installed"
 
 
 def ensure_venv() -> None:
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 — dev.py must explain itself on an old Python
         sys.exit(f"dev.py: Python >= 3.11 is required (this is {sys.version.split()[0]})")
     wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
     if STAMP.exists() and STAMP.read_text() == wanted:
