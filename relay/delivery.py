@@ -582,7 +582,8 @@ class DeliveryEngine:
                 oldest_lower=self._starvation.due(budget) if budget else False,
                 seen_version=seen,
                 force=full,
-                now=now,
+                # No ``now``: the store reads the clock under the write lock, where
+                # it decides what is ready (a time read here could be stale by then).
             )
             events = request.events = self._take_events()
             try:
@@ -603,7 +604,7 @@ class DeliveryEngine:
             self.counters.reclaimed += result.reclaimed
             if result.settings is not None and (result.settings != self.settings or self.status[0] == "starting"):
                 force = await self._apply_settings(result.settings)
-            if promote or full or result.next_due is not None:
+            if result.next_due_checked:
                 next_due = result.next_due
             self._launch(result.claimed)
             await self._reap_idle()

@@ -272,6 +272,8 @@ class RoundRequest:
     events: list[NewEvent] = field(default_factory=list)  # the engine's own (next hop down, …)
     seen_version: int | None = None
     force: bool = False
+    # None (the engine): the clock is read under the write lock, where readiness is
+    # decided. A fixed time is for tests that need one.
     now: float | None = None
 
 
@@ -282,6 +284,7 @@ class RoundResult:
     settings: DeliverySettings | None = None
     claimed: list[Claimed] = field(default_factory=list)
     next_due: float | None = None  # earliest next attempt among deferred messages
+    next_due_checked: bool = False  # next_due was looked up this round (None = nothing deferred)
     reclaimed: int = 0
 
 
@@ -298,9 +301,15 @@ def dispatch_round(db: sqlite3.Connection, req: RoundRequest) -> RoundResult:
     idle = not (req.outcomes or req.events or req.renew or req.reclaim_expired or req.promote_due or req.force)
     if idle and req.seen_version is not None and version == req.seen_version:
         return RoundResult(version=version, skipped=True)
-    now = time.time() if req.now is None else req.now
     result = RoundResult(version=version, skipped=False)
     with transaction(db):
+        # "Ready" is decided here, so the clock is read here: once the write lock is
+        # held, every commit before this one is visible, and each committed message
+        # was stamped (next_attempt_at) before its commit, so before this moment. A
+        # clock read earlier (when the caller planned the round, before waiting for
+        # the lock) would pass over mail committed meanwhile and let lower-priority
+        # mail start first.
+        now = time.time() if req.now is None else req.now
         settings = delivery_settings(db)
         result.settings = settings
         if req.events:
@@ -310,20 +319,25 @@ def dispatch_round(db: sqlite3.Connection, req: RoundRequest) -> RoundResult:
             _renew(db, req.owner, req.renew, now + req.lease_seconds)
         if req.reclaim_expired:
             result.reclaimed = _reclaim(db, "state = 'sending' AND lease_until < ?", (now,), now, "lease expired")
-        if req.promote_due:
+        budget = req.budget
+        if settings.paused or not settings.next_hop or settings.next_hop != req.hop:
+            budget = 0
+        # Deferred mail whose time has come is ready too: promote it in the claiming
+        # transaction (one range scan of the deferred index), so a due higher-priority
+        # retry is never passed over for lower-priority mail.
+        promote = req.promote_due or budget > 0
+        if promote:
             db.execute(
                 "UPDATE messages SET state = 'queued', updated_at = ? WHERE state = 'deferred' AND next_attempt_at <= ?",
                 (now, now),
             )
-        budget = req.budget
-        if settings.paused or not settings.next_hop or settings.next_hop != req.hop:
-            budget = 0
         if budget > 0:
             result.claimed = _claim(db, req, budget, now)
         _follow_campaigns(db, result.claimed, budget, now)
-    if req.promote_due or any(o.state == "deferred" for o in req.outcomes) or req.force:
-        row = db.execute("SELECT min(next_attempt_at) FROM messages WHERE state = 'deferred'").fetchone()
-        result.next_due = row[0]
+        if promote or any(o.state == "deferred" for o in req.outcomes) or req.force:
+            row = db.execute("SELECT min(next_attempt_at) FROM messages WHERE state = 'deferred'").fetchone()
+            result.next_due = row[0]
+            result.next_due_checked = True
     return result
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from harness.sink import CaptureSink, Chaos
 from relay.reasons import EventKind, Reason
 from relay.store import queue as q
+from relay.store.db import transaction
 from relay.store.events import find_events
 from relay.store.settings import Keys, get_setting
 from tests.delivery.conftest import (
@@ -54,6 +55,30 @@ async def test_batch_queued_while_paused_arrives_in_priority_then_fifo_order(db:
     # One connection carried every message (reused, not one per message).
     assert len({r.peer for r in records}) == 1
     assert states(db) == {"sent": len(batch)}
+
+
+async def test_mail_committed_while_a_round_waits_for_the_write_lock_is_ready_for_that_round(
+    db: Any, store_path: Path, sink: CaptureSink
+) -> None:
+    """A round that had to wait for the store's write lock decides with what is
+    committed when it gets the lock: a priority-1 message committed meanwhile goes
+    before the priority-3 messages already waiting (the claim's clock is read under
+    the lock, not when the round was planned)."""
+    point_at(db, sink, parallel=1)
+    enqueue(db, [message(n) for n in range(6)])
+    async with running_engine(store_path):
+        await sink.wait_for(1)
+        # Another writer (the SMTP side, another process) holds the lock: the engine's
+        # next round (the outcome of the delivery under way + the next claim) waits for it.
+        with transaction(db):
+            await asyncio.sleep(0.5)
+            [urgent] = enqueue(db, [message(99, priority=1)])
+        records = await sink.wait_for(7)
+    accepted = next(e for e in q.message_detail(db, urgent.queue_id).events if e.reason == str(Reason.ACCEPTED))
+    attempts = find_events(db, reason=str(Reason.DELIVERY_ATTEMPT), limit=100)
+    after = [e.message_id for e in sorted(attempts, key=lambda e: e.id) if e.id > accepted.id]
+    assert after[0] == urgent.message_id, "a priority-3 delivery started while a priority-1 message was ready"
+    assert sorted(str(r.subject) for r in records) == sorted([*(f"m{n} p3" for n in range(6)), "m99 p1"])
 
 
 async def test_temporary_failures_are_retried_until_delivered(db: Any, store_path: Path) -> None:
