@@ -8,11 +8,16 @@
     against :data:`relay.passwords.DUMMY_HASH`, an inactive user against its own hash:
     every failure costs one full verification, the same as a wrong password.
 
-    The cache holds, per username, the ``auth_version`` it was verified at and an HMAC
-    (key random per process) of the password; a hit needs the *current*
-    ``auth_version`` from the store, so a reset, edit, (de)activation or deletion made
-    by any process invalidates it. A miss or mismatch runs a full verification;
-    identical checks arriving while one runs share it.
+    The cache holds, per username, the user's row id, ``auth_version`` and password
+    hash it was verified against, and an HMAC (key random per process) of the
+    password; a hit needs all three to equal the *current* record from the store, so
+    a reset, edit, (de)activation or deletion made by any process invalidates it —
+    also when the user is deleted and created again under the same name (its
+    ``auth_version`` starts over and can reach the cached one; its hash cannot).
+    A miss or mismatch runs a full verification; identical checks (same hash, same
+    password) arriving while one runs share it. A name that cannot be a username
+    (see :func:`relay.policy.validate_username`, e.g. not UTF-8) is never looked up
+    and costs a dummy verification, like an unknown user.
     ``full_verifications`` and ``cache_hits`` count both paths (tests count, never time).
 
     ``await current_record(username, max_age)`` returns the user's record, re-read when
@@ -22,6 +27,11 @@
 ``FailureLimiter(per_client, per_user, window)``
     Failed AUTH attempts per client address and per username across connections, in
     a sliding window: ``blocked(client, username)`` names the limit hit, or None.
+    Distinct guesses still being verified count as failures until they end
+    (``attempt(client, username, guess)`` is a context manager around the check;
+    ``guess`` identifies the credentials): otherwise a client opening many
+    connections at once gets as many guesses as connections. Identical credentials
+    on many connections (a client's burst of logins) are one guess.
 """
 
 from __future__ import annotations
@@ -31,12 +41,13 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
-from relay import passwords
+from relay import passwords, policy
 from relay.reasons import Reason
 from relay.store.db import AsyncStore
 from relay.store.directory import AuthRecord, auth_record
@@ -56,9 +67,10 @@ class PasswordChecker:
         self._store = store
         self._executor = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="smtpplus-argon2")
         self._key = secrets.token_bytes(32)
-        self._verified: OrderedDict[str, tuple[int, bytes]] = OrderedDict()
+        # username → (user id, auth_version, password hash, HMAC of the password)
+        self._verified: OrderedDict[str, tuple[int, int, str, bytes]] = OrderedDict()
         self._records: dict[str, tuple[float, AuthRecord | None]] = {}
-        self._running: dict[tuple[str, int, bytes], asyncio.Future[bool]] = {}
+        self._running: dict[tuple[str, bytes], asyncio.Future[bool]] = {}
         self._reading: dict[str, asyncio.Future[AuthRecord | None]] = {}
         self.full_verifications = 0
         self.cache_hits = 0
@@ -67,26 +79,23 @@ class PasswordChecker:
         return hmac.new(self._key, username.encode("utf-8", "surrogateescape") + b"\0" + password, hashlib.sha256).digest()
 
     async def check(self, username: str, password: bytes) -> AuthOutcome:
-        record = await self._read_record(username)
+        record = await self._read_record(username) if could_be_username(username) else None
         digest = self._digest(username, password)
         if record is not None and record.active:
             cached = self._verified.get(username)
-            if cached is not None and cached[0] == record.auth_version and hmac.compare_digest(cached[1], digest):
+            if cached is not None and cached[:3] == _stamp(record) and hmac.compare_digest(cached[3], digest):
                 self.cache_hits += 1
                 self._verified.move_to_end(username)
                 return AuthOutcome(True, Reason.AUTH_OK, record)
-        matches = await self._verify_once(
-            (username, record.auth_version if record is not None else 0, digest),
-            record.password_hash if record is not None else passwords.DUMMY_HASH,
-            password,
-        )
+        password_hash = record.password_hash if record is not None else passwords.DUMMY_HASH
+        matches = await self._verify_once((password_hash, digest), password_hash, password)
         if record is None:
             return AuthOutcome(False, Reason.AUTH_UNKNOWN_USER)
         if not matches:
             return AuthOutcome(False, Reason.AUTH_BAD_CREDENTIALS, record)
         if not record.active:
             return AuthOutcome(False, Reason.AUTH_INACTIVE_USER, record)
-        self._remember(username, record.auth_version, digest)
+        self._remember(username, record, digest)
         return AuthOutcome(True, Reason.AUTH_OK, record)
 
     async def dummy_verification(self, password: bytes) -> None:
@@ -113,9 +122,10 @@ class PasswordChecker:
             self._records.pop(next(iter(self._records)))
         return record
 
-    async def _verify_once(self, key: tuple[str, int, bytes], password_hash: str, password: bytes) -> bool:
+    async def _verify_once(self, key: tuple[str, bytes], password_hash: str, password: bytes) -> bool:
         """One verification for identical checks that arrive together (a client opening
-        32 connections at once costs one argon2 run, not 32)."""
+        32 connections at once costs one argon2 run, not 32). The key is the hash and
+        the password's HMAC: exactly what the outcome depends on."""
         running = self._running.get(key)
         if running is None:
             running = asyncio.ensure_future(self._verify(password_hash, password))
@@ -128,14 +138,34 @@ class PasswordChecker:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, _verify_bytes, password_hash, password)
 
-    def _remember(self, username: str, version: int, digest: bytes) -> None:
-        self._verified[username] = (version, digest)
+    def _remember(self, username: str, record: AuthRecord, digest: bytes) -> None:
+        self._verified[username] = (*_stamp(record), digest)
         self._verified.move_to_end(username)
         while len(self._verified) > CACHE_SIZE:
             self._verified.popitem(last=False)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _guesses(table: dict[str, Counter[bytes]], key: str) -> int:
+    pending = table.get(key)
+    return len(pending) if pending else 0
+
+
+def _stamp(record: AuthRecord) -> tuple[int, int, str]:
+    """What a cached success is bound to: this row, this version, this hash."""
+    return (record.user_id, record.auth_version, record.password_hash)
+
+
+def could_be_username(name: str) -> bool:
+    """False for a login no user can have (every username passed
+    :func:`relay.policy.validate_username`): such names are never looked up, so a
+    client's bytes that are not even UTF-8 cannot reach the store."""
+    try:
+        return policy.validate_username(name) == name
+    except policy.PolicyError:
+        return False
 
 
 def _verify_bytes(password_hash: str, password: bytes) -> bool:
@@ -160,6 +190,9 @@ class FailureLimiter:
         self._clock = clock
         self._by_client: dict[str, deque[float]] = {}
         self._by_user: dict[str, deque[float]] = {}
+        # key → {guess: attempts under way}
+        self._pending_client: dict[str, Counter[bytes]] = {}
+        self._pending_user: dict[str, Counter[bytes]] = {}
 
     def _count(self, table: dict[str, deque[float]], key: str) -> int:
         stamps = table.get(key)
@@ -174,12 +207,34 @@ class FailureLimiter:
         return len(stamps)
 
     def blocked(self, client: str, username: str | None) -> str | None:
-        """"client" or "user" when that limit is reached, else None."""
-        if self.per_client > 0 and self._count(self._by_client, client) >= self.per_client:
+        """"client" or "user" when that limit is reached (attempts under way
+        included), else None."""
+        if self.per_client > 0 and self._count(self._by_client, client) + _guesses(self._pending_client, client) >= self.per_client:
             return "client"
-        if username and self.per_user > 0 and self._count(self._by_user, username) >= self.per_user:
+        if (
+            username
+            and self.per_user > 0
+            and self._count(self._by_user, username) + _guesses(self._pending_user, username) >= self.per_user
+        ):
             return "user"
         return None
+
+    @contextmanager
+    def attempt(self, client: str, username: str | None, guess: bytes) -> Iterator[None]:
+        """Counts a guess as a failure while it is being verified."""
+        tables = [(self._pending_client, client)] + ([(self._pending_user, username)] if username else [])
+        for table, key in tables:
+            table.setdefault(key, Counter())[guess] += 1
+        try:
+            yield
+        finally:
+            for table, key in tables:
+                pending = table[key]
+                pending[guess] -= 1
+                if pending[guess] <= 0:
+                    del pending[guess]
+                if not pending:
+                    del table[key]
 
     def record(self, client: str, username: str | None) -> None:
         now = self._clock()

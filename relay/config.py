@@ -83,7 +83,14 @@ class RelayConfig:
     max_recipients: int = 100  # past it → 452 4.5.3 per recipient
     max_connections: int = 4096  # global cap → 421 4.7.0
     max_connections_per_client: int = 256  # per client address → 421 4.7.0
-    session_timeout: float = 300.0  # idle client is disconnected
+    # A client that sends no complete command for session_timeout seconds gets
+    # "421 4.4.2" and is disconnected (partial lines and a stalled DATA phase too: the
+    # whole DATA phase must end within it); one that does not even read that reply is
+    # aborted after min(5 s, session_timeout). Commands reset this timer, so a session
+    # that queues no message for session_without_mail seconds (NOOP keep-alives,
+    # refused MAILs) is closed the same way. 0 disables the latter.
+    session_timeout: float = 300.0
+    session_without_mail: float = 1800.0
     # -- AUTH --------------------------------------------------------------------
     auth_failures_per_connection: int = 3  # the 3rd failure → 421 4.7.0 and close
     auth_failures_per_client: int = 50  # failures from one address within the window

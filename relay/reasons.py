@@ -53,6 +53,7 @@ class Reason(enum.StrEnum):
     HEADER_SENDER_INVALID = "header-sender-invalid"
     TLS_INSIDE_TLS = "starttls-inside-tls"
     CONNECTION_LIMIT = "connection-limit"
+    SESSION_TIMEOUT = "session-timeout"  # idle too long, or no mail queued for too long
     STORE_UNAVAILABLE = "store-unavailable"
     STORE_FULL = "store-full"
     INTERNAL_ERROR = "internal-error"

@@ -29,10 +29,14 @@ SIZE parameter or data over the limit                  ``552 5.3.4``
 no ``From:``                                           ``550 5.6.0``
 several ``From:``/``Sender:``, one that does not       ``550 5.7.1``
 parse, or an address in it not authorized/verified
+(address-like text in a display name, a comment or
+an RFC 2047 encoded word counts as an address)
 a data line over 998 characters (after CR/LF fixes)    ``500 5.5.2``
 STARTTLS inside TLS                                    ``503 5.5.1``
 store full / store failure / any internal error        ``452 4.3.1`` / ``451 4.3.0`` (no internals)
 relay shutting down                                    ``421 4.3.2``
+no complete command for ``session_timeout`` seconds,   ``421 4.4.2`` and the connection closes
+or no message queued for ``session_without_mail``      (aborted if the client does not read it)
 =====================================================  =======================================
 
 End of data is only ``<CRLF>.<CRLF>``; bare CR or LF in the message is stored as
@@ -51,12 +55,13 @@ import email.header
 import email.policy
 import email.utils
 import functools
+import hashlib
 import logging
 import re
 import ssl
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, AnyStr
 
 from aiosmtpd.smtp import SMTP, TLSSetupException
 
@@ -83,6 +88,9 @@ R_TLS_ACTIVE = "503 5.5.1 TLS already active"
 R_INTERNAL = "451 4.3.0 Internal error, try again later"
 R_SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
 R_LINE_TOO_LONG = "500 5.5.2 Line too long (see RFC 5321 4.5.3.1.6)"
+R_TIMEOUT = "421 4.4.2 Timeout, closing connection"
+R_NO_MAIL = "421 4.4.2 No mail for too long, closing connection"
+CLOSE_GRACE = 5.0  # seconds a closing client gets to take its last reply before the abort
 
 COMMAND_LIMIT = 512  # RFC 5321 4.5.3.1.4, CRLF included
 MAIL_LIMIT = COMMAND_LIMIT + 26 + 10  # + SIZE= and BODY= parameters (RFC 1870, 6152)
@@ -99,6 +107,7 @@ _SENDER_FORM_PROBLEMS = {
     policy.AddressProblem.NO_DOMAIN,
 }
 _EHLO_UNSAFE = re.compile(r"[^A-Za-z0-9.\-:\[\]_]")
+_REPLY_UNSAFE = re.compile(r"[^\x20-\x7e]")
 _LINE_ENDINGS = re.compile(rb"\r\n|\r|\n")
 
 
@@ -321,6 +330,44 @@ def _header_addresses(value: str) -> tuple[str, ...] | None:
 _header_addresses_cached = functools.lru_cache(maxsize=4096)(_header_addresses)
 
 
+def store_text(value: str) -> str:
+    """Header text as the store can hold it: bytes that were not UTF-8 (kept as lone
+    surrogates by ``surrogateescape``) become U+FFFD. The message itself keeps them."""
+    try:
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a surrogate that no byte stands for
+        return value.encode("utf-8", "replace").decode("utf-8")
+
+
+_ADDRESS_LIKE = re.compile(r"""[^\s<>()\[\]",;:@\\]+@[^\s<>()\[\]",;:@\\]+""")
+
+
+def address_like(value: str) -> tuple[str, ...]:
+    """Address-looking text anywhere in a From:/Sender: value — display names and
+    comments included, RFC 2047 encoded words decoded. A reader (or a lenient parser
+    downstream) may take any of them for the sender, so each one counts. Pure, so
+    remembered per value."""
+    return _address_like_cached(value) if len(value) <= CACHED_TEXT else _address_like(value)
+
+
+def _address_like(value: str) -> tuple[str, ...]:
+    text = value
+    if "=?" in value:
+        try:
+            text = str(email.header.make_header(email.header.decode_header(value)))
+        except Exception:
+            text = value
+    found: dict[str, str] = {}
+    for candidate in _ADDRESS_LIKE.findall(text):
+        candidate = candidate.strip(".")
+        if "." in candidate.rpartition("@")[2]:
+            found.setdefault(candidate.lower(), candidate)
+    return tuple(found.values())
+
+
+_address_like_cached = functools.lru_cache(maxsize=4096)(_address_like)
+
+
 def decoded_subject(value: str) -> str:
     if "=?" not in value:  # no encoded words: nothing to decode
         return " ".join(value.split())[:200]
@@ -408,6 +455,9 @@ class RelaySMTP(SMTP):
         self._released = False
         self._busy = False
         self._recipients_refused = False
+        self._abort_handle: asyncio.TimerHandle | None = None
+        self._progress_handle: asyncio.TimerHandle | None = None
+        self._progress_at = 0.0
 
     def __dir__(self) -> list[str]:
         # aiosmtpd's __init__ scans dir(self) twice per connection (inspect.getmembers
@@ -426,6 +476,10 @@ class RelaySMTP(SMTP):
             self.client_ip = str(peer[0]) if peer else "?"
             self.local_port = int(local[1]) if local else None
             self._admitted = self.ctx.tracker.admit(self, self.client_ip)
+            self._progress_at = self.loop.time()
+            limit = self.ctx.config.session_without_mail
+            if limit > 0:
+                self._progress_handle = self.loop.call_later(limit, self._check_progress)
         super().connection_made(transport)
         if not first:
             # RFC 3207 4.2: after the handshake, forget what the client said before it.
@@ -433,6 +487,9 @@ class RelaySMTP(SMTP):
             self.ehlo_name = ""
 
     def connection_lost(self, error: Exception | None) -> None:
+        for handle in (self._abort_handle, self._progress_handle):
+            if handle is not None:
+                handle.cancel()
         super().connection_lost(error)
         if self._admitted and not self._released:
             self._released = True
@@ -447,8 +504,55 @@ class RelaySMTP(SMTP):
         await super()._handle_client()
 
     def _close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
+        """Close; abort when the client has not taken what is left to send by the
+        grace. A client that never reads would otherwise keep a closing transport
+        (and its connection slot) forever: close() waits for the buffer to drain."""
+        if self.transport is None:
+            return
+        self.transport.close()
+        if self._abort_handle is None:
+            grace = min(CLOSE_GRACE, self.ctx.config.session_timeout)
+            self._abort_handle = self.loop.call_later(grace, self._abort)
+
+    def _abort(self) -> None:
+        for transport in (self.transport, self._original_transport):
+            if transport is not None:
+                transport.abort()  # type: ignore[attr-defined]
+
+    def _hang_up(self, reply: str) -> None:
+        """Say ``reply`` (without waiting for the client to read it) and close."""
+        transport = self.transport
+        if transport is None:
+            return
+        if not transport.is_closing():
+            transport.write(reply.encode("ascii") + b"\r\n")  # type: ignore[attr-defined]
+        self._close()
+
+    def _timeout_cb(self) -> None:
+        # aiosmtpd's version only calls close(): see _close.
+        self._event(EventKind.REFUSED, Reason.SESSION_TIMEOUT, f"no complete command for {self.ctx.config.session_timeout:g} s")
+        self._hang_up(R_TIMEOUT)
+
+    def _check_progress(self) -> None:
+        """Commands reset the idle timeout, so NOOP (or a refused MAIL) every few
+        minutes would hold a connection slot forever: a session that queues nothing
+        for ``session_without_mail`` seconds is closed."""
+        limit = self.ctx.config.session_without_mail
+        left = self._progress_at + limit - self.loop.time()
+        if left > 0 or self._busy:
+            self._progress_handle = self.loop.call_later(max(left, 1.0), self._check_progress)
+            return
+        self._progress_handle = None
+        self._event(EventKind.REFUSED, Reason.SESSION_TIMEOUT, f"no message queued for {limit:g} s")
+        self._hang_up(R_NO_MAIL)
+
+    async def push(self, status: AnyStr) -> None:
+        # Replies may quote client text (aiosmtpd echoes unknown commands): never let
+        # a bare CR, an escape sequence or a non-ASCII byte through.
+        if isinstance(status, str) and _REPLY_UNSAFE.search(status.replace("\r\n", "")):
+            await super().push("\r\n".join(_REPLY_UNSAFE.sub("?", line) for line in status.split("\r\n")))
+            return
+        await super().push(status)
 
     @property
     def idle(self) -> bool:
@@ -665,7 +769,9 @@ class RelaySMTP(SMTP):
             return
         self._busy = True
         try:
-            outcome = await ctx.checker.check(username, password)
+            guess = hashlib.blake2b(login + b"\0" + password, digest_size=16).digest()
+            with ctx.limiter.attempt(self.client_ip, username, guess):
+                outcome = await ctx.checker.check(username, password)
         finally:
             self._busy = False
         if not outcome.ok:
@@ -849,14 +955,18 @@ class RelaySMTP(SMTP):
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         self._busy = True
         try:
-            raw, too_much, longest = await self._read_data()
-            if too_much:
-                reply = self._refusal_reply(
-                    _Refusal(R_TOO_LARGE, Reason.MESSAGE_TOO_LARGE, f"data over {self.data_size_limit} bytes")
-                )
-            else:
-                reply = await self._accept(raw, longest)
-            self._set_post_data_state()
+            try:
+                raw, too_much, longest = await self._read_data()
+                if too_much:
+                    reply = self._refusal_reply(
+                        _Refusal(R_TOO_LARGE, Reason.MESSAGE_TOO_LARGE, f"data over {self.data_size_limit} bytes")
+                    )
+                else:
+                    reply = await self._accept(raw, longest)
+            finally:
+                # The transaction is over whatever happened (an internal error
+                # included): nothing of this envelope may carry over to a later DATA.
+                self._set_post_data_state()
             await self.push(reply)
         finally:
             self._busy = False
@@ -937,8 +1047,8 @@ class RelaySMTP(SMTP):
             header_priority=header_prio,
             user_priority=user.priority,
             priority=effective,
-            header_from=" ".join(from_value.split())[:300],
-            subject=decoded_subject(subject),
+            header_from=store_text(" ".join(from_value.split())[:300]),
+            subject=store_text(decoded_subject(subject)),
             list_id=user.list_id,
             list_name=user.list_name,
             user_id=user.user_id,
@@ -952,6 +1062,7 @@ class RelaySMTP(SMTP):
         except WriteFailed as failed:
             return self._refusal_reply(_Refusal(failed.reply, failed.reason, "the store did not take the message"))
         self.ctx.counters["queued"] += 1
+        self._progress_at = self.loop.time()
         return f"250 2.0.0 Ok: queued as {queued.queue_id}"
 
     def _check_headers(self, fields: list[tuple[str, str]], user: AuthRecord) -> tuple[_Refusal | None, str]:
@@ -967,12 +1078,18 @@ class RelaySMTP(SMTP):
         if from_addresses is None:
             return _Refusal("550 5.7.1 From: header does not parse", Reason.HEADER_FROM_INVALID, f"From: {shown(froms[0], 300)}"), ""
         checks: list[tuple[str, str]] = [(a, "From:") for a in from_addresses]
+        checks += [(a, "From:") for a in address_like(froms[0])]
         if senders:
             sender_addresses = header_addresses(senders[0])
             if sender_addresses is None or len(sender_addresses) != 1:
                 return _Refusal("550 5.7.1 Sender: header does not parse", Reason.HEADER_SENDER_INVALID, f"Sender: {shown(senders[0], 300)}"), ""
             checks.append((sender_addresses[0], "Sender:"))
+            checks += [(a, "Sender:") for a in address_like(senders[0])]
+        seen: set[tuple[str, str]] = set()
         for address, header in checks:
+            if (address.lower(), header) in seen:
+                continue
+            seen.add((address.lower(), header))
             refusal = _header_address_refusal(address, header, user)
             if refusal is not None:
                 return refusal, froms[0]

@@ -13,13 +13,22 @@ from pathlib import Path
 from typing import Any
 
 import aiosmtplib
+from argon2 import PasswordHasher, Type
 
-from relay import passwords
 from relay.config import RelayConfig
 from relay.service import RelayService
 from relay.store import directory, open_store
 
 PASSWORD = {"alice": "alice-secret-password-1", "bob": "bob-secret-password-2", "carol": "carol-secret-password-3"}
+
+# Real argon2id hashes with light cost parameters: the relay verifies them exactly as
+# it verifies production hashes (the cost lives in the hash), in ~5 ms instead of
+# ~150 ms on a busy 2-core machine. Unknown users still cost a full DUMMY_HASH run.
+_LIGHT_HASHER = PasswordHasher(type=Type.ID, time_cost=1, memory_cost=8192, parallelism=1)
+
+
+def light_hash(password: str) -> str:
+    return _LIGHT_HASHER.hash(password)
 
 
 @dataclass
@@ -39,7 +48,7 @@ def seed_store(store_path: Path) -> Seeded:
             db,
             list_name="news",
             username="alice",
-            password_hash=passwords.hash_password(PASSWORD["alice"]),
+            password_hash=light_hash(PASSWORD["alice"]),
             domains=["a.example", "example.com", "pending.example"],
             senders=["boss@b.example", "new@b.example"],
             active=True,
@@ -48,7 +57,7 @@ def seed_store(store_path: Path) -> Seeded:
             db,
             list_name="news",
             username="bob",
-            password_hash=passwords.hash_password(PASSWORD["bob"]),
+            password_hash=light_hash(PASSWORD["bob"]),
             domains=["a.example"],
             active=False,
         )
@@ -56,7 +65,7 @@ def seed_store(store_path: Path) -> Seeded:
             db,
             list_name="news",
             username="carol",
-            password_hash=passwords.hash_password(PASSWORD["carol"]),
+            password_hash=light_hash(PASSWORD["carol"]),
             domains=["c.example"],
             priority=1,
             active=True,

@@ -61,7 +61,11 @@ async def test_envelope_sender_evasion_is_refused(relay: RelayService, seeded: S
     "from_value",
     ["x@a.example.evil", '"x@a.example"@evil.example', "x%evil.example@a.example", "x@[127.0.0.1]",
      "Alice <visitor@gmail.example>", '"x@a.example" <evil@evil.example>', "x@a.example, evil@evil.example",
-     "=?utf-8?q?x@a.example?= <evil@evil.example>", "<@evil.example:x@a.example>", "x@mail.example.com"],
+     "=?utf-8?q?x@a.example?= <evil@evil.example>", "<@evil.example:x@a.example>", "x@mail.example.com",
+     # An unauthorized address shown where a reader (or a lenient parser) takes it for
+     # the sender: display name, comment, RFC 2047 encoded word; a group; a fold.
+     '"evil@evil.example" <x@a.example>', "x@a.example (evil@evil.example)", "Alice <x@a.example> (via <evil@evil.example>)",
+     "=?utf-8?b?ZXZpbEBldmlsLmV4YW1wbGU=?= <x@a.example>", "team: x@a.example, evil@evil.example;", "x@a.example,\r\n evil@evil.example"],
 )
 async def test_header_from_evasion_is_refused(relay: RelayService, seeded: Seeded, tls_files: dict[str, Path], from_value: str) -> None:
     client = await smtp_client(relay.served[0], tls_files, login="alice")
@@ -82,6 +86,8 @@ async def test_header_from_evasion_is_refused(relay: RelayService, seeded: Seede
         ("X@A.EXAMPLE", None),
         ("team@a.example", "Boss <boss@b.example>"),
         ("x@example.com", None),
+        ('"support@a.example" <x@a.example>', None),
+        ("x@a.example (Alice)", None),
     ],
 )
 async def test_header_from_forms_that_are_accepted(
