@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from relay.reasons import EventKind, Reason
@@ -92,6 +92,7 @@ def find_events(
     *,
     username: str | None = None,
     kind: str | None = None,
+    kinds: Sequence[str] | None = None,
     reason: str | None = None,
     port: int | None = None,
     since: float | None = None,
@@ -99,13 +100,17 @@ def find_events(
     before_id: int | None = None,
     limit: int = 200,
 ) -> list[Event]:
-    """Newest first, one page at a time (``before_id`` pages backwards)."""
+    """Newest first, one page at a time (``before_id`` pages backwards). Time bounds
+    use the ``at`` index; the newest-first walk stops at ``limit`` matches."""
     where: list[str] = []
     args: list[object] = []
     for column, value in (("username", username), ("kind", kind), ("reason", reason), ("port", port)):
         if value is not None:
             where.append(f"{column} = ?")
             args.append(value)
+    if kinds:
+        where.append(f"kind IN ({','.join('?' * len(kinds))})")
+        args.extend(kinds)
     if since is not None:
         where.append("at >= ?")
         args.append(since)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from email.parser import BytesHeaderParser
 from email.policy import default as default_policy
 
-from relay.store.events import Event, events_for_message
+from relay.store.events import Event, events_for_message, find_events
 
 PRIORITIES = (1, 2, 3, 4, 5)
 # States of a message that is still the relay's business.
@@ -409,30 +409,8 @@ def event_page(
     before_id: int | None = None,
     limit: int = 100,
 ) -> list[Event]:
-    """Newest first, one page (``before_id`` pages back). Time bounds use the
-    ``at`` index; the newest-first walk stops at ``limit`` matches."""
-    where: list[str] = []
-    args: list[object] = []
-    for column, value in (("username", username), ("reason", reason), ("port", port)):
-        if value is not None:
-            where.append(f"{column} = ?")
-            args.append(value)
-    if kinds:
-        where.append(f"kind IN ({','.join('?' * len(kinds))})")
-        args.extend(kinds)
-    if since is not None:
-        where.append("at >= ?")
-        args.append(since)
-    if until is not None:
-        where.append("at < ?")
-        args.append(until)
-    if before_id is not None:
-        where.append("id < ?")
-        args.append(before_id)
-    clause = f"WHERE {' AND '.join(where)}" if where else ""
-    rows = db.execute(
-        "SELECT id, at, kind, reason, username, list_id, client, port, message_id, queue_id, detail "
-        f"FROM events {clause} ORDER BY id DESC LIMIT ?",
-        (*args, limit),
-    ).fetchall()
-    return [Event.from_row(r) for r in rows]
+    """One page of events for the Events screen, newest first (see :func:`find_events`)."""
+    return find_events(
+        db, username=username, kinds=kinds, reason=reason, port=port,
+        since=since, until=until, before_id=before_id, limit=limit,
+    )
