@@ -18,12 +18,18 @@ as served. See ``fixtures/scenarios/*.toml`` for complete examples, and
 Expected replies are written as a code (``550``), a class (``5xx``), an enhanced
 status (``5.7.1``) or both (``550 5.7.1``); ``expect_text`` adds a substring.
 
-Send ports: a spec (``25,1025-5000``: its served ports), ``served`` (all of them) or
-``sample:N`` (a deterministic sample); ``--ports`` overrides them for every send.
+Ports: the relay's served ports form the pool; ``--ports`` (``RunOptions.ports``)
+narrows it (a spec → the served ports in it; ``sample:N`` → a deterministic sample).
+Each send picks from the pool with its own ``ports`` (else the scenario's): a spec
+(its ports in the pool), ``served`` (the whole pool) or ``sample:N`` — so a send
+goes out as often as written whatever the pool, and expected counts hold.
 With ``pause_delivery_until_queued``, delivery (``Keys.PAUSED``) stays paused until
 the last send before the first campaign or wait step, so ordering checks are exact.
 Every message carries ``X-Harness-Id: <run> <send> <port> <n>`` so the sink can tell
-which send it came from.
+which send it came from. The sink is one the runner starts (``[sink] start = true``)
+or one someone else runs (``address = "host:port"``, ``record = "sink.jsonl"``: its
+``smtpplus sink --record`` file, relative to the scenario file); the sink records the
+header as a field, so only records appended during the run are read.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import contextlib
 import dataclasses
 import importlib.resources
 import itertools
+import json
 import multiprocessing
 import re
 import sqlite3
@@ -57,6 +64,7 @@ from harness.client import (
 )
 from harness.raw import RawResult, RawSend, raw_send
 from harness.report import RunReport, ScenarioReport
+from harness.sink import HARNESS_HEADER, Chaos, ChaosError
 from relay import policy
 from relay.passwords import generate_password, hash_password
 from relay.policy import PolicyError
@@ -146,7 +154,7 @@ class UserSetup:
 class SinkSetup:
     start: bool = False
     address: str | None = None  # "host:port" of a sink someone else runs
-    record: str | None = None  # that sink's JSON-lines record file, for order and delivery checks
+    record: Path | None = None  # that sink's JSON-lines record file, for order and delivery checks
     chaos: dict[str, Any] = field(default_factory=dict)
 
 
@@ -401,11 +409,7 @@ def parse_scenario(data: dict[str, Any], *, source: str, base: Path | None = Non
         t.done()
     setup.done()
 
-    sink = _Table(top.get("sink", dict, {}), f"{source}: [sink]")
-    scenario.sink = SinkSetup(
-        start=sink.get("start", bool, False), address=sink.get("address", str), record=sink.get("record", str), chaos=dict(sink.get("chaos", dict, {}))
-    )
-    sink.done()
+    scenario.sink = _parse_sink(top.get("sink", dict, {}), f"{source}: [sink]", base)
 
     for i, item in enumerate(top.get("sends", list, [])):
         scenario.steps.append(_parse_step(item, f"{source}: sends[{i}]", base))
@@ -436,6 +440,28 @@ def parse_scenario(data: dict[str, Any], *, source: str, base: Path | None = Non
     expect.done()
     top.done()
     return scenario
+
+
+def _parse_sink(data: Any, where: str, base: Path | None) -> SinkSetup:
+    t = _Table(data, where)
+    record = t.get("record", str)
+    sink = SinkSetup(start=t.get("start", bool, False), address=t.get("address", str), chaos=dict(t.get("chaos", dict, {})))
+    t.done()
+    if sink.start and sink.address:
+        raise ScenarioError(f"{where}: start = true runs a sink of our own; address = names one already running — give one of them")
+    if record is not None:
+        if not sink.address:
+            raise ScenarioError(f"{where}: record = names the file of a sink someone else runs; give its address = \"host:port\" too")
+        path = Path(record).expanduser()
+        sink.record = path if path.is_absolute() or base is None else base / path
+    if sink.chaos:
+        if not sink.start and sink.address:
+            raise ScenarioError(f"{where}: chaos applies to a sink the runner starts; set it on the running sink (smtpplus sink --chaos)")
+        try:
+            Chaos.from_mapping(sink.chaos)
+        except ChaosError as exc:
+            raise ScenarioError(f"{where}.chaos: {exc}") from None
+    return sink
 
 
 def _pair(value: Any, where: str) -> tuple[str, str]:
@@ -526,7 +552,6 @@ def _parse_step(item: Any, where: str, base: Path | None) -> Step:
 # Running
 
 
-HARNESS_HEADER = "X-Harness-Id"
 EVENT_SETTLE_SECONDS = 5.0
 APPROVAL_REASON = "harness scenario setup"
 
@@ -537,7 +562,7 @@ class RunOptions:
 
     store_path: Path | None
     relay_host: str = "127.0.0.1"
-    ports: str | None = None  # overrides every send's ports (a spec, "served" or "sample:N")
+    ports: str | None = None  # narrows the pool of served ports the sends pick from (a spec, "served" or "sample:N")
     concurrency: int = 64
     timeout: float = 30.0
     on_total: Callable[[int], None] | None = None  # dialogues added to the plan
@@ -577,16 +602,16 @@ def select_ports(spec: str, served: list[int], not_served: dict[int, str]) -> tu
     return chosen, skipped
 
 
+def port_pool(limit: str | None, served: list[int], not_served: dict[int, str]) -> list[int]:
+    """The served ports this run's sends may use: all of them, or those ``limit``
+    (``--ports``: a spec, ``served`` or ``sample:N``) leaves."""
+    if limit is None:
+        return sorted(served)
+    return select_ports(limit, served, not_served)[0]
+
+
 def _tagged(tag: str, step: str, port: int, index: int) -> str:
     return f"{tag} {step} {port} {index}"
-
-
-def harness_id_of(data: bytes) -> str | None:
-    """The ``X-Harness-Id`` value in a message's header block."""
-    end = data.find(b"\r\n\r\n")
-    head = data if end < 0 else data[:end]
-    match = re.search(rb"(?im)^" + HARNESS_HEADER.encode() + rb":[ \t]*([^\r\n]*)", head)
-    return match.group(1).decode("utf-8", "replace").strip() if match else None
 
 
 class _ScenarioRun:
@@ -601,6 +626,7 @@ class _ScenarioRun:
         self.campaign_sizes: dict[str, int] = {}
         self.served: list[int] = []
         self.not_served: dict[int, str] = {}
+        self.pool: list[int] = []  # the served ports the sends pick from (see port_pool)
         self.tls_context: ssl.SSLContext | None = None
         self.sink: Any = None
         self.sink_view: SinkView | None = None
@@ -653,6 +679,9 @@ class _ScenarioRun:
         self.served, self.not_served = list(status.served), dict(status.not_served)
         self.report.facts["served_ports"] = format_port_spec(self.served)
         self.report.facts["not_served_ports"] = {str(p): r for p, r in self.not_served.items()}
+        self.pool = port_pool(self.options.ports, self.served, self.not_served)
+        if self.options.ports:
+            self.report.facts["port_pool"] = format_port_spec(self.pool)
         if pem:
             context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=pem)
             # Pinned to the relay's own published (leaf) certificate, whatever names it
@@ -685,7 +714,7 @@ class _ScenarioRun:
     async def _start_sink(self) -> None:
         spec = self.scenario.sink
         if spec.start:
-            from harness.sink import CaptureSink, Chaos
+            from harness.sink import CaptureSink
 
             self.sink = CaptureSink("127.0.0.1", 0, None, Chaos.from_mapping(spec.chaos) if spec.chaos else None)
             port = await self.sink.start()
@@ -693,10 +722,17 @@ class _ScenarioRun:
             self.sink_view = SinkView(self.sink)
             self.report.facts["sink"] = f"127.0.0.1:{port}"
         elif spec.address:
+            if spec.record is not None and not spec.record.is_file():
+                self.fail(
+                    "sink", f"the record file of the sink at {spec.address}", f"no file {spec.record}",
+                    f"start the sink with `smtpplus sink --record {spec.record}`, or fix [sink] record",
+                )
+                raise _Abort
             await self.store.run(queue_store.set_next_hop, spec.address)
             self.report.facts["sink"] = spec.address
-            if spec.record:
-                self.sink_view = SinkView(None, record_path=Path(spec.record))
+            if spec.record is not None:
+                # From here on: records of earlier runs in the same file are not ours.
+                self.sink_view = SinkView(None, record_path=spec.record)
 
     # -- steps -------------------------------------------------------------------------
 
@@ -728,8 +764,11 @@ class _ScenarioRun:
             self.paused_by_us = False
 
     def _plan(self, step: Step) -> tuple[list[int], dict[int, str]]:
-        spec = self.options.ports or step.ports or self.scenario.ports
-        ports, skipped = select_ports(spec, self.served, self.not_served)
+        spec = step.ports or self.scenario.ports
+        # Ports of the spec that the relay serves but --ports left out are not
+        # "skipped": the run was asked to stay off them.
+        ports, skipped = select_ports(spec, self.pool, self.not_served)
+        skipped = {p: r for p, r in skipped.items() if p not in self.served}
         if skipped:
             self.report.facts.setdefault("skipped_ports", {})[step.name] = {str(p): r for p, r in skipped.items()}
         return ports, skipped
@@ -737,10 +776,11 @@ class _ScenarioRun:
     async def _send_step(self, step: Step, ports: list[int], skipped: dict[int, str], *, started: float) -> None:
         expected = _expected_text(step)
         if not ports:
+            narrowed = f", --ports leaves {format_port_spec(self.pool) or 'none of them'}" if self.options.ports else ""
             self.report.add(
                 step.name, False, expected, "no served port to send on",
-                f"the relay serves {format_port_spec(self.served) or 'nothing'}; skipped: "
-                + ", ".join(f"{p} ({r})" for p, r in list(skipped.items())[:10]),
+                f"the relay serves {format_port_spec(self.served) or 'nothing'}{narrowed}; skipped: "
+                + (", ".join(f"{p} ({r})" for p, r in list(skipped.items())[:10]) or "none"),
             )
             return
         jobs = [(port, i) for port in ports for i in range(step.repeat)]
@@ -887,8 +927,12 @@ class _ScenarioRun:
         if not wanted:
             return
         if self.sink_view is None:
+            observed, detail = "no sink started", "add [sink] start = true"
+            if self.scenario.sink.address:
+                observed = f"no record of the sink at {self.scenario.sink.address}"
+                detail = "add [sink] record = the file it writes (smtpplus sink --record FILE)"
             for name in wanted:
-                self.report.add(f"{name}.delivered", False, "delivery checked at a capture sink", "no sink started", error=True)
+                self.report.add(f"{name}.delivered", False, "delivery checked at a capture sink", observed, detail, error=True)
             return
         t0 = time.perf_counter()
         names = await self._wait_for_sink(lambda got: all(_count(got, n) >= k for n, k in wanted.items()))
@@ -998,41 +1042,43 @@ class _Abort(Exception):
 
 
 class SinkView:
-    """The harness ids of the messages a sink took, in arrival order: from a
-    :class:`harness.sink.CaptureSink` in this process, or from the JSON-lines record
-    file of one running elsewhere (``smtpplus sink --record FILE``)."""
+    """The harness ids (``X-Harness-Id``, ``None`` for other messages) of what a sink
+    took, in arrival order: from a :class:`harness.sink.CaptureSink` in this process,
+    or from the JSON-lines record file of one running elsewhere (``smtpplus sink
+    --record FILE``) — only the records appended after the view was made."""
 
     def __init__(self, sink: Any, *, record_path: Path | None = None) -> None:
         self.sink = sink
         self.record_path = record_path
-        self._ids: list[str | None] = []  # parsed so far: the sink only ever appends
+        self._offset = record_path.stat().st_size if record_path is not None and record_path.exists() else 0
+        self._ids: list[str | None] = []  # read so far: the sink only ever appends
 
     def harness_ids(self) -> list[str | None]:
-        if self.sink is None and self.record_path is not None:
-            from harness.sink import read_records
-
-            if not self.record_path.exists():
-                return []
-            records = sorted(read_records(self.record_path), key=lambda r: r.get("seq", 0))
-            return [harness_id_of(str(r.get("data", "")).encode("utf-8", "surrogateescape")) for r in records]
-        messages = self.sink.messages
-        # Polled many times a second while thousands arrive: parse each message once.
-        self._ids += [harness_id_of(_message_bytes(m)) for m in messages[len(self._ids) :]]
+        if self.sink is not None:
+            return [m.harness_id for m in self.sink.messages]
+        if self.record_path is not None:
+            self._read_new_records(self.record_path)
         return list(self._ids)
 
-
-def _message_bytes(message: Any) -> bytes:
-    for attribute in ("data", "content", "raw"):
-        value = getattr(message, attribute, None)
-        if isinstance(value, bytes | bytearray):
-            return bytes(value)
-        if isinstance(value, str):
-            return value.encode("utf-8", "surrogateescape")
-    headers = getattr(message, "headers", None)
-    if isinstance(headers, dict):
-        value = next((v for k, v in headers.items() if k.lower() == HARNESS_HEADER.lower()), "")
-        return f"{HARNESS_HEADER}: {value}\r\n\r\n".encode()
-    return b""
+    def _read_new_records(self, path: Path) -> None:
+        # Polled many times a second while thousands arrive: read only what is new,
+        # and only whole lines (the sink may be writing the last one).
+        try:
+            with path.open("rb") as file:
+                file.seek(self._offset)
+                chunk = file.read()
+        except FileNotFoundError:
+            return
+        end = chunk.rfind(b"\n") + 1
+        for number, line in enumerate(chunk[:end].splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                raise ScenarioError(f"{path}: record after byte {self._offset} (line {number} of the new ones) is not JSON") from None
+            self._ids.append(record.get("harness_id") if isinstance(record, dict) else None)
+        self._offset += end
 
 
 _UNSET = "\0unset"
@@ -1198,7 +1244,7 @@ async def run_scenarios(scenarios: list[Scenario], options: RunOptions) -> RunRe
             await _ScenarioRun(scenario, options, sreport).run()
         except _Abort:
             pass  # reported as a failed setup check
-        except (StoreError, OSError, PortSpecError) as exc:
+        except (StoreError, OSError, PortSpecError, ScenarioError) as exc:
             sreport.add("run", False, "the scenario runs to the end", f"{type(exc).__name__}: {exc}", error=True)
         sreport.seconds = time.perf_counter() - s0
         report.scenarios.append(sreport)

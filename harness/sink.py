@@ -32,6 +32,9 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
 DEFAULT_HOST = "127.0.0.1"
+# The harness tags every message it sends with this header (``<run> <send> <port> <n>``);
+# the sink records it as a field, so a record file needs no message bodies.
+HARNESS_HEADER = "X-Harness-Id"
 DEFAULT_PORT = 8025
 TEMP_REPLY = "451 4.3.0 Temporary failure (capture sink chaos)"
 PERM_REPLY = "550 5.1.1 Mailbox unavailable (capture sink chaos)"
@@ -39,6 +42,14 @@ PERM_REPLY = "550 5.1.1 Mailbox unavailable (capture sink chaos)"
 
 class ChaosError(ValueError):
     pass
+
+
+# Chaos keys as the CLI spells them → the Chaos field each sets (scenario files may
+# use either spelling).
+CHAOS_KEYS = {
+    "4xx": "temp_rate", "5xx": "perm_rate", "4xx-match": "temp_match", "5xx-match": "perm_match",
+    "4xx-first": "temp_first", "4xx-reply": "temp_reply", "5xx-reply": "perm_reply", "seed": "seed",
+}
 
 
 @dataclass(slots=True)
@@ -58,7 +69,8 @@ class Chaos:
     @classmethod
     def parse(cls, specs: Iterable[str]) -> Chaos:
         """From CLI items: ``4xx=0.1``, ``5xx=0.05``, ``4xx-match=PATTERN``,
-        ``5xx-match=PATTERN``, ``4xx-first=N``, ``seed=N``."""
+        ``5xx-match=PATTERN``, ``4xx-first=N``, ``4xx-reply=TEXT``, ``5xx-reply=TEXT``,
+        ``seed=N``; an unknown key is a ChaosError naming the valid ones."""
         values: dict[str, str] = {}
         for spec in specs:
             key, sep, value = spec.partition("=")
@@ -70,13 +82,13 @@ class Chaos:
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> Chaos:
         """From a mapping with the CLI keys or the field names (scenario files)."""
-        aliases = {
-            "4xx": "temp_rate", "5xx": "perm_rate", "4xx-match": "temp_match", "5xx-match": "perm_match",
-            "4xx-first": "temp_first", "4xx-reply": "temp_reply", "5xx-reply": "perm_reply",
-        }
         chaos = cls()
+        fields = set(CHAOS_KEYS.values())
         for raw_key, value in values.items():
-            key = aliases.get(str(raw_key).lower(), str(raw_key).lower().replace("-", "_"))
+            name = str(raw_key).lower()
+            key = CHAOS_KEYS.get(name, name.replace("-", "_"))
+            if key not in fields:
+                raise ChaosError(f"unknown chaos key {raw_key!r} — valid keys: {', '.join(CHAOS_KEYS)}")
             try:
                 if key in ("temp_rate", "perm_rate"):
                     rate = float(value)
@@ -87,13 +99,11 @@ class Chaos:
                     setattr(chaos, key, int(value))
                 elif key in ("temp_match", "perm_match"):
                     setattr(chaos, key, str(value).lower())
-                elif key in ("temp_reply", "perm_reply"):
+                else:  # temp_reply, perm_reply
                     text = str(value)
                     if not text[:3].isdigit() or text[0] != ("4" if key == "temp_reply" else "5"):
                         raise ValueError
                     setattr(chaos, key, text)
-                else:
-                    raise ChaosError(f"unknown chaos setting {raw_key!r} — use 4xx, 5xx, 4xx-match, 5xx-match, 4xx-first or seed")
             except ValueError:
                 raise ChaosError(f"chaos {raw_key}={value!r} is not valid (rates 0–1, counts whole numbers, replies 4xx/5xx)") from None
         return chaos
@@ -101,6 +111,11 @@ class Chaos:
 
 @dataclass(slots=True)
 class SinkRecord:
+    """One message as the sink took it. The headers a check needs (priority,
+    subject, Message-ID, ``X-Harness-Id``) are fields of their own, so a record
+    file is useful without the bodies; ``data`` is ``b""`` unless the sink keeps
+    data, and the JSON form then leaves it out."""
+
     seq: int  # arrival order, from 1
     at: float  # arrival time, unix seconds
     mail_from: str
@@ -115,13 +130,14 @@ class SinkRecord:
     auth_user: str | None = None
     tls: bool = False  # arrived over STARTTLS
     headers: dict[str, str] = field(default_factory=dict)  # other priority headers seen
+    harness_id: str | None = None  # the X-Harness-Id header of a harness message
 
     def to_json(self, *, with_data: bool = True) -> dict[str, Any]:
         out: dict[str, Any] = {
             "seq": self.seq, "at": self.at, "mail_from": self.mail_from, "rcpt_tos": self.rcpt_tos,
             "x_priority": self.x_priority, "importance": self.importance, "subject": self.subject,
-            "message_id": self.message_id, "size": self.size, "peer": self.peer, "auth_user": self.auth_user,
-            "tls": self.tls, "headers": self.headers,
+            "message_id": self.message_id, "harness_id": self.harness_id, "size": self.size, "peer": self.peer,
+            "auth_user": self.auth_user, "tls": self.tls, "headers": self.headers,
         }
         if with_data:
             out["data"] = self.data.decode("utf-8", "replace")
@@ -289,10 +305,11 @@ class CaptureSink:
             auth_user=session.auth_data if isinstance(session.auth_data, str) else None,
             tls=session.ssl is not None,
             headers=extra,
+            harness_id=_header(headers, HARNESS_HEADER),
         )
         self.messages.append(record)
         if self._file is not None:
-            self._file.write(json.dumps(record.to_json()) + "\n")
+            self._file.write(json.dumps(record.to_json(with_data=self.keep_data)) + "\n")
             self._file.flush()
         if self.on_message is not None:
             self.on_message(record)

@@ -22,7 +22,14 @@ from console.cli.common import CliError, db_option, json_option, print_json, std
 @click.argument("files", nargs=-1, required=True)
 @click.option("--relay", "relay_host", default="127.0.0.1", show_default=True, help="Host the relay listens on.")
 @click.option("--start-relay", is_flag=True, help="Run an in-process relay on 127.0.0.1 on a temporary store (unless --db is given), with a capture sink as next hop.")
-@click.option("--ports", help="Ports for every send: a spec (25,1025-5000), 'served' or 'sample:N'. With --start-relay a spec is also what the relay listens on.")
+@click.option(
+    "--ports",
+    metavar="SPEC",
+    help="Limit the run to these of the relay's served ports: a spec (25,1025-5000), 'served' or 'sample:N'. "
+    "Each send still picks from them with its own ports (sample:1, served, a spec), so it goes out as often as "
+    "the scenario says and expected counts hold; the port sweep (ports = served) covers them all. "
+    "With --start-relay a spec is also what the relay listens on.",
+)
 @click.option("--listen", help="With --start-relay: the listen spec (default: --ports when it is a spec, else the scenario's relay_listen).")
 @click.option(
     "--relay-mode",

@@ -25,15 +25,17 @@ def write_ready_file(path: Path, data: dict[str, object]) -> None:
 @click.option("--port", type=click.IntRange(0, 65535), default=8025, show_default=True,
               help="Port to listen on (0 = any free port; see --ready-file).")
 @click.option("--record", "record_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Append each message as one JSON line to this file.")
+              help="Append each message as one JSON line to this file: envelope, arrival order and time, "
+              "priority headers, Subject, Message-ID and X-Harness-Id (what `harness run` reads).")
+@click.option("--keep-data", is_flag=True, help='Also record each message\'s bytes ("data") in --record.')
 @click.option("--chaos", "chaos_items", multiple=True, metavar="KEY=VALUE",
               help="Failure replies for retry tests (repeatable): 4xx=0.1, 5xx=0.05, "
-              "4xx-match=PATTERN, 5xx-match=PATTERN, 4xx-first=N, seed=N.")
+              "4xx-match=PATTERN, 5xx-match=PATTERN, 4xx-first=N, 4xx-reply=TEXT, 5xx-reply=TEXT, seed=N.")
 @click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help='Once listening, write {"pid", "host", "port"} here (atomically).')
 @click.option("--quiet", is_flag=True, help="Do not print a line per message.")
-def sink(host: str, port: int, record_path: Path | None, chaos_items: tuple[str, ...], ready_file: Path | None,
-         quiet: bool) -> None:
+def sink(host: str, port: int, record_path: Path | None, keep_data: bool, chaos_items: tuple[str, ...],
+         ready_file: Path | None, quiet: bool) -> None:
     """Run a capture sink: accepts everything, records arrival order, time,
     envelope and priority headers. Stop it with Ctrl-C or SIGTERM."""
     import asyncio
@@ -57,7 +59,7 @@ def sink(host: str, port: int, record_path: Path | None, chaos_items: tuple[str,
             )
 
     async def main() -> None:
-        capture = CaptureSink(host, port, record_path, chaos, on_message=show, keep_data=False)
+        capture = CaptureSink(host, port, record_path, chaos, on_message=show, keep_data=keep_data)
         try:
             bound = await capture.start()
         except OSError as exc:

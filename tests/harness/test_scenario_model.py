@@ -72,3 +72,38 @@ def test_port_selection_uses_only_served_ports() -> None:
     sample, _ = select_ports("sample:2", served, not_served)
     assert len(sample) == 2 and set(sample) <= set(served)
     assert select_ports("sample:2", served, not_served)[0] == sample  # deterministic
+
+
+def test_the_port_pool_narrows_the_served_ports_and_sends_pick_from_it() -> None:
+    from harness.scenario import port_pool
+
+    served = list(range(20500, 20510))
+    assert port_pool(None, served, {}) == served
+    pool = port_pool("20500-20504,20600", served, {})
+    assert pool == [20500, 20501, 20502, 20503, 20504]
+    # A send's own ports choose from the pool: sample:1 stays one port, served is the pool.
+    assert len(select_ports("sample:1", pool, {})[0]) == 1
+    assert select_ports("served", pool, {})[0] == pool
+    assert len(port_pool("sample:3", served, {})) == 3
+
+
+@pytest.mark.parametrize(
+    ("sink", "message"),
+    [
+        ({"start": True, "address": "127.0.0.1:2525"}, "give one of them"),
+        ({"record": "sink.jsonl"}, r"give its address = \"host:port\" too"),
+        ({"start": True, "chaos": {"bogus": 1}}, r"\[sink\]\.chaos: unknown chaos key 'bogus' — valid keys: 4xx, 5xx"),
+        ({"address": "127.0.0.1:2525", "chaos": {"4xx": 0.5}}, "smtpplus sink --chaos"),
+    ],
+)
+def test_sink_table_errors(sink: dict[str, object], message: str) -> None:
+    with pytest.raises(ScenarioError, match=message):
+        parse_scenario({"sink": sink}, source="t.toml")
+
+
+def test_a_given_sinks_record_file_is_relative_to_the_scenario_file(tmp_path: object) -> None:
+    from pathlib import Path
+
+    base = Path(str(tmp_path))
+    scenario = parse_scenario({"sink": {"address": "127.0.0.1:2525", "record": "sink.jsonl"}}, source="t.toml", base=base)
+    assert scenario.sink.record == base / "sink.jsonl"

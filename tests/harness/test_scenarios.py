@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.report import failure_details, junit_xml, write_junit
+from harness.report import Check, RunReport, failure_details, junit_xml, write_junit
 from harness.scenario import RunOptions, ScenarioError, load_scenario, run_files, shipped_scenarios
+from relay.ports import parse_port_spec
 
 
 def _explain(report: object) -> str:
@@ -24,6 +25,37 @@ async def test_shipped_scenario_passes_against_an_in_process_relay(name: str) ->
     scenario = load_scenario(name)
     # Every send and every expectation produced a check of its own.
     assert {s.name for s in scenario.steps} <= checks
+
+
+async def test_a_multi_port_pool_keeps_each_scenarios_counts_as_written() -> None:
+    """--ports narrows the ports a run may use; each send still picks its own
+    (sample:1), so priority's and bad_input's counts and order hold."""
+    report = await run_files(
+        ["priority", "bad_input"], RunOptions(store_path=None, ports="sample:3", timeout=20),
+        start_relay=True, listen="0*4",
+    )
+    assert report.passed, _explain(report)
+    for scenario, accepted in zip(report.scenarios, ("10", "11"), strict=True):
+        assert len(parse_port_spec(scenario.facts["port_pool"])) == 3
+        assert {c.name: c for c in scenario.checks}["count.accepted"].observed == accepted
+
+
+async def test_a_port_spec_pool_against_a_running_relay(relay: object, store_path: Path) -> None:
+    from relay.store import open_store
+    from relay.store.lease import relay_status
+
+    db = open_store(store_path)
+    try:
+        served = relay_status(db).served
+    finally:
+        db.close()
+    pool = sorted(served)[:2]
+    spec = ",".join(str(p) for p in pool)
+    report = await run_files(["bad_input"], RunOptions(store_path=store_path, ports=spec, timeout=20))
+    assert report.passed, _explain(report)
+    [scenario] = report.scenarios
+    assert parse_port_spec(scenario.facts["port_pool"]) == pool
+    assert by_name(report)["count.accepted"].observed == "11"
 
 
 async def test_port_sweep_on_a_sample_of_a_200_port_relay() -> None:
@@ -185,8 +217,8 @@ expect = "250"
         db.close()
 
 
-def by_name(report: object) -> dict[str, object]:
-    return {c.name: c for c in report.checks}  # type: ignore[attr-defined]
+def by_name(report: RunReport) -> dict[str, Check]:
+    return {c.name: c for c in report.checks}
 
 
 async def test_a_started_relay_can_run_in_a_child_process() -> None:

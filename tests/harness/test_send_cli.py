@@ -119,9 +119,8 @@ async def test_data_from_a_file_or_stdin_with_headers_replaced(
                  "--header", "From: Me <me@send.example>")
     from_file = await _send(cli, *args, "--data", str(Path(__file__).parents[2] / "fixtures/messages/sample.eml"))
     assert from_file.returncode == 0, from_file.stdout
-    from_stdin = await asyncio.to_thread(
-        cli, "send", *args, "--data", "-", input="Subject: from stdin\r\nFrom: someone@else.example\r\n\r\nhi\r\n"
-    )
+    stdin = "Subject: from stdin\r\nFrom: someone@else.example\r\n\r\nhi\r\n"
+    from_stdin = await asyncio.to_thread(lambda: cli("send", *args, "--data", "-", input=stdin))
     assert from_stdin.returncode == 0, from_stdin.stdout + from_stdin.stderr
     stopped = await _send(cli, *_base(relay, tls_files, "--quit-after", "auth"))
     assert stopped.returncode == 0 and "=== stopped after auth" in stopped.stdout
