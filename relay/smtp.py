@@ -34,7 +34,8 @@ an RFC 2047 encoded word counts as an address)
 a data line over 998 characters (after CR/LF fixes)    ``500 5.5.2``
 STARTTLS inside TLS                                    ``503 5.5.1``
 store full / store failure / any internal error        ``452 4.3.1`` / ``451 4.3.0`` (no internals)
-relay shutting down                                    ``421 4.3.2``
+relay shutting down: idle sessions, a new MAIL         ``421 4.3.2`` (a transaction under way
+                                                       finishes; QUIT still gets ``221 2.0.0``)
 no complete command for ``session_timeout`` seconds,   ``421 4.4.2`` and the connection closes
 or no message queued for ``session_without_mail``      (aborted if the client does not read it)
 =====================================================  =======================================
@@ -87,10 +88,12 @@ R_TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
 R_TLS_ACTIVE = "503 5.5.1 TLS already active"
 R_INTERNAL = "451 4.3.0 Internal error, try again later"
 R_SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
+R_BYE = "221 2.0.0 Bye"
 R_LINE_TOO_LONG = "500 5.5.2 Line too long (see RFC 5321 4.5.3.1.6)"
 R_TIMEOUT = "421 4.4.2 Timeout, closing connection"
 R_NO_MAIL = "421 4.4.2 No mail for too long, closing connection"
 CLOSE_GRACE = 5.0  # seconds a closing client gets to take its last reply before the abort
+QUIT_WINDOW = 2.0  # while stopping: seconds a client that just finished a transaction gets to QUIT
 
 COMMAND_LIMIT = 512  # RFC 5321 4.5.3.1.4, CRLF included
 MAIL_LIMIT = COMMAND_LIMIT + 26 + 10  # + SIZE= and BODY= parameters (RFC 1870, 6152)
@@ -167,6 +170,10 @@ class RelayContext:
 
 class _NoHooks:
     """aiosmtpd looks for ``handle_*`` hooks on a handler; every decision is ours."""
+
+    async def handle_QUIT(self, server: Any, session: Any, envelope: Any) -> str:
+        # aiosmtpd's own "221 Bye" lacks the enhanced status code we advertise.
+        return R_BYE
 
 
 _NO_HOOKS = _NoHooks()
@@ -457,6 +464,7 @@ class RelaySMTP(SMTP):
         self._recipients_refused = False
         self._abort_handle: asyncio.TimerHandle | None = None
         self._progress_handle: asyncio.TimerHandle | None = None
+        self._goodbye_handle: asyncio.TimerHandle | None = None
         self._progress_at = 0.0
 
     def __dir__(self) -> list[str]:
@@ -487,7 +495,7 @@ class RelaySMTP(SMTP):
             self.ehlo_name = ""
 
     def connection_lost(self, error: Exception | None) -> None:
-        for handle in (self._abort_handle, self._progress_handle):
+        for handle in (self._abort_handle, self._progress_handle, self._goodbye_handle):
             if handle is not None:
                 handle.cancel()
         super().connection_lost(error)
@@ -566,9 +574,13 @@ class RelaySMTP(SMTP):
             self.transport.close()
 
     async def _after_transaction(self) -> None:
-        if self.ctx.stopping:
-            await self.push(R_SHUTTING_DOWN)
-            self._close()
+        """While the relay stops, a session whose transaction just ended may still
+        QUIT (``221``) — an unsolicited ``421`` now would be read as QUIT's reply. A
+        new MAIL gets ``421`` (see :meth:`smtp_MAIL`); silence gets it after a short
+        window, so the stop is not held up for the whole grace."""
+        if self.ctx.stopping and self._goodbye_handle is None:
+            window = min(QUIT_WINDOW, self.ctx.config.shutdown_grace / 2)
+            self._goodbye_handle = self.loop.call_later(window, self.say_goodbye)
 
     async def handle_exception(self, error: Exception) -> str:
         if isinstance(error, TLSSetupException):
@@ -825,6 +837,10 @@ class RelaySMTP(SMTP):
             return
         if self.envelope.mail_from is not None:
             await self.push("503 5.5.1 Error: nested MAIL command")
+            return
+        if self.ctx.stopping:  # sessions may finish what they started, not start anew
+            await self.push(R_SHUTTING_DOWN)
+            self._close()
             return
         parsed = split_path(arg, "FROM:")
         if parsed is None:

@@ -69,18 +69,34 @@ def load_tls(
 def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    _check_files(cert, key)
     try:
         context.load_cert_chain(str(cert), str(key))
-    except FileNotFoundError as exc:
-        raise TlsError(f"TLS file {exc.filename} does not exist — check tls_cert / tls_key") from None
-    except PermissionError as exc:
-        raise TlsError(f"TLS file {exc.filename} is not readable — check its permissions") from None
     except ssl.SSLError as exc:
         raise TlsError(
             f"TLS certificate {cert} or key {key} is not usable ({exc.reason or exc}) — "
             "give a PEM certificate and its matching private key"
         ) from None
+    except OSError as exc:  # not SSLError: raced with the check above; ssl gives no file name
+        raise TlsError(
+            f"TLS certificate {cert} or key {key} cannot be read ({exc.strerror or exc}) — check tls_cert / tls_key"
+        ) from None
     return context
+
+
+def _check_files(cert: Path, key: Path) -> None:
+    """Name each missing or unreadable file: ssl's own errors carry no file name."""
+    problems = []
+    for setting, path in (("tls_cert", Path(cert)), ("tls_key", Path(key))):
+        if not path.is_file():
+            problems.append(f"{setting} {path} does not exist")
+        elif not os.access(path, os.R_OK):
+            problems.append(f"{setting} {path} is not readable")
+    if problems:
+        raise TlsError(
+            f"TLS file problem: {'; '.join(problems)} — fix the path or permissions "
+            "(or set neither tls_cert nor tls_key for a self-signed certificate)"
+        )
 
 
 def _leaf_pem(cert: Path) -> str:

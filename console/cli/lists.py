@@ -230,8 +230,9 @@ def _shell_word(text: str) -> str:
 @members.command("import")
 @click.argument("name")
 @click.argument("file", metavar="FILE.csv", type=click.Path(dir_okay=False, path_type=Path))
+@common.json_option
 @common.db_option
-def members_import(name: str, file: Path, db_path: Path | None) -> None:
+def members_import(name: str, file: Path, as_json: bool, db_path: Path | None) -> None:
     """Add members from FILE.csv: a header `address[,name]`, or one address per line.
 
     Addresses already on the list are left as they are. One bad row refuses the
@@ -256,6 +257,11 @@ def members_import(name: str, file: Path, db_path: Path | None) -> None:
     with common.open_db(db_path) as db:
         info = directory.get_list(db, name)
         added, already = directory.import_members(db, info.name, parsed.rows)
+    if as_json:
+        common.print_json(
+            {"list": info.name, "added": added, "already": already, "repeated_in_file": parsed.duplicates}
+        )
+        return
     message = f"List {info.name!r}: {added} added, {already} already there"
     if parsed.duplicates:
         message += f", {parsed.duplicates} repeated row(s) in the file skipped"

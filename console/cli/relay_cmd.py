@@ -245,9 +245,12 @@ def tls() -> None:
 @tls.command("export")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the PEM here instead of stdout.")
 @click.option("--fingerprint", "show_fingerprint", is_flag=True, help="Print only the SHA-256 fingerprint.")
+@json_option
 @db_option
-def tls_export(out: Path | None, show_fingerprint: bool, db_path: Path | None) -> None:
-    """Print the relay's certificate (PEM) for clients to trust (--cafile)."""
+def tls_export(out: Path | None, show_fingerprint: bool, as_json: bool, db_path: Path | None) -> None:
+    """Print the relay's certificate (PEM) for clients to trust (--cafile).
+
+    With --json: {"pem": …, "fingerprint": …} (and "out" when --out wrote the file)."""
     from relay.store.settings import Keys, get_setting
 
     with open_db(db_path) as db:
@@ -255,11 +258,17 @@ def tls_export(out: Path | None, show_fingerprint: bool, db_path: Path | None) -
         fingerprint = get_setting(db, Keys.TLS_FINGERPRINT)
     if not pem:
         raise CliError("no certificate published yet — start the relay once (`smtpplus relay`) on this store")
-    if show_fingerprint:
+    if show_fingerprint and not as_json:  # the JSON object carries the fingerprint anyway
         click.echo(fingerprint)
         return
     if out is not None:
-        out.write_text(pem, encoding="ascii")
-        click.echo(f"wrote the relay certificate ({fingerprint}) to {out}", err=True)
-    else:
+        try:
+            out.write_text(pem, encoding="ascii")
+        except OSError as exc:
+            raise CliError(f"cannot write {out}: {exc.strerror or exc} — check --out") from None
+        if not as_json:
+            click.echo(f"wrote the relay certificate ({fingerprint}) to {out}", err=True)
+    if as_json:
+        print_json({"pem": pem, "fingerprint": fingerprint, **({"out": str(out)} if out is not None else {})})
+    elif out is None:
         click.echo(pem, nl=not pem.endswith("\n"))

@@ -149,7 +149,7 @@ def approve(identities: tuple[str, ...], reason: str, as_json: bool, db_path: Pa
 @senders.command("send-code")
 @click.argument("address")
 @click.option("--ttl", "ttl_text", default="24h", show_default=True, help="How long the code stays valid (90s, 30m, 24h, 2d).")
-@click.option("--from", "sender", default=None, help="Sender of the code mail (default: the system sender setting).")
+@click.option("--from", "sender", default=None, help="Sender of the code mail (default: the system sender — see `senders settings`).")
 @common.json_option
 @common.db_option
 def send_code(address: str, ttl_text: str, sender: str | None, as_json: bool, db_path: Path | None) -> None:
@@ -274,6 +274,7 @@ def settings(system_sender: str | None, resolver: str | None, as_json: bool, db_
     from relay.dnscheck import ResolverError, parse_resolver
     from relay.store.db import transaction
     from relay.store.settings import Keys, delete_setting, get_setting, set_setting
+    from relay.store.verification import system_sender_choice
 
     updates: dict[str, str | None] = {}
     if system_sender is not None:
@@ -291,12 +292,22 @@ def settings(system_sender: str | None, resolver: str | None, as_json: bool, db_
                         delete_setting(db, key)
                     else:
                         set_setting(db, key, value)
+        choice = system_sender_choice(db)
         current = {
             "system_sender": get_setting(db, Keys.SYSTEM_SENDER),
+            "effective_system_sender": choice.address,
+            "system_sender_source": choice.source or None,
+            "system_sender_note": choice.explanation,
             "dns_resolver": get_setting(db, Keys.DNS_RESOLVER),
         }
     if as_json:
         common.print_json(current)
         return
-    click.echo(f"system sender  {current['system_sender'] or '- (smtpplus@<server name> once a relay has run)'}")
+    # What send-code will really use, from the same function send-code calls.
+    if choice.address is None:
+        click.echo(f"system sender  - ({choice.explanation})")
+    elif choice.source == "setting":
+        click.echo(f"system sender  {choice.address}")
+    else:
+        click.echo(f"system sender  {choice.address} (default: {choice.explanation}; change with --system-sender)")
     click.echo(f"dns resolver   {current['dns_resolver'] or '- ($SMTPPLUS_DNS_RESOLVER, else the system resolver)'}")

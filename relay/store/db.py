@@ -31,6 +31,12 @@ def default_db_path() -> Path:
     env = os.environ.get("SMTPPLUS_DB")
     if env:
         return Path(env)
+    return data_dir_db_path()
+
+
+def data_dir_db_path() -> Path:
+    """``smtpplus.db`` in the user's data directory: the one store whose directory
+    smtpplus creates by itself (see :func:`open_store`)."""
     import platformdirs
 
     return Path(platformdirs.user_data_dir("smtpplus")) / "smtpplus.db"
@@ -46,8 +52,19 @@ def _configure(db: sqlite3.Connection) -> None:
     db.execute("PRAGMA foreign_keys = ON")
 
 
-def open_store(path: str | os.PathLike[str], *, create: bool = True, migrate_to: int | None = None) -> sqlite3.Connection:
+def open_store(
+    path: str | os.PathLike[str],
+    *,
+    create: bool = True,
+    migrate_to: int | None = None,
+    create_parent: bool | None = None,
+) -> sqlite3.Connection:
     """Open (and create or upgrade) the store at ``path``.
+
+    A missing directory is created only for the default store in the user's data
+    directory (or when ``create_parent`` is true): anywhere else it is most likely a
+    typo in --db / SMTPPLUS_DB, and silently making a new empty store there would
+    hide it — that is a one-line error instead.
 
     The connection is in autocommit mode; group writes with :func:`transaction`.
     ``check_same_thread`` is off so the async bridge can hand it to its thread.
@@ -55,8 +72,17 @@ def open_store(path: str | os.PathLike[str], *, create: bool = True, migrate_to:
     p = Path(path)
     if not create and not p.exists():
         raise StoreError(f"store {p} does not exist — create it with any smtpplus command, or pass --db")
+    if create_parent is None:
+        create_parent = _same_path(p, data_dir_db_path())
+    if not create_parent and not p.parent.is_dir():
+        problem = "is not a directory" if p.parent.exists() else "does not exist"
+        raise StoreError(
+            f"store {p}: directory {p.parent} {problem} — create it (mkdir -p {p.parent}) "
+            "or pass a --db in an existing directory"
+        )
     try:
-        p.parent.mkdir(parents=True, exist_ok=True)
+        if create_parent:
+            p.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(p, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
         _configure(db)
         migrate(db, target=migrate_to)
@@ -67,6 +93,13 @@ def open_store(path: str | os.PathLike[str], *, create: bool = True, migrate_to:
     except OSError as exc:
         raise StoreError(f"store {p} is not usable: {exc.strerror or exc} — check the path and its permissions") from None
     return db
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    try:
+        return a.expanduser().absolute() == b.expanduser().absolute()
+    except (OSError, RuntimeError):
+        return False
 
 
 @contextlib.contextmanager

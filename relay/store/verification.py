@@ -14,6 +14,7 @@ run them through ``AsyncStore.run``. The DNS lookup itself is not a store functi
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 import time
 from collections.abc import Iterable
@@ -180,21 +181,74 @@ def code_info(db: sqlite3.Connection, identity_id: int) -> CodeInfo | None:
 # Codes
 
 
-def system_sender(db: sqlite3.Connection) -> str:
-    """The address code mails come from: the ``Keys.SYSTEM_SENDER`` setting, else
-    ``smtpplus@<server name>`` when the relay has published one."""
+@dataclass(frozen=True, slots=True)
+class SystemSender:
+    """Which address code mails come from, and why: ``address`` is None when there is
+    none, and then ``explanation`` says what to do (one line, for errors and settings)."""
+
+    address: str | None
+    source: str  # "setting", "server name", "host name", or "" (none)
+    explanation: str
+
+
+def system_sender_choice(db: sqlite3.Connection) -> SystemSender:
+    """The ``Keys.SYSTEM_SENDER`` setting, else ``smtpplus@<server name>`` when the
+    relay has published a server name with a dot, else ``smtpplus@<FQDN>`` when the
+    server name is this host's single-label name (``vm``) and the host has a dotted
+    FQDN. A single-label name never makes a valid address (``smtpplus@vm`` is not of
+    the form name@example.com), so without either the operator must set one."""
     configured = get_setting(db, Keys.SYSTEM_SENDER)
     if configured:
-        return _valid_sender(str(configured))
+        return SystemSender(_valid_sender(str(configured)), "setting", "set with --system-sender")
     server_name = get_setting(db, Keys.SERVER_NAME)
-    if server_name:
-        try:
-            return policy.normalize_address(f"smtpplus@{server_name}")
-        except policy.PolicyError:
-            pass
-    raise InvalidInput(
-        "no system sender set for verification mail — run `smtpplus senders settings --system-sender ADDRESS`"
+    if not server_name:
+        return SystemSender(
+            None, "", "none: no relay has published a server name yet — start the relay once, or "
+            "set one with `smtpplus senders settings --system-sender ADDRESS`"
+        )
+    name = str(server_name)
+    address = default_sender_for(name, _host_fqdn(name))
+    if address is not None:
+        source = "server name" if address == _sender_at(name) else "host name"
+        return SystemSender(address, source, f"smtpplus@ + the relay's {source}")
+    return SystemSender(
+        None, "", f"none: the relay's server name {name!r} has no dot, so smtpplus@{name} is not a valid "
+        "address — run `smtpplus senders settings --system-sender ADDRESS` (or give the relay a dotted server_name)"
     )
+
+
+def default_sender_for(server_name: str, host_fqdn: str | None) -> str | None:
+    """``smtpplus@<server name>`` if valid, else ``smtpplus@<host_fqdn>`` if valid, else None."""
+    for domain in (server_name, host_fqdn):
+        address = _sender_at(domain) if domain else None
+        if address is not None:
+            return address
+    return None
+
+
+def _sender_at(domain: str) -> str | None:
+    try:
+        return policy.normalize_address(f"smtpplus@{domain.strip().rstrip('.')}")
+    except policy.PolicyError:
+        return None
+
+
+def _host_fqdn(server_name: str) -> str | None:
+    """This host's FQDN, only when ``server_name`` is this host's bare name (the relay's
+    default): a lookup of any other name could leave the machine for DNS."""
+    if "." in server_name or server_name.lower() != socket.gethostname().lower():
+        return None
+    fqdn = socket.getfqdn()
+    return fqdn if fqdn.lower().startswith(server_name.lower() + ".") else None
+
+
+def system_sender(db: sqlite3.Connection) -> str:
+    """The address code mails come from (see :func:`system_sender_choice`); InvalidInput
+    saying why and what to do when there is none."""
+    choice = system_sender_choice(db)
+    if choice.address is None:
+        raise InvalidInput(f"no system sender for verification mail — {choice.explanation.removeprefix('none: ')}")
+    return choice.address
 
 
 def _valid_sender(value: str) -> str:

@@ -73,7 +73,8 @@ LEAF_COMMANDS = [
     ["users", "deactivate"], ["users", "reset-password"], ["users", "rm"],
     ["store", "backup"],
 ]
-JSON_COMMANDS = {("lists", "add"), ("lists", "ls"), ("lists", "show"), ("lists", "members", "ls"), ("users", "add"),
+JSON_COMMANDS = {("lists", "add"), ("lists", "ls"), ("lists", "show"), ("lists", "members", "import"),
+                 ("lists", "members", "ls"), ("users", "add"),
                  ("users", "ls"), ("users", "show"), ("users", "reset-password"), ("store", "backup")}
 
 
@@ -184,6 +185,8 @@ def test_members_import_and_ls(cli: Any, tmp_path: Path) -> None:
     out = ok(cli("lists", "members", "import", "shop", str(with_header)))
     assert "2 added, 0 already there, 1 repeated row(s)" in out
     assert "2 added, 1 already there" in ok(cli("lists", "members", "import", "Shop", str(plain)))
+    again = cli.json("lists", "members", "import", "Shop", str(with_header))
+    assert again == {"list": "Shop", "added": 0, "already": 2, "repeated_in_file": 1}
     one_line_error(cli("lists", "members", "import", "Shop", str(bad)), "bad.csv line 3", "'visitor%evil.net@example.com'", "'%'")
     one_line_error(cli("lists", "members", "import", "Shop", str(tmp_path / "missing.csv")), "cannot read", "missing.csv")
     one_line_error(cli("lists", "members", "import", "Nope", str(plain)), "no list named 'Nope'")
@@ -361,3 +364,36 @@ def test_store_backup(cli: Any, tmp_path: Path) -> None:
     assert not list(tmp_path.glob(".copy.db.partial*"))
     one_line_error(cli("store", "backup", str(tmp_path / "x.db"), "--db", str(tmp_path / "none.db")), "does not exist")
     one_line_error(cli("store", "backup", str(tmp_path / "no-dir" / "x.db")), "does not exist", "no-dir")
+
+
+def test_a_missing_store_directory_is_an_error_except_for_the_default_store(cli: Any, tmp_path: Path) -> None:
+    from tests.conftest import Cli
+
+    missing = tmp_path / "nonexistent" / "dir"
+    error = one_line_error(cli("lists", "ls", "--db", str(missing / "x.db")), f"directory {missing} does not exist", "mkdir -p")
+    assert "--db" in error
+    via_env = Cli(cli.store, {**cli.env, "SMTPPLUS_DB": str(missing / "env.db")})
+    one_line_error(via_env("users", "ls"), f"directory {missing} does not exist")
+    assert not (tmp_path / "nonexistent").exists()  # nothing was created on the way
+
+    # Neither --db nor SMTPPLUS_DB: the store goes to the user's data directory, made on first use.
+    default_env = {k: v for k, v in cli.env.items() if k != "SMTPPLUS_DB"}
+    default_cli = Cli(cli.store, default_env)
+    assert "No lists yet" in ok(default_cli("lists", "ls"))
+    default_store = Path(default_env["XDG_DATA_HOME"]) / "smtpplus" / "smtpplus.db"
+    assert default_store.is_file()
+    ok(default_cli("lists", "add", "Default"))
+    assert [x["name"] for x in default_cli.json("lists", "ls")] == ["Default"]
+
+
+def test_bench_console_puts_its_scratch_store_at_db(cli: Any, tmp_path: Path) -> None:
+    target = tmp_path / "bench.db"
+    proc = cli("harness", "bench", "console", "--count", "200", "--refreshes", "2", "--db", str(target), "--json", timeout=120)
+    result = json.loads(ok(proc))
+    assert result["store"] == str(target) and result["queued"] == 200 and result["refreshes"] == 2
+    with store(target) as db:
+        assert db.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 200
+    assert not cli.store.exists()  # SMTPPLUS_DB was never touched
+    # Never into a store that exists (a real one would get 100,000 messages), nor a missing directory.
+    one_line_error(cli("harness", "bench", "console", "--db", str(target)), "already exists", "new store")
+    one_line_error(cli("harness", "bench", "console", "--db", str(tmp_path / "no" / "b.db")), "does not exist", "mkdir -p")

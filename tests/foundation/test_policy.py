@@ -24,7 +24,7 @@ unicode_domains = st.builds(
 )
 _local = st.from_regex(r"\A[a-z0-9](?:[a-z0-9._+-]{0,20}[a-z0-9])?\Z").filter(lambda s: ".." not in s)
 # Entry text for the `;` parser: anything but commas and semicolons, spaces included.
-_entry = st.text(alphabet=st.characters(blacklist_characters=",;", blacklist_categories=("Cs",)), max_size=12)
+_entry = st.text(alphabet=st.characters(blacklist_characters=",;", blacklist_categories=["Cs"]), max_size=12)
 
 
 def _random_case(text: str, flips: list[bool]) -> str:

@@ -80,6 +80,18 @@ def test_an_unreadable_file_is_a_store_error(tmp_path: Path) -> None:
         open_store(tmp_path / "missing.db", create=False)
 
 
+def test_only_an_explicit_request_creates_the_store_directory(tmp_path: Path) -> None:
+    deep = tmp_path / "a" / "b" / "store.db"
+    with pytest.raises(StoreError, match=f"directory {deep.parent} does not exist"):
+        open_store(deep)
+    assert not (tmp_path / "a").exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StoreError, match="is not a directory"):
+        open_store(tmp_path / "file" / "store.db")
+    open_store(deep, create_parent=True).close()
+    assert deep.is_file()
+
+
 # ---------------------------------------------------------------------------
 # Lists, users, identities
 
@@ -137,7 +149,9 @@ def test_identities_are_shared_and_verification_survives_edits(db: sqlite3.Conne
     [(identity, changed)] = d.approve_identities(db, ["SHOP.example"], "existing account")
     assert changed and identity.method == "manual" and identity.reason == "existing account"
     assert d.approve_identities(db, ["shop.example"], "again") == [(identity, False)]  # a no-op
-    assert d.auth_version(db, b.username) > version_before  # cached authorizations invalidated
+    version_after = d.auth_version(db, b.username)
+    assert version_before is not None and version_after is not None
+    assert version_after > version_before  # cached authorizations invalidated
     assert d.get_user(db, b.username).needs_activation  # its only identity is verified, still inactive
     assert not d.get_user(db, a.username).needs_activation  # info@ is pending
 

@@ -73,6 +73,9 @@ async def test_daemon_ready_file_status_tls_export_and_sigterm(cli: Cli, seeded:
         cert = tmp_path / "relay-cert.pem"
         cli("tls", "export", "--out", str(cert), check=True)
         assert cli("tls", "export", "--fingerprint", check=True).stdout.strip() == status["tls_fingerprint"]
+        exported = cli.json("tls", "export")
+        assert exported == {"pem": cert.read_text(), "fingerprint": status["tls_fingerprint"]}
+        assert exported["pem"].startswith("-----BEGIN CERTIFICATE-----")
         client = aiosmtplib.SMTP(hostname="127.0.0.1", port=ready["served"][1], start_tls=True,
                                  tls_context=ssl.create_default_context(cafile=str(cert)), timeout=10)
         await client.connect()
@@ -141,3 +144,61 @@ def test_sigint_also_stops_cleanly(cli: Cli, seeded: Seeded, tmp_path: Path) -> 
     relay.wait_ready()
     assert cli.json("status")["next_hop"] == "127.0.0.1:9"  # the flag seeded the setting
     assert relay.stop(signal.SIGINT) == 0
+
+
+def test_missing_tls_files_are_named(cli: Cli, seeded: Seeded, tmp_path: Path, tls_files: dict[str, Path]) -> None:
+    def relay_error(cert: Path, key: Path) -> str:
+        toml = tmp_path / "relay.toml"
+        toml.write_text(f"tls_cert = {str(cert)!r}\ntls_key = {str(key)!r}\ndata_dir = {str(tmp_path / 'data')!r}\n")
+        proc = cli("relay", "--host", "127.0.0.1", "--ports", "0", "--config", str(toml))
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+        [line] = [x for x in proc.stderr.splitlines() if "error" in x.lower()]
+        assert "None" not in line
+        return line
+
+    cert, key = tmp_path / "gone" / "cert.pem", tmp_path / "gone" / "key.pem"
+    both = relay_error(cert, key)
+    assert f"tls_cert {cert} does not exist" in both and f"tls_key {key} does not exist" in both
+    only_key = relay_error(tls_files["cert"], key)
+    assert f"tls_key {key} does not exist" in only_key and str(tls_files["cert"]) not in only_key
+
+
+async def test_after_sigterm_a_finishing_session_may_still_quit(cli: Cli, seeded: Seeded, tmp_path: Path) -> None:
+    """SIGTERM: idle sessions get 421 at once; a transaction under way completes, and
+    then QUIT gets 221 (not an unsolicited 421 read as QUIT's reply); a new MAIL gets 421."""
+    from tests.relay.support import Raw
+
+    relay = RelayProcess(cli, tmp_path, "--ports", "0", "--allow-plain-auth")
+    try:
+        port = relay.wait_ready()["served"][0]
+        idle = await Raw.connect(port)
+        assert (await idle.login("alice"))[0] == 235
+        finishers = []
+        for _ in range(2):
+            session = await Raw.connect(port)
+            assert (await session.login("alice"))[0] == 235
+            assert (await session.command("MAIL FROM:<x@a.example>"))[0] == 250
+            assert (await session.command("RCPT TO:<r@d.example>"))[0] == 250
+            assert (await session.command("DATA"))[0] == 354
+            await session.send(b"From: x@a.example\r\nTo: r@d.example\r\nSubject: t\r\n\r\nfirst half\r\n")
+            finishers.append(session)
+
+        relay.proc.send_signal(signal.SIGTERM)
+        assert await idle.reply() == (421, "421 4.3.2 Service shutting down, try again later")
+        assert await idle.closed()
+
+        quitter, restarter = finishers
+        for session in finishers:
+            await session.send(b"second half\r\n.\r\n")
+            code, text = await session.reply()
+            assert code == 250 and "queued as" in text
+        assert await quitter.command("QUIT") == (221, "221 2.0.0 Bye")
+        assert await quitter.closed()
+        assert (await restarter.command("MAIL FROM:<x@a.example>"))[0] == 421
+        assert await restarter.closed()
+        for session in (idle, quitter, restarter):
+            await session.close()
+    finally:
+        code = relay.stop(signal.SIGTERM)
+    assert code == 0, relay.output()
+    assert len(stored_messages(seeded.store_path)) == 2

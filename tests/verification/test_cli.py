@@ -106,6 +106,43 @@ def test_code_flow_send_confirm_and_clear_errors(cli: Any, people: dict[str, Any
     assert "already verified" in _one_line_error(cli("senders", "send-code", ADDRESS))
 
 
+def test_system_sender_default_follows_the_server_name_and_says_why_not(
+    cli: Any, people: dict[str, Any], db: sqlite3.Connection
+) -> None:
+    from relay.store.settings import Keys, set_setting
+
+    # A single-label server name (a host called `vm`) makes no valid address: send-code
+    # and settings both say so, and how to fix it.
+    set_setting(db, Keys.SERVER_NAME, "smtpplus-test-host")
+    refused = _one_line_error(cli("senders", "send-code", ADDRESS))
+    assert "'smtpplus-test-host' has no dot" in refused and "senders settings --system-sender ADDRESS" in refused
+    shown = cli("senders", "settings", check=True).stdout
+    assert "'smtpplus-test-host' has no dot" in shown and "--system-sender" in shown
+    settings = cli.json("senders", "settings")
+    assert settings["system_sender"] is None and settings["effective_system_sender"] is None
+
+    # A dotted server name gives the default smtpplus@<server name>, and send-code uses exactly that.
+    set_setting(db, Keys.SERVER_NAME, "Relay.Example.NET")
+    settings = cli.json("senders", "settings")
+    assert (settings["effective_system_sender"], settings["system_sender_source"]) == ("smtpplus@relay.example.net", "server name")
+    assert "smtpplus@relay.example.net (default" in cli("senders", "settings", check=True).stdout
+    assert cli.json("senders", "send-code", ADDRESS)["sender"] == "smtpplus@relay.example.net"
+
+    # An operator's setting wins.
+    cli("senders", "settings", "--system-sender", "verify@relay.example.net", check=True)
+    settings = cli.json("senders", "settings")
+    assert (settings["effective_system_sender"], settings["system_sender_source"]) == ("verify@relay.example.net", "setting")
+
+
+def test_default_sender_falls_back_to_the_dotted_host_name() -> None:
+    from relay.store.verification import default_sender_for
+
+    assert default_sender_for("vm", "vm.lan.example") == "smtpplus@vm.lan.example"
+    assert default_sender_for("vm", None) is None
+    assert default_sender_for("vm", "localhost") is None
+    assert default_sender_for("relay.example", "vm.lan.example") == "smtpplus@relay.example"
+
+
 def test_expired_code_via_cli(cli: Any, people: dict[str, Any], db: sqlite3.Connection) -> None:
     cli("senders", "settings", "--system-sender", "verify@relay.example.net", check=True)
     bad_ttl = _one_line_error(cli("senders", "send-code", ADDRESS, "--ttl", "soon"))
