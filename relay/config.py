@@ -14,8 +14,8 @@ Public API
 ``ConfigError``
     A one-line error (a ``StoreError`` subclass, so the CLI prints it as one line).
 ``RUNTIME_SEEDS``
-    Maps the seed fields (``next_hop``, ``rate``, ``parallel``, ``paused``) to the
-    store setting they seed. Runtime controls live in the store
+    Maps the seed fields (``next_hop``, ``rate``, ``parallel``, ``paused``,
+    ``starvation_share``) to the store setting they seed. Runtime controls live in the store
     (:class:`relay.store.settings.Keys`); the relay only *seeds* them when unset.
 
 The TOML file holds the same keys as the dataclass, at the top level or inside a
@@ -114,6 +114,7 @@ class RelayConfig:
     rate: float | None = None  # messages per second, 0 = unlimited
     parallel: int | None = None  # next-hop connections
     paused: bool | None = None
+    starvation_share: float | None = None  # 0 = strict priority (off) … 0.5; see `queue starvation`
 
     def resolved_server_name(self) -> str:
         return self.server_name or socket.gethostname() or "localhost"
@@ -124,6 +125,7 @@ RUNTIME_SEEDS: dict[str, str] = {
     "rate": Keys.RATE,
     "parallel": Keys.PARALLEL,
     "paused": Keys.PAUSED,
+    "starvation_share": Keys.STARVATION_SHARE,
 }
 
 _FIELDS = {f.name: f for f in dataclasses.fields(RelayConfig)}
@@ -151,6 +153,9 @@ def load_config(
             raise ConfigError(f"unknown relay setting {name!r}")
         if value is not None:
             values[name] = _coerce(name, value, source=f"--{name.replace('_', '-')}")
+    share = values.get("starvation_share")
+    if share is not None and not 0 <= share <= 0.5:  # the store's range (relay.store.queue)
+        raise ConfigError(f"starvation_share {share:g} is out of range: 0 (off) to 0.5")
     return RelayConfig(**values)
 
 

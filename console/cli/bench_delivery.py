@@ -2,7 +2,11 @@
 
 Both run a real relay (:class:`relay.service.RelayService`, in this process, on
 127.0.0.1 with one ephemeral port), a capture sink as its next hop and the load
-on one event loop, against a fresh store in a temporary directory.
+on one event loop, against a fresh store: in a temporary directory, or at
+``--db PATH`` (a new file, kept after the run so its queue and events can be read
+with ``smtpplus queue ls --db PATH``; the relay's certificate goes in
+``<PATH stem>-bench-data`` beside it, and the dequeue measurement uses a temporary
+store in the same directory).
 
 - ``e2e``: N messages over C connections (STARTTLS + AUTH once per connection),
   delivery unthrottled. The accept rate is N over the time until the last ``250``;
@@ -23,7 +27,7 @@ import ssl
 import statistics
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +35,7 @@ from typing import Any
 import click
 
 from console.cli import common
+from console.cli.common import CliError
 
 PASSWORD = "bench-password-not-secret"
 BODY = ("Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor.\r\n" * 24).encode()
@@ -107,8 +112,41 @@ def _prepare_store(store_path: Path, members: int) -> dict[int, str]:
     return users
 
 
+@contextlib.contextmanager
+def _scratch(db_path: Path | None) -> Iterator[tuple[Path, Path]]:
+    """(store file, data directory) for one bench run: ``--db PATH`` when given (a
+    new file, kept), else both in a temporary directory removed afterwards."""
+    if db_path is None:
+        with tempfile.TemporaryDirectory(prefix="smtpplus-bench-") as tmp:
+            yield Path(tmp) / "bench.db", Path(tmp) / "data"
+        return
+    yield db_path, db_path.parent / f"{db_path.stem}-bench-data"
+
+
+def check_scratch_db(db_path: Path | None) -> Path | None:
+    """``--db`` must name a new file in an existing directory: the bench fills it
+    with its own list, users and mail, so a real store must never be used."""
+    if db_path is None:
+        return None
+    path = db_path.expanduser().resolve()
+    if path.exists():
+        raise CliError(f"--db {db_path} already exists — the bench needs a new scratch store; give a path that does not exist")
+    if not path.parent.is_dir():
+        raise CliError(f"--db {db_path}: directory {path.parent} does not exist — create it first")
+    return path
+
+
+def _scratch_option(f: Any) -> Any:
+    return click.option(
+        "--db", "db_path", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="PATH",
+        help="Put the bench's scratch store in this new file (kept afterwards; the relay's certificate goes "
+        "beside it) instead of a temporary directory. Never an existing store: it is refused.",
+    )(f)
+
+
 @contextlib.asynccontextmanager
-async def _rig(workdir: Path, *, rate: float, parallel: int, members: int = 0, paused: bool = False) -> AsyncIterator[Rig]:
+async def _rig(store_path: Path, data_dir: Path, *, rate: float, parallel: int, members: int = 0,
+               paused: bool = False) -> AsyncIterator[Rig]:
     import logging
 
     from harness.sink import CaptureSink
@@ -116,12 +154,11 @@ async def _rig(workdir: Path, *, rate: float, parallel: int, members: int = 0, p
     from relay.service import RelayService
 
     logging.getLogger("mail.log").setLevel(logging.WARNING)
-    store_path = workdir / "bench.db"
     users = await asyncio.to_thread(_prepare_store, store_path, members)
     sink = CaptureSink(port=0, keep_data=False)
     await sink.start()
     config = RelayConfig(
-        host="127.0.0.1", ports="0", data_dir=workdir / "data", server_name="bench.localhost",
+        host="127.0.0.1", ports="0", data_dir=data_dir, server_name="bench.localhost",
         next_hop=f"127.0.0.1:{sink.port}", rate=rate, parallel=parallel, paused=paused,
         message_lease=60.0, retry_base=1.0, retry_max=5.0,
     )
@@ -157,10 +194,10 @@ async def _client(port: int, username: str) -> Any:
 # e2e
 
 
-async def run_e2e(messages: int, connections: int, parallel: int, dequeue_size: int) -> BenchResult:
-    with tempfile.TemporaryDirectory(prefix="smtpplus-bench-") as tmp:
-        workdir = Path(tmp)
-        async with _rig(workdir, rate=0, parallel=parallel) as rig:
+async def run_e2e(messages: int, connections: int, parallel: int, dequeue_size: int,
+                  db_path: Path | None = None) -> BenchResult:
+    with _scratch(db_path) as (store_path, data_dir):
+        async with _rig(store_path, data_dir, rate=0, parallel=parallel) as rig:
             clients = [await _client(rig.relay_port, rig.users[3]) for _ in range(connections)]
             counter = iter(range(messages))
             accepted_at: list[float] = []
@@ -183,7 +220,7 @@ async def run_e2e(messages: int, connections: int, parallel: int, dequeue_size: 
     accept_rate = messages / accept_seconds
     delivered_rate = messages / max(delivered_seconds, 1e-9)
     ratio = delivered_rate / accept_rate
-    dequeue_ms = await asyncio.to_thread(measure_dequeue, dequeue_size)
+    dequeue_ms = await asyncio.to_thread(measure_dequeue, dequeue_size, where=db_path.parent if db_path else None)
     result = BenchResult("e2e")
     result.figures = {
         "messages": messages, "connections": connections, "parallel": parallel,
@@ -196,7 +233,7 @@ async def run_e2e(messages: int, connections: int, parallel: int, dequeue_size: 
     return result
 
 
-def measure_dequeue(queued: int, samples: int = 300) -> tuple[float, float, float]:
+def measure_dequeue(queued: int, samples: int = 300, *, where: Path | None = None) -> tuple[float, float, float]:
     """Milliseconds for one claim round (claim + dispatch event + commit) with
     ``queued`` messages of mixed priority waiting: wall-clock p50 and p99, and the
     p50 of the thread's CPU time (the cost itself, not waiting for a busy CPU)."""
@@ -204,7 +241,7 @@ def measure_dequeue(queued: int, samples: int = 300) -> tuple[float, float, floa
     from relay.store import queue as q
     from relay.store.intake import NewMessage, insert_messages
 
-    with tempfile.TemporaryDirectory(prefix="smtpplus-dequeue-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="smtpplus-dequeue-", dir=where) as tmp:
         db = open_store(Path(tmp) / "dequeue.db")
         try:
             hop = "127.0.0.1:9"
@@ -231,15 +268,15 @@ def measure_dequeue(queued: int, samples: int = 300) -> tuple[float, float, floa
 # priority
 
 
-async def run_priority(members: int, rate: float, probes: int, parallel: int, seed: int) -> BenchResult:
+async def run_priority(members: int, rate: float, probes: int, parallel: int, seed: int,
+                       db_path: Path | None = None) -> BenchResult:
     from relay.campaigns import build_template
     from relay.store import campaigns as store_campaigns
     from relay.store import open_store
 
     rng = random.Random(seed)
-    with tempfile.TemporaryDirectory(prefix="smtpplus-bench-") as tmp:
-        workdir = Path(tmp)
-        async with _rig(workdir, rate=rate, parallel=parallel, members=members) as rig:
+    with _scratch(db_path) as (store_path, data_dir):
+        async with _rig(store_path, data_dir, rate=rate, parallel=parallel, members=members) as rig:
             arrivals: dict[str, float] = {}
             rig.sink.on_message = lambda record: arrivals.__setitem__(record.message_id or "", record.at)
             client = await _client(rig.relay_port, rig.users[1])
@@ -303,11 +340,14 @@ def _run(coro: Any) -> Any:
               help="Queued messages for the dequeue-cost measurement.")
 @click.option("--quick", is_flag=True, help="A smoke run in seconds (500 messages, 10,000 queued).")
 @common.json_option
-def e2e(messages: int, connections: int, parallel: int, dequeue_size: int, quick: bool, as_json: bool) -> None:
+@_scratch_option
+def e2e(messages: int, connections: int, parallel: int, dequeue_size: int, quick: bool, as_json: bool,
+        db_path: Path | None) -> None:
     """Unthrottled accept→delivered rate as a ratio of the accept rate (target ≥ 0.5)."""
+    scratch = check_scratch_db(db_path)
     if quick:
         messages, connections, dequeue_size = min(messages, 500), min(connections, 8), min(dequeue_size, 10_000)
-    _print(_run(run_e2e(messages, connections, parallel, dequeue_size)), as_json)
+    _print(_run(run_e2e(messages, connections, parallel, dequeue_size, scratch)), as_json)
 
 
 @click.command("priority")
@@ -318,8 +358,11 @@ def e2e(messages: int, connections: int, parallel: int, dequeue_size: int, quick
 @click.option("--seed", type=int, default=1, show_default=True, help="Seed for the probe moments.")
 @click.option("--quick", is_flag=True, help="A smoke run in seconds (1,000 members, 20 probes).")
 @common.json_option
-def priority(members: int, rate: float, probes: int, parallel: int, seed: int, quick: bool, as_json: bool) -> None:
+@_scratch_option
+def priority(members: int, rate: float, probes: int, parallel: int, seed: int, quick: bool, as_json: bool,
+             db_path: Path | None) -> None:
     """Priority-1 probe latency through a campaign draining at rate R (target p99 ≤ 2/R + 50 ms)."""
+    scratch = check_scratch_db(db_path)
     if quick:
         members, probes = min(members, 1000), min(probes, 20)
-    _print(_run(run_priority(members, rate, probes, parallel, seed)), as_json)
+    _print(_run(run_priority(members, rate, probes, parallel, seed, scratch)), as_json)

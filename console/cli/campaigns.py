@@ -40,14 +40,21 @@ def campaign_json(c: Any) -> dict[str, Any]:
 @click.option("--body", default=None, help="Plain-text body.")
 @click.option("--eml", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="A whole message file (.eml) to send instead of --body.")
-@click.option("--from", "mail_from", default=None, help="Sender address (default: the --eml file's From:).")
+@click.option("--from", "mail_from", default=None,
+              help="Sender address: required with --body; optional with --eml (default: the file's From:, "
+              "which --from replaces). It and every From:/Sender: address must be a verified sender identity "
+              "(the exact address, or exactly its domain) — see `smtpplus senders ls`.")
 @click.option("--at", "at", default=None, help="When: 'now' (default), '+30m', or '2025-06-01 09:30' (local time).")
 @click.option("--priority", default="3", show_default=True, help="Queue priority 1 (very high) – 5 (very low).")
 @common.json_option
 @common.db_option
 def add(list_name: str, subject: str | None, body: str | None, eml: Path | None, mail_from: str | None,
         at: str | None, priority: str, as_json: bool, db_path: Path | None) -> None:
-    """Schedule a campaign: one message per list member."""
+    """Schedule a campaign: one message per list member.
+
+    The sender must be verified like any relay user's: a campaign from an address
+    whose identity (the address, or exactly its domain) is pending or unknown is
+    refused, with the `smtpplus senders …` command that verifies it."""
     from relay.campaigns import CampaignInputError, build_template, eml_sender, parse_when
     from relay.priority import validate_priority
     from relay.store import campaigns as store_campaigns
@@ -60,7 +67,8 @@ def add(list_name: str, subject: str | None, body: str | None, eml: Path | None,
     raw = eml.read_bytes() if eml is not None else None
     sender = mail_from or (eml_sender(raw) if raw is not None else None)
     if not sender:
-        raise CliError("give the sender with --from ADDRESS" + (" (the --eml file has no From: address)" if raw else ""))
+        raise CliError("give the sender with --from ADDRESS" + (
+            " (the --eml file has no From: address)" if raw is not None else " (required with --body)"))
     try:
         when = parse_when(at)
         template, final_subject, _header_from = build_template(subject=subject, mail_from=sender, body=body, eml=raw)

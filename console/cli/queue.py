@@ -1,5 +1,6 @@
 """``smtpplus queue``: the sending queue — inspect, hold, release, retry, delete;
-pause and resume all delivery; the shared rate, parallel connections and next hop.
+pause and resume all delivery; the shared rate, parallel connections, next hop and
+anti-starvation share.
 
 Every change is a row or setting in the store (recorded as an operator event); a
 relay in another process follows it within about a second.
@@ -16,7 +17,7 @@ import click
 from console.cli import common
 from console.cli.common import CliError, LazyGroup
 
-queue = LazyGroup(name="queue", help="The sending queue: inspect, hold, retry; pause, rate, next hop.")
+queue = LazyGroup(name="queue", help="The sending queue: inspect, hold, retry; pause, rate, next hop, starvation share.")
 
 STATES = ("active", "all", "queued", "sending", "deferred", "held", "sent", "failed")
 
@@ -85,9 +86,11 @@ def ls(state: str, priority: int | None, limit: int, as_json: bool, db_path: Pat
         return
     assert overview is not None
     settings = overview.settings
-    status = overview.status.get("state", "no relay has run")
+    status = overview.delivery_state[0]
+    if overview.relay_alive and settings.paused:
+        status = "paused"
     click.echo(
-        f"delivery: {'paused' if settings.paused else status} · next hop {settings.next_hop or 'none'} "
+        f"delivery: {status} · next hop {settings.next_hop or 'none'} "
         f"· rate {'unlimited' if not settings.rate else f'{settings.rate:g}/s'} · parallel {settings.parallel}"
     )
     if not rows:
@@ -246,6 +249,25 @@ def parallel(count: str, db_path: Path | None) -> None:
     click.echo(f"Parallel connections: {int(count)}.")
 
 
+@queue.command("starvation")
+@click.argument("share", required=False)
+@common.db_option
+def starvation(share: str | None, db_path: Path | None) -> None:
+    """Show or set the anti-starvation share: the fraction of the bandwidth reserved
+    for the oldest lower-priority message (0 = off, the default: strict priority;
+    at most 0.5). E.g. 0.05 sends 1 message in 20 from the oldest lower priority
+    while higher-priority mail is waiting."""
+    from relay.store import queue as store_queue
+
+    with common.open_db(db_path) as db:
+        if share is None:
+            current = store_queue.delivery_settings(db).starvation_share
+            click.echo(f"starvation share: {store_queue.describe_starvation_share(current)}")
+            return
+        value = store_queue.set_starvation_share(db, share)
+    click.echo(f"Starvation share: {store_queue.describe_starvation_share(value)}.")
+
+
 @queue.command("next-hop")
 @click.argument("hop", required=False, metavar="HOST:PORT")
 @click.option("--tls", type=click.Choice(["required", "opportunistic", "off"]), default=None,
@@ -302,6 +324,7 @@ def status(as_json: bool, db_path: Path | None) -> None:
         common.print_json({
             "paused": s.paused, "rate": s.rate, "parallel": s.parallel, "next_hop": s.next_hop,
             "next_hop_tls": s.next_hop_tls, "starvation_share": s.starvation_share, "status": o.status,
+            "relay_alive": o.relay_alive, "delivery": dict(zip(("state", "detail"), o.delivery_state, strict=True)),
             "sent_last_minute": o.sent_last_minute,
             "priorities": [
                 {"priority": lane.priority, "queued": lane.queued, "deferred": lane.deferred, "sending": lane.sending,
@@ -310,9 +333,11 @@ def status(as_json: bool, db_path: Path | None) -> None:
             ],
         })
         return
-    click.echo(f"delivery: {o.status.get('state', 'no relay has run')} {o.status.get('detail', '')}".rstrip())
+    state, detail = o.delivery_state
+    click.echo(f"delivery: {state}" + (f" ({detail})" if detail else ""))
     click.echo(f"paused {s.paused} · next hop {s.next_hop or 'none'} ({s.next_hop_tls}) · rate "
                f"{'unlimited' if not s.rate else f'{s.rate:g}/s'} · parallel {s.parallel} · sent last minute {o.sent_last_minute}")
+    click.echo(f"starvation share {store_queue.describe_starvation_share(s.starvation_share)}")
     for lane in o.lanes:
         wait = lane.oldest_wait(now)
         click.echo(f"  priority {lane.priority}: queued {lane.queued}, deferred {lane.deferred}, sending {lane.sending}, "

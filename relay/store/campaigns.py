@@ -5,6 +5,10 @@ Operators: :func:`create_campaign`, :func:`list_campaigns`, :func:`get_campaign`
 The relay's engine: :func:`start_due_campaigns`, :func:`expandable_campaigns`,
 :func:`expand_batch`, :func:`finish_campaigns`.
 
+A campaign sends only as verified sender identities: its envelope sender and
+every address in its ``From:``/``Sender:`` must be covered by a verified identity
+(the exact address, or exactly its domain) — the rule the relay applies to users.
+
 Expansion inserts one message per member in batches (a keyset cursor on the member
 address, saved with each batch), so a 100,000-member list never blocks the relay
 and a crash resumes where the last committed batch ended. Preemption by priority
@@ -27,6 +31,7 @@ from relay.store.directory import get_list
 from relay.store.errors import InvalidInput, NotFound
 from relay.store.events import NewEvent, record_event
 from relay.store.intake import NewMessage, insert_messages, new_queue_id
+from relay.store.settings import Keys, get_setting
 
 EXPAND_BATCH = 500
 
@@ -55,16 +60,27 @@ class CampaignInfo:
     sent: int = 0
     failed: int = 0
     pending: int = 0  # queued, sending, deferred or held
+    delivery_paused: bool = False  # all delivery is paused (``smtpplus queue pause``)
 
     @property
     def display_state(self) -> str:
-        """What operators see: ``paused: priority traffic`` while preempted."""
+        """What operators see: ``paused: priority traffic`` while preempted, and
+        ``paused (all delivery paused)`` while nothing at all is delivered — a
+        campaign that cannot send is never shown as sending."""
+        if self.state == "paused" and self.paused_reason == "operator":
+            return "paused"
+        if self.delivery_paused and self.state in ("sending", "paused"):
+            return "paused (all delivery paused)"
         if self.state == "paused":
             return "paused: priority traffic" if self.paused_reason == "priority" else "paused"
         return self.state
 
 
-def _info(db: sqlite3.Connection, row: sqlite3.Row) -> CampaignInfo:
+def _delivery_paused(db: sqlite3.Connection) -> bool:
+    return bool(get_setting(db, Keys.PAUSED, False))
+
+
+def _info(db: sqlite3.Connection, row: sqlite3.Row, delivery_paused: bool | None = None) -> CampaignInfo:
     counts = dict(
         db.execute(
             "SELECT state, count(*) FROM messages WHERE campaign_id = ? GROUP BY state", (row[0],)
@@ -74,6 +90,7 @@ def _info(db: sqlite3.Connection, row: sqlite3.Row) -> CampaignInfo:
     return CampaignInfo(
         row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9], bool(row[10]), row[11],
         row[12], row[13], counts.get("sent", 0), counts.get("failed", 0), pending,
+        _delivery_paused(db) if delivery_paused is None else delivery_paused,
     )
 
 
@@ -87,7 +104,8 @@ def get_campaign(db: sqlite3.Connection, campaign_id: int) -> CampaignInfo:
 def list_campaigns(db: sqlite3.Connection, *, limit: int = 200) -> list[CampaignInfo]:
     """Newest first, with progress counts."""
     rows = db.execute(f"SELECT {_COLUMNS} FROM campaigns c ORDER BY c.id DESC LIMIT ?", (limit,)).fetchall()
-    return [_info(db, r) for r in rows]
+    paused = _delivery_paused(db)
+    return [_info(db, r, paused) for r in rows]
 
 
 def create_campaign(
@@ -103,7 +121,11 @@ def create_campaign(
 ) -> CampaignInfo:
     """Schedule ``template`` (a whole message without ``To:``/``Message-ID:``, CRLF
     line ends — see :func:`relay.campaigns.build_template`) for every member of
-    ``list_name`` at ``scheduled_at`` (default now), with queue ``priority``."""
+    ``list_name`` at ``scheduled_at`` (default now), with queue ``priority``.
+
+    Refused (:class:`InvalidInput`, one line naming the fix) unless ``mail_from`` and
+    every address in the template's ``From:``/``Sender:`` is covered by a verified
+    sender identity — the same rule, and the same header parsing, as the relay's."""
     stamp = time.time() if now is None else now
     target = get_list(db, list_name)
     if target.members == 0:
@@ -114,6 +136,9 @@ def create_campaign(
         sender = policy.normalize_address(mail_from)
     except policy.PolicyError as exc:
         raise InvalidInput(f"--from: {exc}") from None
+    require_verified_sender(db, sender, "--from")
+    for address, header in template_senders(template):
+        require_verified_sender(db, address, f"the message's {header}")
     level = validate_priority(priority)
     when = stamp if scheduled_at is None else float(scheduled_at)
     with transaction(db):
@@ -132,6 +157,65 @@ def create_campaign(
             ),
         )
     return get_campaign(db, campaign_id)
+
+
+def template_senders(template: bytes) -> list[tuple[str, str]]:
+    """(address, header) for every address a reader could take for the sender of
+    ``template``: its ``From:`` and ``Sender:`` addresses, display names and comments
+    included. Raises :class:`InvalidInput` for a missing, repeated or unparsable one."""
+    # The relay's own parsers, so a campaign passes exactly the checks SMTP mail does
+    # (imported here: the store is otherwise independent of the SMTP layer).
+    from relay.message import address_like, header_addresses, header_section, split_headers
+
+    fields = split_headers(header_section(template))
+    found: list[tuple[str, str]] = []
+    for name, header in (("from", "From:"), ("sender", "Sender:")):
+        values = [value for field_name, value in fields if field_name == name]
+        if not values:
+            if name == "from":
+                raise InvalidInput("the campaign message has no From: header — give --from ADDRESS")
+            continue
+        if len(values) > 1:
+            raise InvalidInput(f"the campaign message has more than one {header} header — keep one")
+        addresses = header_addresses(values[0])
+        if addresses is None:
+            raise InvalidInput(f"the campaign message's {header} header does not parse: {values[0].strip()[:200]!r}")
+        for address in (*addresses, *address_like(values[0])):
+            if all(address.lower() != seen.lower() for seen, _ in found):
+                found.append((address, header))
+    return found
+
+
+def require_verified_sender(db: sqlite3.Connection, address: str, what: str) -> str:
+    """The verified identity (exact address, else exactly its domain) that lets a
+    campaign send as ``address``; :class:`InvalidInput` naming the fix otherwise."""
+    check = policy.check_address(address)
+    if check.problem is not None or check.address is None:
+        raise InvalidInput(
+            f"{what} {address!r} is not a valid sender address ({policy.describe_address_problem(check.problem)})"
+        )
+    canonical = check.address
+    domain = canonical.rpartition("@")[2]
+    states = dict(
+        db.execute("SELECT value, state FROM identities WHERE value IN (?, ?)", (canonical, domain)).fetchall()
+    )
+    for value in (canonical, domain):
+        if states.get(value) == "verified":
+            return value
+    if states.get(canonical) == "pending":
+        raise InvalidInput(
+            f"{what} {canonical}: sender identity {canonical} awaits verification — verify it with "
+            f"`smtpplus senders send-code {canonical}` (or `smtpplus senders approve {canonical} --reason …`)"
+        )
+    if states.get(domain) == "pending":
+        raise InvalidInput(
+            f"{what} {canonical}: sender identity {domain} awaits verification — verify it with "
+            f"`smtpplus senders check-dns {domain}` (or `smtpplus senders approve {domain} --reason …`)"
+        )
+    raise InvalidInput(
+        f"{what} {canonical} is not a known sender identity — add it to a user's senders/domains and verify it "
+        f"(`smtpplus users edit USER --senders {canonical}` or `--domains {domain}`, then `smtpplus senders …`)"
+    )
 
 
 def _campaign_event(db: sqlite3.Connection, info: CampaignInfo, reason: Reason, detail: str, now: float) -> None:

@@ -11,7 +11,7 @@ Public API for the relay's engine: :func:`dispatch_round` (one unit of scheduler
 work per call), :func:`reclaim_owner`, :func:`prune`, :func:`publish_status`.
 For operators (CLI, console): :func:`hold`, :func:`release`, :func:`retry`,
 :func:`delete`, :func:`set_paused`, :func:`set_rate`, :func:`set_parallel`,
-:func:`set_next_hop`, :func:`list_messages`, :func:`message_detail`,
+:func:`set_starvation_share`, :func:`set_next_hop`, :func:`list_messages`, :func:`message_detail`,
 :func:`queue_overview`, :func:`delivery_settings`.
 """
 
@@ -31,6 +31,7 @@ from relay.store.db import data_version, transaction
 from relay.store.errors import InvalidInput, NotFound
 from relay.store.events import Event, NewEvent, events_for_message, record_event, record_events
 from relay.store.intake import NewMessage, insert_messages
+from relay.store.lease import relay_status
 from relay.store.settings import Keys, get_settings, set_setting
 
 ACTIVE_STATES = ("queued", "sending", "deferred", "held")
@@ -92,7 +93,7 @@ def delivery_settings(db: sqlite3.Connection) -> DeliverySettings:
         next_hop_user=raw.get(Keys.NEXT_HOP_USER) or None,
         next_hop_password=raw.get(Keys.NEXT_HOP_PASSWORD) or None,
         next_hop_cafile=raw.get(Keys.NEXT_HOP_CAFILE) or None,
-        starvation_share=min(0.5, max(0.0, num(Keys.STARVATION_SHARE, 0.0))),
+        starvation_share=min(MAX_STARVATION_SHARE, max(0.0, num(Keys.STARVATION_SHARE, 0.0))),
     )
 
 
@@ -151,14 +152,39 @@ def set_parallel(db: sqlite3.Connection, parallel: int) -> None:
         _operator_event(db, Reason.SETTING_CHANGED, f"parallel connections set to {value}")
 
 
-def set_starvation_share(db: sqlite3.Connection, share: float) -> None:
-    """Share of the bandwidth reserved for the oldest lower-priority message (0 = off, ≤ 0.5)."""
-    value = float(share)
-    if not 0 <= value <= 0.5:
-        raise InvalidInput(f"starvation share must be from 0 (off) to 0.5, not {share}")
+MAX_STARVATION_SHARE = 0.5
+
+
+def parse_starvation_share(share: float | str) -> float:
+    """A share of the bandwidth, 0 (off) to :data:`MAX_STARVATION_SHARE`; a precise error otherwise."""
+    try:
+        value = float(str(share).strip())
+    except ValueError:
+        raise InvalidInput(
+            f"starvation share {share!r} is not a number — give 0 (off) to {MAX_STARVATION_SHARE:g}, e.g. 0.05"
+        ) from None
+    if not 0 <= value <= MAX_STARVATION_SHARE:  # also refuses nan
+        raise InvalidInput(
+            f"starvation share must be from 0 (off) to {MAX_STARVATION_SHARE:g} (a fraction of the bandwidth), not {share}"
+        )
+    return value
+
+
+def describe_starvation_share(share: float) -> str:
+    """How operators read the share: ``off`` or ``0.05 (1 dispatch in 20 …)``."""
+    if not share:
+        return "off (strict priority)"
+    return f"{share:g} (1 dispatch in {1 / share:.3g} goes to the oldest lower-priority message)"
+
+
+def set_starvation_share(db: sqlite3.Connection, share: float | str) -> float:
+    """Share of the bandwidth reserved for the oldest lower-priority message
+    (0 = off, the default; at most 0.5). Recorded as an operator event; returns the value."""
+    value = parse_starvation_share(share)
     with transaction(db):
         set_setting(db, Keys.STARVATION_SHARE, value)
-        _operator_event(db, Reason.SETTING_CHANGED, f"starvation share set to {value:g}")
+        _operator_event(db, Reason.SETTING_CHANGED, f"starvation share set to {describe_starvation_share(value)}")
+    return value
 
 
 def set_next_hop(
@@ -857,12 +883,24 @@ class PriorityLane:
 class QueueOverview:
     lanes: list[PriorityLane]
     settings: DeliverySettings
-    status: dict[str, Any]
+    status: dict[str, Any]  # the engine's last published state (stale once its relay is gone)
     sent_last_minute: int
+    relay_alive: bool = False  # a relay holds this store's lease with a fresh heartbeat
 
     @property
     def queued(self) -> int:
         return sum(lane.queued for lane in self.lanes)
+
+    @property
+    def delivery_state(self) -> tuple[str, str]:
+        """(state, detail) for operators. Without a live relay the engine's last
+        status is history, not news: nothing is delivered, whatever it said."""
+        if not self.relay_alive:
+            detail = "start one with `smtpplus relay` or `smtpplus console`; queued mail waits"
+            if self.settings.paused:
+                detail = "and delivery is paused — " + detail
+            return "relay not running", detail
+        return str(self.status.get("state") or "starting"), str(self.status.get("detail") or "")
 
 
 def queue_overview(db: sqlite3.Connection, *, now: float | None = None) -> QueueOverview:
@@ -893,7 +931,8 @@ def queue_overview(db: sqlite3.Connection, *, now: float | None = None) -> Queue
         "SELECT count(*) FROM messages WHERE finished_at >= ? AND state = 'sent'", (stamp - 60,)
     ).fetchone()[0]
     status = get_settings(db, [Keys.STATUS]).get(Keys.STATUS) or {}
-    return QueueOverview(lanes, delivery_settings(db), status, sent)
+    alive = relay_status(db, now=stamp).alive
+    return QueueOverview(lanes, delivery_settings(db), status, sent, alive)
 
 
 # ---------------------------------------------------------------------------

@@ -15,12 +15,14 @@ from typing import Any
 import aiosmtplib
 
 from relay.reasons import Reason
-from relay.store import directory
+from relay.store import directory, lease
 from relay.store import queue as q
+from relay.store.campaigns import start_due_campaigns
 from relay.store.events import NewEvent, find_events, record_event
 from relay.store.settings import Keys, get_setting
 from tests.conftest import ROOT
 from tests.delivery.conftest import enqueue, message
+from tests.delivery.test_campaigns import NO_LOGIN, verify_sender_domain
 
 
 def test_queue_listing_show_and_message_actions(cli: Any, db: Any) -> None:
@@ -82,6 +84,7 @@ def test_queue_controls_are_store_settings_and_operator_events(cli: Any, db: Any
 def test_campaign_commands(cli: Any, db: Any, tmp_path: Path) -> None:
     directory.create_list(db, "news")
     directory.import_members(db, "news", [("a@example.org", "A"), ("b@example.org", "B")])
+    verify_sender_domain(db, "example.com")
     made = cli.json("campaigns", "add", "--list", "news", "--subject", "Hello", "--body", "Hi all",
                     "--from", "news@example.com", "--priority", "4", "--at", "+1h")
     assert (made["state"], made["priority"], made["total"]) == ("scheduled", 4, 2)
@@ -102,6 +105,82 @@ def test_campaign_commands(cli: Any, db: Any, tmp_path: Path) -> None:
     ):
         bad = cli(*args)
         assert bad.returncode != 0 and words in bad.stderr, bad.stderr
+
+
+def test_campaigns_send_only_as_verified_identities(cli: Any, db: Any, tmp_path: Path) -> None:
+    directory.create_list(db, "Tiny")
+    directory.import_members(db, "Tiny", [("a@example.org", "A")])
+    verify_sender_domain(db, "example.com")
+    spoof = cli("campaigns", "add", "--list", "Tiny", "--subject", "spoof", "--body", "hi",
+                "--from", "ceo@bank-not-ours.example")
+    assert spoof.returncode == 1 and "Traceback" not in spoof.stderr
+    [line] = spoof.stderr.strip().splitlines()
+    assert line.startswith("smtpplus: error: --from ceo@bank-not-ours.example is not a known sender identity — "
+                           "add it to a user's senders/domains and verify it")
+    eml = tmp_path / "spoof.eml"
+    eml.write_bytes(b"From: CEO <ceo@bank-not-ours.example>\nSubject: Wire money\n\nNow.\n")
+    from_eml = cli("campaigns", "add", "--list", "Tiny", "--eml", str(eml))
+    assert from_eml.returncode == 1 and "ceo@bank-not-ours.example is not a known sender identity" in from_eml.stderr
+    nope = cli("campaigns", "add", "--list", "Nope", "--subject", "s", "--body", "hi", "--from", "ceo@bank-not-ours.example")
+    assert nope.returncode == 1 and "no list named 'Nope'" in nope.stderr
+    no_from = cli("campaigns", "add", "--list", "Tiny", "--subject", "s", "--body", "hi")
+    assert no_from.returncode == 1 and "--from ADDRESS (required with --body)" in no_from.stderr
+    assert "required with --body; optional with --eml" in " ".join(cli("campaigns", "add", "--help").stdout.split())
+    assert cli.json("campaigns", "ls") == []
+    # The same address through a pending identity names the verification step.
+    directory.create_user(db, list_name="Tiny", password_hash=NO_LOGIN, username="ceo", senders=["ceo@bank-not-ours.example"])
+    pending = cli("campaigns", "add", "--list", "Tiny", "--subject", "s", "--body", "hi", "--from", "ceo@bank-not-ours.example")
+    assert pending.returncode == 1
+    assert "awaits verification — verify it with `smtpplus senders send-code ceo@bank-not-ours.example`" in pending.stderr
+
+
+def test_campaigns_ls_shows_all_delivery_paused(cli: Any, db: Any) -> None:
+    directory.create_list(db, "news")
+    directory.import_members(db, "news", [("a@example.org", "A")])
+    verify_sender_domain(db, "example.com")
+    made = cli.json("campaigns", "add", "--list", "news", "--subject", "Hello", "--body", "Hi", "--from", "news@example.com")
+    start_due_campaigns(db)
+    assert cli.json("campaigns", "ls")[0]["state"] == "sending"
+    cli("queue", "pause", check=True)
+    assert cli.json("campaigns", "ls")[0]["state"] == "paused (all delivery paused)"
+    assert "paused (all delivery paused)" in cli("campaigns", "ls", check=True).stdout
+    cli("queue", "resume", check=True)
+    assert cli.json("campaigns", "ls")[0]["state"] == "sending" and made["id"] == 1
+
+
+def test_queue_starvation_share_is_an_operator_setting(cli: Any, db: Any) -> None:
+    assert cli("queue", "starvation", check=True).stdout.strip() == "starvation share: off (strict priority)"
+    assert "starvation share off" in cli("queue", "status", check=True).stdout
+    out = cli("queue", "starvation", "0.05", check=True).stdout
+    assert out.strip() == "Starvation share: 0.05 (1 dispatch in 20 goes to the oldest lower-priority message)."
+    assert q.delivery_settings(db).starvation_share == 0.05
+    assert cli.json("queue", "status")["starvation_share"] == 0.05
+    assert "starvation share 0.05 (1 dispatch in 20" in cli("queue", "status", check=True).stdout
+    [event] = find_events(db, kind="operator", reason=str(Reason.SETTING_CHANGED))
+    assert event.detail.startswith("starvation share set to 0.05")
+    for value, words in (("0.6", "from 0 (off) to 0.5"), ("-1", "from 0 (off) to 0.5"), ("lots", "is not a number"),
+                         ("nan", "from 0 (off) to 0.5")):
+        bad = cli("queue", "starvation", "--", value)
+        assert bad.returncode == 1 and words in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    cli("queue", "starvation", "0", check=True)
+    assert q.delivery_settings(db).starvation_share == 0.0
+
+
+def test_queue_status_says_when_no_relay_is_running(cli: Any, db: Any) -> None:
+    # The engine's last word was "running", but its relay is gone (no live lease).
+    q.publish_status(db, "running", "to 127.0.0.1:8025")
+    status = cli("queue", "status", check=True).stdout
+    assert status.splitlines()[0].startswith("delivery: relay not running (start one with `smtpplus relay`")
+    assert "running (to" not in status
+    assert "delivery: relay not running" in cli("queue", "ls", check=True).stdout
+    report = cli.json("queue", "status")
+    assert report["relay_alive"] is False and report["delivery"]["state"] == "relay not running"
+    lease.acquire(db, "relay-live", os.getpid(), "test-host", "127.0.0.1")
+    status = cli("queue", "status", check=True).stdout
+    assert status.splitlines()[0] == "delivery: running (to 127.0.0.1:8025)"
+    assert cli.json("queue", "status")["relay_alive"] is True
+    lease.release(db, "relay-live")
+    assert cli.json("queue", "status")["delivery"]["state"] == "relay not running"
 
 
 def test_list_statistics_today_and_total(cli: Any, db: Any) -> None:

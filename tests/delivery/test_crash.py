@@ -6,6 +6,7 @@ SIGKILL mid-delivery, under load, again and again — every message that got its
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import re
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Sized
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,10 @@ from tests.delivery.conftest import eventually
 
 PASSWORD = "crash-test-password"
 QUEUED = re.compile(r"queued as (\S+)")
+
+
+def _grew_by(before: int, more: int, items: Sized) -> bool:
+    return len(items) >= before + more
 
 
 def relay_env(cli: Any, tmp_path: Path) -> dict[str, str]:
@@ -114,8 +120,8 @@ async def test_kill_9_mid_delivery_never_loses_an_accepted_message(cli: Any, db:
             before_sink, before_accepted = len(sink.messages), len(accepted)
             load = asyncio.create_task(send_load(port, cycle * 100_000, accepted, stop))
             # Kill once this relay is both accepting and delivering.
-            await sink.wait_until(lambda m, n=before_sink: len(m) >= n + 25, within=30)
-            await eventually(lambda n=before_accepted: len(accepted) >= n + 40, within=30, every=0.01)
+            await sink.wait_until(functools.partial(_grew_by, before_sink, 25), within=30)
+            await eventually(functools.partial(_grew_by, before_accepted, 40, accepted), within=30, every=0.01)
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
             kills += 1

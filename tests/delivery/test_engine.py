@@ -31,7 +31,7 @@ from tests.delivery.conftest import (
 def dispatch_order(db: Any) -> list[int]:
     """Message ids in the order the engine dispatched them (delivery-attempt events)."""
     events = find_events(db, kind=str(EventKind.DELIVERY), reason=str(Reason.DELIVERY_ATTEMPT), limit=100_000)
-    return [e.message_id for e in sorted(events, key=lambda e: e.id)]
+    return [e.message_id for e in sorted(events, key=lambda e: e.id) if e.message_id is not None]
 
 
 async def test_batch_queued_while_paused_arrives_in_priority_then_fifo_order(db: Any, store_path: Path, sink: CaptureSink) -> None:
@@ -168,7 +168,7 @@ async def test_next_hop_down_then_up_delivers_everything_without_hammering(db: A
             await eventually(lambda: states(db) == {"sent": 20})
         finally:
             await second.stop()
-    assert sorted(r.subject for r in records) == sorted(f"m{n} p3" for n in range(20))
+    assert sorted(r.subject or "" for r in records) == sorted(f"m{n} p3" for n in range(20))
     assert find_events(db, reason=str(Reason.NEXT_HOP_UP))
 
 
@@ -272,7 +272,7 @@ async def test_expired_leases_and_a_dead_relays_claims_are_delivered(db: Any, st
     async with running_engine(store_path, reclaim_from="dead-relay") as engine:
         records = await sink.wait_for(4)
         await eventually(lambda: states(db) == {"sent": 4})
-    assert sorted(r.subject for r in records) == [f"m{n} p3" for n in range(4)]
+    assert sorted(r.subject or "" for r in records) == [f"m{n} p3" for n in range(4)]
     reclaimed = find_events(db, reason=str(Reason.LEASE_RECLAIMED))
     assert {e.message_id for e in reclaimed} == {m.id for m in claimed} | {queued[2].message_id}
     assert engine.counters.reclaimed == 3

@@ -35,7 +35,8 @@ def test_claims_follow_priority_then_fifo_and_carry_what_delivery_needs(db: Any)
     assert first.recipients == ["rcpt1@example.net"] and first.data.startswith(b"From: ")
     assert first.attempts == 1 and first.priority == 1
     row = q.message_detail(db, first.queue_id).message
-    assert (row.state, row.lease_owner) == ("sending", "a") and row.lease_until > time.time() + 50
+    assert (row.state, row.lease_owner) == ("sending", "a")
+    assert row.lease_until is not None and row.lease_until > time.time() + 50
 
 
 def test_concurrent_claims_never_hand_out_a_message_twice(store_path: Path, db: Any) -> None:
@@ -211,7 +212,8 @@ def test_queue_overview_counts_per_priority_with_the_oldest_wait(db: Any) -> Non
     overview = q.queue_overview(db)
     lanes = {lane.priority: lane for lane in overview.lanes}
     assert (lanes[1].queued, lanes[1].sending, lanes[4].queued) == (1, 1, 1)
-    assert lanes[2].oldest_created_at is None and lanes[4].oldest_wait(time.time() + 5) >= 5
+    wait = lanes[4].oldest_wait(time.time() + 5)
+    assert lanes[2].oldest_created_at is None and wait is not None and wait >= 5
 
 
 def test_a_due_retry_is_ready_for_any_claim_and_goes_before_lower_priority_mail(db: Any) -> None:
@@ -228,3 +230,30 @@ def test_a_due_retry_is_ready_for_any_claim_and_goes_before_lower_priority_mail(
     result = q.dispatch_round(db, q.RoundRequest(owner="a", lease_seconds=60, budget=2, hop=HOP))
     assert [c.id for c in result.claimed] == [m.id, waiting[0].message_id]
     assert result.next_due_checked and result.next_due is None  # nothing deferred is left
+
+
+async def test_the_starvation_share_is_seeded_like_rate_only_while_unset(
+    db: Any, store_path: Path, tmp_path: Path, tls_files: dict[str, Path]
+) -> None:
+    from relay.config import ConfigError, load_config
+    from relay.service import RelayService
+
+    assert load_config(environ={"SMTPPLUS_STARVATION_SHARE": "0.05"}).starvation_share == 0.05
+    with pytest.raises(ConfigError, match="starvation_share 0.7 is out of range: 0 \\(off\\) to 0.5"):
+        load_config(overrides={"starvation_share": 0.7}, environ={})
+    config = load_config(overrides={
+        "host": "127.0.0.1", "ports": "0", "data_dir": tmp_path / "data", "tls_cert": tls_files["cert"],
+        "tls_key": tls_files["key"], "paused": True, "starvation_share": 0.1, "rate": 5,
+    }, environ={})
+
+    async def run_relay_once() -> None:
+        service = RelayService(store_path, config)
+        await service.start()
+        await service.stop(grace=1.0)
+
+    assert q.delivery_settings(db).starvation_share == 0.0  # off by default
+    await run_relay_once()
+    assert (q.delivery_settings(db).starvation_share, q.delivery_settings(db).rate) == (0.1, 5.0)
+    q.set_starvation_share(db, "0.2")  # the operator's value wins over the seed from now on
+    await run_relay_once()
+    assert q.delivery_settings(db).starvation_share == 0.2

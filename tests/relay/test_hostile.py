@@ -11,9 +11,9 @@ import base64
 import socket
 from pathlib import Path
 
+from relay.message import received_header
 from relay.reasons import Reason
 from relay.service import RelayService
-from relay.smtp import received_header
 from relay.store import directory
 from tests.relay.support import (
     PASSWORD,

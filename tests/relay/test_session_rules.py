@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from relay.smtp import (
+from relay.message import (
     decoded_subject,
     header_addresses,
     header_section,
@@ -13,8 +13,8 @@ from relay.smtp import (
     sanitize_ehlo,
     shown,
     split_headers,
-    split_path,
 )
+from relay.smtp import split_path
 
 
 @pytest.mark.parametrize(
