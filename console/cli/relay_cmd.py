@@ -224,7 +224,13 @@ def _print_status(current: Any) -> None:
     encryption = "STARTTLS (optional: plain AUTH allowed)" if current.allow_plain_auth else "STARTTLS (required for AUTH)"
     table.add_row("encryption", encryption)
     table.add_row("TLS fingerprint", current.tls_fingerprint or "- (published when the relay first starts)")
-    table.add_row("delivery", "paused" if current.paused else "running")
+    if current.paused:
+        delivery = "paused (smtpplus queue resume)"
+    elif current.alive:
+        delivery = "running"
+    else:
+        delivery = "stopped — no relay is running on this store"
+    table.add_row("delivery", delivery)
     table.add_row("next hop", current.next_hop or "none — delivery waits (smtpplus queue next-hop HOST:PORT)")
     if current.rate is not None:
         table.add_row("rate", f"{current.rate:g}/s" if current.rate else "unlimited")

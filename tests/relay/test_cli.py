@@ -135,6 +135,7 @@ def test_bad_config_and_port_spec_are_one_line_errors(cli: Cli, tmp_path: Path) 
 def test_status_and_tls_export_without_a_relay(cli: Cli) -> None:
     status = cli("status")
     assert status.returncode == 0 and "not running" in status.stdout
+    assert "stopped — no relay is running" in status.stdout and "running\n" not in status.stdout
     export = cli("tls", "export")
     assert export.returncode == 1 and "start the relay once" in export.stderr
 
