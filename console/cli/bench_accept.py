@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
-from console.cli.common import CliError, db_option, json_option, print_json, stdout_console
-
-_DEFAULT_LOOP = "uvloop" if sys.platform.startswith("linux") else "asyncio"
+from console.cli.bench_common import DEFAULT_LOOP, check_option, run_on_loop, show_report
+from console.cli.common import CliError, db_option, json_option
 
 
 @click.command()
@@ -19,15 +17,16 @@ _DEFAULT_LOOP = "uvloop" if sys.platform.startswith("linux") else "asyncio"
 @click.option("--size", type=click.IntRange(200), default=2048, show_default=True, help="Message size in bytes.")
 @click.option("--recipients", type=click.IntRange(1, 100), default=1, show_default=True, help="Recipients per message.")
 @click.option("--new-connection", is_flag=True, help="Connect + STARTTLS + AUTH for every message (both sides); target 0.5.")
-@click.option("--loop", "loop_name", type=click.Choice(["uvloop", "asyncio"]), default=_DEFAULT_LOOP, show_default=True,
+@click.option("--loop", "loop_name", type=click.Choice(["uvloop", "asyncio"]), default=DEFAULT_LOOP, show_default=True,
               help="Event loop for both servers and the load generator.")
 @click.option("--rounds", type=click.IntRange(1, 10), default=1, show_default=True, help="Alternate sink/relay runs; the best of each counts.")
-@click.option("--check", is_flag=True, help="Exit 1 when the ratio misses its target.")
+@click.option("--quick", is_flag=True, help="A smoke run in seconds (4 connections, 200 messages per side, short warm-up).")
+@check_option
 @json_option
 @db_option
 def accept(
     connections: int, messages: int, seconds: float, size: int, recipients: int, new_connection: bool,
-    loop_name: str, rounds: int, check: bool, as_json: bool, db_path: Path | None,
+    loop_name: str, rounds: int, quick: bool, check: bool, as_json: bool, db_path: Path | None,
 ) -> None:
     """Relay acceptance rate (delivery paused) as a ratio of a raw aiosmtpd sink's, same load.
 
@@ -36,7 +35,6 @@ def accept(
     --db puts the scratch store (and certificate) in that file's directory instead of
     a temporary one; it must not be a store in use.
     """
-    import asyncio
     import logging
 
     from harness.bench.accept import AcceptParams, run_accept_bench
@@ -46,20 +44,12 @@ def accept(
         connections=connections, messages=messages, seconds=seconds, size=size, recipients=recipients,
         new_connection=new_connection, loop=loop_name, rounds=rounds,
     )
+    if quick:
+        params.connections, params.messages, params.warmup_messages = min(connections, 4), min(messages, 200), 20
     workdir = None
     if db_path is not None:
         workdir = db_path.parent / f"{db_path.stem}-bench-accept"
         if workdir.exists() and any(workdir.iterdir()):
             raise CliError(f"{workdir} is not empty — pick another --db location for the scratch store")
-    if loop_name == "uvloop":
-        import uvloop
-
-        report = uvloop.run(run_accept_bench(params, workdir))
-    else:
-        report = asyncio.run(run_accept_bench(params, workdir))
-    if as_json:
-        print_json(report.to_json())
-    else:
-        report.print_table(stdout_console())
-    if check and not report.passed:
-        raise CliError("the relay missed its target (see the table)")
+    report = run_on_loop(run_accept_bench(params, workdir), loop_name)
+    show_report(report, as_json=as_json, check=check)

@@ -24,6 +24,8 @@ from typing import Any
 import click
 
 from console.cli import common
+from console.cli.bench_common import check_option, show_report
+from harness.bench.report import BenchReport, Measurement
 
 TARGETS = {"first_paint_s": 1.0, "refresh_ms": 50.0, "rss_mb": 150.0}
 
@@ -138,10 +140,32 @@ def _new_scratch_path(path: Path) -> Path:
     return path
 
 
-def run_bench(path: Path, count: int, refreshes: int) -> dict[str, Any]:
+def run_bench(path: Path, count: int, refreshes: int) -> BenchReport:
     """Fill a new store at ``path`` with ``count`` queued messages and measure the console on it."""
     fill_seconds = fill_store(path, count)
-    return {"queued": count, "fill_s": round(fill_seconds, 2), "store": str(path), **asyncio.run(measure(path, refreshes))}
+    return report(count, refreshes, fill_seconds, asyncio.run(measure(path, refreshes)))
+
+
+def report(count: int, refreshes: int, fill_seconds: float, measured: dict[str, Any]) -> BenchReport:
+    """The shared bench report of one console run (``measured`` from :func:`measure`)."""
+    result = BenchReport(
+        "console", title=f"Console with {count:,} queued", params={"queued": count, "refreshes": refreshes, "store": None},
+    )
+    result.add(Measurement("fill the store (child process)", messages=count, seconds=fill_seconds))
+    figure = result.figure
+    figure("first_paint_s", measured["first_paint_s"], "s", at_most=TARGETS["first_paint_s"],
+           about="app start → queue showing data")
+    figure("refreshes", measured["refreshes"], about="live refreshes timed, each caused by a commit elsewhere")
+    figure("refresh_apply_ms_median", measured["refresh_apply_ms_median"], "ms", at_most=TARGETS["refresh_ms"],
+           about="UI-thread time per refresh")
+    figure("refresh_apply_ms_max", measured["refresh_apply_ms_max"], "ms", about="UI-thread time per refresh, worst")
+    figure("commit_to_painted_ms_median", measured["commit_to_painted_ms_median"], "ms",
+           about="commit in another connection → painted")
+    figure("watcher_read_ms_mean", measured["watcher_read_ms_mean"], "ms", about="watcher read per refresh (its own thread)")
+    figure("rss_mb", measured["rss_mb"], "MB", at_most=TARGETS["rss_mb"], about="resident memory after the refreshes")
+    figure("peak_rss_mb", measured["peak_rss_mb"], "MB", about="peak resident memory")
+    figure("rows_shown", measured["rows_shown"], "rows", about="rows loaded in the table: one page, never every row")
+    return result
 
 
 @click.command("console")
@@ -149,6 +173,8 @@ def run_bench(path: Path, count: int, refreshes: int) -> dict[str, Any]:
               help="Messages queued before the console starts.")
 @click.option("--refreshes", default=30, show_default=True, type=click.IntRange(1, 10_000),
               help="Live refreshes to time (each caused by a commit from another connection).")
+@click.option("--quick", is_flag=True, help="A smoke run in seconds (3,000 queued, 4 refreshes).")
+@check_option
 @common.json_option
 @click.option(
     "--db",
@@ -158,43 +184,21 @@ def run_bench(path: Path, count: int, refreshes: int) -> dict[str, Any]:
     help="Where the bench's scratch store goes: a new file, kept afterwards "
     "(default: a temporary directory, removed afterwards). Never $SMTPPLUS_DB.",
 )
-def console_bench(count: int, refreshes: int, as_json: bool, db_path: Path | None) -> None:
+def console_bench(count: int, refreshes: int, quick: bool, check: bool, as_json: bool, db_path: Path | None) -> None:
     """Console first paint, UI-thread time per refresh and memory with COUNT queued.
 
     Targets: first paint ≤ 1 s, refresh ≤ 50 ms, RSS ≤ 150 MB. For scale: a plain
     DataTable given 100,000 rows takes about 8 s and 165 MB; the console loads one page.
     The bench fills a scratch store of its own, so it never touches a real one.
     """
+    if quick:
+        count, refreshes = min(count, 3000), min(refreshes, 4)
     if db_path is not None:
-        result = run_bench(_new_scratch_path(db_path), count, refreshes)
+        path = _new_scratch_path(db_path)
+        result = run_bench(path, count, refreshes)
+        result.params["store"] = str(path)
+        result.notes.append(f"the bench store stays at {path}")
     else:
         with tempfile.TemporaryDirectory(prefix="smtpplus-bench-console-") as tmp:
             result = run_bench(Path(tmp) / "bench.db", count, refreshes)
-        result["store"] = None
-    result["targets"] = TARGETS
-    result["ok"] = (
-        result["first_paint_s"] <= TARGETS["first_paint_s"]
-        and result["refresh_apply_ms_median"] <= TARGETS["refresh_ms"]
-        and result["rss_mb"] <= TARGETS["rss_mb"]
-    )
-    if as_json:
-        common.print_json(result)
-        return
-    from rich.table import Table
-
-    table = Table(title=f"Console with {count:,} queued", show_header=True)
-    table.add_column("measure")
-    table.add_column("value", justify="right")
-    table.add_column("target", justify="right")
-    table.add_row("first paint (app start → queue showing data)", f"{result['first_paint_s']:.3f} s", "≤ 1 s")
-    table.add_row("UI-thread time per refresh (median)", f"{result['refresh_apply_ms_median']:.2f} ms", "≤ 50 ms")
-    table.add_row("UI-thread time per refresh (max)", f"{result['refresh_apply_ms_max']:.2f} ms", "")
-    table.add_row("commit elsewhere → painted (median)", f"{result['commit_to_painted_ms_median']:.1f} ms", "")
-    table.add_row("watcher read per refresh (its thread)", f"{result['watcher_read_ms_mean']:.2f} ms", "")
-    table.add_row("RSS", f"{result['rss_mb']:.1f} MB", "≤ 150 MB")
-    table.add_row("peak RSS", f"{result['peak_rss_mb']:.1f} MB", "")
-    table.add_row("rows loaded in the table", str(result["rows_shown"]), "one page")
-    common.stdout_console().print(table)
-    if result["store"]:
-        click.echo(f"the bench store stays at {result['store']}")
-    click.echo("all targets met" if result["ok"] else "a target was missed")
+    show_report(result, as_json=as_json, check=check)

@@ -70,12 +70,15 @@ class KeyedTable(DataTable[Any]):
                     if key not in wanted_set:
                         self.remove_row(key)
                 columns = self.column_keys
+                # Auto-sized columns must grow with longer values (a new last reply,
+                # say); DataTable keeps a column's width on update_cell unless asked.
+                auto = {key for key, _, width in self._column_specs if width is None}
                 for key, cells in rows:
                     if key in self.rows:
                         old = self.get_row(key)
                         for column, before, after in zip(columns, old, cells, strict=False):
                             if before != after:
-                                self.update_cell(key, column, after)
+                                self.update_cell(key, column, after, update_width=column in auto)
                     else:
                         self.add_row(*cells, key=key)
             else:

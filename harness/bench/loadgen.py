@@ -4,9 +4,14 @@
 budget (``messages``, and optionally ``seconds``); each either keeps one connection
 (STARTTLS and AUTH once, then message after message) or, with ``new_connection``,
 connects, starts TLS and authenticates for every message. Each message is
-``size`` bytes with ``recipients`` recipients. Failures are counted by reply code or
-exception type, never raised; a broken connection is replaced. Loopback or any
-address you give it — the benches only ever give 127.0.0.1.
+``size`` bytes with ``recipients`` recipients, or whatever ``message(n)`` makes for
+message ``n`` (its recipients and bytes: a distinct Message-ID, say). ``connect_first``
+opens every connection (STARTTLS + AUTH) before the clock starts, so only sending is
+timed; ``schedule`` paces the load (message ``n`` goes no earlier than ``schedule[n]``
+seconds after the start). ``on_reply(n, text)`` sees each accepted message's reply as
+it arrives. Failures are counted by reply code or exception type, never raised; a
+broken connection is replaced. Loopback or any address you give it — the benches only
+ever give 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import asyncio
 import collections
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import aiosmtplib
@@ -39,7 +44,10 @@ class LoadSpec:
     new_connection: bool = False  # connect + STARTTLS + AUTH for every message
     timeout: float = 30.0
     headers: dict[str, str] = field(default_factory=dict)
-    on_reply: Callable[[str], None] | None = None  # sees each "250 …" reply text
+    message: Callable[[int], tuple[list[str], bytes]] | None = None  # message n's (recipients, data)
+    connect_first: bool = False  # open every connection before the clock starts
+    schedule: Sequence[float] | None = None  # message n waits until schedule[n] s after the start
+    on_reply: Callable[[int, str], None] | None = None  # sees message n's "250 …" reply text
 
 
 @dataclass
@@ -47,6 +55,8 @@ class LoadResult:
     sent: int = 0
     failed: int = 0
     seconds: float = 0.0
+    started_at: float = 0.0  # unix seconds when the clock started (to compare with arrival times)
+    last_reply: float = 0.0  # seconds from the start to the last accepted message's reply
     connects: int = 0
     errors: collections.Counter[str] = field(default_factory=collections.Counter)
     latencies: list[float] = field(default_factory=list)  # seconds per message (send → 250)
@@ -75,29 +85,41 @@ def make_message(size: int, mail_from: str, recipient: str, headers: dict[str, s
 
 
 class _Budget:
-    def __init__(self, messages: int, seconds: float | None) -> None:
-        self.left = messages
-        self.deadline = None if seconds is None else time.perf_counter() + seconds
+    """The messages every worker shares: ``take()`` gives the next message's number."""
 
-    def take(self) -> bool:
-        if self.left <= 0 or (self.deadline is not None and time.perf_counter() >= self.deadline):
-            return False
-        self.left -= 1
-        return True
+    def __init__(self, messages: int, seconds: float | None) -> None:
+        self.messages = messages
+        self.taken = 0
+        self.started = time.perf_counter()
+        self.deadline = None if seconds is None else self.started + seconds
+
+    def take(self) -> int | None:
+        if self.taken >= self.messages or (self.deadline is not None and time.perf_counter() >= self.deadline):
+            return None
+        self.taken += 1
+        return self.taken - 1
 
 
 async def run_load(spec: LoadSpec) -> LoadResult:
     result = LoadResult()
-    budget = _Budget(spec.messages, spec.seconds)
     recipients = [f"r{i}@{spec.rcpt_domain}" for i in range(spec.recipients)]
     data = make_message(spec.size, spec.mail_from, recipients[0], spec.headers)
-    started = time.perf_counter()
+
+    def message(n: int) -> tuple[list[str], bytes]:
+        return (recipients, data) if spec.message is None else spec.message(n)
+
+    ports = [spec.ports[i % len(spec.ports)] for i in range(spec.connections)]
+    clients: list[aiosmtplib.SMTP | None] = [None] * spec.connections
+    if spec.connect_first:
+        clients = list(await asyncio.gather(*(_connect_counted(spec, port, result) for port in ports)))
+    budget = _Budget(spec.messages, spec.seconds)
+    result.started_at = time.time()
     workers = [
-        asyncio.create_task(_worker(spec, spec.ports[i % len(spec.ports)], budget, data, recipients, result))
-        for i in range(spec.connections)
+        asyncio.create_task(_worker(spec, port, client, budget, message, result))
+        for port, client in zip(ports, clients, strict=True)
     ]
     await asyncio.gather(*workers)
-    result.seconds = time.perf_counter() - started
+    result.seconds = time.perf_counter() - budget.started
     return result
 
 
@@ -117,10 +139,26 @@ async def _connect(spec: LoadSpec, port: int, result: LoadResult) -> aiosmtplib.
     return client
 
 
-async def _worker(spec: LoadSpec, port: int, budget: _Budget, data: bytes, recipients: list[str], result: LoadResult) -> None:
-    client: aiosmtplib.SMTP | None = None
+async def _connect_counted(spec: LoadSpec, port: int, result: LoadResult) -> aiosmtplib.SMTP | None:
+    """A connection opened ahead of the clock; a failure is counted and the worker retries later."""
     try:
-        while budget.take():
+        return await _connect(spec, port, result)
+    except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
+        result.errors[f"connect: {type(exc).__name__}"] += 1
+        return None
+
+
+async def _worker(
+    spec: LoadSpec, port: int, client: aiosmtplib.SMTP | None, budget: _Budget,
+    message: Callable[[int], tuple[list[str], bytes]], result: LoadResult,
+) -> None:
+    try:
+        while (n := budget.take()) is not None:
+            if spec.schedule is not None and n < len(spec.schedule):
+                delay = budget.started + spec.schedule[n] - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            recipients, data = message(n)
             began = time.perf_counter()
             try:
                 if client is None:
@@ -139,10 +177,12 @@ async def _worker(spec: LoadSpec, port: int, budget: _Budget, data: bytes, recip
                 await _drop(client)
                 client = None
                 continue
+            replied = time.perf_counter()
             result.sent += 1
-            result.latencies.append(time.perf_counter() - began)
+            result.latencies.append(replied - began)
+            result.last_reply = replied - budget.started
             if spec.on_reply is not None:
-                spec.on_reply(reply)
+                spec.on_reply(n, reply)
             if spec.new_connection:
                 await _quit(client)
                 client = None

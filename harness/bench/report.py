@@ -1,20 +1,28 @@
 """One report format for every benchmark: JSON and a rich table.
 
-A :class:`BenchReport` holds the parameters of the run, the measured runs
-(:class:`Measurement`: how many messages in how many seconds, failures, extra
-figures such as latency percentiles), named figures, and the targets they are
-held to (:class:`Target`). ``to_json()`` is the machine-readable form (``--json``);
-``print_table(console)`` shows the same for humans.
+A :class:`BenchReport` holds a bench's name and title, the parameters it ran with,
+a table of runs (:class:`Measurement`: messages in seconds, failures and extra
+columns such as latency percentiles; or a free-form :class:`Run`), named figures
+(:class:`Figure`: value, unit and, when the figure is held to one, a target) and
+notes. ``to_json()`` is the machine-readable form (``--json``); ``print_table(console)``
+shows the same for humans. ``ok`` is true when every figure with a target meets it.
 
-    report = BenchReport("accept", params={"connections": 32})
+    report = BenchReport("accept", params={"connections": 32}, title="Relay acceptance")
     report.add(Measurement("raw aiosmtpd sink", messages=20000, seconds=5.5))
     report.add(Measurement("relay", messages=20000, seconds=7.0))
     report.compare("relay / raw sink", "relay", "raw aiosmtpd sink", at_least=0.75)
-    report.figure("p99 ms", 12.5, at_most=50)
+    report.figure("p99", 12.5, "ms", at_most=50)
+
+The JSON shape, the same for every bench::
+
+    {"bench", "title", "parameters", "machine", "runs": [{"label", …}],
+     "figures": [{"name", "value", "unit", "target", "at_least", "at_most", "ok", "about"}],
+     "notes", "ok"}
 """
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import sys
@@ -22,9 +30,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+class BenchError(RuntimeError):
+    """A bench could not measure what it measures (a server did not start, nothing was
+    accepted, mail did not arrive): the CLI shows the message as a one-line error."""
+
+
 @dataclass
 class Measurement:
-    """One measured run: ``messages`` accepted in ``seconds`` (``failures`` refused or errored)."""
+    """One measured run: ``messages`` handled in ``seconds`` (``failures`` refused or errored)."""
 
     label: str
     messages: int
@@ -48,113 +61,186 @@ class Measurement:
 
 
 @dataclass
-class Target:
-    """A figure held to a bound: ``value >= at_least`` and/or ``value <= at_most``."""
+class Run:
+    """A run that is not a message count over time: a label and its columns."""
 
-    name: str
-    value: float
-    at_least: float | None = None
-    at_most: float | None = None
-
-    @property
-    def passed(self) -> bool:
-        if self.at_least is not None and self.value < self.at_least:
-            return False
-        return not (self.at_most is not None and self.value > self.at_most)
-
-    @property
-    def bound(self) -> str:
-        parts = []
-        if self.at_least is not None:
-            parts.append(f"≥ {self.at_least:g}")
-        if self.at_most is not None:
-            parts.append(f"≤ {self.at_most:g}")
-        return " and ".join(parts)
+    label: str
+    values: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "value": self.value, "at_least": self.at_least, "at_most": self.at_most, "passed": self.passed}
+        return {"label": self.label, **self.values}
+
+
+@dataclass
+class Figure:
+    """A named result; with ``at_least`` and/or ``at_most`` it is held to a target."""
+
+    name: str
+    value: Any
+    unit: str = ""
+    at_least: float | None = None
+    at_most: float | None = None
+    about: str = ""  # what it measures, for a reader of the table
+
+    @property
+    def has_target(self) -> bool:
+        return self.at_least is not None or self.at_most is not None
+
+    @property
+    def ok(self) -> bool | None:
+        """Whether the target is met (None: no target). A value that is not a number misses it."""
+        if not self.has_target:
+            return None
+        try:
+            value = float(self.value)
+        except (TypeError, ValueError):
+            return False
+        if math.isnan(value):
+            return False
+        if self.at_least is not None and value < self.at_least:
+            return False
+        return not (self.at_most is not None and value > self.at_most)
+
+    @property
+    def target(self) -> str | None:
+        """The target in words, e.g. ``≥ 0.75`` or ``≤ 50 ms``."""
+        unit = f" {self.unit}" if self.unit else ""
+        parts = []
+        if self.at_least is not None:
+            parts.append(f"≥ {self.at_least:g}{unit}")
+        if self.at_most is not None:
+            parts.append(f"≤ {self.at_most:g}{unit}")
+        return " and ".join(parts) or None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "value": self.value, "unit": self.unit, "target": self.target,
+            "at_least": self.at_least, "at_most": self.at_most, "ok": self.ok, "about": self.about,
+        }
 
 
 @dataclass
 class BenchReport:
     bench: str
     params: dict[str, Any] = field(default_factory=dict)
-    measurements: list[Measurement] = field(default_factory=list)
-    figures: dict[str, Any] = field(default_factory=dict)
-    targets: list[Target] = field(default_factory=list)
+    title: str = ""
+    runs: list[Measurement | Run] = field(default_factory=list)
+    figures: list[Figure] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
-    def add(self, measurement: Measurement) -> Measurement:
-        self.measurements.append(measurement)
-        return measurement
+    def add(self, run: Measurement | Run) -> Any:
+        """Append a row to the table of runs; returns it."""
+        self.runs.append(run)
+        return run
 
     def measurement(self, label: str) -> Measurement:
-        return next(m for m in self.measurements if m.label == label)
+        return next(m for m in self.runs if isinstance(m, Measurement) and m.label == label)
 
-    def figure(self, name: str, value: Any, *, at_least: float | None = None, at_most: float | None = None) -> None:
+    def figure(
+        self, name: str, value: Any, unit: str = "", *,
+        at_least: float | None = None, at_most: float | None = None, about: str = "",
+    ) -> Figure:
         """A named figure; with a bound it is also a target."""
-        self.figures[name] = value
-        if at_least is not None or at_most is not None:
-            self.targets.append(Target(name, float(value), at_least, at_most))
+        figure = Figure(name, value, unit, at_least, at_most, about)
+        self.figures.append(figure)
+        return figure
 
-    def compare(self, name: str, subject: str, reference: str, *, at_least: float | None = None) -> float:
-        """The rate of ``subject`` over the rate of ``reference`` (a ratio target)."""
+    def value(self, name: str) -> Any:
+        """The value of the figure called ``name`` (KeyError when there is none)."""
+        for figure in self.figures:
+            if figure.name == name:
+                return figure.value
+        raise KeyError(name)
+
+    def compare(self, name: str, subject: str, reference: str, *, at_least: float | None = None, about: str = "") -> float:
+        """The rate of ``subject`` over the rate of ``reference`` (a ratio figure)."""
         base = self.measurement(reference).rate
         ratio = self.measurement(subject).rate / base if base > 0 else 0.0
-        self.figure(name, round(ratio, 3), at_least=at_least)
+        self.figure(name, round(ratio, 3), at_least=at_least, about=about or f"{subject} rate / {reference} rate")
         return ratio
 
     @property
-    def passed(self) -> bool:
-        return all(t.passed for t in self.targets)
+    def missed(self) -> list[Figure]:
+        return [f for f in self.figures if f.ok is False]
+
+    @property
+    def ok(self) -> bool:
+        return not self.missed
 
     def to_json(self) -> dict[str, Any]:
         return {
             "bench": self.bench,
-            "params": self.params,
+            "title": self.title or f"bench {self.bench}",
+            "parameters": self.params,
             "machine": machine(),
-            "measurements": [m.to_json() for m in self.measurements],
-            "figures": self.figures,
-            "targets": [t.to_json() for t in self.targets],
-            "passed": self.passed,
+            "runs": [r.to_json() for r in self.runs],
+            "figures": [f.to_json() for f in self.figures],
             "notes": self.notes,
+            "ok": self.ok,
         }
 
     def print_table(self, console: Any) -> None:
+        """The report for humans: title and parameters, the runs, the figures, notes, verdict."""
+        from rich.text import Text
+
+        console.print(Text(self.title or f"bench {self.bench}", style="bold"))
+        if self.params:
+            shown = ", ".join(f"{k}={'—' if v is None else format_value(v)}" for k, v in self.params.items())
+            console.print(Text(f"parameters: {shown}", style="dim"))
+        if self.runs:
+            console.print(self._runs_table())
+        if self.figures:
+            console.print(self._figures_table())
+        for note in self.notes:
+            console.print(Text(f"note: {note}"))
+        if any(f.has_target for f in self.figures):
+            verdict = "all targets met" if self.ok else "missed: " + ", ".join(f.name for f in self.missed)
+            console.print(Text(verdict, style="green" if self.ok else "bold red"))
+
+    def _runs_table(self) -> Any:
         from rich import box
         from rich.table import Table
 
-        params = ", ".join(f"{k}={v}" for k, v in self.params.items())
-        if self.measurements:
-            runs = Table(title=f"bench {self.bench}" + (f" ({params})" if params else ""), box=box.SIMPLE_HEAD)
-            runs.add_column("run")
-            runs.add_column("messages", justify="right")
-            runs.add_column("failures", justify="right")
-            runs.add_column("seconds", justify="right")
-            runs.add_column("msg/s", justify="right")
-            extras = [k for k in dict.fromkeys(k for m in self.measurements for k in m.extra) if k != "errors"]
-            for key in extras:
-                runs.add_column(key, justify="right")
-            for m in self.measurements:
-                runs.add_row(
-                    m.label, f"{m.messages:,}", f"{m.failures:,}", f"{m.seconds:.2f}", f"{m.rate:,.0f}",
-                    *(str(m.extra.get(key, "")) for key in extras),
-                )
-            console.print(runs)
-        if self.figures:
-            figures = Table(box=box.SIMPLE_HEAD)
-            figures.add_column("figure")
-            figures.add_column("value", justify="right")
-            figures.add_column("target")
-            bounds = {t.name: t for t in self.targets}
-            for name, value in self.figures.items():
-                shown = f"{value:.4g}" if isinstance(value, float) else str(value)
-                target = bounds.get(name)
-                mark = "" if target is None else f"{target.bound}  {'✓' if target.passed else '✗ missed'}"
-                figures.add_row(name, shown, mark)
-            console.print(figures)
-        for note in self.notes:
-            console.print(f"note: {note}")
+        rows = [r.to_json() for r in self.runs]
+        # Nested values (error counters) stay in the JSON; the table shows scalars.
+        columns = [k for k in dict.fromkeys(k for row in rows for k in row) if k != "label"
+                   and all(not isinstance(row.get(k), dict | list) for row in rows)]
+        table = Table(box=box.SIMPLE_HEAD)
+        table.add_column("run")
+        for column in columns:
+            table.add_column("msg/s" if column == "rate" else column, justify="right")
+        for row in rows:
+            table.add_row(str(row["label"]), *(format_value(row.get(column)) for column in columns))
+        return table
+
+    def _figures_table(self) -> Any:
+        from rich import box
+        from rich.table import Table
+
+        table = Table(box=box.SIMPLE_HEAD)
+        table.add_column("figure")
+        table.add_column("value", justify="right")
+        table.add_column("unit")
+        table.add_column("target")
+        table.add_column("")
+        table.add_column("what it is", style="dim")
+        for figure in self.figures:
+            mark = {None: "", True: "✓", False: "✗ missed"}[figure.ok]
+            table.add_row(figure.name, format_value(figure.value), figure.unit, figure.target or "", mark, figure.about)
+        return table
+
+
+def format_value(value: Any) -> str:
+    """A value as the tables show it: thousands separated, four significant digits."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+    return str(value)
 
 
 def machine() -> dict[str, Any]:

@@ -123,8 +123,13 @@ def test_console_and_demo_commands(cli, store_path: Path) -> None:
 
 
 def test_bench_console_runs_small(cli) -> None:
-    proc = cli("harness", "bench", "console", "--count", "3000", "--refreshes", "4", "--json", timeout=120)
+    proc = cli("harness", "bench", "console", "--quick", "--json", timeout=120)
     assert proc.returncode == 0, proc.stderr
-    result = json.loads(proc.stdout)
-    assert result["queued"] == 3000 and result["rows_shown"] == 50 and result["refreshes"] == 4
-    assert result["first_paint_s"] > 0 and result["refresh_apply_ms_median"] > 0
+    report = json.loads(proc.stdout)
+    assert report["bench"] == "console" and report["parameters"] == {"queued": 3000, "refreshes": 4, "store": None}
+    figures = {f["name"]: f for f in report["figures"]}
+    assert figures["rows_shown"]["value"] == 50 and figures["refreshes"]["value"] == 4
+    assert figures["first_paint_s"]["value"] > 0 and figures["refresh_apply_ms_median"]["value"] > 0
+    assert {name for name, f in figures.items() if f["target"]} == {"first_paint_s", "refresh_apply_ms_median", "rss_mb"}
+    [fill] = report["runs"]
+    assert fill["messages"] == 3000 and fill["seconds"] > 0

@@ -389,8 +389,9 @@ def test_a_missing_store_directory_is_an_error_except_for_the_default_store(cli:
 def test_bench_console_puts_its_scratch_store_at_db(cli: Any, tmp_path: Path) -> None:
     target = tmp_path / "bench.db"
     proc = cli("harness", "bench", "console", "--count", "200", "--refreshes", "2", "--db", str(target), "--json", timeout=120)
-    result = json.loads(ok(proc))
-    assert result["store"] == str(target) and result["queued"] == 200 and result["refreshes"] == 2
+    report = json.loads(ok(proc))
+    assert report["parameters"] == {"queued": 200, "refreshes": 2, "store": str(target)}
+    assert {f["name"]: f["value"] for f in report["figures"]}["refreshes"] == 2
     with store(target) as db:
         assert db.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 200
     assert not cli.store.exists()  # SMTPPLUS_DB was never touched

@@ -139,8 +139,8 @@ async def test_count_sends_the_rest_through_the_shared_load_generator(
     out = json.loads(proc.stdout)
     assert out["ok"] and out["queue_id"]
     load = out["load"]
-    assert load["bench"] == "send" and load["measurements"][0]["messages"] == 19
-    assert load["measurements"][0]["failures"] == 0
+    assert load["bench"] == "send" and load["runs"][0]["messages"] == 19
+    assert load["runs"][0]["failures"] == 0
     assert PASSWORD not in proc.stdout
     queued = queue_store.list_messages(db, state="all", limit=100)
     assert len(queued) == 20 and sum(1 for m in queued if m.header_priority == 4) == 20

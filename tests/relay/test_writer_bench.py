@@ -71,17 +71,20 @@ def test_report_json_and_targets() -> None:
     report.add(Measurement("reference", messages=100, seconds=1.0))
     report.add(Measurement("subject", messages=80, seconds=1.0))
     assert report.compare("ratio", "subject", "reference", at_least=0.75) == 0.8
-    report.figure("p99 ms", 60.0, at_most=50)
+    report.figure("p99", 60.0, "ms", at_most=50)
     data = report.to_json()
-    assert data["figures"]["ratio"] == 0.8 and data["passed"] is False
-    assert [t["passed"] for t in data["targets"]] == [True, False]
+    assert [f["value"] for f in data["figures"]] == [0.8, 60.0] and data["ok"] is False
+    assert [(f["target"], f["ok"]) for f in data["figures"]] == [("≥ 0.75", True), ("≤ 50 ms", False)]
+    assert [r["rate"] for r in data["runs"]] == [100.0, 80.0]
 
 
 async def test_accept_bench_runs_both_sides_with_the_same_load(tmp_path: Path) -> None:
     params = AcceptParams(connections=4, messages=40, seconds=20, warmup_messages=8, loop="asyncio")
     report = await run_accept_bench(params, tmp_path / "bench")
-    sink, relay = report.measurements
+    sink, relay = report.runs
+    assert isinstance(sink, Measurement) and isinstance(relay, Measurement)
     assert (sink.label, relay.label) == ("raw aiosmtpd sink", "relay")
     assert sink.messages == relay.messages == 40 and sink.failures == relay.failures == 0
-    assert report.figures["acknowledged but not in the store"] == 0
-    assert report.figures["relay / raw sink"] > 0
+    assert report.value("acknowledged but not in the store") == 0
+    assert report.value("relay / raw sink") > 0
+    assert [f.target for f in report.figures] == ["≥ 0.75", "≤ 0 messages"]
