@@ -73,8 +73,9 @@ class LiveScreen(Screen[None]):
             else:
                 now = message.status.at if message.status else self.console.clock()
                 with self.app.batch_update():
-                    self.apply(message.data, now)
+                    # Before apply: screens explain their rows with the status (paused…).
                     self.last_status = message.status
+                    self.apply(message.data, now)
                     self.query_one(StatusBar).show(message.status)
                 self.snapshots_applied += 1
         finally:

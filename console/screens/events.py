@@ -93,6 +93,9 @@ class EventsScreen(LiveScreen):
         self._pages: list[int | None] = []
         self.events: list[Any] = []
         self._filter_timer: Any = None
+        # A bad filter field: shown instead of the filter line until it is fixed (a live
+        # refresh must not wipe it, or the bad field looks silently ignored).
+        self.filter_error: str | None = None
 
     def compose_body(self) -> ComposeResult:
         with Horizontal(id="filters"):
@@ -123,7 +126,7 @@ class EventsScreen(LiveScreen):
             return
         self.events = events
         self.query_one(KeyedTable).sync([(str(e.id), self._cells(e, now)) for e in events])
-        self.query_one("#filter-info", Static).update(self._info(request, events))
+        self._show_info()
         self._show_detail(now)
 
     @staticmethod
@@ -136,6 +139,13 @@ class EventsScreen(LiveScreen):
             fmt.clock_time(event.at, now), Text(event.reason, style=style), fmt.shorten(event.username or "-", 12),
             str(event.port or "-"), fmt.shorten(detail, 48),
         ]
+
+    def _show_info(self) -> None:
+        info = self.query_one("#filter-info", Static)
+        if self.filter_error:
+            info.update(Text(f"{self.filter_error} (the previous filter still applies)", style="bold red"))
+        else:
+            info.update(self._info(self.request, self.events))
 
     @staticmethod
     def _info(request: EventsRequest, events: list[Any]) -> str:
@@ -202,8 +212,12 @@ class EventsScreen(LiveScreen):
         try:
             request = build_request(user, reason, port, since, self.console.clock())
         except FilterError as exc:
-            self.query_one("#filter-info", Static).update(Text(str(exc), style="bold red"))
+            self.filter_error = str(exc)
+            self._show_info()
             return
+        if self.filter_error:
+            self.filter_error = None
+            self._show_info()
         if request != replace(self.request, before_id=None, page=0):
             self._pages = []
             self.request = request
@@ -218,6 +232,7 @@ class EventsScreen(LiveScreen):
     def action_clear_filters(self) -> None:
         for name in ("user", "reason", "port", "since"):
             self.query_one(f"#f-{name}", Field).value = ""
+        self.filter_error = None
         self._pages = []
         self.request = EventsRequest()
         self.refresh_data()

@@ -104,7 +104,7 @@ class ListsScreen(LiveScreen):
         Binding("d", "delete", "Delete", id="lists.delete"),
         Binding("i", "import_members", "Import CSV", id="lists.import"),
         Binding("y", "copy_settings", "Copy settings", tooltip="Copy the client settings block for mail clients", id="lists.copy"),
-        Binding("v", "view_settings", "Paste block", tooltip="Show the client settings block for mail clients", id="lists.view"),
+        Binding("v", "view_settings", "View block", tooltip="Show the client settings block for mail clients", id="lists.view"),
     ]
 
     def __init__(self) -> None:

@@ -48,6 +48,22 @@ def priority_block(m: views.QueueRow) -> Group:
     return Group(table, *notes)
 
 
+def waiting_reason(state: str, relay: Any) -> Text | None:
+    """Why a message that is not sending is waiting, from what the status bar knows
+    ("why isn't my message sent?"); None when nothing stops it."""
+    if state == "held":
+        return Text("held by an operator: h releases it", style="bold yellow")
+    if state not in ("queued", "deferred") or relay is None:
+        return None
+    if not relay.alive:
+        return Text("no relay is running: nothing is delivered until one starts", style="bold red")
+    if relay.paused:
+        return Text("delivery is PAUSED: p on the queue screen (1) resumes it", style="bold red")
+    if not relay.next_hop:
+        return Text("no next hop is set: smtpplus queue next-hop HOST:PORT", style="bold red")
+    return None
+
+
 def timeline(events: list[Any], now: float) -> Table:
     table = Table(box=None, padding=(0, 1), show_edge=False, header_style="bold", expand=True)
     table.add_column("Time", no_wrap=True)
@@ -109,7 +125,7 @@ class MessageScreen(LiveScreen):
         self.query_one("#title", Static).update(Text.assemble(
             ("Message ", "bold"), (m.queue_id, "bold"), f"  {m.state}", f" · attempt {m.attempts}" if m.attempts else "",
         ))
-        envelope = [
+        envelope: list[tuple[str, Any]] = [
             ("State", m.state + (f" (next try in {fmt.age(m.next_attempt_at - now)})" if m.state == "deferred" else "")),
             ("Origin", m.origin + (f" (campaign {m.campaign_id})" if m.campaign_id else "")),
             ("User", f"{m.username or '-'} (list {m.list_name or '-'})"),
@@ -121,6 +137,9 @@ class MessageScreen(LiveScreen):
             ("Queued", fmt.full_time(m.created_at) + f" ({fmt.age(now - m.created_at)} ago)"),
             ("Last reply", m.last_reply or "-"),
         ]
+        blocked = waiting_reason(m.state, self.last_status.relay if self.last_status else None)
+        if blocked is not None:
+            envelope.insert(1, ("Waiting", blocked))
         if data.finished_at:
             envelope.append(("Finished", fmt.full_time(data.finished_at)))
         self.query_one("#envelope", Static).update(_pairs(envelope))

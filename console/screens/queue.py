@@ -65,6 +65,7 @@ class QueueData:
     request: QueueRequest
     lanes: list[views.Lane]
     rate: float
+    starvation_share: float = 0.0
     rows: list[views.QueueRow] = field(default_factory=list)
     campaigns: list[views.CampaignRow] = field(default_factory=list)
 
@@ -76,8 +77,11 @@ class QueueScreen(LiveScreen):
     CSS_PATH = "queue.tcss"
 
     BINDINGS = [
-        Binding("p", "toggle_pause", "Pause", tooltip="Pause or resume all delivery (deliveries under way finish)", id="queue.pause"),
+        # One key, two bindings: the footer and the palette name what p will do now.
+        Binding("p", "pause", "Pause", tooltip="Pause all delivery (deliveries under way finish)", id="queue.pause"),
+        Binding("p", "resume", "Resume", tooltip="Resume delivery (when paused)", id="queue.resume"),
         Binding("r", "set_rate", "Rate", tooltip="Set the shared delivery rate (messages per second)", id="queue.rate"),
+        Binding("s", "set_starvation_share", "Starvation share", show=False, tooltip="Set the anti-starvation share: the fraction of dispatches given to the oldest lower-priority message (0 = off, at most 0.5)", id="queue.starvation-share"),
         Binding("right_square_bracket", "next_view", "View", key_display="]", tooltip="Next view: next to send, in flight, deferred, held, campaigns", id="queue.next-view"),
         Binding("left_square_bracket", "previous_view", "Prev view", key_display="[", show=False, tooltip="Previous view", id="queue.previous-view"),
         Binding("greater_than_sign", "next_page", "Next page", key_display=">", show=False, id="queue.next-page"),
@@ -97,6 +101,7 @@ class QueueScreen(LiveScreen):
         self._pages: dict[str, list[tuple[int, int] | None]] = {view: [] for view, _, _ in VIEWS}
         self._campaign_cache: tuple[float, list[views.CampaignRow]] | None = None
         self.data: QueueData | None = None
+        self._footer_paused = False
 
     # -- layout ---------------------------------------------------------------
 
@@ -121,7 +126,10 @@ class QueueScreen(LiveScreen):
 
     def read(self, db: sqlite3.Connection, now: float) -> QueueData:
         request = self.request
-        data = QueueData(request, views.priority_lanes(db), views.delivery_rate(db, now=now))
+        from relay.store.queue import delivery_settings
+
+        data = QueueData(request, views.priority_lanes(db), views.delivery_rate(db, now=now),
+                         starvation_share=delivery_settings(db).starvation_share)
         state = STATE_OF[request.view]
         if state is not None:
             data.rows = views.queue_page(db, state, after=request.after, limit=PAGE)
@@ -141,6 +149,9 @@ class QueueScreen(LiveScreen):
 
     def apply(self, data: QueueData, now: float) -> None:
         self.data = data
+        if self.paused != self._footer_paused:
+            self._footer_paused = self.paused
+            self.refresh_bindings()  # p now pauses, or resumes
         self.query_one(PriorityLanes).show(data.lanes, now)
         self.query_one("#summary", Static).update(self._summary(data, now))
         if data.request != self.request:
@@ -166,7 +177,11 @@ class QueueScreen(LiveScreen):
         text.append(f" · waiting {fmt.count(waiting)}")
         active = [c for c in data.campaigns if c.state in ("sending", "paused", "scheduled")]
         text.append("\n")
-        if not active:
+        if data.starvation_share:
+            # Explains why a lower-priority message sometimes goes before priority 1.
+            text.append(f"Anti-starvation {data.starvation_share:g}", style="bold")
+            text.append(" · " if active else "")
+        if not active and not data.starvation_share:
             text.append("No campaign under way.", style="dim")
         for n, campaign in enumerate(active[:3]):
             text.append(" · " if n else "")
@@ -232,6 +247,10 @@ class QueueScreen(LiveScreen):
         self.refresh_data()
 
     def on_tabs_tab_activated(self, event: Tabs.TabActivated) -> None:
+        if event.tab.id != self.query_one(Tabs).active:
+            # Stale: _switch has moved the tabs on since (keys pressed quickly). Following
+            # it would switch back, post another, and ping-pong between views forever.
+            return
         view = (event.tab.id or "tab-next").removeprefix("tab-")
         if view != self.request.view:
             self._pages[view] = []
@@ -261,6 +280,8 @@ class QueueScreen(LiveScreen):
         self._switch(self.request.view, after=stack.pop(), page=self.request.page - 1)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in ("pause", "resume"):
+            return self.paused == (action == "resume")
         on_campaigns = STATE_OF.get(self.request.view) is None
         if action in ("campaign_toggle", "campaign_cancel"):
             return on_campaigns
@@ -297,14 +318,19 @@ class QueueScreen(LiveScreen):
 
         self.app.push_screen(MessageScreen(row.id))
 
-    def action_toggle_pause(self) -> None:
+    @property
+    def paused(self) -> bool:
+        return bool(self.last_status and self.last_status.relay.paused)
+
+    def action_pause(self) -> None:
         from relay.store import queue
 
-        paused = bool(self.last_status and self.last_status.relay.paused)
-        self.console.run_store(
-            queue.set_paused, not paused,
-            success="Delivery resumed." if paused else "Delivery paused: deliveries under way finish.",
-        )
+        self.console.run_store(queue.set_paused, True, success="Delivery paused: deliveries under way finish.")
+
+    def action_resume(self) -> None:
+        from relay.store import queue
+
+        self.console.run_store(queue.set_paused, False, success="Delivery resumed.")
 
     def action_set_rate(self) -> None:
         from relay.store import queue
@@ -326,6 +352,38 @@ class QueueScreen(LiveScreen):
             PromptDialog(
                 "Delivery rate (messages per second, 0 = unlimited)",
                 value="" if current is None else f"{float(current):g}",
+                check=check,
+            ),
+            chosen,
+        )
+
+    def action_set_starvation_share(self) -> None:
+        from relay.store import queue
+        from relay.store.errors import InvalidInput
+
+        current = self.data.starvation_share if self.data else 0.0
+
+        def check(text: str) -> str | None:
+            try:
+                queue.parse_starvation_share(text)
+            except InvalidInput as exc:
+                return str(exc)
+            return None
+
+        def chosen(answer: str | None) -> None:
+            if answer is not None:
+                self.console.run_store(
+                    queue.set_starvation_share, answer,
+                    done=lambda value: self.notify(
+                        f"Starvation share: {queue.describe_starvation_share(value)}.", timeout=5),
+                )
+
+        self.app.push_screen(
+            PromptDialog(
+                f"Anti-starvation share (0 = off, at most {queue.MAX_STARVATION_SHARE:g})",
+                value=f"{current:g}",
+                hint="The fraction of dispatches given to the oldest lower-priority message, "
+                     "so a long priority-1 stream cannot starve the rest. 0.05 = 1 in 20.",
                 check=check,
             ),
             chosen,

@@ -134,6 +134,11 @@ class PasswordOnce(ModalScreen[None]):
             self.notify("Password copied to the clipboard", timeout=3)
 
     def action_close(self) -> None:
+        # Textual keeps what it copied for its own paste (ctrl+v in any field): drop it,
+        # so the password cannot turn up in a note or a form after the box is closed.
+        # The terminal's own clipboard keeps it, which is what "copy" was for.
+        if self._password and self.app.clipboard == self._password:
+            self.app._clipboard = ""
         self._password = None
         self.query_one("#password", Static).update("")
         self.dismiss(None)

@@ -12,7 +12,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Button, Label, Select, Static
+from textual.widgets import Button, Footer, Label, Select, Static
 
 from console import format as fmt
 from console.widgets.fields import Field
@@ -84,6 +84,9 @@ class Form(ModalScreen[dict[str, Any] | None]):
             with Horizontal(classes="buttons"):
                 yield Button("Save (ctrl+s)", id="save", variant="primary")
                 yield Button("Cancel (esc)", id="cancel")
+        # At 80x24 a long form scrolls its buttons out of view: the footer keeps
+        # "ctrl+s Save" visible (and hides the keys of the screen underneath).
+        yield Footer(compact=True)
 
     def compose_fields(self) -> ComposeResult:
         yield from ()

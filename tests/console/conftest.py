@@ -135,7 +135,7 @@ def make_app() -> Callable[..., Any]:
     return factory
 
 
-async def wait_for(pilot: Any, condition: Callable[[], bool], within: float = 10.0) -> None:
+async def wait_for(pilot: Any, condition: Callable[[], bool], within: float = 20.0) -> None:
     """Let the app run until ``condition`` holds (live data arrives from a thread)."""
     deadline = time.monotonic() + within
     while not condition():

@@ -67,6 +67,7 @@ async def test_add_user_shows_the_password_once_and_never_again(seeded_store: Pa
         await pilot.pause()
         assert type(app.screen).__name__ == "UsersScreen"
         assert box._password is None
+        assert app.clipboard == ""  # Textual's own paste buffer (ctrl+v) forgets it too
         assert shown not in screen_text(app)
         assert not any(shown in str(w.render()) for w in app.screen.query(Static))
         # Editing the user never shows a password again.

@@ -55,7 +55,7 @@ async def test_views_show_in_flight_deferred_held_and_campaigns(seeded_store: Pa
         expected = {"sending": 9, "deferred": 7, "held": 8}
         for view in ("sending", "deferred", "held"):
             await pilot.press("right_square_bracket")
-            await wait_for(pilot, lambda v=view: app.screen.data.request.view == v)
+            await wait_for(pilot, lambda: app.screen.data.request.view == view)  # noqa: B023 (awaited here)
             assert row_keys(app.screen.table(view)) == [str(ids[f"Q{expected[view]:011d}"])]
         await pilot.press("right_square_bracket")
         await wait_for(pilot, lambda: app.screen.data.request.view == "campaigns")
@@ -126,8 +126,11 @@ async def test_pause_resume_and_rate(seeded_store: Path, make_app) -> None:
         try:
             assert delivery_settings(db).paused is True
             await wait_for(pilot, lambda: "PAUSED" in screen_text(app))
+            await wait_for(pilot, lambda: "p Resume" in screen_text(app))  # the footer says what p does now
+            assert "p Pause" not in screen_text(app)
             await press(pilot, "p")
             assert delivery_settings(db).paused is False
+            await wait_for(pilot, lambda: "p Pause" in screen_text(app))
             await pilot.press("r")
             await pilot.pause()
             dialog = app.screen
@@ -140,6 +143,28 @@ async def test_pause_resume_and_rate(seeded_store: Path, make_app) -> None:
             await wait_for(pilot, lambda: "≤12.5/s" in screen_text(app))
         finally:
             db.close()
+
+
+async def test_set_the_starvation_share(seeded_store: Path, make_app) -> None:
+    app = make_app(seeded_store)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: getattr(app.screen, "snapshots_applied", 0) > 0)
+        assert "Anti-starvation" not in screen_text(app)  # off by default: not shown
+        await pilot.press("s")
+        await pilot.pause()
+        dialog = app.screen
+        await pilot.press("ctrl+a", "ctrl+k", "0", ".", "7")
+        await pilot.pause()
+        assert "from 0 (off) to 0.5" in screen_text(app)  # inline error, dialog stays
+        assert app.screen is dialog
+        await press(pilot, "backspace", "0", "5", "enter")
+        db = open_store(seeded_store)
+        try:
+            assert delivery_settings(db).starvation_share == 0.05
+        finally:
+            db.close()
+        await wait_for(pilot, lambda: "Anti-starvation 0.05" in screen_text(app))
+        assert any("1 dispatch in 20" in notice for notice in app.notices)
 
 
 async def test_campaign_pause_resume_cancel_and_new(seeded_store: Path, make_app) -> None:
@@ -201,6 +226,7 @@ async def test_message_detail_shows_envelope_priorities_and_timeline(seeded_stor
         text = screen_text(app)
         assert "Q00000000002" in text
         assert "1 very high" in text and "urgent" in text
+        assert "no relay is running" in text  # why it is not sent yet
         assert ("Subject", "Server down!") in app.screen.detail.headers
         assert "accepted" in text  # the timeline's queued event
         await press(pilot, "h")
@@ -208,3 +234,40 @@ async def test_message_detail_shows_envelope_priorities_and_timeline(seeded_stor
         await pilot.press("escape")
         await pilot.pause()
         assert type(app.screen).__name__ == "QueueScreen"
+
+
+def test_message_detail_says_why_a_message_waits() -> None:
+    from console.screens.message import waiting_reason
+    from relay.store.lease import RelayStatus
+
+    alive = RelayStatus(alive=True, next_hop="127.0.0.1:25")
+    assert waiting_reason("queued", alive) is None
+    assert waiting_reason("sending", RelayStatus(alive=False)) is None
+    assert "no relay" in str(waiting_reason("queued", RelayStatus(alive=False)))
+    assert "PAUSED" in str(waiting_reason("deferred", RelayStatus(alive=True, paused=True, next_hop="h:25")))
+    assert "next hop" in str(waiting_reason("queued", RelayStatus(alive=True)))
+    assert "h releases" in str(waiting_reason("held", alive))
+
+
+async def test_quick_view_switches_settle_on_the_last_one(seeded_store: Path, make_app) -> None:
+    """Two switches before their tab events arrive (keys pressed fast over SSH) must
+    not ping-pong between the views."""
+    app = make_app(seeded_store)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: getattr(app.screen, "snapshots_applied", 0) > 0)
+        screen = app.screen
+        switched: list[str] = []
+        original = screen._switch
+
+        def counting(view: str, **kwargs: object) -> None:
+            switched.append(view)
+            original(view, **kwargs)
+
+        screen._switch = counting
+        screen._switch("held")
+        screen._switch("deferred")
+        for _ in range(20):
+            await pilot.pause(0.02)
+        assert switched == ["held", "deferred"]
+        assert screen.request.view == "deferred"
+        assert screen.query_one("Tabs").active == "tab-deferred"

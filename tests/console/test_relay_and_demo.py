@@ -73,6 +73,7 @@ def test_seed_demo(store_path: Path) -> None:
         pending = directory.get_user(db, PENDING_USER)
         assert not pending.active and [i.state for i in pending.identities] == ["pending"]
         assert directory.get_list(db, DEMO_LIST).members == 20
+        assert seed.campaign_id is not None
         campaign = campaigns.get_campaign(db, seed.campaign_id)
         assert (campaign.state, campaign.total) == ("scheduled", 20)
         again = seed_demo(db, members=20)  # an existing demo store: a fresh password, nothing doubled
