@@ -107,8 +107,7 @@ async def test_activate_deactivate_delete_and_hints(seeded_store: Path, make_app
         await open_screen(pilot, "3", "UsersScreen")
         table = app.screen.query_one("#users-table")
         table.select_key("alice")
-        await pilot.pause()
-        assert "Priority 1 puts this user's mail first" in screen_text(app)
+        await wait_for(pilot, lambda: "Priority 1 puts this user's mail first" in screen_text(app))  # painted, not just applied
         await press(pilot, "t")
         assert fetch(seeded_store, directory.get_user, "alice").active is False
         await wait_for(pilot, lambda: "remember to activate" in screen_text(app))  # all verified, inactive
@@ -117,8 +116,7 @@ async def test_activate_deactivate_delete_and_hints(seeded_store: Path, make_app
         assert fetch(seeded_store, directory.get_user, "alice").active is True
 
         table.select_key("bob")
-        await pilot.pause()
-        assert "Awaiting verification: orders@shop.example" in screen_text(app)
+        await wait_for(pilot, lambda: "Awaiting verification: orders@shop.example" in screen_text(app))  # painted, not just applied
         await pilot.press("d")
         await pilot.pause()
         await press(pilot, "y")
@@ -214,8 +212,7 @@ async def test_approve_a_pending_sender_with_a_reason(seeded_store: Path, make_a
         await pilot.press("a")
         await pilot.pause()
         await pilot.press("enter")  # no reason: refused inline
-        await pilot.pause()
-        assert "needs a reason" in screen_text(app)
+        await wait_for(pilot, lambda: "needs a reason" in screen_text(app))  # painted, not just applied
         app.screen.query_one("#answer").value = "existing account"
         await press(pilot, "enter")
         identity = fetch(seeded_store, directory.get_identity, "orders@shop.example")
@@ -224,8 +221,7 @@ async def test_approve_a_pending_sender_with_a_reason(seeded_store: Path, make_a
         await press(pilot, "f")  # all identities, with how they were verified
         assert sorted(row_keys(app.screen.query_one("#senders-table"))) == ["example.com", "orders@shop.example"]
         app.screen.query_one("#senders-table").select_key("orders@shop.example")
-        await pilot.pause()
-        assert "reason: existing account" in screen_text(app)
+        await wait_for(pilot, lambda: "reason: existing account" in screen_text(app))  # painted, not just applied
 
 
 async def test_send_a_code_and_confirm_it(seeded_store: Path, make_app) -> None:

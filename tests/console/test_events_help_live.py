@@ -35,7 +35,7 @@ async def test_events_filter_by_user_reason_port_and_time(seeded_store: Path, ma
         assert await apply(reason="auth") == ["auth-bad-credentials"]  # a kind works too
         assert await apply(port="587") == ["auth-bad-credentials"]
         assert await apply(since="15m") == []
-        assert "No events match." in screen_text(app)
+        await wait_for(pilot, lambda: "No events match." in screen_text(app))  # painted, not just applied
         assert await apply(since="2023-11-14 22:14") == ["auth-bad-credentials", "sender-unverified"]
 
         screen.set_filters(reason="no-such-reason")
@@ -157,7 +157,9 @@ async def test_a_commit_by_another_process_appears_live(seeded_store: Path, make
         )
         await asyncio.to_thread(subprocess.run, [sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
         await wait_for(pilot, lambda: len(row_keys(app.screen.table())) == before + 1)
-        assert "From elsewhere" in screen_text(app)
+        # The row is in the table's data at once; the table lays it out on its next
+        # idle pass, so wait for it to be painted rather than reading the screen now.
+        await wait_for(pilot, lambda: "From elsewhere" in screen_text(app))
         assert table.cursor_key == cursor  # the operator's place is kept
 
         await pilot.press("2")

@@ -59,7 +59,8 @@ async def test_views_show_in_flight_deferred_held_and_campaigns(seeded_store: Pa
             assert row_keys(app.screen.table(view)) == [str(ids[f"Q{expected[view]:011d}"])]
         await pilot.press("right_square_bracket")
         await wait_for(pilot, lambda: app.screen.data.request.view == "campaigns")
-        assert "Autumn sale" in screen_text(app)
+        # The table lays new rows out on its next idle pass: wait for them to be painted.
+        await wait_for(pilot, lambda: "Autumn sale" in screen_text(app))
         assert "starts in 30m00s" in screen_text(app)
         await pilot.press("left_square_bracket")
         await wait_for(pilot, lambda: app.screen.data.request.view == "held")
@@ -135,8 +136,7 @@ async def test_pause_resume_and_rate(seeded_store: Path, make_app) -> None:
             await pilot.pause()
             dialog = app.screen
             await pilot.press("ctrl+a", "ctrl+k", "-", "1")
-            await pilot.pause()
-            assert "negative" in screen_text(app)  # inline error, dialog stays
+            await wait_for(pilot, lambda: "negative" in screen_text(app))  # inline error, dialog stays
             assert app.screen is dialog
             await press(pilot, "backspace", "backspace", "1", "2", ".", "5", "enter")
             assert delivery_settings(db).rate == 12.5
@@ -154,8 +154,7 @@ async def test_set_the_starvation_share(seeded_store: Path, make_app) -> None:
         await pilot.pause()
         dialog = app.screen
         await pilot.press("ctrl+a", "ctrl+k", "0", ".", "7")
-        await pilot.pause()
-        assert "from 0 (off) to 0.5" in screen_text(app)  # inline error, dialog stays
+        await wait_for(pilot, lambda: "from 0 (off) to 0.5" in screen_text(app))  # inline error, dialog stays
         assert app.screen is dialog
         await press(pilot, "backspace", "0", "5", "enter")
         db = open_store(seeded_store)

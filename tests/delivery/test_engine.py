@@ -154,13 +154,18 @@ async def test_next_hop_down_then_up_delivers_everything_without_hammering(db: A
     q.set_next_hop(db, f"127.0.0.1:{port}")
     q.set_parallel(db, 4)
     enqueue(db, [message(n) for n in range(20)])
+    started_at = time.time()
     async with running_engine(store_path, fast_config(retry_base=0.3, retry_max=0.6)) as engine:
         await eventually(lambda: find_events(db, reason=str(Reason.NEXT_HOP_DOWN)))
         await eventually(lambda: (get_setting(db, Keys.STATUS) or {}).get("state") == "next hop down")
         await asyncio.sleep(1.0)  # a while of outage: probes, not one connection per message
+        # The first round may fail all 4 connections at once; after that one probe per
+        # interval (>= 0.48 s once the backoff is at its 0.6 s cap, -20 % jitter). The
+        # bound follows the time that really passed, so a slow machine cannot break it.
+        probes = 4 + int((time.time() - started_at) / 0.48) + 1
         untouched = [r for r in q.list_messages(db, limit=100) if r.attempts == 0]
-        assert len(untouched) >= 15
-        assert engine.counters.hop_failures <= 8
+        assert engine.counters.hop_failures <= probes
+        assert len(untouched) >= 20 - probes
         second = CaptureSink(port=port)
         await second.start()
         try:
@@ -229,14 +234,17 @@ async def test_a_live_rate_change_is_honoured(db: Any, store_path: Path, sink: C
     point_at(db, sink, parallel=4)
     q.set_rate(db, 4)
     enqueue(db, [message(n) for n in range(40)])
+    # Measured from before the engine starts, not from the first arrival: a slow first
+    # delivery (a loaded machine) lets later ones arrive closer together than the rate,
+    # but no delivery can *start* before the bucket has earned its token.
+    started_at = time.time()
     async with running_engine(store_path):
         await sink.wait_for(2)
-        first_at = sink.messages[0].at
         await asyncio.sleep(1.5)
-        elapsed = time.time() - first_at
+        elapsed = time.time() - started_at
         so_far = len(sink.messages)
-        # At 4/s nothing near 40 can have arrived: at most the burst plus rate × time.
-        assert so_far <= 2 + 4 * elapsed + 1
+        # At 4/s nothing near 40 can have arrived: at most the burst (1) plus rate × time.
+        assert so_far <= 1 + 4 * elapsed
         q.set_rate(db, 0)  # unlimited, from "another process" through the store
         await sink.wait_for(40, within=15)  # at 4/s this would need about 10 s more
 
