@@ -20,7 +20,7 @@ from console.screens.base import LiveScreen
 from console.widgets.fields import Field
 from console.widgets.keyed_table import KeyedTable
 from relay.reasons import EventKind, Reason
-from relay.store import views
+from relay.store.events import find_events
 
 PAGE = 100
 COLUMNS = [
@@ -114,7 +114,7 @@ class EventsScreen(LiveScreen):
     def read(self, db: sqlite3.Connection, now: float) -> tuple[EventsRequest, list[Any]]:
         request = self.request
         since = fmt.parse_since(request.since_text, now) if request.since_text else None
-        events = views.event_page(
+        events = find_events(
             db, username=request.username, kinds=request.kinds, reason=request.reason, port=request.port,
             since=since, before_id=request.before_id, limit=PAGE,
         )

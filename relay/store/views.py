@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from email.parser import BytesHeaderParser
 from email.policy import default as default_policy
 
-from relay.store.events import Event, events_for_message, find_events
+from relay.store.events import Event, events_for_message
 
 PRIORITIES = (1, 2, 3, 4, 5)
 # States of a message that is still the relay's business.
@@ -391,26 +390,3 @@ def campaign_rows(db: sqlite3.Connection, *, limit: int = 50) -> list[CampaignRo
             )
         )
     return out
-
-
-# ---------------------------------------------------------------------------
-# Events (the answer to "message not being sent?")
-
-
-def event_page(
-    db: sqlite3.Connection,
-    *,
-    username: str | None = None,
-    kinds: Sequence[str] | None = None,
-    reason: str | None = None,
-    port: int | None = None,
-    since: float | None = None,
-    until: float | None = None,
-    before_id: int | None = None,
-    limit: int = 100,
-) -> list[Event]:
-    """One page of events for the Events screen, newest first (see :func:`find_events`)."""
-    return find_events(
-        db, username=username, kinds=kinds, reason=reason, port=port,
-        since=since, until=until, before_id=before_id, limit=limit,
-    )

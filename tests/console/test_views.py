@@ -13,6 +13,7 @@ from console import format as fmt
 from console.widgets.keyed_table import KeyedTable
 from relay.store import open_store, transaction, views
 from relay.store.bulk import queue_bulk
+from relay.store.events import find_events
 from tests.console.conftest import NOW, T0
 
 
@@ -94,14 +95,14 @@ def test_list_rows_and_campaign_rows(seeded_db: sqlite3.Connection) -> None:
     assert campaign.paused_by_priority and campaign.state_label == "paused: priority traffic"
 
 
-def test_event_page_filters_and_pages(seeded_db: sqlite3.Connection) -> None:
-    assert [e.reason for e in views.event_page(seeded_db, username="bob")] == ["sender-unverified", "accepted"]
-    assert [e.port for e in views.event_page(seeded_db, port=587)] == [587]
-    assert [e.kind for e in views.event_page(seeded_db, kinds=["refused", "auth"])] == ["auth", "refused"]
-    first = views.event_page(seeded_db, limit=4)
-    second = views.event_page(seeded_db, limit=4, before_id=first[-1].id)
+def test_event_pages_filter_and_page(seeded_db: sqlite3.Connection) -> None:
+    assert [e.reason for e in find_events(seeded_db, username="bob")] == ["sender-unverified", "accepted"]
+    assert [e.port for e in find_events(seeded_db, port=587)] == [587]
+    assert [e.kind for e in find_events(seeded_db, kinds=["refused", "auth"])] == ["auth", "refused"]
+    first = find_events(seeded_db, limit=4)
+    second = find_events(seeded_db, limit=4, before_id=first[-1].id)
     assert len(first) == len(second) == 4 and first[-1].id > second[0].id
-    assert views.event_page(seeded_db, since=T0 + 100, until=T0 + 200)[0].reason == "auth-bad-credentials"
+    assert find_events(seeded_db, since=T0 + 100, until=T0 + 200)[0].reason == "auth-bad-credentials"
 
 
 def test_formatting_helpers() -> None:
