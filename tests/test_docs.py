@@ -1,11 +1,13 @@
 """The documentation in the repository stays complete and self-contained.
 
 A user with only a clone must be able to follow every link in README.md and docs/, and
-the references must name every reason code and every relay setting the code has.
+the references must name every reason code, every relay setting and every reply the
+code has: when the code gains one, the doc gains a row.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import re
 from pathlib import Path
@@ -133,3 +135,38 @@ def test_every_relay_setting_is_documented_with_its_environment_variable() -> No
         if not re.search(rf"^\| `{field.name}` \|.*`SMTPPLUS_{field.name.upper()}`", text, re.M)
     ]
     assert missing == [], "add a row for these to docs/configuration.md"
+
+
+ENHANCED_REPLY = re.compile(r"^([245]\d\d) ([245]\.\d{1,3}\.\d{1,3}) ?")
+
+
+def relay_replies(path: Path) -> list[tuple[str, str, list[str]]]:
+    """Every reply with an enhanced status code written in ``path``: (code, enhanced
+    code, the fixed pieces of its text — what f-strings fill in is left out)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            pieces = [node.value]
+        elif isinstance(node, ast.JoinedStr):
+            text = "".join(str(v.value) if isinstance(v, ast.Constant) else "\0" for v in node.values)
+            pieces = text.split("\0")
+        else:
+            continue
+        match = ENHANCED_REPLY.match(pieces[0])
+        if match is None:
+            continue
+        pieces[0] = pieces[0][match.end() :]
+        found.append((match.group(1), match.group(2), [p.strip() for p in pieces if len(p.strip()) >= 3]))
+    return found
+
+
+def test_every_reply_the_relay_words_is_in_the_reply_table() -> None:
+    rows = [line for line in (DOCS / "replies.md").read_text(encoding="utf-8").splitlines() if line.startswith("| ")]
+    replies = relay_replies(ROOT / "relay" / "smtp.py") + relay_replies(ROOT / "relay" / "writer.py")
+    assert len(replies) >= 30  # the parser really found them
+    missing = [
+        f"{code} {enhanced} {' … '.join(pieces)}"
+        for code, enhanced, pieces in replies
+        if not any(row.startswith(f"| {code} | {enhanced} |") and all(p in row for p in pieces) for row in rows)
+    ]
+    assert missing == [], "add these to docs/replies.md"
