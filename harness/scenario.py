@@ -37,11 +37,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import difflib
 import importlib.resources
 import itertools
 import json
 import multiprocessing
 import re
+import shutil
 import sqlite3
 import ssl
 import tempfile
@@ -66,17 +68,21 @@ from harness.raw import RawResult, RawSend, raw_send
 from harness.report import RunReport, ScenarioReport
 from harness.sink import HARNESS_HEADER, Chaos, ChaosError
 from relay import policy
+from relay.display import clean
 from relay.passwords import generate_password, hash_password
 from relay.policy import PolicyError
 from relay.ports import PortSpecError, format_port_spec, parse_port_spec, sample_ports
 from relay.priority import validate_priority
-from relay.store import AsyncStore, StoreError, default_db_path, directory, transaction
+from relay.reasons import EventKind, Reason
+from relay.store import AsyncStore, StoreError, default_db_path, directory, open_store, transaction
 from relay.store import campaigns as campaigns_store
 from relay.store import events as events_store
 from relay.store import lease as lease_store
 from relay.store import queue as queue_store
+from relay.store import scratch as scratch_store
 from relay.store import settings as settings_store
-from relay.store.errors import NotFound
+from relay.store.errors import InvalidInput, NotFound
+from relay.store.events import NewEvent
 
 FIXTURES_PACKAGE = "fixtures"  # scenarios/ and messages/ are package data inside it
 STEP_KINDS = ("smtp", "raw", "campaign", "wait")
@@ -427,9 +433,9 @@ def parse_scenario(data: dict[str, Any], *, source: str, base: Path | None = Non
     )
     for i, item in enumerate(expect.get("events", list, [])):
         t = _Table(item, f"{source}: expect.events[{i}]")
-        scenario.expect.events.append(
-            EventExpectation(t.get("kind", str), t.get("reason", str), t.get("count", int), t.get("min", int))
-        )
+        kind = _known(t.get("kind", str), [str(k) for k in EventKind], f"{t.where}.kind", "event kind")
+        reason = _known(t.get("reason", str), [str(r) for r in Reason], f"{t.where}.reason", "reason")
+        scenario.expect.events.append(EventExpectation(kind, reason, t.get("count", int), t.get("min", int)))
         t.done()
     for name in [*scenario.expect.order, *(n for pair in scenario.expect.during for n in pair)]:
         if name not in names:
@@ -462,6 +468,16 @@ def _parse_sink(data: Any, where: str, base: Path | None) -> SinkSetup:
         except ChaosError as exc:
             raise ScenarioError(f"{where}.chaos: {exc}") from None
     return sink
+
+
+def _known(value: str | None, valid: list[str], where: str, what: str) -> str | None:
+    """``value`` when it is one of ``valid`` (or not given); else a ScenarioError naming
+    the closest valid one, so a typo fails when the file loads, not as "0 recorded"."""
+    if value is None or value in valid:
+        return value
+    closest = difflib.get_close_matches(value, valid, n=1, cutoff=0.0)
+    hint = f" — did you mean {closest[0]!r}?" if closest else ""
+    raise ScenarioError(f"{where}: unknown {what} {value!r}{hint} (the codes are in relay/reasons.py)")
 
 
 def _pair(value: Any, where: str) -> tuple[str, str]:
@@ -549,10 +565,86 @@ def _parse_step(item: Any, where: str, base: Path | None) -> Step:
 
 
 # ---------------------------------------------------------------------------
+# A live relay: what a scenario may not do there
+
+
+def delivery_needs(sc: Scenario) -> list[str]:
+    """Why ``sc`` must own the relay's delivery (empty: it can run against a live
+    relay, sending over SMTP only and checking at the sink it names)."""
+    needs: list[str] = []
+    if sc.sink.start:
+        needs.append("starts its own sink as the next hop ([sink] start = true)")
+    if sc.pause_delivery_until_queued:
+        needs.append("pauses delivery (pause_delivery_until_queued)")
+    if sc.settings:
+        needs.append(f"changes settings ({', '.join(sorted(sc.settings))})")
+    campaigns = [s.name for s in sc.steps if s.kind == "campaign"]
+    if campaigns:
+        needs.append(f"creates campaigns in the store ({', '.join(campaigns)}), not over SMTP")
+    if not sc.sink.start and not sc.sink.address and _checks_delivery(sc):
+        needs.append("checks delivery but names no sink ([sink] address + record)")
+    return needs
+
+
+def _checks_delivery(sc: Scenario) -> bool:
+    return (
+        any(s.kind in ("smtp", "raw") and s.expects_delivery for s in sc.steps)
+        or any(s.kind == "wait" and s.sink_at_least for s in sc.steps)
+        or bool(sc.expect.order or sc.expect.during)
+        or any(k in sc.expect.counts for k in ("delivered", "at_sink"))
+    )
+
+
+def _same_hop(a: str | None, b: str | None) -> bool:
+    if not a or not b:
+        return False
+    try:
+        (host_a, port_a), (host_b, port_b) = queue_store.parse_next_hop(a), queue_store.parse_next_hop(b)
+    except InvalidInput:
+        return False
+    return (host_a.lower(), port_a) == (host_b.lower(), port_b)
+
+
+def live_refusal(sc: Scenario, next_hop: str | None, store: Path | str) -> str:
+    """One line refusing ``sc`` against the live relay of ``store`` (whose next hop
+    is ``next_hop``), naming --start-relay; "" when it may run there."""
+    needs = delivery_needs(sc)
+    if sc.sink.address and not sc.sink.start and not _same_hop(sc.sink.address, next_hop):
+        needs.append(f"checks at the sink {sc.sink.address}, which is not the relay's next hop ({next_hop or 'none set'})")
+    if not needs:
+        return ""
+    return (
+        f"{sc.name}: needs to own delivery — it {'; '.join(needs)} — and the relay on {store} is live "
+        "(the harness never changes its next hop, pause, rate or parallel): run it with --start-relay"
+    )
+
+
+def live_refusals(names: list[str], store_path: Path) -> list[str]:
+    """The refusals (see :func:`live_refusal`) for scenario files run without
+    --start-relay against ``store_path``; none when no relay is alive there (the
+    run then fails saying how to start one)."""
+    scenarios = [load_scenario(name) for name in names]
+    alive, next_hop = live_relay(store_path)
+    if not alive:
+        return []
+    return [line for sc in scenarios if (line := live_refusal(sc, next_hop, store_path))]
+
+
+def live_relay(store_path: Path) -> tuple[bool, str | None]:
+    """Is a relay alive on ``store_path``, and its next hop."""
+    db = open_store(store_path)
+    try:
+        return lease_store.relay_status(db).alive, queue_store.delivery_settings(db).next_hop
+    finally:
+        db.close()
+
+
+# ---------------------------------------------------------------------------
 # Running
 
 
 EVENT_SETTLE_SECONDS = 5.0
+EVENTS_SHOWN = 8  # events printed under a failed event expectation
 APPROVAL_REASON = "harness scenario setup"
 
 
@@ -565,6 +657,12 @@ class RunOptions:
     ports: str | None = None  # narrows the pool of served ports the sends pick from (a spec, "served" or "sample:N")
     concurrency: int = 64
     timeout: float = 30.0
+    # The run owns delivery (it started the relay, --start-relay): only then may it set
+    # the next hop, pause, rate, parallel or other settings — and it restores them, with
+    # an event each. Against a live relay it sends over SMTP and nothing else.
+    owns_delivery: bool = False
+    keep: bool = False  # keep the lists, users, identities and campaigns the run made (--keep)
+    store_removed: bool = False  # the store goes when the run ends (--start-relay's temporary one)
     on_total: Callable[[int], None] | None = None  # dialogues added to the plan
     on_advance: Callable[[int], None] | None = None  # dialogues finished
 
@@ -620,10 +718,14 @@ class _ScenarioRun:
         self.options = options
         self.report = report
         self.tag = uuid.uuid4().hex[:12]
+        # Every list and user the run makes is named with this prefix, so it is never
+        # mistaken for (or collides with) anything of the store's own.
+        self.prefix = f"hr-{self.tag[:6]}-"
         self.store = AsyncStore(options.store_path or default_db_path())
         self.passwords: dict[str, str] = {}
         self.outcomes: dict[str, list[Outcome]] = {}
         self.campaign_sizes: dict[str, int] = {}
+        self.campaign_ids: dict[str, int] = {}
         self.served: list[int] = []
         self.not_served: dict[int, str] = {}
         self.pool: list[int] = []  # the served ports the sends pick from (see port_pool)
@@ -633,7 +735,16 @@ class _ScenarioRun:
         self.started = time.time()
         self.paused_by_us = False
         self.previous_settings: dict[str, Any] = {}
+        self.created = Created()
         self.semaphore = asyncio.Semaphore(max(1, options.concurrency))
+
+    def named(self, name: str) -> str:
+        """The store name of a scenario's user or list (``authz`` → ``hr-3fa9c1-authz``)."""
+        return self.prefix + name
+
+    def _list_name(self, name: str) -> str:
+        """A list of the scenario's setup by its store name; any other as written."""
+        return self.named(name) if any(item.name == name for item in self.scenario.lists) else name
 
     # -- plumbing ---------------------------------------------------------------
 
@@ -641,6 +752,8 @@ class _ScenarioRun:
         await self.store.open()
         try:
             if not await self._relay_facts():
+                return
+            if not await self._may_run_here():
                 return
             await self._setup()
             await self._start_sink()
@@ -652,14 +765,25 @@ class _ScenarioRun:
             await self._teardown()
 
     async def _teardown(self) -> None:
-        if self.paused_by_us:
-            await self.store.run(queue_store.set_paused, False)
-        if self.previous_settings:
-            # A live relay other people use goes back to its own next hop and controls.
-            await self.store.run(_restore_settings, self.previous_settings)
-        if self.sink is not None:
-            await self.sink.stop()
-        await self.store.close()
+        try:
+            if self.paused_by_us:
+                await self._resume_delivery()
+            if self.previous_settings:
+                # The relay goes back to its own next hop and controls, each change an event.
+                await self.store.run(_restore_settings, self.previous_settings, self.prefix)
+            if self.sink is not None:
+                await self.sink.stop()
+            await self._remove_or_keep()
+        finally:
+            await self.store.close()
+
+    async def _remove_or_keep(self) -> None:
+        if self.created.empty:
+            return
+        if self.options.keep:
+            self.report.facts["kept"] = self.created.describe()
+            return
+        self.report.facts["removed"] = await self.store.run(_remove_created, self.created)
 
     def fail(self, name: str, expected: str, observed: str, detail: str = "") -> None:
         self.report.add(name, False, expected, observed, detail, error=True)
@@ -679,6 +803,7 @@ class _ScenarioRun:
         self.served, self.not_served = list(status.served), dict(status.not_served)
         self.report.facts["served_ports"] = format_port_spec(self.served)
         self.report.facts["not_served_ports"] = {str(p): r for p, r in self.not_served.items()}
+        self.report.facts["run_prefix"] = self.prefix
         self.pool = port_pool(self.options.ports, self.served, self.not_served)
         if self.options.ports:
             self.report.facts["port_pool"] = format_port_spec(self.pool)
@@ -693,18 +818,30 @@ class _ScenarioRun:
         self.tls_context = context
         return True
 
+    async def _may_run_here(self) -> bool:
+        """Against a live relay (not one the run started), a scenario that needs to
+        own delivery is refused before anything is set up."""
+        if self.options.owns_delivery:
+            return True
+        settings = await self.store.run(queue_store.delivery_settings)
+        refusal = live_refusal(self.scenario, settings.next_hop, self.options.store_path or default_db_path())
+        if refusal:
+            self.fail("live-relay", "a scenario that only sends over SMTP and checks at the relay's next hop", "refused", refusal)
+            return False
+        return True
+
     async def _setup(self) -> None:
         t0 = time.perf_counter()
         sc = self.scenario
-        passwords = {u.username: generate_password() for u in sc.users}
+        passwords = {self.named(u.username): generate_password() for u in sc.users}
         # argon2 hashing is deliberately slow: off the event loop, all users at once.
         hashes = await asyncio.to_thread(lambda: {name: hash_password(pw) for name, pw in passwords.items()})
-        touched = [*sc.settings]
-        if sc.sink.start or sc.sink.address:
+        touched = [*sc.settings] if self.options.owns_delivery else []
+        if self.options.owns_delivery and (sc.sink.start or sc.sink.address):
             touched += [settings_store.Keys.NEXT_HOP, settings_store.Keys.NEXT_HOP_TLS]
         self.previous_settings = await self.store.run(_read_settings, touched)
         try:
-            summary = await self.store.run(_apply_setup, sc, hashes)
+            summary = await self.store.run(_apply_setup, sc, hashes, self.prefix, self.created)
         except (StoreError, PolicyError, ValueError) as exc:
             self.fail("setup", "lists, users and identities made through the store", f"setup failed: {exc}")
             raise _Abort from None
@@ -728,7 +865,8 @@ class _ScenarioRun:
                     f"start the sink with `smtpplus sink --record {spec.record}`, or fix [sink] record",
                 )
                 raise _Abort
-            await self.store.run(queue_store.set_next_hop, spec.address)
+            if self.options.owns_delivery:
+                await self.store.run(queue_store.set_next_hop, spec.address)
             self.report.facts["sink"] = spec.address
             if spec.record is not None:
                 # From here on: records of earlier runs in the same file are not ours.
@@ -742,9 +880,9 @@ class _ScenarioRun:
         plans = {s.name: self._plan(s) for s in sends}
         if self.options.on_total:
             self.options.on_total(sum(len(ports) * s.repeat for s, (ports, _) in zip(sends, plans.values(), strict=True)))
-        if sc.pause_delivery_until_queued and sends:
-            await self.store.run(queue_store.set_paused, True)
-            self.paused_by_us = True
+        if sc.pause_delivery_until_queued and sends and self.options.owns_delivery:
+            # An operator's own pause stays theirs: only a pause the run made is undone.
+            self.paused_by_us = not await self.store.run(queue_store.set_paused, True)
         for step in sc.steps:
             t0 = time.perf_counter()
             if step.kind in ("smtp", "raw"):
@@ -801,12 +939,14 @@ class _ScenarioRun:
     def _credentials(self, step: Step) -> tuple[str | None, str | None]:
         if not step.auth or step.user is None:
             return None, None
-        captured = self.passwords.get(step.user)
+        # Prefixed whether set up or not: a user the scenario did not make stays unknown.
+        user = self.named(step.user)
+        captured = self.passwords.get(user)
         if step.password == "captured":
-            return step.user, captured if captured is not None else generate_password()
+            return user, captured if captured is not None else generate_password()
         if step.password == "wrong":
-            return step.user, (captured or generate_password()) + "-wrong"
-        return step.user, step.password
+            return user, (captured or generate_password()) + "-wrong"
+        return user, step.password
 
     def _recipients(self, step: Step) -> list[str]:
         generated = [f"rcpt-{n:04d}@{step.to_domain}" for n in range(1, step.to_count + 1)]
@@ -872,12 +1012,14 @@ class _ScenarioRun:
         ).replace("\r\n", "\n").replace("\n", "\r\n").encode()
         try:
             info = await self.store.run(
-                campaigns_store.create_campaign, step.campaign_list, subject=step.subject, template=template,
-                mail_from=step.mail_from, priority=step.priority,
+                campaigns_store.create_campaign, self._list_name(step.campaign_list), subject=step.subject,
+                template=template, mail_from=step.mail_from, priority=step.priority,
             )
         except StoreError as exc:
             self.report.add(step.name, False, "campaign scheduled", f"refused: {exc}")
             return
+        self.created.campaigns.append(info.id)
+        self.campaign_ids[step.name] = info.id
         self.campaign_sizes[step.name] = int(info.total or 0)
         self.report.add(
             step.name, True, "campaign scheduled", f"campaign {info.id}: {info.total} members, priority {info.priority}",
@@ -951,7 +1093,7 @@ class _ScenarioRun:
         exp = self.scenario.expect
         arrivals = await self._arrivals()
         if exp.order:
-            self._order_check(exp.order, arrivals)
+            await self._order_check(exp.order, arrivals)
         for inner, outer in exp.during:
             self._during_check(inner, outer, arrivals)
         if exp.counts:
@@ -961,7 +1103,7 @@ class _ScenarioRun:
         if exp.not_served_listed:
             self._not_served_check()
 
-    def _order_check(self, order: list[str], arrivals: list[str]) -> None:
+    async def _order_check(self, order: list[str], arrivals: list[str]) -> None:
         expected = " → ".join(order) + " (all of each before any of the next)"
         observed = _run_length(arrivals, order)
         problems = []
@@ -973,7 +1115,24 @@ class _ScenarioRun:
                 problems.append(f"{missing} never arrived at the sink")
             elif max(positions_a) > min(positions_b):
                 problems.append(f"{later} (arrival #{min(positions_b) + 1}) came before {earlier} finished (arrival #{max(positions_a) + 1})")
+        if problems:
+            problems.append("effective priority (queue order is priority, then arrival): " + await self._priorities(order))
         self.report.add("order", not problems, expected, observed, "\n".join(problems))
+
+    async def _priorities(self, names: list[str]) -> str:
+        """``level-1-header 1 (user 3, header 1); newsletter 3 (campaign)`` — what the
+        queue ordered each send's messages by."""
+        queue_ids = {n: [q for o in self.outcomes.get(n, []) if (q := _queue_id(o.result))] for n in names}
+        found = await self.store.run(scratch_store.message_priorities, [q for ids in queue_ids.values() for q in ids])
+        parts = []
+        for name in names:
+            if name in self.campaign_ids:
+                parts.append(f"{name} {self.scenario.step(name).priority} (campaign)")
+                continue
+            levels = sorted({found[q] for q in queue_ids[name] if q in found})
+            shown = ", ".join(f"{p} (user {u}, header {h})" for p, u, h in levels) or "not queued"
+            parts.append(f"{name} {shown}")
+        return "; ".join(parts)
 
     def _during_check(self, inner: str, outer: str, arrivals: list[str]) -> None:
         expected = f"{inner} arrives after the first and before the last of {outer}"
@@ -1021,8 +1180,29 @@ class _ScenarioRun:
                 break
             await asyncio.sleep(0.1)
         name = "events." + "/".join(p for p in (event.kind, event.reason) if p)
-        detail = "" if passed else "events since the scenario started; see `smtpplus` events in the console"
+        detail = "" if passed else await self._events_hint(event)
         self.report.add(name, passed, event.describe(), f"{got} recorded", detail)
+
+    async def _events_hint(self, event: EventExpectation) -> str:
+        """The run's events nearest to a failed expectation (of its kind, else all),
+        and where to see the rest — or, when the store goes with the run, how to keep it."""
+        nearby = await self.store.run(
+            events_store.find_events, kind=event.kind, since=self.started, limit=EVENTS_SHOWN
+        ) if event.kind else []
+        what = f"{event.kind} events" if nearby else "events"
+        if not nearby:
+            nearby = await self.store.run(events_store.find_events, since=self.started, limit=EVENTS_SHOWN)
+        lines = [f"the run's latest {what} ({len(nearby)} shown):" if nearby else "the run recorded no events"]
+        lines += [
+            f"  {time.strftime('%H:%M:%S', time.localtime(e.at))} {e.kind}/{e.reason}"
+            + (f" {clean(e.username)}" if e.username else "") + (f" — {clean(e.detail, 160)}" if e.detail else "")
+            for e in reversed(nearby)
+        ]
+        if self.options.store_removed:
+            lines.append("the run's store is removed when it ends: run again with --keep to keep it and see every event")
+        else:
+            lines.append(f"every event: `smtpplus console --no-relay --db {self.options.store_path or default_db_path()}` → Events")
+        return "\n".join(lines)
 
     def _not_served_check(self) -> None:
         spec = self.options.ports if self.options.ports and not self.options.ports.startswith(("sample:", "served")) else None
@@ -1083,6 +1263,39 @@ class SinkView:
 
 _UNSET = "\0unset"
 
+# How settings read in events (the relay's own events say "next hop set to …").
+_SETTING_NAMES = {
+    settings_store.Keys.NEXT_HOP: "next hop",
+    settings_store.Keys.NEXT_HOP_TLS: "next hop STARTTLS",
+    settings_store.Keys.PARALLEL: "parallel connections",
+    settings_store.Keys.RATE: "rate",
+    settings_store.Keys.PAUSED: "delivery paused",
+}
+
+
+@dataclass(slots=True)
+class Created:
+    """What a run made in the store, to remove afterwards (or keep, with --keep)."""
+
+    lists: list[str] = field(default_factory=list)
+    users: list[str] = field(default_factory=list)
+    identities: list[str] = field(default_factory=list)
+    campaigns: list[int] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.lists or self.users or self.identities or self.campaigns)
+
+    def describe(self) -> str:
+        parts = [
+            f"{label} {', '.join(str(v) for v in values)}"
+            for label, values in (
+                ("lists", self.lists), ("users", self.users), ("identities", self.identities), ("campaigns", self.campaigns)
+            )
+            if values
+        ]
+        return "; ".join(parts)
+
 
 def _read_settings(db: sqlite3.Connection, keys: list[str]) -> dict[str, Any]:
     """Current values of ``keys`` (``_UNSET`` for keys without one), to restore later."""
@@ -1090,53 +1303,116 @@ def _read_settings(db: sqlite3.Connection, keys: list[str]) -> dict[str, Any]:
     return {key: current.get(key, _UNSET) for key in keys}
 
 
-def _restore_settings(db: sqlite3.Connection, previous: dict[str, Any]) -> None:
+def _shown(key: str, value: Any) -> str:
+    if value == _UNSET or value is None:
+        return "unset (the default)"
+    if "password" in key:
+        return "****"
+    return clean(value, 200)
+
+
+def _setting_event(db: sqlite3.Connection, detail: str) -> None:
+    events_store.record_event(db, NewEvent(EventKind.OPERATOR, Reason.SETTING_CHANGED, detail=detail))
+
+
+def _apply_settings(db: sqlite3.Connection, settings: dict[str, Any], prefix: str) -> None:
+    """A scenario's ``[setup] settings`` (only on a relay the run owns), each an event."""
+    previous = _read_settings(db, list(settings))
+    for key, value in settings.items():
+        settings_store.set_setting(db, key, value)
+        name = _SETTING_NAMES.get(key, key)
+        _setting_event(db, f"{name} set to {_shown(key, value)} by harness run {prefix.rstrip('-')} "
+                           f"(was {_shown(key, previous[key])})")
+
+
+def _restore_settings(db: sqlite3.Connection, previous: dict[str, Any], prefix: str) -> None:
+    """Put back what the run changed, each change an event, so the Events screen
+    does not end at "next hop set to 127.0.0.1:…" of a run long gone."""
     with transaction(db):
+        current = _read_settings(db, list(previous))
         for key, value in previous.items():
+            if current[key] == value:
+                continue
             if value == _UNSET:
                 settings_store.delete_setting(db, key)
             else:
                 settings_store.set_setting(db, key, value)
+            name = _SETTING_NAMES.get(key, key)
+            _setting_event(db, f"{name} restored to {_shown(key, value)} after harness run {prefix.rstrip('-')}")
 
 
 def _relay_facts(db: sqlite3.Connection) -> tuple[Any, str | None]:
     return lease_store.relay_status(db), settings_store.get_setting(db, settings_store.Keys.TLS_CERT_PEM)
 
 
-def _apply_setup(db: sqlite3.Connection, sc: Scenario, hashes: dict[str, str]) -> str:
-    """Lists, members, users and identity states, through the store's API. A user
-    that exists already (a rerun on the same store) gets the new password and
-    settings; identities listed as pending are never approved by the harness."""
+def _apply_setup(db: sqlite3.Connection, sc: Scenario, hashes: dict[str, str], prefix: str, created: Created) -> str:
+    """Lists, members, users and identity states, through the store's API, each
+    list and user named with the run's ``prefix``. The harness approves only
+    identities it creates (never one of the store's own that is pending), and never
+    those a scenario lists as pending. ``created`` learns what was made."""
+    lists = {item.name: prefix + item.name for item in sc.lists}
+    wanted: dict[str, list[str]] = {}
+    for user in sc.users:
+        try:
+            wanted[user.username] = [*policy.parse_domains(user.domains), *policy.parse_senders(user.senders)]
+        except PolicyError as exc:
+            raise InvalidInput(f"user {user.username}: {exc}") from None
+    existing = scratch_store.existing_identities(db, sorted({i for ids in wanted.values() for i in ids}))
+    approve: set[str] = set()
+    for user in sc.users:
+        pending = {directory.canonical_identity(p) for p in user.pending}
+        for identity in wanted[user.username]:
+            if identity in pending:
+                continue
+            if existing.get(identity) == "pending":
+                raise InvalidInput(
+                    f"{identity} is a pending sender identity of this store; the harness approves only identities "
+                    "it creates — verify it first, or run with --start-relay (a store of its own)"
+                )
+            if identity not in existing:
+                approve.add(identity)
     with transaction(db):
-        for key, value in sc.settings.items():
-            settings_store.set_setting(db, key, value)
+        if sc.settings:
+            _apply_settings(db, sc.settings, prefix)
         for item in sc.lists:
-            try:
-                directory.get_list(db, item.name)
-            except NotFound:
-                directory.create_list(db, item.name, item.description)
+            directory.create_list(db, lists[item.name], item.description)
             if item.members:
-                directory.import_members(db, item.name, [(m, "") for m in item.members])
-        approve: list[str] = []
+                directory.import_members(db, lists[item.name], [(m, "") for m in item.members])
         for user in sc.users:
             domains, senders = policy.parse_domains(user.domains), policy.parse_senders(user.senders)
-            try:
-                directory.get_user(db, user.username)
-            except NotFound:
-                directory.create_user(
-                    db, list_name=user.list_name, password_hash=hashes[user.username], username=user.username,
-                    priority=user.priority, note=user.note, domains=domains, senders=senders, active=False,
-                )
-            else:
-                directory.edit_user(db, user.username, priority=user.priority, note=user.note, domains=domains, senders=senders)
-                directory.set_password_hash(db, user.username, hashes[user.username])
-            pending = {directory.canonical_identity(p) for p in user.pending}
-            approve += [i for i in [*domains, *senders] if i not in pending]
-            directory.set_active(db, user.username, user.active)
+            directory.create_user(
+                db, list_name=lists.get(user.list_name, user.list_name), password_hash=hashes[prefix + user.username],
+                username=prefix + user.username, priority=user.priority, note=user.note, domains=domains,
+                senders=senders, active=user.active,
+            )
         if approve:
-            directory.approve_identities(db, sorted(set(approve)), APPROVAL_REASON)
+            directory.approve_identities(db, sorted(approve), APPROVAL_REASON)
+    created.lists += lists.values()
+    created.users += [prefix + u.username for u in sc.users]
+    created.identities += sorted({i for ids in wanted.values() for i in ids} - set(existing))
     members = sum(len(i.members) for i in sc.lists)
-    return f"{len(sc.lists)} list(s), {members} member(s), {len(sc.users)} user(s), {len(set(approve))} identities approved"
+    return f"{len(sc.lists)} list(s), {members} member(s), {len(sc.users)} user(s), {len(approve)} identities approved"
+
+
+def _remove_created(db: sqlite3.Connection, created: Created) -> str:
+    """Remove what a run made: campaigns (cancelled first when still under way),
+    users, lists, then its identities no one else lists. Mail stays."""
+    campaigns = 0
+    for campaign_id in created.campaigns:
+        with contextlib.suppress(InvalidInput, NotFound):
+            campaigns_store.cancel_campaign(db, campaign_id)
+        campaigns += scratch_store.delete_finished_campaign(db, campaign_id)
+    for username in created.users:
+        with contextlib.suppress(NotFound):
+            directory.delete_user(db, username)
+    for name in created.lists:
+        with contextlib.suppress(NotFound):
+            directory.delete_list(db, name)
+    identities = scratch_store.delete_unused_identities(db, created.identities)
+    return (
+        f"{len(created.lists)} list(s), {len(created.users)} user(s), {len(identities)} identities, "
+        f"{campaigns} campaign(s)"
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -1215,6 +1491,13 @@ def _short_reply(reply: Reply) -> str:
 
 def _transcript_tail(result: DialogueResult | RawResult, lines: int = 14) -> list[str]:
     return [f"{line.direction} {line.text}" for line in result.lines[-lines:]]
+
+
+def _queue_id(result: DialogueResult | RawResult) -> str | None:
+    """The relay's queue id from the reply to DATA ("250 2.0.0 Ok: queued as X")."""
+    reply = result.replies.get("data")
+    match = re.search(r"queued as\s+(\S+)", reply.text) if reply is not None and reply.code == 250 else None
+    return match.group(1) if match else None
 
 
 def _count(names: list[str], of: str | None) -> int:
@@ -1355,22 +1638,47 @@ async def run_files(
 
     With ``start_relay``, each scenario gets its own relay on 127.0.0.1 (in this
     process, or a child process: ``relay_mode``, see :func:`relay_mode_for`) listening
-    on ``listen`` (else the scenario's ``relay_listen``), a fresh temporary store
-    (unless ``options.store_path`` is given) and a capture sink as next hop."""
+    on ``listen`` (else :func:`listen_for` the scenario and ``options.ports``), a fresh
+    temporary store (unless ``options.store_path`` is given; kept with
+    ``options.keep``) and a capture sink as next hop: the run owns its delivery.
+    Without it, the run sends to the live relay of ``options.store_path`` and changes
+    nothing of its delivery (see :func:`live_refusal`)."""
     scenarios = [load_scenario(name) for name in names]
     if not start_relay:
-        return await run_scenarios(scenarios, options)
+        return await run_scenarios(scenarios, dataclasses.replace(options, owns_delivery=False, store_removed=False))
     report = RunReport(started_at=time.time())
     t0 = time.perf_counter()
     for scenario in scenarios:
         if not scenario.sink.address:
             scenario.sink.start = True
-        with tempfile.TemporaryDirectory(prefix="smtpplus-harness-") as tmp:
-            store_path = options.store_path if options.store_path else Path(tmp) / "smtpplus.db"
-            spec = listen or scenario.relay_listen
-            data_dir = Path(tmp) / "data"
+        tmp = Path(tempfile.mkdtemp(prefix="smtpplus-harness-"))
+        store_path = options.store_path or tmp / "smtpplus.db"
+        removed = options.store_path is None and not options.keep
+        try:
+            spec = listen or listen_for(scenario.relay_listen, options.ports)
+            data_dir = tmp / "data"
+            run_options = dataclasses.replace(options, store_path=store_path, owns_delivery=True, store_removed=removed)
             async with started_relay(store_path, spec, data_dir=data_dir, mode=relay_mode, **(relay_config or {})):
-                one = await run_scenarios([scenario], dataclasses.replace(options, store_path=store_path))
+                one = await run_scenarios([scenario], run_options)
+        finally:
+            if not (options.keep and options.store_path is None):
+                shutil.rmtree(tmp, ignore_errors=True)
+        if options.keep and options.store_path is None:
+            one.scenarios[0].facts["store_kept"] = str(store_path)
         report.scenarios += one.scenarios
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def listen_for(relay_listen: str, ports: str | None) -> str:
+    """What a started relay listens on for a scenario whose ``relay_listen`` is given,
+    when ``--ports`` is ``ports``: only the ports the run uses — ``sample:N`` binds N of
+    them (the same deterministic sample the run then sends on), not the whole range."""
+    match = re.fullmatch(r"sample:(\d+)", ports or "")
+    if match is None:
+        return relay_listen
+    count = int(match.group(1))
+    ephemeral = re.fullmatch(r"0(?:\*(\d+))?", relay_listen)
+    if ephemeral:
+        return f"0*{max(1, min(count, int(ephemeral.group(1) or 1)))}"
+    return format_port_spec(sample_ports(parse_port_spec(relay_listen), count))

@@ -15,9 +15,13 @@ from console.cli.common import CliError, db_option, json_option, print_json, std
 
 @click.command(
     help="Run scenario files (paths, or names of the shipped ones: authorization, priority, port_sweep, "
-    "bad_input) against the relay serving the store: set up lists and users through the store, send "
-    "over SMTP on the ports the relay serves, check replies, delivery order at a capture sink, counts "
-    "and events. Exits 0 only when every check passed.",
+    "bad_input) against the relay serving the store: set up lists and users through the store (named "
+    "with a run prefix, removed afterwards), send over SMTP on the ports the relay serves, check replies, "
+    "delivery order at a sink, counts and events. Against a live relay the run only sends over SMTP and "
+    "checks at the sink its scenario names ([sink] address/record, the relay's next hop); it never "
+    "changes the relay's next hop, pause, rate or parallel, and refuses a scenario that needs to "
+    "(use --start-relay for those). Exits 0 only when every check passed. "
+    "Scenario format: docs/scenarios.md.",
 )
 @click.argument("files", nargs=-1, required=True)
 @click.option("--relay", "relay_host", default="127.0.0.1", show_default=True, help="Host the relay listens on.")
@@ -41,6 +45,8 @@ from console.cli.common import CliError, db_option, json_option, print_json, std
 )
 @click.option("--concurrency", type=click.IntRange(1, 4096), default=64, show_default=True, help="Dialogues at once.")
 @click.option("--timeout", type=click.FloatRange(0.1, 3600), default=30.0, show_default=True, help="Seconds to wait for each reply.")
+@click.option("--keep", is_flag=True, help="Keep what the run made (lists, users, identities, campaigns; with --start-relay "
+              "its temporary store too) and say what was kept. Settings are restored either way.")
 @click.option("--junit", "junit_path", type=click.Path(dir_okay=False, path_type=Path), help="Write a JUnit XML report here.")
 @json_option
 @db_option
@@ -53,13 +59,22 @@ def run(
     relay_mode: str,
     concurrency: int,
     timeout: float,
+    keep: bool,
     junit_path: Path | None,
     as_json: bool,
     db_path: Path | None,
 ) -> None:
     from harness.report import failure_details, summary_table, write_junit
-    from harness.scenario import RunOptions, ScenarioError, load_scenario, ports_value
+    from harness.scenario import (
+        RunOptions,
+        ScenarioError,
+        live_refusals,
+        live_relay,
+        load_scenario,
+        ports_value,
+    )
     from relay.ports import PortSpecError, parse_port_spec
+    from relay.store import StoreError
     from relay.store.db import default_db_path
 
     try:
@@ -80,8 +95,25 @@ def run(
     store_path = db_path if (db_path is not None or not start_relay) else None
     if store_path is None and not start_relay:
         store_path = default_db_path()
+    if not start_relay and store_path is not None:
+        if not store_path.exists():
+            raise CliError(f"no store at {store_path} — check --db / $SMTPPLUS_DB, or use --start-relay")
+        try:
+            refusals = live_refusals(list(files), store_path)
+        except (StoreError, ScenarioError) as exc:
+            raise CliError(str(exc)) from None
+        if refusals:
+            raise CliError("; ".join(refusals))
+    if start_relay and db_path is not None and db_path.exists():
+        try:
+            alive = live_relay(db_path)[0]
+        except StoreError as exc:
+            raise CliError(str(exc)) from None
+        if alive:
+            raise CliError(f"a relay is live on {db_path}: --start-relay runs a relay of its own — drop --db "
+                           "(a temporary store), or run without --start-relay (SMTP only, its delivery untouched)")
     options = RunOptions(store_path=store_path, relay_host="127.0.0.1" if start_relay else relay_host,
-                         ports=ports, concurrency=concurrency, timeout=timeout)
+                         ports=ports, concurrency=concurrency, timeout=timeout, keep=keep)
     report = _run_with_progress(files, options, start_relay=start_relay, listen=listen, relay_mode=relay_mode, quiet=as_json)
     if junit_path is not None:
         write_junit(report, junit_path)
@@ -92,9 +124,25 @@ def run(
         console.print(summary_table(report))
         for line in failure_details(report):
             console.print(line, markup=False)
+        for line in _left_behind(report):
+            console.print(line, markup=False)
         if junit_path is not None:
             console.print(f"JUnit report: {junit_path}", markup=False)
     sys.exit(0 if report.passed else 1)
+
+
+def _left_behind(report: Any) -> list[str]:
+    """What each scenario kept (--keep) or removed, and a kept temporary store."""
+    lines = []
+    for scenario in report.scenarios:
+        facts = scenario.facts
+        if facts.get("kept"):
+            lines.append(f"{scenario.name}: kept {facts['kept']} (--keep)")
+        elif facts.get("removed"):
+            lines.append(f"{scenario.name}: removed what the run made ({facts['removed']})")
+        if facts.get("store_kept"):
+            lines.append(f"{scenario.name}: store kept at {facts['store_kept']} — `smtpplus console --no-relay --db {facts['store_kept']}`")
+    return lines
 
 
 def _run_with_progress(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,8 @@ class _SendCommand(click.Command):
 @click.option("--body", help="Body text.")
 @click.option("--data", "data_file", help="Send this file as the message (- for stdin); --header/--priority go in front.")
 @click.option("--ehlo", "ehlo_name", default="smtpplus-harness.localdomain", show_default=True, help="EHLO name.")
-@click.option("--quit-after", type=click.Choice(QUIT_AFTER_CHOICES), help="Stop (QUIT) after this stage.")
+@click.option("--quit-after", type=click.Choice(QUIT_AFTER_CHOICES, case_sensitive=False),
+              help="Stop (QUIT) after this stage (any case: AUTH is auth).")
 @click.option("--timeout", type=click.FloatRange(0.1, 3600), default=30.0, show_default=True, help="Seconds to wait for each reply.")
 @click.option("--count", type=click.IntRange(1, 1_000_000), default=1, show_default=True,
               help="Send this many messages: the first with the whole dialogue shown, the rest through the "
@@ -122,18 +124,27 @@ def send(
         extra = [parse_header_option(h) for h in headers]
     except ValueError as exc:
         raise CliError(str(exc)) from None
+    if quit_after is not None:
+        quit_after = quit_after.lower()
     message = None
+    make_message: Callable[[], bytes] | None = None
     if mail_from is not None or recipients:
         if mail_from is None:
             raise CliError("--to needs --from (the envelope sender)")
         if not recipients and quit_after not in QUIT_AFTER_CHOICES[:6]:
             raise CliError("give at least one --to recipient")
         data = _read_data(data_file) if data_file is not None else None
-        message = build_message(
-            header_from=mail_from or None, to=recipients, subject=subject, headers=extra,
-            priority=priority, body=body if body is not None else "This is a test message sent by smtpplus send.\n",
-            data=data,
-        )
+
+        def make_message() -> bytes:
+            # Each message of --count gets its own Date and Message-ID, and the same
+            # --to, --subject, headers and body as the first.
+            return build_message(
+                header_from=mail_from or None, to=recipients, subject=subject, headers=extra,
+                priority=priority, body=body if body is not None else "This is a test message sent by smtpplus send.\n",
+                data=data,
+            )
+
+        message = make_message()
     request = SendRequest(
         host=server, port=port, tls=TlsMode(tls), cafile=cafile, insecure=insecure,
         auth_user=auth_user, auth_password=password, auth_mech=auth_mech.lower(),
@@ -144,7 +155,8 @@ def send(
     if count == 1 or not result.ok:
         _print(result, as_json)
         sys.exit(result.exit_code)
-    load = asyncio.run(_load(request, count - 1, connections, extra, priority))
+    assert make_message is not None  # --count needs --from and --to (checked above)
+    load = asyncio.run(_load(request, count - 1, connections, make_message))
     report = _load_report(request, load, connections)
     if as_json:
         click.echo(json.dumps(to_jsonable({**result.to_json(), "load": report.to_json()}), indent=2))
@@ -154,20 +166,18 @@ def send(
     sys.exit(0 if load.failed == 0 else EXIT_SOME_FAILED)
 
 
-async def _load(request: SendRequest, messages: int, connections: int, extra: list[tuple[str, str]], priority: int | None) -> Any:
-    """The rest of ``--count`` through the load generator every bench shares."""
+async def _load(request: SendRequest, messages: int, connections: int, make_message: Callable[[], bytes]) -> Any:
+    """The rest of ``--count`` through the load generator every bench shares: each
+    to the given recipients, built like the first (same --to, --subject, headers)."""
     from harness.bench.loadgen import LoadSpec, run_load
 
-    headers = dict(extra)
-    if priority is not None:
-        headers["X-Priority"] = str(priority)
-    recipient_domain = request.recipients[0].rpartition("@")[2] or "dest.example"
+    recipients = list(request.recipients)
     spec = LoadSpec(
         ports=[request.port], host=request.host, connections=min(connections, messages), messages=messages,
-        size=len(request.message or b""), recipients=len(request.recipients), starttls=request.tls is not TlsMode.NONE,
+        size=len(request.message or b""), recipients=len(recipients), starttls=request.tls is not TlsMode.NONE,
         tls_context=client_tls_context(cafile=request.cafile, insecure=request.insecure),
         username=request.auth_user, password=request.auth_password, mail_from=request.mail_from or "",
-        rcpt_domain=recipient_domain, timeout=request.timeout, headers={k: v for k, v in headers.items() if v},
+        timeout=request.timeout, message=lambda n: (recipients, make_message()),
     )
     return await run_load(spec)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from harness.report import Check, RunReport, failure_details, junit_xml, write_junit
-from harness.scenario import RunOptions, ScenarioError, load_scenario, run_files, shipped_scenarios
+from harness.scenario import RunOptions, ScenarioError, load_scenario, run_files, run_scenarios, shipped_scenarios
 from relay.ports import parse_port_spec
 
 
@@ -51,7 +51,10 @@ async def test_a_port_spec_pool_against_a_running_relay(relay: object, store_pat
         db.close()
     pool = sorted(served)[:2]
     spec = ",".join(str(p) for p in pool)
-    report = await run_files(["bad_input"], RunOptions(store_path=store_path, ports=spec, timeout=20))
+    # The test's own relay: the run may own its delivery (a capture sink as next hop).
+    report = await run_scenarios(
+        [load_scenario("bad_input")], RunOptions(store_path=store_path, ports=spec, timeout=20, owns_delivery=True)
+    )
     assert report.passed, _explain(report)
     [scenario] = report.scenarios
     assert parse_port_spec(scenario.facts["port_pool"]) == pool
@@ -175,46 +178,6 @@ def test_shipped_scenarios_are_found_by_bare_name() -> None:
     assert load_scenario("priority.toml").name == "priority"
     with pytest.raises(ScenarioError, match="shipped scenarios: authorization"):
         load_scenario("no-such-scenario")
-
-
-async def test_against_a_running_relay_the_harness_restores_what_it_changed(
-    relay: object, store_path: Path, tmp_path: Path
-) -> None:
-    import sqlite3
-
-    from relay.store import open_store
-    from relay.store.settings import Keys, get_setting, set_setting
-
-    db: sqlite3.Connection = open_store(store_path)
-    try:
-        set_setting(db, Keys.NEXT_HOP, "127.0.0.1:2")
-        scenario = tmp_path / "restore.toml"
-        scenario.write_text(
-            """
-[scenario]
-name = "restore"
-ports = "served"
-[setup]
-settings = { "delivery.parallel" = 1 }
-lists = [{ name = "restore" }]
-users = [{ username = "restore-user", list = "restore", domains = "restore.example" }]
-[sink]
-start = true
-[[sends]]
-name = "one-per-port"
-user = "restore-user"
-mail_from = "a@restore.example"
-to = ["b@dest.example"]
-expect = "250"
-"""
-        )
-        report = await run_files([str(scenario)], RunOptions(store_path=store_path, timeout=10))
-        assert report.passed, _explain(report)
-        assert by_name(report)["one-per-port.delivered"].observed == "3 arrived"  # the fixture relay serves 3 ports
-        assert get_setting(db, Keys.NEXT_HOP) == "127.0.0.1:2"
-        assert get_setting(db, Keys.PARALLEL) is None
-    finally:
-        db.close()
 
 
 def by_name(report: RunReport) -> dict[str, Check]:
