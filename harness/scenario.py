@@ -12,8 +12,18 @@ A scenario has five parts::
 Everything set up goes through the store's public functions (``relay.store``);
 passwords are generated, hashed with argon2id and kept only in the runner's memory
 for the sends. The relay is spoken to only over SMTP, and only on ports it reports
-as served. See ``fixtures/scenarios/*.toml`` for complete examples, and
-:func:`run_scenarios` for the runner.
+as served. See ``fixtures/scenarios/*.toml`` for complete examples,
+``docs/scenarios.md`` for the reference, and :func:`run_scenarios` for the runner.
+
+Whose delivery: a run *owns* the relay's delivery only when it started that relay
+(``--start-relay``, :func:`run_files`). Then it may set the next hop (its capture
+sink), pause delivery and change settings, and it restores each afterwards — every
+change and every restore an operator event. Against a live relay it sends over SMTP
+only and checks delivery at the sink the scenario names, which must be the relay's
+next hop; a scenario that needs more is refused in one line (:func:`live_refusal`).
+Lists and users are named with a run prefix (``hr-3fa9c1-authz``); what a run made —
+lists, users, the sender identities it created, campaigns — is removed afterwards
+unless ``RunOptions.keep``. The harness approves only identities it created.
 
 Expected replies are written as a code (``550``), a class (``5xx``), an enhanced
 status (``5.7.1``) or both (``550 5.7.1``); ``expect_text`` adds a substring.
@@ -778,8 +788,8 @@ class _ScenarioRun:
             await self.store.close()
 
     async def _remove_or_keep(self) -> None:
-        if self.created.empty:
-            return
+        if self.created.empty or self.options.store_removed:
+            return  # nothing made, or the whole store goes with the run
         if self.options.keep:
             self.report.facts["kept"] = self.created.describe()
             return

@@ -38,6 +38,13 @@ def test_a_failing_scenario_exits_1_with_the_difference_and_json(cli: Any, tmp_p
 
 
 def test_without_a_live_relay_the_run_fails_and_says_how_to_start_one(cli: Any) -> None:
+    missing = cli("harness", "run", "authorization")
+    assert missing.returncode == 1 and not cli.store.exists()  # no store is made on the way
+    assert missing.stderr.strip() == f"smtpplus: error: no store at {cli.store} — check --db / $SMTPPLUS_DB, or use --start-relay"
+
+    from relay.store import open_store
+
+    open_store(cli.store).close()
     proc = cli("harness", "run", "authorization")
     assert proc.returncode == 1
     assert "authorization.relay" in proc.stdout and "--start-relay" in proc.stdout
@@ -50,3 +57,113 @@ def test_a_broken_scenario_file_is_one_line_naming_the_key(cli: Any, tmp_path: P
     assert proc.returncode == 1
     assert proc.stderr.strip().count("\n") == 0 and "unknown key(s) expct" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_start_relay_with_a_port_sample_binds_only_the_sampled_ports(cli: Any) -> None:
+    """port_sweep's relay_listen is 25,1025-5000: with --ports sample:6 the started
+    relay binds those 6 ports, not 3,977."""
+    from harness.scenario import listen_for
+    from relay.ports import parse_port_spec, sample_ports
+
+    sample = sample_ports(parse_port_spec("25,1025-5000"), 6)
+    assert parse_port_spec(listen_for("25,1025-5000", "sample:6")) == sample
+    assert listen_for("0*3", "sample:50") == "0*3" and listen_for("0*200", "sample:5") == "0*5"
+    assert listen_for("0*3", "served") == "0*3" and listen_for("25,1025-5000", None) == "25,1025-5000"
+
+    proc = cli("harness", "run", "--start-relay", "--ports", "sample:6", "--json", "port_sweep", timeout=120)
+    report = json.loads(proc.stdout)
+    facts = report["scenarios"][0]["facts"]
+    served = parse_port_spec(facts["served_ports"]) if facts["served_ports"] else []
+    not_served = [int(p) for p in facts["not_served_ports"]]
+    # Everything the relay tried to bind (served, or not with a reason) is the sample.
+    assert sorted(served + not_served) == sample
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert parse_port_spec(facts["port_pool"]) == served
+
+
+def test_an_unknown_reason_fails_when_the_file_loads_naming_the_closest(cli: Any, tmp_path: Path) -> None:
+    bad = tmp_path / "typo.toml"
+    bad.write_text(
+        '[[sends]]\nname = "x"\nto = ["a@b.example"]\nexpect = "250"\n'
+        '[expect]\nevents = [{ kind = "queued", reason = "acepted", min = 1 }]\n'
+    )
+    proc = cli("harness", "run", "--start-relay", str(bad))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == (
+        f"smtpplus: error: {bad}: expect.events[0].reason: unknown reason 'acepted' — did you mean 'accepted'? "
+        "(the codes are in relay/reasons.py)"
+    )
+    bad.write_text(bad.read_text().replace('kind = "queued", reason = "acepted"', 'kind = "campain"'))
+    proc = cli("harness", "run", "--start-relay", str(bad))
+    assert proc.returncode == 1
+    assert "expect.events[0].kind: unknown event kind 'campain' — did you mean 'campaign'?" in proc.stderr
+
+
+EVENTS_WRONG = """
+[scenario]
+name = "events_wrong"
+ports = "sample:1"
+[setup]
+lists = [{ name = "evw" }]
+users = [{ username = "evw-user", list = "evw", domains = "evw.example" }]
+[[sends]]
+name = "one"
+user = "evw-user"
+mail_from = "a@evw.example"
+to = ["b@dest.example"]
+expect = "250"
+[expect]
+events = [{ kind = "queued", reason = "accepted", count = 2 }]
+"""
+
+
+def test_a_failed_event_check_after_start_relay_prints_the_events_and_how_to_keep_them(cli: Any, tmp_path: Path) -> None:
+    scenario = tmp_path / "events_wrong.toml"
+    scenario.write_text(EVENTS_WRONG)
+    proc = cli("harness", "run", "--start-relay", "--listen", "0*1", str(scenario), timeout=90)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "✗ events_wrong.events.queued/accepted" in out
+    assert "the run's latest queued events (1 shown):" in out and "queued/accepted" in out
+    assert "run again with --keep to keep it" in out
+    assert "console" not in out  # the store it would point at is gone
+
+    kept = cli("harness", "run", "--start-relay", "--keep", "--listen", "0*1", str(scenario), timeout=90)
+    assert kept.returncode == 1
+    assert "every event: `smtpplus console --no-relay --db " in kept.stdout
+    [line] = [ln for ln in kept.stdout.splitlines() if "store kept at" in ln]
+    path = Path(line.split("store kept at ")[1].split(" — ")[0])
+    assert path.is_file()
+    assert "events_wrong: kept lists hr-" in kept.stdout
+    import shutil
+
+    shutil.rmtree(path.parent)
+
+
+def test_start_relay_refuses_a_store_whose_relay_is_live(cli: Any) -> None:
+    """--start-relay on --db of a store a relay serves would run a second relay on it."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    ready = cli.store.parent / "relay-ready.json"
+    relay = subprocess.Popen(
+        [sys.executable, "-c", "from console.cli import main; main()", "relay", "--ports", "0", "--host", "127.0.0.1",
+         "--ready-file", str(ready)],
+        env=cli.env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        import time
+
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            assert relay.poll() is None, relay.stderr.read() if relay.stderr else ""
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        proc = cli("harness", "run", "--start-relay", "--db", str(cli.store), "bad_input")
+        assert proc.returncode == 1
+        assert proc.stderr.strip().startswith(f"smtpplus: error: a relay is live on {cli.store}: --start-relay")
+    finally:
+        relay.terminate()
+        relay.communicate(timeout=30)

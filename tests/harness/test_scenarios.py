@@ -145,6 +145,11 @@ async def test_a_scenario_expecting_the_wrong_thing_fails_with_a_readable_differ
     assert "got 250 2.0.0" in send.detail and "-> MAIL FROM:<a@wrong.example>" in send.detail
     order = failed["order"]
     assert "accepted-but-expected-refused (arrival #1) came before first finished (arrival #2)" in order.detail
+    # What the queue ordered them by, so an order failure can be read without the store.
+    assert order.detail.splitlines()[-1] == (
+        "effective priority (queue order is priority, then arrival): "
+        "first 3 (user 3, header 3); accepted-but-expected-refused 3 (user 3, header 3)"
+    )
     assert (failed["count.accepted"].expected, failed["count.accepted"].observed) == ("5", "2")
     text = _explain(report)
     assert "✗ wrong.accepted-but-expected-refused" in text and "expected: 550 5.7.1" in text

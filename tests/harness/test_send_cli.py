@@ -122,9 +122,10 @@ async def test_data_from_a_file_or_stdin_with_headers_replaced(
     stdin = "Subject: from stdin\r\nFrom: someone@else.example\r\n\r\nhi\r\n"
     from_stdin = await asyncio.to_thread(lambda: cli("send", *args, "--data", "-", input=stdin))
     assert from_stdin.returncode == 0, from_stdin.stdout + from_stdin.stderr
-    stopped = await _send(cli, *_base(relay, tls_files, "--quit-after", "auth"))
-    assert stopped.returncode == 0 and "=== stopped after auth" in stopped.stdout
-    assert "MAIL FROM" not in stopped.stdout
+    for stage in ("auth", "AUTH", "Auth"):  # stage names in any case
+        stopped = await _send(cli, *_base(relay, tls_files, "--quit-after", stage))
+        assert stopped.returncode == 0 and "=== stopped after auth" in stopped.stdout, stopped.stdout + stopped.stderr
+        assert "MAIL FROM" not in stopped.stdout
 
 
 async def test_count_sends_the_rest_through_the_shared_load_generator(
@@ -144,3 +145,23 @@ async def test_count_sends_the_rest_through_the_shared_load_generator(
     assert PASSWORD not in proc.stdout
     queued = queue_store.list_messages(db, state="all", limit=100)
     assert len(queued) == 20 and sum(1 for m in queued if m.header_priority == 4) == 20
+
+
+async def test_count_keeps_the_given_recipients_and_subject_for_every_message(
+    relay: Any, db: sqlite3.Connection, cli: Any, tls_files: dict[str, Path]
+) -> None:
+    from relay.store import queue as queue_store
+
+    _make_user(db)
+    proc = await _send(cli, *_base(relay, tls_files, "--from", "me@send.example", "--to", "one@dest.example",
+                                   "--to", "two@dest.example", "--subject", "monthly report", "--count", "6",
+                                   "--connections", "2", "--header", "X-Campaign: q3"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    queued = queue_store.list_messages(db, state="all", limit=100)
+    assert len(queued) == 6
+    assert {m.subject for m in queued} == {"monthly report"}
+    details = [queue_store.message_detail(db, m.queue_id) for m in queued]
+    assert all(sorted(r.address for r in d.recipients) == ["one@dest.example", "two@dest.example"] for d in details)
+    assert all("X-Campaign: q3" in d.headers and "To: one@dest.example, two@dest.example" in d.headers for d in details)
+    message_ids = {line for d in details for line in d.headers.splitlines() if line.lower().startswith("message-id:")}
+    assert len(message_ids) == 6  # each message its own
