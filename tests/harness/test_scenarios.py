@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 
 from harness.report import Check, RunReport, failure_details, junit_xml, write_junit
-from harness.scenario import RunOptions, ScenarioError, load_scenario, run_files, run_scenarios, shipped_scenarios
+from harness.scenario import (
+    RunOptions,
+    ScenarioError,
+    load_scenario,
+    run_files,
+    run_scenarios,
+    shipped_scenarios,
+)
 from relay.ports import parse_port_spec
 
 
