@@ -274,3 +274,21 @@ mail_from = "news@owned.example"
     assert _harness_names(db) == [] and campaigns_store.list_campaigns(db) == []
     assert report.scenarios[0].facts["removed"] == "2 list(s), 1 user(s), 1 identities, 1 campaign(s)"
     assert len(queue_store.list_messages(db, state="sent", limit=10)) == 4
+
+
+async def test_the_documented_example_runs_against_a_live_relay(
+    relay: Any, db: sqlite3.Connection, next_hop: Any, store_path: Path, tmp_path: Path
+) -> None:
+    """docs/scenarios.md's complete example, as written but for the sink's port."""
+    from tests.conftest import ROOT
+
+    sink, _ = next_hop
+    text = (ROOT / "docs" / "scenarios.md").read_text()
+    example = text.split("```toml\n", 1)[1].split("```", 1)[0]
+    assert 'address = "127.0.0.1:2526"' in example
+    scenario = tmp_path / "staging.toml"
+    scenario.write_text(example.replace("127.0.0.1:2526", f"127.0.0.1:{sink.port}"))
+    before = _controls(db)
+    report = await run_files([str(scenario)], RunOptions(store_path=store_path, timeout=20))
+    assert report.passed, "\n".join(failure_details(report))
+    assert _controls(db) == before and _harness_names(db) == []
