@@ -292,3 +292,21 @@ async def test_the_documented_example_runs_against_a_live_relay(
     report = await run_files([str(scenario)], RunOptions(store_path=store_path, timeout=20))
     assert report.passed, "\n".join(failure_details(report))
     assert _controls(db) == before and _harness_names(db) == []
+
+
+async def test_the_harness_never_approves_a_pending_identity_of_the_store(
+    relay: Any, db: sqlite3.Connection, next_hop: Any, store_path: Path, tmp_path: Path
+) -> None:
+    sink, _ = next_hop
+    directory.create_user(
+        db, list_name="customers", password_hash=hash_password(REAL_PASSWORD), username="waiting",
+        senders=policy.parse_senders("carol@waiting.example"),
+    )
+    scenario = tmp_path / "live.toml"
+    scenario.write_text(LIVE.format(port=sink.port).replace('domains = "live.example"', 'senders = "carol@waiting.example"'))
+    report = await run_files([str(scenario)], RunOptions(store_path=store_path, timeout=10))
+    setup = next(c for c in report.checks if c.name == "setup")
+    assert not setup.passed
+    assert "carol@waiting.example is a pending sender identity of this store" in setup.observed
+    assert not directory.get_identity(db, "carol@waiting.example").verified
+    assert _harness_names(db) == []
