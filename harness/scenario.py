@@ -487,7 +487,7 @@ def _known(value: str | None, valid: list[str], where: str, what: str) -> str | 
         return value
     closest = difflib.get_close_matches(value, valid, n=1, cutoff=0.0)
     hint = f" — did you mean {closest[0]!r}?" if closest else ""
-    raise ScenarioError(f"{where}: unknown {what} {value!r}{hint} (the codes are in relay/reasons.py)")
+    raise ScenarioError(f"{where}: unknown {what} {value!r}{hint} (see docs/reasons.md)")
 
 
 def _pair(value: Any, where: str) -> tuple[str, str]:

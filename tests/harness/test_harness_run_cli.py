@@ -91,7 +91,7 @@ def test_an_unknown_reason_fails_when_the_file_loads_naming_the_closest(cli: Any
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.strip() == (
         f"smtpplus: error: {bad}: expect.events[0].reason: unknown reason 'acepted' — did you mean 'accepted'? "
-        "(the codes are in relay/reasons.py)"
+        "(see docs/reasons.md)"
     )
     bad.write_text(bad.read_text().replace('kind = "queued", reason = "acepted"', 'kind = "campain"'))
     proc = cli("harness", "run", "--start-relay", str(bad))
