@@ -233,7 +233,15 @@ class ConsoleApp(App[None]):
             self.push_screen(HelpScreen())
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
-        """Every key binding of the app and of the screen underneath is also a command."""
+        """Every key binding of the app and of the screen underneath is also a command,
+        each title once (Textual's own bindings and commands repeat some: Quit)."""
+        titles: set[str] = set()
+        for command in (*self._binding_commands(screen), *super().get_system_commands(screen)):
+            if command.title.casefold() not in titles:
+                titles.add(command.title.casefold())
+                yield command
+
+    def _binding_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         seen: set[str] = set()
         for owner, bindings in ((screen, _bindings_of(screen)), (self, _bindings_of(self))):
             for binding in bindings:
@@ -251,7 +259,6 @@ class ConsoleApp(App[None]):
                     if binding.tooltip else f"key {binding.key_display or binding.key}",
                     partial(self._run_binding, owner, binding.action),
                 )
-        yield from super().get_system_commands(screen)
 
     async def _run_binding(self, owner: Any, action: str) -> None:
         await self.run_action(action, owner)

@@ -2,32 +2,47 @@
 in-process on 127.0.0.1, a capture sink as next hop, sample data, and one key that
 sends a burst of mixed-priority mail through the real SMTP path (STARTTLS + AUTH) so
 a newcomer watches priority-1 mail overtake a campaign.
+
+The relay gets a dotted server name and a system sender, and the sink records every
+message (with its body) to ``sink.jsonl`` beside the store, so a sender verification
+completes inside the demo: Senders → ``s`` mails a code, the sink catches the mail,
+the demo shows the code (again with ``v``), ``c`` confirms it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
+import re
 import sqlite3
 import ssl
 import time
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from textual.binding import Binding, BindingType
 
 from console.app import ConsoleApp
 
+if TYPE_CHECKING:
+    from relay.config import RelayConfig
+
 DEMO_LIST = "Demo newsletter"
 DEMO_USER = "demo-sender"
 PENDING_USER = "demo-pending"
+PENDING_SENDER = "someone@pending.example"
 DEMO_DOMAIN = "demo.example"
+# Reserved names (RFC 2606): dotted, so smtpplus@<name> would be a valid sender too.
+DEMO_SERVER_NAME = "relay.demo.example"
+SYSTEM_SENDER = f"verification@{DEMO_DOMAIN}"
 MEMBERS = 1000
 DEMO_RATE = 20.0
 CAMPAIGN_DELAY = 15.0  # seconds from start until the campaign begins
 SINK_PORT = 8025
+SINK_RECORD = "sink.jsonl"  # beside the relay's data, one JSON object per message
 
 
 @dataclass(slots=True)
@@ -71,7 +86,7 @@ def seed_demo(db: sqlite3.Connection, *, now: float | None = None, members: int 
     directory.create_user(
         db, list_name=DEMO_LIST, password_hash=passwords.hash_password(passwords.generate_password()),
         username=PENDING_USER, note="inactive; its sender awaits verification",
-        senders=["someone@pending.example"],
+        senders=[PENDING_SENDER],
     )
     template, subject, sender = build_template(
         subject="Welcome to smtpplus", mail_from=f"news@{DEMO_DOMAIN}",
@@ -85,19 +100,46 @@ def seed_demo(db: sqlite3.Connection, *, now: float | None = None, members: int 
 
 
 def configure_delivery(db: sqlite3.Connection, next_hop: str, rate: float) -> None:
+    """Delivery to the sink at the demo's rate, and the sender of code mails."""
     from relay.store import queue
+    from relay.store.settings import Keys, set_setting
 
     queue.set_next_hop(db, next_hop, tls="off")
     queue.set_rate(db, rate)
     if queue.delivery_settings(db).paused:
         queue.set_paused(db, False)
+    set_setting(db, Keys.SYSTEM_SENDER, SYSTEM_SENDER)
+
+
+def demo_config(config: RelayConfig | None = None, **overrides: Any) -> RelayConfig:
+    """The demo relay's settings: ``config`` (or the defaults) with a dotted server
+    name when it has none, so code mails have a valid sender and name the relay."""
+    from relay.config import RelayConfig
+
+    config = dataclasses.replace(config, **overrides) if config else RelayConfig(**overrides)
+    if "." not in config.server_name:
+        config = dataclasses.replace(config, server_name=DEMO_SERVER_NAME)
+    return config
+
+
+def code_in_mail(data: bytes) -> str | None:
+    """The code a verification mail carries (``1234 5678``), as the recipient reads it."""
+    import email
+    from email import policy as email_policy
+
+    message = email.message_from_bytes(data, policy=email_policy.default)
+    body = message.get_body(("plain",)) if isinstance(message, email.message.EmailMessage) else None
+    text = body.get_content() if body is not None else data.decode("utf-8", "replace")
+    match = re.search(r"^\s+(\d{4} \d{4})\s*$", text, flags=re.M)
+    return match.group(1) if match else None
 
 
 # ---------------------------------------------------------------------------
 # The burst
 
-#: (X-Priority header or None, how many) — mixed, then shuffled.
-BURST = [(1, 5), (2, 5), (None, 10), (4, 5), (5, 5)]
+#: (X-Priority header or None, how many) — mixed, then shuffled. At the demo's
+#: 20 a second the priority-1 mail alone takes 4 s: long enough to watch it go first.
+BURST = [(1, 80), (2, 20), (None, 20), (4, 10), (5, 10)]
 
 
 def burst_messages(sender: str, *, count_scale: int = 1, seed: int | None = None) -> list[EmailMessage]:
@@ -151,30 +193,75 @@ async def send_burst(
 class DemoApp(ConsoleApp):
     """The console plus a capture sink and the burst key."""
 
-    DEMO_BINDINGS: ClassVar[list[Binding]] = [Binding("b", "burst", "Send burst", id="demo.burst")]
+    DEMO_BINDINGS: ClassVar[list[Binding]] = [
+        Binding("b", "burst", "Burst", tooltip="Send a burst of mixed-priority mail through SMTP", id="demo.burst"),
+        Binding("v", "last_code", "Last code", show=False,
+                tooltip="Show the last verification code the capture sink caught", id="demo.last-code"),
+    ]
     BINDINGS: ClassVar[list[BindingType]] = [*DEMO_BINDINGS]  # merged with the console's own by Textual
 
     def __init__(self, store_path: str | Path, *, seed: DemoSeed, sink_port: int = SINK_PORT, **kwargs: Any) -> None:
+        from relay.config import RelayConfig
+
+        given = kwargs.get("relay_config") or RelayConfig(host="127.0.0.1", data_dir=Path(store_path).parent)
+        kwargs["relay_config"] = demo_config(given)
         super().__init__(store_path, **kwargs)
         self.seed = seed
         self.sink_port = sink_port
         self.sink: Any = None
+        self.sink_record = Path(self.relay_config.data_dir) / SINK_RECORD
+        self.last_code: tuple[str, str] | None = None  # (address, code) the sink caught last
         self.bursts = 0
 
     async def prepare(self) -> None:
-        """Start the capture sink (8025, else any free port) and point delivery at it."""
+        """Start the capture sink (8025, else any free port), recording to a file, and
+        point delivery at it."""
         from harness.sink import CaptureSink
 
-        sink = CaptureSink("127.0.0.1", self.sink_port, keep_data=False)
+        def sink_on(port: int) -> CaptureSink:
+            # Bodies kept: a verification code must be readable from the record.
+            return CaptureSink("127.0.0.1", port, record_path=self.sink_record, on_message=self._sink_got)
+
+        sink = sink_on(self.sink_port)
         try:
             port = await sink.start()
         except OSError:
-            sink = CaptureSink("127.0.0.1", 0, keep_data=False)
+            sink = sink_on(0)
             port = await sink.start()
             self.notify(f"Port {self.sink_port} is taken: the capture sink listens on {port} instead.", timeout=6)
         self.sink = sink
-        self.notify(f"Capture sink on 127.0.0.1:{port}: the relay delivers there.", timeout=5)
+        self.notify(f"Capture sink on 127.0.0.1:{port}: the relay delivers there; it records to {self.sink_record}.",
+                    timeout=6)
         await asyncio.to_thread(self._read, configure_delivery, f"127.0.0.1:{port}", DEMO_RATE)
+
+    def _sink_got(self, record: Any) -> None:
+        """A verification mail reached the sink (the recipient's mailbox, in the demo):
+        show its code, as the recipient would read it."""
+        from relay.verification import CODE_SUBJECT
+
+        if record.subject != CODE_SUBJECT:
+            return
+        code = code_in_mail(record.data)
+        if code is None:
+            return
+        address = record.rcpt_tos[0] if record.rcpt_tos else "?"
+        self.last_code = (address, code)
+        self._show_code()
+
+    def _show_code(self) -> None:
+        if self.last_code is None:
+            self.notify("No verification code yet: on Senders (4) select a pending address and press s.",
+                        timeout=6)
+            return
+        address, code = self.last_code
+        self.notify(
+            f"The capture sink got the code mail for {address}: {code}. On Senders (4) press c and type it. "
+            f"(The mail is in {self.sink_record}; v shows the code again.)",
+            title="Verification code", timeout=20,
+        )
+
+    def action_last_code(self) -> None:
+        self._show_code()
 
     async def on_unmount(self) -> None:
         # (ConsoleApp.on_unmount stops the relay too: Textual calls both handlers.)
@@ -185,7 +272,8 @@ class DemoApp(ConsoleApp):
     def on_ready(self) -> None:
         self.notify(
             "Welcome to the smtpplus demo. A campaign starts shortly; press b to send a burst of "
-            "mixed-priority mail and watch priority 1 overtake it. F1 lists every key.",
+            "mixed-priority mail and watch priority 1 overtake it. Senders (4), then s: verify an "
+            "address with a mailed code. F1 lists every key.",
             timeout=12,
         )
 
@@ -216,5 +304,7 @@ class DemoApp(ConsoleApp):
 
             self.notify(f"Burst failed: {one_line_error(exc)}", severity="error", timeout=8)
             return
+        ones = sum(count for priority, count in BURST if priority == 1)
         self.notify(f"Burst {self.bursts}: {accepted} messages accepted on port {port} "
-                    "(STARTTLS + AUTH). Priority 1 goes first.", timeout=6)
+                    f"(STARTTLS + AUTH). The {ones} of priority 1 go first: watch lane 1 empty "
+                    "while the campaign waits.", timeout=8)

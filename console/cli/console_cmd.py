@@ -85,7 +85,7 @@ def demo(db_path: Path | None, ports: str, sink_port: int) -> None:
         seed = seed_demo(db)
     finally:
         db.close()
-    config = RelayConfig(host="127.0.0.1", ports=ports, data_dir=data_dir, server_name="localhost")
+    config = RelayConfig(host="127.0.0.1", ports=ports, data_dir=data_dir)  # DemoApp names it relay.demo.example
     app = DemoApp(path, seed=seed, sink_port=sink_port, relay_config=config)
     app.run()
     click.echo(f"The demo store stays at {path} — look around with: smtpplus --help, e.g. smtpplus queue ls --db {path}")

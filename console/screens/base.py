@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any, cast
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import Footer
 
 from console.live import Snapshot
+from console.widgets.footer import FitFooter
 from console.widgets.status_bar import StatusBar
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ class LiveScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         yield StatusBar(id="status")
         yield from self.compose_body()
-        yield Footer(compact=True)
+        yield FitFooter(compact=True)
 
     def compose_body(self) -> ComposeResult:
         yield from ()

@@ -145,7 +145,7 @@ class EventsScreen(LiveScreen):
         if self.filter_error:
             info.update(Text(f"{self.filter_error} (the previous filter still applies)", style="bold red"))
         else:
-            info.update(self._info(self.request, self.events))
+            info.update(Text(self._info(self.request, self.events), no_wrap=True, overflow="ellipsis"))
 
     @staticmethod
     def _info(request: EventsRequest, events: list[Any]) -> str:

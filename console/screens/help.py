@@ -14,9 +14,12 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
+CLOSE_KEYS = "esc, F1, ? or q closes this help"
 INTRO = (
     "smtpplus console — keyboard first. Every action is also in the command palette "
-    "(ctrl+p). Tables: ↑/↓ or j/k move, pgup/pgdn page, enter opens."
+    "(ctrl+p). Tables: ↑/↓ or j/k move, pgup/pgdn page, enter opens. Forms: enter moves "
+    "to the next field, ctrl+s saves. At 80 columns the footer shows the main keys; "
+    "all of them are here."
 )
 
 
@@ -65,7 +68,7 @@ def key_label(binding: Binding) -> str:
 
 
 def help_renderable(app: Any = None) -> Group:
-    parts: list[Any] = [Text(INTRO, style="dim")]
+    parts: list[Any] = [Text(f"Help · {CLOSE_KEYS}", style="bold"), Text(INTRO, style="dim")]
     for title, bindings in sections(app):
         table = Table(title=title, title_justify="left", title_style="bold", box=None, padding=(0, 2),
                       show_header=False, expand=False)
@@ -84,7 +87,9 @@ class HelpScreen(ModalScreen[None]):
     BINDINGS = [Binding("escape,f1,question_mark,q", "close", "Close help", id="help.close")]
 
     def compose(self) -> ComposeResult:
-        with VerticalScroll(id="help"):
+        with VerticalScroll(id="help") as box:
+            box.border_title = "Help"
+            box.border_subtitle = CLOSE_KEYS
             yield Static(help_renderable(self.app))
 
     def on_mount(self) -> None:

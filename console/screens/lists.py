@@ -19,7 +19,7 @@ from textual.widgets import Static
 
 from console import format as fmt
 from console.screens.base import LiveScreen
-from console.widgets.dialogs import ConfirmDialog, PromptDialog
+from console.widgets.dialogs import ConfirmDialog, PromptDialog, send_to_clipboard
 from console.widgets.forms import ListForm
 from console.widgets.keyed_table import KeyedTable
 from relay.store import views
@@ -85,8 +85,7 @@ class TextBox(ModalScreen[None]):
         self.query_one("#textbox").focus()
 
     def action_copy(self) -> None:
-        self.app.copy_to_clipboard(self.text)
-        self.notify("Copied to the clipboard", timeout=3)
+        send_to_clipboard(self.app, self.text, "Text", "it stays shown here")
 
     def action_close(self) -> None:
         self.dismiss(None)
@@ -244,8 +243,8 @@ class ListsScreen(LiveScreen):
 
     def action_copy_settings(self) -> None:
         if self.data is not None:
-            self.app.copy_to_clipboard(self.data.settings.block)
-            self.notify("Client settings copied to the clipboard", timeout=3)
+            send_to_clipboard(self.app, self.data.settings.block, "Client settings",
+                              "v shows them to copy by hand")
 
     def action_view_settings(self) -> None:
         if self.data is not None:

@@ -23,6 +23,7 @@ from console.widgets.dialogs import ConfirmDialog, PromptDialog
 from console.widgets.keyed_table import KeyedTable
 from console.widgets.lanes import PriorityLanes
 from relay.store import views
+from relay.store.queue import DeliverySettings
 
 PAGE = 50
 CAMPAIGN_RECOUNT = 2.0  # seconds between campaign progress counts
@@ -66,6 +67,7 @@ class QueueData:
     lanes: list[views.Lane]
     rate: float
     starvation_share: float = 0.0
+    settings: DeliverySettings = field(default_factory=DeliverySettings)
     rows: list[views.QueueRow] = field(default_factory=list)
     campaigns: list[views.CampaignRow] = field(default_factory=list)
 
@@ -81,6 +83,8 @@ class QueueScreen(LiveScreen):
         Binding("p", "pause", "Pause", tooltip="Pause all delivery (deliveries under way finish)", id="queue.pause"),
         Binding("p", "resume", "Resume", tooltip="Resume delivery (when paused)", id="queue.resume"),
         Binding("r", "set_rate", "Rate", tooltip="Set the shared delivery rate (messages per second)", id="queue.rate"),
+        Binding("o", "set_parallel", "Parallel", show=False, tooltip="Set the parallel next-hop connections (1-256)", id="queue.parallel"),
+        Binding("n", "set_next_hop", "Next hop", show=False, tooltip="Set the next hop (HOST:PORT) and its STARTTLS mode", id="queue.next-hop"),
         Binding("s", "set_starvation_share", "Starvation share", show=False, tooltip="Set the anti-starvation share: the fraction of dispatches given to the oldest lower-priority message (0 = off, at most 0.5)", id="queue.starvation-share"),
         Binding("right_square_bracket", "next_view", "View", key_display="]", tooltip="Next view: next to send, in flight, deferred, held, campaigns", id="queue.next-view"),
         Binding("left_square_bracket", "previous_view", "Prev view", key_display="[", show=False, tooltip="Previous view", id="queue.previous-view"),
@@ -128,8 +132,9 @@ class QueueScreen(LiveScreen):
         request = self.request
         from relay.store.queue import delivery_settings
 
+        settings = delivery_settings(db)
         data = QueueData(request, views.priority_lanes(db), views.delivery_rate(db, now=now),
-                         starvation_share=delivery_settings(db).starvation_share)
+                         starvation_share=settings.starvation_share, settings=settings)
         state = STATE_OF[request.view]
         if state is not None:
             data.rows = views.queue_page(db, state, after=request.after, limit=PAGE)
@@ -173,6 +178,7 @@ class QueueScreen(LiveScreen):
         text.append(f" · sent {data.rate:.1f}/s over 10 s")
         if relay and relay.rate:
             text.append(f" (limit {fmt.rate(float(relay.rate))})")
+        text.append(f" · parallel {data.settings.parallel}")
         waiting = sum(lane.waiting for lane in data.lanes)
         text.append(f" · waiting {fmt.count(waiting)}")
         active = [c for c in data.campaigns if c.state in ("sending", "paused", "scheduled")]
@@ -356,6 +362,49 @@ class QueueScreen(LiveScreen):
             ),
             chosen,
         )
+
+    def action_set_parallel(self) -> None:
+        from relay.store import queue
+        from relay.store.errors import InvalidInput
+
+        current = self.data.settings.parallel if self.data else queue.DEFAULT_PARALLEL
+
+        def check(text: str) -> str | None:
+            try:
+                queue.parse_parallel(text)
+            except InvalidInput as exc:
+                return str(exc)
+            return None
+
+        def chosen(answer: str | None) -> None:
+            if answer is not None:
+                value = queue.parse_parallel(answer)
+                self.console.run_store(queue.set_parallel, value, success=f"Parallel connections: {value}.")
+
+        self.app.push_screen(
+            PromptDialog(
+                f"Parallel next-hop connections (1 to {queue.MAX_PARALLEL})",
+                value=str(current),
+                hint="How many connections to the next hop deliver at once (the rate limit still applies).",
+                check=check,
+            ),
+            chosen,
+        )
+
+    def action_set_next_hop(self) -> None:
+        from console.widgets.forms import NextHopForm
+        from relay.store import queue
+
+        settings = self.data.settings if self.data else DeliverySettings()
+
+        def chosen(values: dict[str, Any] | None) -> None:
+            if values:
+                self.console.run_store(
+                    queue.set_next_hop, values["hop"], tls=values["tls"],
+                    done=lambda hop: self.notify(f"Next hop: {hop} (STARTTLS {values['tls']}).", timeout=5),
+                )
+
+        self.app.push_screen(NextHopForm(settings.next_hop, settings.next_hop_tls), chosen)
 
     def action_set_starvation_share(self) -> None:
         from relay.store import queue

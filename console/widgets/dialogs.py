@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -101,6 +102,13 @@ class PromptDialog(ModalScreen[str | None]):
         self.dismiss(None)
 
 
+def send_to_clipboard(app: Any, text: str, what: str, shown: str) -> None:
+    """Copy with OSC 52. The terminal never answers it, so whether the text arrived
+    is unknown: say so, and where the text can still be read (``shown``)."""
+    app.copy_to_clipboard(text)
+    app.notify(f"{what} sent to the terminal's clipboard (if it supports OSC 52 copy); {shown}.", timeout=6)
+
+
 class PasswordOnce(ModalScreen[None]):
     """Shows a new password exactly once. ``c`` copies it to the clipboard; closing
     the box drops it: nothing in the console keeps it."""
@@ -126,12 +134,11 @@ class PasswordOnce(ModalScreen[None]):
                 "Reset it if it gets lost.",
                 classes="hint",
             )
-            yield Static("c: copy to clipboard · enter/escape: close", classes="keys")
+            yield Static("c: copy (terminals with OSC 52) · enter/escape: close", classes="keys")
 
     def action_copy(self) -> None:
         if self._password:
-            self.app.copy_to_clipboard(self._password)
-            self.notify("Password copied to the clipboard", timeout=3)
+            send_to_clipboard(self.app, self._password, "Password", "it stays shown here until you close this box")
 
     def action_close(self) -> None:
         # Textual keeps what it copied for its own paste (ctrl+v in any field): drop it,

@@ -12,10 +12,12 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Button, Footer, Label, Select, Static
+from textual.widget import Widget
+from textual.widgets import Button, Label, Select, Static
 
 from console import format as fmt
 from console.widgets.fields import Field
+from console.widgets.footer import FitFooter
 from relay import policy
 from relay.store.directory import UserInfo
 
@@ -62,8 +64,14 @@ def check_username(text: str) -> str | None:
     return None
 
 
+#: What the keys do, under every form's title (the footer says it too).
+FORM_KEYS = "enter: next field · ctrl+s: save · esc: cancel"
+
+
 class Form(ModalScreen[dict[str, Any] | None]):
-    """Fields with inline errors; ctrl+s or the Save button submits."""
+    """Fields with inline errors. Enter moves to the next field and never submits
+    (one Enter meant to open a dropdown must not save a user); ctrl+s or a click
+    on Save submits."""
 
     CSS_PATH = CSS_PATH
     BINDINGS = [
@@ -80,13 +88,15 @@ class Form(ModalScreen[dict[str, Any] | None]):
     def compose(self) -> ComposeResult:
         with VerticalScroll(classes="box"):
             yield Label(self.form_title, classes="title")
+            yield Static(FORM_KEYS, classes="hint keys")
             yield from self.compose_fields()
             with Horizontal(classes="buttons"):
-                yield Button("Save (ctrl+s)", id="save", variant="primary")
-                yield Button("Cancel (esc)", id="cancel")
+                # Not in the focus chain: Enter walking the fields never lands on Save.
+                yield _click_only(Button("Save (ctrl+s)", id="save", variant="primary"))
+                yield _click_only(Button("Cancel (esc)", id="cancel"))
         # At 80x24 a long form scrolls its buttons out of view: the footer keeps
         # "ctrl+s Save" visible (and hides the keys of the screen underneath).
-        yield Footer(compact=True)
+        yield FitFooter(compact=True)
 
     def compose_fields(self) -> ComposeResult:
         yield from ()
@@ -99,9 +109,18 @@ class Form(ModalScreen[dict[str, Any] | None]):
             yield Static(hint, classes="hint")
 
     def on_mount(self) -> None:
-        fields = self.query(Field)
+        fields = self.fields()
         if fields:
-            fields.first().focus()
+            fields[0].focus()
+
+    def fields(self) -> list[Widget]:
+        """The form's inputs in reading order (what Enter walks through)."""
+        return [w for w in self.query("Field, Select, TextField") if w.focusable]
+
+    def focus_next_field(self, current: Widget) -> None:
+        fields = self.fields()
+        if current in fields:
+            fields[(fields.index(current) + 1) % len(fields)].focus()
 
     def value(self, field_id: str) -> str:
         return self.query_one(f"#{field_id}", Field).value
@@ -116,7 +135,8 @@ class Form(ModalScreen[dict[str, Any] | None]):
             self.show_error(field_id, check(event.value))
 
     def on_input_submitted(self, event: Field.Submitted) -> None:
-        self.action_save()
+        event.stop()
+        self.focus_next_field(event.input)
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id == "save":
@@ -238,6 +258,58 @@ class UserForm(Form):
             out["list"] = self.query_one("#list", Select).value
             out["username"] = self.value("username").strip() or None
         return out
+
+
+def check_next_hop(text: str) -> str | None:
+    from relay.store.errors import InvalidInput
+    from relay.store.queue import parse_next_hop
+
+    try:
+        parse_next_hop(text)
+    except InvalidInput as exc:
+        return str(exc)
+    return None
+
+
+class NextHopForm(Form):
+    """The next hop every message goes to (HOST:PORT) and its STARTTLS mode. AUTH
+    and a CA file stay as they are (the CLI sets them: they hold secrets and paths)."""
+
+    CHECKS = {"hop": check_next_hop}
+    TLS_HINTS = {
+        "required": "required: never sends in plain text (the hop must offer STARTTLS)",
+        "opportunistic": "opportunistic: STARTTLS when offered, else plain text",
+        "off": "off: plain text (a local sink or a hop on this machine)",
+    }
+
+    def __init__(self, hop: str | None, tls: str) -> None:
+        super().__init__("Next hop (smarthost)")
+        self.initial = (hop or "", tls)
+
+    def compose_fields(self) -> ComposeResult:
+        from relay.store.queue import TLS_MODES
+
+        yield from self.field_row(
+            "hop", "HOST:PORT", Field(self.initial[0], id="hop", placeholder="smarthost.example:25"),
+            hint="Every message is delivered there from now on.",
+        )
+        yield Label("STARTTLS", classes="label")
+        yield Select([(mode, mode) for mode in TLS_MODES], value=self.initial[1], allow_blank=False, id="tls")
+        yield Static(self.TLS_HINTS.get(self.initial[1], ""), id="tls-hint", classes="hint")
+        yield Static("AUTH and a CA file: smtpplus queue next-hop HOST:PORT --auth-user NAME "
+                     "--auth-password-env VAR --cafile FILE", classes="hint")
+
+    def on_select_changed(self, event: Select.Changed) -> None:
+        if event.select.id == "tls":
+            self.query_one("#tls-hint", Static).update(self.TLS_HINTS.get(str(event.value), ""))
+
+    def result(self) -> dict[str, Any]:
+        return {"hop": self.value("hop").strip(), "tls": str(self.query_one("#tls", Select).value)}
+
+
+def _click_only(button: Button) -> Button:
+    button.can_focus = False
+    return button
 
 
 def identity_states(user: UserInfo) -> Text:

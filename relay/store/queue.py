@@ -139,14 +139,20 @@ def set_rate(db: sqlite3.Connection, rate: float) -> None:
         _operator_event(db, Reason.SETTING_CHANGED, f"rate set to {_fmt_rate(value)}")
 
 
-def set_parallel(db: sqlite3.Connection, parallel: int) -> None:
-    """Maximum parallel next-hop connections (1–256)."""
+def parse_parallel(parallel: int | str) -> int:
+    """A count of next-hop connections, 1 to :data:`MAX_PARALLEL`; a precise error otherwise."""
     try:
         value = int(str(parallel).strip())
     except ValueError:
         raise InvalidInput(f"parallel {parallel!r} is not a whole number — give 1 to {MAX_PARALLEL}") from None
     if not 1 <= value <= MAX_PARALLEL:
         raise InvalidInput(f"parallel must be from 1 to {MAX_PARALLEL}, not {value}")
+    return value
+
+
+def set_parallel(db: sqlite3.Connection, parallel: int) -> None:
+    """Maximum parallel next-hop connections (1–256)."""
+    value = parse_parallel(parallel)
     with transaction(db):
         set_setting(db, Keys.PARALLEL, value)
         _operator_event(db, Reason.SETTING_CHANGED, f"parallel connections set to {value}")
