@@ -142,10 +142,11 @@ class EventsScreen(LiveScreen):
 
     def _show_info(self) -> None:
         info = self.query_one("#filter-info", Static)
+        info.set_class(bool(self.filter_error), "-error")
         if self.filter_error:
             info.update(Text(f"{self.filter_error} (the previous filter still applies)", style="bold red"))
         else:
-            info.update(Text(self._info(self.request, self.events), no_wrap=True, overflow="ellipsis"))
+            info.update(self._info(self.request, self.events))
 
     @staticmethod
     def _info(request: EventsRequest, events: list[Any]) -> str:

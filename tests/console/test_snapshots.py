@@ -56,6 +56,14 @@ def test_queue_campaigns_view(snap_compare, seeded_store: Path, make_app) -> Non
     assert snap_compare(make_app(seeded_store), terminal_size=SMALL, run_before=run_before)
 
 
+def test_queue_live_relay_80x24(snap_compare, seeded_store: Path, make_app) -> None:
+    """The status bar at 80 columns with a live relay serving 3,977 ports: the count stays."""
+    from tests.console.test_forms_and_keys import live_relay
+
+    live_relay(seeded_store)
+    assert snap_compare(make_app(seeded_store), terminal_size=SMALL, run_before=showing("QueueScreen"))
+
+
 def test_lists(snap_compare, seeded_store: Path, make_app) -> None:
     assert snap_compare(make_app(seeded_store), terminal_size=BIG, run_before=showing("ListsScreen", keys=("2",)))
 
@@ -71,6 +79,29 @@ def test_user_form_comma_error(snap_compare, seeded_store: Path, make_app) -> No
         await pilot.press("a")
         await pilot.pause()
         pilot.app.screen.query_one("#domains").value = "shop.example, mail.example"
+        await pilot.pause(0.1)
+
+    assert snap_compare(make_app(seeded_store), terminal_size=SMALL, run_before=run_before)
+
+
+def test_new_user_form_after_enter(snap_compare, seeded_store: Path, make_app) -> None:
+    """Enter in Username moved to Priority; the keys line and the footer say ctrl+s saves."""
+
+    async def run_before(pilot) -> None:  # noqa: ANN001
+        await showing("UsersScreen", keys=("3",))(pilot)
+        await pilot.press("a")
+        await pilot.pause()
+        pilot.app.screen.query_one("#username").focus()
+        await pilot.press(*"carol", "enter")
+        await pilot.pause(0.1)
+
+    assert snap_compare(make_app(seeded_store), terminal_size=SMALL, run_before=run_before)
+
+
+def test_next_hop_form(snap_compare, seeded_store: Path, make_app) -> None:
+    async def run_before(pilot) -> None:  # noqa: ANN001
+        await showing("QueueScreen")(pilot)
+        await pilot.press("n")
         await pilot.pause(0.1)
 
     assert snap_compare(make_app(seeded_store), terminal_size=SMALL, run_before=run_before)
