@@ -243,9 +243,10 @@ class ConsoleApp(App[None]):
 
     def _binding_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         seen: set[str] = set()
+        keys: set[str] = set()  # Textual's "Focus Next" is our "Next field" (tab): list one
         for owner, bindings in ((screen, _bindings_of(screen)), (self, _bindings_of(self))):
             for binding in bindings:
-                if not binding.description or binding.id in seen or binding.system:
+                if not binding.description or binding.id in seen or binding.system or binding.key in keys:
                     continue
                 if binding.action in {"command_palette", "help_quit"}:
                     continue
@@ -253,6 +254,7 @@ class ConsoleApp(App[None]):
                 if owner.check_action(action_name, ()) is False:
                     continue
                 seen.add(binding.id or binding.action)
+                keys.add(binding.key)
                 yield SystemCommand(
                     binding.description,
                     f"{binding.tooltip} (key {binding.key_display or binding.key})"

@@ -254,9 +254,10 @@ class DemoApp(ConsoleApp):
                         timeout=6)
             return
         address, code = self.last_code
+        # A no-break space: the toast never splits the code over two lines.
         self.notify(
-            f"The capture sink got the code mail for {address}: {code}. On Senders (4) press c and type it. "
-            f"(The mail is in {self.sink_record}; v shows the code again.)",
+            f"{code.replace(' ', chr(0xA0))} for {address} (caught by the capture sink). On Senders (4) "
+            f"press c and type it; v shows it again. The mail itself: {self.sink_record}",
             title="Verification code", timeout=20,
         )
 
