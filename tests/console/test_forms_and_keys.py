@@ -232,8 +232,8 @@ async def test_footer_and_status_bar_fit_80_columns(seeded_store: Path, make_app
         shown = footer_fits(app.screen)
         assert "F1/? Help" in shown
         every_key = {b.description for _, bindings in sections(app) for b in bindings}
-        for name in ("SendersScreen", "EventsScreen", "UsersScreen"):
-            await open_screen(pilot, {"SendersScreen": "4", "EventsScreen": "5", "UsersScreen": "3"}[name], name)
+        for key, name in (("2", "ListsScreen"), ("3", "UsersScreen"), ("4", "SendersScreen"), ("5", "EventsScreen")):
+            await open_screen(pilot, key, name)
             footer_fits(app.screen)
             left_out = app.screen.query_one("FitFooter").left_out
             assert set(left_out) <= every_key  # what the footer leaves out, F1 lists
