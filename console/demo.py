@@ -4,7 +4,7 @@ sends a burst of mixed-priority mail through the real SMTP path (STARTTLS + AUTH
 a newcomer watches priority-1 mail overtake a campaign.
 
 The relay gets a dotted server name and a system sender, and the sink records every
-message (with its body) to ``sink.jsonl`` beside the store, so a sender verification
+message (with its body) to ``sink.jsonl`` in the relay's data directory, so a verification
 completes inside the demo: Senders → ``s`` mails a code, the sink catches the mail,
 the demo shows the code (again with ``v``), ``c`` confirms it.
 """
@@ -42,7 +42,7 @@ MEMBERS = 1000
 DEMO_RATE = 20.0
 CAMPAIGN_DELAY = 15.0  # seconds from start until the campaign begins
 SINK_PORT = 8025
-SINK_RECORD = "sink.jsonl"  # beside the relay's data, one JSON object per message
+SINK_RECORD = "sink.jsonl"  # in the relay's data directory, one JSON object per message
 
 
 @dataclass(slots=True)
