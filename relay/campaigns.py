@@ -39,6 +39,22 @@ class CampaignInputError(ValueError):
     """Bad campaign input (the message says what to fix)."""
 
 
+def display_state(state: str, paused_reason: str | None, *, delivery_paused: bool) -> str:
+    """The one label operators see for a campaign, in the CLI and the console alike.
+
+    ``paused: priority traffic`` while preempted, ``paused (all delivery paused)``
+    while nothing at all is delivered (``smtpplus queue pause``): a campaign that
+    cannot send is never shown as sending. An operator's own pause wins, since
+    resuming delivery would not restart that campaign."""
+    if state == "paused" and paused_reason == "operator":
+        return "paused"
+    if delivery_paused and state in ("sending", "paused"):
+        return "paused (all delivery paused)"
+    if state == "paused":
+        return "paused: priority traffic" if paused_reason == "priority" else "paused"
+    return state
+
+
 def build_template(*, subject: str | None, mail_from: str, body: str | None = None, eml: bytes | None = None, now: float | None = None) -> tuple[bytes, str, str]:
     """The message every member receives, without ``To:`` and ``Message-ID:``
     (added per member). Returns (template bytes with CRLF line ends, subject, From).

@@ -479,6 +479,7 @@ class DeliveryEngine:
         self._campaign_wake = asyncio.Event()
         self._stop_event = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._closing: set[asyncio.Task[None]] = set()  # idle connections being closed
         self._stopping = False
         self._started = False
 
@@ -536,7 +537,7 @@ class DeliveryEngine:
         except (StoreError, sqlite3.Error) as exc:
             log.warning("delivery: could not record the last outcomes: %s", exc)
         idle, self._idle = self._idle, []
-        await asyncio.gather(*(conn.close() for conn in idle), return_exceptions=True)
+        await asyncio.gather(*(conn.close() for conn in idle), *self._closing, return_exceptions=True)
         await self._store.close()
 
     def notify(self) -> None:
@@ -695,7 +696,9 @@ class DeliveryEngine:
             status = ("next hop down", f"{self._hop_backoff.reason}; next try in {max(0.0, self._hop_backoff.retry_at - time.time()):.0f} s")
         else:
             status = ("running", f"to {self.hop.address}")
-        if status[0] != self.status[0]:
+        # Republished when the state or the hop changes ("running" to a new next hop is
+        # news); not for the hop-down countdown, which would write every round.
+        if status[0] != self.status[0] or (status[0] != "next hop down" and status[1] != self.status[1]):
             self.status = status
             events = self._take_events()
             try:
@@ -741,7 +744,11 @@ class DeliveryEngine:
             conn = self._idle.pop()
             if conn.hop == hop and conn.connected:
                 return conn
-            asyncio.create_task(conn.close())
+            # Keep a reference until it ends: the loop holds tasks only weakly, so an
+            # unreferenced close could be collected mid-way and never finish.
+            closing = asyncio.create_task(conn.close(), name="close-idle-connection")
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
         self.counters.connections_opened += 1
         return HopConnection(
             hop, connect_timeout=self.connect_timeout, command_timeout=self.command_timeout,

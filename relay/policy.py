@@ -238,25 +238,6 @@ def parse_senders(text: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------------
-# Authorization
-
-
-def authorizing_identity(address: str, senders: Iterable[str], domains: Iterable[str]) -> str | None:
-    """The identity (exact address, else exact domain) that lets a user send as
-    ``address``, or None. ``address`` must be canonical (see :func:`check_address`).
-
-    A domain covers only itself: ``example.com`` does not cover ``mail.example.com``.
-    """
-    address = address.lower()
-    if address in {s.lower() for s in senders}:
-        return address
-    domain = address.rpartition("@")[2]
-    if domain and domain in {d.lower() for d in domains}:
-        return domain
-    return None
-
-
-# ---------------------------------------------------------------------------
 # Other operator input
 
 

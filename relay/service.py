@@ -60,6 +60,7 @@ from relay.store.db import AsyncStore, transaction
 from relay.store.events import NewEvent, record_event, record_events
 from relay.store.relay_info import publish_ports
 from relay.store.settings import Keys, seed_setting, set_setting
+from relay.store.verification import host_fqdn_for
 from relay.tls import TlsMaterial, load_tls
 from relay.writer import StoreWriter
 
@@ -148,6 +149,8 @@ class RelayService:
             Keys.TLS_FINGERPRINT: self.tls.fingerprint,
             Keys.TLS_CERT_PEM: self.tls.cert_pem,
             Keys.ALLOW_PLAIN_AUTH: cfg.allow_plain_auth,
+            # Looked up here, once, off the loop and off every store thread (may ask DNS).
+            Keys.HOST_FQDN: await asyncio.to_thread(host_fqdn_for, server_name),
         }
         seeds = {key: getattr(cfg, name) for name, key in RUNTIME_SEEDS.items() if getattr(cfg, name) is not None}
         await self._control.run(publish_start, facts, seeds)

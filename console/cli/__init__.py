@@ -3,6 +3,8 @@ store commands never import Textual (only ``console`` and ``demo`` do)."""
 
 from __future__ import annotations
 
+import click
+
 from console.cli.common import LazyGroup
 
 # name -> ("module:attribute", one-line help). Each module owns its commands.
@@ -30,3 +32,6 @@ main = LazyGroup(
     help="smtpplus — a self-hosted authenticated SMTP relay (SMTP+), its console and test harness.\n\n"
     "Every command takes --db PATH (else $SMTPPLUS_DB, else the user's data directory).",
 )
+
+# `smtpplus --version`: the installed package's version (one line, exit 0).
+click.version_option(package_name="smtpplus", prog_name="smtpplus", message="%(prog)s %(version)s")(main)

@@ -95,7 +95,7 @@ def ls(as_json: bool, db_path: Path | None) -> None:
     """Campaigns, newest first, with state and progress."""
     from relay.store import campaigns as store_campaigns
 
-    with common.open_db(db_path) as db:
+    with common.open_db(db_path, create=False) as db:
         infos = store_campaigns.list_campaigns(db)
     if as_json:
         common.print_json([campaign_json(c) for c in infos])

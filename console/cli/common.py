@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import json
@@ -74,11 +75,25 @@ class LazyGroup(click.Group):
             with formatter.section("Commands"):
                 formatter.write_dl(rows)
 
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        # Output still buffered is flushed at exit; a reader gone by then
+        # (`smtpplus queue ls | head -1`) must end quietly too, not as a traceback.
+        try:
+            return super().main(*args, **kwargs)
+        except SystemExit:
+            try:
+                sys.stdout.flush()
+            except BrokenPipeError:
+                _quiet_broken_pipe()
+            raise
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
+        except BrokenPipeError:
+            _quiet_broken_pipe()
         except KeyboardInterrupt:
             click.echo("smtpplus: interrupted", err=True)
             ctx.exit(130)
@@ -92,6 +107,20 @@ class LazyGroup(click.Group):
             raise CliError(
                 f"internal error ({type(exc).__name__}: {exc}) — rerun with SMTPPLUS_DEBUG=1 for details"
             ) from None
+
+
+EXIT_SIGPIPE = 141  # what a shell reports for a process ended by SIGPIPE (128 + 13)
+
+
+def _quiet_broken_pipe() -> None:
+    """The reader of stdout went away (``| head -1``): end at once, with no message,
+    as a Unix filter killed by SIGPIPE would. Python ignores SIGPIPE, so the write
+    raised EPIPE instead; point stdout at /dev/null so the final flush cannot fail."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    raise SystemExit(EXIT_SIGPIPE)
 
 
 def lazy_group(name: str, commands_spec: dict[str, tuple[str, str]], help: str) -> LazyGroup:
@@ -120,10 +149,12 @@ def resolve_db_path(db_path: Path | None) -> Path:
 
 
 @contextmanager
-def open_db(db_path: Path | None) -> Iterator[sqlite3.Connection]:
+def open_db(db_path: Path | None, *, create: bool = True) -> Iterator[sqlite3.Connection]:
+    """The store for one command. Commands that only read pass ``create=False``: a
+    mistyped --db is then ``no store at PATH`` (exit 1), never a new empty store."""
     from relay.store.db import open_store
 
-    db = open_store(resolve_db_path(db_path))
+    db = open_store(resolve_db_path(db_path), create=create)
     try:
         yield db
     finally:

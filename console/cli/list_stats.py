@@ -21,7 +21,7 @@ def stats(name: str, as_json: bool, db_path: Path | None) -> None:
     """A list's counts today (local time) and in total."""
     from relay.store.stats import list_stats
 
-    with common.open_db(db_path) as db:
+    with common.open_db(db_path, create=False) as db:
         result = list_stats(db, name)
     if as_json:
         common.print_json(

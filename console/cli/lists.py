@@ -69,7 +69,7 @@ def ls(as_json: bool, db_path: Path | None) -> None:
     """All lists with their number of users and members."""
     from relay.store import directory
 
-    with common.open_db(db_path) as db:
+    with common.open_db(db_path, create=False) as db:
         infos = directory.all_lists(db)
     if as_json:
         common.print_json([list_json(i) for i in infos])
@@ -94,8 +94,9 @@ def ls(as_json: bool, db_path: Path | None) -> None:
 @click.argument("name")
 @click.option("--description", default=None, help="New description.")
 @click.option("--rename", "new_name", default=None, metavar="NEW", help="New name for the list.")
+@common.json_option
 @common.db_option
-def edit(name: str, description: str | None, new_name: str | None, db_path: Path | None) -> None:
+def edit(name: str, description: str | None, new_name: str | None, as_json: bool, db_path: Path | None) -> None:
     """Change a list's description or name."""
     from relay.store import directory
 
@@ -105,14 +106,18 @@ def edit(name: str, description: str | None, new_name: str | None, db_path: Path
         raise CliError("--rename needs a non-empty name")
     with common.open_db(db_path) as db:
         info = directory.edit_list(db, name, description=description, new_name=new_name)
+    if as_json:
+        common.print_json(list_json(info))
+        return
     click.echo(f"Updated list {info.name!r}" + (f" (was {name!r})" if info.name != name else "") + ".")
 
 
 @lists.command("rm")
 @click.argument("name")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation (needed when not on a terminal).")
+@common.json_option
 @common.db_option
-def rm(name: str, yes: bool, db_path: Path | None) -> None:
+def rm(name: str, yes: bool, as_json: bool, db_path: Path | None) -> None:
     """Delete a list with its relay users and members. Mail already queued is still delivered."""
     from relay.store import directory
 
@@ -122,6 +127,9 @@ def rm(name: str, yes: bool, db_path: Path | None) -> None:
             f"delete list {info.name!r} with its {info.users} relay user(s) and {info.members} member(s)", yes
         )
         directory.delete_list(db, info.name)
+    if as_json:
+        common.print_json({"deleted": info.name, "users": info.users, "members": info.members})
+        return
     click.echo(f"Deleted list {info.name!r}. Mail already queued from it is still delivered.")
 
 
@@ -158,7 +166,7 @@ def show(name: str, as_json: bool, db_path: Path | None) -> None:
     and a block to paste into common mail clients."""
     from relay.store import directory
 
-    with common.open_db(db_path) as db:
+    with common.open_db(db_path, create=False) as db:
         info = directory.get_list(db, name)
         users = directory.all_users(db, info.name)
         # With exactly one user the paste block can name it; otherwise a placeholder.
@@ -277,7 +285,7 @@ def members_ls(name: str, as_json: bool, db_path: Path | None) -> None:
     from relay.store import directory
 
     rows: list[tuple[str, str]] = []
-    with common.open_db(db_path) as db:
+    with common.open_db(db_path, create=False) as db:
         info = directory.get_list(db, name)
         while True:
             page = directory.list_members(db, info.name, after=rows[-1][0] if rows else "")

@@ -9,6 +9,7 @@ relay in another process follows it within about a second.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +79,7 @@ def ls(state: str, priority: int | None, limit: int, as_json: bool, db_path: Pat
 
     from relay.store import queue as store_queue
 
-    with common.open_db(db_path) as db:
+    with common.open_db(db_path, create=False) as db:
         rows = store_queue.list_messages(db, state=state, priority=priority, limit=limit)
         overview = store_queue.queue_overview(db) if not as_json else None
     if as_json:
@@ -122,7 +123,7 @@ def show(queue_id: str, as_json: bool, db_path: Path | None) -> None:
     from relay.priority import NAMES
     from relay.store import queue as store_queue
 
-    with common.open_db(db_path) as db:
+    with common.open_db(db_path, create=False) as db:
         detail = store_queue.message_detail(db, queue_id)
     m = detail.message
     if as_json:
@@ -167,105 +168,173 @@ def show(queue_id: str, as_json: bool, db_path: Path | None) -> None:
 
 
 def _report(results: list[Any], verb: str) -> None:
+    found = [r for r in results if r.found]
     changed = 0
-    for r in results:
+    for r in found:
         if r.after is None and verb != "deleted":
             click.echo(f"{r.queue_id}: unchanged — {r.note}")
         else:
             changed += 1
             suffix = f" ({r.note})" if r.note else ""
             click.echo(f"{r.queue_id}: {verb}{suffix}")
-    if len(results) > 1:
-        click.echo(f"{changed} of {len(results)} message(s) {verb}.")
+    if len(found) > 1 or len(found) != len(results):
+        click.echo(f"{changed} of {len(found)} message(s) {verb}.")
 
 
-def _action(name: str, verb: str, help_text: str) -> None:
-    @queue.command(name, help=help_text)
-    @click.argument("queue_ids", nargs=-1, required=True, metavar="ID...")
+def read_ids(queue_ids: tuple[str, ...], action: str, db: Any) -> list[str]:
+    """The ids to act on: as given, ``-`` for ids on stdin (one per line), or ``ALL``
+    for every message the action applies to (as postsuper)."""
+    from relay.store import queue as store_queue
+
+    if "ALL" in queue_ids:
+        if len(queue_ids) > 1:
+            raise CliError("ALL stands alone — give ALL or queue ids, not both")
+        return store_queue.queue_ids_in(db, store_queue.ALL_TARGETS[action])
+    ids: list[str] = []
+    for given in queue_ids:
+        if given == "-":
+            ids.extend(line.strip() for line in sys.stdin if line.strip())
+        else:
+            ids.append(given)
+    return list(dict.fromkeys(ids))
+
+
+def _action(name: str, verb: str, help_text: str, all_means: str) -> None:
+    action = {"rm": "delete"}.get(name, name)
+
+    @queue.command(name, help=f"{help_text}\n\nID is a queue id; - reads ids from stdin (one per line); ALL means "
+                   f"{all_means}. Unknown ids are named on stderr with exit 1; the known ones are still acted on.")
+    @click.argument("queue_ids", nargs=-1, required=True, metavar="ID...|-|ALL")
     @common.json_option
     @common.db_option
-    def command(queue_ids: tuple[str, ...], as_json: bool, db_path: Path | None) -> None:
+    def command(queue_ids: tuple[str, ...], as_json: bool, db_path: Path | None, **extra: Any) -> None:
         from relay.store import queue as store_queue
 
-        fn = getattr(store_queue, {"rm": "delete"}.get(name, name))
+        fn = getattr(store_queue, action)
         with common.open_db(db_path) as db:
-            results = fn(db, list(queue_ids))
+            ids = read_ids(queue_ids, action, db)
+            if name == "rm" and "ALL" in queue_ids:
+                common.confirm_or_require_yes(f"delete all {len(ids)} message(s) not yet sent", extra.get("yes", False))
+            results = fn(db, ids, skip_unknown=True) if ids else []
         if as_json:
             common.print_json(results)
-            return
-        _report(results, verb)
+        elif not ids:
+            click.echo(f"No message to be {verb}.")
+        else:
+            _report(results, verb)
+        unknown = [r.queue_id for r in results if not r.found]
+        if unknown:
+            raise CliError(f"no message with queue id {', '.join(unknown)} — see `smtpplus queue ls`")
+
+    if name == "rm":
+        click.option("--yes", is_flag=True, help="Do not ask before rm ALL (needed when not on a terminal).")(command)
 
 
-_action("hold", "held", "Hold messages: nothing delivers them until released.")
-_action("release", "released", "Release held messages back into the queue.")
-_action("retry", "queued for a retry now", "Retry now: deferred, held or failed messages become ready at once.")
-_action("rm", "deleted", "Delete messages from the queue (recorded as an operator event).")
+# What ALL means is decided in relay.store.queue.ALL_TARGETS; tests hold these texts to it.
+_action("hold", "held", "Hold messages: nothing delivers them until released.", "every queued or deferred message")
+_action("release", "released", "Release held messages back into the queue.", "every held message")
+_action("retry", "queued for a retry now", "Retry now: deferred, held or failed messages become ready at once.",
+        "every deferred, held or failed message")
+_action("rm", "deleted", "Delete messages from the queue (recorded as an operator event).",
+        "every queued, deferred, held or failed message (asks first; --yes for scripts)")
+
+
+def _rate_text(value: float) -> str:
+    return "unlimited" if value == 0 else f"{value:g} messages per second"
 
 
 @queue.command("pause")
+@common.json_option
 @common.db_option
-def pause(db_path: Path | None) -> None:
+def pause(as_json: bool, db_path: Path | None) -> None:
     """Pause all delivery (deliveries under way finish)."""
     from relay.store import queue as store_queue
 
     with common.open_db(db_path) as db:
         was = store_queue.set_paused(db, True)
+    if as_json:
+        common.print_json({"paused": True, "was_paused": was})
+        return
     click.echo("Delivery was already paused." if was else "Delivery paused. Resume with: smtpplus queue resume")
 
 
 @queue.command("resume")
+@common.json_option
 @common.db_option
-def resume(db_path: Path | None) -> None:
+def resume(as_json: bool, db_path: Path | None) -> None:
     """Resume all delivery."""
     from relay.store import queue as store_queue
 
     with common.open_db(db_path) as db:
         was = store_queue.set_paused(db, False)
+    if as_json:
+        common.print_json({"paused": False, "was_paused": was})
+        return
     click.echo("Delivery resumed." if was else "Delivery was not paused.")
 
 
 @queue.command("rate")
-@click.argument("rate")
+@click.argument("rate", required=False)
+@common.json_option
 @common.db_option
-def rate(rate: str, db_path: Path | None) -> None:
-    """Set the shared delivery rate in messages per second (0 = unlimited)."""
+def rate(rate: str | None, as_json: bool, db_path: Path | None) -> None:
+    """Show or set the shared delivery rate in messages per second (0 = unlimited)."""
     from relay.store import queue as store_queue
 
-    with common.open_db(db_path) as db:
-        store_queue.set_rate(db, rate)  # type: ignore[arg-type]
-    value = float(rate)
-    click.echo("Rate: unlimited." if value == 0 else f"Rate: {value:g} messages per second.")
+    with common.open_db(db_path, create=rate is not None) as db:
+        if rate is not None:
+            store_queue.set_rate(db, rate)  # type: ignore[arg-type]
+        value = store_queue.delivery_settings(db).rate
+    if as_json:
+        common.print_json({"rate": value})
+    elif rate is None:
+        click.echo(f"rate: {_rate_text(value)}")
+    else:
+        click.echo(f"Rate: {_rate_text(value)}.")
 
 
 @queue.command("parallel")
-@click.argument("count")
+@click.argument("count", required=False)
+@common.json_option
 @common.db_option
-def parallel(count: str, db_path: Path | None) -> None:
-    """Set the maximum parallel next-hop connections."""
+def parallel(count: str | None, as_json: bool, db_path: Path | None) -> None:
+    """Show or set the maximum parallel next-hop connections (1–256)."""
     from relay.store import queue as store_queue
 
-    with common.open_db(db_path) as db:
-        store_queue.set_parallel(db, count)  # type: ignore[arg-type]
-    click.echo(f"Parallel connections: {int(count)}.")
+    with common.open_db(db_path, create=count is not None) as db:
+        if count is not None:
+            store_queue.set_parallel(db, count)  # type: ignore[arg-type]
+        value = store_queue.delivery_settings(db).parallel
+    if as_json:
+        common.print_json({"parallel": value})
+    elif count is None:
+        click.echo(f"parallel connections: {value}")
+    else:
+        click.echo(f"Parallel connections: {value}.")
 
 
 @queue.command("starvation")
 @click.argument("share", required=False)
+@common.json_option
 @common.db_option
-def starvation(share: str | None, db_path: Path | None) -> None:
+def starvation(share: str | None, as_json: bool, db_path: Path | None) -> None:
     """Show or set the anti-starvation share: the fraction of the bandwidth reserved
     for the oldest lower-priority message (0 = off, the default: strict priority;
     at most 0.5). E.g. 0.05 sends 1 message in 20 from the oldest lower priority
     while higher-priority mail is waiting."""
     from relay.store import queue as store_queue
 
-    with common.open_db(db_path) as db:
+    with common.open_db(db_path, create=share is not None) as db:
         if share is None:
-            current = store_queue.delivery_settings(db).starvation_share
-            click.echo(f"starvation share: {store_queue.describe_starvation_share(current)}")
-            return
-        value = store_queue.set_starvation_share(db, share)
-    click.echo(f"Starvation share: {store_queue.describe_starvation_share(value)}.")
+            value = store_queue.delivery_settings(db).starvation_share
+        else:
+            value = store_queue.set_starvation_share(db, share)
+    if as_json:
+        common.print_json({"starvation_share": value, "description": store_queue.describe_starvation_share(value)})
+    elif share is None:
+        click.echo(f"starvation share: {store_queue.describe_starvation_share(value)}")
+    else:
+        click.echo(f"Starvation share: {store_queue.describe_starvation_share(value)}.")
 
 
 @queue.command("next-hop")
@@ -277,9 +346,10 @@ def starvation(share: str | None, db_path: Path | None) -> None:
               help="Read the next hop's AUTH password from this environment variable.")
 @click.option("--cafile", default=None, help="PEM CA bundle to trust for STARTTLS 'required' ('' for the system's).")
 @click.option("--clear", is_flag=True, help="Remove the next hop: delivery waits.")
+@common.json_option
 @common.db_option
 def next_hop(hop: str | None, tls: str | None, auth_user: str | None, auth_password_env: str | None,
-             cafile: str | None, clear: bool, db_path: Path | None) -> None:
+             cafile: str | None, clear: bool, as_json: bool, db_path: Path | None) -> None:
     """Show or set the next hop (smarthost) every message is delivered to."""
     from relay.store import queue as store_queue
 
@@ -292,19 +362,23 @@ def next_hop(hop: str | None, tls: str | None, auth_user: str | None, auth_passw
             raise CliError(f"environment variable {auth_password_env} is not set — export it first")
     if cafile and not Path(cafile).is_file():
         raise CliError(f"--cafile {cafile} does not exist")
-    with common.open_db(db_path) as db:
-        if not clear and hop is None and tls is None and auth_user is None and password is None and cafile is None:
-            s = store_queue.delivery_settings(db)
-            click.echo(f"next hop: {s.next_hop or 'none (delivery waits)'}, STARTTLS {s.next_hop_tls}"
-                       + (f", AUTH as {s.next_hop_user}" if s.next_hop_user else ""))
-            return
-        current = store_queue.delivery_settings(db).next_hop
-        value = None if clear else (hop or current)
-        normalized = store_queue.set_next_hop(db, value, tls=tls, user=auth_user, password=password, cafile=cafile)
-    if normalized is None:
+    show_only = not clear and hop is None and tls is None and auth_user is None and password is None and cafile is None
+    with common.open_db(db_path, create=not show_only) as db:
+        if not show_only:
+            current = store_queue.delivery_settings(db).next_hop
+            value = None if clear else (hop or current)
+            store_queue.set_next_hop(db, value, tls=tls, user=auth_user, password=password, cafile=cafile)
+        s = store_queue.delivery_settings(db)
+    if as_json:  # never the password
+        common.print_json({"next_hop": s.next_hop, "tls": s.next_hop_tls, "auth_user": s.next_hop_user,
+                           "cafile": s.next_hop_cafile})
+    elif show_only:
+        click.echo(f"next hop: {s.next_hop or 'none (delivery waits)'}, STARTTLS {s.next_hop_tls}"
+                   + (f", AUTH as {s.next_hop_user}" if s.next_hop_user else ""))
+    elif s.next_hop is None:
         click.echo("Next hop cleared: delivery waits until one is set.")
     else:
-        click.echo(f"Next hop: {normalized}" + (f" (STARTTLS {tls})" if tls else ""))
+        click.echo(f"Next hop: {s.next_hop}" + (f" (STARTTLS {tls})" if tls else ""))
 
 
 @queue.command("status")
@@ -317,7 +391,7 @@ def status(as_json: bool, db_path: Path | None) -> None:
     from relay.store import queue as store_queue
 
     now = time.time()
-    with common.open_db(db_path) as db:
+    with common.open_db(db_path, create=False) as db:
         o = store_queue.queue_overview(db, now=now)
     s = o.settings
     if as_json:

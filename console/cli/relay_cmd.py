@@ -169,19 +169,33 @@ def write_ready_file(path: Path, payload: dict[str, Any]) -> None:
 # status
 
 
+EXIT_NOT_RUNNING = 3  # LSB "program is not running", as `systemctl status`
+
+
 @click.command()
 @click.option("--wait", "wait_seconds", type=float, default=None, metavar="SECONDS",
-              help="Wait up to SECONDS for a live relay; exit 1 when none appears.")
+              help="Wait up to SECONDS for a live relay (and for its store to appear); exit 3 when none does.")
 @click.option("--stale-after", type=float, default=None, help="Heartbeat age that counts as dead (default: the relay setting, 10 s).")
 @json_option
 @db_option
 def status(wait_seconds: float | None, stale_after: float | None, as_json: bool, db_path: Path | None) -> None:
-    """Is a relay alive on this store? Ports served and not served, TLS, paused, next hop."""
+    """Is a relay alive on this store? Ports served and not served, TLS, paused, next hop.
+
+    Exits 0 when a relay is alive and 3 when none is (as `systemctl status`), also
+    after --wait; 1 when there is no store at the path."""
     from relay.store.lease import DEFAULT_STALE_AFTER, relay_status
 
     limit = DEFAULT_STALE_AFTER if stale_after is None else stale_after
     deadline = time.monotonic() + (wait_seconds or 0)
-    with open_db(db_path) as db:
+    store_path = resolve_db_path(db_path)
+    # A relay just started may not have created its store yet: --wait waits for it
+    # too, and never creates it (`status` only reads).
+    while wait_seconds is not None and not store_path.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if wait_seconds is not None and not store_path.exists():
+        click.echo(f"smtpplus: no store at {store_path} after waiting {wait_seconds:g}s — start one with `smtpplus relay`", err=True)
+        sys.exit(EXIT_NOT_RUNNING)
+    with open_db(db_path, create=False) as db:
         while True:
             current = relay_status(db, limit)
             if current.alive or wait_seconds is None or time.monotonic() >= deadline:
@@ -191,8 +205,11 @@ def status(wait_seconds: float | None, stale_after: float | None, as_json: bool,
         print_json(current)
     else:
         _print_status(current)
-    if wait_seconds is not None and not current.alive:
-        raise CliError(f"no live relay on this store after waiting {wait_seconds:g}s — start one with `smtpplus relay`")
+    if current.alive:
+        return
+    if wait_seconds is not None:
+        click.echo(f"smtpplus: no live relay on this store after waiting {wait_seconds:g}s — start one with `smtpplus relay`", err=True)
+    sys.exit(EXIT_NOT_RUNNING)
 
 
 def _print_status(current: Any) -> None:
@@ -259,7 +276,7 @@ def tls_export(out: Path | None, show_fingerprint: bool, as_json: bool, db_path:
     With --json: {"pem": …, "fingerprint": …} (and "out" when --out wrote the file)."""
     from relay.store.settings import Keys, get_setting
 
-    with open_db(db_path) as db:
+    with open_db(db_path, create=False) as db:
         pem = get_setting(db, Keys.TLS_CERT_PEM)
         fingerprint = get_setting(db, Keys.TLS_FINGERPRINT)
     if not pem:

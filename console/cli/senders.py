@@ -50,7 +50,7 @@ def ls(state: str | None, as_json: bool, db_path: Path | None) -> None:
     """List sender identities: state, how and when verified, users, what to do next."""
     from relay.store.verification import sender_views
 
-    with common.open_db(db_path) as db:
+    with common.open_db(db_path, create=False) as db:
         views = sender_views(db, state=state)
     if as_json:
         common.print_json([v.as_dict() for v in views])
@@ -87,7 +87,7 @@ def show(identity: str, as_json: bool, db_path: Path | None) -> None:
     from relay.store.verification import sender_view
     from relay.verification import txt_instructions
 
-    with common.open_db(db_path) as db:
+    with common.open_db(db_path, create=False) as db:
         view = sender_view(db, identity)
     if as_json:
         common.print_json(view.as_dict())
@@ -284,7 +284,7 @@ def settings(system_sender: str | None, resolver: str | None, as_json: bool, db_
             updates[Keys.DNS_RESOLVER] = str(parse_resolver(resolver)) if resolver.strip() else None
         except ResolverError as exc:
             raise CliError(str(exc)) from None
-    with common.open_db(db_path) as db:
+    with common.open_db(db_path, create=bool(updates)) as db:
         if updates:
             with transaction(db):
                 for key, value in updates.items():

@@ -222,7 +222,7 @@ def ls(list_name: str | None, as_json: bool, db_path: Path | None) -> None:
     """Relay users with their state, priority and identities."""
     from relay.store import directory
 
-    with common.open_db(db_path) as db:
+    with common.open_db(db_path, create=False) as db:
         found = directory.all_users(db, list_name)
     if as_json:
         common.print_json([user_json(u) for u in found])
@@ -256,7 +256,7 @@ def show(username: str, as_json: bool, db_path: Path | None) -> None:
     """One relay user: settings, identities and their verification state (never a secret)."""
     from relay.store import directory
 
-    with common.open_db(db_path) as db:
+    with common.open_db(db_path, create=False) as db:
         user = directory.get_user(db, username)
     if as_json:
         common.print_json(user_json(user))
@@ -304,9 +304,11 @@ def _print_user(user: Any) -> None:
 @_priority_option
 @_identity_options
 @click.option("--note", default=None, metavar="T", help="A short note for operators ('' clears it).")
+@common.json_option
 @common.db_option
 def edit(
-    username: str, priority: str | None, domains: str | None, senders: str | None, note: str | None, db_path: Path | None
+    username: str, priority: str | None, domains: str | None, senders: str | None, note: str | None, as_json: bool,
+    db_path: Path | None,
 ) -> None:
     """Change a user's priority, note, authorized domains or senders (each list replaces the old one)."""
     from relay.store import directory
@@ -318,19 +320,26 @@ def edit(
         user = directory.edit_user(
             db, username, priority=checked_priority, note=checked_note, domains=domain_list, senders=sender_list
         )
+    if as_json:
+        common.print_json(user_json(user))
+        return
     click.echo(f"Updated relay user {user.username}.")
     _say(nudges(user), to_stderr=False)
 
 
 @users.command("activate")
 @click.argument("username")
+@common.json_option
 @common.db_option
-def activate(username: str, db_path: Path | None) -> None:
+def activate(username: str, as_json: bool, db_path: Path | None) -> None:
     """Let the user log in and send. Identities not yet verified still refuse mail."""
     from relay.store import directory
 
     with common.open_db(db_path) as db:
         user = directory.set_active(db, username, True)
+    if as_json:
+        common.print_json(user_json(user))
+        return
     click.echo(f"Activated relay user {user.username}.")
     pending = [i.value for i in user.identities if not i.verified]
     if pending:
@@ -348,13 +357,17 @@ def activate(username: str, db_path: Path | None) -> None:
 
 @users.command("deactivate")
 @click.argument("username")
+@common.json_option
 @common.db_option
-def deactivate(username: str, db_path: Path | None) -> None:
+def deactivate(username: str, as_json: bool, db_path: Path | None) -> None:
     """Stop the user from logging in (its queued mail is still delivered)."""
     from relay.store import directory
 
     with common.open_db(db_path) as db:
         user = directory.set_active(db, username, False)
+    if as_json:
+        common.print_json(user_json(user))
+        return
     click.echo(f"Deactivated relay user {user.username}: it can no longer log in.")
 
 
@@ -382,8 +395,9 @@ def reset_password(username: str, as_json: bool, db_path: Path | None) -> None:
 @users.command("rm")
 @click.argument("username")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation (needed when not on a terminal).")
+@common.json_option
 @common.db_option
-def rm(username: str, yes: bool, db_path: Path | None) -> None:
+def rm(username: str, yes: bool, as_json: bool, db_path: Path | None) -> None:
     """Delete a relay user. Mail it already queued is still delivered."""
     from relay.store import directory
 
@@ -391,4 +405,7 @@ def rm(username: str, yes: bool, db_path: Path | None) -> None:
         user = directory.get_user(db, username)
         common.confirm_or_require_yes(f"delete relay user {user.username!r}", yes)
         directory.delete_user(db, user.username)
+    if as_json:
+        common.print_json({"deleted": user.username, "list": user.list_name})
+        return
     click.echo(f"Deleted relay user {user.username}. Mail it already queued is still delivered.")

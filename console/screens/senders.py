@@ -24,7 +24,7 @@ COLUMNS = [
     ("identity", "Identity", 28), ("kind", "Kind", 7), ("state", "State", 9), ("how", "How", 8),
     ("users", "Users", None),
 ]
-METHODS = {"code": "code", "dns": "DNS", "manual": "operator"}
+METHODS = {"code": "code", "dns": "DNS", "manual": "manual"}  # one word everywhere: CLI, JSON, console
 FILTERS = ("pending", None)  # pending first: that is the work to do
 
 

@@ -64,16 +64,10 @@ class CampaignInfo:
 
     @property
     def display_state(self) -> str:
-        """What operators see: ``paused: priority traffic`` while preempted, and
-        ``paused (all delivery paused)`` while nothing at all is delivered — a
-        campaign that cannot send is never shown as sending."""
-        if self.state == "paused" and self.paused_reason == "operator":
-            return "paused"
-        if self.delivery_paused and self.state in ("sending", "paused"):
-            return "paused (all delivery paused)"
-        if self.state == "paused":
-            return "paused: priority traffic" if self.paused_reason == "priority" else "paused"
-        return self.state
+        """What operators see (:func:`relay.campaigns.display_state`, the one rule)."""
+        from relay.campaigns import display_state  # relay.campaigns imports this module
+
+        return display_state(self.state, self.paused_reason, delivery_paused=self.delivery_paused)
 
 
 def _delivery_paused(db: sqlite3.Connection) -> bool:
@@ -334,17 +328,12 @@ def personalize(template: bytes, address: str, name: str, queue_id: str, server_
 
 
 def header_priority_of(data: bytes) -> int:
-    """The header priority of a message (its first header block), as the relay reads it."""
-    end = data.find(b"\r\n\r\n")
-    block = data[: end if end >= 0 else len(data)].decode("utf-8", "replace")
-    headers: list[tuple[str, str]] = []
-    for line in block.split("\r\n"):
-        if line[:1] in (" ", "\t") and headers:
-            headers[-1] = (headers[-1][0], headers[-1][1] + line)
-        elif ":" in line:
-            name, _, value = line.partition(":")
-            headers.append((name, value.strip()))
-    return header_priority(headers)
+    """The header priority of a message, read exactly as the SMTP path reads it (the
+    same header section, the same field splitting, the same rule): a campaign and a
+    relayed message with the same headers always get the same priority."""
+    from relay.message import header_section, split_headers
+
+    return header_priority(split_headers(header_section(data)))
 
 
 def expand_batch(

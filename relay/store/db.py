@@ -71,7 +71,7 @@ def open_store(
     """
     p = Path(path)
     if not create and not p.exists():
-        raise StoreError(f"store {p} does not exist — create it with any smtpplus command, or pass --db")
+        raise StoreError(f"no store at {p} — check --db / $SMTPPLUS_DB")
     if create_parent is None:
         create_parent = _same_path(p, data_dir_db_path())
     if not create_parent and not p.parent.is_dir():

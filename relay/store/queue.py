@@ -40,6 +40,7 @@ ALL_STATES = ACTIVE_STATES + FINISHED_STATES
 TLS_MODES = ("required", "opportunistic", "off")
 
 DEFAULT_PARALLEL = 4
+HEADER_BYTES = 64 * 1024  # what `queue show` reads of a body for its headers (as the console)
 MAX_PARALLEL = 256
 
 
@@ -510,6 +511,9 @@ def _settle(db: sqlite3.Connection, owner: str, outcomes: Sequence[Outcome], now
             )
         )
         if o.bounce is not None and owned and m.mail_from:
+            # The notice belongs to the user whose message failed: filtering events by
+            # that user finds the notice's own delivery attempts too.
+            o.bounce.username = o.bounce.username or m.username
             queued = insert_messages(db, [o.bounce], now=now)
             events.append(
                 NewEvent(
@@ -628,11 +632,32 @@ class ActionResult:
     before: str
     after: str | None  # None: left as it was (see ``note``), or deleted for rm
     note: str = ""
+    found: bool = True  # False: no such message (only with ``skip_unknown``)
 
 
-def _resolve(db: sqlite3.Connection, refs: Iterable[str]) -> list[sqlite3.Row]:
-    """Messages by queue id (case-insensitive) or ``#<number>``; all or a NotFound."""
-    rows: list[sqlite3.Row] = []
+#: What ``ALL`` means for each operator action (as postsuper's ``ALL``): the messages
+#: the action applies to. A message being sent right now is never among them.
+ALL_TARGETS: dict[str, tuple[str, ...]] = {
+    "hold": ("queued", "deferred"),
+    "release": ("held",),
+    "retry": ("deferred", "held", "failed"),
+    "delete": ("queued", "deferred", "held", "failed"),
+}
+
+
+def queue_ids_in(db: sqlite3.Connection, states: Sequence[str]) -> list[str]:
+    """Queue ids of every message in ``states``, in dispatch order (for ``ALL``)."""
+    marks = ",".join("?" * len(states))
+    rows = db.execute(f"SELECT queue_id FROM messages WHERE state IN ({marks}) ORDER BY priority, id", tuple(states))
+    return [r[0] for r in rows]
+
+
+def _resolve(db: sqlite3.Connection, refs: Iterable[str], *, skip_unknown: bool = False) -> list[sqlite3.Row | str]:
+    """Messages by queue id (case-insensitive) or ``#<number>``, in the order given.
+
+    An unknown reference is a NotFound naming every unknown one; with
+    ``skip_unknown`` it stays in the list as its text, for the caller to report."""
+    rows: list[sqlite3.Row | str] = []
     missing: list[str] = []
     for ref in refs:
         text = str(ref).strip()
@@ -642,11 +667,16 @@ def _resolve(db: sqlite3.Connection, refs: Iterable[str]) -> list[sqlite3.Row]:
             row = db.execute(_DETAIL_SELECT + " WHERE queue_id = ?", (text.upper(),)).fetchone()
         if row is None:
             missing.append(text)
+            rows.append(text)
         else:
             rows.append(row)
-    if missing:
+    if missing and not skip_unknown:
         raise NotFound(f"no message with queue id {', '.join(missing)} — see `smtpplus queue ls`")
     return rows
+
+
+def _unknown(ref: str) -> ActionResult:
+    return ActionResult(ref, "", None, "no such message", found=False)
 
 
 def _apply(
@@ -656,11 +686,15 @@ def _apply(
     decide: Any,
     verb: str,
     now: float | None,
+    skip_unknown: bool = False,
 ) -> list[ActionResult]:
     stamp = time.time() if now is None else now
     results: list[ActionResult] = []
     with transaction(db):
-        for row in _resolve(db, refs):
+        for row in _resolve(db, refs, skip_unknown=skip_unknown):
+            if isinstance(row, str):
+                results.append(_unknown(row))
+                continue
             after, sql, note = decide(row)
             if sql is None:
                 results.append(ActionResult(row["queue_id"], row["state"], None, note))
@@ -678,7 +712,9 @@ def _apply(
     return results
 
 
-def hold(db: sqlite3.Connection, refs: Iterable[str], *, now: float | None = None) -> list[ActionResult]:
+def hold(
+    db: sqlite3.Connection, refs: Iterable[str], *, now: float | None = None, skip_unknown: bool = False
+) -> list[ActionResult]:
     """Hold queued or deferred messages: nothing delivers them until released.
     A message being sent right now, or already finished, is left as it is."""
 
@@ -691,10 +727,12 @@ def hold(db: sqlite3.Connection, refs: Iterable[str], *, now: float | None = Non
             return None, None, "being sent right now — hold it after this attempt"
         return None, None, f"already {row['state']}"
 
-    return _apply(db, refs, Reason.MESSAGE_HELD, decide, "held", now)
+    return _apply(db, refs, Reason.MESSAGE_HELD, decide, "held", now, skip_unknown)
 
 
-def release(db: sqlite3.Connection, refs: Iterable[str], *, now: float | None = None) -> list[ActionResult]:
+def release(
+    db: sqlite3.Connection, refs: Iterable[str], *, now: float | None = None, skip_unknown: bool = False
+) -> list[ActionResult]:
     """Release held messages back into the queue (ready at once)."""
 
     def decide(row: sqlite3.Row) -> tuple[str | None, str | None, str]:
@@ -702,10 +740,12 @@ def release(db: sqlite3.Connection, refs: Iterable[str], *, now: float | None = 
             return "queued", "UPDATE messages SET state = 'queued', next_attempt_at = :now, updated_at = :now WHERE id = :id", ""
         return None, None, f"not held (it is {row['state']})"
 
-    return _apply(db, refs, Reason.MESSAGE_RELEASED, decide, "released", now)
+    return _apply(db, refs, Reason.MESSAGE_RELEASED, decide, "released", now, skip_unknown)
 
 
-def retry(db: sqlite3.Connection, refs: Iterable[str], *, now: float | None = None) -> list[ActionResult]:
+def retry(
+    db: sqlite3.Connection, refs: Iterable[str], *, now: float | None = None, skip_unknown: bool = False
+) -> list[ActionResult]:
     """Retry now: deferred, held or failed messages become ready at once (a failed
     message's failed recipients are tried again)."""
 
@@ -724,17 +764,22 @@ def retry(db: sqlite3.Connection, refs: Iterable[str], *, now: float | None = No
             return None, None, "being sent right now"
         return None, None, "already sent"
 
-    return _apply(db, refs, Reason.MESSAGE_RETRY, decide, "retry requested", now)
+    return _apply(db, refs, Reason.MESSAGE_RETRY, decide, "retry requested", now, skip_unknown)
 
 
-def delete(db: sqlite3.Connection, refs: Iterable[str], *, now: float | None = None) -> list[ActionResult]:
+def delete(
+    db: sqlite3.Connection, refs: Iterable[str], *, now: float | None = None, skip_unknown: bool = False
+) -> list[ActionResult]:
     """Delete messages (body and recipients too). One being sent right now may still
     reach the next hop; the deletion is recorded as an operator event."""
 
     stamp = time.time() if now is None else now
     results: list[ActionResult] = []
     with transaction(db):
-        for row in _resolve(db, refs):
+        for row in _resolve(db, refs, skip_unknown=skip_unknown):
+            if isinstance(row, str):
+                results.append(_unknown(row))
+                continue
             note = "was being sent: this attempt may still deliver it" if row["state"] == "sending" else ""
             db.execute("DELETE FROM messages WHERE id = ?", (row["id"],))
             results.append(ActionResult(row["queue_id"], row["state"], None, note))
@@ -855,6 +900,7 @@ def list_messages(
 def message_detail(db: sqlite3.Connection, ref: str) -> MessageDetail:
     """One message by queue id: its row, per-recipient states, event timeline and headers."""
     row = _resolve(db, [ref])[0]
+    assert not isinstance(row, str)  # _resolve raised NotFound
     count = db.execute("SELECT count(*) FROM recipients WHERE message_id = ?", (row["id"],)).fetchone()[0]
     message = dataclasses.replace(MessageRow(*row), recipients=count)
     recipients = [
@@ -863,10 +909,13 @@ def message_detail(db: sqlite3.Connection, ref: str) -> MessageDetail:
             "SELECT address, state, last_reply FROM recipients WHERE message_id = ? ORDER BY address", (row["id"],)
         )
     ]
-    body = db.execute("SELECT data FROM message_bodies WHERE message_id = ?", (row["id"],)).fetchone()
+    # Only a prefix, as the console reads it: a 25 MB body is never loaded to show headers.
+    head = db.execute(
+        "SELECT substr(data, 1, ?) FROM message_bodies WHERE message_id = ?", (HEADER_BYTES, row["id"])
+    ).fetchone()
     headers = ""
-    if body is not None:
-        data = bytes(body[0])
+    if head is not None and head[0] is not None:
+        data = bytes(head[0])
         end = data.find(b"\r\n\r\n")
         headers = data[: end if end >= 0 else len(data)].decode("utf-8", "replace")
     return MessageDetail(message, recipients, events_for_message(db, row["id"]), headers)

@@ -223,7 +223,10 @@ def migrate(db: sqlite3.Connection, target: int | None = None) -> int:
             db.execute(f"PRAGMA user_version = {step + 1}")
         db.execute("COMMIT")
     except BaseException:
-        db.execute("ROLLBACK")
+        # SQLite rolls back by itself on some errors (SQLITE_FULL, IOERR): a second
+        # ROLLBACK would fail with "no transaction is active" and hide the real error.
+        if db.in_transaction:
+            db.execute("ROLLBACK")
         raise
     return max(version, goal)
 

@@ -60,6 +60,9 @@ class Keys:
     TLS_FINGERPRINT = "relay.tls_fingerprint"  # "SHA256:AB:CD:…"
     TLS_CERT_PEM = "relay.tls_cert_pem"
     ALLOW_PLAIN_AUTH = "relay.allow_plain_auth"  # bool
+    # This host's dotted name when the server name is its bare name, looked up once at
+    # start off the store thread (getfqdn may ask DNS); None otherwise.
+    HOST_FQDN = "relay.host_fqdn"
     LEASE = "relay.lease"  # {"owner", "pid", "host", "heartbeat_at", "started_at", "listen_host"}
     # Sender verification.
     SYSTEM_SENDER = "verification.system_sender"  # envelope and From: of code mails

@@ -207,7 +207,8 @@ def system_sender_choice(db: sqlite3.Connection) -> SystemSender:
             "set one with `smtpplus senders settings --system-sender ADDRESS`"
         )
     name = str(server_name)
-    address = default_sender_for(name, _host_fqdn(name))
+    published = get_setting(db, Keys.HOST_FQDN)
+    address = default_sender_for(name, str(published) if published else None)
     if address is not None:
         source = "server name" if address == _sender_at(name) else "host name"
         return SystemSender(address, source, f"smtpplus@ + the relay's {source}")
@@ -233,9 +234,13 @@ def _sender_at(domain: str) -> str | None:
         return None
 
 
-def _host_fqdn(server_name: str) -> str | None:
+def host_fqdn_for(server_name: str) -> str | None:
     """This host's FQDN, only when ``server_name`` is this host's bare name (the relay's
-    default): a lookup of any other name could leave the machine for DNS."""
+    default): a lookup of any other name could leave the machine for DNS.
+
+    ``socket.getfqdn`` may itself ask DNS and block for seconds, so this never runs on a
+    store thread: the relay calls it once at start, in a worker thread, and publishes
+    the answer (``Keys.HOST_FQDN``) for :func:`system_sender_choice` to read."""
     if "." in server_name or server_name.lower() != socket.gethostname().lower():
         return None
     fqdn = socket.getfqdn()

@@ -15,6 +15,7 @@ from email.parser import BytesHeaderParser
 from email.policy import default as default_policy
 
 from relay.store.events import Event, events_for_message
+from relay.store.settings import Keys, get_setting
 
 PRIORITIES = (1, 2, 3, 4, 5)
 # States of a message that is still the relay's business.
@@ -340,6 +341,7 @@ class CampaignRow:
     finished: int  # messages sent or failed
     created_at: float
     finished_at: float | None
+    delivery_paused: bool = False  # all delivery is paused (``smtpplus queue pause``)
 
     @property
     def paused_by_priority(self) -> bool:
@@ -347,9 +349,10 @@ class CampaignRow:
 
     @property
     def state_label(self) -> str:
-        if self.paused_by_priority:
-            return "paused: priority traffic"
-        return self.state
+        """The label ``smtpplus campaigns ls`` shows too (:func:`relay.campaigns.display_state`)."""
+        from relay.campaigns import display_state
+
+        return display_state(self.state, self.paused_reason, delivery_paused=self.delivery_paused)
 
     @property
     def progress(self) -> float | None:
@@ -371,6 +374,7 @@ def campaign_rows(db: sqlite3.Connection, *, limit: int = 50) -> list[CampaignRo
         "ORDER BY state IN ('done', 'cancelled'), scheduled_at DESC, id DESC LIMIT ?",
         (limit,),
     ).fetchall()
+    paused = bool(get_setting(db, Keys.PAUSED, False))
     out = []
     for r in rows:
         finished = 0
@@ -386,7 +390,7 @@ def campaign_rows(db: sqlite3.Connection, *, limit: int = 50) -> list[CampaignRo
             CampaignRow(
                 id=r[0], list_name=r[1], subject=r[2], mail_from=r[3], priority=r[4], state=r[5],
                 paused_reason=r[6], scheduled_at=r[7], total=r[8], expanded=r[9], finished=finished,
-                created_at=r[10], finished_at=r[11],
+                created_at=r[10], finished_at=r[11], delivery_paused=paused,
             )
         )
     return out

@@ -9,6 +9,9 @@ from hypothesis import strategies as st
 
 from relay import policy
 from relay.policy import AddressProblem, PolicyError, check_address
+from relay.reasons import Reason
+from relay.smtp import authorization
+from relay.store.directory import AuthRecord
 
 # ---------------------------------------------------------------------------
 # Strategies
@@ -253,41 +256,66 @@ def test_parse_senders_dedupes_and_names_the_bad_entry() -> None:
 # Who may send as whom
 
 
-def test_exact_address_is_authorized_and_wins_over_its_domain() -> None:
-    assert policy.authorizing_identity("info@example.com", ["info@example.com"], []) == "info@example.com"
-    assert policy.authorizing_identity("info@example.com", ["info@example.com"], ["example.com"]) == "info@example.com"
-    assert policy.authorizing_identity("sales@example.com", ["info@example.com"], []) is None
+# The one authorization rule is relay.smtp.authorization (the SMTP path and
+# campaigns); policy.authorizing_identity, which ignored verification, is gone.
+
+
+def _user(senders: dict[str, str] | None = None, domains: dict[str, str] | None = None) -> AuthRecord:
+    return AuthRecord(1, "u", "hash", True, 1, 3, 1, "L", dict(senders or {}), dict(domains or {}))
+
+
+def _may_send(address: str, user: AuthRecord) -> bool:
+    return authorization(address, user, "MAIL FROM") is None
+
+
+def test_exact_address_is_authorized_and_others_at_its_domain_are_not() -> None:
+    assert _may_send("info@example.com", _user({"info@example.com": "verified"}))
+    assert _may_send("info@example.com", _user({"info@example.com": "verified"}, {"example.com": "pending"}))
+    refused = authorization("sales@example.com", _user({"info@example.com": "verified"}), "MAIL FROM")
+    assert refused is not None and refused[1] is Reason.SENDER_NOT_AUTHORIZED
 
 
 def test_exact_domain_covers_every_address_at_it() -> None:
-    assert policy.authorizing_identity("anyone@example.com", [], ["example.com"]) == "example.com"
-    assert policy.authorizing_identity("anyone@other.com", [], ["example.com"]) is None
-    assert policy.authorizing_identity("anyone@notexample.com", [], ["example.com"]) is None
+    user = _user(domains={"example.com": "verified"})
+    assert _may_send("anyone@example.com", user)
+    assert not _may_send("anyone@other.com", user)
+    assert not _may_send("anyone@notexample.com", user)
 
 
 def test_second_level_does_not_cover_third_level_nor_the_reverse() -> None:
-    assert policy.authorizing_identity("a@marketing.example.com", [], ["example.com"]) is None
-    assert policy.authorizing_identity("a@example.com", [], ["marketing.example.com"]) is None
-    both = ["example.com", "marketing.example.com"]
-    assert policy.authorizing_identity("a@marketing.example.com", [], both) == "marketing.example.com"
-    assert policy.authorizing_identity("a@example.com", [], both) == "example.com"
+    assert not _may_send("a@marketing.example.com", _user(domains={"example.com": "verified"}))
+    assert not _may_send("a@example.com", _user(domains={"marketing.example.com": "verified"}))
+    both = _user(domains={"example.com": "verified", "marketing.example.com": "verified"})
+    assert _may_send("a@marketing.example.com", both) and _may_send("a@example.com", both)
 
 
 def test_authorization_is_case_insensitive() -> None:
-    assert policy.authorizing_identity("INFO@EXAMPLE.COM", ["info@example.com"], []) == "info@example.com"
-    assert policy.authorizing_identity("info@example.com", ["Info@Example.com"], []) == "info@example.com"
-    assert policy.authorizing_identity("a@Example.COM", [], ["EXAMPLE.com"]) == "example.com"
+    assert _may_send("INFO@EXAMPLE.COM", _user({"info@example.com": "verified"}))
+    assert _may_send("a@Example.COM", _user(domains={"example.com": "verified"}))
+
+
+def test_an_unverified_identity_does_not_authorize_and_says_so() -> None:
+    refused = authorization("info@example.com", _user({"info@example.com": "pending"}), "MAIL FROM")
+    assert refused is not None and refused[1] is Reason.SENDER_UNVERIFIED
+    assert "awaits verification" in refused[0]
+    # Either identity verified is enough when both the address and its domain are listed.
+    assert _may_send("info@example.com", _user({"info@example.com": "pending"}, {"example.com": "verified"}))
 
 
 @given(ascii_domains, _label, _local)
 def test_a_domain_never_covers_its_subdomains(domain: str, sub: str, local: str) -> None:
-    assert policy.authorizing_identity(f"{local}@{sub}.{domain}", [], [domain]) is None
-    assert policy.authorizing_identity(f"{local}@{domain}", [], [domain]) == domain
+    user = _user(domains={domain: "verified"})
+    assert not _may_send(f"{local}@{sub}.{domain}", user)
+    assert _may_send(f"{local}@{domain}", user)
 
 
 def test_a_visitors_address_from_a_web_form_is_not_authorized() -> None:
-    senders, domains = ["info@shop.example"], ["shop.example"]
-    assert policy.authorizing_identity("visitor@gmail.com", senders, domains) is None
+    user = _user({"info@shop.example": "verified"}, {"shop.example": "verified"})
+    assert not _may_send("visitor@gmail.com", user)
+
+
+def test_the_dead_second_authorization_rule_is_gone() -> None:
+    assert not hasattr(policy, "authorizing_identity")
 
 
 # ---------------------------------------------------------------------------

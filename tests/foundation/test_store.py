@@ -76,8 +76,9 @@ def test_an_unreadable_file_is_a_store_error(tmp_path: Path) -> None:
     garbage.write_bytes(b"this is not a database, just some text" * 200)
     with pytest.raises(StoreError, match="not usable"):
         open_store(garbage)
-    with pytest.raises(StoreError, match="does not exist"):
+    with pytest.raises(StoreError, match="no store at .*missing.db — check --db / \\$SMTPPLUS_DB"):
         open_store(tmp_path / "missing.db", create=False)
+    assert not (tmp_path / "missing.db").exists()
 
 
 def test_only_an_explicit_request_creates_the_store_directory(tmp_path: Path) -> None:
