@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -87,6 +87,12 @@ class LazyGroup(click.Group):
                 _quiet_broken_pipe()
             raise
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:  # --help and --version print while parsing
+            return super().parse_args(ctx, args)
+        except BrokenPipeError:
+            _quiet_broken_pipe()
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -112,7 +118,7 @@ class LazyGroup(click.Group):
 EXIT_SIGPIPE = 141  # what a shell reports for a process ended by SIGPIPE (128 + 13)
 
 
-def _quiet_broken_pipe() -> None:
+def _quiet_broken_pipe() -> NoReturn:
     """The reader of stdout went away (``| head -1``): end at once, with no message,
     as a Unix filter killed by SIGPIPE would. Python ignores SIGPIPE, so the write
     raised EPIPE instead; point stdout at /dev/null so the final flush cannot fail."""
