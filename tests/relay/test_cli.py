@@ -92,9 +92,10 @@ async def test_daemon_ready_file_status_tls_export_and_sigterm(cli: Cli, seeded:
         code = relay.stop(signal.SIGTERM)
     assert code == 0, relay.output()
     assert "stopped" in relay.output()
-    assert cli.json("status")["alive"] is False
+    stopped = cli("status", "--json")  # exit 3: no relay is running (LSB, as `systemctl status`)
+    assert stopped.returncode == 3 and json.loads(stopped.stdout)["alive"] is False
     waited = cli("status", "--wait", "0.3")
-    assert waited.returncode == 1 and "no live relay" in waited.stderr
+    assert waited.returncode == 3 and "no live relay" in waited.stderr
     assert len(stored_messages(seeded.store_path)) == 1
 
 
@@ -133,8 +134,9 @@ def test_bad_config_and_port_spec_are_one_line_errors(cli: Cli, tmp_path: Path) 
 
 
 def test_status_and_tls_export_without_a_relay(cli: Cli) -> None:
+    cli("lists", "add", "L", check=True)  # a store without a relay (`status` alone would not create one)
     status = cli("status")
-    assert status.returncode == 0 and "not running" in status.stdout
+    assert status.returncode == 3 and "not running" in status.stdout
     assert "stopped — no relay is running" in status.stdout and "running\n" not in status.stdout
     export = cli("tls", "export")
     assert export.returncode == 1 and "start the relay once" in export.stderr
