@@ -321,7 +321,7 @@ def identity_states(user: UserInfo) -> Text:
         if identity.verified:
             text.append("✓ verified ", style="green")
             text.append(identity.value)
-            how = {"code": "code", "dns": "DNS", "manual": "operator"}.get(identity.method or "", identity.method or "")
+            how = {"code": "code", "dns": "DNS", "manual": "manual"}.get(identity.method or "", identity.method or "")
             text.append(f"  ({how}{': ' + identity.reason if identity.reason else ''})", style="dim")
         else:
             text.append("… pending  ", style="yellow")
