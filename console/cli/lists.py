@@ -148,7 +148,9 @@ def gather_client_settings(db: sqlite3.Connection, username: str | None = None) 
     values = get_settings(db, [Keys.SERVER_NAME, Keys.ALLOW_PLAIN_AUTH, Keys.TLS_FINGERPRINT])
     served, not_served = served_ports(db)
     return client_settings(
-        server_name=values.get(Keys.SERVER_NAME) or socket.getfqdn(),
+        # No relay has published a name yet: the name it would publish by default. Never
+        # getfqdn here: the console reads this on its store thread, and that may ask DNS.
+        server_name=values.get(Keys.SERVER_NAME) or socket.gethostname(),
         served=served,
         not_served=not_served,
         allow_plain_auth=bool(values.get(Keys.ALLOW_PLAIN_AUTH, False)),

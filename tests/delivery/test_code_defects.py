@@ -96,6 +96,11 @@ def test_no_store_module_looks_up_host_names() -> None:
             called |= {c.func.id for c in ast.walk(func) if isinstance(c, ast.Call) and isinstance(c.func, ast.Name)}
             if func.name != "host_fqdn_for":
                 assert not called & {"getfqdn", "gethostbyname", "getaddrinfo", "host_fqdn_for"}, (path.name, func.name)
+    # Nor any other code (the console reads client settings on its store thread).
+    for folder in ("relay", "console", "harness"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            if path != ROOT / "relay" / "store" / "verification.py":
+                assert "getfqdn(" not in path.read_text(), path
     service = (ROOT / "relay" / "service.py").read_text()
     assert "asyncio.to_thread(host_fqdn_for" in service
 

@@ -56,7 +56,7 @@ def store_bytes(path: Path) -> bytes:
 
 
 def setup_list(path: Path, name: str = "Shop", *, server_name: str = "relay.example.net") -> None:
-    # The server name is set so `lists show` never falls back to a DNS lookup (getfqdn).
+    # The server name is set so `lists show` shows it, not this host's name (its fallback).
     with store(path) as db:
         d.create_list(db, name)
         set_setting(db, Keys.SERVER_NAME, server_name)
