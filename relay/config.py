@@ -78,6 +78,7 @@ class RelayConfig:
     data_dir: Path = field(default_factory=default_data_dir)  # self-signed pair lives here
     tls_cert: Path | None = None  # PEM certificate (chain); with tls_key, replaces the self-signed pair
     tls_key: Path | None = None
+    tls_reload_interval: float = 5.0  # poll a configured pair's files this often; 0 = only on SIGHUP
     # -- Session limits ----------------------------------------------------------
     max_message_size: int = 25 * MIB  # SIZE advertised; larger → 552 5.3.4
     max_recipients: int = 100  # past it → 452 4.5.3 per recipient
