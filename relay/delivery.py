@@ -170,8 +170,14 @@ def prepare(m: Claimed, supports: Any, hop: str, *, authenticated: bool = False)
     SMTPUTF8 or a 5.6.7 refusal (RFC 6531 §3.2), 8-bit downgraded without 8BITMIME
     (RFC 6152 §3), long lines folded, SIZE/BODY/DSN/AUTH parameters passed on."""
     notes: list[tuple[Reason, str]] = []
-    utf8 = m.smtputf8 or needs_smtputf8(m.mail_from, m.recipients, m.data)
-    if utf8 and not supports("smtputf8"):
+    internationalized = needs_smtputf8(m.mail_from, m.recipients, m.data)
+    # Needed: a non-ASCII address (no other way to send it), or non-ASCII headers the
+    # client declared SMTPUTF8 for. All-ASCII mail goes without it, as Postfix does;
+    # 8-bit headers from a client that did not declare it go as they did before.
+    envelope_ascii = m.mail_from.isascii() and all(r.isascii() for r in m.recipients)
+    needed = not envelope_ascii or (m.smtputf8 and internationalized)
+    utf8 = internationalized and bool(supports("smtputf8"))
+    if needed and not utf8:
         refusal = (
             f"550 5.6.7 next hop {hop} does not offer SMTPUTF8, which this message needs "
             "(internationalized address or header) — RFC 6531 §3.2"

@@ -213,9 +213,13 @@ async def test_a_message_needing_smtputf8_fails_with_5_6_7_at_a_hop_without_it_a
     async with NextHop(smtputf8=False) as old, NextHop() as modern:
         point(db, old)
         [needs] = insert_messages(db, [plain(["bob@example.net"], headers="X-Name: Jürgen\r\n", smtputf8=True)])
+        # Declared, but all ASCII: it does not need SMTPUTF8 and goes without it (as Postfix does).
+        [ascii_only] = insert_messages(db, [plain(["cy@example.net"], smtputf8=True)])
         async with running_engine(store_path):
-            [bounce] = await old.wait_for(1)
+            await old.wait_for(2)
             await eventually(lambda: state_of(db, needs.queue_id) == "failed")
+            await eventually(lambda: state_of(db, ascii_only.queue_id) == "sent")
+        [bounce] = bounces(old)
         point(db, modern)
         [ok] = insert_messages(db, [plain(["jürgen@example.net"], smtputf8=True)])
         async with running_engine(store_path):
@@ -224,7 +228,8 @@ async def test_a_message_needing_smtputf8_fails_with_5_6_7_at_a_hop_without_it_a
     detail = q.message_detail(db, needs.queue_id)
     assert detail.recipients[0].state == "failed" and "5.6.7" in str(detail.recipients[0].last_reply)
     assert str(Reason.FAILED_NO_SMTPUTF8) in reasons_of(db, needs.queue_id)
-    assert old.rcpt_commands == 1  # only the bounce's RCPT: the message never went out
+    assert old.rcpt_commands == 2  # the ASCII message's and the bounce's: the other never went out
+    assert [t.rcpt_tos for t in old.transactions if t.mail_from] == [["cy@example.net"]]
     assert bounce.rcpt_tos == [SENDER] and "Status: 5.6.7" in report_fields(bounce)
     assert "SMTPUTF8" in t.mail_params and t.rcpt_tos == ["jürgen@example.net"]
 
