@@ -175,3 +175,34 @@ async def test_reload_hook_rereads_the_pair_without_polling(
         await asyncio.to_thread(client.quit)
         await service.reload()  # nothing changed: no second event
     assert len(find_events(db, reason=str(Reason.TLS_RELOADED), limit=5)) == 1
+
+
+def test_sighup_makes_the_relay_command_reread_its_pair(db: Any, cli: Any, tmp_path: Path, tls_files: dict[str, Path], tls_ca: Any) -> None:
+    import signal
+    import time
+
+    from tests.relay.test_cli import RelayProcess
+
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    shutil.copyfile(tls_files["cert"], cert_path)
+    shutil.copyfile(tls_files["key"], key_path)
+    toml = tmp_path / "relay.toml"
+    toml.write_text(
+        f"tls_cert = {str(cert_path)!r}\ntls_key = {str(key_path)!r}\ndata_dir = {str(tmp_path / 'data')!r}\n"
+        "tls_reload_interval = 0\nserver_name = 'relay.test'\n"
+    )
+    relay = RelayProcess(cli, tmp_path, "--ports", "0", "--config", str(toml))
+    try:
+        port = relay.wait_ready()["served"][0]
+        install_pair(tls_ca, cert_path, key_path)
+        relay.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while not find_events(db, reason=str(Reason.TLS_RELOADED), limit=5):
+            assert time.monotonic() < deadline, relay.output()
+            time.sleep(0.05)
+        client = open_tls_session(port, tls_files["ca"])
+        assert peer_fingerprint(client) == der_fingerprint(cert_path)
+        client.quit()
+        assert relay.proc.poll() is None  # SIGHUP reloads; it does not stop the relay
+    finally:
+        assert relay.stop() == 0
