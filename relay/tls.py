@@ -87,7 +87,7 @@ def load_tls(
         if not (cert.exists() and key.exists()):
             _generate_self_signed(cert, key, server_name)
         else:
-            regenerated = unfit_reason(cert)
+            regenerated = unfit_reason(cert, server_name=server_name)
             if regenerated is not None:
                 _generate_self_signed(cert, key, server_name)
         context = server_context(cert, key)
@@ -98,9 +98,9 @@ def load_tls(
     return TlsMaterial(context, leaf, fingerprint_of(leaf), cert, key, self_signed)
 
 
-def unfit_reason(cert_path: Path, now: dt.datetime | None = None) -> str | None:
+def unfit_reason(cert_path: Path, now: dt.datetime | None = None, *, server_name: str | None = None) -> str | None:
     """Why a generated certificate must be made anew (no serverAuth, valid longer than
-    825 days, expiring within 30 days, unreadable), else None."""
+    825 days, expiring within 30 days, unreadable, not naming ``server_name``), else None."""
     from cryptography import x509
     from cryptography.x509.oid import ExtendedKeyUsageOID
 
@@ -122,7 +122,21 @@ def unfit_reason(cert_path: Path, now: dt.datetime | None = None) -> str | None:
     left = cert.not_valid_after_utc - moment
     if left < RENEW_BEFORE:
         return f"it expires within 30 days ({cert.not_valid_after_utc:%Y-%m-%d})"
+    if server_name and server_name != "localhost" and server_name not in _san_values(cert):
+        return f"it does not name the server name {server_name!r}"
     return None
+
+
+def _san_values(cert: Any) -> set[str]:
+    from cryptography import x509
+
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return set()
+    return {str(v) for v in names.get_values_for_type(x509.DNSName)} | {
+        str(v) for v in names.get_values_for_type(x509.IPAddress)
+    }
 
 
 def server_context(cert: Path, key: Path) -> ssl.SSLContext:

@@ -43,8 +43,13 @@ def test_the_generated_certificate_is_one_apple_clients_accept(tmp_path: Path) -
     assert {"127.0.0.1", "::1"} <= {str(ip) for ip in names.get_values_for_type(x509.IPAddress)}
     assert cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is False
     assert material.regenerated is None and unfit_reason(material.cert_path) is None
-    # Kept across starts: the same pair comes back.
+    # Kept across starts: the same pair comes back; a new server name gets a new pair.
     assert load_tls(None, None, tmp_path, "relay.example.com").fingerprint == material.fingerprint
+    renamed = load_tls(None, None, tmp_path, "mail.example.org")
+    assert renamed.fingerprint != material.fingerprint and "mail.example.org" in str(renamed.regenerated)
+    assert "mail.example.org" in certificate(renamed.cert_path).extensions.get_extension_for_class(
+        x509.SubjectAlternativeName
+    ).value.get_values_for_type(x509.DNSName)
 
 
 def write_old_pair(directory: Path, *, days: int, server_auth: bool, age_days: int = 0) -> None:
