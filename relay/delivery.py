@@ -165,10 +165,10 @@ class Prepared:
         return options + ([f"ORCPT={given.orcpt}"] if given.orcpt else [])
 
 
-def prepare(m: Claimed, supports: Any, hop: str, *, authenticated: bool = False) -> Prepared:
+def prepare(m: Claimed, supports: Any, hop: str) -> Prepared:
     """What to send to a hop whose EHLO ``supports(keyword)`` says what it offers:
     SMTPUTF8 or a 5.6.7 refusal (RFC 6531 §3.2), 8-bit downgraded without 8BITMIME
-    (RFC 6152 §3), long lines folded, SIZE/BODY/DSN/AUTH parameters passed on."""
+    (RFC 6152 §3), long lines folded, SIZE/BODY/DSN parameters passed on."""
     notes: list[tuple[Reason, str]] = []
     internationalized = needs_smtputf8(m.mail_from, m.recipients, m.data)
     # Needed: a non-ASCII address (no other way to send it), or non-ASCII headers the
@@ -209,8 +209,8 @@ def prepare(m: Claimed, supports: Any, hop: str, *, authenticated: bool = False)
         options.append(f"RET={m.dsn_ret}")
     if dsn and m.dsn_envid:
         options.append(f"ENVID={m.dsn_envid}")
-    if authenticated and m.mail_auth and supports("auth"):
-        options.append(f"AUTH={m.mail_auth}")  # RFC 4954 §5: we vouch for it at a hop we logged in to
+    # AUTH= (m.mail_auth) is kept, not passed on: it is optional (RFC 4954 §5), Postfix
+    # does not send it by default, and aiosmtpd-based hops answer it with 555.
     return Prepared(data, options, "utf-8" if utf8 else "ascii", dsn, notes)
 
 
@@ -342,7 +342,7 @@ class HopConnection:
         hop answered 452 after accepting others (RFC 5321 §4.5.3.1.10)."""
         smtp = self.smtp
         assert smtp is not None
-        prepared = prepare(m, smtp.supports_extension, self.hop.address, authenticated=bool(self.hop.user))
+        prepared = prepare(m, smtp.supports_extension, self.hop.address)
         if prepared.refusal is not None:
             return AttemptResult(
                 [RecipientResult(r, "failed", prepared.refusal) for r in m.recipients],

@@ -61,7 +61,7 @@ async def test_size_and_dsn_parameters_go_to_a_hop_that_offers_them_and_it_repor
     async with NextHop() as hop:
         point(db, hop)
         msg = plain(
-            ["bob@example.net", "cy@example.net"], dsn_ret="HDRS", dsn_envid="QQ+2B314",
+            ["bob@example.net", "cy@example.net"], dsn_ret="HDRS", dsn_envid="QQ+2B314", mail_auth=SENDER,
             recipient_dsn={"bob@example.net": RecipientDsn("SUCCESS,FAILURE", "rfc822;Bob@Example.NET")},
         )
         [queued] = insert_messages(db, [msg])
@@ -74,7 +74,7 @@ async def test_size_and_dsn_parameters_go_to_a_hop_that_offers_them_and_it_repor
         "bob@example.net": {"NOTIFY": "SUCCESS,FAILURE", "ORCPT": "rfc822;Bob@Example.NET"},
         "cy@example.net": {},
     }
-    assert "BODY" not in t.mail_params and "SMTPUTF8" not in t.mail_params
+    assert "BODY" not in t.mail_params and "SMTPUTF8" not in t.mail_params and "AUTH" not in t.mail_params
     # The hop offers DSN: it sends the success report, not this relay.
     assert count_messages(db, origin="system") == 0
 
