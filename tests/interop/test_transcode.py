@@ -184,3 +184,49 @@ def test_8bit_header_text_cannot_be_downgraded_and_is_reported() -> None:
     assert needs_smtputf8("a@example.com", ["b@example.net"], data)
     assert needs_smtputf8("ä@example.com", ["b@example.net"], b"Subject: x\r\n\r\n")
     assert not needs_smtputf8("a@example.com", ["b@example.net"], "Subject: x\r\n\r\nGrüße\r\n".encode())
+
+
+# Random MIME trees: multipart/mixed|alternative nesting, text and binary leaves with
+# any CTE a client may declare for raw bytes, message/rfc822 wrappers.
+leaf_bodies = st.one_of(
+    texts.map(lambda t: ("text/plain; charset=utf-8", t.encode("utf-8"))),
+    st.binary(max_size=300).map(
+        lambda b: ("application/octet-stream", b.replace(b"\r", b"").replace(b"\n", b"\r\n"))
+    ),
+)
+
+
+def _leaf(ctype_body: tuple[str, bytes], cte: str) -> bytes:
+    ctype, body = ctype_body
+    head = f"Content-Type: {ctype}\r\n" + (f"Content-Transfer-Encoding: {cte}\r\n" if cte else "")
+    return head.encode() + b"\r\n" + body
+
+
+@st.composite
+def mime_entities(draw: st.DrawFn, depth: int = 0) -> bytes:
+    kind = draw(st.sampled_from(["leaf", "leaf", "multipart", "message"] if depth < 3 else ["leaf"]))
+    if kind == "leaf":
+        return _leaf(draw(leaf_bodies), draw(st.sampled_from(["", "7bit", "8bit", "binary"])))
+    if kind == "message":
+        inner = draw(mime_entities(depth + 1))
+        return b"Content-Type: message/rfc822\r\n\r\nSubject: inner\r\n" + inner
+    boundary = f"b{depth}x{draw(st.integers(0, 999))}"
+    parts = draw(st.lists(mime_entities(depth + 1), min_size=1, max_size=3))
+    body = b"".join(f"--{boundary}\r\n".encode() + p + b"\r\n" for p in parts) + f"--{boundary}--\r\n".encode()
+    subtype = draw(st.sampled_from(["mixed", "alternative"]))
+    return f'Content-Type: multipart/{subtype}; boundary="{boundary}"\r\n\r\n'.encode() + body
+
+
+@settings(max_examples=200, deadline=None)
+@given(mime_entities())
+def test_any_mime_tree_downgrades_to_7bit_with_every_leaf_decoding_the_same(entity: bytes) -> None:
+    data = b"From: a@example.com\r\nMIME-Version: 1.0\r\n" + entity
+    result = downgrade_8bit(data)
+    assert result.data.isascii()
+    assert max((len(line) for line in result.data.split(b"\r\n")), default=0) <= max(
+        76, *(len(line) for line in data.split(b"\r\n") if line.isascii())
+    )
+    before = email.message_from_bytes(data, policy=compat32)
+    after = email.message_from_bytes(result.data, policy=compat32)
+    assert leaves(after) == leaves(before)
+    assert downgrade_8bit(result.data).data == result.data  # nothing left to do the second time
