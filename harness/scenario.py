@@ -1243,14 +1243,15 @@ class SinkView:
         self.sink = sink
         self.record_path = record_path
         self._offset = record_path.stat().st_size if record_path is not None and record_path.exists() else 0
-        self._ids: list[str | None] = []  # read so far: the sink only ever appends
+        # (harness id, Message-ID, recipients) read so far: the sink only ever appends.
+        self._ids: list[tuple[str | None, str | None, list[str]]] = []
 
     def harness_ids(self) -> list[str | None]:
         if self.sink is not None:
-            return [m.harness_id for m in self.sink.messages]
+            return _messages([(m.harness_id, m.message_id, m.rcpt_tos) for m in self.sink.messages])
         if self.record_path is not None:
             self._read_new_records(self.record_path)
-        return list(self._ids)
+        return _messages(self._ids)
 
     def _read_new_records(self, path: Path) -> None:
         # Polled many times a second while thousands arrive: read only what is new,
@@ -1269,8 +1270,30 @@ class SinkView:
                 record = json.loads(line)
             except ValueError:
                 raise ScenarioError(f"{path}: record after byte {self._offset} (line {number} of the new ones) is not JSON") from None
-            self._ids.append(record.get("harness_id") if isinstance(record, dict) else None)
+            if isinstance(record, dict):
+                self._ids.append((record.get("harness_id"), record.get("message_id"), list(record.get("rcpt_tos") or [])))
+            else:
+                self._ids.append((None, None, []))
         self._offset += end
+
+
+def _messages(arrivals: list[tuple[str | None, str | None, list[str]]]) -> list[str | None]:
+    """One entry per message: a message the relay split over several transactions
+    (recipients_per_transaction, a next hop's 452) arrives as records with the same
+    harness id and Message-ID and disjoint recipients — one message. The same
+    recipient twice is a duplicate delivery and counts again; campaign messages share
+    a harness id but each has its own Message-ID."""
+    out: list[str | None] = []
+    seen: dict[tuple[str, str | None], set[str]] = {}
+    for harness_id, message_id, recipients in arrivals:
+        if harness_id is not None:
+            earlier = seen.setdefault((harness_id, message_id), set())
+            split = bool(earlier) and earlier.isdisjoint(recipients)
+            earlier.update(recipients)
+            if split:
+                continue
+        out.append(harness_id)
+    return out
 
 
 _UNSET = "\0unset"

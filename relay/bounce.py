@@ -1,14 +1,17 @@
-"""Delivery status notifications (RFC 3464) for messages that finally failed.
+"""Delivery status notifications (RFC 3464): bounces and "relayed" reports.
 
 Pure: builds the ``multipart/report; report-type=delivery-status`` message and the
 :class:`~relay.store.intake.NewMessage` that queues it as system mail with an empty
 envelope sender. Never called for a message whose own sender is empty (no bounce
-of a bounce).
+of a bounce). RFC 3461 is honoured here: ``NOTIFY`` decides which recipients are
+reported (:func:`wants_report`), ``RET=HDRS`` returns the headers only (``FULL`` the
+whole message), ``ENVID`` and ``ORCPT`` are echoed back.
 """
 
 from __future__ import annotations
 
 import email.utils
+import ipaddress
 import re
 import secrets
 import time
@@ -16,9 +19,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from relay.store.intake import NewMessage, new_queue_id
+from relay.transcode import encode_quoted_printable
 
 BOUNCE_PRIORITY = 3
 _STATUS = re.compile(r"^\s*(\d)\d\d[\s-]+([245]\.\d{1,3}\.\d{1,3})")
+_XTEXT = re.compile(r"\+([0-9A-Fa-f]{2})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +31,40 @@ class FailedRecipient:
     address: str
     reply: str  # the next hop's reply, or our own reason ("queue lifetime exceeded …")
     remote: bool = True  # the reply came from the next hop
+    action: str = "failed"  # "failed" | "relayed" (delivered to a next hop without DSN)
+    orcpt: str | None = None  # the ORCPT= the client gave ("rfc822;ann@example.com", xtext)
+
+
+def wants_report(notify: str | None, action: str) -> bool:
+    """RFC 3461 §4.1: no NOTIFY means failures only; NEVER means nothing; else the
+    listed events (SUCCESS covers "relayed")."""
+    if notify is None:
+        return action == "failed"
+    events = {word.strip().upper() for word in notify.split(",")}
+    if "NEVER" in events:
+        return False
+    return ("SUCCESS" if action in ("relayed", "delivered") else "FAILURE") in events
+
+
+def xtext_decode(value: str) -> str:
+    """RFC 3461 §4: ``+XX`` is the octet XX."""
+    return _XTEXT.sub(lambda m: chr(int(m.group(1), 16)), value)
+
+
+def mta_name(host: str | None) -> str | None:
+    """A next hop as an RFC 3464 ``dns`` MTA name: the host name without a port, an
+    address as a literal (``[192.0.2.1]``, ``[IPv6:2001:db8::1]``)."""
+    if not host:
+        return None
+    name = host.strip()
+    if name.count(":") == 1 and name.rsplit(":", 1)[1].isdigit():
+        name = name.rsplit(":", 1)[0]  # "host:port": a port is no part of a DNS name
+    name = name.strip("[]")
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return _clean(name) or None
+    return f"[{address}]" if address.version == 4 else f"[IPv6:{address}]"
 
 
 def status_code(reply: str, default: str = "5.0.0") -> str:
@@ -44,6 +83,42 @@ def _header_block(original: bytes, limit: int = 64 * 1024) -> bytes:
     return block.rstrip(b"\r\n") + b"\r\n"
 
 
+def _returned_part(original: bytes, ret: str | None) -> list[bytes]:
+    """The third part: the original's headers (default, ``RET=HDRS``) or the whole
+    message (``RET=FULL``). 8-bit headers are declared and quoted-printable encoded,
+    so the report itself is 7-bit; a full 8-bit original is declared ``8bit``."""
+    if (ret or "").upper() == "FULL":
+        cte = b"7bit" if original.isascii() else b"8bit"
+        body = original if original.endswith(b"\r\n") else original + b"\r\n"
+        return [
+            b"Content-Type: message/rfc822",
+            b"Content-Description: Undelivered message",
+            b"Content-Transfer-Encoding: " + cte,
+            b"",
+            body,
+        ]
+    block = _header_block(original)
+    if block.isascii():
+        head = [b"Content-Type: text/rfc822-headers", b"Content-Description: Undelivered message headers"]
+        return [*head, b"", block]
+    charset = b"utf-8" if _is_utf8(block) else b"unknown-8bit"
+    return [
+        b"Content-Type: text/rfc822-headers; charset=" + charset,
+        b"Content-Description: Undelivered message headers",
+        b"Content-Transfer-Encoding: quoted-printable",
+        b"",
+        encode_quoted_printable(block),
+    ]
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def _clean(text: str) -> str:
     """One line of printable ASCII (replies may carry anything)."""
     return "".join(c if 32 <= ord(c) < 127 else " " for c in text).strip()
@@ -59,16 +134,27 @@ def build_dsn(
     reporting_mta: str,
     next_hop: str | None,
     now: float | None = None,
+    ret: str | None = None,
+    envid: str | None = None,
+    sender: str | None = None,
 ) -> bytes:
     """The DSN message (CRLF line ends): a human-readable part, the
-    ``message/delivery-status`` part and the original headers (``text/rfc822-headers``)."""
+    ``message/delivery-status`` part and the original headers (``text/rfc822-headers``)
+    or, with ``ret="FULL"``, the original (``message/rfc822``). ``next_hop`` is the
+    next hop's host name or address; ``sender`` the ``From:`` address (the system
+    sender), ``MAILER-DAEMON@<reporting_mta>`` when None."""
     stamp = time.time() if now is None else now
     boundary = f"=_smtpplus_{secrets.token_hex(12)}"
     mta = _clean(reporting_mta) or "localhost"
+    remote = mta_name(next_hop)
+    from_address = _clean(sender or "") or f"MAILER-DAEMON@{mta}"
+    failures = [r for r in failed if r.action == "failed"]
+    relayed = [r for r in failed if r.action != "failed"]
+    subject = "Undelivered Mail Returned to Sender" if failures else "Successful Mail Delivery Report"
     lines = [
-        f"From: Mail Delivery System <MAILER-DAEMON@{mta}>",
+        f"From: Mail Delivery System <{from_address}>",
         f"To: <{original_sender}>",
-        "Subject: Undelivered Mail Returned to Sender",
+        f"Subject: {subject}",
         f"Date: {email.utils.formatdate(stamp, localtime=True)}",
         f"Message-ID: <{new_queue_id()}.dsn@{mta}>",
         "Auto-Submitted: auto-replied",
@@ -83,37 +169,54 @@ def build_dsn(
         "",
         f"This is the mail system at {mta}.",
         "",
-        f"Your message (queue id {queue_id}) could not be delivered to",
-        "one or more recipients. It has been removed from the queue.",
-        "",
     ]
-    for r in failed:
-        lines.append(f"<{r.address}>: {_clean(r.reply)}")
+    if failures:
+        lines += [
+            f"Your message (queue id {queue_id}) could not be delivered to",
+            "one or more recipients. It has been removed from the queue.",
+            "",
+        ]
+        lines += [f"<{_clean(r.address)}>: {_clean(r.reply)}" for r in failures]
+        lines.append("")
+    if relayed:
+        lines += [
+            f"Your message (queue id {queue_id}) was handed on to a mail system that does",
+            "not send delivery notifications; no further notice will come from it.",
+            "",
+        ]
+        lines += [f"<{_clean(r.address)}>: relayed{f' to {remote}' if remote else ''}" for r in relayed]
+        lines.append("")
     lines += [
-        "",
         f"--{boundary}",
         "Content-Type: message/delivery-status",
         "Content-Description: Delivery report",
         "",
+    ]
+    if envid:
+        lines.append(f"Original-Envelope-Id: {_clean(xtext_decode(envid))}")
+    lines += [
         f"Reporting-MTA: dns; {mta}",
         f"X-Smtpplus-Queue-ID: {queue_id}",
         f"Arrival-Date: {email.utils.formatdate(arrival, localtime=True)}",
     ]
     for r in failed:
-        lines += ["", f"Final-Recipient: rfc822; {r.address}", "Action: failed", f"Status: {status_code(r.reply)}"]
-        if r.remote and next_hop:
-            lines.append(f"Remote-MTA: dns; {_clean(next_hop)}")
-        lines.append(f"Diagnostic-Code: smtp; {_clean(r.reply)}")
+        lines.append("")
+        if r.orcpt:
+            lines.append(f"Original-Recipient: {_clean(xtext_decode(r.orcpt))}")
+        lines.append(f"Final-Recipient: rfc822; {_clean(r.address)}")
+        if r.action == "failed":
+            lines += ["Action: failed", f"Status: {status_code(r.reply)}"]
+        else:
+            lines += ["Action: relayed", f"Status: {status_code(r.reply, '2.0.0') if r.reply[:1] == '2' else '2.0.0'}"]
+        if r.remote and remote:
+            lines.append(f"Remote-MTA: dns; {remote}")
+        if r.reply:
+            lines.append(f"Diagnostic-Code: smtp; {_clean(r.reply)}")
         lines.append(f"Last-Attempt-Date: {email.utils.formatdate(stamp, localtime=True)}")
-    lines += [
-        "",
-        f"--{boundary}",
-        "Content-Type: text/rfc822-headers",
-        "Content-Description: Undelivered message headers",
-        "",
-    ]
+    lines += ["", f"--{boundary}"]
     head = "\r\n".join(lines).encode("ascii", "replace") + b"\r\n"
-    return head + _header_block(original) + f"\r\n--{boundary}--\r\n".encode()
+    returned = b"\r\n".join(_returned_part(original, ret))
+    return head + returned + f"\r\n--{boundary}--\r\n".encode()
 
 
 def bounce_message(
@@ -128,14 +231,20 @@ def bounce_message(
     list_id: int | None = None,
     list_name: str | None = None,
     now: float | None = None,
+    ret: str | None = None,
+    envid: str | None = None,
+    sender: str | None = None,
 ) -> NewMessage:
-    """The DSN as system mail: empty envelope sender, to the original sender."""
+    """The DSN as system mail: empty envelope sender, to the original sender, ``From:``
+    the system sender (``sender``)."""
     if not original_sender:
         raise ValueError("no bounce for a message with an empty sender")
     data = build_dsn(
         original=original, original_sender=original_sender, failed=failed, queue_id=queue_id,
-        arrival=arrival, reporting_mta=reporting_mta, next_hop=next_hop, now=now,
+        arrival=arrival, reporting_mta=reporting_mta, next_hop=next_hop, now=now, ret=ret, envid=envid,
+        sender=sender,
     )
+    failures = any(r.action == "failed" for r in failed)
     return NewMessage(
         mail_from="",
         recipients=[original_sender],
@@ -144,8 +253,10 @@ def bounce_message(
         header_priority=BOUNCE_PRIORITY,
         user_priority=BOUNCE_PRIORITY,
         priority=BOUNCE_PRIORITY,
-        header_from=f"MAILER-DAEMON@{_clean(reporting_mta) or 'localhost'}",
-        subject="Undelivered Mail Returned to Sender",
+        header_from=_clean(sender or "") or f"MAILER-DAEMON@{_clean(reporting_mta) or 'localhost'}",
+        subject="Undelivered Mail Returned to Sender" if failures else "Successful Mail Delivery Report",
         list_id=list_id,
         list_name=list_name,
+        body_type=None if data.isascii() else "8BITMIME",
+        smtputf8=not original_sender.isascii(),
     )

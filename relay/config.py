@@ -78,6 +78,7 @@ class RelayConfig:
     data_dir: Path = field(default_factory=default_data_dir)  # self-signed pair lives here
     tls_cert: Path | None = None  # PEM certificate (chain); with tls_key, replaces the self-signed pair
     tls_key: Path | None = None
+    tls_reload_interval: float = 5.0  # poll a configured pair's files this often; 0 = only on SIGHUP
     # -- Session limits ----------------------------------------------------------
     max_message_size: int = 25 * MIB  # SIZE advertised; larger → 552 5.3.4
     max_recipients: int = 100  # past it → 452 4.5.3 per recipient
@@ -109,6 +110,7 @@ class RelayConfig:
     connect_timeout: float = 30.0
     command_timeout: float = 60.0
     retention_days: float = 30.0  # finished messages, bodies and events are pruned after
+    recipients_per_transaction: int = 50  # larger recipient lists go in several transactions (Postfix: 50)
     # -- Seeds for runtime controls (written to the store only when unset) -------
     next_hop: str | None = None  # "host:port"
     rate: float | None = None  # messages per second, 0 = unlimited
@@ -118,6 +120,20 @@ class RelayConfig:
 
     def resolved_server_name(self) -> str:
         return self.server_name or socket.gethostname() or "localhost"
+
+
+def server_name_warning(server_name: str) -> str | None:
+    """Why a server name without a dot is a problem, with the fix; None when it has one.
+    Bounces say ``Reporting-MTA: dns; <name>`` and come from an address at it, and the
+    relay greets next hops with it: ``vm`` is no name another host can use."""
+    name = server_name.strip().rstrip(".")
+    if "." in name or name.startswith("[") or ":" in name:
+        return None
+    return (
+        f"server name {name!r} has no dot: next hops see it in EHLO and bounces name it as their "
+        "reporting MTA — set server_name (e.g. --server-name relay.example.com) and "
+        "`smtpplus senders settings --system-sender ADDRESS`"
+    )
 
 
 RUNTIME_SEEDS: dict[str, str] = {

@@ -31,11 +31,13 @@ from typing import Any, Protocol
 
 import aiosmtplib
 
-from relay.bounce import FailedRecipient, bounce_message
+from relay.bounce import FailedRecipient, bounce_message, wants_report
+from relay.config import server_name_warning
 from relay.reasons import EventKind, Reason
 from relay.scheduler import HopBackoff, StarvationShare, TokenBucket, decide_retry
 from relay.store.db import AsyncStore, StoreError
 from relay.store.events import NewEvent
+from relay.store.intake import NewMessage, RecipientDsn
 from relay.store.queue import (
     Claimed,
     DeliverySettings,
@@ -49,6 +51,8 @@ from relay.store.queue import (
     publish_status,
     reclaim_owner,
 )
+from relay.store.verification import system_sender_choice
+from relay.transcode import downgrade_8bit, fold_long_lines, needs_smtputf8
 
 log = logging.getLogger("smtpplus.delivery")
 
@@ -68,6 +72,7 @@ class DeliveryConfig(Protocol):
     connect_timeout: float
     command_timeout: float
     retention_days: float
+    recipients_per_transaction: int
 
 
 _DEFAULTS: dict[str, float] = {
@@ -78,7 +83,9 @@ _DEFAULTS: dict[str, float] = {
     "connect_timeout": 30.0,
     "command_timeout": 60.0,
     "retention_days": 30.0,
+    "recipients_per_transaction": 50,
 }
+SENDER_REFRESH = 5.0  # seconds between reads of the system sender setting
 
 
 def _setting(config: Any, name: str) -> float:
@@ -134,6 +141,77 @@ class AttemptResult:
     reason: Reason
     reply: str
     hop_failure: bool = False
+    relayed: list[str] = field(default_factory=list)  # delivered to a hop without DSN; NOTIFY=SUCCESS asked
+    notes: list[tuple[Reason, str]] = field(default_factory=list)  # what delivery changed, for events
+
+
+@dataclass(slots=True)
+class Prepared:
+    """A message made fit for one next hop: the bytes to send and the MAIL/RCPT
+    parameters, or the refusal when the hop cannot take it at all."""
+
+    data: bytes
+    mail_options: list[str]
+    encoding: str  # of the envelope addresses
+    dsn: bool  # the hop offers DSN: RCPT gets NOTIFY/ORCPT, it reports by itself
+    notes: list[tuple[Reason, str]] = field(default_factory=list)
+    refusal: str | None = None
+
+    def rcpt_options(self, m: Claimed, rcpt: str) -> list[str]:
+        given = m.recipient_dsn.get(rcpt)
+        if not self.dsn or given is None:
+            return []
+        options = [f"NOTIFY={given.notify}"] if given.notify else []
+        return options + ([f"ORCPT={given.orcpt}"] if given.orcpt else [])
+
+
+def prepare(m: Claimed, supports: Any, hop: str) -> Prepared:
+    """What to send to a hop whose EHLO ``supports(keyword)`` says what it offers:
+    SMTPUTF8 or a 5.6.7 refusal (RFC 6531 §3.2), 8-bit downgraded without 8BITMIME
+    (RFC 6152 §3), long lines folded, SIZE/BODY/DSN parameters passed on."""
+    notes: list[tuple[Reason, str]] = []
+    internationalized = needs_smtputf8(m.mail_from, m.recipients, m.data)
+    # Needed: a non-ASCII address (no other way to send it), or non-ASCII headers the
+    # client declared SMTPUTF8 for. All-ASCII mail goes without it, as Postfix does;
+    # 8-bit headers from a client that did not declare it go as they did before.
+    envelope_ascii = m.mail_from.isascii() and all(r.isascii() for r in m.recipients)
+    needed = not envelope_ascii or (m.smtputf8 and internationalized)
+    utf8 = internationalized and bool(supports("smtputf8"))
+    if needed and not utf8:
+        refusal = (
+            f"550 5.6.7 next hop {hop} does not offer SMTPUTF8, which this message needs "
+            "(internationalized address or header) — RFC 6531 §3.2"
+        )
+        return Prepared(m.data, [], "utf-8", False, notes, refusal)
+    data = m.data
+    eight_bit = bool(supports("8bitmime"))
+    if not eight_bit and not data.isascii():
+        down = downgrade_8bit(data)
+        data = down.data
+        if down.parts:
+            notes.append((Reason.DOWNGRADED_8BIT, f"{down.parts} 8-bit MIME part(s) re-encoded to 7-bit: {hop} lacks 8BITMIME"))
+    folded = fold_long_lines(data)
+    if folded.lines_folded:
+        data = folded.data
+        notes.append((
+            Reason.LINES_FOLDED,
+            f"{folded.lines_folded} line(s) over 998 octets folded for {hop} (longest {folded.longest})",
+        ))
+    options: list[str] = []
+    if supports("size"):
+        options.append(f"SIZE={len(data)}")
+    if eight_bit and (not data.isascii() or m.body_type == "8BITMIME"):
+        options.append("BODY=8BITMIME")
+    if utf8:
+        options.append("SMTPUTF8")
+    dsn = bool(supports("dsn"))
+    if dsn and m.dsn_ret:
+        options.append(f"RET={m.dsn_ret}")
+    if dsn and m.dsn_envid:
+        options.append(f"ENVID={m.dsn_envid}")
+    # AUTH= (m.mail_auth) is kept, not passed on: it is optional (RFC 4954 §5), Postfix
+    # does not send it by default, and aiosmtpd-based hops answer it with 555.
+    return Prepared(data, options, "utf-8" if utf8 else "ascii", dsn, notes)
 
 
 def _reply_text(code: int, message: str) -> str:
@@ -151,8 +229,12 @@ def _classify(code: int) -> tuple[str, Reason]:
 class HopConnection:
     """One SMTP client connection to the next hop, reused across messages."""
 
-    def __init__(self, hop: NextHop, *, connect_timeout: float, command_timeout: float, local_hostname: str) -> None:
+    def __init__(
+        self, hop: NextHop, *, connect_timeout: float, command_timeout: float, local_hostname: str,
+        recipients_per_transaction: int = 50,
+    ) -> None:
         self.hop = hop
+        self.recipients_per_transaction = max(1, recipients_per_transaction)
         self.connect_timeout = connect_timeout
         self.command_timeout = command_timeout
         self.local_hostname = local_hostname
@@ -255,18 +337,63 @@ class HopConnection:
             self.last_used = time.monotonic()
 
     async def _transaction(self, m: Claimed) -> AttemptResult:
+        """Every recipient still to deliver, in as many transactions as needed: at most
+        ``recipients_per_transaction`` each, and a new one at once for recipients the
+        hop answered 452 after accepting others (RFC 5321 §4.5.3.1.10)."""
         smtp = self.smtp
         assert smtp is not None
-        options: list[str] = []
-        encoding = "ascii"
-        if not m.data.isascii() and smtp.supports_extension("8bitmime"):
-            options.append("BODY=8BITMIME")
-        if not (m.mail_from.isascii() and all(r.isascii() for r in m.recipients)):
-            if smtp.supports_extension("smtputf8"):
-                options.append("SMTPUTF8")
-            encoding = "utf-8"
+        prepared = prepare(m, smtp.supports_extension, self.hop.address)
+        if prepared.refusal is not None:
+            return AttemptResult(
+                [RecipientResult(r, "failed", prepared.refusal) for r in m.recipients],
+                Reason.FAILED_NO_SMTPUTF8, prepared.refusal,
+            )
+        results: dict[str, RecipientResult] = {}
+        pending = list(m.recipients)
+        stop: tuple[Reason, str] | None = None
+        transactions = 0
+        data_failed = False
+        while pending:
+            batch, pending = pending[: self.recipients_per_transaction], pending[self.recipients_per_transaction :]
+            transactions += 1
+            try:
+                txn = await self._one_transaction(m, batch, prepared)
+            except (HopFailure, _Retryable) as exc:
+                if transactions == 1:
+                    raise
+                # Earlier transactions went through: keep their outcomes, the rest waits.
+                reply = exc.reply if isinstance(exc, HopFailure) else f"connection to {self.hop.address} lost"
+                reason = exc.reason if isinstance(exc, HopFailure) else Reason.DEFERRED_CONNECT
+                txn = _Transaction({r: RecipientResult(r, "deferred", reply) for r in batch}, stop=(reason, reply))
+            results.update(txn.results)
+            data_failed = data_failed or txn.data_failed
+            if txn.stop is not None:
+                stop = txn.stop
+                state = "deferred" if stop[0] != Reason.FAILED_5XX else "failed"
+                for rcpt in pending:
+                    results[rcpt] = RecipientResult(rcpt, state, stop[1].removeprefix("MAIL: "))
+                break
+            pending = txn.too_many + pending
+        result = _summarize(m, results, prefix="DATA: " if data_failed else "")
+        if stop is not None and any(r.state == "deferred" for r in results.values()):
+            result.reason, result.reply = stop
+        elif stop is not None and stop[1].startswith("MAIL: ") and all(r.state == "failed" for r in results.values()):
+            result.reply = stop[1]
+        if transactions > 1:
+            result.notes.append((Reason.RECIPIENTS_SPLIT, f"{len(m.recipients)} recipient(s) in {transactions} transaction(s)"))
+        result.notes[:0] = prepared.notes
+        if not prepared.dsn:
+            result.relayed = [
+                r.address for r in result.recipients
+                if r.state == "sent" and wants_report((m.recipient_dsn.get(r.address) or _NO_DSN).notify, "relayed")
+            ]
+        return result
+
+    async def _one_transaction(self, m: Claimed, batch: list[str], prepared: Prepared) -> _Transaction:
+        smtp = self.smtp
+        assert smtp is not None
         try:
-            await smtp.mail(m.mail_from, options=options, encoding=encoding)
+            await smtp.mail(m.mail_from, options=prepared.mail_options, encoding=prepared.encoding)
         except aiosmtplib.SMTPServerDisconnected:
             smtp.close()
             raise _Retryable() from None
@@ -274,31 +401,35 @@ class HopConnection:
             await self._rset()
             state, reason = _classify(exc.code)
             reply = _reply_text(exc.code, exc.message)
-            return AttemptResult([RecipientResult(r, state, reply) for r in m.recipients], reason, f"MAIL: {reply}")
+            return _Transaction({r: RecipientResult(r, state, reply) for r in batch}, stop=(reason, f"MAIL: {reply}"))
         except aiosmtplib.SMTPTimeoutError as exc:
             smtp.close()
             raise HopFailure(Reason.DEFERRED_TIMEOUT, f"MAIL timed out at {self.hop.address}: {exc}") from None
         results: dict[str, RecipientResult] = {}
         accepted: list[str] = []
+        too_many: list[str] = []
         try:
-            for rcpt in m.recipients:
+            for i, rcpt in enumerate(batch):
                 try:
-                    await smtp.rcpt(rcpt, encoding=encoding)
+                    await smtp.rcpt(rcpt, options=prepared.rcpt_options(m, rcpt), encoding=prepared.encoding)
                     accepted.append(rcpt)
                 except aiosmtplib.SMTPRecipientRefused as exc:
+                    if exc.code == 452 and accepted:
+                        too_many = batch[i:]  # this one and the rest: a new transaction, now
+                        break
                     state, _ = _classify(exc.code)
                     results[rcpt] = RecipientResult(rcpt, state, _reply_text(exc.code, exc.message))
             if not accepted:
                 await self._rset()
-                return _summarize(m, results)
+                return _Transaction(results)
             try:
-                response = await smtp.data(m.data)
+                response = await smtp.data(prepared.data)
             except aiosmtplib.SMTPResponseException as exc:
                 state, _ = _classify(exc.code)
                 reply = _reply_text(exc.code, exc.message)
                 for rcpt in accepted:
                     results[rcpt] = RecipientResult(rcpt, state, reply)
-                return _summarize(m, results, prefix="DATA: ")
+                return _Transaction(results, too_many, data_failed=True)
         except aiosmtplib.SMTPTimeoutError as exc:
             smtp.close()
             raise HopFailure(Reason.DEFERRED_TIMEOUT, f"timed out at {self.hop.address}: {exc}") from None
@@ -306,17 +437,14 @@ class HopConnection:
             smtp.close()
             # Mid-transaction: the message may or may not have gone; retry later (at least once).
             reply = f"connection to {self.hop.address} lost: {exc}"
-            return AttemptResult(
-                [RecipientResult(r, "deferred", reply) for r in m.recipients if r not in results]
-                + list(results.values()),
-                Reason.DEFERRED_CONNECT,
-                reply,
-            )
+            for rcpt in batch:
+                results.setdefault(rcpt, RecipientResult(rcpt, "deferred", reply))
+            return _Transaction(results, stop=(Reason.DEFERRED_CONNECT, reply))
         self.delivered += 1
         reply = _reply_text(response.code, response.message)
         for rcpt in accepted:
             results[rcpt] = RecipientResult(rcpt, "sent", reply)
-        return _summarize(m, results)
+        return _Transaction(results, too_many)
 
     async def _rset(self) -> None:
         if self.smtp is None:
@@ -329,6 +457,17 @@ class HopConnection:
 
 class _Retryable(Exception):
     pass
+
+
+@dataclass(slots=True)
+class _Transaction:
+    results: dict[str, RecipientResult]
+    too_many: list[str] = field(default_factory=list)  # refused with 452 after others were accepted
+    stop: tuple[Reason, str] | None = None  # MAIL refused or connection lost: the rest share it
+    data_failed: bool = False
+
+
+_NO_DSN = RecipientDsn()
 
 
 def _summarize(m: Claimed, results: dict[str, RecipientResult], prefix: str = "") -> AttemptResult:
@@ -460,7 +599,9 @@ class DeliveryEngine:
         self.connect_timeout = _setting(config, "connect_timeout")
         self.command_timeout = _setting(config, "command_timeout")
         self.retention = _setting(config, "retention_days") * 86400.0
+        self.recipients_per_transaction = int(_setting(config, "recipients_per_transaction"))
         self.server_name = _server_name(config)
+        self.system_sender: str | None = None  # From: of bounces (the system sender setting)
         self.counters = EngineCounters()
         self.settings = DeliverySettings()
         self.hop: NextHop | None = None
@@ -491,6 +632,11 @@ class DeliveryEngine:
             return
         self._started = True
         await self._store.open()
+        warning = server_name_warning(self.server_name)
+        if warning is not None:
+            log.warning("smtpplus: %s", warning)
+            self._event(EventKind.RELAY, Reason.SERVER_NAME_UNDOTTED, warning)
+        await self._refresh_system_sender()
         if self.reclaim_from and self.reclaim_from != self.owner:
             self.counters.reclaimed += await self._store.run(reclaim_owner, self.reclaim_from)
         from relay.campaigns import CampaignRunner
@@ -501,6 +647,7 @@ class DeliveryEngine:
             asyncio.create_task(self._run(), name="delivery-scheduler"),
             asyncio.create_task(runner.run(self._campaign_wake), name="delivery-campaigns"),
             asyncio.create_task(self._maintain(), name="delivery-retention"),
+            asyncio.create_task(self._follow_system_sender(), name="delivery-system-sender"),
         ]
 
     async def stop(self, grace: float | None = None) -> None:
@@ -752,7 +899,7 @@ class DeliveryEngine:
         self.counters.connections_opened += 1
         return HopConnection(
             hop, connect_timeout=self.connect_timeout, command_timeout=self.command_timeout,
-            local_hostname=self.server_name,
+            local_hostname=self.server_name, recipients_per_transaction=self.recipients_per_transaction,
         )
 
     async def _deliver(self, message: Claimed, hop: NextHop, conn: HopConnection) -> None:
@@ -802,7 +949,17 @@ class DeliveryEngine:
                 )
         elif self._hop_backoff.succeeded():
             self._event(EventKind.RELAY, Reason.NEXT_HOP_UP, f"next hop {hop.address} answers again")
+        for reason, detail in result.notes:
+            self._message_event(message, reason, detail, now)
         self._outcomes.append(self._outcome(message, result, hop, now))
+
+    def _message_event(self, m: Claimed, reason: Reason, detail: str, at: float) -> None:
+        self._events.append(
+            NewEvent(
+                EventKind.DELIVERY, reason, username=m.username, list_id=m.list_id,
+                message_id=m.id, queue_id=m.queue_id, at=at, detail=detail,
+            )
+        )
 
     def _temporary(self, message: Claimed, reason: Reason, reply: str, *, hop_wide: bool) -> Outcome:
         result = AttemptResult([RecipientResult(r, "deferred", reply) for r in message.recipients], reason, reply, hop_wide)
@@ -835,27 +992,10 @@ class DeliveryEngine:
         if state != "deferred":
             if failed and not sent and not m.delivered_before:
                 state = "failed"
-                reason = reason if reason in (Reason.FAILED_LIFETIME,) else Reason.FAILED_5XX
+                reason = reason if reason in (Reason.FAILED_LIFETIME, Reason.FAILED_NO_SMTPUTF8) else Reason.FAILED_5XX
             else:
                 state, reason = "sent", Reason.DELIVERED
-        bounce = None
-        if failed and state != "deferred" and m.mail_from:
-            bounce = bounce_message(
-                original=m.data, original_sender=m.mail_from,
-                failed=[FailedRecipient(r.address, r.reply) for r in failed],
-                queue_id=m.queue_id, arrival=m.created_at, reporting_mta=self.server_name,
-                next_hop=hop.address if hop else None, now=now,
-            )
-            self.counters.bounced += 1
-        elif state == "deferred" and failed and m.mail_from:
-            # Some recipients failed for good while others wait: tell the sender now.
-            bounce = bounce_message(
-                original=m.data, original_sender=m.mail_from,
-                failed=[FailedRecipient(r.address, r.reply) for r in failed],
-                queue_id=m.queue_id, arrival=m.created_at, reporting_mta=self.server_name,
-                next_hop=hop.address if hop else None, now=now,
-            )
-            self.counters.bounced += 1
+        bounce = self._report(m, failed, [r for r in sent if r.address in result.relayed], hop, now)
         if state == "sent":
             self.counters.delivered += 1
         elif state == "deferred":
@@ -872,6 +1012,65 @@ class DeliveryEngine:
         else:
             detail = f"{reply} (to {target}, attempt {m.attempts})"
         return Outcome(m, state, reason, reply, recipients, next_attempt_at, bounce, detail)
+
+    def _report(
+        self, m: Claimed, failed: list[RecipientResult], relayed: list[RecipientResult], hop: NextHop | None, now: float
+    ) -> NewMessage | None:
+        """The DSN for this attempt (RFC 3461/3464), or None: failures the sender's
+        NOTIFY asks for (all, without NOTIFY), "relayed" reports for NOTIFY=SUCCESS
+        recipients handed to a hop without DSN; nothing at all for a null sender."""
+        def dsn(address: str) -> RecipientDsn:
+            return m.recipient_dsn.get(address) or _NO_DSN
+
+        reported = [
+            FailedRecipient(r.address, r.reply, orcpt=dsn(r.address).orcpt)
+            for r in failed if wants_report(dsn(r.address).notify, "failed")
+        ]
+        reported += [
+            FailedRecipient(r.address, r.reply, action="relayed", orcpt=dsn(r.address).orcpt)
+            for r in relayed if wants_report(dsn(r.address).notify, "relayed")
+        ]
+        silent = [r.address for r in failed if not wants_report(dsn(r.address).notify, "failed")]
+        if not m.mail_from:
+            if failed:
+                self._message_event(m, Reason.BOUNCE_SUPPRESSED, "no bounce: the message has a null reverse path (MAIL FROM:<>)", now)
+            return None
+        if silent:
+            self._message_event(
+                m, Reason.BOUNCE_SUPPRESSED,
+                f"no bounce for {len(silent)} failed recipient(s): their NOTIFY does not ask for failures", now,
+            )
+        if not reported:
+            return None
+        if any(r.action == "relayed" for r in reported):
+            relayed_count = sum(r.action == "relayed" for r in reported)
+            self._message_event(
+                m, Reason.DSN_RELAYED,
+                f"{relayed_count} recipient(s) relayed to a next hop without DSN: \"relayed\" report to the sender", now,
+            )
+        self.counters.bounced += 1
+        return bounce_message(
+            original=m.data, original_sender=m.mail_from, failed=reported,
+            queue_id=m.queue_id, arrival=m.created_at, reporting_mta=self.server_name,
+            next_hop=hop.host if hop else None, now=now, ret=m.dsn_ret, envid=m.dsn_envid,
+            sender=self.system_sender,
+        )
+
+    # -- system sender ----------------------------------------------------------------
+
+    async def _refresh_system_sender(self) -> None:
+        try:
+            choice = await self._store.run(system_sender_choice)
+        except Exception as exc:  # a bad setting or a busy store: keep the last one
+            log.warning("delivery: cannot read the system sender: %s", exc)
+            return
+        self.system_sender = choice.address
+
+    async def _follow_system_sender(self) -> None:
+        while not self._stopping:
+            await self._sleep_stopping(SENDER_REFRESH)
+            if not self._stopping:
+                await self._refresh_system_sender()
 
     # -- retention ------------------------------------------------------------------
 

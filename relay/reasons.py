@@ -75,6 +75,12 @@ class Reason(enum.StrEnum):
     NEXT_HOP_DOWN = "next-hop-down"  # backing off for the whole next hop
     NEXT_HOP_UP = "next-hop-up"
     PRUNED = "pruned"  # retention removed finished messages and old events
+    LINES_FOLDED = "lines-folded"  # lines over 998 octets folded on delivery (RFC 5321 §4.5.3.1.6)
+    DOWNGRADED_8BIT = "downgraded-8bit"  # 8-bit MIME parts re-encoded for a hop without 8BITMIME
+    FAILED_NO_SMTPUTF8 = "failed-no-smtputf8"  # the message needs SMTPUTF8, the next hop lacks it (5.6.7)
+    RECIPIENTS_SPLIT = "recipients-split"  # more transactions: recipients_per_transaction or the hop's 452
+    DSN_RELAYED = "dsn-relayed"  # NOTIFY=SUCCESS, next hop without DSN: a "relayed" report to the sender
+    BOUNCE_SUPPRESSED = "bounce-suppressed"  # NOTIFY=NEVER (or no FAILURE), or a null reverse path
     # Campaigns
     CAMPAIGN_CREATED = "campaign-created"
     CAMPAIGN_STARTED = "campaign-started"
@@ -96,6 +102,10 @@ class Reason(enum.StrEnum):
     RELAY_STOPPED = "relay-stopped"
     RELAY_TAKEOVER = "relay-takeover"
     PORT_NOT_SERVED = "port-not-served"
+    SERVER_NAME_UNDOTTED = "server-name-undotted"  # warning at start, with the fix
+    TLS_REGENERATED = "tls-regenerated"  # the generated pair was replaced (serverAuth, lifetime, expiry)
+    TLS_RELOADED = "tls-reloaded"  # the configured certificate/key changed and were loaded
+    TLS_RELOAD_FAILED = "tls-reload-failed"  # the new pair is bad: the old one is kept
     # Sender verification
     IDENTITY_VERIFIED = "identity-verified"
     CODE_SENT = "code-sent"

@@ -32,6 +32,11 @@ Public API
     called with the engine's arguments (``store_path, config, owner=…,
     reclaim_from=…, own_addresses=…``) for embedders that bring their own.
 
+    ``await reload()`` (the ``relay`` command calls it on SIGHUP) runs every hook
+    registered with ``add_reload_hook(async_fn)``; the TLS keeper
+    (:class:`relay.tls.TlsKeeper`, ``tls_keeper``) registers one that re-reads a
+    configured certificate and key.
+
 The service installs no signal handlers: the ``relay`` command does, and the console
 runs the service as a task in its own loop.
 """
@@ -61,7 +66,7 @@ from relay.store.events import NewEvent, record_event, record_events
 from relay.store.relay_info import publish_ports
 from relay.store.settings import Keys, seed_setting, set_setting
 from relay.store.verification import host_fqdn_for
-from relay.tls import TlsMaterial, load_tls
+from relay.tls import TlsKeeper, TlsMaterial, load_tls
 from relay.writer import StoreWriter
 
 log = logging.getLogger("smtpplus.relay")
@@ -107,6 +112,8 @@ class RelayService:
         self.writer: StoreWriter | None = None
         self.context: RelayContext | None = None
         self.delivery: Any = None
+        self.tls_keeper: TlsKeeper | None = None
+        self._reload_hooks: list[Callable[[], Any]] = []
         self._control: AsyncStore | None = None
         self._reads: AsyncStore | None = None
         self._writes: AsyncStore | None = None
@@ -154,6 +161,9 @@ class RelayService:
         }
         seeds = {key: getattr(cfg, name) for name, key in RUNTIME_SEEDS.items() if getattr(cfg, name) is not None}
         await self._control.run(publish_start, facts, seeds)
+        self.tls_keeper = TlsKeeper(self.tls, self._control, interval=cfg.tls_reload_interval)
+        await self.tls_keeper.start()
+        self.add_reload_hook(self.tls_keeper.reload)
 
         self._reads = await AsyncStore(self.store_path).open()
         self._writes = await AsyncStore(self.store_path).open()
@@ -221,6 +231,15 @@ class RelayService:
                 asyncio.get_running_loop().create_task(self.stop())
                 return
 
+    def add_reload_hook(self, hook: Callable[[], Any]) -> None:
+        """``hook`` (an async function) runs on every :meth:`reload` (SIGHUP)."""
+        self._reload_hooks.append(hook)
+
+    async def reload(self) -> None:
+        for hook in list(self._reload_hooks):
+            with _logged("reloading"):
+                await hook()
+
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
 
@@ -258,6 +277,8 @@ class RelayService:
     async def _teardown(self) -> None:
         if self._listeners is not None:
             self._listeners.close()
+        if self.tls_keeper is not None:
+            await self.tls_keeper.stop()
         if self.delivery is not None:
             with _logged("stopping delivery"):
                 await self.delivery.stop()

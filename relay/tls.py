@@ -6,21 +6,44 @@ start into ``<data_dir>/tls/`` (key mode 0600) and reuses it afterwards.
 ``TlsMaterial`` carries the server ``ssl.SSLContext``, the leaf certificate's PEM
 (what ``smtpplus tls export`` prints) and its SHA-256 fingerprint as
 ``SHA256:AB:CD:…`` (what the console shows).
+
+The generated certificate is what Apple's clients (and the CA/Browser baseline)
+accept: ``extendedKeyUsage=serverAuth``, at most 825 days from notBefore (the
+backdating included) to notAfter, SANs for the server name. A generated pair that
+lacks serverAuth, is valid longer or expires within 30 days is made anew at start
+(``TlsMaterial.regenerated`` says why).
+
+``TlsKeeper`` keeps a configured pair current without a restart: it polls the files'
+change stamps (and reloads on :meth:`TlsKeeper.reload`, which the service calls on
+SIGHUP); a good new pair is loaded into the same ``SSLContext`` (new connections get
+it, open sessions keep theirs), a bad one is a one-line error and the old pair stays.
+Both are recorded as events.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
 import datetime as dt
 import ipaddress
+import logging
 import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from relay.reasons import EventKind, Reason
 from relay.store.db import StoreError
+
+log = logging.getLogger("smtpplus.tls")
 
 SELF_SIGNED_CERT = "relay-cert.pem"
 SELF_SIGNED_KEY = "relay-key.pem"
+MAX_VALIDITY = dt.timedelta(days=825)  # notAfter - notBefore, backdating included
+BACKDATE = dt.timedelta(minutes=5)  # clients with a slightly slow clock still accept it
+RENEW_BEFORE = dt.timedelta(days=30)
 
 
 class TlsError(StoreError):
@@ -35,6 +58,7 @@ class TlsMaterial:
     cert_path: Path
     key_path: Path
     self_signed: bool
+    regenerated: str | None = None  # why the generated pair was made anew at this start
 
 
 def fingerprint_of(cert_pem: str) -> str:
@@ -59,11 +83,60 @@ def load_tls(
     if cert is None or key is None:
         directory = Path(data_dir) / "tls"
         cert, key = directory / SELF_SIGNED_CERT, directory / SELF_SIGNED_KEY
+        regenerated = None
         if not (cert.exists() and key.exists()):
             _generate_self_signed(cert, key, server_name)
+        else:
+            regenerated = unfit_reason(cert, server_name=server_name)
+            if regenerated is not None:
+                _generate_self_signed(cert, key, server_name)
+        context = server_context(cert, key)
+        leaf = _leaf_pem(cert)
+        return TlsMaterial(context, leaf, fingerprint_of(leaf), cert, key, True, regenerated)
     context = server_context(cert, key)
     leaf = _leaf_pem(cert)
     return TlsMaterial(context, leaf, fingerprint_of(leaf), cert, key, self_signed)
+
+
+def unfit_reason(cert_path: Path, now: dt.datetime | None = None, *, server_name: str | None = None) -> str | None:
+    """Why a generated certificate must be made anew (no serverAuth, valid longer than
+    825 days, expiring within 30 days, unreadable, not naming ``server_name``), else None."""
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    moment = now or dt.datetime.now(dt.UTC)
+    try:
+        cert = x509.load_pem_x509_certificate(Path(cert_path).read_bytes())
+    except (OSError, ValueError) as exc:
+        return f"the certificate cannot be read ({exc})"
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        server_auth = ExtendedKeyUsageOID.SERVER_AUTH in usage
+    except x509.ExtensionNotFound:
+        server_auth = False
+    if not server_auth:
+        return "it has no extendedKeyUsage serverAuth (Apple clients refuse it)"
+    lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
+    if lifetime > MAX_VALIDITY:
+        return f"it is valid for {lifetime.days} days, more than 825 (Apple clients refuse it)"
+    left = cert.not_valid_after_utc - moment
+    if left < RENEW_BEFORE:
+        return f"it expires within 30 days ({cert.not_valid_after_utc:%Y-%m-%d})"
+    if server_name and server_name != "localhost" and server_name not in _san_values(cert):
+        return f"it does not name the server name {server_name!r}"
+    return None
+
+
+def _san_values(cert: Any) -> set[str]:
+    from cryptography import x509
+
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return set()
+    return {str(v) for v in names.get_values_for_type(x509.DNSName)} | {
+        str(v) for v in names.get_values_for_type(x509.IPAddress)
+    }
 
 
 def server_context(cert: Path, key: Path) -> ssl.SSLContext:
@@ -113,7 +186,7 @@ def _generate_self_signed(cert_path: Path, key_path: Path, server_name: str) -> 
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, (server_name or "localhost")[:64])])
@@ -124,17 +197,26 @@ def _generate_self_signed(cert_path: Path, key_path: Path, server_name: str) -> 
         except ValueError:
             alt_names.append(x509.DNSName(server_name))
     alt_names += [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.IPAddress(ipaddress.ip_address("::1"))]
-    now = dt.datetime.now(dt.UTC)
+    not_before = dt.datetime.now(dt.UTC).replace(microsecond=0) - BACKDATE
     certificate = (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=3650))
+        .not_valid_before(not_before)
+        .not_valid_after(not_before + MAX_VALIDITY)
         .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, content_commitment=False, key_encipherment=False, data_encipherment=False,
+                key_agreement=False, key_cert_sign=False, crl_sign=False, encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
     try:
@@ -160,3 +242,123 @@ def _write_atomic(path: Path, data: bytes, *, mode: int) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------
+# Reloading a configured pair
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)  # follows symlinks: certbot's live/ links change targets
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+class TlsKeeper:
+    """The relay's current TLS material; reloads a configured pair when it changes.
+
+    ``store`` (an :class:`relay.store.db.AsyncStore`) receives the events and the new
+    fingerprint/PEM (what ``status`` and ``tls export`` show). ``interval`` seconds
+    between polls of the files' change stamps (0: only :meth:`reload`)."""
+
+    def __init__(self, material: TlsMaterial, store: Any = None, *, interval: float = 5.0) -> None:
+        self.material = material
+        self.store = store
+        self.interval = interval
+        self.reloads = 0
+        self.failures = 0
+        self.last_error: str | None = None
+        self._stamps = self._current_stamps()
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def watching(self) -> bool:
+        return not self.material.self_signed
+
+    def _current_stamps(self) -> tuple[Any, Any]:
+        return (_stamp(self.material.cert_path), _stamp(self.material.key_path))
+
+    async def start(self) -> None:
+        """Record a start-time regeneration, then poll (configured pairs only)."""
+        if self.material.regenerated:
+            detail = (
+                f"generated certificate {self.material.cert_path} made anew: {self.material.regenerated}; "
+                f"new fingerprint {self.material.fingerprint}"
+            )
+            log.warning("smtpplus: %s", detail)
+            await self._publish(Reason.TLS_REGENERATED, detail, changed=False)
+        if self.watching and self.interval > 0 and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._poll(), name="smtpplus-tls-reload")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            if self._current_stamps() != self._stamps:
+                await self.reload()
+
+    async def reload(self) -> bool:
+        """Load the configured pair again (SIGHUP, or its files changed). True when a
+        new pair is in use; False when nothing changed, the pair is generated, or the
+        new pair is bad (then the old one stays and an error is recorded)."""
+        if not self.watching:
+            return False
+        async with self._lock:
+            stamps = self._current_stamps()
+            self._stamps = stamps
+            m = self.material
+            try:
+                await asyncio.to_thread(server_context, m.cert_path, m.key_path)  # check on a fresh context first
+                leaf = _leaf_pem(m.cert_path)
+                fingerprint = fingerprint_of(leaf)
+            except (TlsError, ValueError) as exc:
+                self.failures += 1
+                error = f"TLS reload failed, the previous certificate stays in use: {exc}"
+                if error != self.last_error:
+                    log.error("smtpplus: %s", error)
+                    await self._publish(Reason.TLS_RELOAD_FAILED, error, changed=False)
+                self.last_error = error
+                return False
+            self.last_error = None
+            if fingerprint == m.fingerprint:
+                return False
+            try:
+                # The same context the listeners hand to every new connection: new
+                # sessions get the new pair, open ones keep the one they negotiated.
+                m.context.load_cert_chain(str(m.cert_path), str(m.key_path))
+            except (ssl.SSLError, OSError) as exc:  # changed again between the check and here
+                self.failures += 1
+                error = f"TLS reload failed, the previous certificate stays in use: {exc}"
+                log.error("smtpplus: %s", error)
+                await self._publish(Reason.TLS_RELOAD_FAILED, error, changed=False)
+                return False
+            self.material = dataclasses.replace(m, cert_pem=leaf, fingerprint=fingerprint)
+            self.reloads += 1
+            detail = f"TLS certificate {m.cert_path} reloaded: {m.fingerprint} → {fingerprint}"
+            log.info("smtpplus: %s", detail)
+            await self._publish(Reason.TLS_RELOADED, detail, changed=True)
+            return True
+
+    async def _publish(self, reason: Reason, detail: str, *, changed: bool) -> None:
+        if self.store is None:
+            return
+        from relay.store.relay_info import record_relay_change
+        from relay.store.settings import Keys
+
+        facts = None
+        if changed or reason == Reason.TLS_REGENERATED:
+            facts = {Keys.TLS_FINGERPRINT: self.material.fingerprint, Keys.TLS_CERT_PEM: self.material.cert_pem}
+        try:
+            await self.store.run(record_relay_change, EventKind.RELAY, reason, detail, facts)
+        except Exception as exc:  # a busy store must not stop TLS from working
+            log.warning("smtpplus: cannot record the TLS change: %s", exc)
+

@@ -113,6 +113,8 @@ async def _serve(store_path: Path, config: Any, ready_file: Path | None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop_requested.set)
     await service.start()
+    # SIGHUP: re-read what can change without a restart (the configured TLS pair, …).
+    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(service.reload()))
     try:
         _announce(service, store_path)
         if ready_file is not None:
@@ -143,6 +145,7 @@ async def _serve(store_path: Path, config: Any, ready_file: Path | None) -> int:
 
 
 def _announce(service: Any, store_path: Path) -> None:
+    from relay.config import server_name_warning
     from relay.ports import format_port_spec
 
     served = service.served
@@ -155,6 +158,9 @@ def _announce(service: Any, store_path: Path) -> None:
         click.echo(f"smtpplus relay: port {port} not served: {reason}", err=True)
     if service.took_over:
         click.echo("smtpplus relay: took over from a relay that died (stale heartbeat); its in-flight mail is reclaimed", err=True)
+    warning = server_name_warning(service.config.resolved_server_name())
+    if warning:
+        click.echo(f"smtpplus relay: warning: {warning}", err=True)
 
 
 def write_ready_file(path: Path, payload: dict[str, Any]) -> None:
@@ -215,6 +221,7 @@ def status(wait_seconds: float | None, stale_after: float | None, as_json: bool,
 def _print_status(current: Any) -> None:
     from rich.table import Table
 
+    from relay.config import server_name_warning
     from relay.ports import format_port_spec
 
     console = stdout_console()
@@ -238,6 +245,9 @@ def _print_status(current: Any) -> None:
     if len(current.not_served) > 50:
         table.add_row("not served", f"… and {len(current.not_served) - 50} more (see --json)")
     table.add_row("server name", current.server_name or "-")
+    warning = server_name_warning(current.server_name) if current.server_name else None
+    if warning:
+        table.add_row("warning", warning)
     encryption = "STARTTLS (optional: plain AUTH allowed)" if current.allow_plain_auth else "STARTTLS (required for AUTH)"
     table.add_row("encryption", encryption)
     table.add_row("TLS fingerprint", current.tls_fingerprint or "- (published when the relay first starts)")

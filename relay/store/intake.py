@@ -7,7 +7,7 @@ import base64
 import secrets
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from relay.reasons import EventKind, Reason
@@ -17,6 +17,16 @@ from relay.store.db import transaction
 def new_queue_id() -> str:
     """12 characters of base32 randomness (60 bits): unique across relays and nodes."""
     return base64.b32encode(secrets.token_bytes(10)).decode("ascii")[:12]
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientDsn:
+    """A recipient's RFC 3461 parameters: ``notify`` is ``"NEVER"`` or a comma list of
+    ``SUCCESS``/``FAILURE``/``DELAY`` (None = not given: failures only); ``orcpt`` is the
+    ORCPT value as given (``rfc822;ann@example.com``, xtext kept encoded)."""
+
+    notify: str | None = None
+    orcpt: str | None = None
 
 
 @dataclass(slots=True)
@@ -40,6 +50,14 @@ class NewMessage:
     queue_id: str = field(default_factory=new_queue_id)
     state: str = "queued"
     not_before: float | None = None  # earliest delivery time (scheduled mail)
+    # What the client declared on MAIL/RCPT (None/False = not declared).
+    mail_auth: str | None = None  # RFC 4954 AUTH= value ("<>" or an address)
+    body_type: str | None = None  # "7BIT" | "8BITMIME" (RFC 6152)
+    smtputf8: bool = False  # RFC 6531: the envelope or headers need SMTPUTF8
+    size_declared: int | None = None  # RFC 1870 SIZE=
+    dsn_ret: str | None = None  # RFC 3461 RET=: "FULL" | "HDRS"
+    dsn_envid: str | None = None  # RFC 3461 ENVID= (xtext as given)
+    recipient_dsn: Mapping[str, RecipientDsn] | None = None  # NOTIFY=/ORCPT= per recipient
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,20 +76,23 @@ def insert_messages(db: sqlite3.Connection, messages: Sequence[NewMessage], *, n
             cur = db.execute(
                 "INSERT INTO messages(queue_id, list_id, list_name, user_id, username, origin, campaign_id, "
                 "mail_from, header_from, subject, size, header_priority, user_priority, priority, state, "
-                "next_attempt_at, client, port, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "next_attempt_at, client, port, created_at, updated_at, mail_auth, body_type, smtputf8, "
+                "size_declared, dsn_ret, dsn_envid) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     m.queue_id, m.list_id, m.list_name, m.user_id, m.username, m.origin, m.campaign_id,
                     m.mail_from, m.header_from, m.subject, len(m.data), m.header_priority, m.user_priority,
                     m.priority, m.state, m.not_before if m.not_before is not None else stamp,
-                    m.client, m.port, stamp, stamp,
+                    m.client, m.port, stamp, stamp, m.mail_auth, m.body_type, int(bool(m.smtputf8)),
+                    m.size_declared, m.dsn_ret, m.dsn_envid,
                 ),
             )
             message_id = int(cur.lastrowid or 0)
             db.execute("INSERT INTO message_bodies(message_id, data) VALUES (?, ?)", (message_id, m.data))
+            dsn = m.recipient_dsn or {}
             db.executemany(
-                "INSERT OR IGNORE INTO recipients(message_id, address) VALUES (?, ?)",
-                [(message_id, r) for r in m.recipients],
+                "INSERT OR IGNORE INTO recipients(message_id, address, dsn_notify, dsn_orcpt) VALUES (?, ?, ?, ?)",
+                [(message_id, r, *_dsn_row(dsn.get(r))) for r in m.recipients],
             )
             db.execute(
                 "INSERT INTO events(at, kind, reason, username, list_id, client, port, message_id, queue_id, detail) "
@@ -85,6 +106,10 @@ def insert_messages(db: sqlite3.Connection, messages: Sequence[NewMessage], *, n
             )
             out.append(Queued(message_id, m.queue_id))
     return out
+
+
+def _dsn_row(dsn: RecipientDsn | None) -> tuple[str | None, str | None]:
+    return (None, None) if dsn is None else (dsn.notify, dsn.orcpt)
 
 
 def count_messages(db: sqlite3.Connection, origin: str | None = None) -> int:

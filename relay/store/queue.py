@@ -30,7 +30,7 @@ from relay.reasons import EventKind, Reason
 from relay.store.db import data_version, transaction
 from relay.store.errors import InvalidInput, NotFound
 from relay.store.events import Event, NewEvent, events_for_message, record_event, record_events
-from relay.store.intake import NewMessage, insert_messages
+from relay.store.intake import NewMessage, RecipientDsn, insert_messages
 from relay.store.lease import relay_status
 from relay.store.settings import Keys, get_settings, set_setting
 
@@ -268,6 +268,14 @@ class Claimed:
     recipients: list[str] = field(default_factory=list)  # still to deliver
     data: bytes = b""
     delivered_before: int = 0  # recipients an earlier attempt delivered
+    # What the client declared (relay.store.intake.NewMessage): passed on, honoured in bounces.
+    mail_auth: str | None = None
+    body_type: str | None = None
+    smtputf8: bool = False
+    size_declared: int | None = None
+    dsn_ret: str | None = None
+    dsn_envid: str | None = None
+    recipient_dsn: dict[str, RecipientDsn] = field(default_factory=dict)  # only recipients with NOTIFY/ORCPT
 
 
 @dataclass(frozen=True, slots=True)
@@ -375,7 +383,8 @@ def dispatch_round(db: sqlite3.Connection, req: RoundRequest) -> RoundResult:
 
 
 _CLAIM_RETURNING = (
-    "RETURNING id, queue_id, origin, campaign_id, list_id, username, mail_from, priority, attempts, created_at"
+    "RETURNING id, queue_id, origin, campaign_id, list_id, username, mail_from, priority, attempts, created_at, "
+    "mail_auth, body_type, smtputf8, size_declared, dsn_ret, dsn_envid"
 )
 
 
@@ -404,18 +413,24 @@ def _claim(db: sqlite3.Connection, req: RoundRequest, budget: int, now: float) -
     if not rows:
         return []
     by_id = {
-        r[0]: Claimed(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9]) for r in rows
+        r[0]: Claimed(
+            r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9],
+            mail_auth=r[10], body_type=r[11], smtputf8=bool(r[12]), size_declared=r[13], dsn_ret=r[14], dsn_envid=r[15],
+        )
+        for r in rows
     }
     marks = ",".join("?" * len(by_id))
     ids = list(by_id)
     for message_id, data in db.execute(f"SELECT message_id, data FROM message_bodies WHERE message_id IN ({marks})", ids):
         by_id[message_id].data = bytes(data)
-    for message_id, address in db.execute(
-        f"SELECT message_id, address FROM recipients WHERE message_id IN ({marks}) "
+    for message_id, address, notify, orcpt in db.execute(
+        f"SELECT message_id, address, dsn_notify, dsn_orcpt FROM recipients WHERE message_id IN ({marks}) "
         "AND state IN ('queued', 'deferred') ORDER BY message_id, address",
         ids,
     ):
         by_id[message_id].recipients.append(address)
+        if notify is not None or orcpt is not None:
+            by_id[message_id].recipient_dsn[address] = RecipientDsn(notify, orcpt)
     retried = [i for i, m in by_id.items() if m.attempts > 1]
     if retried:
         for message_id, n in db.execute(

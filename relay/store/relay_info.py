@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import sqlite3
+from typing import Any
 
+from relay.reasons import EventKind, Reason
 from relay.store.db import transaction
+from relay.store.events import NewEvent, record_event
+from relay.store.settings import set_setting
 
 
 def publish_ports(db: sqlite3.Connection, served: list[int], not_served: dict[int, str]) -> None:
@@ -26,3 +30,13 @@ def served_ports(db: sqlite3.Connection) -> tuple[list[int], dict[int, str]]:
         else:
             not_served[port] = reason or "not served"
     return served, not_served
+
+
+def record_relay_change(
+    db: sqlite3.Connection, kind: EventKind, reason: Reason, detail: str, facts: dict[str, Any] | None = None
+) -> None:
+    """An event about the live relay (TLS reloaded, …) and the facts it publishes anew."""
+    with transaction(db):
+        for key, value in (facts or {}).items():
+            set_setting(db, key, value)
+        record_event(db, NewEvent(kind=kind, reason=reason, detail=detail))

@@ -192,7 +192,21 @@ CREATE TABLE relay_ports (
 );
 """
 
-MIGRATIONS: list[str] = [V1_DIRECTORY, V2_QUEUE]
+# What a submitting client declared about its message (RFC 4954 AUTH=, RFC 1870 SIZE=,
+# RFC 6152 BODY=, RFC 6531 SMTPUTF8, RFC 3461 DSN parameters), kept so delivery can
+# pass them on and bounces can honour them. NULL = not declared (today's behaviour).
+V3_ENVELOPE_PARAMETERS = """
+ALTER TABLE messages ADD COLUMN mail_auth TEXT;
+ALTER TABLE messages ADD COLUMN body_type TEXT CHECK (body_type IN ('7BIT', '8BITMIME'));
+ALTER TABLE messages ADD COLUMN smtputf8 INTEGER NOT NULL DEFAULT 0 CHECK (smtputf8 IN (0, 1));
+ALTER TABLE messages ADD COLUMN size_declared INTEGER;
+ALTER TABLE messages ADD COLUMN dsn_ret TEXT CHECK (dsn_ret IN ('FULL', 'HDRS'));
+ALTER TABLE messages ADD COLUMN dsn_envid TEXT;
+ALTER TABLE recipients ADD COLUMN dsn_notify TEXT;
+ALTER TABLE recipients ADD COLUMN dsn_orcpt TEXT;
+"""
+
+MIGRATIONS: list[str] = [V1_DIRECTORY, V2_QUEUE, V3_ENVELOPE_PARAMETERS]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -78,10 +78,10 @@ def test_dsn_is_an_rfc3464_report_with_the_original_headers() -> None:
     assert status.get_content_type() == "message/delivery-status"
     raw = data.decode()
     for line in ("Reporting-MTA: dns; relay.test", "Final-Recipient: rfc822; x@example.net", "Action: failed",
-                 "Status: 5.1.1", "Remote-MTA: dns; mx.example:25", "Diagnostic-Code: smtp; 550 5.1.1"):
+                 "Status: 5.1.1", "Remote-MTA: dns; mx.example", "Diagnostic-Code: smtp; 550 5.1.1"):
         assert line in raw
     assert headers.get_content_type() == "text/rfc822-headers"
-    assert "Subject: Quarterly" in raw and "secret body" not in raw
+    assert "Subject: Quarterly" in raw and "secret body" not in raw and "mx.example:25" not in raw
     assert b"\n" not in data.replace(b"\r\n", b"")
 
 

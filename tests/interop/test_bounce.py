@@ -1,0 +1,83 @@
+"""Bounce details that need no next hop: MTA names, 8-bit originals, NOTIFY rules,
+and the undotted server name warning in `smtpplus status`."""
+
+from __future__ import annotations
+
+import email
+from email.policy import default as default_policy
+from typing import Any
+
+import pytest
+
+from relay.bounce import FailedRecipient, build_dsn, mta_name, wants_report, xtext_decode
+from relay.config import server_name_warning
+from relay.store.settings import Keys, set_setting
+
+
+@pytest.mark.parametrize(
+    ("hop", "name"),
+    [
+        ("mx.example.com", "mx.example.com"),
+        ("mx.example.com:2525", "mx.example.com"),
+        ("127.0.0.1", "[127.0.0.1]"),
+        ("127.0.0.1:4454", "[127.0.0.1]"),
+        ("::1", "[IPv6:::1]"),
+        ("[2001:db8::1]", "[IPv6:2001:db8::1]"),
+        (None, None),
+    ],
+)
+def test_remote_mta_is_a_host_name_or_an_address_literal_never_with_a_port(hop: str | None, name: str | None) -> None:
+    assert mta_name(hop) == name
+
+
+def test_notify_decides_who_is_reported() -> None:
+    assert wants_report(None, "failed") and not wants_report(None, "relayed")
+    assert not wants_report("NEVER", "failed") and not wants_report("never", "relayed")
+    assert wants_report("SUCCESS,FAILURE", "failed") and wants_report("SUCCESS,FAILURE", "relayed")
+    assert not wants_report("DELAY", "failed") and not wants_report("FAILURE", "relayed")
+    assert xtext_decode("a+2Bb+3Dc") == "a+b=c"
+
+
+def dsn(original: bytes, **kw: Any) -> bytes:
+    return build_dsn(
+        original=original, original_sender="ann@example.com",
+        failed=[FailedRecipient("bob@example.net", "550 5.1.1 no such user")],
+        queue_id="Q1", arrival=0.0, reporting_mta="relay.example.com", next_hop="127.0.0.1", **kw,
+    )
+
+
+def test_8bit_original_headers_are_declared_and_encoded_so_the_bounce_is_7bit() -> None:
+    original = "From: ann@example.com\r\nSubject: Grüße aus Köln\r\n\r\nKörper\r\n".encode()
+    data = dsn(original)
+    assert data.isascii()
+    headers = list(email.message_from_bytes(data, policy=default_policy).iter_parts())[2]
+    assert headers.get_content_type() == "text/rfc822-headers" and headers.get_content_charset() == "utf-8"
+    assert headers["Content-Transfer-Encoding"] == "quoted-printable"
+    assert headers.get_payload(decode=True).decode("utf-8") == "From: ann@example.com\r\nSubject: Grüße aus Köln\r\n"
+    assert "Reporting-MTA: dns; relay.example.com" in data.decode() and "Remote-MTA: dns; [127.0.0.1]" in data.decode()
+
+
+def test_ret_full_returns_the_original_declared_as_8bit_when_it_is() -> None:
+    original = "From: ann@example.com\r\nSubject: x\r\n\r\nKörper\r\n".encode()
+    data = dsn(original, ret="FULL", envid="abc+2B1", sender="postmaster@example.com")
+    report = email.message_from_bytes(data, policy=default_policy)
+    assert report["From"].addresses[0].addr_spec == "postmaster@example.com"
+    returned = list(report.iter_parts())[2]
+    assert returned.get_content_type() == "message/rfc822" and returned["Content-Transfer-Encoding"] == "8bit"
+    assert original in data and "Original-Envelope-Id: abc+1" in data.decode("utf-8")
+
+
+def test_a_server_name_without_a_dot_is_a_warning_with_the_fix() -> None:
+    assert server_name_warning("relay.example.com") is None and server_name_warning("[192.0.2.1]") is None
+    warning = server_name_warning("vm")
+    assert warning is not None and "has no dot" in warning and "server_name" in warning and "--system-sender" in warning
+
+
+def test_status_shows_the_undotted_server_name_warning(db: Any, cli: Any) -> None:
+    set_setting(db, Keys.SERVER_NAME, "vm")
+    db.commit()
+    out = cli("status", check=True).stdout
+    assert "warning" in out and "has no dot" in out
+    set_setting(db, Keys.SERVER_NAME, "relay.example.com")
+    db.commit()
+    assert "has no dot" not in cli("status", check=True).stdout
