@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import ipaddress
 import secrets
 import time
 from collections import Counter, OrderedDict, deque
@@ -146,6 +147,59 @@ class PasswordChecker:
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def address_key(client: str) -> str:
+    """The unit limits apply to: an IPv4 address, or an IPv6 /64 (one host's or one
+    site's share of addresses; a client rotating through its /64 is still one client).
+    IPv4-mapped IPv6 counts as the IPv4 address. Anything unparsable is its own key."""
+    try:
+        address = ipaddress.ip_address(client.split("%", 1)[0])
+    except ValueError:
+        return client
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
+class EventBudget:
+    """How many events a client address may add to the store: a token bucket per
+    address (``burst`` at once, then one per ``interval`` seconds). What it refuses is
+    counted per address; :meth:`take_dropped` hands the count to the next event that
+    address may store, so the operator still sees that something was left out.
+    At most ``CACHE_SIZE`` addresses are remembered (oldest first out)."""
+
+    def __init__(self, burst: int = 60, interval: float = 10.0, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.burst = burst
+        self.interval = interval
+        self._clock = clock
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # key → (tokens, at)
+        self._dropped: Counter[str] = Counter()
+        self.allowed = 0
+        self.refused = 0
+
+    def allow(self, client: str) -> bool:
+        key = address_key(client)
+        now = self._clock()
+        tokens, at = self._buckets.pop(key, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - at) / self.interval)
+        ok = tokens >= 1.0
+        if ok:
+            tokens -= 1.0
+            self.allowed += 1
+        else:
+            self.refused += 1
+            self._dropped[key] += 1
+        self._buckets[key] = (tokens, now)
+        while len(self._buckets) > CACHE_SIZE:
+            old, _ = self._buckets.popitem(last=False)
+            self._dropped.pop(old, None)
+        return ok
+
+    def take_dropped(self, client: str) -> int:
+        return self._dropped.pop(address_key(client), 0)
 
 
 def _guesses(table: dict[str, Counter[bytes]], key: str) -> int:

@@ -61,8 +61,9 @@ from typing import Any, AnyStr
 from aiosmtpd.smtp import SMTP, TLSSetupException
 
 from relay import policy, priority
-from relay.auth import FailureLimiter, PasswordChecker
+from relay.auth import EventBudget, FailureLimiter, PasswordChecker
 from relay.config import RelayConfig
+from relay.display import clean
 from relay.message import (
     address_like,
     check_address,
@@ -99,6 +100,7 @@ R_BYE = "221 2.0.0 Bye"
 R_LINE_TOO_LONG = "500 5.5.2 Line too long (see RFC 5321 4.5.3.1.6)"
 R_TIMEOUT = "421 4.4.2 Timeout, closing connection"
 R_NO_MAIL = "421 4.4.2 No mail for too long, closing connection"
+R_TOO_MANY_ERRORS = "421 4.7.0 Too many errors, closing connection"
 CLOSE_GRACE = 5.0  # seconds a closing client gets to take its last reply before the abort
 QUIT_WINDOW = 2.0  # while stopping: seconds a client that just finished a transaction gets to QUIT
 
@@ -117,6 +119,20 @@ _SENDER_FORM_PROBLEMS = {
     policy.AddressProblem.NO_DOMAIN,
 }
 _REPLY_UNSAFE = re.compile(r"[^\x20-\x7e]")
+
+# Error limits (Postfix's smtpd_soft/hard_error_limit). A 452 4.5.3 recipient
+# overshoot is a normal client's cue to send the rest later (RFC 5321 4.5.3.1.10), and
+# a 421 closes anyway: neither counts.
+HARD_ERROR_CEILING = 20
+ERROR_DELAY_BUDGET = 3.0  # seconds: all soft-limit delays of one connection together
+ERROR_DELAY_STEP = 1.0  # at most this per reply (Postfix's smtpd_error_sleep_time)
+_NOT_COUNTED = ("421", R_TOO_MANY_RECIPIENTS[:9])
+# Refusals before AUTH cost the client nothing to repeat: they are counted into one
+# event per connection (with a few samples of what was sent), never stored one by one.
+_COUNTED_BEFORE_AUTH = frozenset({Reason.MAIL_BEFORE_AUTH, Reason.AUTH_NEEDS_TLS, Reason.TLS_INSIDE_TLS, Reason.AUTH_MALFORMED})
+EVENT_DETAIL_LIMIT = 300  # characters of an event's detail
+SAMPLE_COUNT = 3  # samples of refused commands in the per-connection summary
+SAMPLE_CHARS = 60
 
 
 # ---------------------------------------------------------------------------
@@ -170,6 +186,7 @@ class RelayContext:
     writer: StoreWriter
     tracker: ConnectionTracker
     stopping: bool = False
+    events: EventBudget = field(default_factory=EventBudget)
     counters: collections.Counter[str] = field(default_factory=collections.Counter)
 
 
@@ -307,6 +324,11 @@ class RelaySMTP(SMTP):
         self._progress_handle: asyncio.TimerHandle | None = None
         self._goodbye_handle: asyncio.TimerHandle | None = None
         self._progress_at = 0.0
+        self.errors = 0  # refused commands since the last queued message
+        self.error_delay = 0.0  # seconds of soft-limit delay this connection got
+        self._limit_reached = False
+        self._before_auth: collections.Counter[Reason] = collections.Counter()
+        self._samples: list[str] = []
 
     def __dir__(self) -> list[str]:
         # aiosmtpd's __init__ scans dir(self) twice per connection (inspect.getmembers
@@ -339,6 +361,7 @@ class RelaySMTP(SMTP):
         for handle in (self._abort_handle, self._progress_handle, self._goodbye_handle):
             if handle is not None:
                 handle.cancel()
+        self._record_before_auth()
         super().connection_lost(error)
         if self._admitted and not self._released:
             self._released = True
@@ -396,12 +419,39 @@ class RelaySMTP(SMTP):
         self._hang_up(R_NO_MAIL)
 
     async def push(self, status: AnyStr) -> None:
+        if self._limit_reached:
+            raise asyncio.CancelledError()  # the session is over: nothing more is said or done
+        head = status[:3] if isinstance(status, str) else status[:3].decode("ascii", "replace")
+        if head[:1] in ("4", "5") and not (status[:9] if isinstance(status, str) else "").startswith(_NOT_COUNTED):
+            await self._count_error()
         # Replies may quote client text (aiosmtpd echoes unknown commands): never let
         # a bare CR, an escape sequence or a non-ASCII byte through.
         if isinstance(status, str) and _REPLY_UNSAFE.search(status.replace("\r\n", "")):
             await super().push("\r\n".join(_REPLY_UNSAFE.sub("?", line) for line in status.split("\r\n")))
             return
         await super().push(status)
+
+    async def _count_error(self) -> None:
+        """One more refused command: past the soft limit the reply waits, at the hard
+        limit the connection ends with ``421 4.7.0`` instead of the reply."""
+        cfg = self.ctx.config
+        hard = max(1, min(cfg.hard_error_limit, HARD_ERROR_CEILING))
+        soft = max(0, min(cfg.soft_error_limit, hard - 1))
+        self.errors += 1
+        if self.errors >= hard:
+            self._limit_reached = True
+            self.ctx.counters["error_limit_closed"] += 1
+            self._event(EventKind.REFUSED, Reason.TOO_MANY_ERRORS, f"{self.errors} refused commands")
+            self._hang_up(R_TOO_MANY_ERRORS)
+            raise asyncio.CancelledError()
+        if self.errors > soft:
+            step = min(ERROR_DELAY_STEP, ERROR_DELAY_BUDGET / max(hard - soft - 1, 1))
+            delay = min(step, ERROR_DELAY_BUDGET - self.error_delay)
+            if delay > 0:
+                self.error_delay += delay
+                self.ctx.counters["error_delays"] += 1
+                self.ctx.counters["error_delay_ms"] += round(delay * 1000)
+                await asyncio.sleep(delay)
 
     @property
     def idle(self) -> bool:
@@ -432,18 +482,49 @@ class RelaySMTP(SMTP):
         return R_INTERNAL
 
     def _event(self, kind: EventKind, reason: Reason, detail: str = "") -> None:
+        """Record a decision. Before AUTH, cheap refusals are only counted (see
+        :meth:`_record_before_auth`); every event but a successful AUTH is subject to
+        the client address's event budget."""
         user = self.user
+        if user is None and (reason in _COUNTED_BEFORE_AUTH or (reason is Reason.TOO_MANY_ERRORS and self._before_auth)):
+            self._before_auth[reason] += 1
+            if len(self._samples) < SAMPLE_COUNT and reason is not Reason.TOO_MANY_ERRORS:
+                self._samples.append(clean(detail, SAMPLE_CHARS))
+            return
+        if reason is not Reason.AUTH_OK:
+            if not self.ctx.events.allow(self.client_ip):
+                self.ctx.counters["events_suppressed"] += 1
+                return
+            dropped = self.ctx.events.take_dropped(self.client_ip)
+            if dropped:
+                detail = f"{detail} [{dropped} earlier event(s) from this address not stored: over its event rate]"
+        name = user.username if user is not None else self._attempted_user
         self.ctx.writer.record(
             NewEvent(
                 kind=kind,
                 reason=reason,
-                username=user.username if user is not None else self._attempted_user,
+                username=clean(name, 64) if name is not None else None,
                 list_id=user.list_id if user is not None else None,
                 client=self.client_ip,
                 port=self.local_port,
-                detail=detail[:500],
+                detail=clean(detail, EVENT_DETAIL_LIMIT),
             )
         )
+
+    def _record_before_auth(self) -> None:
+        """The one event for what this connection had refused before AUTH."""
+        counts, self._before_auth = self._before_auth, collections.Counter()
+        samples, self._samples = self._samples, []
+        if not counts:
+            return
+        refused = sum(n for reason, n in counts.items() if reason is not Reason.TOO_MANY_ERRORS)
+        parts = ", ".join(f"{reason} x{n}" for reason, n in counts.most_common() if reason is not Reason.TOO_MANY_ERRORS)
+        detail = f"{refused} refused before AUTH ({parts}); {self.errors} error replies"
+        if Reason.TOO_MANY_ERRORS in counts:
+            detail += "; closed at the error limit"
+        if samples:
+            detail += "; e.g. " + " | ".join(samples)
+        self._event(EventKind.REFUSED, Reason.PRE_AUTH_REFUSALS, detail)
 
     async def _refuse(self, refusal: _Refusal) -> None:
         await self.push(self._refusal_reply(refusal))
@@ -637,6 +718,7 @@ class RelaySMTP(SMTP):
             return
         assert self.session is not None and outcome.record is not None
         self.session.authenticated = True
+        self._record_before_auth()
         self.user = outcome.record
         self._event(EventKind.AUTH, Reason.AUTH_OK, "authenticated over TLS" if self._tls_protocol else "authenticated without TLS")
         await self.push(R_AUTH_OK)
@@ -919,6 +1001,7 @@ class RelaySMTP(SMTP):
         except WriteFailed as failed:
             return self._refusal_reply(_Refusal(failed.reply, failed.reason, "the store did not take the message"))
         self.ctx.counters["queued"] += 1
+        self.errors = 0  # Postfix: the limits are on errors made without delivering mail
         self._progress_at = self.loop.time()
         return f"250 2.0.0 Ok: queued as {queued.queue_id}"
 
