@@ -71,6 +71,7 @@ from relay.message import (
     header_addresses,
     header_section,
     longest_line,
+    lookalike_addresses,
     normalize_line_endings,
     received_header,
     shown,
@@ -81,6 +82,7 @@ from relay.reasons import EventKind, Reason
 from relay.store.directory import AuthRecord
 from relay.store.events import NewEvent
 from relay.store.intake import NewMessage, new_queue_id
+from relay.watchdog import LoopWatchdog
 from relay.writer import StoreWriter, WriteFailed
 
 log = logging.getLogger("smtpplus.relay")
@@ -107,8 +109,11 @@ QUIT_WINDOW = 2.0  # while stopping: seconds a client that just finished a trans
 COMMAND_LIMIT = 512  # RFC 5321 4.5.3.1.4, CRLF included
 MAIL_LIMIT = COMMAND_LIMIT + 26 + 10  # + SIZE= and BODY= parameters (RFC 1870, 6152)
 MAX_DATA_LINE = 1000  # octets with CRLF (RFC 5321 4.5.3.1.6)
-MAX_HEADER_SECTION = 1024 * 1024
 R_HEADER_TOO_LARGE = "552 5.3.4 Message header section too large"
+# Work on more than this many bytes goes to a worker thread: the event loop serves
+# every other client meanwhile (each step is linear, but 25 MB is still 25 MB).
+INLINE_HEADER_BYTES = 16 * 1024
+INLINE_DATA_BYTES = 1024 * 1024
 
 _SENDER_FORM_PROBLEMS = {
     policy.AddressProblem.PERCENT,
@@ -187,6 +192,7 @@ class RelayContext:
     tracker: ConnectionTracker
     stopping: bool = False
     events: EventBudget = field(default_factory=EventBudget)
+    watchdog: LoopWatchdog = field(default_factory=LoopWatchdog)
     counters: collections.Counter[str] = field(default_factory=collections.Counter)
 
 
@@ -961,16 +967,23 @@ class RelaySMTP(SMTP):
         user = await self._current_user()
         if user is None:
             return R_AUTH_REQUIRED
-        data = normalize_line_endings(raw)
-        if data is not raw:  # bare CR/LF made new lines: measure them again
-            longest = longest_line(data)
+        if len(raw) > INLINE_DATA_BYTES:
+            data, longest = await asyncio.to_thread(_normalized, raw, longest)
+        else:
+            data, longest = _normalized(raw, longest)
         if longest > MAX_DATA_LINE:
             return self._refusal_reply(_Refusal(R_LINE_TOO_LONG, Reason.LINE_TOO_LONG, "a data line is over 998 characters"))
         section = header_section(data)
-        if len(section) > MAX_HEADER_SECTION:
-            return self._refusal_reply(_Refusal(R_HEADER_TOO_LARGE, Reason.MESSAGE_TOO_LARGE, "header section over 1 MiB"))
-        fields = split_headers(section)
-        refusal, from_value = self._check_headers(fields, user)
+        limit = self.ctx.config.header_size_limit
+        if len(section) > limit:
+            return self._refusal_reply(
+                _Refusal(R_HEADER_TOO_LARGE, Reason.HEADER_TOO_LARGE, f"header section of {len(section)} bytes, over {limit}")
+            )
+        lookalikes = self.ctx.config.refuse_lookalike_display_names
+        if len(section) > INLINE_HEADER_BYTES:
+            refusal, fields, from_value = await asyncio.to_thread(check_headers, section, user, lookalikes)
+        else:
+            refusal, fields, from_value = check_headers(section, user, lookalikes)
         if refusal is not None:
             return self._refusal_reply(refusal)
         header_prio = priority.header_priority(fields)
@@ -1005,36 +1018,6 @@ class RelaySMTP(SMTP):
         self._progress_at = self.loop.time()
         return f"250 2.0.0 Ok: queued as {queued.queue_id}"
 
-    def _check_headers(self, fields: list[tuple[str, str]], user: AuthRecord) -> tuple[_Refusal | None, str]:
-        froms = [value for name, value in fields if name == "from"]
-        senders = [value for name, value in fields if name == "sender"]
-        if not froms:
-            return _Refusal("550 5.6.0 Message has no From: header", Reason.HEADER_FROM_MISSING, "no From: header"), ""
-        if len(froms) > 1:
-            return _Refusal("550 5.7.1 Message has more than one From: header", Reason.HEADER_FROM_MULTIPLE, f"{len(froms)} From: headers"), ""
-        if len(senders) > 1:
-            return _Refusal("550 5.7.1 Message has more than one Sender: header", Reason.HEADER_SENDER_MULTIPLE, f"{len(senders)} Sender: headers"), ""
-        from_addresses = header_addresses(froms[0])
-        if from_addresses is None:
-            return _Refusal("550 5.7.1 From: header does not parse", Reason.HEADER_FROM_INVALID, f"From: {shown(froms[0], 300)}"), ""
-        checks: list[tuple[str, str]] = [(a, "From:") for a in from_addresses]
-        checks += [(a, "From:") for a in address_like(froms[0])]
-        if senders:
-            sender_addresses = header_addresses(senders[0])
-            if sender_addresses is None or len(sender_addresses) != 1:
-                return _Refusal("550 5.7.1 Sender: header does not parse", Reason.HEADER_SENDER_INVALID, f"Sender: {shown(senders[0], 300)}"), ""
-            checks.append((sender_addresses[0], "Sender:"))
-            checks += [(a, "Sender:") for a in address_like(senders[0])]
-        seen: set[tuple[str, str]] = set()
-        for address, header in checks:
-            if (address.lower(), header) in seen:
-                continue
-            seen.add((address.lower(), header))
-            refusal = _header_address_refusal(address, header, user)
-            if refusal is not None:
-                return refusal, froms[0]
-        return None, froms[0]
-
     async def smtp_VRFY(self, arg: str) -> None:
         if await self.check_auth_needed("VRFY"):
             return
@@ -1055,9 +1038,62 @@ def _command_names(cls: type) -> list[str]:
     return names
 
 
+def _normalized(raw: bytes, longest: int) -> tuple[bytes, int]:
+    data = normalize_line_endings(raw)
+    if data is not raw:  # bare CR/LF made new lines: measure them again
+        longest = longest_line(data)
+    return data, longest
+
+
+def check_headers(section: bytes, user: AuthRecord, refuse_lookalikes: bool) -> tuple[_Refusal | None, list[tuple[str, str]], str]:
+    """(refusal or None, the header fields, the From: value). Pure and linear in the
+    section's size, so it may run in a worker thread."""
+    fields = split_headers(section)
+    froms = [value for name, value in fields if name == "from"]
+    senders = [value for name, value in fields if name == "sender"]
+    if not froms:
+        return _Refusal("550 5.6.0 Message has no From: header", Reason.HEADER_FROM_MISSING, "no From: header"), fields, ""
+    if len(froms) > 1:
+        return _Refusal("550 5.7.1 Message has more than one From: header", Reason.HEADER_FROM_MULTIPLE, f"{len(froms)} From: headers"), fields, ""
+    if len(senders) > 1:
+        return _Refusal("550 5.7.1 Message has more than one Sender: header", Reason.HEADER_SENDER_MULTIPLE, f"{len(senders)} Sender: headers"), fields, ""
+    from_addresses = header_addresses(froms[0])
+    if from_addresses is None:
+        return _Refusal("550 5.7.1 From: header does not parse", Reason.HEADER_FROM_INVALID, f"From: {shown(froms[0], 200)}"), fields, ""
+    checks: list[tuple[str, str]] = [(a, "From:") for a in from_addresses]
+    checks += [(a, "From:") for a in address_like(froms[0])]
+    headers = [("From:", froms[0], from_addresses)]
+    if senders:
+        sender_addresses = header_addresses(senders[0])
+        if sender_addresses is None or len(sender_addresses) != 1:
+            return _Refusal("550 5.7.1 Sender: header does not parse", Reason.HEADER_SENDER_INVALID, f"Sender: {shown(senders[0], 200)}"), fields, ""
+        checks.append((sender_addresses[0], "Sender:"))
+        checks += [(a, "Sender:") for a in address_like(senders[0])]
+        headers.append(("Sender:", senders[0], sender_addresses))
+    if refuse_lookalikes:
+        for header, value, actual in headers:
+            others = lookalike_addresses(value, actual)
+            if others:
+                reason = Reason.HEADER_SENDER_LOOKALIKE if header == "Sender:" else Reason.HEADER_FROM_LOOKALIKE
+                text = f"{header} display name shows another address <{shown(others[0])}> than its own <{shown(actual[0])}>"
+                return _Refusal(f"550 5.7.1 {text}", reason, text), fields, froms[0]
+    seen: set[tuple[str, str]] = set()
+    for address, header in checks:
+        if (address.lower(), header) in seen:
+            continue
+        seen.add((address.lower(), header))
+        refusal = _header_address_refusal(address, header, user)
+        if refusal is not None:
+            return refusal, fields, froms[0]
+    return None, fields, froms[0]
+
+
 def _header_address_refusal(address: str, header: str, user: AuthRecord) -> _Refusal | None:
+    sender = header == "Sender:"
+    invalid = Reason.HEADER_SENDER_INVALID if sender else Reason.HEADER_FROM_INVALID
+    if len(address) > policy.MAX_LOCAL_PART + policy.MAX_DOMAIN + 1:
+        return _Refusal(f"550 5.7.1 {header} address too long", invalid, f"{header} address of {len(address)} characters")
     check = check_address(address)
-    invalid = Reason.HEADER_SENDER_INVALID if header == "Sender:" else Reason.HEADER_FROM_INVALID
     if check.problem is not None or check.address is None:
         return _Refusal(
             f"550 5.7.1 <{shown(address)}>: {header} address form not allowed ({check.problem})",
@@ -1068,7 +1104,11 @@ def _header_address_refusal(address: str, header: str, user: AuthRecord) -> _Ref
     if denied is None:
         return None
     reply, reason = denied
-    reason = Reason.HEADER_FROM_UNVERIFIED if reason is Reason.SENDER_UNVERIFIED else Reason.HEADER_FROM_NOT_AUTHORIZED
+    unverified = reason is Reason.SENDER_UNVERIFIED
+    if sender:
+        reason = Reason.HEADER_SENDER_UNVERIFIED if unverified else Reason.HEADER_SENDER_NOT_AUTHORIZED
+    else:
+        reason = Reason.HEADER_FROM_UNVERIFIED if unverified else Reason.HEADER_FROM_NOT_AUTHORIZED
     return _Refusal(f"550 5.7.1 {reply}", reason, reply)
 
 
@@ -1077,7 +1117,9 @@ def _printable(value: bytes) -> str:
 
 
 def make_factory(ctx: RelayContext) -> Any:
-    """The one protocol factory every listening port shares."""
+    """The one protocol factory every listening port shares (and the loop's watchdog,
+    started here because the factory is made on the relay's loop)."""
+    ctx.watchdog.start(asyncio.get_running_loop())
 
     def factory() -> RelaySMTP:
         return RelaySMTP(ctx, asyncio.get_running_loop())

@@ -97,8 +97,9 @@ async def test_header_from_evasion_is_refused(relay: RelayService, seeded: Seede
         ("X@A.EXAMPLE", None),
         ("team@a.example", "Boss <boss@b.example>"),
         ("x@example.com", None),
-        ('"support@a.example" <x@a.example>', None),
+        ('"x@a.example" <x@a.example>', None),  # the display name shows the address itself
         ("x@a.example (Alice)", None),
+        ("John Q. Public <x@a.example>", None),
     ],
 )
 async def test_header_from_forms_that_are_accepted(
@@ -116,7 +117,8 @@ async def test_header_from_forms_that_are_accepted(
 
 async def test_sender_header_must_be_authorized_and_verified(relay: RelayService, seeded: Seeded, tls_files: dict[str, Path]) -> None:
     client = await smtp_client(relay.served[0], tls_files, login="alice")
-    for sender_value, reason in (("evil@evil.example", Reason.HEADER_FROM_NOT_AUTHORIZED), ("new@b.example", Reason.HEADER_FROM_UNVERIFIED)):
+    # Sender: refusals have their own reason codes (they were recorded as From: ones).
+    for sender_value, reason in (("evil@evil.example", Reason.HEADER_SENDER_NOT_AUTHORIZED), ("new@b.example", Reason.HEADER_SENDER_UNVERIFIED)):
         data = f"From: x@a.example\r\nSender: {sender_value}\r\n\r\nbody\r\n".encode()
         with pytest.raises(aiosmtplib.SMTPDataError) as refused:
             await client.sendmail("x@a.example", ["r@d.example"], data)
