@@ -25,8 +25,11 @@
     deactivation stops an open session within about a second).
 
 ``FailureLimiter(per_client, per_user, window)``
-    Failed AUTH attempts per client address and per username across connections, in
-    a sliding window: ``blocked(client, username)`` names the limit hit, or None.
+    Failed AUTH attempts across connections, in a sliding window, per client address
+    (:func:`address_key`: an IPv4 address, an IPv6 /64) and per (username, client
+    address) — never per username alone, so a guesser at another address cannot lock
+    the real user out. ``blocked(client, username)`` names the limit hit, or None;
+    ``failures(client)`` is what :func:`throttle_delay` slows the client by.
     Distinct guesses still being verified count as failures until they end
     (``attempt(client, username, guess)`` is a context manager around the check;
     ``guess`` identifies the credentials): otherwise a client opening many
@@ -202,9 +205,25 @@ class EventBudget:
         return self._dropped.pop(address_key(client), 0)
 
 
+AUTH_DELAY_CAP = 5.0  # seconds: the longest a failure reply is held back
+
+
+def throttle_delay(failures: int, free: int, first: float, cap: float = AUTH_DELAY_CAP) -> float:
+    """How long the reply to a client's ``failures``-th failure waits: nothing for the
+    first ``free`` (a mistyped password), then ``first``, doubling, at most ``cap``
+    (never over :data:`AUTH_DELAY_CAP`)."""
+    if failures <= free or first <= 0:
+        return 0.0
+    return min(first * 2.0 ** min(failures - free - 1, 32), cap, AUTH_DELAY_CAP)
+
+
 def _guesses(table: dict[str, Counter[bytes]], key: str) -> int:
     pending = table.get(key)
     return len(pending) if pending else 0
+
+
+def _pair(username: str, client_key: str) -> str:
+    return f"{client_key}\0{username}"
 
 
 def _stamp(record: AuthRecord) -> tuple[int, int, str]:
@@ -262,21 +281,25 @@ class FailureLimiter:
 
     def blocked(self, client: str, username: str | None) -> str | None:
         """"client" or "user" when that limit is reached (attempts under way
-        included), else None."""
+        included), else None. "user" means this username from this client address."""
+        client = address_key(client)
         if self.per_client > 0 and self._count(self._by_client, client) + _guesses(self._pending_client, client) >= self.per_client:
             return "client"
-        if (
-            username
-            and self.per_user > 0
-            and self._count(self._by_user, username) + _guesses(self._pending_user, username) >= self.per_user
-        ):
-            return "user"
+        if username and self.per_user > 0:
+            pair = _pair(username, client)
+            if self._count(self._by_user, pair) + _guesses(self._pending_user, pair) >= self.per_user:
+                return "user"
         return None
+
+    def failures(self, client: str) -> int:
+        """Failures recorded for this client address within the window."""
+        return self._count(self._by_client, address_key(client))
 
     @contextmanager
     def attempt(self, client: str, username: str | None, guess: bytes) -> Iterator[None]:
         """Counts a guess as a failure while it is being verified."""
-        tables = [(self._pending_client, client)] + ([(self._pending_user, username)] if username else [])
+        client = address_key(client)
+        tables = [(self._pending_client, client)] + ([(self._pending_user, _pair(username, client))] if username else [])
         for table, key in tables:
             table.setdefault(key, Counter())[guess] += 1
         try:
@@ -292,9 +315,10 @@ class FailureLimiter:
 
     def record(self, client: str, username: str | None) -> None:
         now = self._clock()
+        client = address_key(client)
         self._add(self._by_client, client, now)
         if username:
-            self._add(self._by_user, username, now)
+            self._add(self._by_user, _pair(username, client), now)
 
     def _add(self, table: dict[str, deque[float]], key: str, now: float) -> None:
         stamps = table.get(key)

@@ -103,8 +103,8 @@ class RelayConfig:
     refuse_lookalike_display_names: bool = True
     # -- AUTH --------------------------------------------------------------------
     auth_failures_per_connection: int = 3  # the 3rd failure → 421 4.7.0 and close
-    auth_failures_per_client: int = 50  # failures from one address within the window
-    auth_failures_per_user: int = 20  # failures for one username within the window
+    auth_failures_per_client: int = 50  # failures from one address (IPv6: /64) within the window → 421
+    auth_failures_per_user: int = 20  # failures for one username from one address within the window → 421
     auth_failure_window: float = 600.0
     auth_concurrency: int = 2  # argon2 verifications running at once (threads)
     # A client address (IPv4 /32, IPv6 /64) with failures in the window waits before
@@ -112,6 +112,7 @@ class RelayConfig:
     # auth_failure_delay doubling per failure, capped at 5 s.
     auth_free_failures: int = 3
     auth_failure_delay: float = 0.5
+    auth_failure_delay_max: float = 5.0  # never more than 5 s
     # -- Lease -------------------------------------------------------------------
     heartbeat_interval: float = 1.0
     stale_after: float = 10.0  # an older heartbeat means that relay died: take over

@@ -61,7 +61,7 @@ from typing import Any, AnyStr
 from aiosmtpd.smtp import SMTP, TLSSetupException
 
 from relay import policy, priority
-from relay.auth import EventBudget, FailureLimiter, PasswordChecker
+from relay.auth import EventBudget, FailureLimiter, PasswordChecker, throttle_delay
 from relay.config import RelayConfig
 from relay.display import clean
 from relay.message import (
@@ -702,7 +702,7 @@ class RelaySMTP(SMTP):
         self._attempted_user = _printable(login)
         blocked = ctx.limiter.blocked(self.client_ip, username)
         if blocked is not None:
-            which = "this client address" if blocked == "client" else f"user {self._attempted_user!r}"
+            which = "this client address" if blocked == "client" else f"user {self._attempted_user!r} from this client address"
             self._event(EventKind.AUTH, Reason.AUTH_TOO_MANY_FAILURES, f"failure limit reached for {which}")
             await self.push(R_TOO_MANY_FAILURES)
             self._close()
@@ -730,9 +730,21 @@ class RelaySMTP(SMTP):
         await self.push(R_AUTH_OK)
 
     async def _auth_failed(self, reason: Reason, reply: str, detail: str, *, username: str | None = None) -> None:
+        ctx = self.ctx
         self.auth_failures += 1
-        self.ctx.limiter.record(self.client_ip, username)
+        ctx.limiter.record(self.client_ip, username)
         self._event(EventKind.AUTH, reason, detail)
+        # Throttle, don't lock: the guessing address waits longer after each failure.
+        cfg = ctx.config
+        delay = throttle_delay(ctx.limiter.failures(self.client_ip), cfg.auth_free_failures, cfg.auth_failure_delay, cfg.auth_failure_delay_max)
+        if delay > 0:
+            ctx.counters["auth_delays"] += 1
+            ctx.counters["auth_delay_ms"] += round(delay * 1000)
+            self._busy = True
+            try:
+                await asyncio.sleep(delay)
+            finally:
+                self._busy = False
         if self.auth_failures >= self.ctx.config.auth_failures_per_connection:
             self._event(EventKind.AUTH, Reason.AUTH_TOO_MANY_FAILURES, f"{self.auth_failures} failed attempts on one connection")
             await self.push(R_TOO_MANY_FAILURES)
