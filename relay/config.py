@@ -81,6 +81,9 @@ class RelayConfig:
     # -- Session limits ----------------------------------------------------------
     max_message_size: int = 25 * MIB  # SIZE advertised; larger → 552 5.3.4
     max_recipients: int = 100  # past it → 452 4.5.3 per recipient
+    # Message data being received or waiting for the store, all sessions together
+    # (spooled to disk past 64 KiB each); a DATA that would pass it → 452 4.3.1.
+    inflight_bytes_limit: int = 1024 * MIB
     max_connections: int = 4096  # global cap → 421 4.7.0
     max_connections_per_client: int = 256  # per client address → 421 4.7.0
     # A client that sends no complete command for session_timeout seconds gets

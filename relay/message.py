@@ -21,6 +21,7 @@ import functools
 import re
 import time
 import unicodedata
+from typing import Protocol
 
 from relay import policy
 
@@ -65,6 +66,24 @@ def header_section(data: bytes) -> bytes:
         return b""
     end = data.find(b"\r\n\r\n")
     return data if end < 0 else data[: end + 2]
+
+
+class _Searchable(Protocol):
+    def find(self, sub: bytes, start: int = ..., end: int = ...) -> int: ...
+    def __getitem__(self, index: slice) -> bytes: ...
+    def __len__(self) -> int: ...
+
+
+def header_section_at(data: _Searchable, start: int, limit: int) -> bytes | None:
+    """The header section of the message that begins at ``start`` of ``data`` (bytes
+    or an mmap of a spooled message), or None when it is over ``limit`` bytes. Looks at
+    no more than ``limit`` + 4 bytes, however big the message."""
+    if data[start : start + 2] == b"\r\n":
+        return b""
+    end = data.find(b"\r\n\r\n", start, start + limit + 4)
+    if end >= 0:
+        return data[start : end + 2] if end + 2 - start <= limit else None
+    return data[start:] if len(data) - start <= limit else None
 
 
 def split_headers(section: bytes) -> list[tuple[str, str]]:

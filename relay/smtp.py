@@ -53,10 +53,11 @@ import binascii
 import collections
 import hashlib
 import logging
+import mmap
 import re
 import ssl
 from dataclasses import dataclass, field
-from typing import Any, AnyStr
+from typing import Any, AnyStr, cast
 
 from aiosmtpd.smtp import SMTP, TLSSetupException
 
@@ -69,7 +70,7 @@ from relay.message import (
     check_address,
     decoded_subject,
     header_addresses,
-    header_section,
+    header_section_at,
     longest_line,
     lookalike_addresses,
     normalize_line_endings,
@@ -79,11 +80,12 @@ from relay.message import (
     store_text,
 )
 from relay.reasons import EventKind, Reason
+from relay.spool import InFlight, Spool
 from relay.store.directory import AuthRecord
 from relay.store.events import NewEvent
 from relay.store.intake import NewMessage, new_queue_id
 from relay.watchdog import LoopWatchdog
-from relay.writer import StoreWriter, WriteFailed
+from relay.writer import REPLY_NO_SPACE, StoreWriter, WriteFailed, classify
 
 log = logging.getLogger("smtpplus.relay")
 
@@ -103,6 +105,8 @@ R_LINE_TOO_LONG = "500 5.5.2 Line too long (see RFC 5321 4.5.3.1.6)"
 R_TIMEOUT = "421 4.4.2 Timeout, closing connection"
 R_NO_MAIL = "421 4.4.2 No mail for too long, closing connection"
 R_TOO_MANY_ERRORS = "421 4.7.0 Too many errors, closing connection"
+R_NUL = "554 5.6.0 Message contains NUL characters"
+SPOOL_STEP = 1024 * 1024  # in-flight budget taken in steps of this many bytes
 CLOSE_GRACE = 5.0  # seconds a closing client gets to take its last reply before the abort
 QUIT_WINDOW = 2.0  # while stopping: seconds a client that just finished a transaction gets to QUIT
 
@@ -193,6 +197,10 @@ class RelayContext:
     stopping: bool = False
     events: EventBudget = field(default_factory=EventBudget)
     watchdog: LoopWatchdog = field(default_factory=LoopWatchdog)
+    inflight: InFlight = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.inflight = InFlight(self.config.inflight_bytes_limit)
     counters: collections.Counter[str] = field(default_factory=collections.Counter)
 
 
@@ -205,6 +213,16 @@ class _NoHooks:
 
 
 _NO_HOOKS = _NoHooks()
+
+
+@dataclass(slots=True)
+class _DataRead:
+    """What reading one message's data found."""
+
+    refusal: str | None = None  # "size", "nul", "budget" or "spool" (the data was dropped)
+    error: OSError | None = None
+    longest: int = 0  # the longest CRLF-terminated line, in octets with CRLF
+    bare_line_ends: bool = False  # a bare CR or LF: the line ends are fixed after the read
 
 
 @dataclass(frozen=True, slots=True)
@@ -909,39 +927,42 @@ class RelaySMTP(SMTP):
         if arg:
             await self.push("501 5.5.4 Syntax: DATA")
             return
+        queue_id = new_queue_id()
+        protocol = "ESMTPSA" if self._tls_protocol is not None else "ESMTPA"
+        received = received_header(self.ehlo_name, self.client_ip, self.ctx.server_name, protocol, queue_id)
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         self._busy = True
+        spool = Spool(received)
         try:
             try:
-                raw, too_much, longest = await self._read_data()
-                if too_much:
-                    reply = self._refusal_reply(
-                        _Refusal(R_TOO_LARGE, Reason.MESSAGE_TOO_LARGE, f"data over {self.data_size_limit} bytes")
-                    )
-                else:
-                    reply = await self._accept(raw, longest)
+                read = await self._read_data(spool)
+                reply = await self._verdict(read, spool, queue_id)
             finally:
                 # The transaction is over whatever happened (an internal error
                 # included): nothing of this envelope may carry over to a later DATA.
                 self._set_post_data_state()
+                self.ctx.inflight.release(spool.reserved)
+                spool.reserved = 0
+                spool.close()
             await self.push(reply)
         finally:
             self._busy = False
         await self._after_transaction()
 
-    async def _read_data(self) -> tuple[bytes, bool, int]:
-        """Read up to ``<CRLF>.<CRLF>``: (unstuffed bytes, over the size limit?, the
-        longest CRLF-terminated line).
+    async def _read_data(self, spool: Spool) -> _DataRead:
+        """Read up to ``<CRLF>.<CRLF>`` into ``spool`` (unstuffed), within the size
+        limit and the relay's in-flight byte budget, noting NUL bytes, bare CR/LF and
+        the longest CRLF-terminated line. Past a refusal the rest is read and dropped.
 
         Only a line that is exactly ``.`` followed by CRLF, at a line start, ends the
         data: ``\\n.\\n``, ``\\r.\\r`` and the rest of the smuggling variants are text."""
         reader = self._reader
         limit = self.data_size_limit or 0
-        parts: list[bytes] = []
+        inflight = self.ctx.inflight
+        read = _DataRead()
         size = 0
-        too_much = False
         at_line_start = True
-        line_length = longest = 0
+        line_length = 0
         while True:
             try:
                 piece = await reader.readuntil(b"\r\n")
@@ -957,40 +978,81 @@ class RelaySMTP(SMTP):
                 self._close()
                 raise asyncio.CancelledError()
             if at_line_start and complete and piece == b".\r\n":
-                return b"".join(parts), too_much, longest
+                return read
+            at_line_start_before, at_line_start = at_line_start, complete
             size += len(piece)
+            if read.refusal is not None:
+                continue
             if limit and size > limit:
-                if not too_much:
-                    too_much = True
-                    parts.clear()
-            elif not too_much:
-                if at_line_start and piece[:1] == b".":
-                    piece = piece[1:]
-                parts.append(piece)
-                line_length += len(piece)
-                if complete:
-                    longest = max(longest, line_length)
-                    line_length = 0
-            at_line_start = complete
+                read.refusal = "size"
+                spool.discard()
+                continue
+            if at_line_start_before and piece[:1] == b".":
+                piece = piece[1:]
+            if b"\0" in piece:
+                read.refusal = "nul"
+                spool.discard()
+                continue
+            while spool.size + len(piece) > spool.reserved:
+                if not inflight.reserve(SPOOL_STEP):
+                    read.refusal = "budget"
+                    spool.discard()
+                    break
+                spool.reserved += SPOOL_STEP
+            if read.refusal is not None:
+                continue
+            body = len(piece) - 2 if complete else len(piece)
+            if piece.find(b"\r", 0, body) >= 0 or piece.find(b"\n", 0, body) >= 0:
+                read.bare_line_ends = True  # fixed (and measured again) after the read
+            line_length += len(piece)
+            if complete:
+                read.longest = max(read.longest, line_length)
+                line_length = 0
+            try:
+                spool.write(piece)
+            except OSError as exc:
+                read.refusal = "spool"
+                read.error = exc
+                spool.discard()
 
-    async def _accept(self, raw: bytes, longest: int) -> str:
-        """Header policy, priority, Received:, then the durable enqueue."""
+    async def _verdict(self, read: _DataRead, spool: Spool, queue_id: str) -> str:
+        if read.refusal == "size":
+            return self._refusal_reply(_Refusal(R_TOO_LARGE, Reason.MESSAGE_TOO_LARGE, f"data over {self.data_size_limit} bytes"))
+        if read.refusal == "nul":
+            return self._refusal_reply(_Refusal(R_NUL, Reason.MESSAGE_NUL, "NUL byte in message data"))
+        if read.refusal == "budget":
+            self.ctx.counters["inflight_refused"] += 1
+            return self._refusal_reply(
+                _Refusal(REPLY_NO_SPACE, Reason.SERVER_BUSY, f"messages in flight over {self.ctx.config.inflight_bytes_limit} bytes")
+            )
+        if read.refusal == "spool":
+            failed = classify(read.error or OSError())
+            log.error("%s: spooling message data failed: %s", self.client_ip, read.error)
+            return self._refusal_reply(_Refusal(failed.reply, failed.reason, "spooling the message data failed"))
+        return await self._accept(spool, read, queue_id)
+
+    async def _accept(self, spool: Spool, read: _DataRead, queue_id: str) -> str:
+        """Header policy, priority, then the durable enqueue (the spool starts with
+        the Received: header)."""
         assert self.envelope is not None and self.envelope.mail_from is not None
         user = await self._current_user()
         if user is None:
             return R_AUTH_REQUIRED
-        if len(raw) > INLINE_DATA_BYTES:
-            data, longest = await asyncio.to_thread(_normalized, raw, longest)
-        else:
-            data, longest = _normalized(raw, longest)
+        data: bytes | mmap.mmap = spool.finish()
+        longest = read.longest
+        if read.bare_line_ends:  # rare (broken clients): fix the line ends on a copy
+            start = spool.prefix_length
+            if len(data) > INLINE_DATA_BYTES:
+                body, longest = await asyncio.to_thread(_normalized, data[start:], longest)
+            else:
+                body, longest = _normalized(data[start:], longest)
+            data = data[:start] + body
         if longest > MAX_DATA_LINE:
             return self._refusal_reply(_Refusal(R_LINE_TOO_LONG, Reason.LINE_TOO_LONG, "a data line is over 998 characters"))
-        section = header_section(data)
         limit = self.ctx.config.header_size_limit
-        if len(section) > limit:
-            return self._refusal_reply(
-                _Refusal(R_HEADER_TOO_LARGE, Reason.HEADER_TOO_LARGE, f"header section of {len(section)} bytes, over {limit}")
-            )
+        section = header_section_at(data, spool.prefix_length, limit)
+        if section is None:
+            return self._refusal_reply(_Refusal(R_HEADER_TOO_LARGE, Reason.HEADER_TOO_LARGE, f"header section over {limit} bytes"))
         lookalikes = self.ctx.config.refuse_lookalike_display_names
         if len(section) > INLINE_HEADER_BYTES:
             refusal, fields, from_value = await asyncio.to_thread(check_headers, section, user, lookalikes)
@@ -1001,13 +1063,12 @@ class RelaySMTP(SMTP):
         header_prio = priority.header_priority(fields)
         effective = priority.effective_priority(user.priority, header_prio)
         subject = next((value for name, value in fields if name == "subject"), "")
-        queue_id = new_queue_id()
-        protocol = "ESMTPSA" if self._tls_protocol is not None else "ESMTPA"
-        received = received_header(self.ehlo_name, self.client_ip, self.ctx.server_name, protocol, queue_id)
         message = NewMessage(
             mail_from=self.envelope.mail_from,
             recipients=list(dict.fromkeys(self.envelope.rcpt_tos)),
-            data=received + data,
+            # A spooled message is an mmap: the store binds it as a blob (buffer
+            # protocol) without a Python copy.
+            data=cast(bytes, data),
             header_priority=header_prio,
             user_priority=user.priority,
             priority=effective,
