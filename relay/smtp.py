@@ -80,7 +80,7 @@ from relay.message import (
     store_text,
 )
 from relay.reasons import EventKind, Reason
-from relay.spool import InFlight, Spool
+from relay.spool import InFlight, Spool, return_big_blocks_to_the_system
 from relay.store.directory import AuthRecord
 from relay.store.events import NewEvent
 from relay.store.intake import NewMessage, new_queue_id
@@ -201,6 +201,7 @@ class RelayContext:
 
     def __post_init__(self) -> None:
         self.inflight = InFlight(self.config.inflight_bytes_limit)
+        return_big_blocks_to_the_system()
     counters: collections.Counter[str] = field(default_factory=collections.Counter)
 
 

@@ -21,12 +21,30 @@ Message data used to be held whole in RAM and copied about three times (8 concur
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import mmap
+import sys
 import tempfile
 from typing import IO
 
 MEMORY_LIMIT = 64 * 1024  # bytes of one message kept in memory before it is spooled to a file
 FLUSH_AT = 256 * 1024  # write to the file in chunks this big
+
+
+def return_big_blocks_to_the_system() -> bool:
+    """glibc serves big allocations (the store's copy of a message blob) from the heap
+    once a big block has been freed (its mmap threshold grows, up to 32 MiB), and a
+    fragmented heap is never given back: the relay stayed at 2.49 GB after 32 big
+    messages. A fixed 1 MiB threshold keeps every big block a mapping of its own,
+    returned on free. False where there is no glibc."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(-3, 1024 * 1024))  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        return False
 
 
 class InFlight:
