@@ -14,8 +14,10 @@ queued                                                 ``250 2.0.0 Ok: queued as
 MAIL/RCPT/DATA before AUTH                             ``530 5.7.0 Authentication required``
 AUTH before STARTTLS (plain AUTH not allowed)          ``538 5.7.11 Encryption required …``
 bad credentials, inactive or unknown user, authzid ≠   ``535 5.7.8 Authentication credentials
-login                                                  invalid``
-3rd failure on a connection; client/username limit     ``421 4.7.0 …`` and the connection closes
+login (from the 4th failure of a client address in     invalid`` (held back 0.5 s, doubling,
+the window, the reply waits)                           at most 5 s)
+3rd failure on a connection; client address limit      ``421 4.7.0 …`` and the connection closes
+(IPv6: /64); username limit from that client address
 too many connections (global or per client)            ``421 4.7.0 …`` and the connection closes
 envelope sender ``<>``                                 ``550 5.7.1``
 sender with ``%``, ``!``, quoted ``@``, source route,  ``550 5.7.1 <address>: …``
@@ -32,6 +34,15 @@ parse, or an address in it not authorized/verified
 (address-like text in a display name, a comment or
 an RFC 2047 encoded word counts as an address)
 a data line over 998 characters (after CR/LF fixes)    ``500 5.5.2``
+a display name (comment, encoded word) that shows an   ``550 5.7.1 From: display name shows
+address other than its own (``"x\\@evil.com"``,          another address <…> than its own <…>``
+full-width ``＠``); ``refuse_lookalike_display_names``  (``Sender:`` likewise)
+header section over ``header_size_limit`` (100 KB)     ``552 5.3.4 Message header section too large``
+NUL in message data                                    ``554 5.6.0 Message contains NUL characters``
+message data in flight over ``inflight_bytes_limit``   ``452 4.3.1 Insufficient system storage, …``
+the ``hard_error_limit``-th refused command (≤ 20;     ``421 4.7.0 Too many errors, closing
+past ``soft_error_limit`` each reply waits, ≤ 3 s in    connection`` and the connection closes
+all)
 STARTTLS inside TLS                                    ``503 5.5.1``
 store full / store failure / any internal error        ``452 4.3.1`` / ``451 4.3.0`` (no internals)
 relay shutting down: idle sessions, a new MAIL         ``421 4.3.2`` (a transaction under way
@@ -41,8 +52,12 @@ or no message queued for ``session_without_mail``      (aborted if the client do
 =====================================================  =======================================
 
 End of data is only ``<CRLF>.<CRLF>``; bare CR or LF in the message is stored as
-CRLF; a ``Received:`` header with a sanitized EHLO name is prepended. Every AUTH
-outcome, refusal and queued message becomes an event (``relay.reasons``).
+CRLF; a ``Received:`` header with a sanitized EHLO name is prepended. Message data is
+spooled as it arrives (``relay.spool``). Every AUTH outcome, refusal and queued message
+becomes an event (``relay.reasons``), except that refusals before AUTH are counted into
+one ``pre-auth-refusals`` event per connection, and each client address has an event
+budget (60 at once, then one per 10 s) so no flood grows the store without bound.
+Failed AUTH is throttled per client address (``relay.auth.throttle_delay``).
 """
 
 from __future__ import annotations
