@@ -59,7 +59,6 @@ class Reason(enum.StrEnum):
     MESSAGE_NUL = "message-nul"  # NUL in message data (Postfix's message_reject_characters)
     TOO_MANY_ERRORS = "too-many-errors"  # hard error limit: 421 4.7.0 and close
     PRE_AUTH_REFUSALS = "pre-auth-refusals"  # one per connection: refusals before AUTH, counted
-    EVENTS_SUPPRESSED = "events-suppressed"  # a client address over its event rate
     SERVER_BUSY = "server-busy"  # in-flight message bytes over the budget: 452 4.3.1
     TLS_INSIDE_TLS = "starttls-inside-tls"
     CONNECTION_LIMIT = "connection-limit"
