@@ -25,8 +25,11 @@
     deactivation stops an open session within about a second).
 
 ``FailureLimiter(per_client, per_user, window)``
-    Failed AUTH attempts per client address and per username across connections, in
-    a sliding window: ``blocked(client, username)`` names the limit hit, or None.
+    Failed AUTH attempts across connections, in a sliding window, per client address
+    (:func:`address_key`: an IPv4 address, an IPv6 /64) and per (username, client
+    address) — never per username alone, so a guesser at another address cannot lock
+    the real user out. ``blocked(client, username)`` names the limit hit, or None;
+    ``failures(client)`` is what :func:`throttle_delay` slows the client by.
     Distinct guesses still being verified count as failures until they end
     (``attempt(client, username, guess)`` is a context manager around the check;
     ``guess`` identifies the credentials): otherwise a client opening many
@@ -39,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import ipaddress
 import secrets
 import time
 from collections import Counter, OrderedDict, deque
@@ -148,9 +152,78 @@ class PasswordChecker:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
+def address_key(client: str) -> str:
+    """The unit limits apply to: an IPv4 address, or an IPv6 /64 (one host's or one
+    site's share of addresses; a client rotating through its /64 is still one client).
+    IPv4-mapped IPv6 counts as the IPv4 address. Anything unparsable is its own key."""
+    try:
+        address = ipaddress.ip_address(client.split("%", 1)[0])
+    except ValueError:
+        return client
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
+class EventBudget:
+    """How many events a client address may add to the store: a token bucket per
+    address (``burst`` at once, then one per ``interval`` seconds). What it refuses is
+    counted per address; :meth:`take_dropped` hands the count to the next event that
+    address may store, so the operator still sees that something was left out.
+    At most ``CACHE_SIZE`` addresses are remembered (oldest first out)."""
+
+    def __init__(self, burst: int = 60, interval: float = 10.0, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.burst = burst
+        self.interval = interval
+        self._clock = clock
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # key → (tokens, at)
+        self._dropped: Counter[str] = Counter()
+        self.allowed = 0
+        self.refused = 0
+
+    def allow(self, client: str) -> bool:
+        key = address_key(client)
+        now = self._clock()
+        tokens, at = self._buckets.pop(key, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - at) / self.interval)
+        ok = tokens >= 1.0
+        if ok:
+            tokens -= 1.0
+            self.allowed += 1
+        else:
+            self.refused += 1
+            self._dropped[key] += 1
+        self._buckets[key] = (tokens, now)
+        while len(self._buckets) > CACHE_SIZE:
+            old, _ = self._buckets.popitem(last=False)
+            self._dropped.pop(old, None)
+        return ok
+
+    def take_dropped(self, client: str) -> int:
+        return self._dropped.pop(address_key(client), 0)
+
+
+AUTH_DELAY_CAP = 5.0  # seconds: the longest a failure reply is held back
+
+
+def throttle_delay(failures: int, free: int, first: float, cap: float = AUTH_DELAY_CAP) -> float:
+    """How long the reply to a client's ``failures``-th failure waits: nothing for the
+    first ``free`` (a mistyped password), then ``first``, doubling, at most ``cap``
+    (never over :data:`AUTH_DELAY_CAP`)."""
+    if failures <= free or first <= 0:
+        return 0.0
+    return min(first * 2.0 ** min(failures - free - 1, 32), cap, AUTH_DELAY_CAP)
+
+
 def _guesses(table: dict[str, Counter[bytes]], key: str) -> int:
     pending = table.get(key)
     return len(pending) if pending else 0
+
+
+def _pair(username: str, client_key: str) -> str:
+    return f"{client_key}\0{username}"
 
 
 def _stamp(record: AuthRecord) -> tuple[int, int, str]:
@@ -208,21 +281,25 @@ class FailureLimiter:
 
     def blocked(self, client: str, username: str | None) -> str | None:
         """"client" or "user" when that limit is reached (attempts under way
-        included), else None."""
+        included), else None. "user" means this username from this client address."""
+        client = address_key(client)
         if self.per_client > 0 and self._count(self._by_client, client) + _guesses(self._pending_client, client) >= self.per_client:
             return "client"
-        if (
-            username
-            and self.per_user > 0
-            and self._count(self._by_user, username) + _guesses(self._pending_user, username) >= self.per_user
-        ):
-            return "user"
+        if username and self.per_user > 0:
+            pair = _pair(username, client)
+            if self._count(self._by_user, pair) + _guesses(self._pending_user, pair) >= self.per_user:
+                return "user"
         return None
+
+    def failures(self, client: str) -> int:
+        """Failures recorded for this client address within the window."""
+        return self._count(self._by_client, address_key(client))
 
     @contextmanager
     def attempt(self, client: str, username: str | None, guess: bytes) -> Iterator[None]:
         """Counts a guess as a failure while it is being verified."""
-        tables = [(self._pending_client, client)] + ([(self._pending_user, username)] if username else [])
+        client = address_key(client)
+        tables = [(self._pending_client, client)] + ([(self._pending_user, _pair(username, client))] if username else [])
         for table, key in tables:
             table.setdefault(key, Counter())[guess] += 1
         try:
@@ -238,9 +315,10 @@ class FailureLimiter:
 
     def record(self, client: str, username: str | None) -> None:
         now = self._clock()
+        client = address_key(client)
         self._add(self._by_client, client, now)
         if username:
-            self._add(self._by_user, username, now)
+            self._add(self._by_user, _pair(username, client), now)
 
     def _add(self, table: dict[str, deque[float]], key: str, now: float) -> None:
         stamps = table.get(key)

@@ -82,6 +82,9 @@ class RelayConfig:
     # -- Session limits ----------------------------------------------------------
     max_message_size: int = 25 * MIB  # SIZE advertised; larger → 552 5.3.4
     max_recipients: int = 100  # past it → 452 4.5.3 per recipient
+    # Message data being received or waiting for the store, all sessions together
+    # (spooled to disk past 64 KiB each); a DATA that would pass it → 452 4.3.1.
+    inflight_bytes_limit: int = 1024 * MIB
     max_connections: int = 4096  # global cap → 421 4.7.0
     max_connections_per_client: int = 256  # per client address → 421 4.7.0
     # A client that sends no complete command for session_timeout seconds gets
@@ -92,12 +95,28 @@ class RelayConfig:
     # refused MAILs) is closed the same way. 0 disables the latter.
     session_timeout: float = 300.0
     session_without_mail: float = 1800.0
+    # Postfix's soft/hard error limits: every refused command (4xx/5xx reply, a
+    # 452 4.5.3 recipient overshoot excepted) counts; past soft_error_limit each reply
+    # waits, the waits adding up to at most 3 s; the hard_error_limit-th error (at most
+    # 20) is answered "421 4.7.0" and closes. A queued message starts the count over.
+    soft_error_limit: int = 10
+    hard_error_limit: int = 20
+    header_size_limit: int = 100 * 1024  # header section in bytes; larger → 552 5.3.4
+    # Display names (and comments, encoded words) that spell an address other than
+    # the mailbox's own ("evil\@evil.com" <boss@b.example>, full-width ＠) → 550 5.7.1.
+    refuse_lookalike_display_names: bool = True
     # -- AUTH --------------------------------------------------------------------
     auth_failures_per_connection: int = 3  # the 3rd failure → 421 4.7.0 and close
-    auth_failures_per_client: int = 50  # failures from one address within the window
-    auth_failures_per_user: int = 20  # failures for one username within the window
+    auth_failures_per_client: int = 50  # failures from one address (IPv6: /64) within the window → 421
+    auth_failures_per_user: int = 20  # failures for one username from one address within the window → 421
     auth_failure_window: float = 600.0
     auth_concurrency: int = 2  # argon2 verifications running at once (threads)
+    # A client address (IPv4 /32, IPv6 /64) with failures in the window waits before
+    # each failure reply: nothing for the first auth_free_failures, then
+    # auth_failure_delay doubling per failure, capped at 5 s.
+    auth_free_failures: int = 3
+    auth_failure_delay: float = 0.5
+    auth_failure_delay_max: float = 5.0  # never more than 5 s
     # -- Lease -------------------------------------------------------------------
     heartbeat_interval: float = 1.0
     stale_after: float = 10.0  # an older heartbeat means that relay died: take over
@@ -169,6 +188,10 @@ def load_config(
             raise ConfigError(f"unknown relay setting {name!r}")
         if value is not None:
             values[name] = _coerce(name, value, source=f"--{name.replace('_', '-')}")
+    hard = values.get("hard_error_limit", RelayConfig.hard_error_limit)
+    soft = values.get("soft_error_limit", RelayConfig.soft_error_limit)
+    if not 1 <= hard <= 20 or not 0 <= soft < hard:
+        raise ConfigError(f"error limits soft {soft} / hard {hard}: need 0 <= soft < hard <= 20")
     share = values.get("starvation_share")
     if share is not None and not 0 <= share <= 0.5:  # the store's range (relay.store.queue)
         raise ConfigError(f"starvation_share {share:g} is out of range: 0 (off) to 0.5")

@@ -51,6 +51,15 @@ class Reason(enum.StrEnum):
     HEADER_FROM_UNVERIFIED = "header-from-unverified"
     HEADER_SENDER_MULTIPLE = "header-sender-multiple"
     HEADER_SENDER_INVALID = "header-sender-invalid"
+    HEADER_SENDER_NOT_AUTHORIZED = "header-sender-not-authorized"
+    HEADER_SENDER_UNVERIFIED = "header-sender-unverified"
+    HEADER_FROM_LOOKALIKE = "header-from-lookalike"  # display name spells another address
+    HEADER_SENDER_LOOKALIKE = "header-sender-lookalike"
+    HEADER_TOO_LARGE = "header-too-large"  # header section over header_size_limit
+    MESSAGE_NUL = "message-nul"  # NUL in message data (Postfix's message_reject_characters)
+    TOO_MANY_ERRORS = "too-many-errors"  # hard error limit: 421 4.7.0 and close
+    PRE_AUTH_REFUSALS = "pre-auth-refusals"  # one per connection: refusals before AUTH, counted
+    SERVER_BUSY = "server-busy"  # in-flight message bytes over the budget: 452 4.3.1
     TLS_INSIDE_TLS = "starttls-inside-tls"
     CONNECTION_LIMIT = "connection-limit"
     SESSION_TIMEOUT = "session-timeout"  # idle too long, or no mail queued for too long

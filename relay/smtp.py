@@ -14,8 +14,10 @@ queued                                                 ``250 2.0.0 Ok: queued as
 MAIL/RCPT/DATA before AUTH                             ``530 5.7.0 Authentication required``
 AUTH before STARTTLS (plain AUTH not allowed)          ``538 5.7.11 Encryption required …``
 bad credentials, inactive or unknown user, authzid ≠   ``535 5.7.8 Authentication credentials
-login                                                  invalid``
-3rd failure on a connection; client/username limit     ``421 4.7.0 …`` and the connection closes
+login (from the 4th failure of a client address in     invalid`` (held back 0.5 s, doubling,
+the window, the reply waits)                           at most 5 s)
+3rd failure on a connection; client address limit      ``421 4.7.0 …`` and the connection closes
+(IPv6: /64); username limit from that client address
 too many connections (global or per client)            ``421 4.7.0 …`` and the connection closes
 envelope sender ``<>``                                 ``550 5.7.1``
 sender with ``%``, ``!``, quoted ``@``, source route,  ``550 5.7.1 <address>: …``
@@ -32,6 +34,15 @@ parse, or an address in it not authorized/verified
 (address-like text in a display name, a comment or
 an RFC 2047 encoded word counts as an address)
 a data line over 998 characters (after CR/LF fixes)    ``500 5.5.2``
+a display name (comment, encoded word) that shows an   ``550 5.7.1 From: display name shows
+address other than its own (``"x\\@evil.com"``,          another address <…> than its own <…>``
+full-width ``＠``); ``refuse_lookalike_display_names``  (``Sender:`` likewise)
+header section over ``header_size_limit`` (100 KB)     ``552 5.3.4 Message header section too large``
+NUL in message data                                    ``554 5.6.0 Message contains NUL characters``
+message data in flight over ``inflight_bytes_limit``   ``452 4.3.1 Insufficient system storage, …``
+the ``hard_error_limit``-th refused command (≤ 20;     ``421 4.7.0 Too many errors, closing
+past ``soft_error_limit`` each reply waits, ≤ 3 s in    connection`` and the connection closes
+all)
 STARTTLS inside TLS                                    ``503 5.5.1``
 store full / store failure / any internal error        ``452 4.3.1`` / ``451 4.3.0`` (no internals)
 relay shutting down: idle sessions, a new MAIL         ``421 4.3.2`` (a transaction under way
@@ -41,8 +52,12 @@ or no message queued for ``session_without_mail``      (aborted if the client do
 =====================================================  =======================================
 
 End of data is only ``<CRLF>.<CRLF>``; bare CR or LF in the message is stored as
-CRLF; a ``Received:`` header with a sanitized EHLO name is prepended. Every AUTH
-outcome, refusal and queued message becomes an event (``relay.reasons``).
+CRLF; a ``Received:`` header with a sanitized EHLO name is prepended. Message data is
+spooled as it arrives (``relay.spool``). Every AUTH outcome, refusal and queued message
+becomes an event (``relay.reasons``), except that refusals before AUTH are counted into
+one ``pre-auth-refusals`` event per connection, and each client address has an event
+budget (60 at once, then one per 10 s) so no flood grows the store without bound.
+Failed AUTH is throttled per client address (``relay.auth.throttle_delay``).
 """
 
 from __future__ import annotations
@@ -53,23 +68,26 @@ import binascii
 import collections
 import hashlib
 import logging
+import mmap
 import re
 import ssl
 from dataclasses import dataclass, field
-from typing import Any, AnyStr
+from typing import Any, AnyStr, cast
 
 from aiosmtpd.smtp import SMTP, TLSSetupException
 
 from relay import policy, priority
-from relay.auth import FailureLimiter, PasswordChecker
+from relay.auth import EventBudget, FailureLimiter, PasswordChecker, throttle_delay
 from relay.config import RelayConfig
+from relay.display import clean
 from relay.message import (
     address_like,
     check_address,
     decoded_subject,
     header_addresses,
-    header_section,
+    header_section_at,
     longest_line,
+    lookalike_addresses,
     normalize_line_endings,
     received_header,
     shown,
@@ -77,10 +95,12 @@ from relay.message import (
     store_text,
 )
 from relay.reasons import EventKind, Reason
+from relay.spool import InFlight, Spool, return_big_blocks_to_the_system
 from relay.store.directory import AuthRecord
 from relay.store.events import NewEvent
 from relay.store.intake import NewMessage, new_queue_id
-from relay.writer import StoreWriter, WriteFailed
+from relay.watchdog import LoopWatchdog
+from relay.writer import REPLY_NO_SPACE, StoreWriter, WriteFailed, classify
 
 log = logging.getLogger("smtpplus.relay")
 
@@ -99,14 +119,20 @@ R_BYE = "221 2.0.0 Bye"
 R_LINE_TOO_LONG = "500 5.5.2 Line too long (see RFC 5321 4.5.3.1.6)"
 R_TIMEOUT = "421 4.4.2 Timeout, closing connection"
 R_NO_MAIL = "421 4.4.2 No mail for too long, closing connection"
+R_TOO_MANY_ERRORS = "421 4.7.0 Too many errors, closing connection"
+R_NUL = "554 5.6.0 Message contains NUL characters"
+SPOOL_STEP = 1024 * 1024  # in-flight budget taken in steps of this many bytes
 CLOSE_GRACE = 5.0  # seconds a closing client gets to take its last reply before the abort
 QUIT_WINDOW = 2.0  # while stopping: seconds a client that just finished a transaction gets to QUIT
 
 COMMAND_LIMIT = 512  # RFC 5321 4.5.3.1.4, CRLF included
 MAIL_LIMIT = COMMAND_LIMIT + 26 + 10  # + SIZE= and BODY= parameters (RFC 1870, 6152)
 MAX_DATA_LINE = 1000  # octets with CRLF (RFC 5321 4.5.3.1.6)
-MAX_HEADER_SECTION = 1024 * 1024
 R_HEADER_TOO_LARGE = "552 5.3.4 Message header section too large"
+# Work on more than this many bytes goes to a worker thread: the event loop serves
+# every other client meanwhile (each step is linear, but 25 MB is still 25 MB).
+INLINE_HEADER_BYTES = 16 * 1024
+INLINE_DATA_BYTES = 1024 * 1024
 
 _SENDER_FORM_PROBLEMS = {
     policy.AddressProblem.PERCENT,
@@ -117,6 +143,20 @@ _SENDER_FORM_PROBLEMS = {
     policy.AddressProblem.NO_DOMAIN,
 }
 _REPLY_UNSAFE = re.compile(r"[^\x20-\x7e]")
+
+# Error limits (Postfix's smtpd_soft/hard_error_limit). A 452 4.5.3 recipient
+# overshoot is a normal client's cue to send the rest later (RFC 5321 4.5.3.1.10), and
+# a 421 closes anyway: neither counts.
+HARD_ERROR_CEILING = 20
+ERROR_DELAY_BUDGET = 3.0  # seconds: all soft-limit delays of one connection together
+ERROR_DELAY_STEP = 1.0  # at most this per reply (Postfix's smtpd_error_sleep_time)
+_NOT_COUNTED = ("421", R_TOO_MANY_RECIPIENTS[:9])
+# Refusals before AUTH cost the client nothing to repeat: they are counted into one
+# event per connection (with a few samples of what was sent), never stored one by one.
+_COUNTED_BEFORE_AUTH = frozenset({Reason.MAIL_BEFORE_AUTH, Reason.AUTH_NEEDS_TLS, Reason.TLS_INSIDE_TLS, Reason.AUTH_MALFORMED})
+EVENT_DETAIL_LIMIT = 300  # characters of an event's detail
+SAMPLE_COUNT = 3  # samples of refused commands in the per-connection summary
+SAMPLE_CHARS = 60
 
 
 # ---------------------------------------------------------------------------
@@ -170,6 +210,13 @@ class RelayContext:
     writer: StoreWriter
     tracker: ConnectionTracker
     stopping: bool = False
+    events: EventBudget = field(default_factory=EventBudget)
+    watchdog: LoopWatchdog = field(default_factory=LoopWatchdog)
+    inflight: InFlight = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.inflight = InFlight(self.config.inflight_bytes_limit)
+        return_big_blocks_to_the_system()
     counters: collections.Counter[str] = field(default_factory=collections.Counter)
 
 
@@ -182,6 +229,16 @@ class _NoHooks:
 
 
 _NO_HOOKS = _NoHooks()
+
+
+@dataclass(slots=True)
+class _DataRead:
+    """What reading one message's data found."""
+
+    refusal: str | None = None  # "size", "nul", "budget" or "spool" (the data was dropped)
+    error: OSError | None = None
+    longest: int = 0  # the longest CRLF-terminated line, in octets with CRLF
+    bare_line_ends: bool = False  # a bare CR or LF: the line ends are fixed after the read
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,6 +364,11 @@ class RelaySMTP(SMTP):
         self._progress_handle: asyncio.TimerHandle | None = None
         self._goodbye_handle: asyncio.TimerHandle | None = None
         self._progress_at = 0.0
+        self.errors = 0  # refused commands since the last queued message
+        self.error_delay = 0.0  # seconds of soft-limit delay this connection got
+        self._limit_reached = False
+        self._before_auth: collections.Counter[Reason] = collections.Counter()
+        self._samples: list[str] = []
 
     def __dir__(self) -> list[str]:
         # aiosmtpd's __init__ scans dir(self) twice per connection (inspect.getmembers
@@ -339,6 +401,7 @@ class RelaySMTP(SMTP):
         for handle in (self._abort_handle, self._progress_handle, self._goodbye_handle):
             if handle is not None:
                 handle.cancel()
+        self._record_before_auth()
         super().connection_lost(error)
         if self._admitted and not self._released:
             self._released = True
@@ -396,12 +459,39 @@ class RelaySMTP(SMTP):
         self._hang_up(R_NO_MAIL)
 
     async def push(self, status: AnyStr) -> None:
+        if self._limit_reached:
+            raise asyncio.CancelledError()  # the session is over: nothing more is said or done
+        head = status[:3] if isinstance(status, str) else status[:3].decode("ascii", "replace")
+        if head[:1] in ("4", "5") and not (status[:9] if isinstance(status, str) else "").startswith(_NOT_COUNTED):
+            await self._count_error()
         # Replies may quote client text (aiosmtpd echoes unknown commands): never let
         # a bare CR, an escape sequence or a non-ASCII byte through.
         if isinstance(status, str) and _REPLY_UNSAFE.search(status.replace("\r\n", "")):
             await super().push("\r\n".join(_REPLY_UNSAFE.sub("?", line) for line in status.split("\r\n")))
             return
         await super().push(status)
+
+    async def _count_error(self) -> None:
+        """One more refused command: past the soft limit the reply waits, at the hard
+        limit the connection ends with ``421 4.7.0`` instead of the reply."""
+        cfg = self.ctx.config
+        hard = max(1, min(cfg.hard_error_limit, HARD_ERROR_CEILING))
+        soft = max(0, min(cfg.soft_error_limit, hard - 1))
+        self.errors += 1
+        if self.errors >= hard:
+            self._limit_reached = True
+            self.ctx.counters["error_limit_closed"] += 1
+            self._event(EventKind.REFUSED, Reason.TOO_MANY_ERRORS, f"{self.errors} refused commands")
+            self._hang_up(R_TOO_MANY_ERRORS)
+            raise asyncio.CancelledError()
+        if self.errors > soft:
+            step = min(ERROR_DELAY_STEP, ERROR_DELAY_BUDGET / max(hard - soft - 1, 1))
+            delay = min(step, ERROR_DELAY_BUDGET - self.error_delay)
+            if delay > 0:
+                self.error_delay += delay
+                self.ctx.counters["error_delays"] += 1
+                self.ctx.counters["error_delay_ms"] += round(delay * 1000)
+                await asyncio.sleep(delay)
 
     @property
     def idle(self) -> bool:
@@ -432,18 +522,49 @@ class RelaySMTP(SMTP):
         return R_INTERNAL
 
     def _event(self, kind: EventKind, reason: Reason, detail: str = "") -> None:
+        """Record a decision. Before AUTH, cheap refusals are only counted (see
+        :meth:`_record_before_auth`); every event but a successful AUTH is subject to
+        the client address's event budget."""
         user = self.user
+        if user is None and (reason in _COUNTED_BEFORE_AUTH or (reason is Reason.TOO_MANY_ERRORS and self._before_auth)):
+            self._before_auth[reason] += 1
+            if len(self._samples) < SAMPLE_COUNT and reason is not Reason.TOO_MANY_ERRORS:
+                self._samples.append(clean(detail, SAMPLE_CHARS))
+            return
+        if reason is not Reason.AUTH_OK:
+            if not self.ctx.events.allow(self.client_ip):
+                self.ctx.counters["events_suppressed"] += 1
+                return
+            dropped = self.ctx.events.take_dropped(self.client_ip)
+            if dropped:
+                detail = f"{detail} [{dropped} earlier event(s) from this address not stored: over its event rate]"
+        name = user.username if user is not None else self._attempted_user
         self.ctx.writer.record(
             NewEvent(
                 kind=kind,
                 reason=reason,
-                username=user.username if user is not None else self._attempted_user,
+                username=clean(name, 64) if name is not None else None,
                 list_id=user.list_id if user is not None else None,
                 client=self.client_ip,
                 port=self.local_port,
-                detail=detail[:500],
+                detail=clean(detail, EVENT_DETAIL_LIMIT),
             )
         )
+
+    def _record_before_auth(self) -> None:
+        """The one event for what this connection had refused before AUTH."""
+        counts, self._before_auth = self._before_auth, collections.Counter()
+        samples, self._samples = self._samples, []
+        if not counts:
+            return
+        refused = sum(n for reason, n in counts.items() if reason is not Reason.TOO_MANY_ERRORS)
+        parts = ", ".join(f"{reason} x{n}" for reason, n in counts.most_common() if reason is not Reason.TOO_MANY_ERRORS)
+        detail = f"{refused} refused before AUTH ({parts}); {self.errors} error replies"
+        if Reason.TOO_MANY_ERRORS in counts:
+            detail += "; closed at the error limit"
+        if samples:
+            detail += "; e.g. " + " | ".join(samples)
+        self._event(EventKind.REFUSED, Reason.PRE_AUTH_REFUSALS, detail)
 
     async def _refuse(self, refusal: _Refusal) -> None:
         await self.push(self._refusal_reply(refusal))
@@ -615,7 +736,7 @@ class RelaySMTP(SMTP):
         self._attempted_user = _printable(login)
         blocked = ctx.limiter.blocked(self.client_ip, username)
         if blocked is not None:
-            which = "this client address" if blocked == "client" else f"user {self._attempted_user!r}"
+            which = "this client address" if blocked == "client" else f"user {self._attempted_user!r} from this client address"
             self._event(EventKind.AUTH, Reason.AUTH_TOO_MANY_FAILURES, f"failure limit reached for {which}")
             await self.push(R_TOO_MANY_FAILURES)
             self._close()
@@ -637,14 +758,27 @@ class RelaySMTP(SMTP):
             return
         assert self.session is not None and outcome.record is not None
         self.session.authenticated = True
+        self._record_before_auth()
         self.user = outcome.record
         self._event(EventKind.AUTH, Reason.AUTH_OK, "authenticated over TLS" if self._tls_protocol else "authenticated without TLS")
         await self.push(R_AUTH_OK)
 
     async def _auth_failed(self, reason: Reason, reply: str, detail: str, *, username: str | None = None) -> None:
+        ctx = self.ctx
         self.auth_failures += 1
-        self.ctx.limiter.record(self.client_ip, username)
+        ctx.limiter.record(self.client_ip, username)
         self._event(EventKind.AUTH, reason, detail)
+        # Throttle, don't lock: the guessing address waits longer after each failure.
+        cfg = ctx.config
+        delay = throttle_delay(ctx.limiter.failures(self.client_ip), cfg.auth_free_failures, cfg.auth_failure_delay, cfg.auth_failure_delay_max)
+        if delay > 0:
+            ctx.counters["auth_delays"] += 1
+            ctx.counters["auth_delay_ms"] += round(delay * 1000)
+            self._busy = True
+            try:
+                await asyncio.sleep(delay)
+            finally:
+                self._busy = False
         if self.auth_failures >= self.ctx.config.auth_failures_per_connection:
             self._event(EventKind.AUTH, Reason.AUTH_TOO_MANY_FAILURES, f"{self.auth_failures} failed attempts on one connection")
             await self.push(R_TOO_MANY_FAILURES)
@@ -809,39 +943,42 @@ class RelaySMTP(SMTP):
         if arg:
             await self.push("501 5.5.4 Syntax: DATA")
             return
+        queue_id = new_queue_id()
+        protocol = "ESMTPSA" if self._tls_protocol is not None else "ESMTPA"
+        received = received_header(self.ehlo_name, self.client_ip, self.ctx.server_name, protocol, queue_id)
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         self._busy = True
+        spool = Spool(received)
         try:
             try:
-                raw, too_much, longest = await self._read_data()
-                if too_much:
-                    reply = self._refusal_reply(
-                        _Refusal(R_TOO_LARGE, Reason.MESSAGE_TOO_LARGE, f"data over {self.data_size_limit} bytes")
-                    )
-                else:
-                    reply = await self._accept(raw, longest)
+                read = await self._read_data(spool)
+                reply = await self._verdict(read, spool, queue_id)
             finally:
                 # The transaction is over whatever happened (an internal error
                 # included): nothing of this envelope may carry over to a later DATA.
                 self._set_post_data_state()
+                self.ctx.inflight.release(spool.reserved)
+                spool.reserved = 0
+                spool.close()
             await self.push(reply)
         finally:
             self._busy = False
         await self._after_transaction()
 
-    async def _read_data(self) -> tuple[bytes, bool, int]:
-        """Read up to ``<CRLF>.<CRLF>``: (unstuffed bytes, over the size limit?, the
-        longest CRLF-terminated line).
+    async def _read_data(self, spool: Spool) -> _DataRead:
+        """Read up to ``<CRLF>.<CRLF>`` into ``spool`` (unstuffed), within the size
+        limit and the relay's in-flight byte budget, noting NUL bytes, bare CR/LF and
+        the longest CRLF-terminated line. Past a refusal the rest is read and dropped.
 
         Only a line that is exactly ``.`` followed by CRLF, at a line start, ends the
         data: ``\\n.\\n``, ``\\r.\\r`` and the rest of the smuggling variants are text."""
         reader = self._reader
         limit = self.data_size_limit or 0
-        parts: list[bytes] = []
+        inflight = self.ctx.inflight
+        read = _DataRead()
         size = 0
-        too_much = False
         at_line_start = True
-        line_length = longest = 0
+        line_length = 0
         while True:
             try:
                 piece = await reader.readuntil(b"\r\n")
@@ -857,50 +994,97 @@ class RelaySMTP(SMTP):
                 self._close()
                 raise asyncio.CancelledError()
             if at_line_start and complete and piece == b".\r\n":
-                return b"".join(parts), too_much, longest
+                return read
+            at_line_start_before, at_line_start = at_line_start, complete
             size += len(piece)
+            if read.refusal is not None:
+                continue
             if limit and size > limit:
-                if not too_much:
-                    too_much = True
-                    parts.clear()
-            elif not too_much:
-                if at_line_start and piece[:1] == b".":
-                    piece = piece[1:]
-                parts.append(piece)
-                line_length += len(piece)
-                if complete:
-                    longest = max(longest, line_length)
-                    line_length = 0
-            at_line_start = complete
+                read.refusal = "size"
+                spool.discard()
+                continue
+            if at_line_start_before and piece[:1] == b".":
+                piece = piece[1:]
+            if b"\0" in piece:
+                read.refusal = "nul"
+                spool.discard()
+                continue
+            while spool.size + len(piece) > spool.reserved:
+                if not inflight.reserve(SPOOL_STEP):
+                    read.refusal = "budget"
+                    spool.discard()
+                    break
+                spool.reserved += SPOOL_STEP
+            if read.refusal is not None:
+                continue
+            body = len(piece) - 2 if complete else len(piece)
+            if piece.find(b"\r", 0, body) >= 0 or piece.find(b"\n", 0, body) >= 0:
+                read.bare_line_ends = True  # fixed (and measured again) after the read
+            line_length += len(piece)
+            if complete:
+                read.longest = max(read.longest, line_length)
+                line_length = 0
+            try:
+                spool.write(piece)
+            except OSError as exc:
+                read.refusal = "spool"
+                read.error = exc
+                spool.discard()
 
-    async def _accept(self, raw: bytes, longest: int) -> str:
-        """Header policy, priority, Received:, then the durable enqueue."""
+    async def _verdict(self, read: _DataRead, spool: Spool, queue_id: str) -> str:
+        if read.refusal == "size":
+            return self._refusal_reply(_Refusal(R_TOO_LARGE, Reason.MESSAGE_TOO_LARGE, f"data over {self.data_size_limit} bytes"))
+        if read.refusal == "nul":
+            return self._refusal_reply(_Refusal(R_NUL, Reason.MESSAGE_NUL, "NUL byte in message data"))
+        if read.refusal == "budget":
+            self.ctx.counters["inflight_refused"] += 1
+            return self._refusal_reply(
+                _Refusal(REPLY_NO_SPACE, Reason.SERVER_BUSY, f"messages in flight over {self.ctx.config.inflight_bytes_limit} bytes")
+            )
+        if read.refusal == "spool":
+            failed = classify(read.error or OSError())
+            log.error("%s: spooling message data failed: %s", self.client_ip, read.error)
+            return self._refusal_reply(_Refusal(failed.reply, failed.reason, "spooling the message data failed"))
+        return await self._accept(spool, read, queue_id)
+
+    async def _accept(self, spool: Spool, read: _DataRead, queue_id: str) -> str:
+        """Header policy, priority, then the durable enqueue (the spool starts with
+        the Received: header)."""
         assert self.envelope is not None and self.envelope.mail_from is not None
         user = await self._current_user()
         if user is None:
             return R_AUTH_REQUIRED
-        data = normalize_line_endings(raw)
-        if data is not raw:  # bare CR/LF made new lines: measure them again
-            longest = longest_line(data)
+        data: bytes | mmap.mmap = spool.finish()
+        longest = read.longest
+        if read.bare_line_ends:  # rare (broken clients): fix the line ends on a copy
+            start = spool.prefix_length
+            if len(data) > INLINE_DATA_BYTES:
+                body, longest = await asyncio.to_thread(_normalized, data[start:], longest)
+            else:
+                body, longest = _normalized(data[start:], longest)
+            data = data[:start] + body
         if longest > MAX_DATA_LINE:
             return self._refusal_reply(_Refusal(R_LINE_TOO_LONG, Reason.LINE_TOO_LONG, "a data line is over 998 characters"))
-        section = header_section(data)
-        if len(section) > MAX_HEADER_SECTION:
-            return self._refusal_reply(_Refusal(R_HEADER_TOO_LARGE, Reason.MESSAGE_TOO_LARGE, "header section over 1 MiB"))
-        fields = split_headers(section)
-        refusal, from_value = self._check_headers(fields, user)
+        limit = self.ctx.config.header_size_limit
+        section = header_section_at(data, spool.prefix_length, limit)
+        if section is None:
+            return self._refusal_reply(_Refusal(R_HEADER_TOO_LARGE, Reason.HEADER_TOO_LARGE, f"header section over {limit} bytes"))
+        lookalikes = self.ctx.config.refuse_lookalike_display_names
+        if len(section) > INLINE_HEADER_BYTES:
+            refusal, fields, from_value = await asyncio.to_thread(check_headers, section, user, lookalikes)
+        else:
+            refusal, fields, from_value = check_headers(section, user, lookalikes)
         if refusal is not None:
             return self._refusal_reply(refusal)
         header_prio = priority.header_priority(fields)
         effective = priority.effective_priority(user.priority, header_prio)
         subject = next((value for name, value in fields if name == "subject"), "")
-        queue_id = new_queue_id()
-        protocol = "ESMTPSA" if self._tls_protocol is not None else "ESMTPA"
-        received = received_header(self.ehlo_name, self.client_ip, self.ctx.server_name, protocol, queue_id)
         message = NewMessage(
             mail_from=self.envelope.mail_from,
             recipients=list(dict.fromkeys(self.envelope.rcpt_tos)),
-            data=received + data,
+            # A spooled message is an mmap: the store binds it as a blob (buffer
+            # protocol) without a Python copy.
+            data=cast(bytes, data),
             header_priority=header_prio,
             user_priority=user.priority,
             priority=effective,
@@ -919,38 +1103,9 @@ class RelaySMTP(SMTP):
         except WriteFailed as failed:
             return self._refusal_reply(_Refusal(failed.reply, failed.reason, "the store did not take the message"))
         self.ctx.counters["queued"] += 1
+        self.errors = 0  # Postfix: the limits are on errors made without delivering mail
         self._progress_at = self.loop.time()
         return f"250 2.0.0 Ok: queued as {queued.queue_id}"
-
-    def _check_headers(self, fields: list[tuple[str, str]], user: AuthRecord) -> tuple[_Refusal | None, str]:
-        froms = [value for name, value in fields if name == "from"]
-        senders = [value for name, value in fields if name == "sender"]
-        if not froms:
-            return _Refusal("550 5.6.0 Message has no From: header", Reason.HEADER_FROM_MISSING, "no From: header"), ""
-        if len(froms) > 1:
-            return _Refusal("550 5.7.1 Message has more than one From: header", Reason.HEADER_FROM_MULTIPLE, f"{len(froms)} From: headers"), ""
-        if len(senders) > 1:
-            return _Refusal("550 5.7.1 Message has more than one Sender: header", Reason.HEADER_SENDER_MULTIPLE, f"{len(senders)} Sender: headers"), ""
-        from_addresses = header_addresses(froms[0])
-        if from_addresses is None:
-            return _Refusal("550 5.7.1 From: header does not parse", Reason.HEADER_FROM_INVALID, f"From: {shown(froms[0], 300)}"), ""
-        checks: list[tuple[str, str]] = [(a, "From:") for a in from_addresses]
-        checks += [(a, "From:") for a in address_like(froms[0])]
-        if senders:
-            sender_addresses = header_addresses(senders[0])
-            if sender_addresses is None or len(sender_addresses) != 1:
-                return _Refusal("550 5.7.1 Sender: header does not parse", Reason.HEADER_SENDER_INVALID, f"Sender: {shown(senders[0], 300)}"), ""
-            checks.append((sender_addresses[0], "Sender:"))
-            checks += [(a, "Sender:") for a in address_like(senders[0])]
-        seen: set[tuple[str, str]] = set()
-        for address, header in checks:
-            if (address.lower(), header) in seen:
-                continue
-            seen.add((address.lower(), header))
-            refusal = _header_address_refusal(address, header, user)
-            if refusal is not None:
-                return refusal, froms[0]
-        return None, froms[0]
 
     async def smtp_VRFY(self, arg: str) -> None:
         if await self.check_auth_needed("VRFY"):
@@ -972,9 +1127,62 @@ def _command_names(cls: type) -> list[str]:
     return names
 
 
+def _normalized(raw: bytes, longest: int) -> tuple[bytes, int]:
+    data = normalize_line_endings(raw)
+    if data is not raw:  # bare CR/LF made new lines: measure them again
+        longest = longest_line(data)
+    return data, longest
+
+
+def check_headers(section: bytes, user: AuthRecord, refuse_lookalikes: bool) -> tuple[_Refusal | None, list[tuple[str, str]], str]:
+    """(refusal or None, the header fields, the From: value). Pure and linear in the
+    section's size, so it may run in a worker thread."""
+    fields = split_headers(section)
+    froms = [value for name, value in fields if name == "from"]
+    senders = [value for name, value in fields if name == "sender"]
+    if not froms:
+        return _Refusal("550 5.6.0 Message has no From: header", Reason.HEADER_FROM_MISSING, "no From: header"), fields, ""
+    if len(froms) > 1:
+        return _Refusal("550 5.7.1 Message has more than one From: header", Reason.HEADER_FROM_MULTIPLE, f"{len(froms)} From: headers"), fields, ""
+    if len(senders) > 1:
+        return _Refusal("550 5.7.1 Message has more than one Sender: header", Reason.HEADER_SENDER_MULTIPLE, f"{len(senders)} Sender: headers"), fields, ""
+    from_addresses = header_addresses(froms[0])
+    if from_addresses is None:
+        return _Refusal("550 5.7.1 From: header does not parse", Reason.HEADER_FROM_INVALID, f"From: {shown(froms[0], 200)}"), fields, ""
+    checks: list[tuple[str, str]] = [(a, "From:") for a in from_addresses]
+    checks += [(a, "From:") for a in address_like(froms[0])]
+    headers = [("From:", froms[0], from_addresses)]
+    if senders:
+        sender_addresses = header_addresses(senders[0])
+        if sender_addresses is None or len(sender_addresses) != 1:
+            return _Refusal("550 5.7.1 Sender: header does not parse", Reason.HEADER_SENDER_INVALID, f"Sender: {shown(senders[0], 200)}"), fields, ""
+        checks.append((sender_addresses[0], "Sender:"))
+        checks += [(a, "Sender:") for a in address_like(senders[0])]
+        headers.append(("Sender:", senders[0], sender_addresses))
+    if refuse_lookalikes:
+        for header, value, actual in headers:
+            others = lookalike_addresses(value, actual)
+            if others:
+                reason = Reason.HEADER_SENDER_LOOKALIKE if header == "Sender:" else Reason.HEADER_FROM_LOOKALIKE
+                text = f"{header} display name shows another address <{shown(others[0])}> than its own <{shown(actual[0])}>"
+                return _Refusal(f"550 5.7.1 {text}", reason, text), fields, froms[0]
+    seen: set[tuple[str, str]] = set()
+    for address, header in checks:
+        if (address.lower(), header) in seen:
+            continue
+        seen.add((address.lower(), header))
+        refusal = _header_address_refusal(address, header, user)
+        if refusal is not None:
+            return refusal, fields, froms[0]
+    return None, fields, froms[0]
+
+
 def _header_address_refusal(address: str, header: str, user: AuthRecord) -> _Refusal | None:
+    sender = header == "Sender:"
+    invalid = Reason.HEADER_SENDER_INVALID if sender else Reason.HEADER_FROM_INVALID
+    if len(address) > policy.MAX_LOCAL_PART + policy.MAX_DOMAIN + 1:
+        return _Refusal(f"550 5.7.1 {header} address too long", invalid, f"{header} address of {len(address)} characters")
     check = check_address(address)
-    invalid = Reason.HEADER_SENDER_INVALID if header == "Sender:" else Reason.HEADER_FROM_INVALID
     if check.problem is not None or check.address is None:
         return _Refusal(
             f"550 5.7.1 <{shown(address)}>: {header} address form not allowed ({check.problem})",
@@ -985,7 +1193,11 @@ def _header_address_refusal(address: str, header: str, user: AuthRecord) -> _Ref
     if denied is None:
         return None
     reply, reason = denied
-    reason = Reason.HEADER_FROM_UNVERIFIED if reason is Reason.SENDER_UNVERIFIED else Reason.HEADER_FROM_NOT_AUTHORIZED
+    unverified = reason is Reason.SENDER_UNVERIFIED
+    if sender:
+        reason = Reason.HEADER_SENDER_UNVERIFIED if unverified else Reason.HEADER_SENDER_NOT_AUTHORIZED
+    else:
+        reason = Reason.HEADER_FROM_UNVERIFIED if unverified else Reason.HEADER_FROM_NOT_AUTHORIZED
     return _Refusal(f"550 5.7.1 {reply}", reason, reply)
 
 
@@ -994,7 +1206,9 @@ def _printable(value: bytes) -> str:
 
 
 def make_factory(ctx: RelayContext) -> Any:
-    """The one protocol factory every listening port shares."""
+    """The one protocol factory every listening port shares (and the loop's watchdog,
+    started here because the factory is made on the relay's loop)."""
+    ctx.watchdog.start(asyncio.get_running_loop())
 
     def factory() -> RelaySMTP:
         return RelaySMTP(ctx, asyncio.get_running_loop())

@@ -31,6 +31,10 @@ log = logging.getLogger("smtpplus.relay")
 REPLY_NO_SPACE = "452 4.3.1 Insufficient system storage, try again later"
 REPLY_TEMPORARY = "451 4.3.0 Temporary failure, try again later"
 MAX_BATCH = 512
+# A message this big is committed on its own: its session can then free its spooled
+# data (a mapped file the store reads once) as soon as it is durable, instead of 32
+# big messages staying mapped until one commit of them all ends.
+BIG_MESSAGE = 1024 * 1024
 
 
 class WriteFailed(Exception):
@@ -60,6 +64,17 @@ def commit_batch(db: sqlite3.Connection, messages: Sequence[NewMessage], events:
         if events:
             record_events(db, events)
     return queued
+
+
+def _batch_size(pending: Sequence[tuple[NewMessage, object]]) -> int:
+    """How many of the pending messages go into the next commit: up to MAX_BATCH,
+    stopping before a big one; a big one alone."""
+    count = 0
+    for message, _ in pending[:MAX_BATCH]:
+        if len(message.data) > BIG_MESSAGE:
+            return count or 1
+        count += 1
+    return count
 
 
 def _retrieve(future: asyncio.Future[Queued]) -> None:
@@ -133,7 +148,8 @@ class StoreWriter:
                 return
 
     async def _write_some(self) -> None:
-        batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+        take = _batch_size(self._pending)
+        batch, self._pending = self._pending[:take], self._pending[take:]
         events, self._events = self._events, []
         try:
             queued = await self._store.run(commit_batch, [m for m, _ in batch], events)

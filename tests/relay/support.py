@@ -89,6 +89,8 @@ def relay_config(tmp_path: Path, tls_files: dict[str, Path], **overrides: Any) -
         max_connections_per_client=64,
         auth_failures_per_client=1000,
         auth_failures_per_user=1000,
+        auth_failure_delay=0.01,  # the throttle's shape, not its seconds (production: 0.5 s … 5 s)
+        auth_failure_delay_max=0.05,
         paused=True,
     )
     return replace(config, **overrides)
@@ -135,8 +137,10 @@ class Raw:
         self.writer = writer
 
     @classmethod
-    async def connect(cls, port: int) -> Raw:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    async def connect(cls, port: int, *, source: str | None = None) -> Raw:
+        """``source``: the client's own address (any 127.x works on loopback)."""
+        local = (source, 0) if source is not None else None
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=local)
         raw = cls(reader, writer)
         greeting = await raw.reply()
         assert greeting[0] == 220, greeting

@@ -150,10 +150,20 @@ def test_failure_limiter_window_slides() -> None:
     limiter.record("10.0.0.1", "alice")
     assert limiter.blocked("10.0.0.1", "carol") == "client"
     assert limiter.blocked("10.0.0.2", "alice") is None
-    limiter.record("10.0.0.2", "alice")
-    assert limiter.blocked("10.0.0.3", "alice") == "user"
     now[0] = 61.0
     assert limiter.blocked("10.0.0.1", "alice") is None
+
+
+def test_username_limits_are_per_client_address() -> None:
+    """20 wrong passwords for a username locked it from every address (issue 11): now
+    the limit is per (username, address), IPv6 counted per /64."""
+    limiter = FailureLimiter(per_client=100, per_user=3, window=60)
+    for _ in range(3):
+        limiter.record("2001:db8:0:1::5", "alice")
+    assert limiter.blocked("2001:db8:0:1:ffff::9", "alice") == "user"  # same /64
+    assert limiter.blocked("2001:db8:0:2::5", "alice") is None
+    assert limiter.blocked("10.0.0.3", "alice") is None
+    assert limiter.blocked("2001:db8:0:1::5", "carol") is None
 
 
 def test_dummy_hash_is_a_real_argon2id_hash() -> None:

@@ -75,8 +75,9 @@ async def test_mail_before_auth_is_530(relay: RelayService, seeded: Seeded, tls_
     await raw.close()
     await settle(relay)
     assert stored_messages(seeded.store_path) == []
-    [event] = events(seeded.store_path, reason=str(Reason.MAIL_BEFORE_AUTH))
+    [event] = events(seeded.store_path, reason=str(Reason.PRE_AUTH_REFUSALS))  # one per connection, counted
     assert event.client == "127.0.0.1" and event.port == relay.served[0]
+    assert event.detail.startswith("1 refused before AUTH (mail-before-auth x1); 3 error replies; e.g. MAIL FROM:<x@a.example>")
 
 
 async def test_auth_before_starttls_is_538_and_ehlo_hides_auth_until_tls(relay: RelayService, tls_files: dict[str, Path]) -> None:

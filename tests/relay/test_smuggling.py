@@ -10,6 +10,7 @@ from relay.service import RelayService
 from tests.relay.support import Raw, Seeded, stored_body, stored_messages
 
 VARIANTS = [b"\n.\n", b"\r.\r", b"\r.\n", b"\n.\r", b"\n.\r\n", b"\r\n.\n", b"\r.\r\n", b"\r\n.\r", b"\r\n\x00.\r\n"]
+NUL = b"\r\n\x00.\r\n"  # text too, and then refused whole: NUL is not allowed in message data
 
 
 @pytest.mark.parametrize("end", VARIANTS, ids=[repr(v)[2:-1] for v in VARIANTS])
@@ -33,6 +34,11 @@ async def test_smuggled_end_of_data_is_message_text(relay: RelayService, seeded:
     )
     replies = [await raw.reply() for _ in range(5)]
     await raw.close()
+    if end == NUL:
+        assert replies[0] == (554, "554 5.6.0 Message contains NUL characters")
+        assert [code for code, _ in replies[1:]] == [250, 250, 354, 250], replies
+        assert [r["subject"] for r in stored_messages(seeded.store_path)] == ["second"]
+        return
     assert [code for code, _ in replies] == [250, 250, 250, 354, 250], replies
     rows = stored_messages(seeded.store_path)
     assert [r["subject"] for r in rows] == ["carrier", "second"]
