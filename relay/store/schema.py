@@ -206,7 +206,71 @@ ALTER TABLE recipients ADD COLUMN dsn_notify TEXT;
 ALTER TABLE recipients ADD COLUMN dsn_orcpt TEXT;
 """
 
-MIGRATIONS: list[str] = [V1_DIRECTORY, V2_QUEUE, V3_ENVELOPE_PARAMETERS]
+# Counts kept in the transaction of every change to ``messages`` (intake, claims,
+# outcomes, queue operations, campaigns, pruning), so the console, ``queue status``
+# and metrics read a few rows instead of counting an index of a million entries.
+# Triggers cover every writer without touching it; ``smtpplus store recount``
+# recomputes them (relay/store/counts.py). Every (state, priority) pair has a row,
+# so the triggers only ever UPDATE.
+V4_COUNTS = """
+CREATE TABLE queue_counts (
+    state    TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    n        INTEGER NOT NULL,
+    PRIMARY KEY (state, priority)
+) WITHOUT ROWID;
+INSERT INTO queue_counts(state, priority, n)
+SELECT s.column1, p.column1,
+       (SELECT count(*) FROM messages m WHERE m.state = s.column1 AND m.priority = p.column1)
+FROM (VALUES ('queued'), ('sending'), ('deferred'), ('sent'), ('failed'), ('held')) AS s,
+     (VALUES (1), (2), (3), (4), (5)) AS p;
+
+-- Messages still the relay's business (queued, deferred, sending, held) per list.
+CREATE TABLE list_queue_counts (
+    list_id INTEGER PRIMARY KEY,
+    n       INTEGER NOT NULL
+);
+INSERT INTO list_queue_counts(list_id, n)
+SELECT list_id, count(*) FROM messages
+WHERE list_id IS NOT NULL AND state IN ('queued', 'deferred', 'sending', 'held')
+GROUP BY list_id;
+
+CREATE TRIGGER queue_counts_insert AFTER INSERT ON messages BEGIN
+    UPDATE queue_counts SET n = n + 1 WHERE state = NEW.state AND priority = NEW.priority;
+END;
+CREATE TRIGGER queue_counts_delete AFTER DELETE ON messages BEGIN
+    UPDATE queue_counts SET n = n - 1 WHERE state = OLD.state AND priority = OLD.priority;
+END;
+CREATE TRIGGER queue_counts_update AFTER UPDATE OF state, priority ON messages
+WHEN OLD.state IS NOT NEW.state OR OLD.priority IS NOT NEW.priority BEGIN
+    UPDATE queue_counts SET n = n - 1 WHERE state = OLD.state AND priority = OLD.priority;
+    UPDATE queue_counts SET n = n + 1 WHERE state = NEW.state AND priority = NEW.priority;
+END;
+
+CREATE TRIGGER list_queue_counts_insert AFTER INSERT ON messages
+WHEN NEW.list_id IS NOT NULL AND NEW.state IN ('queued', 'deferred', 'sending', 'held') BEGIN
+    INSERT INTO list_queue_counts(list_id, n) VALUES (NEW.list_id, 1)
+    ON CONFLICT(list_id) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER list_queue_counts_delete AFTER DELETE ON messages
+WHEN OLD.list_id IS NOT NULL AND OLD.state IN ('queued', 'deferred', 'sending', 'held') BEGIN
+    UPDATE list_queue_counts SET n = n - 1 WHERE list_id = OLD.list_id;
+END;
+-- Claims (queued -> sending) and retries stay inside the counted states: no work.
+-- A deleted list sets list_id to NULL through its foreign key, which fires this too.
+CREATE TRIGGER list_queue_counts_update AFTER UPDATE OF state, list_id ON messages
+WHEN OLD.list_id IS NOT NEW.list_id
+  OR (OLD.state IN ('queued', 'deferred', 'sending', 'held')) IS NOT (NEW.state IN ('queued', 'deferred', 'sending', 'held'))
+BEGIN
+    UPDATE list_queue_counts SET n = n - 1
+    WHERE list_id = OLD.list_id AND OLD.state IN ('queued', 'deferred', 'sending', 'held');
+    INSERT INTO list_queue_counts(list_id, n)
+    SELECT NEW.list_id, 1 WHERE NEW.list_id IS NOT NULL AND NEW.state IN ('queued', 'deferred', 'sending', 'held')
+    ON CONFLICT(list_id) DO UPDATE SET n = n + 1;
+END;
+"""
+
+MIGRATIONS: list[str] = [V1_DIRECTORY, V2_QUEUE, V3_ENVELOPE_PARAMETERS, V4_COUNTS]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

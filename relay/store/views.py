@@ -1,9 +1,9 @@
 """The console's read queries: only what a screen shows, never every row.
 
-Every function here is either an index-backed aggregate (counts per state and
-priority from the dispatch index) or one page of rows (``LIMIT``, keyset paging).
-With 100,000 messages queued, a refresh of the queue screen reads a few dozen index
-entries per aggregate and one page of rows.
+Every function here is either a maintained count (:mod:`relay.store.counts`), an
+index-backed aggregate over a short range (today, the last seconds) or one page of
+rows (``LIMIT``, keyset paging). With 1,000,000 messages queued, a refresh of the
+queue screen reads 30 count rows, ten index seeks and one page of rows.
 """
 
 from __future__ import annotations
@@ -14,12 +14,10 @@ from dataclasses import dataclass, field
 from email.parser import BytesHeaderParser
 from email.policy import default as default_policy
 
+from relay.store.counts import PRIORITIES, list_queued, oldest_waiting, state_counts
 from relay.store.events import Event, events_for_message
 from relay.store.settings import Keys, get_setting
 
-PRIORITIES = (1, 2, 3, 4, 5)
-# States of a message that is still the relay's business.
-ACTIVE_STATES = ("queued", "deferred", "sending", "held")
 # Header bytes read for message detail; bodies are never loaded whole.
 HEADER_BYTES = 64 * 1024
 
@@ -50,44 +48,22 @@ def priority_lanes(db: sqlite3.Connection) -> list[Lane]:
     """Counts per priority 1–5 of queued, deferred, in flight (sending) and held
     messages, and when the oldest waiting one arrived.
 
-    One scan of the dispatch index ``(state, priority, id)`` restricted to the active
-    states (a covering index: no table rows are read), then one row seek per
-    priority for the oldest message's creation time.
+    The counts are the maintained ones (:mod:`relay.store.counts`: 30 rows, whatever
+    the queue's size); the oldest wait is two seeks per priority on the dispatch
+    index ``(state, priority, id)``.
     """
-    marks = ",".join("?" * len(ACTIVE_STATES))
-    counts: dict[int, dict[str, int]] = {p: {} for p in PRIORITIES}
-    oldest_ids: dict[int, list[int]] = {p: [] for p in PRIORITIES}
-    for state, priority, count, first_id in db.execute(
-        f"SELECT state, priority, count(*), min(id) FROM messages WHERE state IN ({marks}) "
-        "GROUP BY state, priority",
-        ACTIVE_STATES,
-    ):
-        counts[priority][state] = count
-        if state in ("queued", "deferred"):
-            oldest_ids[priority].append(first_id)
-    wanted = [i for ids in oldest_ids.values() for i in ids]
-    created: dict[int, float] = {}
-    if wanted:
-        created = dict(
-            db.execute(
-                f"SELECT id, created_at FROM messages WHERE id IN ({','.join('?' * len(wanted))})", wanted
-            ).fetchall()
+    counts = state_counts(db)
+    return [
+        Lane(
+            priority=p,
+            queued=counts[("queued", p)],
+            deferred=counts[("deferred", p)],
+            sending=counts[("sending", p)],
+            held=counts[("held", p)],
+            oldest_at=oldest_waiting(db, p),
         )
-    lanes = []
-    for p in PRIORITIES:
-        times = [created[i] for i in oldest_ids[p] if i in created]
-        c = counts[p]
-        lanes.append(
-            Lane(
-                priority=p,
-                queued=c.get("queued", 0),
-                deferred=c.get("deferred", 0),
-                sending=c.get("sending", 0),
-                held=c.get("held", 0),
-                oldest_at=min(times) if times else None,
-            )
-        )
-    return lanes
+        for p in PRIORITIES
+    ]
 
 
 def delivery_rate(db: sqlite3.Connection, *, now: float | None = None, window: float = 10.0) -> float:
@@ -274,18 +250,11 @@ def list_rows(db: sqlite3.Connection, *, since: float) -> list[ListRow]:
     """Every list with its users, members, mail still queued, and mail delivered
     and refused since ``since`` (the caller's local midnight).
 
-    Three grouped aggregates for all lists at once: the active states through the
-    dispatch index, today's finished messages through ``finished_at``, and today's
-    refusals through the event time index.
+    Mail still queued is the maintained count per list (:mod:`relay.store.counts`);
+    today's finished messages and refusals are grouped aggregates through the
+    ``finished_at`` and event time indexes (today's rows only).
     """
-    marks = ",".join("?" * len(ACTIVE_STATES))
-    queued = dict(
-        db.execute(
-            f"SELECT list_id, count(*) FROM messages WHERE state IN ({marks}) AND list_id IS NOT NULL "
-            "GROUP BY list_id",
-            ACTIVE_STATES,
-        ).fetchall()
-    )
+    queued = list_queued(db)
     delivered = dict(
         db.execute(
             "SELECT list_id, count(*) FROM messages WHERE finished_at >= ? AND +state = 'sent' "
