@@ -12,6 +12,7 @@ the new ``data_version``, reads the lanes and one page, and the screen applies i
 from __future__ import annotations
 
 import asyncio
+import json
 import resource
 import statistics
 import subprocess
@@ -25,9 +26,11 @@ import click
 
 from console.cli import common
 from console.cli.bench_common import check_option, show_report
-from harness.bench.report import BenchReport, Measurement
+from harness.bench.report import BenchReport, Measurement, Run
 
-TARGETS = {"first_paint_s": 1.0, "refresh_ms": 50.0, "rss_mb": 150.0}
+TARGETS = {"first_paint_s": 1.0, "refresh_ms": 50.0, "rss_mb": 150.0, "watcher_read_ms": 30.0}
+# With --against: the figures at COUNT over those at the smaller queue (costs stay flat).
+SCALING = {"first_paint": 1.25, "watcher_read": 3.0, "queue_status": 1.5}
 
 _FILL = (
     "import sys\n"
@@ -43,6 +46,51 @@ def fill_store(path: Path, count: int) -> float:
     started = time.perf_counter()
     subprocess.run([sys.executable, "-c", _FILL, str(path), str(count)], check=True, timeout=600)
     return time.perf_counter() - started
+
+
+_MEASURE = (
+    "import json, sys\n"
+    "from pathlib import Path\n"
+    "from console.cli.bench_console import measure_all\n"
+    "print(json.dumps(measure_all(Path(sys.argv[1]), int(sys.argv[2]))))\n"
+)
+
+
+def measure_in_child(path: Path, refreshes: int) -> dict[str, Any]:
+    """:func:`measure_all` in a fresh process: every run starts as cold as a real console
+    (no modules, styles or caches left over from an earlier run), and its memory is its own."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _MEASURE, str(path), str(refreshes)], capture_output=True, text=True, timeout=600
+    )
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise click.ClickException(f"the console bench run failed: {last}")
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def measure_all(path: Path, refreshes: int) -> dict[str, Any]:
+    """The console figures (:func:`measure`) and the cost of ``queue status``."""
+    measured = asyncio.run(measure(path, refreshes))
+    measured["queue_status_ms"] = queue_status_ms(path)
+    return measured
+
+
+def queue_status_ms(path: Path, repeats: int = 21) -> float:
+    """Median time of what ``smtpplus queue status`` does with the store: open it and
+    read the overview (counts and oldest wait per priority, controls, engine state)."""
+    from relay.store import open_store
+    from relay.store.queue import queue_overview
+
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        db = open_store(path, create=False)
+        try:
+            queue_overview(db)
+        finally:
+            db.close()
+        times.append(time.perf_counter() - started)
+    return round(statistics.median(times) * 1000, 2)
 
 
 def rss_mb() -> float:
@@ -115,6 +163,17 @@ async def measure(path: Path, refreshes: int) -> dict[str, Any]:
             writer.close()
         reads = app.watcher.reads - reads_before
         read_seconds = app.watcher.read_seconds - read_seconds_before
+        # The same read the watcher does, timed alone (no UI thread competing for
+        # the GIL): the store's share of a refresh, steady on a busy machine.
+        reader = open_store(path, create=False)
+        try:
+            quiet = []
+            for _ in range(31):
+                begun = time.perf_counter()
+                screen.read(reader, time.time())
+                quiet.append(time.perf_counter() - begun)
+        finally:
+            reader.close()
         current_rss = rss_mb()
         await pilot.press("ctrl+q")
     return {
@@ -125,6 +184,7 @@ async def measure(path: Path, refreshes: int) -> dict[str, Any]:
         "refresh_apply_ms_max": round(max(apply_times) * 1000, 2),
         "commit_to_painted_ms_median": round(statistics.median(paint_times) * 1000, 1),
         "watcher_read_ms_mean": round(read_seconds / max(1, reads) * 1000, 2),
+        "screen_read_ms_median": round(statistics.median(quiet) * 1000, 2),
         "rss_mb": round(current_rss, 1),
         "peak_rss_mb": round(peak_rss_mb(), 1),
     }
@@ -143,11 +203,47 @@ def _new_scratch_path(path: Path) -> Path:
 def run_bench(path: Path, count: int, refreshes: int) -> BenchReport:
     """Fill a new store at ``path`` with ``count`` queued messages and measure the console on it."""
     fill_seconds = fill_store(path, count)
-    return report(count, refreshes, fill_seconds, asyncio.run(measure(path, refreshes)))
+    return report(count, refreshes, fill_seconds, measure_in_child(path, refreshes))
 
 
-def report(count: int, refreshes: int, fill_seconds: float, measured: dict[str, Any]) -> BenchReport:
-    """The shared bench report of one console run (``measured`` from :func:`measure`)."""
+def run_against(path: Path, count: int, against: int, refreshes: int) -> BenchReport:
+    """The bench at ``against`` and at ``count`` (stores ``path`` and a sibling), in one
+    report: the figures at ``count``, both runs side by side, and how they scale."""
+    small_path = path.with_name(f"{path.stem}-{against}{path.suffix}")
+    if small_path.exists():
+        raise common.CliError(f"{small_path} already exists — the bench fills a new store: give another --db")
+    small_fill = fill_store(small_path, against)
+    small = measure_in_child(small_path, refreshes)
+    big_fill = fill_store(path, count)
+    big = measure_in_child(path, refreshes)
+    result = report(count, refreshes, big_fill, big, watcher_at_most=TARGETS["watcher_read_ms"])
+    result.title = f"Console with {count:,} queued, against {against:,}"
+    result.params["against"] = against
+    result.runs.insert(0, Measurement("fill the store (child process)", messages=against, seconds=small_fill))
+    for n, measured in ((against, small), (count, big)):
+        result.add(Run(f"{n:,} queued", {k: measured[k] for k in _SIDE_BY_SIDE}))
+
+    def ratio(key: str) -> float:
+        return round(big[key] / small[key], 2) if small[key] > 0 else float("nan")
+
+    figure = result.figure
+    figure("first_paint_ratio", ratio("first_paint_s"), at_most=SCALING["first_paint"],
+           about=f"first paint at {count:,} / at {against:,}")
+    figure("watcher_read_ratio", ratio("screen_read_ms_median"), at_most=SCALING["watcher_read"],
+           about=f"the queue screen's read (median, alone) at {count:,} / at {against:,}")
+    figure("queue_status_ratio", ratio("queue_status_ms"), at_most=SCALING["queue_status"],
+           about=f"queue status at {count:,} / at {against:,}")
+    return result
+
+
+_SIDE_BY_SIDE = ("first_paint_s", "watcher_read_ms_mean", "screen_read_ms_median", "queue_status_ms", "refresh_apply_ms_median",
+                 "commit_to_painted_ms_median", "rss_mb")
+
+
+def report(
+    count: int, refreshes: int, fill_seconds: float, measured: dict[str, Any], *, watcher_at_most: float | None = None
+) -> BenchReport:
+    """The shared bench report of one console run (``measured`` from :func:`measure_all`)."""
     result = BenchReport(
         "console", title=f"Console with {count:,} queued", params={"queued": count, "refreshes": refreshes, "store": None},
     )
@@ -161,7 +257,14 @@ def report(count: int, refreshes: int, fill_seconds: float, measured: dict[str, 
     figure("refresh_apply_ms_max", measured["refresh_apply_ms_max"], "ms", about="UI-thread time per refresh, worst")
     figure("commit_to_painted_ms_median", measured["commit_to_painted_ms_median"], "ms",
            about="commit in another connection → painted")
-    figure("watcher_read_ms_mean", measured["watcher_read_ms_mean"], "ms", about="watcher read per refresh (its own thread)")
+    figure("watcher_read_ms_mean", measured["watcher_read_ms_mean"], "ms", at_most=watcher_at_most,
+           about="watcher read per refresh (its own thread)")
+    if "screen_read_ms_median" in measured:
+        figure("screen_read_ms_median", measured["screen_read_ms_median"], "ms",
+               about="the watcher's read of the queue screen, timed alone (median of 31)")
+    if "queue_status_ms" in measured:
+        figure("queue_status_ms", measured["queue_status_ms"], "ms",
+               about="`queue status`: open the store and read the overview (median)")
     figure("rss_mb", measured["rss_mb"], "MB", at_most=TARGETS["rss_mb"], about="resident memory after the refreshes")
     figure("peak_rss_mb", measured["peak_rss_mb"], "MB", about="peak resident memory")
     figure("rows_shown", measured["rows_shown"], "rows", about="rows loaded in the table: one page, never every row")
@@ -173,7 +276,10 @@ def report(count: int, refreshes: int, fill_seconds: float, measured: dict[str, 
               help="Messages queued before the console starts.")
 @click.option("--refreshes", default=30, show_default=True, type=click.IntRange(1, 10_000),
               help="Live refreshes to time (each caused by a commit from another connection).")
-@click.option("--quick", is_flag=True, help="A smoke run in seconds (3,000 queued, 4 refreshes).")
+@click.option("--against", type=click.IntRange(1, 10_000_000), default=None,
+              help="Also run the bench with this many queued first, and report how the figures scale "
+              "(first paint ≤ 1.25×, watcher read ≤ 3× and ≤ 30 ms, queue status ≤ 1.5×).")
+@click.option("--quick", is_flag=True, help="A smoke run in seconds (3,000 queued, 4 refreshes; --against at most 300).")
 @check_option
 @common.json_option
 @click.option(
@@ -184,21 +290,29 @@ def report(count: int, refreshes: int, fill_seconds: float, measured: dict[str, 
     help="Where the bench's scratch store goes: a new file, kept afterwards "
     "(default: a temporary directory, removed afterwards). Never $SMTPPLUS_DB.",
 )
-def console_bench(count: int, refreshes: int, quick: bool, check: bool, as_json: bool, db_path: Path | None) -> None:
+def console_bench(
+    count: int, refreshes: int, against: int | None, quick: bool, check: bool, as_json: bool, db_path: Path | None
+) -> None:
     """Console first paint, UI-thread time per refresh and memory with COUNT queued.
 
-    Targets: first paint ≤ 1 s, refresh ≤ 50 ms, RSS ≤ 150 MB. For scale: a plain
+    Targets: first paint ≤ 1 s, refresh ≤ 50 ms, RSS ≤ 150 MB; with --against N,
+    also how the figures scale from N queued to COUNT (each run in a fresh process). For scale: a plain
     DataTable given 100,000 rows takes about 8 s and 165 MB; the console loads one page.
     The bench fills a scratch store of its own, so it never touches a real one.
     """
     if quick:
         count, refreshes = min(count, 3000), min(refreshes, 4)
+        against = None if against is None else min(against, 300)
+
+    def run(path: Path) -> BenchReport:
+        return run_bench(path, count, refreshes) if against is None else run_against(path, count, against, refreshes)
+
     if db_path is not None:
         path = _new_scratch_path(db_path)
-        result = run_bench(path, count, refreshes)
+        result = run(path)
         result.params["store"] = str(path)
         result.notes.append(f"the bench store stays at {path}")
     else:
         with tempfile.TemporaryDirectory(prefix="smtpplus-bench-console-") as tmp:
-            result = run_bench(Path(tmp) / "bench.db", count, refreshes)
+            result = run(Path(tmp) / "bench.db")
     show_report(result, as_json=as_json, check=check)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Iterator
 
 from relay.store.db import transaction
 from relay.store.intake import new_queue_id
@@ -25,30 +26,47 @@ def queue_bulk(
     now: float | None = None,
 ) -> int:
     """Queue ``count`` small messages (state ``queued``), cycling through ``priorities``.
-    Returns the number inserted. One transaction, ``executemany`` per table."""
+    Returns the number inserted. One transaction, ``executemany`` per table from
+    a generator (1,000,000 messages in well under a minute, in little memory)."""
     stamp = time.time() if now is None else now
+    # A big page cache for the one transaction: the random queue ids and the indexes
+    # otherwise spill pages to the WAL over and over (measured: 150 s for 1,000,000
+    # messages with the default 2 MB, mostly waiting on I/O).
+    cache = int(db.execute("PRAGMA cache_size").fetchone()[0])
+    db.execute("PRAGMA cache_size = -524288")
+    try:
+        _insert(db, count, priorities, mail_from, recipient_domain, stamp)
+    finally:
+        db.execute(f"PRAGMA cache_size = {cache}")
+    return count
+
+
+def _insert(
+    db: sqlite3.Connection, count: int, priorities: tuple[int, ...], mail_from: str, recipient_domain: str, stamp: float
+) -> None:
     with transaction(db):
         first = int(db.execute("SELECT coalesce(max(id), 0) + 1 FROM messages").fetchone()[0])
-        ids = range(first, first + count)
-        messages = []
-        bodies = []
-        recipients = []
-        for n, message_id in enumerate(ids):
-            priority = priorities[n % len(priorities)]
+
+        # Generators, not lists: a million rows never sit in memory at once.
+        def body(n: int) -> tuple[str, bytes]:
             to = f"user{n}@{recipient_domain}"
-            data = _BODY.replace(b"{to}", to.encode()).replace(b"{n}", str(n).encode())
-            messages.append(
-                (message_id, new_queue_id(), "smtp", mail_from, mail_from, f"bench {n}", len(data),
-                 priority, 3, priority, stamp + n * 1e-6, stamp, stamp)
-            )
-            bodies.append((message_id, data))
-            recipients.append((message_id, to))
+            return to, _BODY.replace(b"{to}", to.encode()).replace(b"{n}", str(n).encode())
+
+        def messages() -> Iterator[tuple[object, ...]]:
+            for n in range(count):
+                priority = priorities[n % len(priorities)]
+                yield (first + n, new_queue_id(), "smtp", mail_from, mail_from, f"bench {n}", len(body(n)[1]),
+                       priority, 3, priority, stamp + n * 1e-6, stamp, stamp)
+
         db.executemany(
             "INSERT INTO messages(id, queue_id, origin, mail_from, header_from, subject, size, "
             "header_priority, user_priority, priority, next_attempt_at, created_at, updated_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            messages,
+            messages(),
         )
-        db.executemany("INSERT INTO message_bodies(message_id, data) VALUES (?, ?)", bodies)
-        db.executemany("INSERT INTO recipients(message_id, address) VALUES (?, ?)", recipients)
-    return count
+        db.executemany(
+            "INSERT INTO message_bodies(message_id, data) VALUES (?, ?)", ((first + n, body(n)[1]) for n in range(count))
+        )
+        db.executemany(
+            "INSERT INTO recipients(message_id, address) VALUES (?, ?)", ((first + n, body(n)[0]) for n in range(count))
+        )
