@@ -20,18 +20,24 @@ from console.cli.common import CliError, db_option, json_option
 @click.option("--loop", "loop_name", type=click.Choice(["uvloop", "asyncio"]), default=DEFAULT_LOOP, show_default=True,
               help="Event loop for both servers and the load generator.")
 @click.option("--rounds", type=click.IntRange(1, 10), default=1, show_default=True, help="Alternate sink/relay runs; the best of each counts.")
-@click.option("--quick", is_flag=True, help="A smoke run in seconds (4 connections, 200 messages per side, short warm-up).")
+@click.option("--stored", type=click.IntRange(0, 10_000_000), default=0, show_default=True,
+              help="Also run the relay on a store already holding this many messages, as a ratio of the "
+              "empty store (target ≥ 0.85).")
+@click.option("--quick", is_flag=True, help="A smoke run in seconds (4 connections, 200 messages per side, short warm-up; "
+              "--stored at most 2,000).")
 @check_option
 @json_option
 @db_option
 def accept(
     connections: int, messages: int, seconds: float, size: int, recipients: int, new_connection: bool,
-    loop_name: str, rounds: int, quick: bool, check: bool, as_json: bool, db_path: Path | None,
+    loop_name: str, rounds: int, stored: int, quick: bool, check: bool, as_json: bool, db_path: Path | None,
 ) -> None:
     """Relay acceptance rate (delivery paused) as a ratio of a raw aiosmtpd sink's, same load.
 
     Both run as processes on 127.0.0.1 with the same event loop and certificate; the
     load is STARTTLS + AUTH once per connection (or per message with --new-connection).
+    --stored N also runs the relay on a second store already holding N messages
+    (filled first, in one transaction) and reports its rate over the empty store's.
     --db puts the scratch store (and certificate) in that file's directory instead of
     a temporary one; it must not be a store in use.
     """
@@ -42,10 +48,11 @@ def accept(
     logging.getLogger("mail.log").setLevel(logging.ERROR)
     params = AcceptParams(
         connections=connections, messages=messages, seconds=seconds, size=size, recipients=recipients,
-        new_connection=new_connection, loop=loop_name, rounds=rounds,
+        new_connection=new_connection, loop=loop_name, rounds=rounds, stored=stored,
     )
     if quick:
         params.connections, params.messages, params.warmup_messages = min(connections, 4), min(messages, 200), 20
+        params.stored = min(stored, 2000)
     workdir = None
     if db_path is not None:
         workdir = db_path.parent / f"{db_path.stem}-bench-accept"
