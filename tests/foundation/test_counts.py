@@ -223,3 +223,27 @@ def test_store_recount_command_reports_the_fix(cli: Any, db: Any) -> None:
 @pytest.mark.parametrize("args", [("store", "recount", "--help")])
 def test_store_recount_has_help(cli: Any, args: tuple[str, ...]) -> None:
     assert "recount" in cli(*args, check=True).stdout.lower()
+
+
+def test_bench_console_against_reports_both_sizes_and_how_they_scale(cli: Any) -> None:
+    report = cli.json("harness", "bench", "console", "--quick", "--count", "1200", "--against", "200", "--refreshes", "2")
+    assert report["parameters"]["against"] == 200 and report["parameters"]["queued"] == 1200
+    runs = {r["label"]: r for r in report["runs"]}
+    assert {"200 queued", "1,200 queued"} <= set(runs)
+    for label in ("200 queued", "1,200 queued"):
+        assert runs[label]["queue_status_ms"] > 0 and runs[label]["screen_read_ms_median"] > 0
+    figures = {f["name"]: f for f in report["figures"]}
+    assert figures["first_paint_ratio"]["at_most"] == 1.25 and figures["first_paint_ratio"]["value"] > 0
+    assert figures["watcher_read_ratio"]["at_most"] == 3.0 and figures["queue_status_ratio"]["at_most"] == 1.5
+    assert figures["watcher_read_ms_mean"]["at_most"] == 30.0
+
+
+def test_bench_accept_stored_compares_a_full_store_with_an_empty_one(cli: Any) -> None:
+    report = cli.json("harness", "bench", "accept", "--quick", "--stored", "500")
+    assert report["parameters"]["stored"] == 500
+    runs = {r["label"]: r for r in report["runs"]}
+    assert runs["relay, 500 already stored"]["messages"] > 0 and runs["relay"]["messages"] > 0
+    assert runs["fill the store with 500 (child process)"]["messages"] == 500
+    figures = {f["name"]: f for f in report["figures"]}
+    assert figures["relay 500 stored / empty store"]["at_least"] == 0.85
+    assert figures["acknowledged but not in the store"]["value"] == 0
