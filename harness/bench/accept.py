@@ -209,8 +209,9 @@ async def run_accept_bench(params: AcceptParams, workdir: Path | None = None) ->
         full_store: Path | None = None
         fill_seconds = 0.0
         if params.stored:
-            full_store, _, _ = await asyncio.to_thread(prepare_store, where, "stored.db")
-            fill_seconds = await asyncio.to_thread(fill_store, full_store, params.stored)
+            full, _, _ = await asyncio.to_thread(prepare_store, where, "stored.db")
+            fill_seconds = await asyncio.to_thread(fill_store, full, params.stored)
+            full_store = full
         context = ssl.create_default_context(cafile=str(cert))
         report = BenchReport(
             "accept",
