@@ -23,7 +23,7 @@ from relay.store import queue as q
 from relay.store.bulk import queue_bulk
 from relay.store.errors import InvalidInput
 from relay.store.intake import NewMessage, insert_messages
-from relay.store.schema import SCHEMA_VERSION
+from relay.store.schema import MIGRATIONS, SCHEMA_VERSION, V4_COUNTS
 
 HOP = "127.0.0.1:2525"
 SENDER = "news@example.com"
@@ -181,7 +181,7 @@ def test_lanes_and_list_rows_read_the_maintained_counts(db: Any) -> None:
 
 
 def test_the_migration_fills_the_counts_from_an_existing_store(store_path: Path) -> None:
-    old = open_store(store_path, migrate_to=2)
+    old = open_store(store_path, migrate_to=MIGRATIONS.index(V4_COUNTS))  # the version before the counts
     alpha = directory.create_list(old, "alpha")
     insert_messages(old, [new_message(n, 1 + n % 5, alpha if n % 2 else None) for n in range(20)])
     queue_bulk(old, 30)
