@@ -77,8 +77,8 @@ class TextBox(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="textbox"):
-            yield Static(Text(self.title_text, style="bold"))
-            yield Static(Text(self.text))
+            yield Static(Text(fmt.safe(self.title_text), style="bold"))
+            yield Static(Text(fmt.clean_lines(self.text)))
             yield Static(Text("c: copy to clipboard · escape: close", style="dim"))
 
     def on_mount(self) -> None:
