@@ -67,7 +67,14 @@ from relay.listen import Listeners, bind_all, expand_ports
 from relay.reasons import EventKind, Reason
 from relay.smtp import ConnectionTracker, RelayContext, make_factory
 from relay.store import lease
-from relay.store.db import AsyncStore, StoreCorrupt, corrupt_message, on_corruption, transaction
+from relay.store.db import (
+    AsyncStore,
+    StoreCorrupt,
+    corrupt_message,
+    is_corrupt,
+    on_corruption,
+    transaction,
+)
 from relay.store.events import NewEvent, record_event, record_events
 from relay.store.relay_info import publish_ports
 from relay.store.settings import Keys, seed_setting, set_setting
@@ -158,6 +165,10 @@ class RelayService:
                 loop.call_soon_threadsafe(self._store_corrupt, exc)
 
         self._unwatch = on_corruption(heard)
+        for name in ("mail.log", "smtpplus.relay", "smtpplus.delivery"):
+            logger = logging.getLogger(name)
+            if _CORRUPTION_NOISE not in logger.filters:
+                logger.addFilter(_CORRUPTION_NOISE)
 
     def _store_corrupt(self, exc: BaseException) -> None:
         if self.failure is not None or self._stopping:
@@ -353,6 +364,21 @@ class RelayService:
             self._unwatch = None
         # Last: until here another relay must not start on this store.
         self._lock.release()
+
+
+class _CorruptionNoise(logging.Filter):
+    """A session that met the corrupt store logs one line, not a traceback: the relay
+    has already said what is wrong and is stopping."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and is_corrupt(exc):
+            record.msg, record.args = f"{record.getMessage()}: {exc}", None
+            record.exc_info = record.exc_text = None
+        return True
+
+
+_CORRUPTION_NOISE = _CorruptionNoise()
 
 
 def _record_stop_and_release(db: sqlite3.Connection, owner: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +21,17 @@ def run_check(source: Path, *, quiet: bool = False) -> Any:
     second (a big store takes a while: every page is read)."""
     from relay.store.check import quick_check
 
-    def progress(seconds: float, pages: int) -> None:
-        if not quiet:
-            click.echo(f"store check: {source}: {pages:,} pages, still checking ({seconds:.0f}s)…", err=True)
+    # Progress lines on a terminal only: a script sees one line, the result or the error.
+    shown = not quiet and sys.stderr.isatty()
 
-    if not quiet:
-        click.echo(f"store check: checking {source} (PRAGMA quick_check)…", err=True)
+    def progress(seconds: float, pages: int) -> None:
+        if not shown:
+            return
+        if seconds == 0:
+            click.echo(f"store check: checking {source} ({pages:,} pages: every one is read)…", err=True)
+        else:
+            click.echo(f"store check: still checking ({seconds:.0f}s)…", err=True)
+
     return quick_check(source, progress)
 
 

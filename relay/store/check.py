@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from relay.store.db import BUSY_TIMEOUT_MS, StoreError
-
-# SQLite calls the progress handler every this many virtual-machine steps.
-_STEPS = 20_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,40 +34,48 @@ def quick_check(
     *,
     every: float = 1.0,
 ) -> CheckResult:
-    """Check the store at ``path``; ``progress(seconds so far, pages)`` is called about
-    every ``every`` seconds while the check runs. A store SQLite cannot read at all
-    ("not a database") is a failed check, not an exception."""
+    """Check the store at ``path``; ``progress(seconds so far, pages)`` is called when
+    the check starts and then about every ``every`` seconds until it ends. (SQLite runs
+    the whole check as one step, so the check runs on a thread and the caller's thread
+    reports.) A store SQLite cannot read at all ("not a database") is a failed check,
+    not an exception."""
     p = Path(path)
     if not p.is_file():
         raise StoreError(f"store {p} does not exist — check --db / SMTPPLUS_DB")
     started = time.monotonic()
     size = p.stat().st_size
-    pages = 0
-    try:
-        # Not open_store: no migration, no journal-mode switch on a file that may be damaged.
-        db = sqlite3.connect(p, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
-    except sqlite3.Error as exc:
-        return CheckResult(str(p), False, 0, size, 0.0, [str(exc)])
-    try:
-        last = started
+    outcome: dict[str, Any] = {"pages": 0, "lines": ["check did not run"]}
+    counted = threading.Event()
 
-        def tick() -> int:
-            nonlocal last
-            now = time.monotonic()
-            if progress is not None and now - last >= every:
-                last = now
-                progress(now - started, pages)
-            return 0  # 0: go on
-
+    def run() -> None:
         try:
-            pages = int(db.execute("PRAGMA page_count").fetchone()[0])
-            db.set_progress_handler(tick, _STEPS)
-            lines = [str(row[0]) for row in db.execute("PRAGMA quick_check(100)")]
+            # Not open_store: no migration, no journal-mode switch on a file that may be damaged.
+            db = sqlite3.connect(p, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+        except sqlite3.Error as exc:
+            outcome["lines"] = [str(exc)]
+            counted.set()
+            return
+        try:
+            outcome["pages"] = int(db.execute("PRAGMA page_count").fetchone()[0])
+            counted.set()
+            outcome["lines"] = [str(row[0]) for row in db.execute("PRAGMA quick_check(100)")]
         except sqlite3.DatabaseError as exc:
-            lines = [str(exc)]
+            outcome["lines"] = [str(exc)]
         finally:
-            db.set_progress_handler(None, 0)
-    finally:
-        db.close()
+            counted.set()
+            db.close()
+
+    worker = threading.Thread(target=run, name="smtpplus-store-check", daemon=True)
+    worker.start()
+    counted.wait()
+    if progress is not None:
+        progress(0.0, outcome["pages"])
+    while True:
+        worker.join(every)
+        if not worker.is_alive():
+            break
+        if progress is not None:
+            progress(time.monotonic() - started, outcome["pages"])
+    lines: list[str] = outcome["lines"]
     ok = lines == ["ok"]
-    return CheckResult(str(p), ok, pages, size, time.monotonic() - started, [] if ok else lines)
+    return CheckResult(str(p), ok, outcome["pages"], size, time.monotonic() - started, [] if ok else lines)
