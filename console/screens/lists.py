@@ -212,7 +212,7 @@ class ListsScreen(LiveScreen):
 
         def confirmed(yes: bool | None) -> None:
             if yes:
-                self.console.run_store(directory.delete_list, row.name, success=f"List {row.name} deleted.")
+                self.console.run_store(directory.delete_list, row.name, success=f"List {fmt.safe(row.name)} deleted.")
 
         self.app.push_screen(
             ConfirmDialog(
