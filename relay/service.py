@@ -3,7 +3,7 @@
 Public API
 ----------
 ``RelayService(store_path, config=None)``
-    ``await start()``: takes the store's OS lock (``<store>.lock``, held until the
+    ``await start()``: takes the store's OS lock (``<store>-relay.lock``, held until the
     service stops; ``RelayAlreadyRunning`` at once, naming the holder, while a live
     relay on this host holds it) and then its lease (a previous relay on this host is
     gone since its lock was free: taken over at once, whatever its heartbeat), loads or generates the TLS pair, publishes the server name, TLS

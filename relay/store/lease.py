@@ -27,7 +27,7 @@ The OS lock
 -----------
 A heartbeat can stop while its relay lives (a stalled event loop, a full disk), so on
 its own it cannot tell a stalled relay from a dead one. The relay therefore also holds
-an exclusive ``flock`` on ``<store>.lock`` for its whole life (:class:`StoreLock`); the
+an exclusive ``flock`` on ``<store>-relay.lock`` for its whole life (:class:`StoreLock`); the
 kernel drops it the instant the process dies, kill -9 included. On this host the lock
 is the truth: a second relay is refused at once while it is held, a restart after a
 crash takes over at its first try, and :func:`relay_status` calls a relay alive while
@@ -99,8 +99,9 @@ class RelayStatus:
 
 
 def lock_path(store_path: str | os.PathLike[str]) -> Path:
-    """``<store>.lock``: the file whose exclusive flock a live relay holds."""
-    return Path(f"{os.fspath(store_path)}.lock")
+    """``<store>-relay.lock``: the file whose exclusive flock a live relay holds."""
+    # Named like SQLite's own sidecars (-wal, -shm): whatever handles those sees it too.
+    return Path(f"{os.fspath(store_path)}-relay.lock")
 
 
 # A status probe holds a shared lock for microseconds; a starting relay retries past it.
@@ -145,7 +146,7 @@ def lock_state(store_path: str | os.PathLike[str]) -> LockState:
 
 
 class StoreLock:
-    """The relay's exclusive lock on ``<store>.lock``, held from start to stop."""
+    """The relay's exclusive lock on ``<store>-relay.lock``, held from start to stop."""
 
     def __init__(self, store_path: str | os.PathLike[str]) -> None:
         self.path = lock_path(store_path)
