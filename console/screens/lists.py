@@ -48,13 +48,14 @@ def import_members_file(db: sqlite3.Connection, list_name: str, path: str) -> st
     from relay.store import directory
 
     file = Path(path).expanduser()
+    directory.get_list(db, list_name)  # a list deleted meanwhile is said before the file is read
     try:
-        text = file.read_text(encoding="utf-8-sig")
+        with file.open(encoding="utf-8-sig", newline="") as stream:  # streamed, not read whole
+            parsed = parse_members(stream)
     except UnicodeDecodeError:
         raise ValueError(f"{file} is not UTF-8 text — save it as UTF-8 CSV") from None
     except OSError as exc:
         raise ValueError(f"cannot read {file}: {exc.strerror or exc}") from None
-    parsed = parse_members(text)
     if not parsed.rows:
         raise ValueError(f"{file} has no addresses — one address per line, or a header `address,name`")
     added, already = directory.import_members(db, list_name, parsed.rows)

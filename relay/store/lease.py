@@ -105,7 +105,7 @@ def lock_path(store_path: str | os.PathLike[str]) -> Path:
 
 
 # A status probe holds a shared lock for microseconds; a starting relay retries past it.
-_LOCK_TRIES = 40
+_LOCK_TRIES = 20
 _LOCK_PAUSE = 0.025
 
 
