@@ -378,6 +378,12 @@ def relay_status(db: sqlite3.Connection, stale_after: float = DEFAULT_STALE_AFTE
     elif lock.held is False and lease.get("host") == socket.gethostname():
         # Free on the relay's own host: whatever the heartbeat says, that relay is gone.
         alive, liveness = False, "lock"
+    if lock.held and lock.facts.get("owner") not in (None, lease.get("owner")):
+        # A relay holds the lock but has not taken the lease yet (it is starting): name it.
+        lease = {"owner": lock.facts["owner"], "pid": lock.facts.get("pid"), "host": lock.facts.get("host"),
+                 "listen_host": lock.facts.get("listen_host"), "heartbeat_at": None,
+                 "started_at": lock.facts.get("started_at"), "stopped_at": None}
+        heartbeat_at = 0.0
     return RelayStatus(
         alive=alive,
         liveness=liveness,

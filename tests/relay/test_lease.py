@@ -188,3 +188,17 @@ def test_status_of_a_killed_relay_on_this_host_is_dead_at_once(seeded: Seeded) -
     holder.release()
     status = rows(seeded.store_path, lease.relay_status)
     assert not status.alive and status.liveness == "lock"
+
+
+def test_status_names_a_relay_that_holds_the_lock_before_it_takes_the_lease(seeded: Seeded) -> None:
+    rows(seeded.store_path, lease.acquire, "old", 1, "h", "0.0.0.0", 10.0)
+    rows(seeded.store_path, lease.release, "old")
+    starting = lease.StoreLock(seeded.store_path)
+    starting.acquire({"owner": "new", "pid": 4242, "host": "here", "listen_host": "127.0.0.1"})
+    try:
+        status = rows(seeded.store_path, lease.relay_status)
+        assert status.alive and (status.owner, status.pid, status.host) == ("new", 4242, "here")
+        assert status.stopped_at is None and status.heartbeat_age is None
+    finally:
+        starting.release()
+    assert not rows(seeded.store_path, lease.relay_status).alive
