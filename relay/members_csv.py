@@ -38,12 +38,24 @@ def parse_members(source: str | Iterable[str]) -> MemberRows:
     Raises PolicyError naming the line of the first bad row: a whole import is
     refused rather than half-applied.
     """
+    seen: dict[str, str] = {}
+    duplicates = 0
+    for canonical, name in iter_members(source):
+        if canonical in seen:
+            duplicates += 1
+        else:
+            seen[canonical] = name
+    return MemberRows(rows=list(seen.items()), duplicates=duplicates)
+
+
+def iter_members(source: str | Iterable[str]) -> Iterator[tuple[str, str]]:
+    """The file's (canonical address, name) rows one at a time, repeats included — for
+    an import that streams (``relay.store.directory.import_member_stream``). Raises
+    PolicyError naming the line of the first bad row when it reaches it."""
     reader = csv.reader(io.StringIO(source) if isinstance(source, str) else source)
     address_col: int | None = None
     name_col: int | None = None
     plain = True
-    seen: dict[str, str] = {}
-    duplicates = 0
     first = True
     for cells in _rows(reader):
         line = reader.line_num
@@ -65,11 +77,7 @@ def parse_members(source: str | Iterable[str]) -> MemberRows:
             name = check_name(name, "member name", MAX_MEMBER_NAME)
         except BadName as exc:
             raise PolicyError(f"line {line}: {exc}") from None
-        if canonical in seen:
-            duplicates += 1
-        else:
-            seen[canonical] = name
-    return MemberRows(rows=list(seen.items()), duplicates=duplicates)
+        yield canonical, name
 
 
 # A cell starting with one of these is a formula to a spreadsheet (=HYPERLINK(…),

@@ -251,7 +251,7 @@ def members_import(name: str, file: Path, as_json: bool, db_path: Path | None) -
     Addresses already on the list are left as they are. One bad row refuses the
     whole file (its line is named), so nothing is half-imported.
     """
-    from relay.members_csv import parse_members
+    from relay.members_csv import iter_members
     from relay.policy import PolicyError
     from relay.store import directory
 
@@ -259,26 +259,26 @@ def members_import(name: str, file: Path, as_json: bool, db_path: Path | None) -
         # The list first: a typo in NAME is said before a big file is read.
         info = directory.get_list(db, name)
         try:
-            # Read as a stream (newline="" as csv wants), never the whole file at once.
+            # Streamed (newline="" as csv wants): never the whole file, nor all its rows, in memory.
             with file.open(encoding="utf-8-sig", newline="") as stream:
-                parsed = parse_members(stream)
+                result = directory.import_member_stream(db, info.name, iter_members(stream))
         except UnicodeDecodeError:
             raise CliError(f"{file} is not UTF-8 text — save it as UTF-8 CSV") from None
         except OSError as exc:
             raise CliError(f"cannot read {file}: {exc.strerror or exc}") from None
         except PolicyError as exc:
             raise CliError(f"{file} {exc}") from None
-        if not parsed.rows:
-            raise CliError(f"{file} has no addresses — one address per line, or a header `address,name`")
-        added, already = directory.import_members(db, info.name, parsed.rows)
+    added, already, repeated = result.added, result.already, result.repeated
+    if not added + already:
+        raise CliError(f"{file} has no addresses — one address per line, or a header `address,name`")
     if as_json:
         common.print_json(
-            {"list": info.name, "added": added, "already": already, "repeated_in_file": parsed.duplicates}
+            {"list": info.name, "added": added, "already": already, "repeated_in_file": repeated}
         )
         return
     message = f"List {info.name!r}: {added} added, {already} already there"
-    if parsed.duplicates:
-        message += f", {parsed.duplicates} repeated row(s) in the file skipped"
+    if repeated:
+        message += f", {repeated} repeated row(s) in the file skipped"
     click.echo(message + ".")
 
 

@@ -44,22 +44,21 @@ def read_client_settings(db: sqlite3.Connection) -> Any:
 
 def import_members_file(db: sqlite3.Connection, list_name: str, path: str) -> str:
     """Read, check and import a member file; the one-line outcome."""
-    from relay.members_csv import parse_members
+    from relay.members_csv import iter_members
     from relay.store import directory
 
     file = Path(path).expanduser()
     directory.get_list(db, list_name)  # a list deleted meanwhile is said before the file is read
     try:
         with file.open(encoding="utf-8-sig", newline="") as stream:  # streamed, not read whole
-            parsed = parse_members(stream)
+            result = directory.import_member_stream(db, list_name, iter_members(stream))
     except UnicodeDecodeError:
         raise ValueError(f"{file} is not UTF-8 text — save it as UTF-8 CSV") from None
     except OSError as exc:
         raise ValueError(f"cannot read {file}: {exc.strerror or exc}") from None
-    if not parsed.rows:
+    if not result.added + result.already:
         raise ValueError(f"{file} has no addresses — one address per line, or a header `address,name`")
-    added, already = directory.import_members(db, list_name, parsed.rows)
-    return f"List {list_name}: {added} member(s) added, {already} already there."
+    return f"List {list_name}: {result.added} member(s) added, {result.already} already there."
 
 
 class TextBox(ModalScreen[None]):

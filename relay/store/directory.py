@@ -196,6 +196,51 @@ def import_members(db: sqlite3.Connection, list_name: str, members: Iterable[tup
     return added, len(rows) - added
 
 
+@dataclass(frozen=True, slots=True)
+class MemberImport:
+    added: int
+    already: int  # on the list before
+    repeated: int  # rows of the input whose address came earlier in it
+
+
+_IMPORT_BATCH = 5000
+
+
+def import_member_stream(db: sqlite3.Connection, list_name: str, members: Iterable[tuple[str, str]]) -> MemberImport:
+    """Add (canonical address, name) pairs read one at a time — a million-row file in
+    constant memory. The rows go to a temporary table first (its own file: the store's
+    write lock is not held while the file is read), repeats ignored, the first name
+    kept; then one short transaction adds them to the list. Anything ``members`` raises
+    (a bad row) leaves the list as it was."""
+    current = get_list(db, list_name)
+    db.execute("CREATE TEMP TABLE IF NOT EXISTS member_import(address TEXT PRIMARY KEY, name TEXT NOT NULL)")
+    try:
+        total = 0
+        batch: list[tuple[str, str]] = []
+        with transaction(db, immediate=False):  # writes only the temp database
+            db.execute("DELETE FROM temp.member_import")
+            for address, name in members:
+                batch.append((address, name))
+                if len(batch) >= _IMPORT_BATCH:
+                    db.executemany("INSERT OR IGNORE INTO temp.member_import(address, name) VALUES (?, ?)", batch)
+                    total += len(batch)
+                    batch.clear()
+            db.executemany("INSERT OR IGNORE INTO temp.member_import(address, name) VALUES (?, ?)", batch)
+            total += len(batch)
+        distinct = int(db.execute("SELECT count(*) FROM temp.member_import").fetchone()[0])
+        with transaction(db):
+            before = db.total_changes
+            db.execute(
+                "INSERT OR IGNORE INTO list_members(list_id, address, name, added_at) "
+                "SELECT ?, address, name, ? FROM temp.member_import ORDER BY rowid",
+                (current.id, time.time()),
+            )
+            added = db.total_changes - before
+    finally:
+        db.execute("DROP TABLE IF EXISTS temp.member_import")
+    return MemberImport(added, distinct - added, total - distinct)
+
+
 def list_members(db: sqlite3.Connection, list_name: str, *, after: str = "", limit: int = 1000) -> list[tuple[str, str]]:
     """One page of members in address order (``after`` is the last address seen)."""
     current = get_list(db, list_name)

@@ -109,3 +109,19 @@ def test_members_ls_pages_with_limit_and_after(cli: Any, tmp_path: Path) -> None
     assert "m0002@example.com" in text and "m0003@example.com" not in text
     assert "--after m0002@example.com" in text  # how to ask for the next page
     assert cli.json("lists", "members", "ls", "Big", "--after", "m2499@example.com") == []
+
+
+def test_member_stream_import_counts_keeps_the_first_name_and_is_all_or_nothing(db: Any) -> None:
+    from relay.members_csv import iter_members
+
+    directory.create_list(db, "Stream")
+    directory.import_members(db, "Stream", [("old@example.com", "Old")])
+    text = "address,name\nann@example.com,Ann\nold@example.com,Again\nann@example.com,Second\nbob@example.com,Bob\n"
+    result = directory.import_member_stream(db, "Stream", iter_members(text))
+    assert (result.added, result.already, result.repeated) == (2, 1, 1)
+    assert directory.list_members(db, "Stream") == [
+        ("ann@example.com", "Ann"), ("bob@example.com", "Bob"), ("old@example.com", "Old")
+    ]
+    with pytest.raises(PolicyError, match="line 3"):
+        directory.import_member_stream(db, "Stream", iter_members("cy@example.com\ndi@example.com\nnot an address\n"))
+    assert len(directory.list_members(db, "Stream")) == 3  # nothing of the bad file
