@@ -316,13 +316,14 @@ def members_ls(name: str, limit: int | None, after: str, as_csv: bool, as_json: 
             click.echo(clean(f"List {info.name}: {shown}"))
         written = 0
         last = after
+        out = sys.stdout  # buffered writes: click.echo flushes every line
         for address, member_name in _member_pages(db, info.name, after, limit):
             if as_json:
                 # The same text print_json writes for the whole array, item by item.
                 item = json.dumps({"address": address, "name": member_name}, indent=2)
-                click.echo(("[\n" if not written else ",\n") + "  " + item.replace("\n", "\n  "), nl=False)
+                out.write(("[\n" if not written else ",\n") + "  " + item.replace("\n", "\n  "))
             else:
-                click.echo(f"{clean(address):<40}  {clean(member_name)}".rstrip())
+                out.write(f"{clean(address):<40}  {clean(member_name)}".rstrip() + "\n")
             written += 1
             last = address
         if as_json:

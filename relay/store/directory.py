@@ -243,10 +243,14 @@ def import_member_stream(db: sqlite3.Connection, list_name: str, members: Iterab
 
 def list_members(db: sqlite3.Connection, list_name: str, *, after: str = "", limit: int = 1000) -> list[tuple[str, str]]:
     """One page of members in address order (``after`` is the last address seen)."""
-    current = get_list(db, list_name)
+    # The list's id only: get_list also counts every member, which a pager must not
+    # pay per page (a million members: a thousand pages).
+    found = db.execute("SELECT id FROM lists WHERE name = ?", (list_name,)).fetchone()
+    if found is None:
+        raise NotFound(f"no list named {list_name!r} — see `smtpplus lists ls`")
     rows = db.execute(
         "SELECT address, name FROM list_members WHERE list_id = ? AND address > ? ORDER BY address LIMIT ?",
-        (current.id, after, limit),
+        (found[0], after, limit),
     ).fetchall()
     return [(r[0], r[1]) for r in rows]
 
