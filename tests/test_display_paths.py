@@ -130,7 +130,7 @@ def test_every_cli_view_shows_the_escapes_as_text(hostile: Hostile, cli: Cli) ->
     ]
     for args in views:
         proc = cli(*args)
-        assert proc.returncode == 0, (args, proc.stderr)
+        assert proc.returncode in ((0, 3) if args == ("status",) else (0,)), (args, proc.stderr)  # 3: no relay
         assert_safe(proc.stdout + proc.stderr, " ".join(args[:2]))
     for queue_id in (hostile.raw_id, hostile.encoded_id):
         shown = cli("queue", "show", queue_id).stdout

@@ -3,6 +3,7 @@ start; met while serving, it stops the relay with one line, and ``status`` says 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import aiosmtplib
@@ -75,8 +76,9 @@ async def test_a_corrupt_store_met_while_serving_stops_the_relay_and_status_says
     assert "Traceback" not in output
     errors = [line for line in output.splitlines() if line.startswith("smtpplus: error:")]
     assert len(errors) == 1 and "is corrupt" in errors[0] and "smtpplus store check" in errors[0], output
-    status = cli.json("status")
-    assert not status["alive"] and "corrupt" in status["stopped_reason"]
+    shown = cli("status", "--json")
+    status = json.loads(shown.stdout)
+    assert shown.returncode == 3 and not status["alive"] and "corrupt" in status["stopped_reason"]
     assert "not running — stopped: store" in cli("status").stdout
 
 

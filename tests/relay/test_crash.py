@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 from pathlib import Path
 
@@ -109,7 +110,8 @@ async def test_restart_right_after_kill_9_serves_at_first_try_and_a_second_relay
         assert "holds the store lock" in cli("status").stdout
     finally:
         first.stop(signal.SIGKILL)
-    assert not cli.json("status")["alive"]  # gone with its lock, at once
+    after = cli("status", "--json")
+    assert after.returncode == 3 and not json.loads(after.stdout)["alive"]  # gone with its lock, at once
     restarted = RelayProcess(cli, tmp_path, "--config", str(config), name="restarted")
     try:
         ready = restarted.wait_ready()  # the first try: no "already running" for a dead pid
