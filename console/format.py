@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 
+from relay.display import clean
 from relay.priority import NAMES as PRIORITY_NAMES
+
+
+def safe(text: object) -> str:
+    """Text from outside (headers, addresses, replies, names) as a widget may show it:
+    terminal controls, OSC/CSI and bidi overrides escaped visibly (relay.display)."""
+    return "" if text is None else clean(text)
 
 
 def count(n: int | None) -> str:
@@ -62,11 +69,16 @@ def rate(per_second: float | None) -> str:
     return f"{per_second:g}/s"
 
 
+def clean_lines(text: str) -> str:
+    """A multi-line block (kept as lines) with every other control escaped."""
+    return clean(text, keep_newlines=True)
+
+
 def shorten(text: str | None, width: int) -> str:
     """Cut ``text`` to ``width`` characters with an ellipsis."""
     if not text:
         return ""
-    text = " ".join(text.split())
+    text = clean(" ".join(text.split()))
     return text if len(text) <= width else text[: max(0, width - 1)] + "…"
 
 

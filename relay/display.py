@@ -10,6 +10,8 @@ codes but not these, so the escaping happens here, once, as visible text.
 
 from __future__ import annotations
 
+import logging
+
 # Unicode "format" characters that reorder or hide text (bidi embeddings, overrides and
 # isolates, zero-width joiners are left alone: they are harmless in names).
 _BIDI = frozenset(
@@ -52,3 +54,65 @@ def clean(text: object, limit: int | None = None, *, keep_newlines: bool = False
 def clean_bytes(data: bytes, limit: int | None = None) -> str:
     """Raw bytes from the wire as safe text: invalid UTF-8 as ``\\xNN``, then :func:`clean`."""
     return clean(data.decode("utf-8", "backslashreplace"), limit)
+
+
+# Length caps for names an operator types (one line each, shown in tables).
+MAX_LIST_NAME = 100
+MAX_DESCRIPTION = 2000
+MAX_MEMBER_NAME = 200
+
+
+class BadName(ValueError):
+    """An operator-entered name a rule refused; the message is one line naming the fix."""
+
+
+def check_name(value: str, what: str, limit: int) -> str:
+    """``value`` stripped, or :class:`BadName` when it holds a control character
+    (newline, ESC, NUL, bidi override, …) or is longer than ``limit`` characters.
+    Pure: the store and the CLI share it, so a list named "Line1\\nLine2" never exists."""
+    text = value.strip()
+    bad = next((ch for ch in text if needs_escape(ch) or ch == "\t"), None)
+    if bad is not None:
+        raise BadName(
+            f"{what} contains a control character ({_escape_char(bad)}) — use plain text on one line"
+        )
+    if len(text) > limit:
+        raise BadName(f"{what} is {len(text):,} characters — keep it to {limit} or fewer")
+    return text
+
+
+class EscapingFilter(logging.Filter):
+    """Escapes every record's message (and so its args) with :func:`clean`: a client's
+    bytes reach a log line only as visible text — aiosmtpd's own "unrecognised command"
+    warnings log what the client sent as it came."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "smtpplus_escaped", False):
+            return True
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format: show the pieces instead, escaped
+            message = f"{record.msg!r} % {record.args!r}"
+        record.msg = clean(message)
+        record.args = None
+        record.smtpplus_escaped = True
+        return True
+
+
+_FILTER = EscapingFilter()
+
+# The loggers that carry client text: ours and aiosmtpd's.
+LOGGERS = ("smtpplus", "smtpplus.relay", "smtpplus.delivery", "smtpplus.campaigns", "mail.log")
+
+
+def install_log_escaping(*logger_names: str) -> None:
+    """Put :class:`EscapingFilter` on every handler of the root logger, on Python's
+    last-resort handler (used when nothing is configured) and on the named loggers
+    (records logged there directly, whatever handler is added later). Idempotent."""
+    handlers = list(logging.getLogger().handlers)
+    if logging.lastResort is not None:
+        handlers.append(logging.lastResort)
+    targets: list[logging.Filterer] = [*handlers, *(logging.getLogger(name) for name in logger_names)]
+    for target in targets:
+        if _FILTER not in target.filters:
+            target.addFilter(_FILTER)

@@ -3,8 +3,10 @@
 Public API
 ----------
 ``RelayService(store_path, config=None)``
-    ``await start()``: takes the store's lease (``RelayAlreadyRunning`` when a live
-    relay holds it), loads or generates the TLS pair, publishes the server name, TLS
+    ``await start()``: takes the store's OS lock (``<store>-relay.lock``, held until the
+    service stops; ``RelayAlreadyRunning`` at once, naming the holder, while a live
+    relay on this host holds it) and then its lease (a previous relay on this host is
+    gone since its lock was free: taken over at once, whatever its heartbeat), loads or generates the TLS pair, publishes the server name, TLS
     fingerprint and certificate to the store's settings and seeds the runtime
     controls (``config.next_hop``/``rate``/``parallel``/``paused``, only when unset),
     starts the group-commit writer, binds every port of ``config.ports``, records
@@ -18,7 +20,9 @@ Public API
     lease. Idempotent.
 
     ``await wait_stopped()``: returns once the service stopped — after ``stop()``, or
-    by itself when another relay took the lease over (this one was presumed dead).
+    by itself when another relay took the lease over (this one was presumed dead), or
+    when the store turned out corrupt (``failure`` then holds the one-line error, also
+    written to the lock file so ``status`` says why).
 
     After ``start()``: ``served`` (ports), ``not_served`` ({port: reason with fix}),
     ``addresses`` ([(host, port)]), ``owner`` (lease id), ``reclaimed_from`` (the
@@ -49,6 +53,7 @@ import logging
 import os
 import socket
 import sqlite3
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -57,11 +62,19 @@ from typing import Any
 from relay import delivery as delivery_module
 from relay.auth import FailureLimiter, PasswordChecker
 from relay.config import RUNTIME_SEEDS, RelayConfig
+from relay.display import LOGGERS, install_log_escaping
 from relay.listen import Listeners, bind_all, expand_ports
 from relay.reasons import EventKind, Reason
 from relay.smtp import ConnectionTracker, RelayContext, make_factory
 from relay.store import lease
-from relay.store.db import AsyncStore, transaction
+from relay.store.db import (
+    AsyncStore,
+    StoreCorrupt,
+    corrupt_message,
+    is_corrupt,
+    on_corruption,
+    transaction,
+)
 from relay.store.events import NewEvent, record_event, record_events
 from relay.store.relay_info import publish_ports
 from relay.store.settings import Keys, seed_setting, set_setting
@@ -122,6 +135,9 @@ class RelayService:
         self._stopped = asyncio.Event()
         self._stopping = False
         self._leased = False
+        self._lock = lease.StoreLock(self.store_path)
+        self._unwatch: Callable[[], None] | None = None
+        self.failure: str | None = None  # why the service stopped by itself (a corrupt store)
         self.running = False
 
     @property
@@ -131,20 +147,56 @@ class RelayService:
     async def start(self) -> None:
         try:
             await self._start()
+        except StoreCorrupt as exc:
+            self._lock.note(stopped=str(exc))
+            await self._teardown()
+            raise
         except BaseException:
             await self._teardown()
             raise
 
+    def _watch_corruption(self) -> None:
+        """Stop the relay when any of its store connections meets SQLITE_CORRUPT."""
+        loop = asyncio.get_running_loop()
+        mine = self.store_path.resolve()
+
+        def heard(path: Path, exc: BaseException) -> None:
+            if path.resolve() == mine:
+                loop.call_soon_threadsafe(self._store_corrupt, exc)
+
+        self._unwatch = on_corruption(heard)
+        for name in ("mail.log", "smtpplus.relay", "smtpplus.delivery"):
+            logger = logging.getLogger(name)
+            if _CORRUPTION_NOISE not in logger.filters:
+                logger.addFilter(_CORRUPTION_NOISE)
+
+    def _store_corrupt(self, exc: BaseException) -> None:
+        if self.failure is not None or self._stopping:
+            return
+        self.failure = corrupt_message(self.store_path, exc)
+        log.error("stopping: %s", self.failure)
+        self._lock.note(stopped=self.failure)
+        asyncio.get_running_loop().create_task(self.stop(grace=0))
+
     async def _start(self) -> None:
         cfg = self.config
+        # Client bytes in log lines (ours and aiosmtpd's) are escaped, however the
+        # embedding process configured logging.
+        install_log_escaping(*LOGGERS)
         mail_log = logging.getLogger("mail.log")
         if mail_log.level == logging.NOTSET:
             # aiosmtpd logs every command at INFO: not for a relay (unless asked for).
             mail_log.setLevel(logging.WARNING)
         server_name = cfg.resolved_server_name()
+        host = socket.gethostname()
+        await asyncio.to_thread(
+            self._lock.acquire,
+            {"pid": os.getpid(), "host": host, "owner": self.owner, "listen_host": cfg.host, "started_at": time.time()},
+        )
+        self._watch_corruption()
         self._control = await AsyncStore(self.store_path).open()
         acquired = await self._control.run(
-            lease.acquire_lease, self.owner, os.getpid(), socket.gethostname(), cfg.host, cfg.stale_after
+            lease.acquire_lease, self.owner, os.getpid(), host, cfg.host, cfg.stale_after, locked=True
         )
         self.reclaimed_from = acquired.previous_owner
         self.took_over = acquired.died
@@ -307,6 +359,26 @@ class RelayService:
                 with _logged("closing a listener"):
                     await server.wait_closed()
             self._listeners = None
+        if self._unwatch is not None:
+            self._unwatch()
+            self._unwatch = None
+        # Last: until here another relay must not start on this store.
+        self._lock.release()
+
+
+class _CorruptionNoise(logging.Filter):
+    """A session that met the corrupt store logs one line, not a traceback: the relay
+    has already said what is wrong and is stopping."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and is_corrupt(exc):
+            record.msg, record.args = f"{record.getMessage()}: {exc}", None
+            record.exc_info = record.exc_text = None
+        return True
+
+
+_CORRUPTION_NOISE = _CorruptionNoise()
 
 
 def _record_stop_and_release(db: sqlite3.Connection, owner: str) -> None:

@@ -19,7 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "campaigns": ("console.cli.campaigns:campaigns", "Campaigns sent to every member of a list."),
     "queue": ("console.cli.queue:queue", "The sending queue: inspect, hold, retry; pause, rate, next hop."),
     "tls": ("console.cli.relay_cmd:tls", "The relay's TLS certificate."),
-    "store": ("console.cli.store_cmd:store", "The store file: backup, recount."),
+    "store": ("console.cli.store_cmd:store", "The store file: backup, integrity check, recount."),
     "send": ("console.cli.send:send", "Send one message, swaks-style, and show the dialogue."),
     "sink": ("console.cli.sink:sink", "Run a capture sink that accepts and records every message."),
     "harness": ("console.cli.harness_cmd:harness", "Scenario runs and benchmarks against a relay."),

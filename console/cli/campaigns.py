@@ -107,12 +107,14 @@ def ls(as_json: bool, db_path: Path | None) -> None:
     from rich.markup import escape
     from rich.table import Table
 
+    from relay.display import clean
+
     table = Table(box=box.SIMPLE_HEAD)
     for column in ("id", "list", "state", "prio", "subject", "scheduled", "sent", "failed", "pending", "total"):
         table.add_column(column, no_wrap=column in ("id", "state"))
     for c in infos:
         table.add_row(
-            str(c.id), escape(c.list_name), c.display_state, str(c.priority), escape(c.subject[:40]),
+            str(c.id), escape(clean(c.list_name)), c.display_state, str(c.priority), escape(clean(c.subject[:40])),
             common.fmt_time(c.scheduled_at), str(c.sent), str(c.failed), str(c.pending),
             str(c.total if c.total is not None else "-"),
         )

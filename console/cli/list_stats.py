@@ -32,7 +32,9 @@ def stats(name: str, as_json: bool, db_path: Path | None) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=f"list {escape(result.list_name)}", box=box.SIMPLE_HEAD)
+    from relay.display import clean
+
+    table = Table(title=f"list {escape(clean(result.list_name))}", box=box.SIMPLE_HEAD)
     table.add_column("")
     for field in FIELDS:
         table.add_column(field, justify="right")

@@ -35,9 +35,12 @@ def list_json(info: Any) -> dict[str, Any]:
 
 
 def _markup_safe(value: object) -> str:
+    """Outside text for a Rich table: terminal controls escaped, then markup."""
     from rich.markup import escape
 
-    return escape(str(value))
+    from relay.display import clean
+
+    return escape(clean(value))
 
 
 # ---------------------------------------------------------------------------
@@ -248,66 +251,97 @@ def members_import(name: str, file: Path, as_json: bool, db_path: Path | None) -
     Addresses already on the list are left as they are. One bad row refuses the
     whole file (its line is named), so nothing is half-imported.
     """
-    from relay.members_csv import parse_members
+    from relay.members_csv import iter_members
     from relay.policy import PolicyError
     from relay.store import directory
 
-    try:
-        text = file.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        raise CliError(f"{file} is not UTF-8 text — save it as UTF-8 CSV") from None
-    except OSError as exc:
-        raise CliError(f"cannot read {file}: {exc.strerror or exc}") from None
-    try:
-        parsed = parse_members(text)
-    except PolicyError as exc:
-        raise CliError(f"{file} {exc}") from None
-    if not parsed.rows:
-        raise CliError(f"{file} has no addresses — one address per line, or a header `address,name`")
     with common.open_db(db_path) as db:
+        # The list first: a typo in NAME is said before a big file is read.
         info = directory.get_list(db, name)
-        added, already = directory.import_members(db, info.name, parsed.rows)
+        try:
+            # Streamed (newline="" as csv wants): never the whole file, nor all its rows, in memory.
+            with file.open(encoding="utf-8-sig", newline="") as stream:
+                result = directory.import_member_stream(db, info.name, iter_members(stream))
+        except UnicodeDecodeError:
+            raise CliError(f"{file} is not UTF-8 text — save it as UTF-8 CSV") from None
+        except OSError as exc:
+            raise CliError(f"cannot read {file}: {exc.strerror or exc}") from None
+        except PolicyError as exc:
+            raise CliError(f"{file} {exc}") from None
+    added, already, repeated = result.added, result.already, result.repeated
+    if not added + already:
+        raise CliError(f"{file} has no addresses — one address per line, or a header `address,name`")
     if as_json:
         common.print_json(
-            {"list": info.name, "added": added, "already": already, "repeated_in_file": parsed.duplicates}
+            {"list": info.name, "added": added, "already": already, "repeated_in_file": repeated}
         )
         return
     message = f"List {info.name!r}: {added} added, {already} already there"
-    if parsed.duplicates:
-        message += f", {parsed.duplicates} repeated row(s) in the file skipped"
+    if repeated:
+        message += f", {repeated} repeated row(s) in the file skipped"
     click.echo(message + ".")
 
 
 @members.command("ls")
 @click.argument("name")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many members (default: all).")
+@click.option("--after", default="", metavar="ADDRESS", help="Start after this address (the last one of the previous page).")
+@click.option("--csv", "as_csv", is_flag=True,
+              help="Write CSV (address,name) that `members import` reads back; cells that a spreadsheet "
+                   "would run as a formula get a leading apostrophe.")
 @common.json_option
 @common.db_option
-def members_ls(name: str, as_json: bool, db_path: Path | None) -> None:
-    """A list's members in address order."""
+def members_ls(name: str, limit: int | None, after: str, as_csv: bool, as_json: bool, db_path: Path | None) -> None:
+    """A list's members in address order, streamed page by page (constant memory on
+    any list size); page with --limit and --after LAST-ADDRESS."""
+    import json
+    import sys
+
+    from relay.display import clean
+    from relay.members_csv import write_members_csv
     from relay.store import directory
 
-    rows: list[tuple[str, str]] = []
+    if as_csv and as_json:
+        raise CliError("--csv and --json are two formats — choose one")
     with common.open_db(db_path, create=False) as db:
         info = directory.get_list(db, name)
-        while True:
-            page = directory.list_members(db, info.name, after=rows[-1][0] if rows else "")
-            if not page:
-                break
-            rows.extend(page)
-    if as_json:
-        common.print_json([{"address": a, "name": n} for a, n in rows])
-        return
-    if not rows:
-        click.echo(f"List {info.name!r} has no members — add some with: smtpplus lists members import {_shell_word(info.name)} FILE.csv")
-        return
-    from rich import box
-    from rich.table import Table
+        if as_csv:
+            write_members_csv(_member_pages(db, info.name, after, limit), sys.stdout)
+            return
+        if not info.members and not as_json:
+            click.echo(f"List {info.name!r} has no members — add some with: smtpplus lists members import {_shell_word(info.name)} FILE.csv")
+            return
+        if not as_json:
+            shown = f"{info.members:,} member(s)" if not limit and not after else f"{info.members:,} member(s) in all"
+            click.echo(clean(f"List {info.name}: {shown}"))
+        written = 0
+        last = after
+        out = sys.stdout  # buffered writes: click.echo flushes every line
+        for address, member_name in _member_pages(db, info.name, after, limit):
+            if as_json:
+                # The same text print_json writes for the whole array, item by item.
+                item = json.dumps({"address": address, "name": member_name}, indent=2)
+                out.write(("[\n" if not written else ",\n") + "  " + item.replace("\n", "\n  "))
+            else:
+                out.write(f"{clean(address):<40}  {clean(member_name)}".rstrip() + "\n")
+            written += 1
+            last = address
+        if as_json:
+            click.echo("\n]" if written else "[]")
+        elif limit and written == limit:
+            click.echo(f"next page: smtpplus lists members ls {_shell_word(info.name)} --limit {limit} --after {_shell_word(last)}")
 
-    console = common.stdout_console()
-    console.print(_markup_safe(f"List {info.name}: {len(rows)} member(s)"))
-    table = Table(box=box.SIMPLE_HEAD)
-    table.add_column("Address")
-    table.add_column("Name")
-    for address, member_name in rows:
-        table.add_row(_markup_safe(address), _markup_safe(member_name))
-    console.print(table)
+
+def _member_pages(db: Any, list_name: str, after: str, limit: int | None) -> Any:
+    """Members one page at a time: only a page is ever in memory."""
+    from relay.store import directory
+
+    left = limit
+    while left is None or left > 0:
+        page = directory.list_members(db, list_name, after=after, limit=1000 if left is None else min(left, 1000))
+        if not page:
+            return
+        yield from page
+        after = page[-1][0]
+        if left is not None:
+            left -= len(page)

@@ -24,9 +24,12 @@ STATES = ("active", "all", "queued", "sending", "deferred", "held", "sent", "fai
 
 
 def _escape(value: object) -> str:
+    """Outside text for a Rich table: terminal controls escaped, then markup."""
     from rich.markup import escape
 
-    return escape(str(value))
+    from relay.display import clean
+
+    return escape(clean(value))
 
 
 def message_json(row: Any) -> dict[str, Any]:
@@ -138,14 +141,16 @@ def show(queue_id: str, as_json: bool, db_path: Path | None) -> None:
         out["headers"] = detail.headers
         common.print_json(out)
         return
+    from relay.display import clean
+
     lines = [
         f"queue id      {m.queue_id}",
         f"state         {m.state} (attempts {m.attempts})",
         f"priority      {m.priority} {NAMES.get(m.priority, '')} — header {m.header_priority}, user {m.user_priority}",
         f"origin        {m.origin}" + (f" (campaign {m.campaign_id})" if m.campaign_id else ""),
-        f"list / user   {m.list_name or '-'} / {m.username or '-'}",
-        f"from          {m.mail_from or '<>'}" + (f"   (header: {m.header_from})" if m.header_from else ""),
-        f"subject       {m.subject}",
+        f"list / user   {clean(m.list_name or '-')} / {clean(m.username or '-')}",
+        f"from          {clean(m.mail_from or '<>')}" + (f"   (header: {clean(m.header_from)})" if m.header_from else ""),
+        f"subject       {clean(m.subject)}",
         f"size          {m.size} bytes",
         f"received      {common.fmt_time(m.created_at)}" + (f" from {m.client}, port {m.port}" if m.client else ""),
     ]
@@ -154,17 +159,17 @@ def show(queue_id: str, as_json: bool, db_path: Path | None) -> None:
     if m.finished_at:
         lines.append(f"finished      {common.fmt_time(m.finished_at)}")
     if m.last_reply:
-        lines.append(f"last reply    {m.last_reply}")
+        lines.append(f"last reply    {clean(m.last_reply)}")
     if m.header_priority == 1:
         lines.append("note          header priority 1: recipients' mail clients show it as urgent")
     for line in lines:
         click.echo(line)
     click.echo("recipients")
     for r in detail.recipients:
-        click.echo(f"  {r.address}  {r.state}" + (f"  {r.last_reply}" if r.last_reply else ""))
+        click.echo(f"  {clean(r.address)}  {r.state}" + (f"  {clean(r.last_reply)}" if r.last_reply else ""))
     click.echo("timeline")
     for e in detail.events:
-        click.echo(f"  {common.fmt_time(e.at)}  {e.kind:<9} {e.reason:<22} {e.detail}")
+        click.echo(f"  {common.fmt_time(e.at)}  {e.kind:<9} {e.reason:<22} {clean(e.detail)}")
 
 
 def _report(results: list[Any], verb: str) -> None:

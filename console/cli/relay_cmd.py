@@ -22,6 +22,7 @@ from console.cli.common import (
     resolve_db_path,
     stdout_console,
 )
+from relay.display import clean
 
 
 @click.command()
@@ -34,6 +35,8 @@ from console.cli.common import (
               help='Once accepting, write {"pid", "served", "not_served", "host"} here as JSON (atomically).')
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="TOML settings file (default: $SMTPPLUS_CONFIG).")
+@click.option("--check", "check_store", is_flag=True,
+              help="Check the store's integrity first (PRAGMA quick_check, with progress); refuse to start when it fails.")
 @db_option
 def relay(
     host: str | None,
@@ -43,12 +46,15 @@ def relay(
     next_hop: str | None,
     ready_file: Path | None,
     config_path: Path | None,
+    check_store: bool,
     db_path: Path | None,
 ) -> None:
     """Run the relay as a headless daemon: every port of the spec, STARTTLS, AUTH, delivery.
 
     SIGTERM or Ctrl-C stops accepting, lets sessions in progress finish (bounded) and
     exits 0. A second relay on a store whose relay is alive exits with an error naming it.
+    A corrupt store stops the relay with a one-line error (exit 1); `smtpplus status`
+    says so.
     """
     from relay.config import load_config
     from relay.listen import expand_ports
@@ -66,6 +72,13 @@ def relay(
     expand_ports(config.ports)  # a bad spec is a one-line error before anything starts
     _configure_logging()
     store_path = resolve_db_path(db_path)
+    if check_store and store_path.exists():
+        from console.cli.store_cmd import check_failure, run_check
+
+        result = run_check(store_path)
+        if not result.ok:
+            raise CliError(check_failure(result))
+        click.echo(f"store check: {store_path} is sound ({result.pages:,} pages, {result.seconds:.1f}s)", err=True)
     runner = _event_loop_runner()
     code = runner(_serve(store_path, config, ready_file))
     sys.exit(code)
@@ -80,13 +93,20 @@ def _check_next_hop(value: str) -> None:
 def _configure_logging() -> None:
     import logging
 
+    from relay.display import LOGGERS, install_log_escaping
+
+    # One handler on the root: the relay's own lines and aiosmtpd's warnings ("mail.log")
+    # go through the same escaping filter (a client's ESC never reaches the terminal).
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    logger = logging.getLogger("smtpplus")
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    if root.level == logging.NOTSET or root.level > logging.WARNING:
+        root.setLevel(logging.WARNING)
+    logging.getLogger("smtpplus").setLevel(logging.INFO)
     # aiosmtpd logs every command at INFO on "mail.log": far too chatty for a relay.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
+    install_log_escaping(*LOGGERS)
 
 
 def _event_loop_runner() -> Any:
@@ -137,6 +157,9 @@ async def _serve(store_path: Path, config: Any, ready_file: Path | None) -> int:
     finally:
         click.echo("smtpplus relay: stopping — letting sessions in progress finish", err=True)
         await service.stop()
+    if service.failure is not None:
+        click.echo(f"smtpplus: error: {service.failure}", err=True)
+        return 1
     if taken_over:
         click.echo("smtpplus: error: another relay took over this store's lease", err=True)
         return 1
@@ -157,7 +180,7 @@ def _announce(service: Any, store_path: Path) -> None:
     for port, reason in sorted(service.not_served.items()):
         click.echo(f"smtpplus relay: port {port} not served: {reason}", err=True)
     if service.took_over:
-        click.echo("smtpplus relay: took over from a relay that died (stale heartbeat); its in-flight mail is reclaimed", err=True)
+        click.echo("smtpplus relay: took over from a relay that died; its in-flight mail is reclaimed", err=True)
     warning = server_name_warning(service.config.resolved_server_name())
     if warning:
         click.echo(f"smtpplus relay: warning: {warning}", err=True)
@@ -228,8 +251,15 @@ def _print_status(current: Any) -> None:
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column()
-    if current.alive:
-        table.add_row("relay", f"alive — pid {current.pid} on {current.host}, heartbeat {current.heartbeat_age:.1f}s ago")
+    beat = f"{current.heartbeat_age:.1f}s ago" if current.heartbeat_age is not None else "none yet"
+    if current.alive and current.liveness == "lock" and current.heartbeat_age is not None and current.heartbeat_age > 10:
+        # The OS lock says the process lives: a stalled loop or a full disk, not a death.
+        table.add_row("relay", f"alive — pid {current.pid} on {current.host} holds the store lock, but its "
+                               f"heartbeat is {current.heartbeat_age:.0f}s old (stalled? disk full?) — see its log")
+    elif current.alive:
+        table.add_row("relay", f"alive — pid {current.pid} on {current.host}, heartbeat {beat}")
+    elif current.stopped_reason:
+        table.add_row("relay", f"not running — stopped: {clean(current.stopped_reason)}")
     elif current.owner is None:
         table.add_row("relay", "not running — this store has never been served")
     elif current.stopped_at:

@@ -209,8 +209,10 @@ def _print(result: DialogueResult, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(to_jsonable(result.to_json()), indent=2))
         return
+    from relay.display import clean
+
     for line in format_dialogue(result):
-        click.echo(line)
+        click.echo(clean(line))  # the server's replies are outside text
     if result.failed_stage is None:
         done = f"stopped after {result.stopped_after}" if result.stopped_after else "done"
         queued = f", queued as {result.queue_id}" if result.queue_id else ""
@@ -218,6 +220,6 @@ def _print(result: DialogueResult, as_json: bool) -> None:
         return
     code = result.exit_code
     stage = result.failed_stage
-    click.echo(f"=== {stage} failed: {result.error} (exit {code})")
+    click.echo(clean(f"=== {stage} failed: {result.error} (exit {code})"))
     if stage is Stage.TLS and "not trusted" in result.error:
         click.echo("    hint: `smtpplus tls export > relay.pem`, then --cafile relay.pem (or --insecure)", err=True)

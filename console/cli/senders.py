@@ -58,7 +58,10 @@ def ls(state: str | None, as_json: bool, db_path: Path | None) -> None:
     if not views:
         click.echo("no sender identities" + (f" in state {state}" if state else "") + " — add domains or senders to a user")
         return
+    from rich.markup import escape
     from rich.table import Table
+
+    from relay.display import clean
 
     table = Table(box=None, pad_edge=False)
     for column in ("IDENTITY", "KIND", "STATE", "METHOD", "VERIFIED AT", "REASON", "USERS", "TXT RECORD / CODE"):
@@ -71,8 +74,8 @@ def ls(state: str | None, as_json: bool, db_path: Path | None) -> None:
             i.state,
             i.method or "-",
             common.fmt_time(i.verified_at),
-            i.reason or "-",
-            ", ".join(v.users) or "-",
+            escape(clean(i.reason or "-")),
+            escape(clean(", ".join(v.users) or "-")),
             _how_to_verify(v) or "-",
         )
     common.stdout_console().print(table)
@@ -92,6 +95,8 @@ def show(identity: str, as_json: bool, db_path: Path | None) -> None:
     if as_json:
         common.print_json(view.as_dict())
         return
+    from relay.display import clean
+
     i = view.identity
     lines = [
         ("identity", i.value),
@@ -114,7 +119,7 @@ def show(identity: str, as_json: bool, db_path: Path | None) -> None:
         lines.append(("code", f"none sent — run `smtpplus senders send-code {i.value}`"))
     width = max(len(k) for k, _ in lines)
     for key, value in lines:
-        click.echo(f"{key:<{width}}  {value}")
+        click.echo(f"{key:<{width}}  {clean(value)}")
 
 
 @senders.command("approve")

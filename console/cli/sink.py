@@ -53,10 +53,12 @@ def sink(host: str, port: int, record_path: Path | None, keep_data: bool, chaos_
     def show(record: SinkRecord) -> None:
         if not quiet:
             priority = f" X-Priority {record.x_priority}" if record.x_priority else ""
-            click.echo(
+            from relay.display import clean
+
+            click.echo(clean(
                 f"#{record.seq} from <{record.mail_from}> to {', '.join(record.rcpt_tos)}{priority} "
                 f"{record.size} bytes: {record.subject or ''}"
-            )
+            ))
 
     async def main() -> None:
         capture = CaptureSink(host, port, record_path, chaos, on_message=show, keep_data=keep_data)

@@ -105,9 +105,12 @@ def _say(lines: list[str], *, to_stderr: bool) -> None:
 
 
 def _markup_safe(value: object) -> str:
+    """Outside text for a Rich table: terminal controls escaped, then markup."""
     from rich.markup import escape
 
-    return escape(str(value))
+    from relay.display import clean
+
+    return escape(clean(value))
 
 
 def _print_password(username: str, password: str, *, first: bool) -> None:

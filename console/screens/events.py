@@ -180,8 +180,8 @@ class EventsScreen(LiveScreen):
             f"user {event.username}" if event.username else "", f"message {event.queue_id}" if event.queue_id else "",
         ) if x)
         if where:
-            table.add_row("", where)
-        table.add_row("", event.detail or "-")
+            table.add_row("", Text(fmt.safe(where)))
+        table.add_row("", Text(fmt.safe(event.detail or "-")))
         if event.message_id:
             table.add_row("", Text("enter: open the message", style="dim"))
         box.update(table)

@@ -44,21 +44,21 @@ def read_client_settings(db: sqlite3.Connection) -> Any:
 
 def import_members_file(db: sqlite3.Connection, list_name: str, path: str) -> str:
     """Read, check and import a member file; the one-line outcome."""
-    from relay.members_csv import parse_members
+    from relay.members_csv import iter_members
     from relay.store import directory
 
     file = Path(path).expanduser()
+    directory.get_list(db, list_name)  # a list deleted meanwhile is said before the file is read
     try:
-        text = file.read_text(encoding="utf-8-sig")
+        with file.open(encoding="utf-8-sig", newline="") as stream:  # streamed, not read whole
+            result = directory.import_member_stream(db, list_name, iter_members(stream))
     except UnicodeDecodeError:
         raise ValueError(f"{file} is not UTF-8 text — save it as UTF-8 CSV") from None
     except OSError as exc:
         raise ValueError(f"cannot read {file}: {exc.strerror or exc}") from None
-    parsed = parse_members(text)
-    if not parsed.rows:
+    if not result.added + result.already:
         raise ValueError(f"{file} has no addresses — one address per line, or a header `address,name`")
-    added, already = directory.import_members(db, list_name, parsed.rows)
-    return f"List {list_name}: {added} member(s) added, {already} already there."
+    return f"List {list_name}: {result.added} member(s) added, {result.already} already there."
 
 
 class TextBox(ModalScreen[None]):
@@ -77,8 +77,8 @@ class TextBox(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="textbox"):
-            yield Static(Text(self.title_text, style="bold"))
-            yield Static(Text(self.text))
+            yield Static(Text(fmt.safe(self.title_text), style="bold"))
+            yield Static(Text(fmt.clean_lines(self.text)))
             yield Static(Text("c: copy to clipboard · escape: close", style="dim"))
 
     def on_mount(self) -> None:
@@ -212,7 +212,7 @@ class ListsScreen(LiveScreen):
 
         def confirmed(yes: bool | None) -> None:
             if yes:
-                self.console.run_store(directory.delete_list, row.name, success=f"List {row.name} deleted.")
+                self.console.run_store(directory.delete_list, row.name, success=f"List {fmt.safe(row.name)} deleted.")
 
         self.app.push_screen(
             ConfirmDialog(

@@ -26,7 +26,7 @@ def _pairs(rows: list[tuple[str, Any]]) -> Table:
     table.add_column(style="bold", no_wrap=True)
     table.add_column(overflow="fold")
     for label, value in rows:
-        table.add_row(label, value if isinstance(value, Text) else Text(str(value)))
+        table.add_row(label, value if isinstance(value, Text) else Text(fmt.safe(value)))
     return table
 
 
@@ -71,7 +71,7 @@ def timeline(events: list[Any], now: float) -> Table:
     table.add_column("Detail", overflow="fold", ratio=1)
     for event in events:
         where = f" [{event.client}:{event.port}]" if event.client else ""
-        table.add_row(fmt.clock_time(event.at, now), event.reason, f"{event.detail}{where}")
+        table.add_row(fmt.clock_time(event.at, now), event.reason, Text(fmt.safe(f"{event.detail}{where}")))
     if not events:
         table.add_row("-", "-", "no events recorded")
     return table
@@ -149,7 +149,7 @@ class MessageScreen(LiveScreen):
         rcpt.add_column("State", no_wrap=True)
         rcpt.add_column("Next hop reply", overflow="fold", ratio=1)
         for r in data.recipients:
-            rcpt.add_row(r.address, r.state, r.last_reply or "-")
+            rcpt.add_row(Text(fmt.safe(r.address)), r.state, Text(fmt.safe(r.last_reply or "-")))
         if data.recipient_count > len(data.recipients):
             rcpt.add_row(f"… and {data.recipient_count - len(data.recipients):,} more", "", "")
         self.query_one("#recipients", Static).update(rcpt)
@@ -158,8 +158,8 @@ class MessageScreen(LiveScreen):
         for n, (name, value) in enumerate(data.headers):
             if n:
                 headers.append("\n")
-            headers.append(f"{name}: ", style="bold")
-            headers.append(value)
+            headers.append(f"{fmt.safe(name)}: ", style="bold")
+            headers.append(fmt.safe(value))
         self.query_one("#headers", Static).update(headers)
 
     # -- actions ----------------------------------------------------------------

@@ -123,7 +123,7 @@ class SendersScreen(LiveScreen):
         if identity.verified:
             how = METHODS.get(identity.method or "", identity.method or "")
             table.add_row("Verified", f"{fmt.full_time(identity.verified_at)} by {how}"
-                          + (f" — reason: {identity.reason}" if identity.reason else ""))
+                          + (f" — reason: {fmt.safe(identity.reason)}" if identity.reason else ""))
         else:
             table.add_row("Pending", "mail from it is refused until it is verified")
         if identity.kind == "domain":
@@ -131,7 +131,7 @@ class SendersScreen(LiveScreen):
         elif view.code is not None:
             table.add_row("Code", f"sent {fmt.clock_time(view.code.sent_at, stamp)}, {view.code.status(stamp)}, "
                                   f"{view.code.attempts_left} tries left")
-        table.add_row("Users", ", ".join(view.users) or "-")
+        table.add_row("Users", Text(fmt.safe(", ".join(view.users) or "-")))
         keys = "a approve" + (" · n check DNS" if identity.kind == "domain" else " · s send code · c confirm code")
         table.add_row("", Text(keys, style="dim"))
         detail.update(table)

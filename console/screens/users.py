@@ -124,7 +124,7 @@ class UsersScreen(LiveScreen):
         self.data: UsersData | None = None
 
     def compose_body(self) -> ComposeResult:
-        title = f"Users of list {self.list_name}" if self.list_name else "Users of every list"
+        title = f"Users of list {fmt.safe(self.list_name)}" if self.list_name else "Users of every list"
         yield Static(title, id="users-title", classes="section-title")
         yield KeyedTable(COLUMNS, id="users-table")
         yield Static("", id="user-detail")
@@ -146,7 +146,7 @@ class UsersScreen(LiveScreen):
     def apply(self, data: UsersData, now: float) -> None:
         self.data = data
         if data.missing_list:
-            self.query_one("#users-title", Static).update(f"List {self.list_name} no longer exists.")
+            self.query_one("#users-title", Static).update(Text(f"List {fmt.safe(self.list_name)} no longer exists."))
         self.query_one(KeyedTable).sync([
             (
                 user.username,
@@ -168,9 +168,10 @@ class UsersScreen(LiveScreen):
         if user is None:
             detail.update(Text("No users yet — press a to add one." if self.data and not self.data.users else ""))
             return
-        heading = Text.assemble((user.username, "bold"), f" · list {user.list_name} · priority {fmt.priority(user.priority)}")
+        heading = Text.assemble(
+            (fmt.safe(user.username), "bold"), f" · list {fmt.safe(user.list_name)} · priority {fmt.priority(user.priority)}")
         if user.note:
-            heading.append(f" · {user.note}", style="italic")
+            heading.append(f" · {fmt.safe(user.note)}", style="italic")
         parts: list[Any] = [heading, identity_states(user) if user.identities else Text("no authorized domains or senders")]
         parts.extend(nudges(user))
         detail.update(Group(*parts))

@@ -14,6 +14,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Label, Static
 
 from console.widgets.fields import Field
+from relay.display import clean
 
 CSS_PATH = Path(__file__).with_name("dialogs.tcss")
 
@@ -35,7 +36,8 @@ class ConfirmDialog(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="box"):
-            yield Static(self.question, classes="question")
+            # The question names things from outside (a list, a subject): escaped.
+            yield Static(clean(self.question, keep_newlines=True), classes="question")
             with Horizontal(classes="buttons"):
                 yield Button(f"{self.yes} (y)", id="yes", variant="error" if self.danger else "primary")
                 yield Button("No (n)", id="no")

@@ -26,6 +26,54 @@ class StoreTooNew(StoreError):
     """The file was written by a newer smtpplus than this one."""
 
 
+class StoreCorrupt(StoreError):
+    """SQLite says the file is damaged (SQLITE_CORRUPT / SQLITE_NOTADB)."""
+
+
+_CORRUPT_CODES = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB
+_CORRUPT_WORDS = ("malformed", "not a database", "corrupt")
+
+
+def is_corrupt(exc: BaseException) -> bool:
+    """Whether ``exc`` is SQLite saying the store file is damaged."""
+    if not isinstance(exc, sqlite3.DatabaseError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF in _CORRUPT_CODES:
+        return True
+    text = str(exc).lower()
+    return any(word in text for word in _CORRUPT_WORDS)
+
+
+def corrupt_message(path: str | os.PathLike[str], exc: BaseException) -> str:
+    if "not a database" in str(exc).lower():  # maybe just a wrong --db
+        return (
+            f"store {path} is not usable: {exc} — check --db / SMTPPLUS_DB; if it is your store, it is "
+            "damaged: restore the latest backup"
+        )
+    return (
+        f"store {path} is corrupt ({exc}) — stop using it: check it with `smtpplus store check`, "
+        "then restore the latest backup (`smtpplus store backup` makes them)"
+    )
+
+
+# Called (from a store thread) with (store path, error) whenever an AsyncStore meets a
+# corrupt store: the relay stops rather than answer 451 to every client for ever.
+_corruption_listeners: list[Callable[[Path, BaseException], None]] = []
+
+
+def on_corruption(listener: Callable[[Path, BaseException], None]) -> Callable[[], None]:
+    """Register ``listener``; returns the function that unregisters it."""
+    _corruption_listeners.append(listener)
+    return lambda: _corruption_listeners.remove(listener) if listener in _corruption_listeners else None
+
+
+def _tell_corruption(path: Path, exc: BaseException) -> None:
+    for listener in list(_corruption_listeners):
+        with contextlib.suppress(Exception):
+            listener(path, exc)
+
+
 def default_db_path() -> Path:
     """``SMTPPLUS_DB``, else ``smtpplus.db`` in the user's data directory."""
     env = os.environ.get("SMTPPLUS_DB")
@@ -89,6 +137,8 @@ def open_store(
     except StoreTooNew:
         raise
     except sqlite3.DatabaseError as exc:
+        if is_corrupt(exc):
+            raise StoreCorrupt(corrupt_message(p, exc)) from None
         raise StoreError(f"store {p} is not usable: {exc} — check the path and its permissions") from None
     except OSError as exc:
         raise StoreError(f"store {p} is not usable: {exc.strerror or exc} — check the path and its permissions") from None
@@ -165,7 +215,12 @@ class AsyncStore:
         conn = self._conn
         # aiosqlite's _execute runs a callable on its connection thread; it is the one
         # private call we rely on, wrapped here only.
-        result: T = await conn._execute(fn, conn._conn, *args, **kwargs)
+        try:
+            result: T = await conn._execute(fn, conn._conn, *args, **kwargs)
+        except sqlite3.DatabaseError as exc:
+            if is_corrupt(exc):
+                _tell_corruption(self.path, exc)
+            raise
         return result
 
     async def close(self) -> None:

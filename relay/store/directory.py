@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from relay import policy
+from relay import display, policy
 from relay.priority import PriorityError, validate_priority
 from relay.store.db import transaction
 from relay.store.errors import AlreadyExists, InvalidInput, NotFound
@@ -108,17 +108,31 @@ _LIST_SELECT = (
 )
 
 
-def create_list(db: sqlite3.Connection, name: str, description: str = "") -> ListInfo:
-    name = name.strip()
-    if not name:
+def _list_name(name: str) -> str:
+    try:
+        checked = display.check_name(name, "list name", display.MAX_LIST_NAME)
+    except display.BadName as exc:
+        raise InvalidInput(str(exc)) from None
+    if not checked:
         raise InvalidInput("list name is empty — give the list a name")
-    if len(name) > 100:
-        raise InvalidInput("list name is over 100 characters — use a shorter name")
+    return checked
+
+
+def _description(text: str) -> str:
+    try:
+        return display.check_name(text, "description", display.MAX_DESCRIPTION)
+    except display.BadName as exc:
+        raise InvalidInput(str(exc)) from None
+
+
+def create_list(db: sqlite3.Connection, name: str, description: str = "") -> ListInfo:
+    name = _list_name(name)
+    description = _description(description)
     try:
         with transaction(db):
             db.execute(
                 "INSERT INTO lists(name, description, created_at) VALUES (?, ?, ?)",
-                (name, description.strip(), time.time()),
+                (name, description, time.time()),
             )
     except sqlite3.IntegrityError:
         raise AlreadyExists(f"list {name!r} already exists — pick another name") from None
@@ -138,10 +152,14 @@ def all_lists(db: sqlite3.Connection) -> list[ListInfo]:
 
 def edit_list(db: sqlite3.Connection, name: str, *, description: str | None = None, new_name: str | None = None) -> ListInfo:
     current = get_list(db, name)
+    if description is not None:
+        description = _description(description)
+    if new_name is not None and new_name.strip():
+        new_name = _list_name(new_name)
     try:
         with transaction(db):
             if description is not None:
-                db.execute("UPDATE lists SET description = ? WHERE id = ?", (description.strip(), current.id))
+                db.execute("UPDATE lists SET description = ? WHERE id = ?", (description, current.id))
             if new_name is not None and new_name.strip() and new_name.strip() != current.name:
                 db.execute("UPDATE lists SET name = ? WHERE id = ?", (new_name.strip(), current.id))
     except sqlite3.IntegrityError:
@@ -165,9 +183,10 @@ def import_members(db: sqlite3.Connection, list_name: str, members: Iterable[tup
     for line_no, (address, name) in enumerate(members, start=1):
         try:
             canonical = policy.normalize_address(address)
-        except policy.PolicyError as exc:
+            member_name = display.check_name(name, "member name", display.MAX_MEMBER_NAME)
+        except (policy.PolicyError, display.BadName) as exc:
             raise InvalidInput(f"row {line_no}: {exc}") from None
-        rows.append((current.id, canonical, name.strip(), now))
+        rows.append((current.id, canonical, member_name, now))
     with transaction(db):
         before = db.total_changes
         db.executemany(
@@ -177,12 +196,61 @@ def import_members(db: sqlite3.Connection, list_name: str, members: Iterable[tup
     return added, len(rows) - added
 
 
+@dataclass(frozen=True, slots=True)
+class MemberImport:
+    added: int
+    already: int  # on the list before
+    repeated: int  # rows of the input whose address came earlier in it
+
+
+_IMPORT_BATCH = 5000
+
+
+def import_member_stream(db: sqlite3.Connection, list_name: str, members: Iterable[tuple[str, str]]) -> MemberImport:
+    """Add (canonical address, name) pairs read one at a time — a million-row file in
+    constant memory. The rows go to a temporary table first (its own file: the store's
+    write lock is not held while the file is read), repeats ignored, the first name
+    kept; then one short transaction adds them to the list. Anything ``members`` raises
+    (a bad row) leaves the list as it was."""
+    current = get_list(db, list_name)
+    db.execute("CREATE TEMP TABLE IF NOT EXISTS member_import(address TEXT PRIMARY KEY, name TEXT NOT NULL)")
+    try:
+        total = 0
+        batch: list[tuple[str, str]] = []
+        with transaction(db, immediate=False):  # writes only the temp database
+            db.execute("DELETE FROM temp.member_import")
+            for address, name in members:
+                batch.append((address, name))
+                if len(batch) >= _IMPORT_BATCH:
+                    db.executemany("INSERT OR IGNORE INTO temp.member_import(address, name) VALUES (?, ?)", batch)
+                    total += len(batch)
+                    batch.clear()
+            db.executemany("INSERT OR IGNORE INTO temp.member_import(address, name) VALUES (?, ?)", batch)
+            total += len(batch)
+        distinct = int(db.execute("SELECT count(*) FROM temp.member_import").fetchone()[0])
+        with transaction(db):
+            before = db.total_changes
+            db.execute(
+                "INSERT OR IGNORE INTO list_members(list_id, address, name, added_at) "
+                "SELECT ?, address, name, ? FROM temp.member_import ORDER BY rowid",
+                (current.id, time.time()),
+            )
+            added = db.total_changes - before
+    finally:
+        db.execute("DROP TABLE IF EXISTS temp.member_import")
+    return MemberImport(added, distinct - added, total - distinct)
+
+
 def list_members(db: sqlite3.Connection, list_name: str, *, after: str = "", limit: int = 1000) -> list[tuple[str, str]]:
     """One page of members in address order (``after`` is the last address seen)."""
-    current = get_list(db, list_name)
+    # The list's id only: get_list also counts every member, which a pager must not
+    # pay per page (a million members: a thousand pages).
+    found = db.execute("SELECT id FROM lists WHERE name = ?", (list_name,)).fetchone()
+    if found is None:
+        raise NotFound(f"no list named {list_name!r} — see `smtpplus lists ls`")
     rows = db.execute(
         "SELECT address, name FROM list_members WHERE list_id = ? AND address > ? ORDER BY address LIMIT ?",
-        (current.id, after, limit),
+        (found[0], after, limit),
     ).fetchall()
     return [(r[0], r[1]) for r in rows]
 

@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from relay.display import clean
 from relay.reasons import EventKind, Reason
 
 
@@ -66,17 +67,19 @@ def record_events(db: sqlite3.Connection, events: Iterable[NewEvent]) -> None:
 
 
 def _values(e: NewEvent) -> tuple[object, ...]:
+    # Text from clients and next hops (a username tried, a reply) is escaped once,
+    # here, so no reader of the event log meets a terminal control (relay.display).
     return (
         time.time() if e.at is None else e.at,
         str(e.kind),
         str(e.reason),
-        e.username,
+        None if e.username is None else clean(e.username),
         e.list_id,
-        e.client,
+        None if e.client is None else clean(e.client),
         e.port,
         e.message_id,
         e.queue_id,
-        e.detail,
+        clean(e.detail),
     )
 
 

@@ -22,13 +22,33 @@ Public API
     the runtime controls (paused, next hop). ``stale_after`` applies only when the
     relay did not publish its own. Used by ``smtpplus status``, the console and the
     harness.
+
+The OS lock
+-----------
+A heartbeat can stop while its relay lives (a stalled event loop, a full disk), so on
+its own it cannot tell a stalled relay from a dead one. The relay therefore also holds
+an exclusive ``flock`` on ``<store>-relay.lock`` for its whole life (:class:`StoreLock`); the
+kernel drops it the instant the process dies, kill -9 included. On this host the lock
+is the truth: a second relay is refused at once while it is held, a restart after a
+crash takes over at its first try, and :func:`relay_status` calls a relay alive while
+its lock is held whatever its heartbeat says (``liveness == "lock"``). The heartbeat
+stays for display and for stores the lock cannot see (no lock file: ``"heartbeat"``).
+The lock file's text names the holder (pid, host) and, after a stop for a reason
+worth telling (a corrupt store), that reason.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import socket
 import sqlite3
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from relay.reasons import EventKind, Reason
@@ -70,6 +90,130 @@ class RelayStatus:
     next_hop: str | None = None
     rate: float | None = None
     parallel: int | None = None
+    liveness: str = "heartbeat"  # what decided ``alive``: "lock" (the OS lock) or "heartbeat"
+    stopped_reason: str | None = None  # why the last relay stopped, when it said (a corrupt store)
+
+
+# ---------------------------------------------------------------------------
+# The OS lock beside the store
+
+
+def lock_path(store_path: str | os.PathLike[str]) -> Path:
+    """``<store>-relay.lock``: the file whose exclusive flock a live relay holds."""
+    # Named like SQLite's own sidecars (-wal, -shm): whatever handles those sees it too.
+    return Path(f"{os.fspath(store_path)}-relay.lock")
+
+
+# A status probe holds a shared lock for microseconds; a starting relay retries past it.
+_LOCK_TRIES = 20
+_LOCK_PAUSE = 0.025
+
+
+@dataclass(frozen=True, slots=True)
+class LockState:
+    held: bool | None  # None: no lock file (never served by a relay that locks)
+    facts: dict[str, Any] = field(default_factory=dict)  # what the holder wrote: pid, host, state
+
+
+def _read_facts(fd: int) -> dict[str, Any]:
+    try:
+        raw = os.pread(fd, 65536, 0)
+        value = json.loads(raw.decode("utf-8")) if raw.strip() else {}
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def lock_state(store_path: str | os.PathLike[str]) -> LockState:
+    """Whether a live process holds the store's lock (probed with a shared lock that
+    is let go at once), and what the lock file says."""
+    try:
+        fd = os.open(lock_path(store_path), os.O_RDONLY)
+    except OSError:
+        return LockState(None)
+    try:
+        facts = _read_facts(fd)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                return LockState(True, facts)
+            return LockState(None, facts)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return LockState(False, facts)
+    finally:
+        os.close(fd)
+
+
+class StoreLock:
+    """The relay's exclusive lock on ``<store>-relay.lock``, held from start to stop."""
+
+    def __init__(self, store_path: str | os.PathLike[str]) -> None:
+        self.path = lock_path(store_path)
+        self._fd: int | None = None
+        self._facts: dict[str, Any] = {}
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self, facts: dict[str, Any]) -> None:
+        """Take the lock or raise :class:`RelayAlreadyRunning` naming its holder."""
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot create the relay lock {self.path}: {exc.strerror or exc} — check the store directory's permissions"
+            ) from None
+        for attempt in range(_LOCK_TRIES):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    os.close(fd)
+                    raise StoreError(f"cannot lock {self.path}: {exc.strerror or exc}") from None
+                if attempt == _LOCK_TRIES - 1:
+                    holder = _read_facts(fd)
+                    os.close(fd)
+                    raise RelayAlreadyRunning(
+                        f"a relay is already running on this store (pid {holder.get('pid', '?')} on "
+                        f"{holder.get('host', '?')}, listening on {holder.get('listen_host', '?')}; it holds "
+                        f"{self.path.name}) — stop it first, or use another --db",
+                        owner=str(holder.get("owner") or ""),
+                        pid=holder.get("pid"),
+                        host=holder.get("host"),
+                        age=0.0,
+                    ) from None
+                time.sleep(_LOCK_PAUSE)
+        self._fd = fd
+        self.note(**facts)
+
+    def note(self, **facts: Any) -> None:
+        """Rewrite the lock file's text (who holds it; a reason to stop). Best effort:
+        a full disk must not stop a relay here."""
+        if self._fd is None:
+            return
+        self._facts.update(facts)
+        data = json.dumps(self._facts).encode("utf-8")
+        with contextlib.suppress(OSError):
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, data, 0)
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _store_lock_state(db: sqlite3.Connection) -> LockState:
+    """The OS lock beside the file ``db`` is open on (none for an in-memory store)."""
+    row = db.execute("PRAGMA database_list").fetchone()
+    path = row[2] if row is not None else ""
+    return lock_state(path) if path else LockState(None)
 
 
 def _read_lease(db: sqlite3.Connection) -> dict[str, Any] | None:
@@ -119,12 +263,18 @@ def acquire_lease(
     stale_after: float = DEFAULT_STALE_AFTER,
     *,
     now: float | None = None,
+    locked: bool = False,
 ) -> Acquired:
-    """:func:`acquire`, also telling whether the previous relay died."""
+    """:func:`acquire`, also telling whether the previous relay died.
+
+    ``locked``: the caller holds the store's OS lock (:class:`StoreLock`), so a
+    previous relay on this same host is gone whatever its heartbeat says — taken
+    over at once (a restart after kill -9 serves at its first try)."""
     with transaction(db):
         stamp = time.time() if now is None else now
         previous = _read_lease(db)
-        if previous and previous.get("owner") != owner and _is_alive(previous, stale_after, stamp):
+        gone_here = locked and previous is not None and previous.get("host") == host
+        if previous and previous.get("owner") != owner and not gone_here and _is_alive(previous, stale_after, stamp):
             age = max(0.0, stamp - float(previous.get("heartbeat_at") or 0))
             where = previous.get("listen_host") or "?"
             raise RelayAlreadyRunning(
@@ -154,13 +304,14 @@ def acquire_lease(
         died = not previous.get("stopped_at")
         if died:
             age = stamp - float(previous.get("heartbeat_at") or 0)
+            why = "its lock was free: the process is gone" if gone_here else "its heartbeat went stale"
             record_event(
                 db,
                 NewEvent(
                     kind=EventKind.RELAY,
                     reason=Reason.RELAY_TAKEOVER,
                     detail=f"took over from relay pid {previous.get('pid')} on {previous.get('host')} "
-                    f"(heartbeat {age:.1f}s old)",
+                    f"(heartbeat {age:.1f}s old; {why})",
                     at=stamp,
                 ),
             )
@@ -211,13 +362,31 @@ def relay_status(db: sqlite3.Connection, stale_after: float = DEFAULT_STALE_AFTE
         "rate": values.get(Keys.RATE),
         "parallel": values.get(Keys.PARALLEL),
     }
+    lock = _store_lock_state(db)
+    if lock.facts.get("stopped"):
+        common["stopped_reason"] = str(lock.facts["stopped"])
     if not lease:
-        return RelayStatus(alive=False, **common)
+        return RelayStatus(alive=bool(lock.held), liveness="lock" if lock.held else "heartbeat", **common)
     heartbeat_at = float(lease.get("heartbeat_at") or 0)
     # The relay's own setting, when it published one, so every reader agrees with it.
     limit = float(lease.get("stale_after") or stale_after)
+    alive = _is_alive(lease, limit, stamp)
+    liveness = "heartbeat"
+    if lock.held:
+        # Held by a live process: alive, even when a stall or a full disk stopped its heartbeat.
+        alive, liveness = True, "lock"
+    elif lock.held is False and lease.get("host") == socket.gethostname():
+        # Free on the relay's own host: whatever the heartbeat says, that relay is gone.
+        alive, liveness = False, "lock"
+    if lock.held and lock.facts.get("owner") not in (None, lease.get("owner")):
+        # A relay holds the lock but has not taken the lease yet (it is starting): name it.
+        lease = {"owner": lock.facts["owner"], "pid": lock.facts.get("pid"), "host": lock.facts.get("host"),
+                 "listen_host": lock.facts.get("listen_host"), "heartbeat_at": None,
+                 "started_at": lock.facts.get("started_at"), "stopped_at": None}
+        heartbeat_at = 0.0
     return RelayStatus(
-        alive=_is_alive(lease, limit, stamp),
+        alive=alive,
+        liveness=liveness,
         owner=lease.get("owner"),
         pid=lease.get("pid"),
         host=lease.get("host"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from pathlib import Path
 
@@ -125,4 +126,79 @@ async def test_stop_lets_a_transaction_finish_and_turns_idle_sessions_away(seede
     assert (await busy.reply())[0] == 421
     await asyncio.wait_for(stopping, 10)
     assert len(stored_messages(seeded.store_path)) == 1
+    assert not rows(seeded.store_path, lease.relay_status).alive
+
+
+# ---------------------------------------------------------------------------
+# The OS lock: liveness a stall or a full disk cannot fake
+
+
+def _age_heartbeat(store_path: Path, seconds: float) -> None:
+    """Make the live relay's heartbeat look ``seconds`` old (what a stalled loop or a
+    full disk leaves behind)."""
+    from relay.store.settings import set_setting
+
+    current = rows(store_path, get_setting, Keys.LEASE)
+    current["heartbeat_at"] = time.time() - seconds
+    rows(store_path, set_setting, Keys.LEASE, current)
+
+
+async def test_a_stalled_heartbeat_does_not_make_a_live_relay_dead(seeded: Seeded, tmp_path: Path, tls_files: dict[str, Path]) -> None:
+    config = relay_config(tmp_path, tls_files, heartbeat_interval=3600.0)  # no beat during the test
+    async with running_relay(seeded.store_path, config) as relay:
+        _age_heartbeat(seeded.store_path, 120)
+        status = rows(seeded.store_path, lease.relay_status)
+        assert status.alive and status.liveness == "lock" and status.heartbeat_age is not None and status.heartbeat_age > 100
+        # The takeover trap of a stall: a second relay is refused, not let in.
+        second = RelayService(seeded.store_path, relay_config(tmp_path, tls_files))
+        with pytest.raises(RelayAlreadyRunning) as refused:
+            await second.start()
+        assert f"pid {os.getpid()}" in str(refused.value) and "-relay.lock" in str(refused.value)
+        assert relay.running and rows(seeded.store_path, lease.relay_status).owner == relay.owner
+    assert not rows(seeded.store_path, lease.relay_status).alive
+
+
+def test_the_lock_is_held_exactly_while_a_holder_lives(tmp_path: Path) -> None:
+    store = tmp_path / "s.db"
+    assert lease.lock_state(store).held is None  # never locked: the heartbeat decides
+    holder = lease.StoreLock(store)
+    holder.acquire({"pid": 4242, "host": "here"})
+    try:
+        state = lease.lock_state(store)
+        assert state.held is True and state.facts["pid"] == 4242
+        with pytest.raises(RelayAlreadyRunning) as refused:
+            lease.StoreLock(store).acquire({"pid": 1})
+        assert "pid 4242 on here" in str(refused.value) and "\n" not in str(refused.value)
+        holder.note(stopped="store corrupt")
+    finally:
+        holder.release()
+    state = lease.lock_state(store)
+    assert state.held is False and state.facts["stopped"] == "store corrupt"
+
+
+def test_status_of_a_killed_relay_on_this_host_is_dead_at_once(seeded: Seeded) -> None:
+    import socket
+
+    # A lease with a fresh heartbeat, from this host, whose lock nobody holds: the
+    # process is gone (kill -9), whatever the heartbeat says.
+    rows(seeded.store_path, lease.acquire, "killed", 4242, socket.gethostname(), "127.0.0.1", 10.0)
+    assert rows(seeded.store_path, lease.relay_status).alive  # no lock file yet: heartbeat rule
+    holder = lease.StoreLock(seeded.store_path)
+    holder.acquire({"pid": 4242})
+    holder.release()
+    status = rows(seeded.store_path, lease.relay_status)
+    assert not status.alive and status.liveness == "lock"
+
+
+def test_status_names_a_relay_that_holds_the_lock_before_it_takes_the_lease(seeded: Seeded) -> None:
+    rows(seeded.store_path, lease.acquire, "old", 1, "h", "0.0.0.0", 10.0)
+    rows(seeded.store_path, lease.release, "old")
+    starting = lease.StoreLock(seeded.store_path)
+    starting.acquire({"owner": "new", "pid": 4242, "host": "here", "listen_host": "127.0.0.1"})
+    try:
+        status = rows(seeded.store_path, lease.relay_status)
+        assert status.alive and (status.owner, status.pid, status.host) == ("new", 4242, "here")
+        assert status.stopped_at is None and status.heartbeat_age is None
+    finally:
+        starting.release()
     assert not rows(seeded.store_path, lease.relay_status).alive
