@@ -105,9 +105,11 @@ def _event_loop_runner() -> Any:
 
 
 async def _serve(store_path: Path, config: Any, ready_file: Path | None) -> int:
+    from relay.sdnotify import Notifier
     from relay.service import RelayService
 
     service = RelayService(store_path, config)
+    systemd = Notifier()  # Type=notify: does nothing outside systemd
     stop_requested = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -115,6 +117,7 @@ async def _serve(store_path: Path, config: Any, ready_file: Path | None) -> int:
     await service.start()
     # SIGHUP: re-read what can change without a restart (the configured TLS pair, …).
     loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(service.reload()))
+    watchdog: asyncio.Future[None] | None = None
     try:
         _announce(service, store_path)
         if ready_file is not None:
@@ -129,19 +132,35 @@ async def _serve(store_path: Path, config: Any, ready_file: Path | None) -> int:
                     "store": str(store_path),
                 },
             )
+        systemd.ready(_status_line(service))
+        # Pings continue while sessions drain: the loop still runs, the relay is alive.
+        watchdog = asyncio.ensure_future(systemd.keep_alive())
         stopped = asyncio.ensure_future(service.wait_stopped())
         requested = asyncio.ensure_future(stop_requested.wait())
         await asyncio.wait({stopped, requested}, return_when=asyncio.FIRST_COMPLETED)
         taken_over = stopped.done() and not requested.done()
         requested.cancel()
     finally:
+        systemd.stopping("stopping: letting sessions in progress finish")
         click.echo("smtpplus relay: stopping — letting sessions in progress finish", err=True)
         await service.stop()
+        if watchdog is not None:
+            watchdog.cancel()
     if taken_over:
         click.echo("smtpplus: error: another relay took over this store's lease", err=True)
         return 1
     click.echo("smtpplus relay: stopped", err=True)
     return 0
+
+
+def _status_line(service: Any) -> str:
+    """systemd's STATUS= (shown by ``systemctl status``)."""
+    from relay.ports import format_port_spec
+
+    line = f"serving {len(service.served)} port(s) on {service.config.host} ({format_port_spec(service.served)})"
+    if service.not_served:
+        line += f", {len(service.not_served)} not served"
+    return line
 
 
 def _announce(service: Any, store_path: Path) -> None:
