@@ -28,6 +28,10 @@ Public API
     (:class:`relay.writer.StoreWriter`), ``context`` (shared session state),
     ``delivery``, ``running``.
 
+    ``observers``: callables told every event this relay committed (its sessions,
+    intake, delivery and lifecycle), after the commit — the log and metrics hook
+    (:func:`relay.logs.log_events`). Append before ``start()``.
+
     ``delivery_factory`` (keyword, default :class:`relay.delivery.DeliveryEngine`) is
     called with the engine's arguments (``store_path, config, owner=…,
     reclaim_from=…, own_addresses=…``) for embedders that bring their own.
@@ -119,6 +123,7 @@ class RelayService:
         self._writes: AsyncStore | None = None
         self._listeners: Listeners | None = None
         self._heartbeat: asyncio.Task[None] | None = None
+        self.observers: list[Callable[[list[NewEvent]], None]] = []
         self._stopped = asyncio.Event()
         self._stopping = False
         self._leased = False
@@ -168,6 +173,7 @@ class RelayService:
         self._reads = await AsyncStore(self.store_path).open()
         self._writes = await AsyncStore(self.store_path).open()
         self.writer = StoreWriter(self._writes)
+        self.writer.observers = self.observers
         self.writer.start()
         self.checker = PasswordChecker(self._reads, concurrency=cfg.auth_concurrency)
         self.context = RelayContext(
@@ -203,6 +209,7 @@ class RelayService:
             for port, reason in sorted(self.not_served.items())[:100]
         ]
         await self._control.run(publish_listening, self.served, self.not_served, events)
+        self._tell(events)
         self._heartbeat = asyncio.get_running_loop().create_task(self._beat(), name="smtpplus-heartbeat")
         factory = self._delivery_factory or delivery_module.DeliveryEngine
         self.delivery = factory(
@@ -212,8 +219,15 @@ class RelayService:
             reclaim_from=self.reclaimed_from,
             own_addresses=self.addresses,
         )
+        if isinstance(getattr(self.delivery, "observers", None), list):
+            self.delivery.observers = self.observers
         await self.delivery.start()
         self.running = True
+
+    def _tell(self, events: list[NewEvent]) -> None:
+        for observer in self.observers:
+            with _logged("an event observer"):
+                observer(events)
 
     async def _beat(self) -> None:
         assert self._control is not None
@@ -295,7 +309,7 @@ class RelayService:
             self.checker.close()
         if self._control is not None and self._leased:
             with _logged("releasing the lease"):
-                await self._control.run(_record_stop_and_release, self.owner)
+                self._tell([await self._control.run(_record_stop_and_release, self.owner)])
             self._leased = False
         for store in (self._writes, self._reads, self._control):
             if store is not None:
@@ -309,10 +323,12 @@ class RelayService:
             self._listeners = None
 
 
-def _record_stop_and_release(db: sqlite3.Connection, owner: str) -> None:
+def _record_stop_and_release(db: sqlite3.Connection, owner: str) -> NewEvent:
+    event = NewEvent(kind=EventKind.RELAY, reason=Reason.RELAY_STOPPED, detail=f"pid {os.getpid()} stopped")
     with transaction(db):
-        record_event(db, NewEvent(kind=EventKind.RELAY, reason=Reason.RELAY_STOPPED, detail=f"pid {os.getpid()} stopped"))
+        record_event(db, event)
         lease.release(db, owner)
+    return event
 
 
 @contextlib.contextmanager

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import sys
@@ -23,6 +24,8 @@ from console.cli.common import (
     stdout_console,
 )
 
+log = logging.getLogger("smtpplus.relay")
+
 
 @click.command()
 @click.option("--host", default=None, help="Address to listen on (default 0.0.0.0: all interfaces).")
@@ -34,6 +37,10 @@ from console.cli.common import (
               help='Once accepting, write {"pid", "served", "not_served", "host"} here as JSON (atomically).')
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="TOML settings file (default: $SMTPPLUS_CONFIG).")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default=None,
+              help="Log lines as text (the default) or one JSON object per line.")
+@click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Append logs to this file (reopened on SIGHUP, for logrotate) instead of stderr.")
 @db_option
 def relay(
     host: str | None,
@@ -43,12 +50,17 @@ def relay(
     next_hop: str | None,
     ready_file: Path | None,
     config_path: Path | None,
+    log_format: str | None,
+    log_file: Path | None,
     db_path: Path | None,
 ) -> None:
     """Run the relay as a headless daemon: every port of the spec, STARTTLS, AUTH, delivery.
 
     SIGTERM or Ctrl-C stops accepting, lets sessions in progress finish (bounded) and
-    exits 0. A second relay on a store whose relay is alive exits with an error naming it.
+    exits 0. SIGHUP reopens the log file and reloads the TLS pair. A second relay on a
+    store whose relay is alive exits with an error naming it. Under systemd
+    (Type=notify) it reports READY=1 once its ports are bound, WATCHDOG=1 and
+    STOPPING=1: see docs/production.md.
     """
     from relay.config import load_config
     from relay.listen import expand_ports
@@ -59,12 +71,14 @@ def relay(
         "allow_plain_auth": allow_plain_auth,
         "strict_ports": strict_ports,
         "next_hop": next_hop,
+        "log_format": log_format,
+        "log_file": log_file,
     }
     config = load_config(config_path, overrides)
     if next_hop is not None:
         _check_next_hop(next_hop)
     expand_ports(config.ports)  # a bad spec is a one-line error before anything starts
-    _configure_logging()
+    _configure_logging(config)
     store_path = resolve_db_path(db_path)
     runner = _event_loop_runner()
     code = runner(_serve(store_path, config, ready_file))
@@ -77,16 +91,13 @@ def _check_next_hop(value: str) -> None:
         raise CliError(f"--next-hop {value!r} is not HOST:PORT — e.g. smarthost.example:25")
 
 
-def _configure_logging() -> None:
-    import logging
+def _configure_logging(config: Any) -> None:
+    from relay.logs import configure_logging
 
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    logger = logging.getLogger("smtpplus")
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    # aiosmtpd logs every command at INFO on "mail.log": far too chatty for a relay.
-    logging.getLogger("mail.log").setLevel(logging.WARNING)
+    try:
+        configure_logging(config.log_format, config.log_file)
+    except OSError as exc:
+        raise CliError(f"cannot open the log file {config.log_file}: {exc.strerror or exc} — check --log-file / log_file") from None
 
 
 def _event_loop_runner() -> Any:
@@ -105,6 +116,8 @@ def _event_loop_runner() -> Any:
 
 
 async def _serve(store_path: Path, config: Any, ready_file: Path | None) -> int:
+    from relay.logs import log_events
+    from relay.logs import reopen as reopen_logs
     from relay.sdnotify import Notifier
     from relay.service import RelayService
 
@@ -114,9 +127,17 @@ async def _serve(store_path: Path, config: Any, ready_file: Path | None) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop_requested.set)
+    loop.add_signal_handler(signal.SIGHUP, reopen_logs)  # while starting: only the log file
+    service.observers.append(log_events)
     await service.start()
-    # SIGHUP: re-read what can change without a restart (the configured TLS pair, …).
-    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(service.reload()))
+
+    def hang_up() -> None:
+        # SIGHUP: a new log file first (logrotate moved the old one), then re-read what
+        # can change without a restart (the configured TLS pair, …).
+        reopen_logs()
+        loop.create_task(service.reload())
+
+    loop.add_signal_handler(signal.SIGHUP, hang_up)
     watchdog: asyncio.Future[None] | None = None
     try:
         _announce(service, store_path)
@@ -142,14 +163,14 @@ async def _serve(store_path: Path, config: Any, ready_file: Path | None) -> int:
         requested.cancel()
     finally:
         systemd.stopping("stopping: letting sessions in progress finish")
-        click.echo("smtpplus relay: stopping — letting sessions in progress finish", err=True)
+        log.info("stopping — letting sessions in progress finish")
         await service.stop()
         if watchdog is not None:
             watchdog.cancel()
     if taken_over:
-        click.echo("smtpplus: error: another relay took over this store's lease", err=True)
+        log.error("another relay took over this store's lease: exiting")
         return 1
-    click.echo("smtpplus relay: stopped", err=True)
+    log.info("stopped")
     return 0
 
 
@@ -168,18 +189,16 @@ def _announce(service: Any, store_path: Path) -> None:
     from relay.ports import format_port_spec
 
     served = service.served
-    click.echo(
-        f"smtpplus relay: serving {len(served)} port(s) on {service.config.host} "
-        f"({format_port_spec(served)}) for store {store_path}",
-        err=True,
+    log.info(
+        "serving %d port(s) on %s (%s) for store %s", len(served), service.config.host, format_port_spec(served), store_path,
     )
     for port, reason in sorted(service.not_served.items()):
-        click.echo(f"smtpplus relay: port {port} not served: {reason}", err=True)
+        log.warning("port %d not served: %s", port, reason, extra={"port": port})
     if service.took_over:
-        click.echo("smtpplus relay: took over from a relay that died (stale heartbeat); its in-flight mail is reclaimed", err=True)
+        log.warning("took over from a relay that died (stale heartbeat); its in-flight mail is reclaimed")
     warning = server_name_warning(service.config.resolved_server_name())
     if warning:
-        click.echo(f"smtpplus relay: warning: {warning}", err=True)
+        log.warning("warning: %s", warning)
 
 
 def write_ready_file(path: Path, payload: dict[str, Any]) -> None:
