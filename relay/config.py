@@ -115,6 +115,8 @@ class RelayConfig:
     # -- Logs --------------------------------------------------------------------
     log_format: str = "text"  # "text" or "json" (one object per line); see relay/logs.py
     log_file: Path | None = None  # None: stderr (journald); a file is reopened on SIGHUP
+    # -- Metrics -------------------------------------------------------------------
+    metrics_listen: str | None = None  # "HOST:PORT" or "PORT" (127.0.0.1): /metrics and /healthz
     # -- Seeds for runtime controls (written to the store only when unset) -------
     next_hop: str | None = None  # "host:port"
     rate: float | None = None  # messages per second, 0 = unlimited

@@ -30,7 +30,10 @@ Public API
 
     ``observers``: callables told every event this relay committed (its sessions,
     intake, delivery and lifecycle), after the commit — the log and metrics hook
-    (:func:`relay.logs.log_events`). Append before ``start()``.
+    (:func:`relay.logs.log_events`). ``outcome_observers`` get each batch of delivery
+    outcomes, ``commit_observers`` (seconds, messages) per group commit. Append before
+    ``start()``. ``heartbeat_at`` (monotonic time of the last heartbeat written) and
+    ``heartbeat_error`` (why the last one failed, or None) are for health checks.
 
     ``delivery_factory`` (keyword, default :class:`relay.delivery.DeliveryEngine`) is
     called with the engine's arguments (``store_path, config, owner=…,
@@ -53,6 +56,7 @@ import logging
 import os
 import socket
 import sqlite3
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -124,10 +128,19 @@ class RelayService:
         self._listeners: Listeners | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self.observers: list[Callable[[list[NewEvent]], None]] = []
+        self.outcome_observers: list[Callable[[list[Any]], None]] = []
+        self.commit_observers: list[Callable[[float, int], None]] = []
+        self.heartbeat_at: float | None = None
+        self.heartbeat_error: str | None = None
         self._stopped = asyncio.Event()
         self._stopping = False
         self._leased = False
         self.running = False
+
+    @property
+    def leased(self) -> bool:
+        """This relay holds the store's lease (it has not stopped or been taken over)."""
+        return self._leased
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -154,6 +167,7 @@ class RelayService:
         self.reclaimed_from = acquired.previous_owner
         self.took_over = acquired.died
         self._leased = True
+        self.heartbeat_at = time.monotonic()
         self.tls = await asyncio.to_thread(load_tls, cfg.tls_cert, cfg.tls_key, cfg.data_dir, server_name)
         log.info("TLS certificate %s (%s)", self.tls.fingerprint, "self-signed" if self.tls.self_signed else str(self.tls.cert_path))
         facts = {
@@ -174,6 +188,7 @@ class RelayService:
         self._writes = await AsyncStore(self.store_path).open()
         self.writer = StoreWriter(self._writes)
         self.writer.observers = self.observers
+        self.writer.commit_observers = self.commit_observers
         self.writer.start()
         self.checker = PasswordChecker(self._reads, concurrency=cfg.auth_concurrency)
         self.context = RelayContext(
@@ -221,6 +236,7 @@ class RelayService:
         )
         if isinstance(getattr(self.delivery, "observers", None), list):
             self.delivery.observers = self.observers
+            self.delivery.outcome_observers = self.outcome_observers
         await self.delivery.start()
         self.running = True
 
@@ -238,7 +254,9 @@ class RelayService:
                 still_ours = await self._control.run(lease.heartbeat, self.owner)
             except Exception as exc:  # a busy or failing store: try again next beat
                 log.warning("heartbeat failed: %s", exc)
+                self.heartbeat_error = str(exc) or type(exc).__name__
                 continue
+            self.heartbeat_at, self.heartbeat_error = time.monotonic(), None
             if not still_ours:
                 log.error("another relay took over this store's lease; stopping")
                 self._leased = False

@@ -23,6 +23,7 @@ import asyncio
 import errno
 import logging
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 
 from relay.reasons import EventKind, Reason
@@ -86,6 +87,7 @@ class StoreWriter:
         self.messages_written = 0
         self.failures = 0
         self.observers: list[Callable[[list[NewEvent]], None]] = []
+        self.commit_observers: list[Callable[[float, int], None]] = []  # (seconds, messages) per commit
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="smtpplus-writer")
@@ -140,6 +142,7 @@ class StoreWriter:
     async def _write_some(self) -> None:
         batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
         events, self._events = self._events, []
+        started = time.perf_counter()
         try:
             queued = await self._store.run(commit_batch, [m for m, _ in batch], events)
         except Exception as exc:  # the store failed: answer every waiting session
@@ -157,6 +160,7 @@ class StoreWriter:
             return
         self.batches += 1
         self.messages_written += len(queued)
+        self._timed(time.perf_counter() - started, len(queued))
         self._tell([*events, *(accepted_event(m, q) for (m, _), q in zip(batch, queued, strict=True))])
         for (_, future), result in zip(batch, queued, strict=True):
             if not future.done():
@@ -164,6 +168,7 @@ class StoreWriter:
 
     async def _write_one(self, item: tuple[NewMessage, asyncio.Future[Queued]]) -> None:
         message, future = item
+        started = time.perf_counter()
         try:
             queued = await self._store.run(commit_batch, [message], [])
         except Exception as exc:
@@ -172,9 +177,17 @@ class StoreWriter:
             return
         self.batches += 1
         self.messages_written += 1
+        self._timed(time.perf_counter() - started, 1)
         self._tell([accepted_event(message, queued[0])])
         if not future.done():
             future.set_result(queued[0])
+
+    def _timed(self, seconds: float, messages: int) -> None:
+        for observer in self.commit_observers:
+            try:
+                observer(seconds, messages)
+            except Exception:  # a metric must never fail a commit already made
+                log.exception("commit observer failed")
 
     def _tell(self, events: list[NewEvent]) -> None:
         for observer in self.observers:

@@ -41,6 +41,8 @@ log = logging.getLogger("smtpplus.relay")
               help="Log lines as text (the default) or one JSON object per line.")
 @click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Append logs to this file (reopened on SIGHUP, for logrotate) instead of stderr.")
+@click.option("--metrics-listen", default=None, metavar="HOST:PORT",
+              help="Serve Prometheus /metrics and /healthz here (a bare PORT listens on 127.0.0.1). Off by default.")
 @db_option
 def relay(
     host: str | None,
@@ -52,6 +54,7 @@ def relay(
     config_path: Path | None,
     log_format: str | None,
     log_file: Path | None,
+    metrics_listen: str | None,
     db_path: Path | None,
 ) -> None:
     """Run the relay as a headless daemon: every port of the spec, STARTTLS, AUTH, delivery.
@@ -73,16 +76,29 @@ def relay(
         "next_hop": next_hop,
         "log_format": log_format,
         "log_file": log_file,
+        "metrics_listen": metrics_listen,
     }
     config = load_config(config_path, overrides)
     if next_hop is not None:
         _check_next_hop(next_hop)
     expand_ports(config.ports)  # a bad spec is a one-line error before anything starts
+    metrics_address = _metrics_address(config.metrics_listen)
     _configure_logging(config)
     store_path = resolve_db_path(db_path)
     runner = _event_loop_runner()
-    code = runner(_serve(store_path, config, ready_file))
+    code = runner(_serve(store_path, config, ready_file, metrics_address))
     sys.exit(code)
+
+
+def _metrics_address(value: str | None) -> tuple[str, int] | None:
+    if value is None:
+        return None
+    from relay.metrics import parse_listen
+
+    try:
+        return parse_listen(value)
+    except ValueError as exc:
+        raise CliError(f"{exc} (--metrics-listen / metrics_listen)") from None
 
 
 def _check_next_hop(value: str) -> None:
@@ -115,7 +131,7 @@ def _event_loop_runner() -> Any:
     return asyncio.run
 
 
-async def _serve(store_path: Path, config: Any, ready_file: Path | None) -> int:
+async def _serve(store_path: Path, config: Any, ready_file: Path | None, metrics_address: tuple[str, int] | None = None) -> int:
     from relay.logs import log_events
     from relay.logs import reopen as reopen_logs
     from relay.sdnotify import Notifier
@@ -129,6 +145,7 @@ async def _serve(store_path: Path, config: Any, ready_file: Path | None) -> int:
         loop.add_signal_handler(sig, stop_requested.set)
     loop.add_signal_handler(signal.SIGHUP, reopen_logs)  # while starting: only the log file
     service.observers.append(log_events)
+    metrics_server = _metrics_server(service, metrics_address)  # hooks its counters before start
     await service.start()
 
     def hang_up() -> None:
@@ -140,6 +157,8 @@ async def _serve(store_path: Path, config: Any, ready_file: Path | None) -> int:
     loop.add_signal_handler(signal.SIGHUP, hang_up)
     watchdog: asyncio.Future[None] | None = None
     try:
+        if metrics_server is not None:
+            await _start_metrics(metrics_server)
         _announce(service, store_path)
         if ready_file is not None:
             write_ready_file(
@@ -151,6 +170,7 @@ async def _serve(store_path: Path, config: Any, ready_file: Path | None) -> int:
                     "not_served": {str(port): reason for port, reason in sorted(service.not_served.items())},
                     "fingerprint": service.tls.fingerprint if service.tls else None,
                     "store": str(store_path),
+                    "metrics": f"{metrics_server.host}:{metrics_server.port}" if metrics_server is not None else None,
                 },
             )
         systemd.ready(_status_line(service))
@@ -164,6 +184,8 @@ async def _serve(store_path: Path, config: Any, ready_file: Path | None) -> int:
     finally:
         systemd.stopping("stopping: letting sessions in progress finish")
         log.info("stopping — letting sessions in progress finish")
+        if metrics_server is not None:
+            await metrics_server.close()
         await service.stop()
         if watchdog is not None:
             watchdog.cancel()
@@ -172,6 +194,25 @@ async def _serve(store_path: Path, config: Any, ready_file: Path | None) -> int:
         return 1
     log.info("stopped")
     return 0
+
+
+def _metrics_server(service: Any, address: tuple[str, int] | None) -> Any:
+    if address is None:
+        return None
+    from relay.metrics import MetricsServer, RelayMetrics
+
+    return MetricsServer(service, RelayMetrics(service), *address)
+
+
+async def _start_metrics(server: Any) -> None:
+    try:
+        host, port = await server.start()
+    except OSError as exc:
+        raise CliError(
+            f"cannot serve metrics on {server.host}:{server.port}: {exc.strerror or exc} — pick another --metrics-listen"
+        ) from None
+    shown = f"[{host}]" if ":" in host else host
+    log.info("metrics on http://%s:%d/metrics, health on /healthz", shown, port)
 
 
 def _status_line(service: Any) -> str:
