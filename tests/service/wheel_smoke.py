@@ -4,7 +4,8 @@ from a directory outside the checkout (not collected by pytest: no ``test_`` pre
     python wheel_smoke.py WORKDIR
 
 1. smtpplus is imported from the venv, not from a checkout;
-2. ``smtpplus relay`` starts as a daemon (ready file), serves SMTP and stops on SIGTERM;
+2. ``smtpplus relay`` starts as a daemon (ready file), serves SMTP, /metrics and
+   /healthz, logs JSON lines and stops on SIGTERM;
 3. the demo (``smtpplus demo``'s app, headless) starts its relay and sink, shows every
    screen (each loads its .tcss from the wheel) and delivers a burst to its sink.
 """
@@ -20,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 
@@ -43,26 +45,37 @@ def check_relay(work: Path) -> None:
     ready = work / "relay.ready.json"
     env = dict(os.environ, SMTPPLUS_DATA_DIR=str(work / "relay-data"))
     proc = subprocess.Popen(
-        [smtpplus, "relay", "--host", "127.0.0.1", "--ports", "0", "--db", str(work / "relay.db"), "--ready-file", str(ready)],
+        [smtpplus, "relay", "--host", "127.0.0.1", "--ports", "0", "--db", str(work / "relay.db"), "--ready-file", str(ready),
+         "--metrics-listen", "0", "--log-format", "json"],
         env=env, stderr=subprocess.PIPE, text=True,
     )
     try:
         deadline = time.monotonic() + 60
         while not ready.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                sys.exit(f"wheel smoke: smtpplus relay did not start: {proc.stderr.read() if proc.stderr else ''}")
+            if proc.poll() is not None:
+                sys.exit(f"wheel smoke: smtpplus relay exited at start: {proc.stderr.read() if proc.stderr else ''}")
+            if time.monotonic() > deadline:
+                sys.exit("wheel smoke: smtpplus relay not ready after 60 s")
             time.sleep(0.1)
-        [port] = json.loads(ready.read_text())["served"]
+        facts = json.loads(ready.read_text())
+        [port] = facts["served"]
         with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
             greeting = conn.recv(200)
         if not greeting.startswith(b"220"):
             sys.exit(f"wheel smoke: the relay greeted with {greeting!r}")
+        for path, wanted in (("/healthz", b"ok"), ("/metrics", b"smtpplus_ports_served 1.0")):
+            with urllib.request.urlopen(f"http://{facts['metrics']}{path}", timeout=10) as response:
+                if wanted not in response.read():
+                    sys.exit(f"wheel smoke: {path} lacks {wanted!r}")
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(30)
     if code != 0:
         sys.exit(f"wheel smoke: smtpplus relay exited {code}")
-    print(f"wheel smoke: smtpplus relay served port {port} and stopped cleanly")
+    if proc.stderr is not None:
+        for line in proc.stderr.read().splitlines():
+            json.loads(line)  # --log-format json: every line is one object
+    print(f"wheel smoke: smtpplus relay served port {port}, /metrics and /healthz, logged JSON and stopped cleanly")
 
 
 async def check_demo(work: Path) -> None:
