@@ -50,6 +50,7 @@ from relay.store.settings import Keys
 
 MIB = 1024 * 1024
 ENV_PREFIX = "SMTPPLUS_"
+LOG_FORMATS = ("text", "json")
 CONFIG_ENV = "SMTPPLUS_CONFIG"
 _TABLES = ("relay", "delivery")
 
@@ -130,6 +131,11 @@ class RelayConfig:
     command_timeout: float = 60.0
     retention_days: float = 30.0  # finished messages, bodies and events are pruned after
     recipients_per_transaction: int = 50  # larger recipient lists go in several transactions (Postfix: 50)
+    # -- Logs --------------------------------------------------------------------
+    log_format: str = "text"  # "text" or "json" (one object per line); see relay/logs.py
+    log_file: Path | None = None  # None: stderr (journald); a file is reopened on SIGHUP
+    # -- Metrics -------------------------------------------------------------------
+    metrics_listen: str | None = None  # "HOST:PORT" or "PORT" (127.0.0.1): /metrics and /healthz
     # -- Seeds for runtime controls (written to the store only when unset) -------
     next_hop: str | None = None  # "host:port"
     rate: float | None = None  # messages per second, 0 = unlimited
@@ -195,6 +201,9 @@ def load_config(
     share = values.get("starvation_share")
     if share is not None and not 0 <= share <= 0.5:  # the store's range (relay.store.queue)
         raise ConfigError(f"starvation_share {share:g} is out of range: 0 (off) to 0.5")
+    log_format = values.get("log_format")
+    if log_format is not None and log_format not in LOG_FORMATS:
+        raise ConfigError(f"log_format {log_format!r} is not a log format: use text or json")
     return RelayConfig(**values)
 
 

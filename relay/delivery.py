@@ -25,6 +25,7 @@ import socket
 import sqlite3
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -55,6 +56,7 @@ from relay.store.verification import system_sender_choice
 from relay.transcode import downgrade_8bit, fold_long_lines, needs_smtputf8
 
 log = logging.getLogger("smtpplus.delivery")
+_OUTCOME_KIND = {"sent": EventKind.SENT, "deferred": EventKind.DEFERRED, "failed": EventKind.FAILED}
 
 IDLE_POLL = 0.05  # seconds between data_version checks while idle (a cheap PRAGMA)
 FULL_ROUND_EVERY = 1.0  # a full round (deferred mail, scheduled mail) at least this often
@@ -623,6 +625,10 @@ class DeliveryEngine:
         self._closing: set[asyncio.Task[None]] = set()  # idle connections being closed
         self._stopping = False
         self._started = False
+        # Told each event once committed (sent/deferred/failed, attempts, the engine's
+        # own) and each batch of outcomes: the relay's log and metrics.
+        self.observers: list[Callable[[list[NewEvent]], None]] = []
+        self.outcome_observers: list[Callable[[list[Outcome]], None]] = []
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -679,7 +685,8 @@ class DeliveryEngine:
             self._flights.clear()
             request = RoundRequest(self.owner, self.lease_seconds, 0, None, self._take_outcomes(), force=True)
             request.events = self._take_events()
-            await self._store.run(_final_round, request)
+            final = await self._store.run(_final_round, request)
+            self._tell(request, final)
             await self._store.run(publish_status, "stopped", "")
         except (StoreError, sqlite3.Error) as exc:
             log.warning("delivery: could not record the last outcomes: %s", exc)
@@ -743,6 +750,7 @@ class DeliveryEngine:
                 await self._sleep(1.0)
                 continue
             self.counters.rounds += 1
+            self._tell(request, result)
             seen = result.version
             if result.skipped:
                 await self._sleep(self._idle_wait(next_due, budget))
@@ -853,6 +861,41 @@ class DeliveryEngine:
             except (StoreError, sqlite3.Error) as exc:
                 self._events[:0] = events
                 log.warning("delivery: cannot publish status: %s", exc)
+            else:
+                self._observe(self.observers, events)
+
+    def _tell(self, request: RoundRequest, result: RoundResult) -> None:
+        """What the round just committed, as the store recorded it."""
+        if not (self.observers or self.outcome_observers) or result.skipped:
+            return
+        events = list(request.events)
+        events += [
+            NewEvent(
+                _OUTCOME_KIND[o.state], o.reason, username=o.message.username, list_id=o.message.list_id,
+                message_id=o.message.id, queue_id=o.message.queue_id, detail=o.detail or o.reply,
+            )
+            for o in request.outcomes
+        ]
+        events += [
+            NewEvent(
+                EventKind.DELIVERY, Reason.DELIVERY_ATTEMPT, username=m.username, list_id=m.list_id,
+                message_id=m.id, queue_id=m.queue_id,
+                detail=f"attempt {m.attempts} to {request.hop}, priority {m.priority}, {len(m.recipients)} recipient(s)",
+            )
+            for m in result.claimed
+        ]
+        self._observe(self.observers, events)
+        self._observe(self.outcome_observers, request.outcomes)
+
+    @staticmethod
+    def _observe(observers: list[Callable[[Any], None]], items: list[Any]) -> None:
+        if not items:
+            return
+        for observer in observers:
+            try:
+                observer(items)
+            except Exception:  # a log or a metric must never stop delivery
+                log.exception("delivery: event observer failed")
 
     def _event(self, kind: EventKind, reason: Reason, detail: str) -> None:
         self._events.append(NewEvent(kind, reason, detail=detail, at=time.time()))

@@ -32,6 +32,13 @@ Public API
     (:class:`relay.writer.StoreWriter`), ``context`` (shared session state),
     ``delivery``, ``running``.
 
+    ``observers``: callables told every event this relay committed (its sessions,
+    intake, delivery and lifecycle), after the commit — the log and metrics hook
+    (:func:`relay.logs.log_events`). ``outcome_observers`` get each batch of delivery
+    outcomes, ``commit_observers`` (seconds, messages) per group commit. Append before
+    ``start()``. ``heartbeat_at`` (monotonic time of the last heartbeat written) and
+    ``heartbeat_error`` (why the last one failed, or None) are for health checks.
+
     ``delivery_factory`` (keyword, default :class:`relay.delivery.DeliveryEngine`) is
     called with the engine's arguments (``store_path, config, owner=…,
     reclaim_from=…, own_addresses=…``) for embedders that bring their own.
@@ -132,6 +139,11 @@ class RelayService:
         self._writes: AsyncStore | None = None
         self._listeners: Listeners | None = None
         self._heartbeat: asyncio.Task[None] | None = None
+        self.observers: list[Callable[[list[NewEvent]], None]] = []
+        self.outcome_observers: list[Callable[[list[Any]], None]] = []
+        self.commit_observers: list[Callable[[float, int], None]] = []
+        self.heartbeat_at: float | None = None
+        self.heartbeat_error: str | None = None
         self._stopped = asyncio.Event()
         self._stopping = False
         self._leased = False
@@ -139,6 +151,11 @@ class RelayService:
         self._unwatch: Callable[[], None] | None = None
         self.failure: str | None = None  # why the service stopped by itself (a corrupt store)
         self.running = False
+
+    @property
+    def leased(self) -> bool:
+        """This relay holds the store's lease (it has not stopped or been taken over)."""
+        return self._leased
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -201,6 +218,7 @@ class RelayService:
         self.reclaimed_from = acquired.previous_owner
         self.took_over = acquired.died
         self._leased = True
+        self.heartbeat_at = time.monotonic()
         self.tls = await asyncio.to_thread(load_tls, cfg.tls_cert, cfg.tls_key, cfg.data_dir, server_name)
         log.info("TLS certificate %s (%s)", self.tls.fingerprint, "self-signed" if self.tls.self_signed else str(self.tls.cert_path))
         facts = {
@@ -220,6 +238,8 @@ class RelayService:
         self._reads = await AsyncStore(self.store_path).open()
         self._writes = await AsyncStore(self.store_path).open()
         self.writer = StoreWriter(self._writes)
+        self.writer.observers = self.observers
+        self.writer.commit_observers = self.commit_observers
         self.writer.start()
         self.checker = PasswordChecker(self._reads, concurrency=cfg.auth_concurrency)
         self.context = RelayContext(
@@ -255,6 +275,7 @@ class RelayService:
             for port, reason in sorted(self.not_served.items())[:100]
         ]
         await self._control.run(publish_listening, self.served, self.not_served, events)
+        self._tell(events)
         self._heartbeat = asyncio.get_running_loop().create_task(self._beat(), name="smtpplus-heartbeat")
         factory = self._delivery_factory or delivery_module.DeliveryEngine
         self.delivery = factory(
@@ -264,8 +285,16 @@ class RelayService:
             reclaim_from=self.reclaimed_from,
             own_addresses=self.addresses,
         )
+        if isinstance(getattr(self.delivery, "observers", None), list):
+            self.delivery.observers = self.observers
+            self.delivery.outcome_observers = self.outcome_observers
         await self.delivery.start()
         self.running = True
+
+    def _tell(self, events: list[NewEvent]) -> None:
+        for observer in self.observers:
+            with _logged("an event observer"):
+                observer(events)
 
     async def _beat(self) -> None:
         assert self._control is not None
@@ -276,7 +305,9 @@ class RelayService:
                 still_ours = await self._control.run(lease.heartbeat, self.owner)
             except Exception as exc:  # a busy or failing store: try again next beat
                 log.warning("heartbeat failed: %s", exc)
+                self.heartbeat_error = str(exc) or type(exc).__name__
                 continue
+            self.heartbeat_at, self.heartbeat_error = time.monotonic(), None
             if not still_ours:
                 log.error("another relay took over this store's lease; stopping")
                 self._leased = False
@@ -347,7 +378,7 @@ class RelayService:
             self.checker.close()
         if self._control is not None and self._leased:
             with _logged("releasing the lease"):
-                await self._control.run(_record_stop_and_release, self.owner)
+                self._tell([await self._control.run(_record_stop_and_release, self.owner)])
             self._leased = False
         for store in (self._writes, self._reads, self._control):
             if store is not None:
@@ -381,10 +412,12 @@ class _CorruptionNoise(logging.Filter):
 _CORRUPTION_NOISE = _CorruptionNoise()
 
 
-def _record_stop_and_release(db: sqlite3.Connection, owner: str) -> None:
+def _record_stop_and_release(db: sqlite3.Connection, owner: str) -> NewEvent:
+    event = NewEvent(kind=EventKind.RELAY, reason=Reason.RELAY_STOPPED, detail=f"pid {os.getpid()} stopped")
     with transaction(db):
-        record_event(db, NewEvent(kind=EventKind.RELAY, reason=Reason.RELAY_STOPPED, detail=f"pid {os.getpid()} stopped"))
+        record_event(db, event)
         lease.release(db, owner)
+    return event
 
 
 @contextlib.contextmanager

@@ -11,6 +11,10 @@ raises :class:`WriteFailed` carrying the SMTP reply (``452 4.3.1`` for no space,
 ``451 4.3.0`` otherwise) and the reason code. ``writer.record(event)`` queues an event
 for the next commit (fire and forget). ``await writer.flush()`` waits until all of it
 is committed. ``batches``/``messages_written`` count commits.
+
+``observers`` (callables) are told every event once it is committed — the session
+events and an ``accepted`` event per message, as the store recorded them — for the
+relay's log and metrics (see :mod:`relay.logs`).
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ import asyncio
 import errno
 import logging
 import sqlite3
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
-from relay.reasons import Reason
+from relay.reasons import EventKind, Reason
 from relay.store.db import AsyncStore, transaction
 from relay.store.events import NewEvent, record_events
 from relay.store.intake import NewMessage, Queued, insert_messages
@@ -96,6 +101,8 @@ class StoreWriter:
         self.batches = 0
         self.messages_written = 0
         self.failures = 0
+        self.observers: list[Callable[[list[NewEvent]], None]] = []
+        self.commit_observers: list[Callable[[float, int], None]] = []  # (seconds, messages) per commit
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="smtpplus-writer")
@@ -151,6 +158,7 @@ class StoreWriter:
         take = _batch_size(self._pending)
         batch, self._pending = self._pending[:take], self._pending[take:]
         events, self._events = self._events, []
+        started = time.perf_counter()
         try:
             queued = await self._store.run(commit_batch, [m for m, _ in batch], events)
         except Exception as exc:  # the store failed: answer every waiting session
@@ -168,12 +176,15 @@ class StoreWriter:
             return
         self.batches += 1
         self.messages_written += len(queued)
+        self._timed(time.perf_counter() - started, len(queued))
+        self._tell([*events, *(accepted_event(m, q) for (m, _), q in zip(batch, queued, strict=True))])
         for (_, future), result in zip(batch, queued, strict=True):
             if not future.done():
                 future.set_result(result)
 
     async def _write_one(self, item: tuple[NewMessage, asyncio.Future[Queued]]) -> None:
         message, future = item
+        started = time.perf_counter()
         try:
             queued = await self._store.run(commit_batch, [message], [])
         except Exception as exc:
@@ -182,5 +193,37 @@ class StoreWriter:
             return
         self.batches += 1
         self.messages_written += 1
+        self._timed(time.perf_counter() - started, 1)
+        self._tell([accepted_event(message, queued[0])])
         if not future.done():
             future.set_result(queued[0])
+
+    def _timed(self, seconds: float, messages: int) -> None:
+        for observer in self.commit_observers:
+            try:
+                observer(seconds, messages)
+            except Exception:  # a metric must never fail a commit already made
+                log.exception("commit observer failed")
+
+    def _tell(self, events: list[NewEvent]) -> None:
+        for observer in self.observers:
+            try:
+                observer(events)
+            except Exception:  # a log or a metric must never fail a commit already made
+                log.exception("event observer failed")
+
+
+def accepted_event(message: NewMessage, queued: Queued) -> NewEvent:
+    """The ``accepted`` event :func:`relay.store.intake.insert_messages` recorded."""
+    return NewEvent(
+        kind=EventKind.QUEUED,
+        reason=Reason.ACCEPTED,
+        username=message.username,
+        list_id=message.list_id,
+        client=message.client,
+        port=message.port,
+        message_id=queued.message_id,
+        queue_id=queued.queue_id,
+        detail=f"{message.origin} from {message.mail_from or '<>'} to {len(message.recipients)} recipient(s), "
+        f"priority {message.priority}",
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import sys
@@ -24,6 +25,8 @@ from console.cli.common import (
 )
 from relay.display import clean
 
+log = logging.getLogger("smtpplus.relay")
+
 
 @click.command()
 @click.option("--host", default=None, help="Address to listen on (default 0.0.0.0: all interfaces).")
@@ -37,6 +40,12 @@ from relay.display import clean
               help="TOML settings file (default: $SMTPPLUS_CONFIG).")
 @click.option("--check", "check_store", is_flag=True,
               help="Check the store's integrity first (PRAGMA quick_check, with progress); refuse to start when it fails.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default=None,
+              help="Log lines as text (the default) or one JSON object per line.")
+@click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Append logs to this file (reopened on SIGHUP, for logrotate) instead of stderr.")
+@click.option("--metrics-listen", default=None, metavar="HOST:PORT",
+              help="Serve Prometheus /metrics and /healthz here (a bare PORT listens on 127.0.0.1). Off by default.")
 @db_option
 def relay(
     host: str | None,
@@ -47,14 +56,19 @@ def relay(
     ready_file: Path | None,
     config_path: Path | None,
     check_store: bool,
+    log_format: str | None,
+    log_file: Path | None,
+    metrics_listen: str | None,
     db_path: Path | None,
 ) -> None:
     """Run the relay as a headless daemon: every port of the spec, STARTTLS, AUTH, delivery.
 
     SIGTERM or Ctrl-C stops accepting, lets sessions in progress finish (bounded) and
-    exits 0. A second relay on a store whose relay is alive exits with an error naming it.
-    A corrupt store stops the relay with a one-line error (exit 1); `smtpplus status`
-    says so.
+    exits 0. SIGHUP reopens the log file and reloads the TLS pair. A second relay on a
+    store whose relay is alive exits with an error naming it. A corrupt store stops the
+    relay with a one-line error (exit 1); `smtpplus status` says so. Under systemd
+    (Type=notify) it reports READY=1 once its ports are bound, WATCHDOG=1 and
+    STOPPING=1: see docs/production.md.
     """
     from relay.config import load_config
     from relay.listen import expand_ports
@@ -65,12 +79,16 @@ def relay(
         "allow_plain_auth": allow_plain_auth,
         "strict_ports": strict_ports,
         "next_hop": next_hop,
+        "log_format": log_format,
+        "log_file": log_file,
+        "metrics_listen": metrics_listen,
     }
     config = load_config(config_path, overrides)
     if next_hop is not None:
         _check_next_hop(next_hop)
     expand_ports(config.ports)  # a bad spec is a one-line error before anything starts
-    _configure_logging()
+    metrics_address = _metrics_address(config.metrics_listen)
+    _configure_logging(config)
     store_path = resolve_db_path(db_path)
     if check_store and store_path.exists():
         from console.cli.store_cmd import check_failure, run_check
@@ -80,8 +98,19 @@ def relay(
             raise CliError(check_failure(result))
         click.echo(f"store check: {store_path} is sound ({result.pages:,} pages, {result.seconds:.1f}s)", err=True)
     runner = _event_loop_runner()
-    code = runner(_serve(store_path, config, ready_file))
+    code = runner(_serve(store_path, config, ready_file, metrics_address))
     sys.exit(code)
+
+
+def _metrics_address(value: str | None) -> tuple[str, int] | None:
+    if value is None:
+        return None
+    from relay.metrics import parse_listen
+
+    try:
+        return parse_listen(value)
+    except ValueError as exc:
+        raise CliError(f"{exc} (--metrics-listen / metrics_listen)") from None
 
 
 def _check_next_hop(value: str) -> None:
@@ -90,23 +119,16 @@ def _check_next_hop(value: str) -> None:
         raise CliError(f"--next-hop {value!r} is not HOST:PORT — e.g. smarthost.example:25")
 
 
-def _configure_logging() -> None:
-    import logging
+def _configure_logging(config: Any) -> None:
+    from relay.logs import configure_logging
 
     from relay.display import LOGGERS, install_log_escaping
 
-    # One handler on the root: the relay's own lines and aiosmtpd's warnings ("mail.log")
-    # go through the same escaping filter (a client's ESC never reaches the terminal).
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    root = logging.getLogger()
-    root.addHandler(handler)
-    if root.level == logging.NOTSET or root.level > logging.WARNING:
-        root.setLevel(logging.WARNING)
-    logging.getLogger("smtpplus").setLevel(logging.INFO)
-    # aiosmtpd logs every command at INFO on "mail.log": far too chatty for a relay.
-    logging.getLogger("mail.log").setLevel(logging.WARNING)
-    install_log_escaping(*LOGGERS)
+    try:
+        configure_logging(config.log_format, config.log_file)
+    except OSError as exc:
+        raise CliError(f"cannot open the log file {config.log_file}: {exc.strerror or exc} — check --log-file / log_file") from None
+    install_log_escaping(*LOGGERS)  # records logged before or beside our handler too
 
 
 def _event_loop_runner() -> Any:
@@ -124,18 +146,34 @@ def _event_loop_runner() -> Any:
     return asyncio.run
 
 
-async def _serve(store_path: Path, config: Any, ready_file: Path | None) -> int:
+async def _serve(store_path: Path, config: Any, ready_file: Path | None, metrics_address: tuple[str, int] | None = None) -> int:
+    from relay.logs import log_events
+    from relay.logs import reopen as reopen_logs
+    from relay.sdnotify import Notifier
     from relay.service import RelayService
 
     service = RelayService(store_path, config)
+    systemd = Notifier()  # Type=notify: does nothing outside systemd
     stop_requested = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop_requested.set)
+    loop.add_signal_handler(signal.SIGHUP, reopen_logs)  # while starting: only the log file
+    service.observers.append(log_events)
+    metrics_server = _metrics_server(service, metrics_address)  # hooks its counters before start
     await service.start()
-    # SIGHUP: re-read what can change without a restart (the configured TLS pair, …).
-    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(service.reload()))
+
+    def hang_up() -> None:
+        # SIGHUP: a new log file first (logrotate moved the old one), then re-read what
+        # can change without a restart (the configured TLS pair, …).
+        reopen_logs()
+        loop.create_task(service.reload())
+
+    loop.add_signal_handler(signal.SIGHUP, hang_up)
+    watchdog: asyncio.Future[None] | None = None
     try:
+        if metrics_server is not None:
+            await _start_metrics(metrics_server)
         _announce(service, store_path)
         if ready_file is not None:
             write_ready_file(
@@ -147,24 +185,62 @@ async def _serve(store_path: Path, config: Any, ready_file: Path | None) -> int:
                     "not_served": {str(port): reason for port, reason in sorted(service.not_served.items())},
                     "fingerprint": service.tls.fingerprint if service.tls else None,
                     "store": str(store_path),
+                    "metrics": f"{metrics_server.host}:{metrics_server.port}" if metrics_server is not None else None,
                 },
             )
+        systemd.ready(_status_line(service))
+        # Pings continue while sessions drain: the loop still runs, the relay is alive.
+        watchdog = asyncio.ensure_future(systemd.keep_alive())
         stopped = asyncio.ensure_future(service.wait_stopped())
         requested = asyncio.ensure_future(stop_requested.wait())
         await asyncio.wait({stopped, requested}, return_when=asyncio.FIRST_COMPLETED)
         taken_over = stopped.done() and not requested.done()
         requested.cancel()
     finally:
-        click.echo("smtpplus relay: stopping — letting sessions in progress finish", err=True)
+        systemd.stopping("stopping: letting sessions in progress finish")
+        log.info("stopping — letting sessions in progress finish")
+        if metrics_server is not None:
+            await metrics_server.close()
         await service.stop()
+        if watchdog is not None:
+            watchdog.cancel()
     if service.failure is not None:
         click.echo(f"smtpplus: error: {service.failure}", err=True)
         return 1
     if taken_over:
-        click.echo("smtpplus: error: another relay took over this store's lease", err=True)
+        log.error("another relay took over this store's lease: exiting")
         return 1
-    click.echo("smtpplus relay: stopped", err=True)
+    log.info("stopped")
     return 0
+
+
+def _metrics_server(service: Any, address: tuple[str, int] | None) -> Any:
+    if address is None:
+        return None
+    from relay.metrics import MetricsServer, RelayMetrics
+
+    return MetricsServer(service, RelayMetrics(service), *address)
+
+
+async def _start_metrics(server: Any) -> None:
+    try:
+        host, port = await server.start()
+    except OSError as exc:
+        raise CliError(
+            f"cannot serve metrics on {server.host}:{server.port}: {exc.strerror or exc} — pick another --metrics-listen"
+        ) from None
+    shown = f"[{host}]" if ":" in host else host
+    log.info("metrics on http://%s:%d/metrics, health on /healthz", shown, port)
+
+
+def _status_line(service: Any) -> str:
+    """systemd's STATUS= (shown by ``systemctl status``)."""
+    from relay.ports import format_port_spec
+
+    line = f"serving {len(service.served)} port(s) on {service.config.host} ({format_port_spec(service.served)})"
+    if service.not_served:
+        line += f", {len(service.not_served)} not served"
+    return line
 
 
 def _announce(service: Any, store_path: Path) -> None:
@@ -172,18 +248,16 @@ def _announce(service: Any, store_path: Path) -> None:
     from relay.ports import format_port_spec
 
     served = service.served
-    click.echo(
-        f"smtpplus relay: serving {len(served)} port(s) on {service.config.host} "
-        f"({format_port_spec(served)}) for store {store_path}",
-        err=True,
+    log.info(
+        "serving %d port(s) on %s (%s) for store %s", len(served), service.config.host, format_port_spec(served), store_path,
     )
     for port, reason in sorted(service.not_served.items()):
-        click.echo(f"smtpplus relay: port {port} not served: {reason}", err=True)
+        log.warning("port %d not served: %s", port, reason, extra={"port": port})
     if service.took_over:
-        click.echo("smtpplus relay: took over from a relay that died; its in-flight mail is reclaimed", err=True)
+        log.warning("took over from a relay that died; its in-flight mail is reclaimed")
     warning = server_name_warning(service.config.resolved_server_name())
     if warning:
-        click.echo(f"smtpplus relay: warning: {warning}", err=True)
+        log.warning("warning: %s", warning)
 
 
 def write_ready_file(path: Path, payload: dict[str, Any]) -> None:

@@ -1,0 +1,301 @@
+"""Prometheus metrics and a health check, served over HTTP by the relay process.
+
+``--metrics-listen HOST:PORT`` (config ``metrics_listen``) serves
+
+- ``GET /metrics``: the Prometheus text format (``prometheus_client``'s exposition);
+- ``GET /healthz``: ``200 ok`` when this relay holds its lease, its last heartbeat was
+  written recently and the store answers a read; ``503`` and the reason otherwise.
+
+The server is a small asyncio HTTP/1.1 server in the relay's own event loop rather than
+prometheus-client's threaded one: the health check and the queue gauges read the relay's
+state and the store the way the relay does (``AsyncStore``), a stalled event loop shows
+as a failed scrape (the same signal as the systemd watchdog), and no second thread
+touches the relay's objects.
+
+The counters are fed from the one place events are told after their commit
+(:attr:`relay.service.RelayService.observers`), so ``smtpplus_events_total`` counts
+exactly the events this relay wrote. Label values come from closed sets (event kinds,
+reason codes, delivery states, priorities 1–5); anything else is counted as ``other``.
+
+Public API
+----------
+``parse_listen(value) -> (host, port)``: ``HOST:PORT``, ``[v6]:PORT`` or ``PORT``
+(127.0.0.1); raises ``ValueError`` with the fix.
+``RelayMetrics(service)``: hooks the service's observers (call before ``start()``);
+``registry`` holds the metrics.
+``MetricsServer(service, metrics, host, port)``: ``await start() -> (host, port)``,
+``await close()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from relay.reasons import EventKind, Reason
+from relay.store.db import AsyncStore
+from relay.store.events import NewEvent
+from relay.store.lease import relay_status
+from relay.store.views import PRIORITIES, Lane, priority_lanes
+
+log = logging.getLogger("smtpplus.relay")
+# The *_created series (a time stamp per label set) double the exposition for nothing
+# a relay dashboard needs; process-wide, and the relay process is ours.
+disable_created_metrics()
+
+KINDS = frozenset(str(k) for k in EventKind)
+REASONS = frozenset(str(r) for r in Reason)
+OUTCOMES = frozenset({"sent", "deferred", "failed"})
+QUEUE_STATES = ("queued", "deferred", "sending", "held")
+STORE_TIMEOUT = 5.0  # a health check or scrape waits this long for the store
+REQUEST_LIMIT = 8192  # bytes of request line and headers
+REQUEST_TIMEOUT = 10.0
+# Seconds from accept to delivered: a local next hop answers in milliseconds, a queue
+# that waited for a retry in minutes or hours.
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 86400)
+COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+GROUP_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``127.0.0.1:9325``, ``[::1]:9325``, ``0.0.0.0:9325`` or ``9325`` (loopback)."""
+    text = value.strip()
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "127.0.0.1", text
+    elif host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"metrics_listen {value!r}: write an IPv6 address in brackets, e.g. [::1]:9325")
+    if not host:
+        host = "127.0.0.1"
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"metrics_listen {value!r} is not HOST:PORT or PORT — e.g. 127.0.0.1:9325")
+    return host, int(port)
+
+
+def _bounded(value: object, allowed: frozenset[str]) -> str:
+    text = str(value)
+    return text if text in allowed else "other"
+
+
+class RelayMetrics:
+    def __init__(self, service: Any) -> None:
+        self.service = service
+        self.registry = CollectorRegistry()
+        self.events = Counter(
+            "smtpplus_events", "Events this relay recorded, by kind and reason code.", ["kind", "reason"],
+            registry=self.registry,
+        )
+        self.auth = Counter(
+            "smtpplus_auth", "AUTH attempts by result (success, failure) and reason code.", ["result", "reason"],
+            registry=self.registry,
+        )
+        self.accepted = Counter("smtpplus_messages_accepted", "Messages accepted (250 after DATA).", registry=self.registry)
+        self.refused = Counter(
+            "smtpplus_refused", "Refusals during SMTP sessions, by reason code.", ["reason"], registry=self.registry
+        )
+        self.deliveries = Counter(
+            "smtpplus_deliveries", "Delivery attempts by outcome (sent, deferred, failed) and reason code.",
+            ["outcome", "reason"], registry=self.registry,
+        )
+        self.latency = Histogram(
+            "smtpplus_delivery_latency_seconds", "From accept to delivered at the next hop.",
+            buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.commit_seconds = Histogram(
+            "smtpplus_store_commit_seconds", "Duration of one group commit of the store writer.",
+            buckets=COMMIT_BUCKETS, registry=self.registry,
+        )
+        self.commit_messages = Histogram(
+            "smtpplus_store_commit_messages", "Messages in one group commit (the group size).",
+            buckets=GROUP_BUCKETS, registry=self.registry,
+        )
+        self.lanes: list[Lane] = []
+        self.registry.register(_LiveCollector(self))
+        service.observers.append(self.observe_events)
+        service.outcome_observers.append(self.observe_outcomes)
+        service.commit_observers.append(self.observe_commit)
+
+    def observe_events(self, events: Sequence[NewEvent]) -> None:
+        for event in events:
+            kind, reason = _bounded(event.kind, KINDS), _bounded(event.reason, REASONS)
+            self.events.labels(kind, reason).inc()
+            if kind == EventKind.AUTH:
+                self.auth.labels("success" if reason == Reason.AUTH_OK else "failure", reason).inc()
+            elif kind == EventKind.REFUSED:
+                self.refused.labels(reason).inc()
+            elif kind == EventKind.QUEUED and reason == Reason.ACCEPTED:
+                self.accepted.inc()
+            elif kind in (EventKind.SENT, EventKind.DEFERRED, EventKind.FAILED):
+                self.deliveries.labels(kind, reason).inc()
+
+    def observe_outcomes(self, outcomes: Sequence[Any]) -> None:
+        now = time.time()
+        for outcome in outcomes:
+            if outcome.state == "sent":
+                self.latency.observe(max(0.0, now - outcome.message.created_at))
+
+    def observe_commit(self, seconds: float, messages: int) -> None:
+        self.commit_seconds.observe(seconds)
+        self.commit_messages.observe(messages)
+
+    async def refresh(self, store: AsyncStore) -> None:
+        """Read what the scrape shows from the store (the queue lanes: an index scan)."""
+        self.lanes = await asyncio.wait_for(store.run(priority_lanes), STORE_TIMEOUT)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _LiveCollector:
+    """Gauges read at scrape time: sessions, ports, lease and the queue."""
+
+    def __init__(self, metrics: RelayMetrics) -> None:
+        self.metrics = metrics
+
+    def describe(self) -> list[Any]:
+        return []  # collected only at scrape time: never read at registration
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        service = self.metrics.service
+        context = service.context
+        sessions = len(context.tracker.sessions) if context is not None else 0
+        yield GaugeMetricFamily("smtpplus_sessions_open", "SMTP sessions open now.", value=sessions)
+        yield GaugeMetricFamily("smtpplus_ports_served", "Ports this relay listens on.", value=len(service.served))
+        yield GaugeMetricFamily("smtpplus_ports_not_served", "Ports of the spec that could not be bound.", value=len(service.not_served))
+        yield GaugeMetricFamily("smtpplus_lease_held", "1 while this relay holds the store's lease.", value=1 if service.running and service.leased else 0)
+        depth = GaugeMetricFamily("smtpplus_queue_messages", "Messages in the queue by priority and state.", labels=["priority", "state"])
+        oldest = GaugeMetricFamily(
+            "smtpplus_queue_oldest_wait_seconds", "Age of the oldest waiting (queued or deferred) message, by priority.",
+            labels=["priority"],
+        )
+        now = time.time()
+        by_priority = {lane.priority: lane for lane in self.metrics.lanes}
+        for priority in PRIORITIES:
+            lane = by_priority.get(priority, Lane(priority))
+            for state in QUEUE_STATES:
+                depth.add_metric([str(priority), state], getattr(lane, state))
+            oldest.add_metric([str(priority)], lane.oldest_wait(now) or 0.0)
+        yield depth
+        yield oldest
+
+
+async def health(service: Any, store: AsyncStore) -> str | None:
+    """None when healthy, else the reason (one line)."""
+    if not service.running:
+        return "the relay is not running (starting or stopping)"
+    if not service.leased:
+        return "this relay lost the store's lease to another relay"
+    stale = max(3 * service.config.heartbeat_interval, 2.0)
+    age = time.monotonic() - (service.heartbeat_at or 0.0)
+    if age > stale:
+        why = service.heartbeat_error or "the store did not answer"
+        return f"no heartbeat written for {age:.0f} s: {why}"
+    try:
+        status = await asyncio.wait_for(store.run(relay_status, service.config.stale_after), STORE_TIMEOUT)
+    except TimeoutError:
+        return f"the store did not answer a read within {STORE_TIMEOUT:g} s"
+    except Exception as exc:
+        return f"the store cannot be read: {exc}"
+    if status.owner != service.owner:
+        return "the store's lease names another relay"
+    return None
+
+
+class MetricsServer:
+    def __init__(self, service: Any, metrics: RelayMetrics, host: str, port: int) -> None:
+        self.service = service
+        self.metrics = metrics
+        self.host = host
+        self.port = port
+        self.scrapes = 0
+        self._server: asyncio.Server | None = None
+        self._store: AsyncStore | None = None
+
+    async def start(self) -> tuple[str, int]:
+        # Its own store connection: a scrape never waits behind the relay's writes.
+        self._store = await AsyncStore(self.service.store_path).open()
+        try:
+            self._server = await asyncio.start_server(self._handle, self.host, self.port, limit=REQUEST_LIMIT)
+        except OSError:
+            await self._store.close()
+            raise
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self.host, self.port
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        if self._store is not None:
+            await self._store.close()
+            self._store = None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            method, path = await asyncio.wait_for(_read_request(reader), REQUEST_TIMEOUT)
+            status, content_type, body = await self._respond(method, path)
+        except (TimeoutError, ValueError, asyncio.LimitOverrunError, asyncio.IncompleteReadError):
+            status, content_type, body = "400 Bad Request", "text/plain; charset=utf-8", b"bad request\n"
+        except ConnectionError:
+            writer.close()
+            return
+        head = (
+            f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+            "Cache-Control: no-store\r\nConnection: close\r\n\r\n"
+        )
+        with contextlib.suppress(ConnectionError):
+            writer.write(head.encode("ascii") + (b"" if method == "HEAD" else body))
+            await writer.drain()
+        writer.close()
+
+    async def _respond(self, method: str, path: str) -> tuple[str, str, bytes]:
+        text = "text/plain; charset=utf-8"
+        route = path.split("?", 1)[0]
+        if route not in ("/metrics", "/healthz"):
+            return "404 Not Found", text, b"not found: try /metrics or /healthz\n"
+        if method not in ("GET", "HEAD"):
+            return "405 Method Not Allowed", text, b"use GET\n"
+        assert self._store is not None
+        if route == "/healthz":
+            reason = await health(self.service, self._store)
+            if reason is None:
+                return "200 OK", text, b"ok\n"
+            return "503 Service Unavailable", text, f"unhealthy: {reason}\n".encode()
+        self.scrapes += 1
+        try:
+            await self.metrics.refresh(self._store)
+        except Exception as exc:  # the counters are still worth serving
+            log.warning("metrics: cannot read the queue for a scrape: %s", exc)
+        return "200 OK", CONTENT_TYPE_LATEST, self.metrics.exposition()
+
+
+async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str]:
+    line = (await reader.readuntil(b"\r\n")).decode("latin-1").split()
+    if len(line) != 3 or not line[2].startswith("HTTP/"):
+        raise ValueError("not an HTTP request line")
+    seen = 0
+    while True:  # the headers: read and ignored (no body is accepted)
+        header = await reader.readuntil(b"\r\n")
+        seen += len(header)
+        if header == b"\r\n":
+            break
+        if seen > REQUEST_LIMIT:
+            raise ValueError("headers too long")
+    return line[0], line[1]
