@@ -120,9 +120,8 @@ def _check_next_hop(value: str) -> None:
 
 
 def _configure_logging(config: Any) -> None:
-    from relay.logs import configure_logging
-
     from relay.display import LOGGERS, install_log_escaping
+    from relay.logs import configure_logging
 
     try:
         configure_logging(config.log_format, config.log_file)
