@@ -87,7 +87,7 @@ class EscapingFilter(logging.Filter):
     warnings log what the client sent as it came."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if getattr(record, "smtpplus_escaped", False):
+        if getattr(record, "_smtpplus_escaped", False):
             return True
         try:
             message = record.getMessage()
@@ -95,7 +95,7 @@ class EscapingFilter(logging.Filter):
             message = f"{record.msg!r} % {record.args!r}"
         record.msg = clean(message)
         record.args = None
-        record.smtpplus_escaped = True
+        record._smtpplus_escaped = True
         return True
 
 

@@ -99,7 +99,7 @@ def fields(record: logging.LogRecord) -> dict[str, Any]:
     """The ``extra=`` fields of a record, each string cleaned (numbers stay numbers)."""
     out: dict[str, Any] = {}
     for key, value in record.__dict__.items():
-        if key in _STANDARD or key.startswith("_") or value is None:
+        if key in _STANDARD or key.startswith("_") or value is None:  # "_…": our own marks
             continue
         out[key] = value if isinstance(value, bool | int | float) else clean(value, _FIELD_LIMIT)
     return out
