@@ -1,6 +1,7 @@
 """The swaks-like dialogue client, on aiosmtplib.
 
-One call of :func:`run_dialogue` walks a whole SMTP session — connect, banner, EHLO,
+One call of :func:`run_dialogue` walks a whole SMTP session — connect (with TLS from
+the first byte when ``tls_on_connect``: an implicit-TLS port, RFC 8314), banner, EHLO,
 STARTTLS (required, optional or none), AUTH PLAIN/LOGIN, MAIL, RCPT…, DATA, QUIT —
 and returns a :class:`DialogueResult`: every client (``->``) and server (``<-``) line
 with its time since connect, the TLS details, each stage's reply, and the stage that
@@ -120,7 +121,8 @@ class SendRequest:
 
     host: str = "127.0.0.1"
     port: int = 25
-    tls: TlsMode = TlsMode.REQUIRED
+    tls: TlsMode = TlsMode.REQUIRED  # STARTTLS; moot with tls_on_connect
+    tls_on_connect: bool = False  # TLS from the first byte (an implicit-TLS port: 465), no STARTTLS
     cafile: str | None = None
     insecure: bool = False
     tls_context: ssl.SSLContext | None = None  # prebuilt and shared, for sweeps
@@ -433,12 +435,15 @@ class _Dialogue:
 
     async def connect(self) -> None:
         r = self.request
-        self.note(f"Trying {r.host}:{r.port}…")
+        self.note(f"Trying {r.host}:{r.port}{' (TLS on connect)' if r.tls_on_connect else ''}…")
+        context = (r.tls_context or client_tls_context(cafile=r.cafile, insecure=r.insecure)) if r.tls_on_connect else None
         smtp = aiosmtplib.SMTP(
             hostname=r.host,
             port=r.port,
             timeout=r.timeout,
             start_tls=False,
+            use_tls=r.tls_on_connect,
+            tls_context=context,
             local_hostname=r.ehlo_name,
         )
         try:
@@ -452,10 +457,17 @@ class _Dialogue:
             stage = Stage.BANNER if "ready message" in str(exc) else Stage.CONNECT
             raise _StageFailed(stage, str(exc)) from None
         except (aiosmtplib.SMTPConnectError, OSError) as exc:
+            if r.tls_on_connect and isinstance(exc.__cause__, ssl.SSLError | ssl.CertificateError):
+                text = _handshake_error_text(exc.__cause__)
+                if not isinstance(exc.__cause__, ssl.SSLCertVerificationError):
+                    text += " — is it an implicit-TLS port? (`smtpplus status` lists them; use --starttls on the others)"
+                raise _StageFailed(Stage.TLS, text) from None
             raise _StageFailed(Stage.CONNECT, _connect_error_text(exc)) from None
         self.smtp = smtp
         peer = smtp.get_transport_info("peername")
         self.note(f"Connected to {peer[0]}:{peer[1]}")
+        if r.tls_on_connect:
+            self._tls_started(smtp)
         reply = Reply(response.code, response.message)
         self.server(reply)
         self.result.replies[str(Stage.BANNER)] = reply
@@ -482,7 +494,7 @@ class _Dialogue:
     async def starttls(self) -> None:
         r, smtp = self.request, self.smtp
         assert smtp is not None
-        if r.tls is TlsMode.NONE:
+        if r.tls is TlsMode.NONE or r.tls_on_connect:
             return
         if not smtp.supports_extension("starttls"):
             if r.tls is TlsMode.REQUIRED:
@@ -498,21 +510,19 @@ class _Dialogue:
             self.server(reply)
             self.stage_reply(Stage.TLS, reply, expect=(220,))
             return
-        except ssl.SSLCertVerificationError as exc:
-            raise _StageFailed(
-                Stage.TLS,
-                f"certificate not trusted ({exc.verify_message}) — pass --cafile (see `smtpplus tls export`) or --insecure",
-            ) from None
         except (ssl.SSLError, aiosmtplib.SMTPException, OSError) as exc:
-            raise _StageFailed(Stage.TLS, f"TLS handshake failed: {exc}") from None
+            raise _StageFailed(Stage.TLS, _handshake_error_text(exc)) from None
         reply = Reply(response.code, response.message)
         self.server(reply)
         self.result.replies[str(Stage.TLS)] = reply
-        self.result.tls = _tls_info(smtp, verified=not r.insecure)
+        self._tls_started(smtp)
+        await self.ehlo()
+
+    def _tls_started(self, smtp: aiosmtplib.SMTP) -> None:
+        self.result.tls = _tls_info(smtp, verified=not self.request.insecure)
         tls = self.result.tls
         self.note(f"TLS started: {tls.version}, cipher {tls.cipher}")
         self.note(f"peer certificate {tls.peer_fingerprint}{'' if tls.verified else ' (not verified: --insecure)'}")
-        await self.ehlo()
 
     async def auth(self) -> None:
         r = self.request
@@ -605,6 +615,12 @@ def _tls_info(smtp: aiosmtplib.SMTP, *, verified: bool) -> TlsInfo:
         peer_fingerprint=fingerprint(der) if der else "?",
         verified=verified,
     )
+
+
+def _handshake_error_text(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"certificate not trusted ({exc.verify_message}) — pass --cafile (see `smtpplus tls export`) or --insecure"
+    return f"TLS handshake failed: {exc}"
 
 
 def _connect_error_text(exc: BaseException) -> str:

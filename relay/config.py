@@ -22,7 +22,8 @@ The TOML file holds the same keys as the dataclass, at the top level or inside a
 ``[relay]`` or ``[delivery]`` table::
 
     host = "0.0.0.0"
-    ports = "25,1025-5000"
+    ports = "25,587,1025-5000"
+    tls_ports = "465"
     allow_plain_auth = false
     tls_cert = "/etc/smtpplus/cert.pem"
     tls_key = "/etc/smtpplus/key.pem"
@@ -44,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from relay.ports import DEFAULT_SPEC
+from relay.ports import DEFAULT_SPEC, DEFAULT_TLS_SPEC
 from relay.store.db import StoreError
 from relay.store.settings import Keys
 
@@ -71,7 +72,11 @@ class RelayConfig:
 
     # -- Listening ---------------------------------------------------------------
     host: str = "0.0.0.0"  # the daemon listens on all interfaces; tests use 127.0.0.1
-    ports: str = DEFAULT_SPEC  # "25,1025-5000"; "0" = one ephemeral port, "0*N" = N of them
+    ports: str = DEFAULT_SPEC  # "25,587,1025-5000", STARTTLS; "0" = one ephemeral port, "0*N" = N of them
+    # Implicit TLS (RFC 8314; "SSL/TLS" in mail clients): TLS from the first byte, AUTH
+    # offered at once. None = "465" with the default `ports` and none with any other
+    # (a test relay on --ports 0 stays on one port); "" = none.
+    tls_ports: str | None = None
     strict_ports: bool = False  # any port that cannot be bound is fatal
     allow_plain_auth: bool = False  # AUTH before STARTTLS (off: 538 5.7.11)
     server_name: str = ""  # EHLO/greeting name and Received: "by"; "" = this host's name
@@ -143,6 +148,12 @@ class RelayConfig:
     paused: bool | None = None
     starvation_share: float | None = None  # 0 = strict priority (off) … 0.5; see `queue starvation`
 
+    def resolved_tls_ports(self) -> str:
+        """The implicit-TLS port spec in force ("" = none)."""
+        if self.tls_ports is not None:
+            return self.tls_ports
+        return DEFAULT_TLS_SPEC if self.ports == DEFAULT_SPEC else ""
+
     def resolved_server_name(self) -> str:
         return self.server_name or socket.gethostname() or "localhost"
 
@@ -194,6 +205,9 @@ def load_config(
             raise ConfigError(f"unknown relay setting {name!r}")
         if value is not None:
             values[name] = _coerce(name, value, source=f"--{name.replace('_', '-')}")
+    if "ports" in values and "tls_ports" not in values:
+        # Ports given without tls_ports: only those ports (no 465 beside them).
+        values["tls_ports"] = ""
     hard = values.get("hard_error_limit", RelayConfig.hard_error_limit)
     soft = values.get("soft_error_limit", RelayConfig.soft_error_limit)
     if not 1 <= hard <= 20 or not 0 <= soft < hard:
@@ -236,6 +250,8 @@ def _known(path: Path, shown: str, key: str) -> str:
 
 def _coerce(name: str, value: Any, *, source: str) -> Any:
     """Turn a TOML, environment or flag value into the field's type."""
+    if name == "tls_ports" and isinstance(value, str) and value.strip().lower() in {"", "none"}:
+        return ""  # no implicit-TLS port at all (None would mean "the default")
     hint = _HINTS[name]
     optional = False
     args = typing.get_args(hint)

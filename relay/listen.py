@@ -2,10 +2,13 @@
 
 ``expand_ports(spec)`` turns a spec into ports, where ``0`` is one ephemeral port and
 ``0*N`` is N of them (tests and benchmarks: the ready file / the store then tell the
-real numbers). ``raise_open_file_limit(needed)`` lifts RLIMIT_NOFILE's soft limit
-toward the hard one. ``bind_all(loop, factory, host, ports, strict=…)`` binds them and
-returns a :class:`Listeners`: the servers, the ports served and, for every port not
-served, the reason with its fix.
+real numbers). ``listen_plan(ports, tls_ports)`` expands both specs of a config and
+refuses a port in both. ``raise_open_file_limit(needed)`` lifts RLIMIT_NOFILE's soft
+limit toward the hard one. ``bind_all(loop, factory, host, ports, strict=…,
+tls_ports=…, tls_factory=…, ssl_context=…)`` binds them and returns a
+:class:`Listeners`: the servers, the ports served (``implicit_tls``: those of them that
+speak TLS from the first byte, RFC 8314) and, for every port not served, the reason
+with its fix.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import errno
 import ipaddress
 import resource
 import socket
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -24,6 +28,7 @@ from relay.store.db import StoreError
 # File descriptors kept free beyond the listening sockets: the store, TLS files, logs.
 FD_MARGIN = 64
 BACKLOG = 511
+HANDSHAKE_TIMEOUT = 30.0  # seconds an implicit-TLS client gets to finish its handshake
 
 
 class ListenError(StoreError):
@@ -33,8 +38,9 @@ class ListenError(StoreError):
 @dataclass
 class Listeners:
     servers: list[asyncio.AbstractServer] = field(default_factory=list)
-    served: list[int] = field(default_factory=list)
+    served: list[int] = field(default_factory=list)  # every served port, implicit TLS included
     not_served: dict[int, str] = field(default_factory=dict)
+    implicit_tls: list[int] = field(default_factory=list)  # served ports with TLS from the first byte
 
     def close(self) -> None:
         for server in self.servers:
@@ -55,6 +61,20 @@ def expand_ports(spec: str) -> list[int]:
             rest.append(item)
     ports = parse_port_spec(",".join(rest)) if rest else []
     return ports + [0] * ephemeral
+
+
+def listen_plan(ports_spec: str, tls_spec: str) -> tuple[list[int], list[int]]:
+    """(STARTTLS ports, implicit-TLS ports) of a config's two specs (``tls_spec`` "" = none).
+    A port in both is a ListenError: a port speaks STARTTLS or implicit TLS, not both."""
+    ports = expand_ports(ports_spec)
+    tls_ports = expand_ports(tls_spec) if tls_spec.strip() else []
+    both = sorted(set(ports) & set(tls_ports) - {0})
+    if both:
+        raise ListenError(
+            f"port {both[0]} is in both ports and tls_ports — a port speaks STARTTLS or implicit TLS, "
+            "not both: take it out of one of them (--ports / --tls-ports)"
+        )
+    return ports, tls_ports
 
 
 def raise_open_file_limit(required: int, wanted: int | None = None) -> int:
@@ -126,15 +146,26 @@ async def bind_all(
     *,
     strict: bool = False,
     connections: int = 0,
+    tls_ports: list[int] | None = None,
+    tls_factory: Callable[[], asyncio.BaseProtocol] | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    handshake_timeout: float = HANDSHAKE_TIMEOUT,
 ) -> Listeners:
-    """Serve ``factory`` on every port; report each port that cannot be bound.
+    """Serve ``factory`` on every port of ``ports`` and ``tls_factory`` with TLS from the
+    first byte (``ssl_context``) on every port of ``tls_ports``; report each port that
+    cannot be bound.
 
     ``connections`` (the connection cap) is added to the open-file limit wanted."""
-    raise_open_file_limit(len(ports) + FD_MARGIN, len(ports) + FD_MARGIN + connections)
+    tls_ports = list(tls_ports or [])
+    if tls_ports and (tls_factory is None or ssl_context is None):
+        raise ValueError("tls_ports need a tls_factory and an ssl_context")
+    count = len(ports) + len(tls_ports)
+    raise_open_file_limit(count + FD_MARGIN, count + FD_MARGIN + connections)
     family = _family(host)
     listeners = Listeners()
+    plan = [(port, False) for port in ports] + [(port, True) for port in tls_ports]
     try:
-        for port in ports:
+        for port, implicit in plan:
             try:
                 sock = _listening_socket(family, host, port)
             except OSError as exc:
@@ -142,7 +173,15 @@ async def bind_all(
                 if strict:
                     raise ListenError(f"port {port}: {listeners.not_served[port]} (--strict-ports)") from None
                 continue
-            server = await loop.create_server(factory, sock=sock)
+            if implicit:
+                assert tls_factory is not None
+                # The handshake runs before the session exists; a client that never
+                # finishes it is dropped after handshake_timeout.
+                server = await loop.create_server(
+                    tls_factory, sock=sock, ssl=ssl_context, ssl_handshake_timeout=handshake_timeout
+                )
+            else:
+                server = await loop.create_server(factory, sock=sock)
             if not server.sockets:
                 # Seen under EMFILE: a server object that holds no socket serves nothing.
                 server.close()
@@ -152,7 +191,10 @@ async def bind_all(
                     raise ListenError(f"port {port}: {listeners.not_served[port]} (--strict-ports)")
                 continue
             listeners.servers.append(server)
-            listeners.served.append(int(server.sockets[0].getsockname()[1]))
+            bound = int(server.sockets[0].getsockname()[1])
+            listeners.served.append(bound)
+            if implicit:
+                listeners.implicit_tls.append(bound)
     except BaseException:
         listeners.close()
         raise

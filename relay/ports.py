@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import random
 
-DEFAULT_SPEC = "25,1025-5000"
+DEFAULT_SPEC = "25,587,1025-5000"  # STARTTLS on each
+# Implicit TLS (RFC 8314: TLS from the first byte), served with the default spec only.
+DEFAULT_TLS_SPEC = "465"
 
 
 class PortSpecError(ValueError):

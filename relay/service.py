@@ -24,7 +24,8 @@ Public API
     when the store turned out corrupt (``failure`` then holds the one-line error, also
     written to the lock file so ``status`` says why).
 
-    After ``start()``: ``served`` (ports), ``not_served`` ({port: reason with fix}),
+    After ``start()``: ``served`` (ports), ``implicit_tls`` (those of them with TLS
+    from the first byte: ``config.tls_ports``, RFC 8314), ``not_served`` ({port: reason with fix}),
     ``addresses`` ([(host, port)]), ``owner`` (lease id), ``reclaimed_from`` (the
     previous relay's owner id, when it is gone, or None), ``took_over`` (that relay
     had died rather than stopped), ``tls`` (:class:`relay.tls.TlsMaterial`),
@@ -70,7 +71,7 @@ from relay import delivery as delivery_module
 from relay.auth import FailureLimiter, PasswordChecker
 from relay.config import RUNTIME_SEEDS, RelayConfig
 from relay.display import LOGGERS, install_log_escaping
-from relay.listen import Listeners, bind_all, expand_ports
+from relay.listen import Listeners, bind_all, listen_plan
 from relay.reasons import EventKind, Reason
 from relay.smtp import ConnectionTracker, RelayContext, make_factory
 from relay.store import lease
@@ -105,10 +106,38 @@ def publish_start(
             seed_setting(db, key, value)
 
 
-def publish_listening(db: sqlite3.Connection, served: list[int], not_served: dict[int, str], events: list[NewEvent]) -> None:
+def publish_listening(
+    db: sqlite3.Connection, served: list[int], not_served: dict[int, str], events: list[NewEvent],
+    implicit_tls: list[int] | None = None,
+) -> None:
     with transaction(db):
-        publish_ports(db, served, not_served)
+        publish_ports(db, served, not_served, implicit_tls or [])
         record_events(db, events)
+
+
+class _AlreadyEncrypted:
+    """Stands where aiosmtpd keeps the STARTTLS layer (``SMTP._tls_protocol``), which is
+    how aiosmtpd and the session tell an encrypted connection (EHLO offers AUTH, not
+    STARTTLS; AUTH is allowed). aiosmtpd cannot see TLS it did not start itself
+    (aio-libs/aiosmtpd#281)."""
+
+    def __repr__(self) -> str:
+        return "<implicit TLS>"
+
+
+ALREADY_ENCRYPTED = _AlreadyEncrypted()
+
+
+def implicit_tls_factory(factory: Callable[[], Any]) -> Callable[[], Any]:
+    """Sessions for an implicit-TLS port (RFC 8314): the server's ``ssl=`` context has
+    finished the handshake before the session sees the connection."""
+
+    def make() -> Any:
+        session = factory()
+        session._tls_protocol = ALREADY_ENCRYPTED
+        return session
+
+    return make
 
 
 class RelayService:
@@ -126,6 +155,7 @@ class RelayService:
         self.reclaimed_from: str | None = None
         self.took_over = False  # the previous relay died (stale heartbeat): we took over
         self.served: list[int] = []
+        self.implicit_tls: list[int] = []
         self.not_served: dict[int, str] = {}
         self.tls: TlsMaterial | None = None
         self.checker: PasswordChecker | None = None
@@ -251,22 +281,28 @@ class RelayService:
             writer=self.writer,
             tracker=ConnectionTracker(cfg.max_connections, cfg.max_connections_per_client),
         )
-        ports = expand_ports(cfg.ports)
+        ports, tls_ports = listen_plan(cfg.ports, cfg.resolved_tls_ports())
+        sessions = make_factory(self.context)
         self._listeners = await bind_all(
             asyncio.get_running_loop(),
-            make_factory(self.context),
+            sessions,
             cfg.host,
             ports,
             strict=cfg.strict_ports,
             connections=cfg.max_connections,
+            tls_ports=tls_ports,
+            tls_factory=implicit_tls_factory(sessions),
+            ssl_context=self.tls.context,  # the same context TLS reloads update in place
         )
         self.served = list(self._listeners.served)
+        self.implicit_tls = list(self._listeners.implicit_tls)
         self.not_served = dict(self._listeners.not_served)
         events = [
             NewEvent(
                 kind=EventKind.RELAY,
                 reason=Reason.RELAY_STARTED,
-                detail=f"pid {os.getpid()} on {cfg.host}: {len(self.served)} port(s) served, "
+                detail=f"pid {os.getpid()} on {cfg.host}: {len(self.served)} port(s) served"
+                f"{f' ({len(self.implicit_tls)} implicit TLS)' if self.implicit_tls else ''}, "
                 f"{len(self.not_served)} not served; TLS {self.tls.fingerprint}",
             )
         ]
@@ -274,7 +310,7 @@ class RelayService:
             NewEvent(kind=EventKind.RELAY, reason=Reason.PORT_NOT_SERVED, port=port, detail=reason)
             for port, reason in sorted(self.not_served.items())[:100]
         ]
-        await self._control.run(publish_listening, self.served, self.not_served, events)
+        await self._control.run(publish_listening, self.served, self.not_served, events, self.implicit_tls)
         self._tell(events)
         self._heartbeat = asyncio.get_running_loop().create_task(self._beat(), name="smtpplus-heartbeat")
         factory = self._delivery_factory or delivery_module.DeliveryEngine

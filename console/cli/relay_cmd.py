@@ -30,12 +30,15 @@ log = logging.getLogger("smtpplus.relay")
 
 @click.command()
 @click.option("--host", default=None, help="Address to listen on (default 0.0.0.0: all interfaces).")
-@click.option("--ports", default=None, help="Port spec, e.g. 25,1025-5000 (the default) or 2525,4000-4010.")
+@click.option("--ports", default=None, help="STARTTLS port spec, e.g. 25,587,1025-5000 (the default) or 2525,4000-4010.")
+@click.option("--tls-ports", default=None, metavar="SPEC",
+              help="Implicit-TLS (SSL/TLS, RFC 8314) port spec, e.g. 465 (the default with the default --ports; "
+              "none when --ports is given); 'none' for none.")
 @click.option("--allow-plain-auth", is_flag=True, default=None, help="Allow AUTH before STARTTLS (off by default: 538 5.7.11).")
 @click.option("--strict-ports", is_flag=True, default=None, help="Fail when any port of the spec cannot be bound.")
 @click.option("--next-hop", default=None, metavar="HOST:PORT", help="Seed the next hop (only when the store has none yet).")
 @click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help='Once accepting, write {"pid", "served", "not_served", "host"} here as JSON (atomically).')
+              help='Once accepting, write {"pid", "served", "implicit_tls", "not_served", "host"} here as JSON (atomically).')
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="TOML settings file (default: $SMTPPLUS_CONFIG).")
 @click.option("--check", "check_store", is_flag=True,
@@ -50,6 +53,7 @@ log = logging.getLogger("smtpplus.relay")
 def relay(
     host: str | None,
     ports: str | None,
+    tls_ports: str | None,
     allow_plain_auth: bool | None,
     strict_ports: bool | None,
     next_hop: str | None,
@@ -71,11 +75,12 @@ def relay(
     STOPPING=1: see docs/production.md.
     """
     from relay.config import load_config
-    from relay.listen import expand_ports
+    from relay.listen import listen_plan
 
     overrides = {
         "host": host,
         "ports": ports,
+        "tls_ports": tls_ports,
         "allow_plain_auth": allow_plain_auth,
         "strict_ports": strict_ports,
         "next_hop": next_hop,
@@ -86,7 +91,7 @@ def relay(
     config = load_config(config_path, overrides)
     if next_hop is not None:
         _check_next_hop(next_hop)
-    expand_ports(config.ports)  # a bad spec is a one-line error before anything starts
+    listen_plan(config.ports, config.resolved_tls_ports())  # a bad spec is a one-line error before anything starts
     metrics_address = _metrics_address(config.metrics_listen)
     _configure_logging(config)
     store_path = resolve_db_path(db_path)
@@ -181,6 +186,7 @@ async def _serve(store_path: Path, config: Any, ready_file: Path | None, metrics
                     "pid": os.getpid(),
                     "host": config.host,
                     "served": service.served,
+                    "implicit_tls": service.implicit_tls,
                     "not_served": {str(port): reason for port, reason in sorted(service.not_served.items())},
                     "fingerprint": service.tls.fingerprint if service.tls else None,
                     "store": str(store_path),
@@ -247,8 +253,11 @@ def _announce(service: Any, store_path: Path) -> None:
     from relay.ports import format_port_spec
 
     served = service.served
+    implicit = service.implicit_tls
+    tls_text = f"; implicit TLS on {format_port_spec(implicit)}" if implicit else ""
     log.info(
-        "serving %d port(s) on %s (%s) for store %s", len(served), service.config.host, format_port_spec(served), store_path,
+        "serving %d port(s) on %s (%s%s) for store %s", len(served), service.config.host, format_port_spec(served),
+        tls_text, store_path,
     )
     for port, reason in sorted(service.not_served.items()):
         log.warning("port %d not served: %s", port, reason, extra={"port": port})
@@ -343,6 +352,8 @@ def _print_status(current: Any) -> None:
     if current.listen_host:
         table.add_row("listening on", str(current.listen_host))
     table.add_row("ports served", f"{len(current.served)}" + (f" ({format_port_spec(current.served)})" if current.served else ""))
+    if current.implicit_tls:
+        table.add_row("implicit TLS", f"{format_port_spec(current.implicit_tls)} (SSL/TLS from the first byte; STARTTLS on the others)")
     for port, reason in sorted(current.not_served.items())[:50]:
         table.add_row("not served", f"port {port}: {reason}")
     if len(current.not_served) > 50:
@@ -352,6 +363,8 @@ def _print_status(current: Any) -> None:
     if warning:
         table.add_row("warning", warning)
     encryption = "STARTTLS (optional: plain AUTH allowed)" if current.allow_plain_auth else "STARTTLS (required for AUTH)"
+    if current.implicit_tls:
+        encryption += f"; SSL/TLS on {format_port_spec(current.implicit_tls)}"
     table.add_row("encryption", encryption)
     table.add_row("TLS fingerprint", current.tls_fingerprint or "- (published when the relay first starts)")
     if current.paused:

@@ -62,6 +62,8 @@ class _SendCommand(click.Command):
 @click.option("--starttls", "tls", flag_value="required", default=True, help="STARTTLS, and fail if it is not offered (default).")
 @click.option("--starttls-optional", "tls", flag_value="optional", help="STARTTLS when offered, clear text otherwise.")
 @click.option("--no-tls", "tls", flag_value="none", help="Never STARTTLS.")
+@click.option("--tls-on-connect", is_flag=True,
+              help="TLS from the first byte (implicit TLS, RFC 8314: port 465, \"SSL/TLS\" in mail clients); no STARTTLS.")
 @click.option("--cafile", type=click.Path(exists=True, dir_okay=False), help="Trust this CA/certificate (PEM); see `smtpplus tls export`.")
 @click.option("--insecure", is_flag=True, help="Do not verify the server certificate (a self-signed relay).")
 @click.option("--auth-user", help="AUTH as this relay user.")
@@ -88,6 +90,7 @@ def send(
     server: str,
     port: int,
     tls: str,
+    tls_on_connect: bool,
     cafile: str | None,
     insecure: bool,
     auth_user: str | None,
@@ -109,6 +112,9 @@ def send(
 ) -> None:
     if tls is True:  # click passes the default flag value through as True
         tls = "required"
+    if tls_on_connect and tls != "required":
+        raise CliError(f"--tls-on-connect and --{'no-tls' if tls == 'none' else 'starttls-optional'} contradict each other "
+                       "— TLS from the first byte, or STARTTLS (or none) after the greeting")
     if cafile and insecure:
         raise CliError("--cafile and --insecure contradict each other — trust a certificate, or trust none")
     if body is not None and data_file is not None:
@@ -146,7 +152,7 @@ def send(
 
         message = make_message()
     request = SendRequest(
-        host=server, port=port, tls=TlsMode(tls), cafile=cafile, insecure=insecure,
+        host=server, port=port, tls=TlsMode(tls), tls_on_connect=tls_on_connect, cafile=cafile, insecure=insecure,
         auth_user=auth_user, auth_password=password, auth_mech=auth_mech.lower(),
         mail_from=mail_from, recipients=list(recipients), message=message,
         ehlo_name=ehlo_name, timeout=timeout, quit_after=quit_after,
@@ -174,7 +180,8 @@ async def _load(request: SendRequest, messages: int, connections: int, make_mess
     recipients = list(request.recipients)
     spec = LoadSpec(
         ports=[request.port], host=request.host, connections=min(connections, messages), messages=messages,
-        size=len(request.message or b""), recipients=len(recipients), starttls=request.tls is not TlsMode.NONE,
+        size=len(request.message or b""), recipients=len(recipients),
+        starttls=request.tls is not TlsMode.NONE and not request.tls_on_connect, tls_on_connect=request.tls_on_connect,
         tls_context=client_tls_context(cafile=request.cafile, insecure=request.insecure),
         username=request.auth_user, password=request.auth_password, mail_from=request.mail_from or "",
         timeout=request.timeout, message=lambda n: (recipients, make_message()),

@@ -36,6 +36,7 @@ class LoadSpec:
     size: int = 2048
     recipients: int = 1
     starttls: bool = True
+    tls_on_connect: bool = False  # implicit TLS (RFC 8314) instead of STARTTLS
     tls_context: ssl.SSLContext | None = None
     username: str | None = None
     password: str | None = None
@@ -127,7 +128,8 @@ async def _connect(spec: LoadSpec, port: int, result: LoadResult) -> aiosmtplib.
     client = aiosmtplib.SMTP(
         hostname=spec.host,
         port=port,
-        start_tls=spec.starttls,
+        start_tls=spec.starttls and not spec.tls_on_connect,
+        use_tls=spec.tls_on_connect,
         tls_context=spec.tls_context,
         timeout=spec.timeout,
         local_hostname="loadgen.localhost",

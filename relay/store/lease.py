@@ -54,7 +54,7 @@ from typing import Any
 from relay.reasons import EventKind, Reason
 from relay.store.db import StoreError, transaction
 from relay.store.events import NewEvent, record_event
-from relay.store.relay_info import served_ports
+from relay.store.relay_info import implicit_tls_ports, served_ports
 from relay.store.settings import Keys, get_setting, get_settings, set_setting
 
 DEFAULT_STALE_AFTER = 10.0
@@ -83,6 +83,7 @@ class RelayStatus:
     stopped_at: float | None = None
     served: list[int] = field(default_factory=list)
     not_served: dict[int, str] = field(default_factory=dict)
+    implicit_tls: list[int] = field(default_factory=list)  # those of served with TLS from the first byte
     server_name: str | None = None
     tls_fingerprint: str | None = None
     allow_plain_auth: bool = False
@@ -354,6 +355,7 @@ def relay_status(db: sqlite3.Connection, stale_after: float = DEFAULT_STALE_AFTE
     common: dict[str, Any] = {
         "served": served,
         "not_served": not_served,
+        "implicit_tls": [port for port in implicit_tls_ports(db) if port in served],
         "server_name": values.get(Keys.SERVER_NAME),
         "tls_fingerprint": values.get(Keys.TLS_FINGERPRINT),
         "allow_plain_auth": bool(values.get(Keys.ALLOW_PLAIN_AUTH, False)),
