@@ -1,22 +1,24 @@
 """What a user types into a mail client to send through the relay. Pure: no I/O.
 
 The CLI (`smtpplus lists show`) and the console both gather the facts from the store
-(server name, served ports, plain-AUTH setting, certificate fingerprint) and call
-:func:`client_settings` to turn them into one record and a ready-to-paste block.
+(server name, served ports and which of them speak implicit TLS, plain-AUTH setting,
+certificate fingerprint) and call :func:`client_settings` to turn them into one record
+and a ready-to-paste block. With an implicit-TLS port (RFC 8314: "SSL/TLS" in mail
+clients) the block suggests it first ("port 465, SSL/TLS; or 587, STARTTLS").
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from relay.ports import DEFAULT_SPEC, format_port_spec, parse_port_spec
+from relay.ports import DEFAULT_SPEC, DEFAULT_TLS_SPEC, format_port_spec, parse_port_spec
 
 # Ports mail clients try first when 25 is blocked by the ISP, in order of preference.
 _PREFERRED_PORTS = (587, 2525)
 
 ENCRYPTION_REQUIRED = "STARTTLS (required for AUTH)"
 ENCRYPTION_OPTIONAL = "STARTTLS optional; plain AUTH allowed"
-NO_RELAY_YET = f"no relay has run yet — default {DEFAULT_SPEC}"
+NO_RELAY_YET = f"no relay has run yet — default {DEFAULT_SPEC} (STARTTLS); {DEFAULT_TLS_SPEC} (SSL/TLS)"
 NO_FINGERPRINT = "not yet generated — start the relay once"
 USERNAME_PLACEHOLDER = "<relay username>"
 
@@ -26,11 +28,14 @@ class ClientSettings:
     """Client settings for one relay, as shown under a list."""
 
     server_name: str
-    ports_spec: str  # served ports ("25,1025-5000"), or the default ones before any relay ran
-    ports_text: str  # the spec, or the "no relay has run yet" sentence
+    ports_spec: str  # served STARTTLS ports ("25,587,1025-5000"), or the default ones before any relay ran
+    ports_text: str  # the spec(s), or the "no relay has run yet" sentence
     relay_has_run: bool
     not_served: dict[int, str]  # port -> why the last relay could not serve it
-    port: int | None  # the port the paste block suggests (None: nothing is served)
+    port: int | None  # the STARTTLS port the paste block suggests (None: no STARTTLS port is served)
+    implicit_tls: list[int]  # served implicit-TLS ports (SSL/TLS from the first byte), or the default ones
+    tls_ports_spec: str  # the same as a spec ("465"; "" for none)
+    tls_port: int | None  # the implicit-TLS port the block suggests first (None: none served)
     starttls_required: bool
     encryption: str
     fingerprint: str | None
@@ -42,7 +47,7 @@ class ClientSettings:
 def suggested_port(ports: list[int]) -> int | None:
     """587 or 2525 when served (rarely blocked by ISPs), else the first port above
     1024, else the first port."""
-    for port in _PREFERRED_PORTS:
+    for port in _PREFERRED_PORTS:  # 587 first: RFC 6409's submission port
         if port in ports:
             return port
     for port in sorted(ports):
@@ -59,21 +64,34 @@ def client_settings(
     allow_plain_auth: bool = False,
     fingerprint: str | None = None,
     username: str | None = None,
+    implicit_tls: list[int] | None = None,
 ) -> ClientSettings:
     """Assemble the client settings from what the store says about the relay.
 
-    ``served`` and ``not_served`` are the ports the last relay published; both empty
-    means no relay has run yet, so the default ports are shown as such.
+    ``served`` and ``not_served`` are the ports the last relay published (``served``
+    includes the ``implicit_tls`` ones); both empty means no relay has run yet, so the
+    default ports are shown as such.
     """
     not_served = dict(not_served or {})
     relay_has_run = bool(served or not_served)
     if relay_has_run:
-        ports = sorted(set(served))
-        ports_text = format_port_spec(ports) if ports else "none — see `smtpplus status` for why"
+        tls_ports = sorted(set(implicit_tls or []) & set(served))
+        ports = sorted(set(served) - set(tls_ports))
+        if not served:
+            ports_text = "none — see `smtpplus status` for why"
+        elif tls_ports:
+            ports_text = _both_kinds(ports, tls_ports)
+        else:
+            ports_text = format_port_spec(ports)
     else:
         ports = parse_port_spec(DEFAULT_SPEC)
+        tls_ports = parse_port_spec(DEFAULT_TLS_SPEC)
         ports_text = NO_RELAY_YET
     port = suggested_port(ports)
+    tls_port = (465 if 465 in tls_ports else tls_ports[0]) if tls_ports else None
+    encryption = ENCRYPTION_OPTIONAL if allow_plain_auth else ENCRYPTION_REQUIRED
+    if tls_ports:
+        encryption += f"; SSL/TLS on {format_port_spec(tls_ports)}"
     shown_username = username or USERNAME_PLACEHOLDER
     return ClientSettings(
         server_name=server_name,
@@ -82,19 +100,28 @@ def client_settings(
         relay_has_run=relay_has_run,
         not_served=not_served,
         port=port,
+        implicit_tls=tls_ports,
+        tls_ports_spec=format_port_spec(tls_ports),
+        tls_port=tls_port,
         starttls_required=not allow_plain_auth,
-        encryption=ENCRYPTION_OPTIONAL if allow_plain_auth else ENCRYPTION_REQUIRED,
+        encryption=encryption,
         fingerprint=fingerprint or None,
         fingerprint_text=fingerprint or NO_FINGERPRINT,
         username=shown_username,
         block=paste_block(
             server_name=server_name,
             port=port,
+            tls_port=tls_port,
             username=shown_username,
             fingerprint=fingerprint or None,
             ports_text=ports_text,
         ),
     )
+
+
+def _both_kinds(ports: list[int], tls_ports: list[int]) -> str:
+    starttls = f"{format_port_spec(ports)} (STARTTLS); " if ports else ""
+    return f"{starttls}{format_port_spec(tls_ports)} (SSL/TLS)"
 
 
 def paste_block(
@@ -104,11 +131,16 @@ def paste_block(
     username: str,
     fingerprint: str | None,
     ports_text: str,
+    tls_port: int | None = None,
 ) -> str:
     """Settings for Thunderbird, Outlook, Apple Mail and applications (`.env`).
 
-    STARTTLS is always recommended, even when plain AUTH is allowed.
+    An implicit-TLS port (``tls_port``) comes first, with the STARTTLS ``port`` as the
+    alternative; without one, STARTTLS is always recommended, even when plain AUTH is
+    allowed.
     """
+    if tls_port is not None:
+        return _implicit_tls_block(server_name, tls_port, port, username, fingerprint, ports_text)
     port_text = str(port) if port is not None else "<no port served yet>"
     lines = [
         f"# SMTP+ outgoing server — ports: {ports_text} (all alike)",
@@ -141,10 +173,58 @@ def paste_block(
         f"SMTP_USERNAME={username}",
         "SMTP_PASSWORD=<the password shown once when the user was added or reset>",
     ]
-    if fingerprint:
-        lines += [
-            "",
-            "# The certificate may be self-signed: accept it only if its fingerprint is",
-            f"# {fingerprint}",
-        ]
-    return "\n".join(lines)
+    return "\n".join(lines + _fingerprint_lines(fingerprint))
+
+
+def _implicit_tls_block(
+    server_name: str, tls_port: int, port: int | None, username: str, fingerprint: str | None, ports_text: str
+) -> str:
+    """RFC 8314 §3.3: submission over implicit TLS first, STARTTLS as the alternative."""
+    alternative = f"; or {port}, STARTTLS" if port is not None else ""
+    otherwise = f"  (or Port {port} with STARTTLS)" if port is not None else ""
+    lines = [
+        f"# SMTP+ outgoing server — port {tls_port}, SSL/TLS{alternative}",
+        f"# ports: {ports_text}",
+        "",
+        "Thunderbird (Account Settings › Outgoing Server (SMTP) › Add):",
+        f"  Server Name: {server_name}",
+        f"  Port: {tls_port}",
+        f"  Connection security: SSL/TLS{otherwise}",
+        "  Authentication method: Normal password",
+        f"  User Name: {username}",
+        "",
+        "Outlook (Account Settings › Server Settings › Outgoing mail):",
+        f"  Server: {server_name}",
+        f"  Port: {tls_port}",
+        f"  Encryption method: SSL/TLS{otherwise}",
+        "  My outgoing (SMTP) server requires authentication: on",
+        f"  User name: {username}",
+        "",
+        "Apple Mail (Settings › Accounts › Server Settings › Outgoing Mail Account):",
+        f"  Host Name: {server_name}",
+        f"  Port: {tls_port}  (turn off \"Automatically manage connection settings\")",
+        "  Use TLS/SSL: on",
+        "  Authentication: Password",
+        f"  User Name: {username}",
+        "",
+        "Application (.env):",
+        f"SMTP_HOST={server_name}",
+        f"SMTP_PORT={tls_port}",
+        "# TLS from the first byte (implicit TLS):",
+        "SMTP_SSL=true",
+        "SMTP_STARTTLS=false",
+        *([f"# or SMTP_PORT={port} with SMTP_SSL=false and SMTP_STARTTLS=true"] if port is not None else []),
+        f"SMTP_USERNAME={username}",
+        "SMTP_PASSWORD=<the password shown once when the user was added or reset>",
+    ]
+    return "\n".join(lines + _fingerprint_lines(fingerprint))
+
+
+def _fingerprint_lines(fingerprint: str | None) -> list[str]:
+    if not fingerprint:
+        return []
+    return [
+        "",
+        "# The certificate may be self-signed: accept it only if its fingerprint is",
+        f"# {fingerprint}",
+    ]

@@ -145,7 +145,7 @@ def gather_client_settings(db: sqlite3.Connection, username: str | None = None) 
     import socket
 
     from relay.client_settings import client_settings
-    from relay.store.relay_info import served_ports
+    from relay.store.relay_info import implicit_tls_ports, served_ports
     from relay.store.settings import Keys, get_settings
 
     values = get_settings(db, [Keys.SERVER_NAME, Keys.ALLOW_PLAIN_AUTH, Keys.TLS_FINGERPRINT])
@@ -156,6 +156,7 @@ def gather_client_settings(db: sqlite3.Connection, username: str | None = None) 
         server_name=values.get(Keys.SERVER_NAME) or socket.gethostname(),
         served=served,
         not_served=not_served,
+        implicit_tls=implicit_tls_ports(db),
         allow_plain_auth=bool(values.get(Keys.ALLOW_PLAIN_AUTH, False)),
         fingerprint=values.get(Keys.TLS_FINGERPRINT),
         username=username,

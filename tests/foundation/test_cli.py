@@ -161,11 +161,11 @@ def test_lists_add_ls_edit_show_rm(cli: Any) -> None:
     for expected in (
         "Newsletter — Monthly news",
         "relay.example.net",
-        "no relay has run yet — default 25,1025-5000",
-        "STARTTLS (required for AUTH)",
+        "no relay has run yet — default 25,587,1025-5000 (STARTTLS); 465 (SSL/TLS)",
+        "STARTTLS (required for AUTH); SSL/TLS on 465",
         "not yet generated — start the relay once",
         "Thunderbird", "Outlook", "Apple Mail",
-        "SMTP_HOST=relay.example.net", "SMTP_PORT=2525", "SMTP_STARTTLS=true",
+        "SMTP_HOST=relay.example.net", "SMTP_PORT=465", "SMTP_SSL=true", "port 465, SSL/TLS; or 587, STARTTLS",
         "none yet — add one with: smtpplus users add --list Newsletter",
     ):
         assert expected in shown, expected
@@ -198,6 +198,18 @@ def test_lists_show_reports_what_the_relay_published(cli: Any) -> None:
     assert settings["fingerprint"] == "SHA256:12:34:AB" and settings["starttls_required"] is False
     assert [u["username"] for u in data["relay_users"]] == ["shop-1"]
     assert "$argon2" not in json.dumps(data)
+
+
+def test_lists_show_names_the_implicit_tls_port_first(cli: Any) -> None:
+    setup_list(cli.store)
+    with store(cli.store) as db:
+        publish_ports(db, [465, 587, 2525], {}, [465])
+    shown = ok(cli("lists", "show", "Shop"))
+    for expected in ("587,2525 (STARTTLS); 465 (SSL/TLS)", "STARTTLS (required for AUTH); SSL/TLS on 465",
+                     "port 465, SSL/TLS; or 587, STARTTLS", "Connection security: SSL/TLS", "SMTP_PORT=465"):
+        assert expected in shown, expected
+    settings = cli.json("lists", "show", "Shop")["client_settings"]
+    assert (settings["implicit_tls"], settings["tls_port"], settings["port"]) == ([465], 465, 587)
 
 
 # ---------------------------------------------------------------------------

@@ -7,14 +7,22 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from relay import client_settings as cs
-from relay.ports import DEFAULT_SPEC, PortSpecError, format_port_spec, parse_port_spec, sample_ports
+from relay.ports import (
+    DEFAULT_SPEC,
+    DEFAULT_TLS_SPEC,
+    PortSpecError,
+    format_port_spec,
+    parse_port_spec,
+    sample_ports,
+)
 
 
-def test_default_spec_is_3977_ports() -> None:
+def test_default_spec_is_3978_starttls_ports_plus_465() -> None:
     ports = parse_port_spec(DEFAULT_SPEC)
-    assert len(ports) == 3977
-    assert ports[:2] == [25, 1025] and ports[-1] == 5000
-    assert format_port_spec(ports) == DEFAULT_SPEC
+    assert len(ports) == 3978
+    assert ports[:3] == [25, 587, 1025] and ports[-1] == 5000
+    assert format_port_spec(ports) == DEFAULT_SPEC == "25,587,1025-5000"
+    assert parse_port_spec(DEFAULT_TLS_SPEC) == [465] and 465 not in ports
 
 
 def test_parse_sorts_dedupes_and_trims() -> None:
@@ -71,14 +79,32 @@ def test_sample_ports_is_deterministic_sorted_and_a_subset() -> None:
 def test_client_settings_before_any_relay_ran() -> None:
     s = cs.client_settings(server_name="relay.example.com", served=[])
     assert s.relay_has_run is False
-    assert s.ports_text == "no relay has run yet — default 25,1025-5000"
-    assert s.ports_spec == DEFAULT_SPEC
-    assert s.port == 2525  # served by default and rarely blocked
-    assert s.encryption == "STARTTLS (required for AUTH)" and s.starttls_required
+    assert s.ports_text == "no relay has run yet — default 25,587,1025-5000 (STARTTLS); 465 (SSL/TLS)"
+    assert (s.ports_spec, s.tls_ports_spec, s.implicit_tls) == (DEFAULT_SPEC, "465", [465])
+    assert (s.tls_port, s.port) == (465, 587)  # implicit TLS first (RFC 8314), then submission
+    assert s.encryption == "STARTTLS (required for AUTH); SSL/TLS on 465" and s.starttls_required
     assert s.fingerprint is None and s.fingerprint_text == "not yet generated — start the relay once"
-    for client in ("Thunderbird", "Outlook", "Apple Mail", "SMTP_HOST=relay.example.com", "SMTP_PORT=2525"):
+    assert s.block.startswith("# SMTP+ outgoing server — port 465, SSL/TLS; or 587, STARTTLS\n")
+    for client in ("Thunderbird", "Outlook", "Apple Mail", "SMTP_HOST=relay.example.com", "SMTP_PORT=465"):
         assert client in s.block
-    assert "SMTP_STARTTLS=true" in s.block and "SMTP_USERNAME=<relay username>" in s.block
+    assert "Connection security: SSL/TLS  (or Port 587 with STARTTLS)" in s.block
+    assert "Encryption method: SSL/TLS  (or Port 587 with STARTTLS)" in s.block
+    assert "SMTP_SSL=true\nSMTP_STARTTLS=false\n# or SMTP_PORT=587 with SMTP_SSL=false and SMTP_STARTTLS=true" in s.block
+    assert "SMTP_USERNAME=<relay username>" in s.block
+
+
+def test_client_settings_with_implicit_tls_served() -> None:
+    s = cs.client_settings(server_name="mx.example.net", served=[465, 587, 2525], implicit_tls=[465])
+    assert s.ports_text == "587,2525 (STARTTLS); 465 (SSL/TLS)" and s.ports_spec == "587,2525"
+    assert (s.tls_port, s.port, s.implicit_tls) == (465, 587, [465])
+    assert "port 465, SSL/TLS; or 587, STARTTLS" in s.block and "SMTP_PORT=465" in s.block
+    # Only implicit TLS: no STARTTLS alternative named.
+    only = cs.client_settings(server_name="h", served=[10465], implicit_tls=[10465])
+    assert only.port is None and only.tls_port == 10465 and only.ports_text == "10465 (SSL/TLS)"
+    assert only.block.startswith("# SMTP+ outgoing server — port 10465, SSL/TLS\n") and "STARTTLS)" not in only.block
+    # An implicit-TLS port the relay did not serve is not offered.
+    none = cs.client_settings(server_name="h", served=[2525], not_served={465: "in use"}, implicit_tls=[465])
+    assert none.tls_port is None and none.implicit_tls == [] and "SMTP_STARTTLS=true" in none.block
 
 
 def test_client_settings_from_a_relay_that_ran() -> None:

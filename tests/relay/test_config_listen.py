@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from relay.config import ConfigError, RelayConfig, load_config
-from relay.listen import ListenError, bind_all, expand_ports, raise_open_file_limit
+from relay.listen import ListenError, bind_all, expand_ports, listen_plan, raise_open_file_limit
 from relay.ports import DEFAULT_SPEC
+from tests.relay.support import client_context
 
 
 def test_defaults_are_documented_and_sane() -> None:
@@ -60,8 +61,73 @@ def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
         load_config(tmp_path / "nope.toml", environ={})
 
 
+def test_default_listen_spec_is_starttls_on_25_587_1025_5000_and_implicit_tls_on_465() -> None:
+    config = load_config(None, environ={})
+    assert (config.ports, config.tls_ports, config.resolved_tls_ports()) == ("25,587,1025-5000", None, "465")
+    starttls, implicit = listen_plan(config.ports, config.resolved_tls_ports())
+    assert (len(starttls), implicit) == (3978, [465]) and starttls[:3] == [25, 587, 1025]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "env", "toml", "expected"),
+    [
+        ({"ports": "2525"}, {}, "", ""),  # --ports alone: that port only
+        ({"ports": "0"}, {}, "", ""),
+        ({}, {"SMTPPLUS_PORTS": "2525"}, "", ""),  # from the environment too
+        ({}, {}, 'ports = "2525"', ""),  # and from TOML
+        ({"ports": "2525", "tls_ports": "4650"}, {}, "", "4650"),
+        ({"tls_ports": "none"}, {}, "", ""),  # the default ports without 465
+        ({"tls_ports": ""}, {}, "", ""),
+        ({}, {"SMTPPLUS_TLS_PORTS": "10465"}, "", "10465"),
+        ({}, {}, 'tls_ports = "465,10465"', "465,10465"),
+    ],
+)
+def test_tls_ports_only_with_the_default_ports_or_when_given(
+    tmp_path: Path, overrides: dict[str, str], env: dict[str, str], toml: str, expected: str
+) -> None:
+    path = tmp_path / "relay.toml"
+    path.write_text(toml + "\n")
+    assert load_config(path, overrides, environ=env).resolved_tls_ports() == expected
+    # Built directly (tests, the harness): other ports mean no implicit TLS either.
+    assert RelayConfig(ports="0").resolved_tls_ports() == "" and RelayConfig().resolved_tls_ports() == "465"
+
+
+def test_a_port_in_both_specs_is_refused() -> None:
+    with pytest.raises(ListenError, match="port 465 is in both ports and tls_ports"):
+        listen_plan("25,465", "465")
+    assert listen_plan("0", "0") == ([0], [0])  # two distinct ephemeral ports
+    assert listen_plan("2525", "") == ([2525], [])
+
+
+async def test_bind_all_serves_implicit_tls_on_its_ports(tls_files: dict[str, Path]) -> None:
+    import ssl
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tls_files["cert"], tls_files["key"])
+
+    class Hello(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            encrypted = transport.get_extra_info("ssl_object") is not None
+            transport.write(b"tls\n" if encrypted else b"clear\n")  # type: ignore[attr-defined]
+
+    loop = asyncio.get_running_loop()
+    listeners = await bind_all(loop, Hello, "127.0.0.1", [0], tls_ports=[0], tls_factory=Hello, ssl_context=context)
+    try:
+        assert len(listeners.served) == 2 and len(listeners.implicit_tls) == 1
+        (tls_port,) = listeners.implicit_tls
+        (plain_port,) = [p for p in listeners.served if p != tls_port]
+        reader, writer = await asyncio.open_connection("127.0.0.1", tls_port, ssl=client_context(tls_files), server_hostname="localhost")
+        assert await reader.readline() == b"tls\n"
+        writer.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", plain_port)
+        assert await reader.readline() == b"clear\n"
+        writer.close()
+    finally:
+        listeners.close()
+
+
 def test_expand_ports() -> None:
-    assert len(expand_ports(DEFAULT_SPEC)) == 3977
+    assert len(expand_ports(DEFAULT_SPEC)) == 3978
     assert expand_ports("0") == [0]
     assert expand_ports("2525,0*2") == [2525, 0, 0]
 
