@@ -739,6 +739,7 @@ class _ScenarioRun:
         self.served: list[int] = []
         self.not_served: dict[int, str] = {}
         self.pool: list[int] = []  # the served ports the sends pick from (see port_pool)
+        self.implicit_tls: set[int] = set()  # served ports with TLS from the first byte: driven so
         self.tls_context: ssl.SSLContext | None = None
         self.sink: Any = None
         self.sink_view: SinkView | None = None
@@ -811,7 +812,10 @@ class _ScenarioRun:
             )
             return False
         self.served, self.not_served = list(status.served), dict(status.not_served)
+        self.implicit_tls = set(status.implicit_tls)
         self.report.facts["served_ports"] = format_port_spec(self.served)
+        if self.implicit_tls:
+            self.report.facts["implicit_tls_ports"] = format_port_spec(sorted(self.implicit_tls))
         self.report.facts["not_served_ports"] = {str(p): r for p, r in self.not_served.items()}
         self.report.facts["run_prefix"] = self.prefix
         self.pool = port_pool(self.options.ports, self.served, self.not_served)
@@ -915,11 +919,31 @@ class _ScenarioRun:
         spec = step.ports or self.scenario.ports
         # Ports of the spec that the relay serves but --ports left out are not
         # "skipped": the run was asked to stay off them.
-        ports, skipped = select_ports(spec, self.pool, self.not_served)
+        pool, unfit = self._pool_for(step)
+        ports, skipped = select_ports(spec, pool, self.not_served)
         skipped = {p: r for p, r in skipped.items() if p not in self.served}
+        if unfit and spec != "served" and not spec.startswith("sample:"):
+            # Named implicit-TLS ports this step cannot use are skipped, with why; from
+            # a pool (served, sample:N) the step simply takes the others.
+            named = set(parse_port_spec(spec))
+            skipped.update({p: r for p, r in unfit.items() if p in named})
         if skipped:
             self.report.facts.setdefault("skipped_ports", {})[step.name] = {str(p): r for p, r in skipped.items()}
         return ports, skipped
+
+    def _pool_for(self, step: Step) -> tuple[list[int], dict[int, str]]:
+        """The pool this step may use, and the implicit-TLS ports it cannot, with why: an
+        implicit-TLS port speaks TLS from the first byte, so a clear-text step (tls =
+        "none") and a raw step (its client speaks STARTTLS) stay off it."""
+        if not self.implicit_tls:
+            return self.pool, {}
+        if step.kind == "raw":
+            why = "implicit TLS: raw sends speak STARTTLS"
+        elif step.tls == "none":
+            why = 'implicit TLS: the step sends without TLS (tls = "none")'
+        else:
+            return self.pool, {}
+        return [p for p in self.pool if p not in self.implicit_tls], {p: why for p in self.pool if p in self.implicit_tls}
 
     async def _send_step(self, step: Step, ports: list[int], skipped: dict[int, str], *, started: float) -> None:
         expected = _expected_text(step)
@@ -976,6 +1000,7 @@ class _ScenarioRun:
             host=self.options.relay_host,
             port=port,
             tls=TlsMode(step.tls),
+            tls_on_connect=port in self.implicit_tls,  # its tls is "required" or "optional" (see _pool_for)
             tls_context=self.tls_context,
             auth_user=user,
             auth_password=password,

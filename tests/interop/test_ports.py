@@ -23,7 +23,15 @@ import pytest
 from relay.store import open_store
 from relay.store.intake import count_messages
 from relay.store.lease import relay_status
-from tests.relay.support import PASSWORD, Seeded, client_context, message, relay_config, running_relay, seed_store
+from tests.relay.support import (
+    PASSWORD,
+    Seeded,
+    client_context,
+    message,
+    relay_config,
+    running_relay,
+    seed_store,
+)
 
 
 @pytest.fixture
