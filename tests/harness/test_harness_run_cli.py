@@ -60,13 +60,13 @@ def test_a_broken_scenario_file_is_one_line_naming_the_key(cli: Any, tmp_path: P
 
 
 def test_start_relay_with_a_port_sample_binds_only_the_sampled_ports(cli: Any) -> None:
-    """port_sweep's relay_listen is 25,1025-5000: with --ports sample:6 the started
-    relay binds those 6 ports, not 3,977."""
+    """port_sweep's relay_listen is the default 25,587,1025-5000: with --ports sample:6
+    the started relay binds those 6 ports, not 3,978 (and no 465 beside them)."""
     from harness.scenario import listen_for
     from relay.ports import parse_port_spec, sample_ports
 
-    sample = sample_ports(parse_port_spec("25,1025-5000"), 6)
-    assert parse_port_spec(listen_for("25,1025-5000", "sample:6")) == sample
+    sample = sample_ports(parse_port_spec("25,587,1025-5000"), 6)
+    assert parse_port_spec(listen_for("25,587,1025-5000", "sample:6")) == sample
     assert listen_for("0*3", "sample:50") == "0*3" and listen_for("0*200", "sample:5") == "0*5"
     assert listen_for("0*3", "served") == "0*3" and listen_for("25,1025-5000", None) == "25,1025-5000"
 
