@@ -107,12 +107,15 @@ def publish_start(
 
 
 def publish_listening(
-    db: sqlite3.Connection, served: list[int], not_served: dict[int, str], events: list[NewEvent],
+    db: sqlite3.Connection, owner: str, served: list[int], not_served: dict[int, str], events: list[NewEvent],
     implicit_tls: list[int] | None = None,
 ) -> None:
+    """The ports served, the start event and "ready" (`status --wait`), in one transaction:
+    a reader sees all of it or none."""
     with transaction(db):
         publish_ports(db, served, not_served, implicit_tls or [])
         record_events(db, events)
+        lease.mark_listening(db, owner)
 
 
 class _AlreadyEncrypted:
@@ -310,7 +313,7 @@ class RelayService:
             NewEvent(kind=EventKind.RELAY, reason=Reason.PORT_NOT_SERVED, port=port, detail=reason)
             for port, reason in sorted(self.not_served.items())[:100]
         ]
-        await self._control.run(publish_listening, self.served, self.not_served, events, self.implicit_tls)
+        await self._control.run(publish_listening, self.owner, self.served, self.not_served, events, self.implicit_tls)
         self._tell(events)
         self._heartbeat = asyncio.get_running_loop().create_task(self._beat(), name="smtpplus-heartbeat")
         factory = self._delivery_factory or delivery_module.DeliveryEngine

@@ -285,15 +285,16 @@ EXIT_NOT_RUNNING = 3  # LSB "program is not running", as `systemctl status`
 
 @click.command()
 @click.option("--wait", "wait_seconds", type=float, default=None, metavar="SECONDS",
-              help="Wait up to SECONDS for a live relay (and for its store to appear); exit 3 when none does.")
+              help="Wait up to SECONDS for a ready relay (alive, its ports and settings published); exit 3 when none is.")
 @click.option("--stale-after", type=float, default=None, help="Heartbeat age that counts as dead (default: the relay setting, 10 s).")
 @json_option
 @db_option
 def status(wait_seconds: float | None, stale_after: float | None, as_json: bool, db_path: Path | None) -> None:
     """Is a relay alive on this store? Ports served and not served, TLS, paused, next hop.
 
-    Exits 0 when a relay is alive and 3 when none is (as `systemctl status`), also
-    after --wait; 1 when there is no store at the path."""
+    Exits 0 when a relay is alive and 3 when none is (as `systemctl status`); with
+    --wait, 0 only once it is ready (it takes its lease before it binds its ports), else
+    3; 1 when there is no store at the path."""
     from relay.store.lease import DEFAULT_STALE_AFTER, relay_status
 
     limit = DEFAULT_STALE_AFTER if stale_after is None else stale_after
@@ -309,16 +310,19 @@ def status(wait_seconds: float | None, stale_after: float | None, as_json: bool,
     with open_db(db_path, create=False) as db:
         while True:
             current = relay_status(db, limit)
-            if current.alive or wait_seconds is None or time.monotonic() >= deadline:
+            if current.ready or wait_seconds is None or time.monotonic() >= deadline:
                 break
             time.sleep(0.2)
     if as_json:
         print_json(current)
     else:
         _print_status(current)
-    if current.alive:
+    if current.ready or (current.alive and wait_seconds is None):
         return
-    if wait_seconds is not None:
+    if wait_seconds is not None and current.alive:
+        click.echo(f"smtpplus: the relay (pid {current.pid}) is alive but still starting after waiting "
+                   f"{wait_seconds:g}s — see its log, or wait longer", err=True)
+    elif wait_seconds is not None:
         click.echo(f"smtpplus: no live relay on this store after waiting {wait_seconds:g}s — start one with `smtpplus relay`", err=True)
     sys.exit(EXIT_NOT_RUNNING)
 
@@ -338,6 +342,8 @@ def _print_status(current: Any) -> None:
         # The OS lock says the process lives: a stalled loop or a full disk, not a death.
         table.add_row("relay", f"alive — pid {current.pid} on {current.host} holds the store lock, but its "
                                f"heartbeat is {current.heartbeat_age:.0f}s old (stalled? disk full?) — see its log")
+    elif current.alive and not current.ready:
+        table.add_row("relay", f"starting — pid {current.pid} on {current.host} (ports and settings not published yet)")
     elif current.alive:
         table.add_row("relay", f"alive — pid {current.pid} on {current.host}, heartbeat {beat}")
     elif current.stopped_reason:

@@ -14,6 +14,10 @@ Public API
 ``heartbeat(db, owner, *, now=None) -> bool``
     Refresh the heartbeat; ``False`` when the lease now belongs to someone else
     (this relay was presumed dead and taken over: it must stop).
+``mark_listening(db, owner, *, now=None)``
+    The relay has published its settings and the ports it serves: it is *ready*
+    (``RelayStatus.ready``). A new lease starts not ready, so a reader never takes a
+    previous relay's ports for this one's.
 ``release(db, owner)``
     A clean stop: the lease stays as a record (``stopped_at``) but is no longer alive.
 ``relay_status(db, stale_after=10.0, *, now=None) -> RelayStatus``
@@ -93,6 +97,8 @@ class RelayStatus:
     parallel: int | None = None
     liveness: str = "heartbeat"  # what decided ``alive``: "lock" (the OS lock) or "heartbeat"
     stopped_reason: str | None = None  # why the last relay stopped, when it said (a corrupt store)
+    # Alive and done starting: its settings and served ports are its own (`status --wait`).
+    ready: bool = False
 
 
 # ---------------------------------------------------------------------------
@@ -330,6 +336,16 @@ def heartbeat(db: sqlite3.Connection, owner: str, *, now: float | None = None) -
         return True
 
 
+def mark_listening(db: sqlite3.Connection, owner: str, *, now: float | None = None) -> None:
+    """The lease's relay has published its settings and ports (no-op when not its lease)."""
+    with transaction(db):
+        lease = _read_lease(db)
+        if not lease or lease.get("owner") != owner:
+            return
+        lease["listening_at"] = time.time() if now is None else now
+        _write_lease(db, lease)
+
+
 def release(db: sqlite3.Connection, owner: str, *, now: float | None = None) -> None:
     """Mark the lease stopped (a clean stop). No-op when someone else owns it."""
     with transaction(db):
@@ -388,6 +404,7 @@ def relay_status(db: sqlite3.Connection, stale_after: float = DEFAULT_STALE_AFTE
         heartbeat_at = 0.0
     return RelayStatus(
         alive=alive,
+        ready=alive and bool(lease.get("listening_at")),
         liveness=liveness,
         owner=lease.get("owner"),
         pid=lease.get("pid"),

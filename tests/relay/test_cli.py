@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import ssl
@@ -205,3 +206,25 @@ async def test_after_sigterm_a_finishing_session_may_still_quit(cli: Cli, seeded
         code = relay.stop(signal.SIGTERM)
     assert code == 0, relay.output()
     assert len(stored_messages(seeded.store_path)) == 2
+
+
+def test_status_wait_means_ready_ports_and_settings_published(cli: Cli, tmp_path: Path) -> None:
+    # Started before the relay (and its store): the relay takes its lock and lease before
+    # it makes its TLS certificate and binds its ports; `--wait` waits for all of it.
+    waiter = subprocess.Popen(
+        [sys.executable, "-c", "from console.cli import main; main()", "status", "--wait", "20"],
+        env=cli.env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    relay = RelayProcess(cli, tmp_path, "--ports", "0*3")
+    try:
+        out, err = waiter.communicate(timeout=60)
+        assert waiter.returncode == 0, err
+        assert re.search(r"ports served +3 \(", out), out
+        assert not re.search(r"server name +-", out) and re.search(r"TLS fingerprint +SHA256:", out), out
+        ready = relay.wait_ready()
+        status = cli.json("status")
+        assert status["ready"] and sorted(status["served"]) == sorted(ready["served"])
+    finally:
+        assert relay.stop() == 0, relay.output()
+    stopped = cli("status", "--json")
+    assert stopped.returncode == 3 and json.loads(stopped.stdout)["ready"] is False

@@ -31,7 +31,7 @@ async def test_second_relay_on_a_live_store_is_refused(relay: RelayService, seed
 async def test_status_while_running_and_after_stop(seeded: Seeded, tmp_path: Path, tls_files: dict[str, Path]) -> None:
     async with running_relay(seeded.store_path, relay_config(tmp_path, tls_files, ports="0*3")) as relay:
         status = rows(seeded.store_path, lease.relay_status)
-        assert status.alive and status.listen_host == "127.0.0.1"
+        assert status.alive and status.ready and status.listen_host == "127.0.0.1"
         assert sorted(status.served) == sorted(relay.served) and len(status.served) == 3
         assert status.tls_fingerprint == relay.tls.fingerprint  # type: ignore[union-attr]
         assert status.paused is True  # seeded by the test config
@@ -73,6 +73,26 @@ def test_lease_functions(seeded: Seeded) -> None:
     assert rows(seeded.store_path, lease.heartbeat, "a", now=now + 20) is False  # "a" lost it
     rows(seeded.store_path, lease.release, "a")  # not the owner: nothing happens
     assert rows(seeded.store_path, lease.relay_status, 10.0, now=now + 20).owner == "b"
+
+
+def test_ready_only_after_this_relay_published_its_ports(seeded: Seeded) -> None:
+    """A relay is alive from its lease on, but ready (`status --wait`) only once it marked
+    its lease listening: a previous relay's ports are never taken for its own."""
+    now = time.time()
+    rows(seeded.store_path, lease.acquire, "a", 1, "h", "0.0.0.0", 10.0, now=now)
+    assert rows(seeded.store_path, lease.relay_status, 10.0, now=now).alive
+    assert not rows(seeded.store_path, lease.relay_status, 10.0, now=now).ready
+    rows(seeded.store_path, lease.mark_listening, "b")  # not the owner: nothing happens
+    assert not rows(seeded.store_path, lease.relay_status, 10.0, now=now).ready
+    rows(seeded.store_path, lease.mark_listening, "a", now=now)
+    assert rows(seeded.store_path, lease.heartbeat, "a", now=now + 5) is True  # keeps the mark
+    assert rows(seeded.store_path, lease.relay_status, 10.0, now=now + 5).ready
+    assert not rows(seeded.store_path, lease.relay_status, 10.0, now=now + 20).ready  # dead: not ready
+    rows(seeded.store_path, lease.release, "a", now=now + 6)
+    # The next relay's lease starts over: not ready until it publishes its own ports.
+    rows(seeded.store_path, lease.acquire, "b", 2, "h", "0.0.0.0", 10.0, now=now + 7)
+    status = rows(seeded.store_path, lease.relay_status, 10.0, now=now + 7)
+    assert status.alive and status.owner == "b" and not status.ready
 
 
 async def test_a_relay_whose_lease_was_taken_stops_by_itself(seeded: Seeded, tmp_path: Path, tls_files: dict[str, Path]) -> None:
