@@ -120,3 +120,30 @@ class Reason(enum.StrEnum):
     CODE_SENT = "code-sent"
     CODE_REJECTED = "code-rejected"
     DNS_CHECK_FAILED = "dns-check-failed"
+
+
+# What went wrong: refusals, failed AUTH, deferrals and failures, and faults an operator
+# should look at (a port not served, a failed TLS reload, a rejected code). Consoles
+# highlight these. Every reason documented in docs/reasons.md under kind `refused`,
+# `deferred` or `failed` (and every AUTH reason but `auth-ok`) must be here:
+# tests/console/test_events_help_live.py checks that against the docs.
+PROBLEMS: frozenset[Reason] = frozenset({
+    Reason.AUTH_BAD_CREDENTIALS, Reason.AUTH_UNKNOWN_USER, Reason.AUTH_INACTIVE_USER,
+    Reason.AUTH_AUTHZID_MISMATCH, Reason.AUTH_NEEDS_TLS, Reason.AUTH_TOO_MANY_FAILURES,
+    Reason.AUTH_MALFORMED,
+    Reason.MAIL_BEFORE_AUTH, Reason.SENDER_EMPTY, Reason.SENDER_INVALID, Reason.SENDER_NOT_AUTHORIZED,
+    Reason.SENDER_UNVERIFIED, Reason.RECIPIENT_INVALID, Reason.TOO_MANY_RECIPIENTS,
+    Reason.MESSAGE_TOO_LARGE, Reason.LINE_TOO_LONG,
+    Reason.HEADER_FROM_MISSING, Reason.HEADER_FROM_MULTIPLE, Reason.HEADER_FROM_INVALID,
+    Reason.HEADER_FROM_NOT_AUTHORIZED, Reason.HEADER_FROM_UNVERIFIED, Reason.HEADER_SENDER_MULTIPLE,
+    Reason.HEADER_SENDER_INVALID, Reason.HEADER_SENDER_NOT_AUTHORIZED, Reason.HEADER_SENDER_UNVERIFIED,
+    Reason.HEADER_FROM_LOOKALIKE, Reason.HEADER_SENDER_LOOKALIKE, Reason.HEADER_TOO_LARGE,
+    Reason.MESSAGE_NUL, Reason.TOO_MANY_ERRORS, Reason.PRE_AUTH_REFUSALS, Reason.SERVER_BUSY,
+    Reason.TLS_INSIDE_TLS, Reason.CONNECTION_LIMIT, Reason.SESSION_TIMEOUT,
+    Reason.STORE_UNAVAILABLE, Reason.STORE_FULL, Reason.INTERNAL_ERROR,
+    Reason.DEFERRED_4XX, Reason.DEFERRED_CONNECT, Reason.DEFERRED_TIMEOUT, Reason.DEFERRED_TLS,
+    Reason.DEFERRED_AUTH, Reason.FAILED_5XX, Reason.FAILED_LIFETIME, Reason.FAILED_NO_SMTPUTF8,
+    Reason.NO_NEXT_HOP, Reason.NEXT_HOP_SELF, Reason.NEXT_HOP_DOWN,
+    Reason.RELAY_TAKEOVER, Reason.PORT_NOT_SERVED, Reason.SERVER_NAME_UNDOTTED, Reason.TLS_RELOAD_FAILED,
+    Reason.CODE_REJECTED, Reason.DNS_CHECK_FAILED,
+})

@@ -19,7 +19,7 @@ from console import format as fmt
 from console.screens.base import LiveScreen
 from console.widgets.fields import Field
 from console.widgets.keyed_table import KeyedTable
-from relay.reasons import EventKind, Reason
+from relay.reasons import PROBLEMS, EventKind, Reason
 from relay.store.events import find_events
 
 PAGE = 100
@@ -29,9 +29,7 @@ COLUMNS = [
 ]
 REASONS = sorted(str(r) for r in Reason)
 KINDS = sorted(str(k) for k in EventKind)
-BAD_REASONS = {str(r) for r in Reason if str(r).startswith(("auth-", "sender-", "header-", "recipient-",
-                                                               "failed-", "deferred-", "too-", "message-too",
-                                                               "mail-before", "no-next", "store-"))}
+BAD_REASONS = {str(r) for r in PROBLEMS}  # highlighted: the reasons' own category, never a prefix list
 
 
 @dataclass(frozen=True, slots=True)

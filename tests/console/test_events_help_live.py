@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from console.screens.events import build_request
+from console.screens.events import BAD_REASONS, EventsScreen, build_request
 from tests.console.conftest import NOW, row_keys, screen_text, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -181,3 +181,46 @@ async def test_no_color_keeps_the_cursor_visible(seeded_store: Path, make_app, m
         await wait_for(pilot, lambda: getattr(app.screen, "snapshots_applied", 0) > 0)
         cursor_style = app.screen.table().get_component_styles("datatable--cursor")
         assert cursor_style.text_style.reverse
+
+
+def _documented_problems() -> set[str]:
+    """From docs/reasons.md: every AUTH reason but `auth-ok`, every session refusal, and every
+    queue/delivery reason of kind `deferred` or `failed` — what an operator must see in red."""
+    problems: set[str] = set()
+    section = ""
+    for line in (ROOT / "docs" / "reasons.md").read_text().splitlines():
+        if line.startswith("## "):
+            section = line
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if not line.startswith("| `") or not cells[0].startswith("`"):
+            continue
+        reason = cells[0].strip("`")
+        if section.startswith("## AUTH") and reason != "auth-ok":
+            problems.add(reason)
+        elif "kind `refused`" in section:
+            problems.add(reason)
+        elif section.startswith("## Queue and delivery") and ("`deferred`" in cells[1] or "`failed`" in cells[1]):
+            problems.add(reason)
+    return problems
+
+
+def test_every_refusal_and_failure_reason_is_highlighted() -> None:
+    from relay.reasons import PROBLEMS, Reason
+    from relay.store.events import Event
+
+    documented = _documented_problems()
+    # The docs section parse found the new reasons too (a guard on the parse itself).
+    assert {"pre-auth-refusals", "message-nul", "server-busy", "header-sender-lookalike", "too-many-errors",
+            "header-too-large", "failed-no-smtputf8", "deferred-4xx", "auth-needs-tls"} <= documented
+    assert documented <= {str(r) for r in Reason}
+    assert sorted(documented - BAD_REASONS) == [], "add these to relay.reasons.PROBLEMS"
+    assert BAD_REASONS == {str(r) for r in PROBLEMS}
+
+    def style(reason: str) -> str:
+        event = Event(1, NOW, "refused", reason, None, None, None, None, None, None, "detail")
+        return str(EventsScreen._cells(event, NOW)[1].style)
+
+    assert {style(r) for r in documented} == {"bold red"}
+    for routine in (Reason.AUTH_OK, Reason.ACCEPTED, Reason.DELIVERED, Reason.RELAY_STARTED, Reason.CODE_SENT):
+        assert style(routine) == "", routine
