@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from relay.display import clean
+
 # Characters XML 1.0 does not allow at all (even escaped).
 _XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
@@ -171,13 +173,14 @@ def write_junit(report: RunReport, path: str | Path) -> Path:
 
 
 def _short(text: str, width: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 1] + "…"
+    return clean(" ".join(text.split()), width)
 
 
 def summary_table(report: RunReport, *, width: int = 60) -> Any:
-    """A rich Table: each check with observed against expected."""
+    """A rich Table: each check with observed against expected. Replies and scenario
+    strings are escaped (``clean``) and never read as Rich markup."""
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title="smtpplus harness", show_lines=False)
     table.add_column("check", overflow="fold")
@@ -189,7 +192,8 @@ def summary_table(report: RunReport, *, width: int = 60) -> Any:
             result = "[green]pass[/]"
         else:
             result = "[red]ERROR[/]" if check.error else "[red]FAIL[/]"
-        table.add_row(check.full_name, result, _short(check.expected, width), _short(check.observed, width))
+        table.add_row(Text(clean(check.full_name)), result, Text(_short(check.expected, width)),
+                      Text(_short(check.observed, width)))
     failed = len(report.failures)
     table.caption = (
         f"{len(report.checks) - failed}/{len(report.checks)} checks passed in {report.seconds:.1f} s"
@@ -199,12 +203,13 @@ def summary_table(report: RunReport, *, width: int = 60) -> Any:
 
 
 def failure_details(report: RunReport) -> list[str]:
-    """Readable differences for every failed check (printed below the table)."""
+    """Readable differences for every failed check (printed below the table), escaped:
+    replies, sink records and scenario strings can carry terminal controls."""
     out: list[str] = []
     for check in report.failures:
-        out.append(f"✗ {check.full_name}")
-        out.append(f"    expected: {check.expected}")
-        out.append(f"    observed: {check.observed}")
+        out.append(f"✗ {clean(check.full_name)}")
+        out.append(f"    expected: {clean(check.expected)}")
+        out.append(f"    observed: {clean(check.observed)}")
         for line in check.detail.splitlines():
-            out.append(f"    {line}")
+            out.append(f"    {clean(line)}")
     return out

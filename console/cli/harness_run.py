@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from console.cli.common import CliError, db_option, json_option, print_json, stdout_console
+from relay.display import clean
 
 
 @click.command(
@@ -85,9 +86,9 @@ def run(
         if listen and not re.fullmatch(r"0(\*\d+)?", listen):  # "0*N": N ephemeral ports
             parse_port_spec(listen)
     except ScenarioError as exc:
-        raise CliError(str(exc)) from None
+        raise CliError(clean(str(exc))) from None
     except PortSpecError as exc:
-        raise CliError(f"--ports/--listen: {exc}") from None
+        raise CliError(f"--ports/--listen: {clean(exc)}") from None
     if listen and not start_relay:
         raise CliError("--listen only applies with --start-relay")
     if start_relay and listen is None and ports and not ports.startswith(("sample:", "served")):
@@ -101,14 +102,14 @@ def run(
         try:
             refusals = live_refusals(list(files), store_path)
         except (StoreError, ScenarioError) as exc:
-            raise CliError(str(exc)) from None
+            raise CliError(clean(str(exc))) from None
         if refusals:
-            raise CliError("; ".join(refusals))
+            raise CliError(clean("; ".join(refusals)))
     if start_relay and db_path is not None and db_path.exists():
         try:
             alive = live_relay(db_path)[0]
         except StoreError as exc:
-            raise CliError(str(exc)) from None
+            raise CliError(clean(str(exc))) from None
         if alive:
             raise CliError(f"a relay is live on {db_path}: --start-relay runs a relay of its own — drop --db "
                            "(a temporary store), or run without --start-relay (SMTP only, its delivery untouched)")
@@ -127,12 +128,13 @@ def run(
         for line in _left_behind(report):
             console.print(line, markup=False)
         if junit_path is not None:
-            console.print(f"JUnit report: {junit_path}", markup=False)
+            console.print(f"JUnit report: {clean(junit_path)}", markup=False)
     sys.exit(0 if report.passed else 1)
 
 
 def _left_behind(report: Any) -> list[str]:
-    """What each scenario kept (--keep) or removed, and a kept temporary store."""
+    """What each scenario kept (--keep) or removed, and a kept temporary store; escaped
+    (the names come from the scenario file)."""
     lines = []
     for scenario in report.scenarios:
         facts = scenario.facts
@@ -142,7 +144,7 @@ def _left_behind(report: Any) -> list[str]:
             lines.append(f"{scenario.name}: removed what the run made ({facts['removed']})")
         if facts.get("store_kept"):
             lines.append(f"{scenario.name}: store kept at {facts['store_kept']} — `smtpplus console --no-relay --db {facts['store_kept']}`")
-    return lines
+    return [clean(line) for line in lines]
 
 
 def _run_with_progress(

@@ -59,6 +59,16 @@ def test_a_broken_scenario_file_is_one_line_naming_the_key(cli: Any, tmp_path: P
     assert "Traceback" not in proc.stderr
 
 
+def test_scenario_text_with_terminal_controls_is_printed_escaped(cli: Any, tmp_path: Path) -> None:
+    # An unknown key spelled with OSC 0 (set the window title): the one-line error shows it escaped.
+    bad = tmp_path / "evil.toml"
+    bad.write_text('[[sends]]\nname = "x"\n"\\u001b]0;pwned\\u0007" = "250"\n')
+    proc = cli("harness", "run", str(bad))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "\x1b" not in proc.stderr and "\x07" not in proc.stderr
+    assert "unknown key(s) \\x1b]0;pwned\\x07" in proc.stderr
+
+
 def test_start_relay_with_a_port_sample_binds_only_the_sampled_ports(cli: Any) -> None:
     """port_sweep's relay_listen is the default 25,587,1025-5000: with --ports sample:6
     the started relay binds those 6 ports, not 3,978 (and no 465 beside them)."""

@@ -185,6 +185,34 @@ def test_junit_stays_well_formed_with_control_characters_from_the_wire() -> None
     assert [c.get("name") for c in root.iter("testcase")] == ["bad_input.nul", "bad_input.ok"]
 
 
+def test_the_printed_report_escapes_terminal_controls_and_markup() -> None:
+    """A reply from a relay or a sink (or a scenario's own text) with OSC 52, OSC 0, CSI or a
+    bidi override is printed as visible escapes, and never read as Rich markup."""
+    import io
+
+    from rich.console import Console
+
+    from harness.report import ScenarioReport, summary_table
+
+    osc52 = "\x1b]52;c;cHduZWQ=\x07"
+    scenario = ScenarioReport("evil", "inline")
+    scenario.add("reply", False, "250", f"550 5.7.1 {osc52} [red]x[/] \u202e", f"sink said \x1b]0;title\x07\n\x1b[2Jcleared")
+    scenario.add(f"name\x1b[31m", True, "250", "250 ok")
+    report = RunReport(scenarios=[scenario])
+    lines = failure_details(report)
+    printed = "\n".join(lines)
+    assert "\x1b" not in printed and "\x07" not in printed and "\u202e" not in printed
+    assert "    observed: 550 5.7.1 \\x1b]52;c;cHduZWQ=\\x07 [red]x[/] \\u202e" in lines
+    assert lines[-2:] == ["    sink said \\x1b]0;title\\x07", "    \\x1b[2Jcleared"]
+
+    out = io.StringIO()
+    Console(file=out, width=300, color_system=None, force_terminal=False).print(summary_table(report))
+    table = out.getvalue()
+    assert "\x1b" not in table and "\x07" not in table
+    assert "\\x1b]52;c;cHduZWQ=\\x07 [red]x[/]" in table  # markup shown as typed
+    assert "evil.name\\x1b[31m" in table
+
+
 def test_shipped_scenarios_are_found_by_bare_name() -> None:
     assert shipped_scenarios() == ["authorization", "bad_input", "port_sweep", "priority"]
     assert load_scenario("priority.toml").name == "priority"
