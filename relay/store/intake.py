@@ -4,6 +4,7 @@ writer), campaign expansion and system mail (bounces, verification codes)."""
 from __future__ import annotations
 
 import base64
+import mmap
 import secrets
 import sqlite3
 import time
@@ -33,7 +34,7 @@ class RecipientDsn:
 class NewMessage:
     mail_from: str
     recipients: Sequence[str]
-    data: bytes
+    data: bytes | mmap.mmap  # a spooled SMTP message is an mmap of its spool file: never copied whole
     origin: str = "smtp"  # 'smtp' | 'campaign' | 'system'
     header_priority: int = 3
     user_priority: int = 3
@@ -88,7 +89,7 @@ def insert_messages(db: sqlite3.Connection, messages: Sequence[NewMessage], *, n
                 ),
             )
             message_id = int(cur.lastrowid or 0)
-            db.execute("INSERT INTO message_bodies(message_id, data) VALUES (?, ?)", (message_id, m.data))
+            _insert_body(db, message_id, m.data)
             dsn = m.recipient_dsn or {}
             db.executemany(
                 "INSERT OR IGNORE INTO recipients(message_id, address, dsn_notify, dsn_orcpt) VALUES (?, ?, ?, ?)",
@@ -106,6 +107,26 @@ def insert_messages(db: sqlite3.Connection, messages: Sequence[NewMessage], *, n
             )
             out.append(Queued(message_id, m.queue_id))
     return out
+
+
+# Bodies over this size are written in pieces of this size. Bound whole, a body is
+# copied by SQLite (SQLITE_TRANSIENT) and that copy stays with the cached statement
+# until its next use: the last 24 MB message would stay resident after its commit.
+BODY_CHUNK = 1 << 20
+
+
+def _insert_body(db: sqlite3.Connection, message_id: int, data: bytes | mmap.mmap) -> None:
+    size = len(data)
+    if size <= BODY_CHUNK:
+        db.execute("INSERT INTO message_bodies(message_id, data) VALUES (?, ?)", (message_id, data))
+        return
+    # Room for the body, then the body through incremental blob I/O, a piece at a time:
+    # at most one piece is ever copied.
+    db.execute("INSERT INTO message_bodies(message_id, data) VALUES (?, zeroblob(?))", (message_id, size))
+    with db.blobopen("message_bodies", "data", message_id) as blob, memoryview(data) as view:
+        for start in range(0, size, BODY_CHUNK):
+            with view[start : start + BODY_CHUNK] as piece:
+                blob.write(piece)
 
 
 def _dsn_row(dsn: RecipientDsn | None) -> tuple[str | None, str | None]:
