@@ -196,8 +196,8 @@ def test_the_printed_report_escapes_terminal_controls_and_markup() -> None:
 
     osc52 = "\x1b]52;c;cHduZWQ=\x07"
     scenario = ScenarioReport("evil", "inline")
-    scenario.add("reply", False, "250", f"550 5.7.1 {osc52} [red]x[/] \u202e", f"sink said \x1b]0;title\x07\n\x1b[2Jcleared")
-    scenario.add(f"name\x1b[31m", True, "250", "250 ok")
+    scenario.add("reply", False, "250", f"550 5.7.1 {osc52} [red]x[/] \u202e", "sink said \x1b]0;title\x07\n\x1b[2Jcleared")
+    scenario.add("name\x1b[31m", True, "250", "250 ok")
     report = RunReport(scenarios=[scenario])
     lines = failure_details(report)
     printed = "\n".join(lines)
