@@ -59,44 +59,42 @@ def seed_demo(db: sqlite3.Connection, *, now: float | None = None, members: int 
     """A list and its members, an active user with a verified domain, an inactive
     user with a pending sender and a scheduled campaign. On a store seeded before,
     the demo user gets a fresh password (the old one was never kept)."""
-    from relay import passwords
+    from relay.admin import campaigns as campaign_admin
+    from relay.admin import users as user_admin
     from relay.campaigns import build_template
-    from relay.store import campaigns, directory
+    from relay.store import directory
     from relay.store.errors import NotFound
 
     stamp = time.time() if now is None else now
-    password = passwords.generate_password()
     try:
-        directory.get_user(db, DEMO_USER)
+        fresh = user_admin.reset_password(db, DEMO_USER)
     except NotFound:
         pass
     else:
-        directory.set_password_hash(db, DEMO_USER, passwords.hash_password(password))
-        return DemoSeed(DEMO_USER, password, f"hello@{DEMO_DOMAIN}", None)
+        return DemoSeed(DEMO_USER, fresh.password, f"hello@{DEMO_DOMAIN}", None)
     directory.create_list(db, DEMO_LIST, "Sample list made by smtpplus demo")
     directory.import_members(
         db, DEMO_LIST, [(f"reader{n:04d}@example.net", f"Reader {n}") for n in range(1, members + 1)]
     )
-    directory.create_user(
-        db, list_name=DEMO_LIST, password_hash=passwords.hash_password(password), username=DEMO_USER,
+    demo_user = user_admin.create_user(
+        db, list_name=DEMO_LIST, username=DEMO_USER,
         # Priority 5 (the lowest) lets each message's own header decide its lane.
         priority=5, note="the demo's sender: active, domain verified", domains=[DEMO_DOMAIN], active=True,
     )
     directory.approve_identities(db, [DEMO_DOMAIN], "demo seed")
-    directory.create_user(
-        db, list_name=DEMO_LIST, password_hash=passwords.hash_password(passwords.generate_password()),
-        username=PENDING_USER, note="inactive; its sender awaits verification",
+    user_admin.create_user(
+        db, list_name=DEMO_LIST, username=PENDING_USER, note="inactive; its sender awaits verification",
         senders=[PENDING_SENDER],
     )
     template, subject, sender = build_template(
         subject="Welcome to smtpplus", mail_from=f"news@{DEMO_DOMAIN}",
         body="Hello!\n\nThis campaign drains at the demo's rate; priority-1 mail overtakes it.\n", now=stamp,
     )
-    campaign = campaigns.create_campaign(
+    campaign = campaign_admin.create_campaign(
         db, DEMO_LIST, subject=subject, template=template, mail_from=sender,
         scheduled_at=stamp + CAMPAIGN_DELAY, priority=3, now=stamp,
     )
-    return DemoSeed(DEMO_USER, password, f"hello@{DEMO_DOMAIN}", campaign.id)
+    return DemoSeed(DEMO_USER, demo_user.password, f"hello@{DEMO_DOMAIN}", campaign.id)
 
 
 def configure_delivery(db: sqlite3.Connection, next_hop: str, rate: float) -> None:

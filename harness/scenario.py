@@ -78,8 +78,11 @@ from harness.raw import RawResult, RawSend, raw_send
 from harness.report import RunReport, ScenarioReport
 from harness.sink import HARNESS_HEADER, Chaos, ChaosError
 from relay import policy
+from relay.admin import campaigns as campaign_admin
+from relay.admin import users as user_admin
+from relay.admin.users import Credentials, new_credentials
 from relay.display import clean
-from relay.passwords import generate_password, hash_password
+from relay.passwords import generate_password
 from relay.policy import PolicyError
 from relay.ports import PortSpecError, format_port_spec, parse_port_spec, sample_ports
 from relay.priority import validate_priority
@@ -847,19 +850,18 @@ class _ScenarioRun:
     async def _setup(self) -> None:
         t0 = time.perf_counter()
         sc = self.scenario
-        passwords = {self.named(u.username): generate_password() for u in sc.users}
         # argon2 hashing is deliberately slow: off the event loop, all users at once.
-        hashes = await asyncio.to_thread(lambda: {name: hash_password(pw) for name, pw in passwords.items()})
+        credentials = await asyncio.to_thread(lambda: {self.named(u.username): new_credentials() for u in sc.users})
         touched = [*sc.settings] if self.options.owns_delivery else []
         if self.options.owns_delivery and (sc.sink.start or sc.sink.address):
             touched += [settings_store.Keys.NEXT_HOP, settings_store.Keys.NEXT_HOP_TLS]
         self.previous_settings = await self.store.run(_read_settings, touched)
         try:
-            summary = await self.store.run(_apply_setup, sc, hashes, self.prefix, self.created)
+            summary = await self.store.run(_apply_setup, sc, credentials, self.prefix, self.created)
         except (StoreError, PolicyError, ValueError) as exc:
             self.fail("setup", "lists, users and identities made through the store", f"setup failed: {exc}")
             raise _Abort from None
-        self.passwords = passwords
+        self.passwords = {name: made.password for name, made in credentials.items()}
         self.report.add("setup", True, "lists, users and identities made through the store", summary, seconds=time.perf_counter() - t0)
 
     async def _start_sink(self) -> None:
@@ -1047,7 +1049,7 @@ class _ScenarioRun:
         ).replace("\r\n", "\n").replace("\n", "\r\n").encode()
         try:
             info = await self.store.run(
-                campaigns_store.create_campaign, self._list_name(step.campaign_list), subject=step.subject,
+                campaign_admin.create_campaign, self._list_name(step.campaign_list), subject=step.subject,
                 template=template, mail_from=step.mail_from, priority=step.priority,
             )
         except StoreError as exc:
@@ -1405,7 +1407,9 @@ def _relay_facts(db: sqlite3.Connection) -> tuple[Any, str | None]:
     return lease_store.relay_status(db), settings_store.get_setting(db, settings_store.Keys.TLS_CERT_PEM)
 
 
-def _apply_setup(db: sqlite3.Connection, sc: Scenario, hashes: dict[str, str], prefix: str, created: Created) -> str:
+def _apply_setup(
+    db: sqlite3.Connection, sc: Scenario, credentials: dict[str, Credentials], prefix: str, created: Created
+) -> str:
     """Lists, members, users and identity states, through the store's API, each
     list and user named with the run's ``prefix``. The harness approves only
     identities it creates (never one of the store's own that is pending), and never
@@ -1440,8 +1444,8 @@ def _apply_setup(db: sqlite3.Connection, sc: Scenario, hashes: dict[str, str], p
                 directory.import_members(db, lists[item.name], [(m, "") for m in item.members])
         for user in sc.users:
             domains, senders = policy.parse_domains(user.domains), policy.parse_senders(user.senders)
-            directory.create_user(
-                db, list_name=lists.get(user.list_name, user.list_name), password_hash=hashes[prefix + user.username],
+            user_admin.create_user(
+                db, list_name=lists.get(user.list_name, user.list_name), credentials=credentials[prefix + user.username],
                 username=prefix + user.username, priority=user.priority, note=user.note, domains=domains,
                 senders=senders, active=user.active,
             )

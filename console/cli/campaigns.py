@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from console.cli import common
-from console.cli.common import CliError, LazyGroup
+from console.cli.common import LazyGroup
 
 campaigns = LazyGroup(name="campaigns", help="Campaigns sent to every member of a list.")
 
@@ -55,29 +55,15 @@ def add(list_name: str, subject: str | None, body: str | None, eml: Path | None,
     The sender must be verified like any relay user's: a campaign from an address
     whose identity (the address, or exactly its domain) is pending or unknown is
     refused, with the `smtpplus senders …` command that verifies it."""
-    from relay.campaigns import CampaignInputError, build_template, eml_sender, parse_when
-    from relay.priority import validate_priority
-    from relay.store import campaigns as store_campaigns
+    from relay.admin.campaigns import compose_campaign, create_draft
 
-    if (body is None) == (eml is None):
-        raise CliError("give exactly one of --body TEXT or --eml FILE")
-    if body is not None and not subject:
-        raise CliError("--subject is required with --body")
-    level = validate_priority(priority)
-    raw = eml.read_bytes() if eml is not None else None
-    sender = mail_from or (eml_sender(raw) if raw is not None else None)
-    if not sender:
-        raise CliError("give the sender with --from ADDRESS" + (
-            " (the --eml file has no From: address)" if raw is not None else " (required with --body)"))
-    try:
-        when = parse_when(at)
-        template, final_subject, _header_from = build_template(subject=subject, mail_from=sender, body=body, eml=raw)
-    except CampaignInputError as exc:
-        raise CliError(str(exc)) from None
+    draft = compose_campaign(
+        subject=subject, mail_from=mail_from, body=body, eml=eml.read_bytes() if eml is not None else None, at=at,
+        priority=priority,
+    )
+    when = draft.scheduled_at
     with common.open_db(db_path) as db:
-        info = store_campaigns.create_campaign(
-            db, list_name, subject=final_subject, template=template, mail_from=sender, scheduled_at=when, priority=level,
-        )
+        info = create_draft(db, list_name, draft)
     if as_json:
         common.print_json(campaign_json(info))
         return

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -140,29 +139,6 @@ def rm(name: str, yes: bool, as_json: bool, db_path: Path | None) -> None:
 # show: the client settings
 
 
-def gather_client_settings(db: sqlite3.Connection, username: str | None = None) -> Any:
-    """Read what the relay published and assemble :class:`relay.client_settings.ClientSettings`."""
-    import socket
-
-    from relay.client_settings import client_settings
-    from relay.store.relay_info import implicit_tls_ports, served_ports
-    from relay.store.settings import Keys, get_settings
-
-    values = get_settings(db, [Keys.SERVER_NAME, Keys.ALLOW_PLAIN_AUTH, Keys.TLS_FINGERPRINT])
-    served, not_served = served_ports(db)
-    return client_settings(
-        # No relay has published a name yet: the name it would publish by default. Never
-        # getfqdn here: the console reads this on its store thread, and that may ask DNS.
-        server_name=values.get(Keys.SERVER_NAME) or socket.gethostname(),
-        served=served,
-        not_served=not_served,
-        implicit_tls=implicit_tls_ports(db),
-        allow_plain_auth=bool(values.get(Keys.ALLOW_PLAIN_AUTH, False)),
-        fingerprint=values.get(Keys.TLS_FINGERPRINT),
-        username=username,
-    )
-
-
 @lists.command("show")
 @click.argument("name")
 @common.json_option
@@ -170,6 +146,7 @@ def gather_client_settings(db: sqlite3.Connection, username: str | None = None) 
 def show(name: str, as_json: bool, db_path: Path | None) -> None:
     """A list's client settings (server, ports, encryption, certificate), its users,
     and a block to paste into common mail clients."""
+    from relay.admin.settings import gather_client_settings
     from relay.store import directory
 
     with common.open_db(db_path, create=False) as db:
@@ -252,32 +229,17 @@ def members_import(name: str, file: Path, as_json: bool, db_path: Path | None) -
     Addresses already on the list are left as they are. One bad row refuses the
     whole file (its line is named), so nothing is half-imported.
     """
-    from relay.members_csv import iter_members
-    from relay.policy import PolicyError
-    from relay.store import directory
+    from relay.admin.members import import_members_file
 
     with common.open_db(db_path) as db:
-        # The list first: a typo in NAME is said before a big file is read.
-        info = directory.get_list(db, name)
-        try:
-            # Streamed (newline="" as csv wants): never the whole file, nor all its rows, in memory.
-            with file.open(encoding="utf-8-sig", newline="") as stream:
-                result = directory.import_member_stream(db, info.name, iter_members(stream))
-        except UnicodeDecodeError:
-            raise CliError(f"{file} is not UTF-8 text — save it as UTF-8 CSV") from None
-        except OSError as exc:
-            raise CliError(f"cannot read {file}: {exc.strerror or exc}") from None
-        except PolicyError as exc:
-            raise CliError(f"{file} {exc}") from None
+        result = import_members_file(db, name, file)
     added, already, repeated = result.added, result.already, result.repeated
-    if not added + already:
-        raise CliError(f"{file} has no addresses — one address per line, or a header `address,name`")
     if as_json:
         common.print_json(
-            {"list": info.name, "added": added, "already": already, "repeated_in_file": repeated}
+            {"list": result.list_name, "added": added, "already": already, "repeated_in_file": repeated}
         )
         return
-    message = f"List {info.name!r}: {added} added, {already} already there"
+    message = f"List {result.list_name!r}: {added} added, {already} already there"
     if repeated:
         message += f", {repeated} repeated row(s) in the file skipped"
     click.echo(message + ".")

@@ -4,7 +4,6 @@ addresses, DNS TXT records on domains, and operators' approvals with a reason.""
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 from typing import Any
 
@@ -130,7 +129,7 @@ def show(identity: str, as_json: bool, db_path: Path | None) -> None:
 def approve(identities: tuple[str, ...], reason: str, as_json: bool, db_path: Path | None) -> None:
     """Approve identities by hand, with a reason. Every name is checked before any
     changes; approving one already verified changes nothing and succeeds."""
-    from relay.store.verification import approve as approve_identities
+    from relay.admin.verification import approve as approve_identities
 
     with common.open_db(db_path) as db:
         results = approve_identities(db, identities, reason)
@@ -161,7 +160,7 @@ def send_code(address: str, ttl_text: str, sender: str | None, as_json: bool, db
     """Mail a single-use code to ADDRESS through the relay's queue (system mail,
     priority 2). A new code replaces any earlier one. The code is not shown here:
     the address's owner reads it in the mail and gives it to you."""
-    from relay.store.verification import send_code as queue_code
+    from relay.admin.verification import send_code as queue_code
 
     ttl = _duration(ttl_text)
     with common.open_db(db_path) as db:
@@ -190,7 +189,7 @@ def send_code(address: str, ttl_text: str, sender: str | None, as_json: bool, db
 @common.db_option
 def confirm(address: str, code: str, as_json: bool, db_path: Path | None) -> None:
     """Verify ADDRESS with the CODE mailed to it. After 5 wrong codes a new one is needed."""
-    from relay.store.verification import confirm_code
+    from relay.admin.verification import confirm_code
 
     with common.open_db(db_path) as db:
         check = confirm_code(db, address, code)
@@ -222,24 +221,11 @@ def confirm(address: str, code: str, as_json: bool, db_path: Path | None) -> Non
 @common.db_option
 def check_dns(domain: str, resolver: str | None, timeout: float, tcp: bool, as_json: bool, db_path: Path | None) -> None:
     """Look up DOMAIN's TXT record; verify the domain when it carries its token."""
-    from relay.dnscheck import ResolverError, choose_resolver
-    from relay.dnscheck import check_dns as lookup
-    from relay.store.directory import get_identity
-    from relay.store.settings import Keys, get_setting
-    from relay.store.verification import record_dns_check
+    from relay.admin.verification import check_dns as check
 
     with common.open_db(db_path) as db:
-        identity = get_identity(db, domain)
-        if identity.kind != "domain":
-            raise CliError(f"{identity.value} is an address: DNS verifies domains — use `smtpplus senders send-code`")
-        try:
-            server = choose_resolver(resolver, get_setting(db, Keys.DNS_RESOLVER))
-        except ResolverError as exc:
-            raise CliError(str(exc)) from None
-        started = time.monotonic()
-        result = lookup(identity.value, identity.dns_token, server, timeout, tcp=tcp)
-        elapsed = time.monotonic() - started
-        after = record_dns_check(db, identity.value, result)
+        checked = check(db, domain, resolver=resolver, timeout=timeout, tcp=tcp)
+    result, identity, after, elapsed = checked.result, checked.before, checked.after, checked.seconds
     if as_json:
         common.print_json(
             {

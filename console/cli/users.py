@@ -16,11 +16,6 @@ from console.cli.common import CliError, LazyGroup
 
 users = LazyGroup(name="users", help="Relay users: add, edit, activate, reset passwords.")
 
-PRIORITY_ONE_NOTE = (
-    "priority 1 puts this user's mail first in the sending queue; it does not mark the mail "
-    "urgent for recipients — only the message's own priority header (X-Priority: 1) does that"
-)
-VERIFY_HINT = "verify with `smtpplus senders send-code|check-dns|approve`"
 
 # ---------------------------------------------------------------------------
 # Presentation helpers (also used by `lists show`)
@@ -79,24 +74,10 @@ def identities_summary(user: Any) -> str:
 
 
 def nudges(user: Any) -> list[str]:
-    """The help page's warnings that apply to this user now."""
-    out: list[str] = []
-    pending = [i.value for i in user.identities if not i.verified]
-    if user.needs_activation:
-        out.append(
-            f"every identity of {user.username} is verified — remember to activate it: "
-            f"smtpplus users activate {user.username}"
-        )
-    if not user.identities:
-        out.append(
-            f"{user.username} has no authorized domains or senders, so it cannot send as anyone — "
-            f'add some: smtpplus users edit {user.username} --domains "example.com" --senders "info@example.com"'
-        )
-    elif pending:
-        out.append(f"awaiting verification: {', '.join(pending)} — mail from these is refused until then; {VERIFY_HINT}")
-    if user.priority == 1:
-        out.append(PRIORITY_ONE_NOTE)
-    return out
+    """The help page's warnings that apply to this user now (:func:`relay.admin.users.nudges`)."""
+    from relay.admin.users import nudges as user_nudges
+
+    return [nudge.text for nudge in user_nudges(user)]
 
 
 def _say(lines: list[str], *, to_stderr: bool) -> None:
@@ -191,16 +172,13 @@ def add(
     db_path: Path | None,
 ) -> None:
     """Add a relay user to a list and print its generated password — once."""
-    from relay import passwords
-    from relay.store import directory
+    from relay.admin import users as user_admin
 
     checked_priority, domain_list, sender_list, checked_note = _parse_fields(priority, domains, senders, note)
-    password = passwords.generate_password()
     with common.open_db(db_path) as db:
-        user = directory.create_user(
+        made = user_admin.create_user(
             db,
             list_name=list_name,
-            password_hash=passwords.hash_password(password),
             username=username,
             priority=checked_priority or 3,
             note=checked_note or "",
@@ -208,6 +186,7 @@ def add(
             senders=sender_list or [],
             active=active,
         )
+    user, password = made.user, made.password
     if as_json:
         common.print_json({"username": user.username, "password": password})
     else:
@@ -336,26 +315,16 @@ def edit(
 @common.db_option
 def activate(username: str, as_json: bool, db_path: Path | None) -> None:
     """Let the user log in and send. Identities not yet verified still refuse mail."""
-    from relay.store import directory
+    from relay.admin import users as user_admin
 
     with common.open_db(db_path) as db:
-        user = directory.set_active(db, username, True)
+        user = user_admin.set_active(db, username, True)
     if as_json:
         common.print_json(user_json(user))
         return
     click.echo(f"Activated relay user {user.username}.")
-    pending = [i.value for i in user.identities if not i.verified]
-    if pending:
-        click.echo(
-            f"smtpplus: warning: not verified yet: {', '.join(pending)} — mail from these is refused "
-            f"until they are; {VERIFY_HINT}",
-            err=True,
-        )
-    elif not user.identities:
-        click.echo(
-            f"smtpplus: warning: {user.username} has no authorized domains or senders, so it cannot send as anyone",
-            err=True,
-        )
+    for warning in user_admin.activation_warnings(user):
+        click.echo(f"smtpplus: warning: {warning}", err=True)
 
 
 @users.command("deactivate")
@@ -364,10 +333,10 @@ def activate(username: str, as_json: bool, db_path: Path | None) -> None:
 @common.db_option
 def deactivate(username: str, as_json: bool, db_path: Path | None) -> None:
     """Stop the user from logging in (its queued mail is still delivered)."""
-    from relay.store import directory
+    from relay.admin import users as user_admin
 
     with common.open_db(db_path) as db:
-        user = directory.set_active(db, username, False)
+        user = user_admin.set_active(db, username, False)
     if as_json:
         common.print_json(user_json(user))
         return
@@ -380,19 +349,15 @@ def deactivate(username: str, as_json: bool, db_path: Path | None) -> None:
 @common.db_option
 def reset_password(username: str, as_json: bool, db_path: Path | None) -> None:
     """Replace the user's password with a new generated one, printed once."""
-    from relay import passwords
-    from relay.store import directory
+    from relay.admin import users as user_admin
 
-    password = passwords.generate_password()
     with common.open_db(db_path) as db:
-        # Hash only after the user is known to exist: argon2 costs ~70 ms of CPU.
-        user = directory.get_user(db, username)
-        directory.set_password_hash(db, user.username, passwords.hash_password(password))
+        made = user_admin.reset_password(db, username)
     if as_json:
-        common.print_json({"username": user.username, "password": password})
+        common.print_json({"username": made.username, "password": made.password})
         return
-    click.echo(f"New password for relay user {user.username}.")
-    _print_password(user.username, password, first=False)
+    click.echo(f"New password for relay user {made.username}.")
+    _print_password(made.username, made.password, first=False)
 
 
 @users.command("rm")

@@ -37,28 +37,17 @@ class ListsData:
 
 
 def read_client_settings(db: sqlite3.Connection) -> Any:
-    from console.cli.lists import gather_client_settings
+    from relay.admin.settings import gather_client_settings
 
     return gather_client_settings(db)
 
 
 def import_members_file(db: sqlite3.Connection, list_name: str, path: str) -> str:
     """Read, check and import a member file; the one-line outcome."""
-    from relay.members_csv import iter_members
-    from relay.store import directory
+    from relay.admin.members import import_members_file as import_file
 
-    file = Path(path).expanduser()
-    directory.get_list(db, list_name)  # a list deleted meanwhile is said before the file is read
-    try:
-        with file.open(encoding="utf-8-sig", newline="") as stream:  # streamed, not read whole
-            result = directory.import_member_stream(db, list_name, iter_members(stream))
-    except UnicodeDecodeError:
-        raise ValueError(f"{file} is not UTF-8 text — save it as UTF-8 CSV") from None
-    except OSError as exc:
-        raise ValueError(f"cannot read {file}: {exc.strerror or exc}") from None
-    if not result.added + result.already:
-        raise ValueError(f"{file} has no addresses — one address per line, or a header `address,name`")
-    return f"List {list_name}: {result.added} member(s) added, {result.already} already there."
+    result = import_file(db, list_name, Path(path).expanduser())
+    return f"List {result.list_name}: {result.added} member(s) added, {result.already} already there."
 
 
 class TextBox(ModalScreen[None]):

@@ -532,7 +532,7 @@ class QueueScreen(LiveScreen):
     def _create_campaign(self, values: dict[str, Any] | None) -> None:
         if not values:
             return
-        from relay.store import campaigns
+        from relay.admin import campaigns
 
         template = campaign_template(values["subject"], values["sender"], values["body"])
 

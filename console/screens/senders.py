@@ -36,21 +36,15 @@ class SendersData:
 
 def check_domain_dns(db: sqlite3.Connection, domain: str) -> tuple[str, bool]:
     """Look the domain's TXT record up and record the outcome; (message, verified)."""
-    from relay.dnscheck import check_dns, choose_resolver
-    from relay.store.directory import get_identity
-    from relay.store.settings import Keys, get_setting
-    from relay.store.verification import record_dns_check
+    from relay.admin.verification import check_dns
 
-    identity = get_identity(db, domain)
-    server = choose_resolver(None, get_setting(db, Keys.DNS_RESOLVER))
-    result = check_dns(identity.value, identity.dns_token, server)
-    after = record_dns_check(db, identity.value, result)
-    return result.message, after.verified
+    checked = check_dns(db, domain)
+    return checked.result.message, checked.after.verified
 
 
 def send_code(db: sqlite3.Connection, address: str) -> str:
     """Queue a code mail to ``address``; the code itself never reaches the console."""
-    from relay.store.verification import send_code as queue_code
+    from relay.admin.verification import send_code as queue_code
 
     sent = queue_code(db, address)
     return f"Code mailed to {sent.identity.value} (queue id {sent.queue_id}); valid until {fmt.full_time(sent.expires_at)}."
@@ -169,7 +163,7 @@ class SendersScreen(LiveScreen):
         self.refresh_data()
 
     def action_approve(self) -> None:
-        from relay.store.verification import approve
+        from relay.admin.verification import approve
 
         view = self.selected()
         if view is None:
@@ -205,7 +199,7 @@ class SendersScreen(LiveScreen):
         self.console.run_store(send_code, view.identity.value, done=lambda message: self.notify(message, timeout=6))
 
     def action_confirm_code(self) -> None:
-        from relay.store.verification import confirm_code
+        from relay.admin.verification import confirm_code
 
         view = self.selected()
         if view is None:

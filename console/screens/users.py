@@ -19,6 +19,8 @@ from console.screens.base import LiveScreen
 from console.widgets.dialogs import ConfirmDialog, PasswordOnce
 from console.widgets.forms import PRIORITY_ONE_NOTE, UserForm, identity_states
 from console.widgets.keyed_table import KeyedTable
+from relay.admin.users import NudgeWords
+from relay.admin.users import nudges as user_nudges
 from relay.store.directory import UserInfo
 
 COLUMNS = [
@@ -42,30 +44,25 @@ class OneTimeSecret:
 
 
 def add_user(db: sqlite3.Connection, values: dict[str, Any]) -> OneTimeSecret:
-    from relay import passwords
-    from relay.store import directory
+    from relay.admin import users as user_admin
 
-    password = passwords.generate_password()
-    user = directory.create_user(
+    made = user_admin.create_user(
         db,
         list_name=values["list"],
-        password_hash=passwords.hash_password(password),
         username=values.get("username"),
         priority=values["priority"],
         note=values["note"],
         domains=values["domains"],
         senders=values["senders"],
     )
-    return OneTimeSecret(user.username, password)
+    return OneTimeSecret(made.username, made.password)
 
 
 def reset_password(db: sqlite3.Connection, username: str) -> OneTimeSecret:
-    from relay import passwords
-    from relay.store import directory
+    from relay.admin import users as user_admin
 
-    password = passwords.generate_password()
-    directory.set_password_hash(db, username, passwords.hash_password(password))
-    return OneTimeSecret(username, password)
+    made = user_admin.reset_password(db, username)
+    return OneTimeSecret(made.username, made.password)
 
 
 def attention(user: UserInfo) -> Text:
@@ -80,21 +77,18 @@ def attention(user: UserInfo) -> Text:
     return Text("")
 
 
+# The console's words for relay.admin.users.nudges: its keys and screens as next steps.
+NUDGE_WORDS = NudgeWords(
+    activate="Every identity of {user} is verified — remember to activate it (t).",
+    no_identities="{user} has no authorized domains or senders, so it cannot send as anyone — edit it (e) to add some.",
+    pending="Awaiting verification: {pending} — mail from these is refused until they are verified (Senders screen, 4).",
+    priority_one=PRIORITY_ONE_NOTE,
+)
+NUDGE_STYLES = {"activate": "bold yellow", "no-identities": "yellow", "pending": "yellow", "priority-one": "dim"}
+
+
 def nudges(user: UserInfo) -> list[Text]:
-    out: list[Text] = []
-    pending = [i.value for i in user.identities if not i.verified]
-    if user.needs_activation:
-        out.append(Text(f"Every identity of {user.username} is verified — remember to activate it (t).",
-                        style="bold yellow"))
-    if not user.identities:
-        out.append(Text(f"{user.username} has no authorized domains or senders, so it cannot send as anyone — "
-                        "edit it (e) to add some.", style="yellow"))
-    elif pending:
-        out.append(Text(f"Awaiting verification: {', '.join(pending)} — mail from these is refused until "
-                        "they are verified (Senders screen, 4).", style="yellow"))
-    if user.priority == 1:
-        out.append(Text(PRIORITY_ONE_NOTE, style="dim"))
-    return out
+    return [Text(n.text, style=NUDGE_STYLES[n.kind]) for n in user_nudges(user, NUDGE_WORDS)]
 
 
 @dataclass(slots=True)
@@ -233,7 +227,7 @@ class UsersScreen(LiveScreen):
         self.app.push_screen(UserForm(self.data.lists, user=user), saved)
 
     def action_toggle_active(self) -> None:
-        from relay.store import directory
+        from relay.admin import users as user_admin
 
         user = self.selected()
         if user is None:
@@ -245,7 +239,7 @@ class UsersScreen(LiveScreen):
             message = f"{user.username} activated."
             if pending:
                 message += f" Mail from {', '.join(pending)} is still refused until verified."
-        self.console.run_store(directory.set_active, user.username, not user.active, success=message)
+        self.console.run_store(user_admin.set_active, user.username, not user.active, success=message)
 
     def action_reset_password(self) -> None:
         user = self.selected()

@@ -99,7 +99,7 @@ def fill_store(store: Path, count: int) -> float:
 def prepare_store(workdir: Path, name: str = "bench.db") -> tuple[Path, Path, Path]:
     """A scratch store with one active user and a verified domain, delivery paused, and
     a certificate pair. Returns (store, cert, key)."""
-    from relay import passwords
+    from relay.admin import users as user_admin
     from relay.store import directory, open_store, transaction
     from relay.store.settings import Keys, set_setting
     from relay.tls import load_tls
@@ -108,8 +108,8 @@ def prepare_store(workdir: Path, name: str = "bench.db") -> tuple[Path, Path, Pa
     db = open_store(store)
     try:
         directory.create_list(db, "bench")
-        directory.create_user(
-            db, list_name="bench", username=USER, password_hash=passwords.hash_password(PASSWORD),
+        user_admin.create_user(
+            db, list_name="bench", username=USER, credentials=user_admin.new_credentials(PASSWORD),
             domains=[DOMAIN], active=True,
         )
         directory.approve_identities(db, [DOMAIN], "benchmark")

@@ -54,20 +54,20 @@ class Rig:
 
 
 def _prepare_store(store_path: Path, members: int) -> dict[int, str]:
-    from relay.passwords import hash_password
+    from relay.admin import users as user_admin
     from relay.store import directory, open_store
 
     db = open_store(store_path)
     try:
         directory.create_list(db, "bench")
-        password_hash = hash_password(PASSWORD)
+        credentials = user_admin.new_credentials(PASSWORD)  # one hash for both: argon2 is slow
         users = {}
         for priority in (1, 3):
-            info = directory.create_user(
-                db, list_name="bench", password_hash=password_hash, username=f"bench-p{priority}",
+            made = user_admin.create_user(
+                db, list_name="bench", credentials=credentials, username=f"bench-p{priority}",
                 priority=priority, domains=["bench.example"], active=True,
             )
-            users[priority] = info.username
+            users[priority] = made.username
         directory.approve_identities(db, ["bench.example"], "benchmark setup")
         if members:
             for start in range(0, members, 5000):
@@ -228,8 +228,8 @@ def measure_dequeue(queued: int, samples: int = 300, *, where: Path | None = Non
 
 async def run_priority(members: int, rate: float, probes: int, parallel: int, seed: int,
                        db_path: Path | None = None) -> BenchReport:
+    from relay.admin import campaigns as campaign_admin
     from relay.campaigns import build_template
-    from relay.store import campaigns as store_campaigns
     from relay.store import open_store
 
     target = 2000 / rate + 50
@@ -247,7 +247,7 @@ async def run_priority(members: int, rate: float, probes: int, parallel: int, se
             def create() -> None:
                 db = open_store(rig.store_path)
                 try:
-                    store_campaigns.create_campaign(db, "bench", subject=subject, template=template,
+                    campaign_admin.create_campaign(db, "bench", subject=subject, template=template,
                                                     mail_from="news@bench.example", priority=3)
                 finally:
                     db.close()

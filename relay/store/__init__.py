@@ -7,6 +7,7 @@ synchronous; async code runs them on the store's own thread via
 
 from relay.store.db import (
     AsyncStore,
+    Connection,
     StoreError,
     StoreTooNew,
     backup,
@@ -17,6 +18,7 @@ from relay.store.db import (
 
 __all__ = [
     "AsyncStore",
+    "Connection",
     "StoreError",
     "StoreTooNew",
     "backup",

@@ -1,6 +1,7 @@
 """Campaigns: a message from the console to every member of a list.
 
-Operators: :func:`create_campaign`, :func:`list_campaigns`, :func:`get_campaign`,
+Operators: :func:`insert_campaign` (through :func:`relay.admin.campaigns.create_campaign`,
+which checks the sender), :func:`list_campaigns`, :func:`get_campaign`,
 :func:`pause_campaign`, :func:`resume_campaign`, :func:`cancel_campaign`.
 The relay's engine: :func:`start_due_campaigns`, :func:`expandable_campaigns`,
 :func:`expand_batch`, :func:`finish_campaigns`.
@@ -23,11 +24,10 @@ import sqlite3
 import time
 from dataclasses import dataclass
 
-from relay import policy
-from relay.priority import header_priority, validate_priority
+from relay.priority import header_priority
 from relay.reasons import EventKind, Reason
 from relay.store.db import transaction
-from relay.store.directory import get_list
+from relay.store.directory import ListInfo
 from relay.store.errors import InvalidInput, NotFound
 from relay.store.events import NewEvent, record_event
 from relay.store.intake import NewMessage, insert_messages, new_queue_id
@@ -102,114 +102,36 @@ def list_campaigns(db: sqlite3.Connection, *, limit: int = 200) -> list[Campaign
     return [_info(db, r, paused) for r in rows]
 
 
-def create_campaign(
+def insert_campaign(
     db: sqlite3.Connection,
-    list_name: str,
+    target: ListInfo,
     *,
     subject: str,
     template: bytes,
     mail_from: str,
-    scheduled_at: float | None = None,
-    priority: int = 3,
-    now: float | None = None,
+    scheduled_at: float,
+    priority: int,
+    now: float,
 ) -> CampaignInfo:
-    """Schedule ``template`` (a whole message without ``To:``/``Message-ID:``, CRLF
-    line ends — see :func:`relay.campaigns.build_template`) for every member of
-    ``list_name`` at ``scheduled_at`` (default now), with queue ``priority``.
-
-    Refused (:class:`InvalidInput`, one line naming the fix) unless ``mail_from`` and
-    every address in the template's ``From:``/``Sender:`` is covered by a verified
-    sender identity — the same rule, and the same header parsing, as the relay's."""
-    stamp = time.time() if now is None else now
-    target = get_list(db, list_name)
-    if target.members == 0:
-        raise InvalidInput(
-            f"list {target.name!r} has no members — add some with `smtpplus lists members import {target.name} FILE.csv`"
-        )
-    try:
-        sender = policy.normalize_address(mail_from)
-    except policy.PolicyError as exc:
-        raise InvalidInput(f"--from: {exc}") from None
-    require_verified_sender(db, sender, "--from")
-    for address, header in template_senders(template):
-        require_verified_sender(db, address, f"the message's {header}")
-    level = validate_priority(priority)
-    when = stamp if scheduled_at is None else float(scheduled_at)
+    """Write a scheduled campaign and its ``campaign-created`` event. The checks (a
+    list with members, verified senders, the template) are
+    :func:`relay.admin.campaigns.create_campaign`'s; callers go through it."""
     with transaction(db):
         cur = db.execute(
             "INSERT INTO campaigns(list_id, list_name, subject, mail_from, body, priority, state, "
             "scheduled_at, total, created_at) VALUES (?, ?, ?, ?, ?, ?, 'scheduled', ?, ?, ?)",
-            (target.id, target.name, subject, sender, template, level, when, target.members, stamp),
+            (target.id, target.name, subject, mail_from, template, priority, scheduled_at, target.members, now),
         )
         campaign_id = int(cur.lastrowid or 0)
         record_event(
             db,
             NewEvent(
-                EventKind.CAMPAIGN, Reason.CAMPAIGN_CREATED, list_id=target.id, at=stamp,
+                EventKind.CAMPAIGN, Reason.CAMPAIGN_CREATED, list_id=target.id, at=now,
                 detail=f"campaign {campaign_id} to list {target.name} ({target.members} members), "
-                f"priority {level}, subject {subject!r}",
+                f"priority {priority}, subject {subject!r}",
             ),
         )
     return get_campaign(db, campaign_id)
-
-
-def template_senders(template: bytes) -> list[tuple[str, str]]:
-    """(address, header) for every address a reader could take for the sender of
-    ``template``: its ``From:`` and ``Sender:`` addresses, display names and comments
-    included. Raises :class:`InvalidInput` for a missing, repeated or unparsable one."""
-    # The relay's own parsers, so a campaign passes exactly the checks SMTP mail does
-    # (imported here: the store is otherwise independent of the SMTP layer).
-    from relay.message import address_like, header_addresses, header_section, split_headers
-
-    fields = split_headers(header_section(template))
-    found: list[tuple[str, str]] = []
-    for name, header in (("from", "From:"), ("sender", "Sender:")):
-        values = [value for field_name, value in fields if field_name == name]
-        if not values:
-            if name == "from":
-                raise InvalidInput("the campaign message has no From: header — give --from ADDRESS")
-            continue
-        if len(values) > 1:
-            raise InvalidInput(f"the campaign message has more than one {header} header — keep one")
-        addresses = header_addresses(values[0])
-        if addresses is None:
-            raise InvalidInput(f"the campaign message's {header} header does not parse: {values[0].strip()[:200]!r}")
-        for address in (*addresses, *address_like(values[0])):
-            if all(address.lower() != seen.lower() for seen, _ in found):
-                found.append((address, header))
-    return found
-
-
-def require_verified_sender(db: sqlite3.Connection, address: str, what: str) -> str:
-    """The verified identity (exact address, else exactly its domain) that lets a
-    campaign send as ``address``; :class:`InvalidInput` naming the fix otherwise."""
-    check = policy.check_address(address)
-    if check.problem is not None or check.address is None:
-        raise InvalidInput(
-            f"{what} {address!r} is not a valid sender address ({policy.describe_address_problem(check.problem)})"
-        )
-    canonical = check.address
-    domain = canonical.rpartition("@")[2]
-    states = dict(
-        db.execute("SELECT value, state FROM identities WHERE value IN (?, ?)", (canonical, domain)).fetchall()
-    )
-    for value in (canonical, domain):
-        if states.get(value) == "verified":
-            return value
-    if states.get(canonical) == "pending":
-        raise InvalidInput(
-            f"{what} {canonical}: sender identity {canonical} awaits verification — verify it with "
-            f"`smtpplus senders send-code {canonical}` (or `smtpplus senders approve {canonical} --reason …`)"
-        )
-    if states.get(domain) == "pending":
-        raise InvalidInput(
-            f"{what} {canonical}: sender identity {domain} awaits verification — verify it with "
-            f"`smtpplus senders check-dns {domain}` (or `smtpplus senders approve {domain} --reason …`)"
-        )
-    raise InvalidInput(
-        f"{what} {canonical} is not a known sender identity — add it to a user's senders/domains and verify it "
-        f"(`smtpplus users edit USER --senders {canonical}` or `--domains {domain}`, then `smtpplus senders …`)"
-    )
 
 
 def _campaign_event(db: sqlite3.Connection, info: CampaignInfo, reason: Reason, detail: str, now: float) -> None:

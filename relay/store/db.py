@@ -17,6 +17,10 @@ T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 10_000
 
+# The type callers outside the store (relay.admin, screens) name a connection by, so
+# none of them imports sqlite3.
+Connection = sqlite3.Connection
+
 
 class StoreError(Exception):
     """A store problem worth one line to the operator (never a traceback)."""

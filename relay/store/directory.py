@@ -302,6 +302,16 @@ def all_identities(db: sqlite3.Connection, *, state: str | None = None) -> list[
     return [IdentityInfo(*r) for r in rows]
 
 
+def identity_states(db: sqlite3.Connection, values: Iterable[str]) -> dict[str, str]:
+    """value -> state ('pending' | 'verified') of those of ``values`` that are identities."""
+    wanted = list(values)
+    if not wanted:
+        return {}
+    marks = ", ".join("?" * len(wanted))
+    rows = db.execute(f"SELECT value, state FROM identities WHERE value IN ({marks})", wanted).fetchall()
+    return {r[0]: r[1] for r in rows}
+
+
 def identity_users(db: sqlite3.Connection, identity_id: int) -> list[str]:
     rows = db.execute(
         "SELECT u.username FROM user_identities ui JOIN users u ON u.id = ui.user_id "

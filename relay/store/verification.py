@@ -6,10 +6,10 @@ a DNS record found by :func:`relay.dnscheck.check_dns`, or an operator's approva
 a reason; each goes through :func:`relay.store.directory.mark_verified` (which bumps the
 users' ``auth_version`` so relays drop cached authorizations) and leaves an event.
 
-For async callers (the console): every function here is quick except
-:func:`confirm_code` (one argon2 check, ~30 ms) and :func:`send_code` (one argon2 hash);
-run them through ``AsyncStore.run``. The DNS lookup itself is not a store function: do
-``get_identity`` → :func:`relay.dnscheck.check_dns_async` → :func:`record_dns_check`.
+Operators' operations (send a code, confirm, check DNS, approve) are in
+:mod:`relay.admin.verification`, which composes the code mail and calls
+:func:`queue_code` here. Every function here is quick except :func:`confirm_code` (one
+argon2 check, ~30 ms); async callers run them through ``AsyncStore.run``.
 """
 
 from __future__ import annotations
@@ -35,12 +35,9 @@ from relay.store.directory import (
 )
 from relay.store.errors import InvalidInput
 from relay.store.events import NewEvent, record_event
-from relay.store.intake import NewMessage, insert_messages
+from relay.store.intake import NewMessage, Queued, insert_messages
 from relay.store.settings import Keys, get_setting
 from relay.verification import CodeOutcome
-
-SYSTEM_MAIL_PRIORITY = 2
-
 
 # ---------------------------------------------------------------------------
 # Records
@@ -101,22 +98,6 @@ class SenderView:
             },
             "created_at": i.created_at,
         }
-
-
-@dataclass(frozen=True, slots=True)
-class SentCode:
-    """A code just created and queued for mailing. ``code`` is the plaintext: it goes
-    into the mail and nowhere else (never print or log it)."""
-
-    identity: IdentityInfo
-    code: str
-    queue_id: str
-    message_id: int
-    sender: str
-    expires_at: float
-
-    def __repr__(self) -> str:  # keep the code out of logs and tracebacks
-        return f"SentCode(identity={self.identity.value!r}, queue_id={self.queue_id!r}, expires_at={self.expires_at})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +180,7 @@ def system_sender_choice(db: sqlite3.Connection) -> SystemSender:
     the form name@example.com), so without either the operator must set one."""
     configured = get_setting(db, Keys.SYSTEM_SENDER)
     if configured:
-        return SystemSender(_valid_sender(str(configured)), "setting", "set with --system-sender")
+        return SystemSender(valid_sender(str(configured)), "setting", "set with --system-sender")
     server_name = get_setting(db, Keys.SERVER_NAME)
     if not server_name:
         return SystemSender(
@@ -256,63 +237,37 @@ def system_sender(db: sqlite3.Connection) -> str:
     return choice.address
 
 
-def _valid_sender(value: str) -> str:
+def valid_sender(value: str) -> str:
+    """``value`` as a canonical address, or InvalidInput naming it the system sender."""
     try:
         return policy.normalize_address(value)
     except policy.PolicyError as exc:
         raise InvalidInput(f"system sender: {exc}") from None
 
 
-def send_code(
+def queue_code(
     db: sqlite3.Connection,
     address: str,
     *,
-    now: float | None = None,
-    ttl: float = rules.DEFAULT_CODE_TTL,
-    sender: str | None = None,
-) -> SentCode:
-    """Create (or replace) the code of a pending address and queue the mail that
-    carries it: system mail, priority 2, from ``sender`` or :func:`system_sender`.
-
-    A new code resets the try count and voids the previous one. One transaction: the
-    code, the message and a ``code-sent`` event (which never contains the code).
-    """
-    stamp = time.time() if now is None else now
-    if ttl <= 0:
-        raise InvalidInput("a code's lifetime must be positive (e.g. --ttl 24h)")
-    identity = _pending_address(db, address)
-    mail_from = _valid_sender(sender) if sender else system_sender(db)
-    code = rules.generate_code()
-    code_hash = rules.hash_code(code)  # argon2: outside the write lock
-    expires_at = rules.expiry(stamp, ttl)
-    data = rules.code_email(
-        address=identity.value,
-        code=code,
-        sender=mail_from,
-        expires_at=expires_at,
-        now=stamp,
-        server_name=get_setting(db, Keys.SERVER_NAME),
-    )
-    message = NewMessage(
-        mail_from=mail_from,
-        recipients=[identity.value],
-        data=data,
-        origin="system",
-        header_priority=3,
-        user_priority=SYSTEM_MAIL_PRIORITY,
-        priority=SYSTEM_MAIL_PRIORITY,
-        header_from=mail_from,
-        subject=rules.CODE_SUBJECT,
-    )
+    code_hash: str,
+    expires_at: float,
+    message: NewMessage,
+    detail: str,
+    now: float,
+) -> tuple[IdentityInfo, Queued]:
+    """Store a new code's hash for a pending address (replacing any earlier code: the
+    try count starts over) and queue ``message``, the mail that carries it, with a
+    ``code-sent`` event — one transaction. The message is composed by
+    :func:`relay.admin.verification.send_code`; ``detail`` never contains the code."""
     with transaction(db):
-        identity = _pending_address(db, address)  # re-check under the write lock
+        identity = pending_address(db, address)  # re-check under the write lock
         db.execute(
             "INSERT INTO verification_codes(identity_id, code_hash, created_at, expires_at, attempts, used_at) "
             "VALUES (?, ?, ?, ?, 0, NULL) ON CONFLICT(identity_id) DO UPDATE SET code_hash = excluded.code_hash, "
             "created_at = excluded.created_at, expires_at = excluded.expires_at, attempts = 0, used_at = NULL",
-            (identity.id, code_hash, stamp, expires_at),
+            (identity.id, code_hash, now, expires_at),
         )
-        (queued,) = insert_messages(db, [message], now=stamp)
+        (queued,) = insert_messages(db, [message], now=now)
         record_event(
             db,
             NewEvent(
@@ -320,11 +275,11 @@ def send_code(
                 Reason.CODE_SENT,
                 message_id=queued.message_id,
                 queue_id=queued.queue_id,
-                detail=f"code for {identity.value} mailed from {mail_from}, valid until {rules.utc_text(expires_at)}",
-                at=stamp,
+                detail=detail,
+                at=now,
             ),
         )
-    return SentCode(identity, code, queued.queue_id, queued.message_id, mail_from, expires_at)
+    return identity, queued
 
 
 def confirm_code(db: sqlite3.Connection, address: str, code: str, *, now: float | None = None) -> CodeCheck:
@@ -424,7 +379,8 @@ def _address_identity(db: sqlite3.Connection, address: str) -> IdentityInfo:
     return identity
 
 
-def _pending_address(db: sqlite3.Connection, address: str) -> IdentityInfo:
+def pending_address(db: sqlite3.Connection, address: str) -> IdentityInfo:
+    """The identity of ``address`` if it awaits a code; else InvalidInput saying why not."""
     identity = _address_identity(db, address)
     if identity.verified:
         raise InvalidInput(

@@ -16,6 +16,7 @@ import pytest
 
 from harness.sink import CaptureSink
 from relay import priority
+from relay.admin import campaigns as admin_campaigns
 from relay.delivery import DeliveryEngine, NextHop
 from relay.message import header_section, split_headers
 from relay.store import campaigns as store_campaigns
@@ -125,7 +126,7 @@ def test_a_campaign_message_gets_the_priority_the_smtp_path_would_give(db: sqlit
     directory.import_members(db, "news", [("a@example.org", "A")])
     verify_sender_domain(db, "example.com")
     template = b"From: news@example.com\r\nSubject: s\r\nImportance:\r\n High\r\n\r\nbody\r\n"
-    info = store_campaigns.create_campaign(db, "news", subject="s", template=template, mail_from="news@example.com")
+    info = admin_campaigns.create_campaign(db, "news", subject="s", template=template, mail_from="news@example.com")
     start_due_campaigns(db)
     assert expand_batch(db, info.id) == 1
     [row] = q.list_messages(db, campaign_id=info.id)
@@ -137,7 +138,7 @@ def test_the_console_and_the_cli_show_one_campaign_state(db: sqlite3.Connection)
     directory.import_members(db, "news", [("a@example.org", "A")])
     verify_sender_domain(db, "example.com")
     template = b"From: news@example.com\r\nSubject: s\r\n\r\nbody\r\n"
-    info = store_campaigns.create_campaign(db, "news", subject="s", template=template, mail_from="news@example.com")
+    info = admin_campaigns.create_campaign(db, "news", subject="s", template=template, mail_from="news@example.com")
     start_due_campaigns(db)
 
     def both() -> tuple[str, str]:

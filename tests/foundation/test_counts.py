@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from relay.admin import campaigns as admin_campaigns
 from relay.campaigns import build_template
 from relay.reasons import Reason
 from relay.store import campaigns as store_campaigns
@@ -127,7 +128,7 @@ class QueueCounts(RuleBasedStateMachine):
         if target is None:
             return
         template, subject, _ = build_template(subject="News", mail_from=SENDER, body="Hello.")
-        info = store_campaigns.create_campaign(self.db, target.name, subject=subject, template=template,
+        info = admin_campaigns.create_campaign(self.db, target.name, subject=subject, template=template,
                                                mail_from=SENDER, priority=priority)
         store_campaigns.start_due_campaigns(self.db)
         store_campaigns.expand_batch(self.db, info.id, batch=2)

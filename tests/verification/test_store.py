@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from relay import verification as rules
+from relay.admin import verification as admin
 from relay.dnscheck import DnsOutcome, DnsResult
 from relay.reasons import Reason
 from relay.store import open_store
@@ -40,7 +41,7 @@ def _queued_mail(db: sqlite3.Connection, message_id: int) -> tuple[sqlite3.Row, 
 
 def test_send_code_queues_system_mail_at_priority_2_and_keeps_only_a_hash(configured: sqlite3.Connection) -> None:
     db = configured
-    sent = store.send_code(db, "Alice@Example.COM", now=T0)
+    sent = admin.send_code(db, "Alice@Example.COM", now=T0)
     assert sent.identity.value == ADDRESS and sent.sender == SENDER
     assert len(sent.code) == rules.CODE_DIGITS and sent.code not in repr(sent)
     assert sent.expires_at == T0 + 24 * 3600
@@ -65,29 +66,29 @@ def test_system_sender_falls_back_to_the_server_name_else_says_how_to_set_it(
     db: sqlite3.Connection, people: dict[str, Any]
 ) -> None:
     with pytest.raises(InvalidInput, match="senders settings --system-sender"):
-        store.send_code(db, ADDRESS)
+        admin.send_code(db, ADDRESS)
     assert db.execute("SELECT count(*) FROM messages").fetchone()[0] == 0
     set_setting(db, Keys.SERVER_NAME, "mx.example.net")
-    assert store.send_code(db, ADDRESS).sender == "smtpplus@mx.example.net"
-    assert store.send_code(db, ADDRESS, sender="Ops@Example.net").sender == "ops@example.net"
+    assert admin.send_code(db, ADDRESS).sender == "smtpplus@mx.example.net"
+    assert admin.send_code(db, ADDRESS, sender="Ops@Example.net").sender == "ops@example.net"
 
 
 def test_send_code_refuses_domains_verified_and_unknown_identities(configured: sqlite3.Connection) -> None:
     db = configured
     with pytest.raises(InvalidInput, match="check-dns example.org"):
-        store.send_code(db, "example.org")
+        admin.send_code(db, "example.org")
     with pytest.raises(NotFound, match="nobody@example.com"):
-        store.send_code(db, "nobody@example.com")
+        admin.send_code(db, "nobody@example.com")
     store.approve(db, [ADDRESS], "existing account")
     with pytest.raises(InvalidInput, match="already verified"):
-        store.send_code(db, ADDRESS)
+        admin.send_code(db, ADDRESS)
     assert db.execute("SELECT count(*) FROM messages").fetchone()[0] == 0
 
 
 def test_right_code_verifies_once_and_refreshes_users_authorization(configured: sqlite3.Connection) -> None:
     db = configured
     before = auth_version(db, "alice")
-    sent = store.send_code(db, ADDRESS, now=T0)
+    sent = admin.send_code(db, ADDRESS, now=T0)
     check = store.confirm_code(db, ADDRESS, rules.format_code(sent.code), now=T0 + 60)
     assert check.outcome is CodeOutcome.VERIFIED and check.ok
     identity = get_identity(db, ADDRESS)
@@ -103,7 +104,7 @@ def test_right_code_verifies_once_and_refreshes_users_authorization(configured: 
 
 def test_five_wrong_codes_lock_the_code_until_a_new_one_is_sent(configured: sqlite3.Connection) -> None:
     db = configured
-    sent = store.send_code(db, ADDRESS, now=T0)
+    sent = admin.send_code(db, ADDRESS, now=T0)
     wrong = f"{(int(sent.code) + 1) % 10**8:08d}"
     left = [store.confirm_code(db, ADDRESS, wrong, now=T0 + 1).attempts_left for _ in range(rules.MAX_ATTEMPTS)]
     assert left == [4, 3, 2, 1, 0]
@@ -112,7 +113,7 @@ def test_five_wrong_codes_lock_the_code_until_a_new_one_is_sent(configured: sqli
     assert f"send-code {ADDRESS}" in locked.message
     assert get_identity(db, ADDRESS).state == "pending"
 
-    fresh = store.send_code(db, ADDRESS, now=T0 + 3)
+    fresh = admin.send_code(db, ADDRESS, now=T0 + 3)
     assert store.code_info(db, fresh.identity.id).attempts == 0  # type: ignore[union-attr]
     assert store.confirm_code(db, ADDRESS, fresh.code, now=T0 + 4).outcome is CodeOutcome.VERIFIED
     assert get_identity(db, ADDRESS).method == "code"
@@ -120,8 +121,8 @@ def test_five_wrong_codes_lock_the_code_until_a_new_one_is_sent(configured: sqli
 
 def test_a_new_code_voids_the_previous_one(configured: sqlite3.Connection) -> None:
     db = configured
-    first = store.send_code(db, ADDRESS, now=T0)
-    second = store.send_code(db, ADDRESS, now=T0 + 1)
+    first = admin.send_code(db, ADDRESS, now=T0)
+    second = admin.send_code(db, ADDRESS, now=T0 + 1)
     assert first.code != second.code and first.queue_id != second.queue_id  # 1 in 10^8 to collide
     assert store.confirm_code(db, ADDRESS, first.code, now=T0 + 2).outcome is CodeOutcome.WRONG
     assert store.confirm_code(db, ADDRESS, second.code, now=T0 + 3).outcome is CodeOutcome.VERIFIED
@@ -129,13 +130,13 @@ def test_a_new_code_voids_the_previous_one(configured: sqlite3.Connection) -> No
 
 def test_expired_code_is_refused_without_using_a_try(configured: sqlite3.Connection) -> None:
     db = configured
-    sent = store.send_code(db, ADDRESS, now=T0, ttl=600)
+    sent = admin.send_code(db, ADDRESS, now=T0, ttl=600)
     expired = store.confirm_code(db, ADDRESS, sent.code, now=T0 + 600)
     assert expired.outcome is CodeOutcome.EXPIRED and "expired" in expired.message
     assert store.code_info(db, sent.identity.id).attempts == 0  # type: ignore[union-attr]
     assert get_identity(db, ADDRESS).state == "pending"
 
-    again = store.send_code(db, ADDRESS, now=T0 + 700, ttl=600)
+    again = admin.send_code(db, ADDRESS, now=T0 + 700, ttl=600)
     assert store.confirm_code(db, ADDRESS, again.code, now=T0 + 700 + 599).outcome is CodeOutcome.VERIFIED
 
 
@@ -143,7 +144,7 @@ def test_unknown_malformed_and_already_verified(configured: sqlite3.Connection) 
     db = configured
     unknown = store.confirm_code(db, ADDRESS, "12345678")
     assert unknown.outcome is CodeOutcome.UNKNOWN and "no code was sent" in unknown.message
-    sent = store.send_code(db, ADDRESS)
+    sent = admin.send_code(db, ADDRESS)
     malformed = store.confirm_code(db, ADDRESS, "12-34")
     assert malformed.outcome is CodeOutcome.MALFORMED and malformed.attempts_left == rules.MAX_ATTEMPTS
     with pytest.raises(InvalidInput, match="is a domain"):
@@ -158,7 +159,7 @@ def test_unknown_malformed_and_already_verified(configured: sqlite3.Connection) 
 
 
 def test_concurrent_guesses_never_exceed_the_try_limit(configured: sqlite3.Connection, store_path: Path) -> None:
-    sent = store.send_code(configured, ADDRESS, now=T0)
+    sent = admin.send_code(configured, ADDRESS, now=T0)
     wrong = [f"{(int(sent.code) + k) % 10**8:08d}" for k in range(1, 13)]
     outcomes: list[CodeOutcome] = []
     lock = threading.Lock()
@@ -227,7 +228,7 @@ def test_dns_results_verify_only_with_the_domains_own_token(configured: sqlite3.
 
 def test_sender_views_show_users_txt_records_codes_and_filter_by_state(configured: sqlite3.Connection) -> None:
     db = configured
-    store.send_code(db, ADDRESS, now=T0)
+    admin.send_code(db, ADDRESS, now=T0)
     store.confirm_code(db, ADDRESS, "00000000", now=T0 + 1)
     views = {v.identity.value: v for v in store.sender_views(db)}
     assert views["example.org"].users == ("alice", "bob")
@@ -249,7 +250,7 @@ def test_nothing_but_the_three_methods_verifies(configured: sqlite3.Connection) 
     """Activating users, sending codes, failed checks and new users leave identities pending."""
     db = configured
     set_active(db, "alice", True)
-    store.send_code(db, ADDRESS)
+    admin.send_code(db, ADDRESS)
     store.confirm_code(db, ADDRESS, "00000000")
     store.record_dns_check(db, "example.org", _dns(DnsOutcome.WRONG_TOKEN, "x"))
     assert {v.identity.state for v in store.sender_views(db)} == {"pending"}
