@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -13,3 +14,13 @@ from relay.store import directory
 def listed(db: Any) -> Any:
     directory.create_list(db, "News")
     return db
+
+
+@pytest.fixture
+def table_dns() -> Iterator[Any]:
+    """The verification tests' table-driven DNS server on loopback (real UDP/TCP)."""
+    from tests.verification.conftest import TableDns
+
+    server = TableDns({}).start()
+    yield server
+    server.stop()
