@@ -129,7 +129,6 @@ async def measure(path: Path, refreshes: int) -> dict[str, Any]:
     from console.app import ConsoleApp
     from relay.store import open_store
     from relay.store import queue as queue_ops
-    from relay.store.views import queue_page
 
     started = time.perf_counter()
     cpu_started = time.process_time()
@@ -152,7 +151,7 @@ async def measure(path: Path, refreshes: int) -> dict[str, Any]:
         rows_shown = screen.table().row_count
 
         writer = open_store(path)
-        head = queue_page(writer, "queued", limit=1)[0]
+        head = queue_ops.list_messages(writer, state="queued", limit=1)[0]
         apply_times: list[float] = []
         paint_times: list[float] = []
         reads_before, read_seconds_before = app.watcher.reads, app.watcher.read_seconds

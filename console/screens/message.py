@@ -19,6 +19,7 @@ from console.screens.base import LiveScreen
 from console.widgets.dialogs import ConfirmDialog
 from relay.priority import shows_as_urgent
 from relay.store import views
+from relay.store.queue import MessageRow
 
 
 def _pairs(rows: list[tuple[str, Any]]) -> Table:
@@ -30,7 +31,7 @@ def _pairs(rows: list[tuple[str, Any]]) -> Table:
     return table
 
 
-def priority_block(m: views.QueueRow) -> Group:
+def priority_block(m: MessageRow) -> Group:
     table = _pairs([
         ("Header", fmt.priority(m.header_priority)),
         ("User", fmt.priority(m.user_priority)),

@@ -23,7 +23,7 @@ from console.widgets.dialogs import ConfirmDialog, PromptDialog
 from console.widgets.keyed_table import KeyedTable
 from console.widgets.lanes import PriorityLanes
 from relay.store import views
-from relay.store.queue import DeliverySettings
+from relay.store.queue import DeliverySettings, MessageRow, list_messages
 
 PAGE = 50
 CAMPAIGN_RECOUNT = 2.0  # seconds between campaign progress counts
@@ -68,7 +68,7 @@ class QueueData:
     rate: float
     starvation_share: float = 0.0
     settings: DeliverySettings = field(default_factory=DeliverySettings)
-    rows: list[views.QueueRow] = field(default_factory=list)
+    rows: list[MessageRow] = field(default_factory=list)
     campaigns: list[views.CampaignRow] = field(default_factory=list)
 
 
@@ -137,7 +137,7 @@ class QueueScreen(LiveScreen):
                          starvation_share=settings.starvation_share, settings=settings)
         state = STATE_OF[request.view]
         if state is not None:
-            data.rows = views.queue_page(db, state, after=request.after, limit=PAGE)
+            data.rows = list_messages(db, state=state, after=request.after, limit=PAGE)
         data.campaigns = self._campaigns(db, force=state is None)
         return data
 
@@ -214,7 +214,7 @@ class QueueScreen(LiveScreen):
         return f"{first:,}–{last:,} of {fmt.count(total)} · {order} · > next page · < previous"
 
     @staticmethod
-    def _message_cells(view: str, row: views.QueueRow, now: float) -> list[Any]:
+    def _message_cells(view: str, row: MessageRow, now: float) -> list[Any]:
         urgent = row.header_priority == 1
         p = Text(str(row.priority), style="bold red" if row.priority == 1 else "")
         if view == "deferred":
@@ -297,7 +297,7 @@ class QueueScreen(LiveScreen):
 
     # -- the selected row -----------------------------------------------------------
 
-    def selected_message(self) -> views.QueueRow | None:
+    def selected_message(self) -> MessageRow | None:
         key = self.table().cursor_key
         if key is None or self.data is None:
             return None

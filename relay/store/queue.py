@@ -17,7 +17,6 @@ For operators (CLI, console): :func:`hold`, :func:`release`, :func:`retry`,
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import re
 import sqlite3
@@ -854,6 +853,12 @@ class MessageRow:
     finished_at: float | None
     recipients: int = 0
 
+    @property
+    def dispatch_key(self) -> tuple[int, int]:
+        """Where it stands in dispatch order (priority, then arrival): the ``after`` of
+        the next page."""
+        return (self.priority, self.id)
+
 
 @dataclass(frozen=True, slots=True)
 class RecipientState:
@@ -865,9 +870,11 @@ class RecipientState:
 @dataclass(frozen=True, slots=True)
 class MessageDetail:
     message: MessageRow
-    recipients: list[RecipientState]
+    recipients: list[RecipientState]  # by address; the first ``max_recipients`` when capped
     events: list[Event]
-    headers: str  # the stored header block, for the message screen
+    headers: str  # the stored header block (decoded for display)
+    header_bytes: bytes = b""  # the same block as stored, for parsers
+    recipient_count: int = 0  # all of them, however many are listed
 
 
 def list_messages(
@@ -901,40 +908,80 @@ def list_messages(
     if campaign_id is not None:
         where.append("campaign_id = ?")
         args.append(campaign_id)
-    if after is not None:
-        where.append("(priority, id) > (?, ?)")
-        args.extend(after)
+    size = max(1, int(limit))
+    if after is None:
+        return _message_rows(db, where, args, "priority, id", size)
+    # Keyset paging in two index seeks: the rest of the last row's priority, then the
+    # lower ones — each page one range of the dispatch index, however deep it is.
+    last_priority, last_id = after
+    rows = _message_rows(db, [*where, "priority = ?", "id > ?"], [*args, last_priority, last_id], "id", size)
+    if len(rows) < size:
+        rows += _message_rows(db, [*where, "priority > ?"], [*args, last_priority], "priority, id", size - len(rows))
+    return rows
+
+
+def _message_rows(db: sqlite3.Connection, where: list[str], args: list[Any], order: str, limit: int) -> list[MessageRow]:
     clause = f" WHERE {' AND '.join(where)}" if where else ""
     rows = db.execute(
         f"SELECT {_MESSAGE_COLUMNS}, (SELECT count(*) FROM recipients r WHERE r.message_id = messages.id) "
-        f"FROM messages{clause} ORDER BY priority, id LIMIT ?",
-        (*args, max(1, int(limit))),
+        f"FROM messages{clause} ORDER BY {order} LIMIT ?",
+        (*args, limit),
     ).fetchall()
     return [MessageRow(*r) for r in rows]
 
 
 def message_detail(db: sqlite3.Connection, ref: str) -> MessageDetail:
-    """One message by queue id: its row, per-recipient states, event timeline and headers."""
+    """One message by queue id: its row, per-recipient states, event timeline and
+    headers; NotFound naming the fix when there is none."""
     row = _resolve(db, [ref])[0]
     assert not isinstance(row, str)  # _resolve raised NotFound
-    count = db.execute("SELECT count(*) FROM recipients WHERE message_id = ?", (row["id"],)).fetchone()[0]
-    message = dataclasses.replace(MessageRow(*row), recipients=count)
+    detail = read_message(db, message_id=row["id"])
+    if detail is None:  # deleted between the two reads
+        raise NotFound(f"no message {ref!r} — see `smtpplus queue ls --state all`")
+    return detail
+
+
+def read_message(
+    db: sqlite3.Connection,
+    *,
+    message_id: int | None = None,
+    queue_id: str | None = None,
+    max_recipients: int | None = None,
+) -> MessageDetail | None:
+    """One message (by id or queue id) in full — the one read behind ``queue show``
+    and the console's message screen; None when it no longer exists. At most
+    ``max_recipients`` recipients are listed (``recipient_count`` has them all)."""
+    if message_id is None and queue_id is None:
+        raise ValueError("read_message needs a message id or a queue id")
+    where, key = ("id = ?", message_id) if message_id is not None else ("queue_id = ?", queue_id)
+    row = db.execute(
+        f"SELECT {_MESSAGE_COLUMNS}, (SELECT count(*) FROM recipients r WHERE r.message_id = messages.id) "
+        f"FROM messages WHERE {where}",
+        (key,),
+    ).fetchone()
+    if row is None:
+        return None
+    message = MessageRow(*row)
     recipients = [
         RecipientState(*r)
         for r in db.execute(
-            "SELECT address, state, last_reply FROM recipients WHERE message_id = ? ORDER BY address", (row["id"],)
+            "SELECT address, state, last_reply FROM recipients WHERE message_id = ? ORDER BY address LIMIT ?",
+            (message.id, -1 if max_recipients is None else max_recipients),
         )
     ]
     # Only a prefix, as the console reads it: a 25 MB body is never loaded to show headers.
     head = db.execute(
-        "SELECT substr(data, 1, ?) FROM message_bodies WHERE message_id = ?", (HEADER_BYTES, row["id"])
+        "SELECT substr(data, 1, ?) FROM message_bodies WHERE message_id = ?", (HEADER_BYTES, message.id)
     ).fetchone()
-    headers = ""
+    block = b""
     if head is not None and head[0] is not None:
         data = bytes(head[0])
         end = data.find(b"\r\n\r\n")
-        headers = data[: end if end >= 0 else len(data)].decode("utf-8", "replace")
-    return MessageDetail(message, recipients, events_for_message(db, row["id"]), headers)
+        block = data[: end if end >= 0 else len(data)]
+    return MessageDetail(
+        message, recipients, events_for_message(db, message.id), block.decode("utf-8", "replace"), block,
+        message.recipients,
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,11 +15,15 @@ from email.parser import BytesHeaderParser
 from email.policy import default as default_policy
 
 from relay.store.counts import PRIORITIES, list_queued, oldest_waiting, state_counts
-from relay.store.events import Event, events_for_message
+from relay.store.events import Event
+from relay.store.queue import (  # noqa: F401 - HEADER_BYTES: the console reads the same cap
+    HEADER_BYTES,
+    MessageRow,
+    RecipientState,
+    list_messages,
+    read_message,
+)
 from relay.store.settings import Keys, get_setting
-
-# Header bytes read for message detail; bodies are never loaded whole.
-HEADER_BYTES = 64 * 1024
 
 # ---------------------------------------------------------------------------
 # The queue: lanes per priority, delivery rate, pages in dispatch order
@@ -78,41 +82,10 @@ def delivery_rate(db: sqlite3.Connection, *, now: float | None = None, window: f
     return float(row[0]) / window if window > 0 else 0.0
 
 
-@dataclass(frozen=True, slots=True)
-class QueueRow:
-    """A message as one line of a queue table."""
-
-    id: int
-    queue_id: str
-    priority: int
-    header_priority: int
-    user_priority: int
-    state: str
-    origin: str
-    username: str | None
-    list_name: str | None
-    mail_from: str
-    subject: str
-    recipients: int
-    attempts: int
-    next_attempt_at: float
-    created_at: float
-    last_reply: str | None
-    campaign_id: int | None
-    size: int
-
-    @property
-    def dispatch_key(self) -> tuple[int, int]:
-        """Where it stands in dispatch order (priority, then arrival)."""
-        return (self.priority, self.id)
-
-
-_QUEUE_COLUMNS = (
-    "m.id, m.queue_id, m.priority, m.header_priority, m.user_priority, m.state, m.origin, m.username, "
-    "m.list_name, m.mail_from, m.subject, "
-    "(SELECT count(*) FROM recipients r WHERE r.message_id = m.id), "
-    "m.attempts, m.next_attempt_at, m.created_at, m.last_reply, m.campaign_id, m.size"
-)
+# One read model of the queue: rows and pages come from relay.store.queue (the same
+# rows, columns and keyset paging as `smtpplus queue ls`/`show`).
+QueueRow = MessageRow
+RecipientRow = RecipientState
 
 
 def queue_page(
@@ -121,32 +94,11 @@ def queue_page(
     *,
     after: tuple[int, int] | None = None,
     limit: int = 50,
-) -> list[QueueRow]:
-    """One page of messages in ``state``, in dispatch order (priority, then id).
-
-    ``after`` is the ``dispatch_key`` of the last row of the previous page (keyset
-    paging: each page is one index range, however deep in the queue it is).
-    """
-    if after is None:
-        rows = db.execute(
-            f"SELECT {_QUEUE_COLUMNS} FROM messages m WHERE m.state = ? ORDER BY m.priority, m.id LIMIT ?",
-            (state, limit),
-        ).fetchall()
-    else:
-        # Two index seeks: the rest of the current priority, then the lower ones.
-        priority, last_id = after
-        rows = db.execute(
-            f"SELECT {_QUEUE_COLUMNS} FROM messages m WHERE m.state = ? AND m.priority = ? AND m.id > ? "
-            "ORDER BY m.id LIMIT ?",
-            (state, priority, last_id, limit),
-        ).fetchall()
-        if len(rows) < limit:
-            rows += db.execute(
-                f"SELECT {_QUEUE_COLUMNS} FROM messages m WHERE m.state = ? AND m.priority > ? "
-                "ORDER BY m.priority, m.id LIMIT ?",
-                (state, priority, limit - len(rows)),
-            ).fetchall()
-    return [QueueRow(*r) for r in rows]
+) -> list[MessageRow]:
+    """One page of messages in ``state`` in dispatch order (priority, then id);
+    ``after`` is the ``dispatch_key`` of the last row of the previous page.
+    :func:`relay.store.queue.list_messages` with one state."""
+    return list_messages(db, state=state, after=after, limit=limit)
 
 
 # ---------------------------------------------------------------------------
@@ -154,15 +106,11 @@ def queue_page(
 
 
 @dataclass(frozen=True, slots=True)
-class RecipientRow:
-    address: str
-    state: str
-    last_reply: str | None
-
-
-@dataclass(frozen=True, slots=True)
 class MessageDetail:
-    message: QueueRow
+    """:func:`relay.store.queue.read_message` as the message screen shows it: the
+    envelope beside the row, and the header block parsed into fields."""
+
+    message: MessageRow
     header_from: str
     client: str | None
     port: int | None
@@ -170,7 +118,7 @@ class MessageDetail:
     finished_at: float | None
     lease_owner: str | None
     lease_until: float | None
-    recipients: list[RecipientRow]
+    recipients: list[RecipientState]
     recipient_count: int
     headers: list[tuple[str, str]]
     events: list[Event] = field(default_factory=list)
@@ -183,38 +131,23 @@ def message_detail(
     message (by id or queue id); None when it no longer exists."""
     if message_id is None and queue_id is None:
         raise ValueError("message_detail needs a message id or a queue id")
-    where, key = ("m.id = ?", message_id) if message_id is not None else ("m.queue_id = ?", queue_id)
-    row = db.execute(
-        f"SELECT {_QUEUE_COLUMNS}, m.header_from, m.client, m.port, m.updated_at, m.finished_at, "
-        f"m.lease_owner, m.lease_until FROM messages m WHERE {where}",
-        (key,),
-    ).fetchone()
-    if row is None:
+    detail = read_message(db, message_id=message_id, queue_id=queue_id, max_recipients=max_recipients)
+    if detail is None:
         return None
-    message = QueueRow(*row[:18])
-    recipients = [
-        RecipientRow(*r)
-        for r in db.execute(
-            "SELECT address, state, last_reply FROM recipients WHERE message_id = ? ORDER BY address LIMIT ?",
-            (message.id, max_recipients),
-        )
-    ]
-    head = db.execute(
-        "SELECT substr(data, 1, ?) FROM message_bodies WHERE message_id = ?", (HEADER_BYTES, message.id)
-    ).fetchone()
+    m = detail.message
     return MessageDetail(
-        message=message,
-        header_from=row[18],
-        client=row[19],
-        port=row[20],
-        updated_at=row[21],
-        finished_at=row[22],
-        lease_owner=row[23],
-        lease_until=row[24],
-        recipients=recipients,
-        recipient_count=message.recipients,
-        headers=parse_headers(bytes(head[0])) if head and head[0] is not None else [],
-        events=events_for_message(db, message.id),
+        message=m,
+        header_from=m.header_from,
+        client=m.client,
+        port=m.port,
+        updated_at=m.updated_at,
+        finished_at=m.finished_at,
+        lease_owner=m.lease_owner,
+        lease_until=m.lease_until,
+        recipients=detail.recipients,
+        recipient_count=detail.recipient_count,
+        headers=parse_headers(detail.header_bytes + b"\r\n\r\n") if detail.header_bytes else [],
+        events=detail.events,
     )
 
 
