@@ -235,7 +235,7 @@ class UsersScreen(LiveScreen):
         if user.active:
             message = f"{user.username} deactivated: its logins are refused from now on."
         else:
-            pending = [i.value for i in user.identities if not i.verified]
+            pending = user_admin.pending_identities(user)
             message = f"{user.username} activated."
             if pending:
                 message += f" Mail from {', '.join(pending)} is still refused until verified."
