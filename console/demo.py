@@ -61,6 +61,7 @@ def seed_demo(db: sqlite3.Connection, *, now: float | None = None, members: int 
     the demo user gets a fresh password (the old one was never kept)."""
     from relay.admin import campaigns as campaign_admin
     from relay.admin import users as user_admin
+    from relay.admin import verification as verification_admin
     from relay.campaigns import build_template
     from relay.store import directory
     from relay.store.errors import NotFound
@@ -81,7 +82,7 @@ def seed_demo(db: sqlite3.Connection, *, now: float | None = None, members: int 
         # Priority 5 (the lowest) lets each message's own header decide its lane.
         priority=5, note="the demo's sender: active, domain verified", domains=[DEMO_DOMAIN], active=True,
     )
-    directory.approve_identities(db, [DEMO_DOMAIN], "demo seed")
+    verification_admin.approve(db, [DEMO_DOMAIN], "demo seed")
     user_admin.create_user(
         db, list_name=DEMO_LIST, username=PENDING_USER, note="inactive; its sender awaits verification",
         senders=[PENDING_SENDER],

@@ -80,6 +80,7 @@ from harness.sink import HARNESS_HEADER, Chaos, ChaosError
 from relay import policy
 from relay.admin import campaigns as campaign_admin
 from relay.admin import users as user_admin
+from relay.admin import verification as verification_admin
 from relay.admin.users import Credentials, new_credentials
 from relay.display import clean
 from relay.passwords import generate_password
@@ -1450,7 +1451,7 @@ def _apply_setup(
                 senders=senders, active=user.active,
             )
         if approve:
-            directory.approve_identities(db, sorted(approve), APPROVAL_REASON)
+            verification_admin.approve(db, sorted(approve), APPROVAL_REASON)
     created.lists += lists.values()
     created.users += [prefix + u.username for u in sc.users]
     created.identities += sorted({i for ids in wanted.values() for i in ids} - set(existing))

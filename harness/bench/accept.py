@@ -100,6 +100,7 @@ def prepare_store(workdir: Path, name: str = "bench.db") -> tuple[Path, Path, Pa
     """A scratch store with one active user and a verified domain, delivery paused, and
     a certificate pair. Returns (store, cert, key)."""
     from relay.admin import users as user_admin
+    from relay.admin import verification as verification_admin
     from relay.store import directory, open_store, transaction
     from relay.store.settings import Keys, set_setting
     from relay.tls import load_tls
@@ -112,7 +113,7 @@ def prepare_store(workdir: Path, name: str = "bench.db") -> tuple[Path, Path, Pa
             db, list_name="bench", username=USER, credentials=user_admin.new_credentials(PASSWORD),
             domains=[DOMAIN], active=True,
         )
-        directory.approve_identities(db, [DOMAIN], "benchmark")
+        verification_admin.approve(db, [DOMAIN], "benchmark")
         with transaction(db):
             set_setting(db, Keys.PAUSED, True)
     finally:

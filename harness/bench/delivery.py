@@ -55,6 +55,7 @@ class Rig:
 
 def _prepare_store(store_path: Path, members: int) -> dict[int, str]:
     from relay.admin import users as user_admin
+    from relay.admin import verification as verification_admin
     from relay.store import directory, open_store
 
     db = open_store(store_path)
@@ -68,7 +69,7 @@ def _prepare_store(store_path: Path, members: int) -> dict[int, str]:
                 priority=priority, domains=["bench.example"], active=True,
             )
             users[priority] = made.username
-        directory.approve_identities(db, ["bench.example"], "benchmark setup")
+        verification_admin.approve(db, ["bench.example"], "benchmark setup")
         if members:
             for start in range(0, members, 5000):
                 directory.import_members(
