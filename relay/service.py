@@ -215,7 +215,9 @@ class RelayService:
                 loop.call_soon_threadsafe(self._store_corrupt, exc)
 
         self._unwatch = on_corruption(heard)
-        for name in ("mail.log", "smtpplus.relay", "smtpplus.delivery"):
+        # "asyncio": a task that met the corruption while the relay stops is logged there
+        # ("Task exception was never retrieved") with a traceback.
+        for name in ("mail.log", "smtpplus.relay", "smtpplus.delivery", "asyncio"):
             logger = logging.getLogger(name)
             if _CORRUPTION_NOISE not in logger.filters:
                 logger.addFilter(_CORRUPTION_NOISE)
