@@ -14,7 +14,6 @@ last one (:meth:`StoreWatcher.applied`), so refreshes never overlap or pile up.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -25,7 +24,9 @@ from typing import Any, Protocol
 from textual.message import Message
 from textual.worker import get_current_worker
 
-from relay.store.db import data_version, open_store
+from relay.store import Connection
+from relay.store.db import data_version, open_store, store_errors
+from relay.store.errors import StoreError
 from relay.store.lease import RelayStatus, relay_status
 
 POLL_INTERVAL = 0.25  # seconds between data_version checks
@@ -39,7 +40,7 @@ class LiveView(Protocol):
     #: Minimum seconds between two reads (expensive screens read less often).
     min_interval: float
 
-    def read(self, db: sqlite3.Connection, now: float) -> Any:
+    def read(self, db: Connection, now: float) -> Any:
         """Runs in the watcher thread: read what the screen shows."""
 
     def post_message(self, message: Message) -> bool: ...
@@ -68,7 +69,7 @@ class Snapshot(Message, bubble=False):
         return isinstance(message, Snapshot) and message.view is self.view
 
 
-def read_status(db: sqlite3.Connection, now: float, stale_after: float = 10.0) -> StoreStatus:
+def read_status(db: Connection, now: float, stale_after: float = 10.0) -> StoreStatus:
     from relay.store.settings import Keys, get_setting
 
     state = get_setting(db, Keys.STATUS)
@@ -141,7 +142,7 @@ class StoreWatcher:
         finally:
             db.close()
 
-    def _loop(self, db: sqlite3.Connection, cancelled: Callable[[], bool]) -> None:
+    def _loop(self, db: Connection, cancelled: Callable[[], bool]) -> None:
         last_version: int | None = None
         last_view: LiveView | None = None
         last_read = 0.0
@@ -168,18 +169,19 @@ class StoreWatcher:
                 continue
             self._wake.wait(self.poll_interval)
 
-    def _read_and_post(self, db: sqlite3.Connection, view: LiveView) -> None:
+    def _read_and_post(self, db: Connection, view: LiveView) -> None:
         started = time.perf_counter()
         now = self.clock()
         data: Any = None
         status: StoreStatus | None = None
         error: str | None = None
         try:
-            status = read_status(db, now, self.stale_after)
-            data = view.read(db, now)
-        except sqlite3.Error as exc:
+            with store_errors(self.store_path):
+                status = read_status(db, now, self.stale_after)
+                data = view.read(db, now)
+        except StoreError as exc:
             # The store may be busy or briefly unreadable: say so, try again next tick.
-            error = f"store: {exc}"
+            error = str(exc)
         except Exception as exc:  # one place reports read errors to the operator
             error = f"{type(exc).__name__}: {exc}"
         self.read_seconds += time.perf_counter() - started

@@ -22,7 +22,6 @@ import ipaddress
 import logging
 import random
 import socket
-import sqlite3
 import ssl
 import time
 from collections.abc import Callable
@@ -36,7 +35,7 @@ from relay.bounce import FailedRecipient, bounce_message, wants_report
 from relay.config import server_name_warning
 from relay.reasons import EventKind, Reason
 from relay.scheduler import HopBackoff, StarvationShare, TokenBucket, decide_retry
-from relay.store.db import AsyncStore, StoreError
+from relay.store.db import AsyncStore, Connection, StoreError
 from relay.store.events import NewEvent
 from relay.store.intake import NewMessage, RecipientDsn
 from relay.store.queue import (
@@ -688,7 +687,7 @@ class DeliveryEngine:
             final = await self._store.run(_final_round, request)
             self._tell(request, final)
             await self._store.run(publish_status, "stopped", "")
-        except (StoreError, sqlite3.Error) as exc:
+        except StoreError as exc:
             log.warning("delivery: could not record the last outcomes: %s", exc)
         idle, self._idle = self._idle, []
         await asyncio.gather(*(conn.close() for conn in idle), *self._closing, return_exceptions=True)
@@ -743,7 +742,7 @@ class DeliveryEngine:
             events = request.events = self._take_events()
             try:
                 result = await self._store.run(dispatch_round, request)
-            except (StoreError, sqlite3.Error) as exc:
+            except StoreError as exc:
                 log.warning("delivery: store round failed, retrying: %s", exc)
                 self._outcomes[:0] = request.outcomes
                 self._events[:0] = events
@@ -858,7 +857,7 @@ class DeliveryEngine:
             events = self._take_events()
             try:
                 await self._store.run(publish_status, status[0], status[1], events=events)
-            except (StoreError, sqlite3.Error) as exc:
+            except StoreError as exc:
                 self._events[:0] = events
                 log.warning("delivery: cannot publish status: %s", exc)
             else:
@@ -1124,7 +1123,7 @@ class DeliveryEngine:
                 pruned = await self._store.run(prune, before=time.time() - self.retention)
                 if pruned.messages or pruned.events:
                     log.info("retention: pruned %d message(s) and %d event(s)", pruned.messages, pruned.events)
-            except (StoreError, sqlite3.Error) as exc:
+            except StoreError as exc:
                 log.warning("retention: prune failed: %s", exc)
             await self._sleep_stopping(PRUNE_EVERY)
 
@@ -1133,7 +1132,7 @@ class DeliveryEngine:
             await asyncio.wait_for(self._stop_event.wait(), seconds)
 
 
-def _final_round(db: sqlite3.Connection, request: RoundRequest) -> RoundResult:
+def _final_round(db: Connection, request: RoundRequest) -> RoundResult:
     """Record the last outcomes, then give back whatever this engine still holds."""
     from relay.store.queue import release_claims
 
