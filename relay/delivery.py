@@ -9,8 +9,8 @@ connection (aiosmtplib; reused for consecutive messages); its outcome is recorde
 in the next round, in the same transaction as the next claims.
 
 Runtime controls (paused, rate, parallel, next hop, STARTTLS mode, AUTH) are store
-settings; the loop notices changes from any process through ``PRAGMA data_version``
-within a fraction of a second. Campaign expansion and retention run beside the loop
+settings; the loop notices changes from any process through the store's change feed
+(:mod:`relay.store.changes`) within a fraction of a second. Campaign expansion and retention run beside the loop
 on the same store connection.
 """
 
@@ -35,6 +35,7 @@ from relay.bounce import FailedRecipient, bounce_message, wants_report
 from relay.config import server_name_warning
 from relay.reasons import EventKind, Reason
 from relay.scheduler import HopBackoff, StarvationShare, TokenBucket, decide_retry
+from relay.store.changes import async_change_feed
 from relay.store.db import AsyncStore, Connection, StoreError
 from relay.store.events import NewEvent
 from relay.store.intake import NewMessage, RecipientDsn
@@ -57,7 +58,7 @@ from relay.transcode import downgrade_8bit, fold_long_lines, needs_smtputf8
 log = logging.getLogger("smtpplus.delivery")
 _OUTCOME_KIND = {"sent": EventKind.SENT, "deferred": EventKind.DEFERRED, "failed": EventKind.FAILED}
 
-IDLE_POLL = 0.05  # seconds between data_version checks while idle (a cheap PRAGMA)
+IDLE_POLL = 0.05  # seconds between two looks at the change feed while idle (SQLite: a cheap PRAGMA)
 FULL_ROUND_EVERY = 1.0  # a full round (deferred mail, scheduled mail) at least this often
 IDLE_CONNECTION_TTL = 10.0  # an unused next-hop connection is closed after this
 PRUNE_EVERY = 3600.0
@@ -609,6 +610,7 @@ class DeliveryEngine:
         self.hop_is_self = False
         self.status: tuple[str, str] = ("starting", "")
         self._store = AsyncStore(self.store_path)
+        self._changes = async_change_feed(self._store)
         self._rng = random.Random()
         self._bucket = TokenBucket(0.0, time.monotonic())
         self._hop_backoff = HopBackoff(min(self.retry_base, 5.0), min(self.retry_max, 60.0))
@@ -704,7 +706,6 @@ class DeliveryEngine:
     # -- the scheduler loop -----------------------------------------------------
 
     async def _run(self) -> None:
-        seen: int | None = None
         force = True
         backlog = True
         next_due: float | None = None
@@ -734,12 +735,16 @@ class DeliveryEngine:
                 reclaim_expired=reclaim,
                 promote_due=promote or full,
                 oldest_lower=self._starvation.due(budget) if budget else False,
-                seen_version=seen,
                 force=full,
                 # No ``now``: the store reads the clock under the write lock, where
                 # it decides what is ready (a time read here could be stale by then).
             )
             events = request.events = self._take_events()
+            if request.idle and not await self._changed():
+                # Nothing to write and nobody committed: no round (one cheap look).
+                self.counters.rounds += 1
+                await self._sleep(self._idle_wait(next_due, budget))
+                continue
             try:
                 result = await self._store.run(dispatch_round, request)
             except StoreError as exc:
@@ -750,10 +755,6 @@ class DeliveryEngine:
                 continue
             self.counters.rounds += 1
             self._tell(request, result)
-            seen = result.version
-            if result.skipped:
-                await self._sleep(self._idle_wait(next_due, budget))
-                continue
             last_full = now if full else last_full
             force = False
             self.counters.reclaimed += result.reclaimed
@@ -771,6 +772,14 @@ class DeliveryEngine:
                 await asyncio.sleep(0)
                 continue
             await self._sleep(self._idle_wait(next_due, budget))
+
+    async def _changed(self) -> bool:
+        """Whether another process committed since the last look; on a store error,
+        yes (the round that follows meets the error and retries as rounds do)."""
+        try:
+            return await self._changes.changed()
+        except StoreError:
+            return True
 
     def _held_back(self) -> bool:
         """Delivery waits for a control to change (a commit will say so)."""
