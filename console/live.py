@@ -25,7 +25,8 @@ from textual.message import Message
 from textual.worker import get_current_worker
 
 from relay.store import Connection
-from relay.store.changes import SyncChangeFeed, change_feed
+from relay.store.backend import backend_for
+from relay.store.changes import SyncChangeFeed
 from relay.store.db import open_store, store_errors
 from relay.store.errors import StoreError
 from relay.store.lease import RelayStatus, relay_status
@@ -144,7 +145,7 @@ class StoreWatcher:
             db.close()
 
     def _loop(self, db: Connection, cancelled: Callable[[], bool]) -> None:
-        changes = change_feed(db)
+        changes = backend_for(self.store_path).change_feed(db)
         changed = False  # a commit seen that no read has covered yet
         last_view: LiveView | None = None
         last_read = 0.0

@@ -35,7 +35,7 @@ from relay.bounce import FailedRecipient, bounce_message, wants_report
 from relay.config import server_name_warning
 from relay.reasons import EventKind, Reason
 from relay.scheduler import HopBackoff, StarvationShare, TokenBucket, decide_retry
-from relay.store.changes import async_change_feed
+from relay.store.backend import backend_for
 from relay.store.db import AsyncStore, Connection, StoreError
 from relay.store.events import NewEvent
 from relay.store.intake import NewMessage, RecipientDsn
@@ -610,7 +610,7 @@ class DeliveryEngine:
         self.hop_is_self = False
         self.status: tuple[str, str] = ("starting", "")
         self._store = AsyncStore(self.store_path)
-        self._changes = async_change_feed(self._store)
+        self._changes = backend_for(self.store_path).async_change_feed(self._store)
         self._rng = random.Random()
         self._bucket = TokenBucket(0.0, time.monotonic())
         self._hop_backoff = HopBackoff(min(self.retry_base, 5.0), min(self.retry_max, 60.0))
