@@ -12,7 +12,6 @@ import asyncio
 import os
 import select
 import signal
-import sqlite3
 import sys
 import threading
 import time
@@ -27,7 +26,8 @@ from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
 from console.live import StoreWatcher
-from relay.store.db import open_store
+from relay.store import Connection
+from relay.store.db import open_store, store_errors
 
 HANGUP_EXIT_CODE = 129
 # A hung-up terminal must end the process even if shutdown itself hangs on it.
@@ -38,12 +38,13 @@ def one_line_error(exc: BaseException) -> str:
     """Known errors carry their own one-line message; anything else names its type."""
     from relay.policy import PolicyError
     from relay.priority import PriorityError
-    from relay.store.db import StoreError
+    from relay.store.db import store_error_for
 
-    if isinstance(exc, StoreError | PolicyError | PriorityError | ValueError):
+    store_error = store_error_for(exc)
+    if store_error is not None:
+        return str(store_error)
+    if isinstance(exc, PolicyError | PriorityError | ValueError):
         return str(exc)
-    if isinstance(exc, sqlite3.Error):
-        return f"store error: {exc}"
     return f"{type(exc).__name__}: {exc}"
 
 
@@ -103,7 +104,7 @@ class ConsoleApp(App[None]):
             stale_after=stale_after,
             **({"poll_interval": poll_interval} if poll_interval else {}),
         )
-        self._action_db: sqlite3.Connection | None = None
+        self._action_db: Connection | None = None
         self._action_lock = threading.Lock()
         self._after_action: dict[Worker[Any], tuple[Callable[[Any], None] | None, str | None]] = {}
         self._last_read_error: tuple[str, float] | None = None
@@ -283,7 +284,8 @@ class ConsoleApp(App[None]):
             with self._action_lock:
                 if self._action_db is None:
                     self._action_db = open_store(self.store_path)
-                return fn(self._action_db, *args, **kwargs)
+                with store_errors(self.store_path):
+                    return fn(self._action_db, *args, **kwargs)
 
         worker = self.run_worker(work, thread=True, group="store", exit_on_error=False, name=getattr(fn, "__name__", "store"))
         self._after_action[worker] = (done, success)

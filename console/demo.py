@@ -15,7 +15,6 @@ import asyncio
 import dataclasses
 import random
 import re
-import sqlite3
 import ssl
 import time
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from textual.binding import Binding, BindingType
 
 from console.app import ConsoleApp
+from relay.store import Connection
 
 if TYPE_CHECKING:
     from relay.config import RelayConfig
@@ -55,7 +55,7 @@ class DemoSeed:
     campaign_id: int | None
 
 
-def seed_demo(db: sqlite3.Connection, *, now: float | None = None, members: int = MEMBERS) -> DemoSeed:
+def seed_demo(db: Connection, *, now: float | None = None, members: int = MEMBERS) -> DemoSeed:
     """A list and its members, an active user with a verified domain, an inactive
     user with a pending sender and a scheduled campaign. On a store seeded before,
     the demo user gets a fresh password (the old one was never kept)."""
@@ -98,7 +98,7 @@ def seed_demo(db: sqlite3.Connection, *, now: float | None = None, members: int 
     return DemoSeed(DEMO_USER, demo_user.password, f"hello@{DEMO_DOMAIN}", campaign.id)
 
 
-def configure_delivery(db: sqlite3.Connection, next_hop: str, rate: float) -> None:
+def configure_delivery(db: Connection, next_hop: str, rate: float) -> None:
     """Delivery to the sink at the demo's rate, and the sender of code mails."""
     from relay.store import queue
     from relay.store.settings import Keys, set_setting

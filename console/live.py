@@ -1,8 +1,8 @@
 """The store watcher: live screens without waste.
 
-One thread worker owns its own SQLite connection and polls ``PRAGMA data_version``
-about four times a second (a cheap call that changes whenever another connection
-commits). When it changes — or the screen asks (new page, new filter), or a second has
+One thread worker owns its own store connection and asks the store's change feed
+(:mod:`relay.store.changes`; on SQLite a cheap ``PRAGMA data_version``) about four
+times a second whether another connection committed. When one did — or the screen asks (new page, new filter), or a second has
 passed so ages tick — it calls the visible screen's ``read(db, now)`` *in the worker
 thread*, which reads only what the screen shows (aggregates and one page), and posts
 the result as a :class:`Snapshot` message to that screen.
@@ -14,7 +14,6 @@ last one (:meth:`StoreWatcher.applied`), so refreshes never overlap or pile up.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -25,10 +24,14 @@ from typing import Any, Protocol
 from textual.message import Message
 from textual.worker import get_current_worker
 
-from relay.store.db import data_version, open_store
+from relay.store import Connection
+from relay.store.backend import backend_for
+from relay.store.changes import SyncChangeFeed
+from relay.store.db import open_store, store_errors
+from relay.store.errors import StoreError
 from relay.store.lease import RelayStatus, relay_status
 
-POLL_INTERVAL = 0.25  # seconds between data_version checks
+POLL_INTERVAL = 0.25  # seconds between two looks at the change feed
 TICK_INTERVAL = 1.0  # re-read at least this often, so ages and the heartbeat move
 APPLY_TIMEOUT = 5.0  # stop waiting for a screen that never acknowledges
 
@@ -39,7 +42,7 @@ class LiveView(Protocol):
     #: Minimum seconds between two reads (expensive screens read less often).
     min_interval: float
 
-    def read(self, db: sqlite3.Connection, now: float) -> Any:
+    def read(self, db: Connection, now: float) -> Any:
         """Runs in the watcher thread: read what the screen shows."""
 
     def post_message(self, message: Message) -> bool: ...
@@ -68,7 +71,7 @@ class Snapshot(Message, bubble=False):
         return isinstance(message, Snapshot) and message.view is self.view
 
 
-def read_status(db: sqlite3.Connection, now: float, stale_after: float = 10.0) -> StoreStatus:
+def read_status(db: Connection, now: float, stale_after: float = 10.0) -> StoreStatus:
     from relay.store.settings import Keys, get_setting
 
     state = get_setting(db, Keys.STATUS)
@@ -141,13 +144,14 @@ class StoreWatcher:
         finally:
             db.close()
 
-    def _loop(self, db: sqlite3.Connection, cancelled: Callable[[], bool]) -> None:
-        last_version: int | None = None
+    def _loop(self, db: Connection, cancelled: Callable[[], bool]) -> None:
+        changes = backend_for(self.store_path).change_feed(db)
+        changed = False  # a commit seen that no read has covered yet
         last_view: LiveView | None = None
         last_read = 0.0
         while not cancelled():
             view = self._view
-            version = data_version(db)
+            changed = self._changed(changes) or changed
             now_mono = time.monotonic()
             woken = self._wake.is_set()
             due = (
@@ -155,31 +159,40 @@ class StoreWatcher:
                 and (
                     woken
                     or view is not last_view
-                    or version != last_version
+                    or changed
                     or now_mono - last_read >= self.tick_interval
                 )
                 and now_mono - last_read >= (0 if woken or view is not last_view else view.min_interval)
             )
             if view is not None and due:
                 self._wake.clear()
-                last_version, last_view, last_read = version, view, now_mono
+                # The change was seen before this read starts, so the read covers it.
+                changed, last_view, last_read = False, view, now_mono
                 self._read_and_post(db, view)
                 self._wait_applied(cancelled, view)
                 continue
             self._wake.wait(self.poll_interval)
 
-    def _read_and_post(self, db: sqlite3.Connection, view: LiveView) -> None:
+    @staticmethod
+    def _changed(changes: SyncChangeFeed) -> bool:
+        try:
+            return changes.changed()
+        except StoreError:
+            return True  # the read that follows meets the error and shows it
+
+    def _read_and_post(self, db: Connection, view: LiveView) -> None:
         started = time.perf_counter()
         now = self.clock()
         data: Any = None
         status: StoreStatus | None = None
         error: str | None = None
         try:
-            status = read_status(db, now, self.stale_after)
-            data = view.read(db, now)
-        except sqlite3.Error as exc:
+            with store_errors(self.store_path):
+                status = read_status(db, now, self.stale_after)
+                data = view.read(db, now)
+        except StoreError as exc:
             # The store may be busy or briefly unreadable: say so, try again next tick.
-            error = f"store: {exc}"
+            error = str(exc)
         except Exception as exc:  # one place reports read errors to the operator
             error = f"{type(exc).__name__}: {exc}"
         self.read_seconds += time.perf_counter() - started

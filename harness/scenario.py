@@ -54,7 +54,6 @@ import json
 import multiprocessing
 import re
 import shutil
-import sqlite3
 import ssl
 import tempfile
 import time
@@ -88,7 +87,15 @@ from relay.policy import PolicyError
 from relay.ports import PortSpecError, format_port_spec, parse_port_spec, sample_ports
 from relay.priority import validate_priority
 from relay.reasons import EventKind, Reason
-from relay.store import AsyncStore, StoreError, default_db_path, directory, open_store, transaction
+from relay.store import (
+    AsyncStore,
+    Connection,
+    StoreError,
+    default_db_path,
+    directory,
+    open_store,
+    transaction,
+)
 from relay.store import campaigns as campaigns_store
 from relay.store import events as events_store
 from relay.store import lease as lease_store
@@ -1360,7 +1367,7 @@ class Created:
         return "; ".join(parts)
 
 
-def _read_settings(db: sqlite3.Connection, keys: list[str]) -> dict[str, Any]:
+def _read_settings(db: Connection, keys: list[str]) -> dict[str, Any]:
     """Current values of ``keys`` (``_UNSET`` for keys without one), to restore later."""
     current = settings_store.get_settings(db, keys)
     return {key: current.get(key, _UNSET) for key in keys}
@@ -1374,11 +1381,11 @@ def _shown(key: str, value: Any) -> str:
     return clean(value, 200)
 
 
-def _setting_event(db: sqlite3.Connection, detail: str) -> None:
+def _setting_event(db: Connection, detail: str) -> None:
     events_store.record_event(db, NewEvent(EventKind.OPERATOR, Reason.SETTING_CHANGED, detail=detail))
 
 
-def _apply_settings(db: sqlite3.Connection, settings: dict[str, Any], prefix: str) -> None:
+def _apply_settings(db: Connection, settings: dict[str, Any], prefix: str) -> None:
     """A scenario's ``[setup] settings`` (only on a relay the run owns), each an event."""
     previous = _read_settings(db, list(settings))
     for key, value in settings.items():
@@ -1388,7 +1395,7 @@ def _apply_settings(db: sqlite3.Connection, settings: dict[str, Any], prefix: st
                            f"(was {_shown(key, previous[key])})")
 
 
-def _restore_settings(db: sqlite3.Connection, previous: dict[str, Any], prefix: str) -> None:
+def _restore_settings(db: Connection, previous: dict[str, Any], prefix: str) -> None:
     """Put back what the run changed, each change an event, so the Events screen
     does not end at "next hop set to 127.0.0.1:…" of a run long gone."""
     with transaction(db):
@@ -1404,12 +1411,12 @@ def _restore_settings(db: sqlite3.Connection, previous: dict[str, Any], prefix: 
             _setting_event(db, f"{name} restored to {_shown(key, value)} after harness run {prefix.rstrip('-')}")
 
 
-def _relay_facts(db: sqlite3.Connection) -> tuple[Any, str | None]:
+def _relay_facts(db: Connection) -> tuple[Any, str | None]:
     return lease_store.relay_status(db), settings_store.get_setting(db, settings_store.Keys.TLS_CERT_PEM)
 
 
 def _apply_setup(
-    db: sqlite3.Connection, sc: Scenario, credentials: dict[str, Credentials], prefix: str, created: Created
+    db: Connection, sc: Scenario, credentials: dict[str, Credentials], prefix: str, created: Created
 ) -> str:
     """Lists, members, users and identity states, through the store's API, each
     list and user named with the run's ``prefix``. The harness approves only
@@ -1459,7 +1466,7 @@ def _apply_setup(
     return f"{len(sc.lists)} list(s), {members} member(s), {len(sc.users)} user(s), {len(approve)} identities approved"
 
 
-def _remove_created(db: sqlite3.Connection, created: Created) -> str:
+def _remove_created(db: Connection, created: Created) -> str:
     """Remove what a run made: campaigns (cancelled first when still under way),
     users, lists, then its identities no one else lists. Mail stays."""
     campaigns = 0

@@ -14,7 +14,6 @@ import datetime as dt
 import email.utils
 import logging
 import re
-import sqlite3
 import time
 from collections.abc import Callable
 from email.message import EmailMessage
@@ -149,12 +148,12 @@ class CampaignRunner:
         while not self.stopping():
             try:
                 await self.step()
-            except (StoreError, sqlite3.Error) as exc:
+            except StoreError as exc:
                 log.warning("campaigns: %s", exc)
             wait = POLL
             try:
                 upcoming = await self.store.run(next_scheduled_at)
-            except (StoreError, sqlite3.Error):
+            except StoreError:
                 upcoming = None
             if upcoming is not None:
                 wait = min(wait, max(0.0, upcoming - time.time()))

@@ -9,8 +9,8 @@ connection (aiosmtplib; reused for consecutive messages); its outcome is recorde
 in the next round, in the same transaction as the next claims.
 
 Runtime controls (paused, rate, parallel, next hop, STARTTLS mode, AUTH) are store
-settings; the loop notices changes from any process through ``PRAGMA data_version``
-within a fraction of a second. Campaign expansion and retention run beside the loop
+settings; the loop notices changes from any process through the store's change feed
+(:mod:`relay.store.changes`) within a fraction of a second. Campaign expansion and retention run beside the loop
 on the same store connection.
 """
 
@@ -22,7 +22,6 @@ import ipaddress
 import logging
 import random
 import socket
-import sqlite3
 import ssl
 import time
 from collections.abc import Callable
@@ -36,7 +35,8 @@ from relay.bounce import FailedRecipient, bounce_message, wants_report
 from relay.config import server_name_warning
 from relay.reasons import EventKind, Reason
 from relay.scheduler import HopBackoff, StarvationShare, TokenBucket, decide_retry
-from relay.store.db import AsyncStore, StoreError
+from relay.store.backend import backend_for
+from relay.store.db import AsyncStore, Connection, StoreError
 from relay.store.events import NewEvent
 from relay.store.intake import NewMessage, RecipientDsn
 from relay.store.queue import (
@@ -58,7 +58,7 @@ from relay.transcode import downgrade_8bit, fold_long_lines, needs_smtputf8
 log = logging.getLogger("smtpplus.delivery")
 _OUTCOME_KIND = {"sent": EventKind.SENT, "deferred": EventKind.DEFERRED, "failed": EventKind.FAILED}
 
-IDLE_POLL = 0.05  # seconds between data_version checks while idle (a cheap PRAGMA)
+IDLE_POLL = 0.05  # seconds between two looks at the change feed while idle (SQLite: a cheap PRAGMA)
 FULL_ROUND_EVERY = 1.0  # a full round (deferred mail, scheduled mail) at least this often
 IDLE_CONNECTION_TTL = 10.0  # an unused next-hop connection is closed after this
 PRUNE_EVERY = 3600.0
@@ -610,6 +610,7 @@ class DeliveryEngine:
         self.hop_is_self = False
         self.status: tuple[str, str] = ("starting", "")
         self._store = AsyncStore(self.store_path)
+        self._changes = backend_for(self.store_path).async_change_feed(self._store)
         self._rng = random.Random()
         self._bucket = TokenBucket(0.0, time.monotonic())
         self._hop_backoff = HopBackoff(min(self.retry_base, 5.0), min(self.retry_max, 60.0))
@@ -688,7 +689,7 @@ class DeliveryEngine:
             final = await self._store.run(_final_round, request)
             self._tell(request, final)
             await self._store.run(publish_status, "stopped", "")
-        except (StoreError, sqlite3.Error) as exc:
+        except StoreError as exc:
             log.warning("delivery: could not record the last outcomes: %s", exc)
         idle, self._idle = self._idle, []
         await asyncio.gather(*(conn.close() for conn in idle), *self._closing, return_exceptions=True)
@@ -705,7 +706,6 @@ class DeliveryEngine:
     # -- the scheduler loop -----------------------------------------------------
 
     async def _run(self) -> None:
-        seen: int | None = None
         force = True
         backlog = True
         next_due: float | None = None
@@ -735,15 +735,19 @@ class DeliveryEngine:
                 reclaim_expired=reclaim,
                 promote_due=promote or full,
                 oldest_lower=self._starvation.due(budget) if budget else False,
-                seen_version=seen,
                 force=full,
                 # No ``now``: the store reads the clock under the write lock, where
                 # it decides what is ready (a time read here could be stale by then).
             )
             events = request.events = self._take_events()
+            if request.idle and not await self._changed():
+                # Nothing to write and nobody committed: no round (one cheap look).
+                self.counters.rounds += 1
+                await self._sleep(self._idle_wait(next_due, budget))
+                continue
             try:
                 result = await self._store.run(dispatch_round, request)
-            except (StoreError, sqlite3.Error) as exc:
+            except StoreError as exc:
                 log.warning("delivery: store round failed, retrying: %s", exc)
                 self._outcomes[:0] = request.outcomes
                 self._events[:0] = events
@@ -751,10 +755,6 @@ class DeliveryEngine:
                 continue
             self.counters.rounds += 1
             self._tell(request, result)
-            seen = result.version
-            if result.skipped:
-                await self._sleep(self._idle_wait(next_due, budget))
-                continue
             last_full = now if full else last_full
             force = False
             self.counters.reclaimed += result.reclaimed
@@ -772,6 +772,14 @@ class DeliveryEngine:
                 await asyncio.sleep(0)
                 continue
             await self._sleep(self._idle_wait(next_due, budget))
+
+    async def _changed(self) -> bool:
+        """Whether another process committed since the last look; on a store error,
+        yes (the round that follows meets the error and retries as rounds do)."""
+        try:
+            return await self._changes.changed()
+        except StoreError:
+            return True
 
     def _held_back(self) -> bool:
         """Delivery waits for a control to change (a commit will say so)."""
@@ -858,7 +866,7 @@ class DeliveryEngine:
             events = self._take_events()
             try:
                 await self._store.run(publish_status, status[0], status[1], events=events)
-            except (StoreError, sqlite3.Error) as exc:
+            except StoreError as exc:
                 self._events[:0] = events
                 log.warning("delivery: cannot publish status: %s", exc)
             else:
@@ -1124,7 +1132,7 @@ class DeliveryEngine:
                 pruned = await self._store.run(prune, before=time.time() - self.retention)
                 if pruned.messages or pruned.events:
                     log.info("retention: pruned %d message(s) and %d event(s)", pruned.messages, pruned.events)
-            except (StoreError, sqlite3.Error) as exc:
+            except StoreError as exc:
                 log.warning("retention: prune failed: %s", exc)
             await self._sleep_stopping(PRUNE_EVERY)
 
@@ -1133,7 +1141,7 @@ class DeliveryEngine:
             await asyncio.wait_for(self._stop_event.wait(), seconds)
 
 
-def _final_round(db: sqlite3.Connection, request: RoundRequest) -> RoundResult:
+def _final_round(db: Connection, request: RoundRequest) -> RoundResult:
     """Record the last outcomes, then give back whatever this engine still holds."""
     from relay.store.queue import release_claims
 

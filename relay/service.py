@@ -60,7 +60,6 @@ import contextlib
 import logging
 import os
 import socket
-import sqlite3
 import time
 import uuid
 from collections.abc import Callable
@@ -74,7 +73,7 @@ from relay.display import LOGGERS, install_log_escaping
 from relay.listen import Listeners, bind_all, listen_plan
 from relay.reasons import EventKind, Reason
 from relay.smtp import ConnectionTracker, RelayContext, make_factory
-from relay.store import lease
+from relay.store import Connection, lease
 from relay.store.db import (
     AsyncStore,
     StoreCorrupt,
@@ -94,7 +93,7 @@ log = logging.getLogger("smtpplus.relay")
 
 
 def publish_start(
-    db: sqlite3.Connection,
+    db: Connection,
     facts: dict[str, Any],
     seeds: dict[str, Any],
 ) -> None:
@@ -107,7 +106,7 @@ def publish_start(
 
 
 def publish_listening(
-    db: sqlite3.Connection, owner: str, served: list[int], not_served: dict[int, str], events: list[NewEvent],
+    db: Connection, owner: str, served: list[int], not_served: dict[int, str], events: list[NewEvent],
     implicit_tls: list[int] | None = None,
 ) -> None:
     """The ports served, the start event and "ready" (`status --wait`), in one transaction:
@@ -453,7 +452,7 @@ class _CorruptionNoise(logging.Filter):
 _CORRUPTION_NOISE = _CorruptionNoise()
 
 
-def _record_stop_and_release(db: sqlite3.Connection, owner: str) -> NewEvent:
+def _record_stop_and_release(db: Connection, owner: str) -> NewEvent:
     event = NewEvent(kind=EventKind.RELAY, reason=Reason.RELAY_STOPPED, detail=f"pid {os.getpid()} stopped")
     with transaction(db):
         record_event(db, event)

@@ -22,12 +22,12 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-import sqlite3
 import time
 from collections.abc import Callable, Sequence
 
 from relay.reasons import EventKind, Reason
-from relay.store.db import AsyncStore, transaction
+from relay.store.db import AsyncStore, Connection, transaction
+from relay.store.errors import StoreFull
 from relay.store.events import NewEvent, record_events
 from relay.store.intake import NewMessage, Queued, insert_messages
 
@@ -53,16 +53,14 @@ class WriteFailed(Exception):
 
 def classify(exc: BaseException) -> WriteFailed:
     """The client-visible reply for a store failure (never its text)."""
-    if isinstance(exc, sqlite3.Error) and getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+    if isinstance(exc, StoreFull):
         return WriteFailed(REPLY_NO_SPACE, Reason.STORE_FULL)
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        return WriteFailed(REPLY_NO_SPACE, Reason.STORE_FULL)
-    if isinstance(exc, sqlite3.Error) and "full" in str(exc).lower():
         return WriteFailed(REPLY_NO_SPACE, Reason.STORE_FULL)
     return WriteFailed(REPLY_TEMPORARY, Reason.STORE_UNAVAILABLE)
 
 
-def commit_batch(db: sqlite3.Connection, messages: Sequence[NewMessage], events: Sequence[NewEvent]) -> list[Queued]:
+def commit_batch(db: Connection, messages: Sequence[NewMessage], events: Sequence[NewEvent]) -> list[Queued]:
     """One transaction: the messages (bodies, recipients, queued events) and the events."""
     with transaction(db):
         queued = insert_messages(db, messages) if messages else []

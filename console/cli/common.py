@@ -7,14 +7,16 @@ import dataclasses
 import importlib
 import json
 import os
-import sqlite3
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
+
+if TYPE_CHECKING:
+    from relay.store import Connection
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -105,9 +107,12 @@ class LazyGroup(click.Group):
             ctx.exit(130)
         except _expected_errors() as exc:
             raise CliError(str(exc)) from None
-        except sqlite3.Error as exc:
-            raise CliError(f"store error: {exc} — check --db and that the file is writable") from None
         except Exception as exc:
+            from relay.store.db import store_error_for
+
+            store_error = store_error_for(exc)  # a store call made outside open_db's edge
+            if store_error is not None:
+                raise CliError(str(store_error)) from None
             if os.environ.get("SMTPPLUS_DEBUG"):
                 raise
             raise CliError(
@@ -155,14 +160,16 @@ def resolve_db_path(db_path: Path | None) -> Path:
 
 
 @contextmanager
-def open_db(db_path: Path | None, *, create: bool = True) -> Iterator[sqlite3.Connection]:
+def open_db(db_path: Path | None, *, create: bool = True) -> Iterator[Connection]:
     """The store for one command. Commands that only read pass ``create=False``: a
     mistyped --db is then ``no store at PATH`` (exit 1), never a new empty store."""
-    from relay.store.db import open_store
+    from relay.store.db import open_store, store_errors
 
-    db = open_store(resolve_db_path(db_path), create=create)
+    path = resolve_db_path(db_path)
+    db = open_store(path, create=create)
     try:
-        yield db
+        with store_errors(path):
+            yield db
     finally:
         db.close()
 

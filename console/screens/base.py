@@ -3,7 +3,6 @@ hand-off with the store watcher."""
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from typing import TYPE_CHECKING, Any, cast
 
@@ -14,6 +13,7 @@ from textual.screen import Screen
 from console.live import Snapshot
 from console.widgets.footer import FitFooter
 from console.widgets.status_bar import StatusBar
+from relay.store import Connection
 
 if TYPE_CHECKING:
     from console.app import ConsoleApp
@@ -55,7 +55,7 @@ class LiveScreen(Screen[None]):
     def on_screen_resume(self) -> None:
         self.console.watcher.show(self)
 
-    def read(self, db: sqlite3.Connection, now: float) -> Any:
+    def read(self, db: Connection, now: float) -> Any:
         """Runs in the watcher thread. Read only what this screen shows."""
         return None
 

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -20,6 +19,7 @@ from console.screens.base import LiveScreen
 from console.widgets.fields import Field
 from console.widgets.keyed_table import KeyedTable
 from relay.reasons import PROBLEMS, EventKind, Reason
+from relay.store import Connection
 from relay.store.events import find_events
 
 PAGE = 100
@@ -109,7 +109,7 @@ class EventsScreen(LiveScreen):
     def on_mount(self) -> None:
         self.query_one(KeyedTable).focus()
 
-    def read(self, db: sqlite3.Connection, now: float) -> tuple[EventsRequest, list[Any]]:
+    def read(self, db: Connection, now: float) -> tuple[EventsRequest, list[Any]]:
         request = self.request
         since = fmt.parse_since(request.since_text, now) if request.since_text else None
         events = find_events(

@@ -4,7 +4,6 @@ delete, member import from CSV."""
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from console.screens.base import LiveScreen
 from console.widgets.dialogs import ConfirmDialog, PromptDialog, send_to_clipboard
 from console.widgets.forms import ListForm
 from console.widgets.keyed_table import KeyedTable
-from relay.store import views
+from relay.store import Connection, views
 
 COLUMNS = [
     ("name", "List", 16), ("users", "Users", 5), ("members", "Members", 7), ("queued", "Queued", 7),
@@ -36,13 +35,13 @@ class ListsData:
     settings: Any  # relay.client_settings.ClientSettings
 
 
-def read_client_settings(db: sqlite3.Connection) -> Any:
+def read_client_settings(db: Connection) -> Any:
     from relay.admin.settings import gather_client_settings
 
     return gather_client_settings(db)
 
 
-def import_members_file(db: sqlite3.Connection, list_name: str, path: str) -> str:
+def import_members_file(db: Connection, list_name: str, path: str) -> str:
     """Read, check and import a member file; the one-line outcome."""
     from relay.admin.members import import_members_file as import_file
 
@@ -107,7 +106,7 @@ class ListsScreen(LiveScreen):
     def on_mount(self) -> None:
         self.query_one(KeyedTable).focus()
 
-    def read(self, db: sqlite3.Connection, now: float) -> ListsData:
+    def read(self, db: Connection, now: float) -> ListsData:
         return ListsData(views.list_rows(db, since=fmt.local_midnight(now)), read_client_settings(db))
 
     def apply(self, data: ListsData, now: float) -> None:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 from rich.console import Group
@@ -18,7 +17,7 @@ from console import format as fmt
 from console.screens.base import LiveScreen
 from console.widgets.dialogs import ConfirmDialog
 from relay.priority import shows_as_urgent
-from relay.store import views
+from relay.store import Connection, views
 from relay.store.queue import MessageRow
 
 
@@ -113,7 +112,7 @@ class MessageScreen(LiveScreen):
     def on_mount(self) -> None:
         self.query_one("#detail", VerticalScroll).focus()
 
-    def read(self, db: sqlite3.Connection, now: float) -> views.MessageDetail | None:
+    def read(self, db: Connection, now: float) -> views.MessageDetail | None:
         return views.message_detail(db, self.message_id)
 
     def apply(self, data: views.MessageDetail | None, now: float) -> None:

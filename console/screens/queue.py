@@ -7,7 +7,6 @@ being looked at; campaign progress is re-counted at most every two seconds.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +21,7 @@ from console.screens.base import LiveScreen
 from console.widgets.dialogs import ConfirmDialog, PromptDialog
 from console.widgets.keyed_table import KeyedTable
 from console.widgets.lanes import PriorityLanes
-from relay.store import views
+from relay.store import Connection, views
 from relay.store.queue import DeliverySettings, MessageRow, list_messages
 
 PAGE = 50
@@ -128,7 +127,7 @@ class QueueScreen(LiveScreen):
 
     # -- reading (watcher thread) -----------------------------------------------
 
-    def read(self, db: sqlite3.Connection, now: float) -> QueueData:
+    def read(self, db: Connection, now: float) -> QueueData:
         request = self.request
         from relay.store.queue import delivery_settings
 
@@ -141,7 +140,7 @@ class QueueScreen(LiveScreen):
         data.campaigns = self._campaigns(db, force=state is None)
         return data
 
-    def _campaigns(self, db: sqlite3.Connection, *, force: bool) -> list[views.CampaignRow]:
+    def _campaigns(self, db: Connection, *, force: bool) -> list[views.CampaignRow]:
         # Progress counts walk a campaign's messages: do it at most every 2 s.
         stamp = time.monotonic()
         cached = self._campaign_cache

@@ -4,7 +4,6 @@ confirm it; check a domain's DNS TXT record."""
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +18,7 @@ from console import format as fmt
 from console.screens.base import LiveScreen
 from console.widgets.dialogs import PromptDialog
 from console.widgets.keyed_table import KeyedTable
+from relay.store import Connection
 
 COLUMNS = [
     ("identity", "Identity", 28), ("kind", "Kind", 7), ("state", "State", 9), ("how", "How", 8),
@@ -34,7 +34,7 @@ class SendersData:
     senders: list[Any]  # relay.store.verification.SenderView
 
 
-def check_domain_dns(db: sqlite3.Connection, domain: str) -> tuple[str, bool]:
+def check_domain_dns(db: Connection, domain: str) -> tuple[str, bool]:
     """Look the domain's TXT record up and record the outcome; (message, verified)."""
     from relay.admin.verification import check_dns
 
@@ -42,7 +42,7 @@ def check_domain_dns(db: sqlite3.Connection, domain: str) -> tuple[str, bool]:
     return checked.result.message, checked.after.verified
 
 
-def send_code(db: sqlite3.Connection, address: str) -> str:
+def send_code(db: Connection, address: str) -> str:
     """Queue a code mail to ``address``; the code itself never reaches the console."""
     from relay.admin.verification import send_code as queue_code
 
@@ -76,7 +76,7 @@ class SendersScreen(LiveScreen):
     def on_mount(self) -> None:
         self.query_one(KeyedTable).focus()
 
-    def read(self, db: sqlite3.Connection, now: float) -> SendersData:
+    def read(self, db: Connection, now: float) -> SendersData:
         from relay.store.verification import sender_views
 
         wanted = self.filter

@@ -4,7 +4,6 @@ nudges ("remember to activate", what priority 1 means)."""
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +20,7 @@ from console.widgets.forms import PRIORITY_ONE_NOTE, UserForm, identity_states
 from console.widgets.keyed_table import KeyedTable
 from relay.admin.users import NudgeWords
 from relay.admin.users import nudges as user_nudges
+from relay.store import Connection
 from relay.store.directory import UserInfo
 
 COLUMNS = [
@@ -43,7 +43,7 @@ class OneTimeSecret:
         return value or ""
 
 
-def add_user(db: sqlite3.Connection, values: dict[str, Any]) -> OneTimeSecret:
+def add_user(db: Connection, values: dict[str, Any]) -> OneTimeSecret:
     from relay.admin import users as user_admin
 
     made = user_admin.create_user(
@@ -58,7 +58,7 @@ def add_user(db: sqlite3.Connection, values: dict[str, Any]) -> OneTimeSecret:
     return OneTimeSecret(made.username, made.password)
 
 
-def reset_password(db: sqlite3.Connection, username: str) -> OneTimeSecret:
+def reset_password(db: Connection, username: str) -> OneTimeSecret:
     from relay.admin import users as user_admin
 
     made = user_admin.reset_password(db, username)
@@ -126,7 +126,7 @@ class UsersScreen(LiveScreen):
     def on_mount(self) -> None:
         self.query_one(KeyedTable).focus()
 
-    def read(self, db: sqlite3.Connection, now: float) -> UsersData:
+    def read(self, db: Connection, now: float) -> UsersData:
         from relay.store import directory
         from relay.store.errors import NotFound
 

@@ -1,28 +1,54 @@
-"""The shared SQLite store. All SQL of the project lives in this package.
+"""The shared store. All SQL of the project lives in this package.
 
-Functions here take a ``sqlite3.Connection`` opened by :func:`open_store` and are
+Functions here take a :data:`Connection` opened by :func:`open_store` and are
 synchronous; async code runs them on the store's own thread via
-:class:`relay.store.db.AsyncStore`.
+:class:`relay.store.db.AsyncStore`. Callers name the connection type as
+``relay.store.Connection`` and catch the store's own errors
+(:mod:`relay.store.errors`), never a driver's: today's backend is SQLite
+(:mod:`relay.store.db` is its edge), and nothing outside this package imports
+``sqlite3``.
 """
 
 from relay.store.db import (
     AsyncStore,
     Connection,
-    StoreError,
-    StoreTooNew,
     backup,
     default_db_path,
     open_store,
+    store_errors,
     transaction,
+)
+from relay.store.errors import (
+    AlreadyExists,
+    Conflict,
+    IntegrityError,
+    InvalidInput,
+    NotFound,
+    StoreBusy,
+    StoreCorrupt,
+    StoreError,
+    StoreFull,
+    StoreTooNew,
+    StoreUnavailable,
 )
 
 __all__ = [
+    "AlreadyExists",
     "AsyncStore",
+    "Conflict",
     "Connection",
+    "IntegrityError",
+    "InvalidInput",
+    "NotFound",
+    "StoreBusy",
+    "StoreCorrupt",
     "StoreError",
+    "StoreFull",
     "StoreTooNew",
+    "StoreUnavailable",
     "backup",
     "default_db_path",
     "open_store",
+    "store_errors",
     "transaction",
 ]

@@ -1,45 +1,73 @@
-"""Opening the store: pragmas, migrations, transactions, backup, and the async bridge."""
+"""The SQLite backend's connection edge: opening the store (pragmas, migrations),
+transactions, backup, the async bridge, and the translation of ``sqlite3`` errors into
+the store's own (:mod:`relay.store.errors`).
+
+Every ``sqlite3`` exception that leaves the store goes through :func:`translate`
+(in :class:`AsyncStore`'s ``run``, :func:`open_store`, :func:`transaction` and
+:func:`store_errors`), so callers catch :class:`StoreError` and its kinds only.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import queue
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-import aiosqlite
-
+from relay.store.errors import (
+    Conflict,
+    StoreBusy,
+    StoreCorrupt,
+    StoreError,
+    StoreFull,
+    StoreTooNew,
+    StoreUnavailable,
+)
 from relay.store.schema import migrate
 
 T = TypeVar("T")
 
-BUSY_TIMEOUT_MS = 10_000
-
-# The type callers outside the store (relay.admin, screens) name a connection by, so
-# none of them imports sqlite3.
+#: The connection type of the SQLite backend. Code outside the store names it as
+#: :data:`relay.store.Connection`, never through ``sqlite3``.
 Connection = sqlite3.Connection
 
+BUSY_TIMEOUT_MS = 10_000
 
-class StoreError(Exception):
-    """A store problem worth one line to the operator (never a traceback)."""
-
-
-class StoreTooNew(StoreError):
-    """The file was written by a newer smtpplus than this one."""
-
-
-class StoreCorrupt(StoreError):
-    """SQLite says the file is damaged (SQLITE_CORRUPT / SQLITE_NOTADB)."""
-
+# Re-exported: they were defined here before relay.store.errors held them.
+__all__ = [
+    "BUSY_TIMEOUT_MS",
+    "AsyncStore",
+    "Connection",
+    "StoreCorrupt",
+    "StoreError",
+    "StoreTooNew",
+    "backup",
+    "data_version",
+    "default_db_path",
+    "open_store",
+    "store_error_for",
+    "store_errors",
+    "transaction",
+    "translate",
+]
 
 _CORRUPT_CODES = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB
 _CORRUPT_WORDS = ("malformed", "not a database", "corrupt")
 
 
+_FULL_CODE = 13  # SQLITE_FULL
+_BUSY_CODES = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED
+
+
 def is_corrupt(exc: BaseException) -> bool:
-    """Whether ``exc`` is SQLite saying the store file is damaged."""
+    """Whether ``exc`` is SQLite saying the store file is damaged (raw, or translated)."""
+    if isinstance(exc, StoreCorrupt):
+        return True
     if not isinstance(exc, sqlite3.DatabaseError):
         return False
     code = getattr(exc, "sqlite_errorcode", None)
@@ -59,6 +87,62 @@ def corrupt_message(path: str | os.PathLike[str], exc: BaseException) -> str:
         f"store {path} is corrupt ({exc}) — stop using it: check it with `smtpplus store check`, "
         "then restore the latest backup (`smtpplus store backup` makes them)"
     )
+
+
+def is_full(exc: BaseException) -> bool:
+    """Whether ``exc`` is SQLite saying there is no room (SQLITE_FULL, or its words)."""
+    if not isinstance(exc, sqlite3.Error):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF == _FULL_CODE:
+        return True
+    return "full" in str(exc).lower()
+
+
+def translate(exc: sqlite3.Error, path: str | os.PathLike[str] | None = None) -> StoreError:
+    """The store's own error for a ``sqlite3`` one: one line naming the fix.
+
+    The kind decides what callers do (a relay answers ``452 4.3.1`` to
+    :class:`StoreFull`, ``451 4.3.0`` to the other :class:`StoreUnavailable`); the
+    text keeps SQLite's words so the operator sees what happened.
+    """
+    where = f"store {path}" if path is not None else "store"
+    if is_corrupt(exc):
+        if path is not None:
+            return StoreCorrupt(corrupt_message(path, exc))
+        return StoreCorrupt(
+            f"{where} is corrupt ({exc}) — stop using it: check it with `smtpplus store check`, "
+            "then restore the latest backup"
+        )
+    if is_full(exc):
+        return StoreFull(f"{where} is full ({exc}) — free disk space where the store lives")
+    code = getattr(exc, "sqlite_errorcode", None)
+    if (code is not None and code & 0xFF in _BUSY_CODES) or "locked" in str(exc).lower():
+        return StoreBusy(f"{where} is busy ({exc}) — another process held it too long; try again")
+    if isinstance(exc, sqlite3.IntegrityError):
+        return Conflict(f"{where} refused the change: {exc}")
+    return StoreUnavailable(f"store error: {exc} — check --db and that the file is writable")
+
+
+def store_error_for(exc: BaseException) -> StoreError | None:
+    """``exc`` as the store's own error (itself, or its translation), or None when it
+    is no store error: for a top-level handler (the CLI's, the console's) that must
+    give one line for a store call made outside the edges above."""
+    if isinstance(exc, StoreError):
+        return exc
+    if isinstance(exc, sqlite3.Error):
+        return translate(exc)
+    return None
+
+
+@contextlib.contextmanager
+def store_errors(path: str | os.PathLike[str] | None = None) -> Iterator[None]:
+    """Translate any ``sqlite3`` error raised inside into the store's own (the edge
+    for synchronous callers that read outside :func:`transaction`)."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise translate(exc, path) from exc
 
 
 # Called (from a store thread) with (store path, error) whenever an AsyncStore meets a
@@ -159,22 +243,27 @@ def _same_path(a: Path, b: Path) -> bool:
 @contextlib.contextmanager
 def transaction(db: sqlite3.Connection, *, immediate: bool = True) -> Iterator[sqlite3.Connection]:
     """One write transaction; ``BEGIN IMMEDIATE`` so writers queue on busy_timeout
-    instead of failing half-way with SQLITE_BUSY on lock upgrade."""
+    instead of failing half-way with SQLITE_BUSY on lock upgrade.
+
+    The outermost transaction is an edge: a ``sqlite3`` error leaving it is
+    translated (:func:`translate`). A nested one joins the outer and lets errors
+    through as they are, so store code inside may still catch ``sqlite3`` ones."""
     if db.in_transaction:
         # Nested use joins the outer transaction.
         yield db
         return
-    db.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
-    try:
-        yield db
-    except BaseException:
-        # SQLite rolls back by itself on some errors (SQLITE_FULL, IOERR): a second
-        # ROLLBACK would fail and hide the error that matters.
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        raise
-    else:
-        db.execute("COMMIT")
+    with store_errors():
+        db.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        try:
+            yield db
+        except BaseException:
+            # SQLite rolls back by itself on some errors (SQLITE_FULL, IOERR): a second
+            # ROLLBACK would fail and hide the error that matters.
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        else:
+            db.execute("COMMIT")
 
 
 def backup(db: sqlite3.Connection, target: str | os.PathLike[str]) -> None:
@@ -196,44 +285,94 @@ def data_version(db: sqlite3.Connection) -> int:
 
 
 class AsyncStore:
-    """Runs synchronous store functions on one dedicated connection thread (aiosqlite's).
+    """Runs synchronous store functions on one dedicated connection thread.
 
     ``await store.run(fn, *args)`` calls ``fn(db, *args)`` on that thread, so a whole
     unit of work (say, a group commit of many messages) costs one thread hand-off.
+    The thread and its plain ``sqlite3`` connection are this class's own (no private
+    API of any library); ``sqlite3`` errors come out translated (:func:`translate`).
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self._conn: aiosqlite.Connection | None = None
+        self._jobs: queue.SimpleQueue[_Job | None] | None = None
+        self._thread: threading.Thread | None = None
+        self._db: sqlite3.Connection | None = None
 
     async def open(self) -> AsyncStore:
-        # Opening (and migrating) happens on aiosqlite's worker thread, off the loop.
+        # Opening (and migrating) happens on the store's thread, off the loop.
+        jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        thread = threading.Thread(target=_serve, args=(jobs,), name=f"smtpplus-store-{self.path.name}", daemon=True)
+        thread.start()
+        self._jobs, self._thread = jobs, thread
         path = self.path
-        self._conn = aiosqlite.Connection(lambda: open_store(path), iter_chunk_size=64)
-        await self._conn
+        try:
+            self._db = await self._submit(open_store, path)
+        except BaseException:
+            self._stop_thread()
+            raise
         return self
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        if self._conn is None:
+        db = self._db
+        if db is None:
             raise StoreError("store is not open")
-        conn = self._conn
-        # aiosqlite's _execute runs a callable on its connection thread; it is the one
-        # private call we rely on, wrapped here only.
         try:
-            result: T = await conn._execute(fn, conn._conn, *args, **kwargs)
-        except sqlite3.DatabaseError as exc:
+            return await self._submit(fn, db, *args, **kwargs)
+        except sqlite3.Error as exc:
             if is_corrupt(exc):
                 _tell_corruption(self.path, exc)
-            raise
-        return result
+            raise translate(exc, self.path) from exc
+
+    def _submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> asyncio.Future[T]:
+        if self._jobs is None:
+            raise StoreError("store is not open")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._jobs.put((future, fn, args, kwargs))
+        return future
 
     async def close(self) -> None:
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
-            await conn.close()
+        db, self._db = self._db, None
+        if db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                await self._submit(db.close)
+        self._stop_thread()
+
+    def _stop_thread(self) -> None:
+        if self._jobs is not None:
+            self._jobs.put(None)  # the thread ends after the jobs before this one
+        self._jobs = self._thread = None
 
     async def __aenter__(self) -> AsyncStore:
         return await self.open()
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+_Job = tuple["asyncio.Future[Any]", Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+
+
+def _serve(jobs: queue.SimpleQueue[_Job | None]) -> None:
+    """The store thread: run each job, hand its outcome back to the job's loop."""
+    while (job := jobs.get()) is not None:
+        future, fn, args, kwargs = job
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:  # handed back to the caller, whatever it is
+            _settle(future, None, exc)
+        else:
+            _settle(future, result, None)
+
+
+def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    def apply() -> None:
+        if future.done():  # the caller was cancelled meanwhile
+            return
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+
+    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+        future.get_loop().call_soon_threadsafe(apply)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from relay import display, policy
 from relay.priority import PriorityError, validate_priority
 from relay.store.db import transaction
-from relay.store.errors import AlreadyExists, InvalidInput, NotFound
+from relay.store.errors import AlreadyExists, Conflict, InvalidInput, NotFound
 
 # ---------------------------------------------------------------------------
 # Records
@@ -134,7 +134,7 @@ def create_list(db: sqlite3.Connection, name: str, description: str = "") -> Lis
                 "INSERT INTO lists(name, description, created_at) VALUES (?, ?, ?)",
                 (name, description, time.time()),
             )
-    except sqlite3.IntegrityError:
+    except (sqlite3.IntegrityError, Conflict):  # Conflict: translated by an outermost transaction
         raise AlreadyExists(f"list {name!r} already exists — pick another name") from None
     return get_list(db, name)
 
@@ -162,7 +162,7 @@ def edit_list(db: sqlite3.Connection, name: str, *, description: str | None = No
                 db.execute("UPDATE lists SET description = ? WHERE id = ?", (description, current.id))
             if new_name is not None and new_name.strip() and new_name.strip() != current.name:
                 db.execute("UPDATE lists SET name = ? WHERE id = ?", (new_name.strip(), current.id))
-    except sqlite3.IntegrityError:
+    except (sqlite3.IntegrityError, Conflict):  # Conflict: translated by an outermost transaction
         raise AlreadyExists(f"list {new_name!r} already exists — pick another name") from None
     return get_list(db, new_name.strip() if new_name and new_name.strip() else current.name)
 

@@ -317,6 +317,12 @@ class RoundRequest:
     # decided. A fixed time is for tests that need one.
     now: float | None = None
 
+    @property
+    def idle(self) -> bool:
+        """Nothing to write and nothing forced: only a change by another process
+        (the change feed, or ``seen_version``) makes such a round worth running."""
+        return not (self.outcomes or self.events or self.renew or self.reclaim_expired or self.promote_due or self.force)
+
 
 @dataclass(slots=True)
 class RoundResult:
@@ -339,8 +345,7 @@ def dispatch_round(db: sqlite3.Connection, req: RoundRequest) -> RoundResult:
     ``req.seen_version`` and the engine has nothing to write (``force`` overrides).
     """
     version = data_version(db)
-    idle = not (req.outcomes or req.events or req.renew or req.reclaim_expired or req.promote_due or req.force)
-    if idle and req.seen_version is not None and version == req.seen_version:
+    if req.idle and req.seen_version is not None and version == req.seen_version:
         return RoundResult(version=version, skipped=True)
     result = RoundResult(version=version, skipped=False)
     with transaction(db):

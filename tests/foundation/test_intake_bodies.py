@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from relay.store.errors import Conflict
 from relay.store.intake import BODY_CHUNK, NewMessage, insert_messages
 
 
@@ -50,7 +51,7 @@ def test_an_mmap_body_is_stored_and_its_map_can_close(db: sqlite3.Connection, tm
 def test_a_failed_transaction_leaves_no_half_written_body(db: sqlite3.Connection) -> None:
     good = NewMessage(mail_from="a@b.example", recipients=["r@d.example"], data=_body(2 * BODY_CHUNK))
     bad = NewMessage(mail_from="a@b.example", recipients=["r@d.example"], data=b"x", queue_id=good.queue_id)
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(Conflict):  # the store's own error, translated at its edge
         insert_messages(db, [good, bad])  # the same queue id twice: the whole batch rolls back
     assert db.execute("SELECT count(*) FROM message_bodies").fetchone()[0] == 0
     assert db.execute("SELECT count(*) FROM messages").fetchone()[0] == 0
