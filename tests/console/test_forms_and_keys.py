@@ -210,6 +210,13 @@ def test_status_text_keeps_the_port_count_at_80_columns(seeded_store: Path) -> N
     assert len(narrow.plain) <= 78 and narrow.plain.endswith("3,977 ports, 1 not served"), narrow.plain
 
 
+def footer_shown(app: Any) -> bool:
+    """The footer has composed its keys, the palette key among them (it recomposes after
+    a screen switch, later on a loaded machine)."""
+    keys = list(app.screen.query(FooterKey))
+    return any(k.has_class("-command-palette") for k in keys) and len(keys) > 1
+
+
 def footer_fits(screen: Any) -> list[str]:
     """The footer's keys, checked to lie left of the palette key (none runs under it)."""
     keys = list(screen.query(FooterKey))
@@ -229,11 +236,13 @@ async def test_footer_and_status_bar_fit_80_columns(seeded_store: Path, make_app
     async with app.run_test(size=(80, 24)) as pilot:
         await open_screen(pilot, "", "QueueScreen")
         await wait_for(pilot, lambda: "3,977 ports" in screen_text(app))
+        await wait_for(pilot, lambda: footer_shown(app))
         shown = footer_fits(app.screen)
         assert "F1/? Help" in shown
         every_key = {b.description for _, bindings in sections(app) for b in bindings}
         for key, name in (("2", "ListsScreen"), ("3", "UsersScreen"), ("4", "SendersScreen"), ("5", "EventsScreen")):
             await open_screen(pilot, key, name)
+            await wait_for(pilot, lambda: footer_shown(app))
             footer_fits(app.screen)
             left_out = app.screen.query_one("FitFooter").left_out
             assert set(left_out) <= every_key  # what the footer leaves out, F1 lists

@@ -27,7 +27,7 @@ from relay.store import campaigns, directory, open_store
 from relay.store.lease import relay_status
 from relay.store.views import queue_page
 from tests.console.conftest import press, screen_text, wait_for
-from tests.console.test_forms_and_keys import footer_fits
+from tests.console.test_forms_and_keys import footer_fits, footer_shown
 
 
 def relay_config(tmp_path: Path) -> RelayConfig:
@@ -146,6 +146,7 @@ async def test_demo_verification_completes_inside_the_demo(store_path: Path, tmp
             await pilot.press("4")
             await wait_for(pilot, lambda: type(app.screen).__name__ == "SendersScreen" and app.screen.data is not None
                            and any(v.identity.value == PENDING_SENDER for v in app.screen.data.senders))
+            await wait_for(pilot, lambda: footer_shown(app))
             shown = footer_fits(app.screen)  # at 80 columns, nothing runs under ^p Commands
             assert {"s Send code", "c Confirm code", "F1/? Help", "b Burst"} <= set(shown)
             app.screen.query_one("#senders-table").select_key(PENDING_SENDER)
