@@ -63,10 +63,7 @@ Failed AUTH is throttled per client address (``relay.auth.throttle_delay``).
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import collections
-import hashlib
 import logging
 import mmap
 import re
@@ -74,27 +71,34 @@ import ssl
 from dataclasses import dataclass, field
 from typing import Any, AnyStr, cast
 
-from aiosmtpd.smtp import SMTP, TLSSetupException
+from aiosmtpd.smtp import TLSSetupException
 
-from relay import policy, priority
-from relay.auth import EventBudget, FailureLimiter, PasswordChecker, throttle_delay
+from relay import priority
+from relay.auth import EventBudget, FailureLimiter, PasswordChecker
 from relay.config import RelayConfig
 from relay.display import clean
 from relay.message import (
-    address_like,
     check_address,
     decoded_subject,
-    header_addresses,
     header_section_at,
     longest_line,
-    lookalike_addresses,
     normalize_line_endings,
     received_header,
     shown,
-    split_headers,
     store_text,
 )
 from relay.reasons import EventKind, Reason
+from relay.replies import Replies, multiline, reply
+from relay.rules import (
+    Refusal,
+    authorization,
+    check_headers,
+    mail_parameters_refusal,
+    recipient_refusal,
+    sender_refusal,
+    split_path,
+)
+from relay.sasl import SaslCommands
 from relay.spool import InFlight, Spool, return_big_blocks_to_the_system
 from relay.store.directory import AuthRecord
 from relay.store.events import NewEvent
@@ -102,25 +106,11 @@ from relay.store.intake import NewMessage, new_queue_id
 from relay.watchdog import LoopWatchdog
 from relay.writer import REPLY_NO_SPACE, StoreWriter, WriteFailed, classify
 
+# Re-exported: older callers import these from here.
+__all__ = ["ConnectionTracker", "RelayContext", "RelaySMTP", "authorization", "check_headers", "make_factory", "split_path"]
+
 log = logging.getLogger("smtpplus.relay")
 
-R_AUTH_OK = "235 2.7.0 Authentication successful"
-R_AUTH_REQUIRED = "530 5.7.0 Authentication required"
-R_ENCRYPTION_REQUIRED = "538 5.7.11 Encryption required for requested authentication mechanism"
-R_BAD_CREDENTIALS = "535 5.7.8 Authentication credentials invalid"
-R_TOO_MANY_FAILURES = "421 4.7.0 Too many failed authentication attempts, closing connection"
-R_TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections, try again later"
-R_TOO_LARGE = "552 5.3.4 Message size exceeds fixed maximum message size"
-R_TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
-R_TLS_ACTIVE = "503 5.5.1 TLS already active"
-R_INTERNAL = "451 4.3.0 Internal error, try again later"
-R_SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
-R_BYE = "221 2.0.0 Bye"
-R_LINE_TOO_LONG = "500 5.5.2 Line too long (see RFC 5321 4.5.3.1.6)"
-R_TIMEOUT = "421 4.4.2 Timeout, closing connection"
-R_NO_MAIL = "421 4.4.2 No mail for too long, closing connection"
-R_TOO_MANY_ERRORS = "421 4.7.0 Too many errors, closing connection"
-R_NUL = "554 5.6.0 Message contains NUL characters"
 SPOOL_STEP = 1024 * 1024  # in-flight budget taken in steps of this many bytes
 CLOSE_GRACE = 5.0  # seconds a closing client gets to take its last reply before the abort
 QUIT_WINDOW = 2.0  # while stopping: seconds a client that just finished a transaction gets to QUIT
@@ -128,20 +118,11 @@ QUIT_WINDOW = 2.0  # while stopping: seconds a client that just finished a trans
 COMMAND_LIMIT = 512  # RFC 5321 4.5.3.1.4, CRLF included
 MAIL_LIMIT = COMMAND_LIMIT + 26 + 10  # + SIZE= and BODY= parameters (RFC 1870, 6152)
 MAX_DATA_LINE = 1000  # octets with CRLF (RFC 5321 4.5.3.1.6)
-R_HEADER_TOO_LARGE = "552 5.3.4 Message header section too large"
 # Work on more than this many bytes goes to a worker thread: the event loop serves
 # every other client meanwhile (each step is linear, but 25 MB is still 25 MB).
 INLINE_HEADER_BYTES = 16 * 1024
 INLINE_DATA_BYTES = 1024 * 1024
 
-_SENDER_FORM_PROBLEMS = {
-    policy.AddressProblem.PERCENT,
-    policy.AddressProblem.BANG,
-    policy.AddressProblem.QUOTED_AT,
-    policy.AddressProblem.SOURCE_ROUTE,
-    policy.AddressProblem.LITERAL,
-    policy.AddressProblem.NO_DOMAIN,
-}
 _REPLY_UNSAFE = re.compile(r"[^\x20-\x7e]")
 
 # Error limits (Postfix's smtpd_soft/hard_error_limit). A 452 4.5.3 recipient
@@ -150,7 +131,7 @@ _REPLY_UNSAFE = re.compile(r"[^\x20-\x7e]")
 HARD_ERROR_CEILING = 20
 ERROR_DELAY_BUDGET = 3.0  # seconds: all soft-limit delays of one connection together
 ERROR_DELAY_STEP = 1.0  # at most this per reply (Postfix's smtpd_error_sleep_time)
-_NOT_COUNTED = ("421", R_TOO_MANY_RECIPIENTS[:9])
+_NOT_COUNTED = ("421", Replies.TOO_MANY_RECIPIENTS[:9])
 # Refusals before AUTH cost the client nothing to repeat: they are counted into one
 # event per connection (with a few samples of what was sent), never stored one by one.
 _COUNTED_BEFORE_AUTH = frozenset({Reason.MAIL_BEFORE_AUTH, Reason.AUTH_NEEDS_TLS, Reason.TLS_INSIDE_TLS, Reason.AUTH_MALFORMED})
@@ -225,7 +206,7 @@ class _NoHooks:
 
     async def handle_QUIT(self, server: Any, session: Any, envelope: Any) -> str:
         # aiosmtpd's own "221 Bye" lacks the enhanced status code we advertise.
-        return R_BYE
+        return Replies.BYE
 
 
 _NO_HOOKS = _NoHooks()
@@ -241,93 +222,12 @@ class _DataRead:
     bare_line_ends: bool = False  # a bare CR or LF: the line ends are fixed after the read
 
 
-@dataclass(frozen=True, slots=True)
-class _Refusal:
-    reply: str
-    reason: Reason | None  # None: a plain syntax answer, no event
-    detail: str = ""
-
-
-class _Cancelled:
-    pass
-
-
-_CANCELLED = _Cancelled()
-
-
-# ---------------------------------------------------------------------------
-# Pure helpers
-
-
-def split_path(arg: str | None, keyword: str) -> tuple[str, list[str]] | None:
-    """``FROM:<a@b> SIZE=10`` → (``a@b``, [``SIZE=10``]); None when malformed.
-
-    The path is taken verbatim (source routes and quotes kept) so policy sees what
-    the client sent, not what a lenient parser made of it."""
-    if arg is None or arg[: len(keyword)].upper() != keyword:
-        return None
-    rest = arg[len(keyword) :].lstrip()
-    if not rest:
-        return None
-    if not rest.startswith("<"):
-        parts = rest.split()
-        return parts[0], parts[1:]
-    end = _closing_angle(rest)
-    if end is None:
-        return None
-    tail = rest[end + 1 :]
-    if tail and not tail[0].isspace():
-        return None
-    return rest[1:end], tail.split()
-
-
-def _closing_angle(text: str) -> int | None:
-    quoted = False
-    i = 1
-    while i < len(text):
-        ch = text[i]
-        if quoted and ch == "\\":
-            i += 2
-            continue
-        if ch == '"':
-            quoted = not quoted
-        elif ch == ">" and not quoted:
-            return i
-        i += 1
-    return None
-
-
-def authorization(address: str, user: AuthRecord, what: str) -> tuple[str, Reason] | None:
-    """Why ``user`` may not send as ``address`` (canonical), or None when it may.
-
-    Exact address or exact domain; the identity that authorizes it must be verified
-    (either one, when both the address and its domain are listed)."""
-    address = address.lower()
-    domain = address.rpartition("@")[2]
-    states = []
-    if address in user.senders:
-        states.append((address, user.senders[address]))
-    if domain in user.domains:
-        states.append((domain, user.domains[domain]))
-    if not states:
-        return f"<{shown(address)}>: {what} not authorized for this login", Reason.SENDER_NOT_AUTHORIZED
-    if any(state == "verified" for _, state in states):
-        return None
-    return (
-        f"<{shown(address)}>: {what} identity {shown(states[0][0])} awaits verification",
-        Reason.SENDER_UNVERIFIED,
-    )
-
-
 # ---------------------------------------------------------------------------
 # The session
 
 
-class RelaySMTP(SMTP):
+class RelaySMTP(SaslCommands):
     """One client connection (aiosmtpd creates one protocol per connection)."""
-
-    AuthLoginUsernameChallenge = "Username:"
-    AuthLoginPasswordChallenge = "Password:"
 
     def __init__(self, ctx: RelayContext, loop: asyncio.AbstractEventLoop | None = None) -> None:
         cfg = ctx.config
@@ -410,7 +310,7 @@ class RelaySMTP(SMTP):
     async def _handle_client(self) -> None:
         if not self._admitted:
             self._event(EventKind.REFUSED, Reason.CONNECTION_LIMIT, "connection cap reached")
-            await self.push(R_TOO_MANY_CONNECTIONS)
+            await self.push(Replies.TOO_MANY_CONNECTIONS)
             self._close()
             return
         await super()._handle_client()
@@ -443,7 +343,7 @@ class RelaySMTP(SMTP):
     def _timeout_cb(self) -> None:
         # aiosmtpd's version only calls close(): see _close.
         self._event(EventKind.REFUSED, Reason.SESSION_TIMEOUT, f"no complete command for {self.ctx.config.session_timeout:g} s")
-        self._hang_up(R_TIMEOUT)
+        self._hang_up(Replies.TIMEOUT)
 
     def _check_progress(self) -> None:
         """Commands reset the idle timeout, so NOOP (or a refused MAIL) every few
@@ -456,7 +356,7 @@ class RelaySMTP(SMTP):
             return
         self._progress_handle = None
         self._event(EventKind.REFUSED, Reason.SESSION_TIMEOUT, f"no message queued for {limit:g} s")
-        self._hang_up(R_NO_MAIL)
+        self._hang_up(Replies.NO_MAIL)
 
     async def push(self, status: AnyStr) -> None:
         if self._limit_reached:
@@ -482,7 +382,7 @@ class RelaySMTP(SMTP):
             self._limit_reached = True
             self.ctx.counters["error_limit_closed"] += 1
             self._event(EventKind.REFUSED, Reason.TOO_MANY_ERRORS, f"{self.errors} refused commands")
-            self._hang_up(R_TOO_MANY_ERRORS)
+            self._hang_up(Replies.TOO_MANY_ERRORS)
             raise asyncio.CancelledError()
         if self.errors > soft:
             step = min(ERROR_DELAY_STEP, ERROR_DELAY_BUDGET / max(hard - soft - 1, 1))
@@ -501,7 +401,7 @@ class RelaySMTP(SMTP):
     def say_goodbye(self) -> None:
         """The relay is stopping: tell the client and close."""
         if self.transport is not None and not self.transport.is_closing():
-            self._writer.write(R_SHUTTING_DOWN.encode("ascii") + b"\r\n")
+            self._writer.write(Replies.SHUTTING_DOWN.encode("ascii") + b"\r\n")
             self.transport.close()
 
     async def _after_transaction(self) -> None:
@@ -519,7 +419,7 @@ class RelaySMTP(SMTP):
         else:
             log.error("%s: session error", self.client_ip, exc_info=error)
             self._event(EventKind.REFUSED, Reason.INTERNAL_ERROR, type(error).__name__)
-        return R_INTERNAL
+        return Replies.INTERNAL
 
     def _event(self, kind: EventKind, reason: Reason, detail: str = "") -> None:
         """Record a decision. Before AUTH, cheap refusals are only counted (see
@@ -566,10 +466,10 @@ class RelaySMTP(SMTP):
             detail += "; e.g. " + " | ".join(samples)
         self._event(EventKind.REFUSED, Reason.PRE_AUTH_REFUSALS, detail)
 
-    async def _refuse(self, refusal: _Refusal) -> None:
+    async def _refuse(self, refusal: Refusal) -> None:
         await self.push(self._refusal_reply(refusal))
 
-    def _refusal_reply(self, refusal: _Refusal) -> str:
+    def _refusal_reply(self, refusal: Refusal) -> str:
         if refusal.reason is not None:
             self._event(EventKind.REFUSED, refusal.reason, refusal.detail)
         return refusal.reply
@@ -579,24 +479,24 @@ class RelaySMTP(SMTP):
     async def check_helo_needed(self, helo: str = "HELO") -> bool:
         assert self.session is not None
         if not self.session.host_name:
-            await self.push(f"503 5.5.1 Error: send {helo} first")
+            await self.push(reply(Replies.SEND_HELO_FIRST, helo=helo))
             return True
         return False
 
     async def smtp_HELO(self, hostname: str) -> None:
         if not hostname:
-            await self.push("501 5.5.4 Syntax: HELO hostname")
+            await self.push(Replies.HELO_SYNTAX)
             return
         self._set_rset_state()
         assert self.session is not None
         self.session.extended_smtp = False
         self.session.host_name = hostname
         self.ehlo_name = hostname
-        await self.push(f"250 {self.hostname}")
+        await self.push(reply(Replies.HELO, server=self.hostname))
 
     async def smtp_EHLO(self, hostname: str) -> None:
         if not hostname:
-            await self.push("501 5.5.4 Syntax: EHLO hostname")
+            await self.push(Replies.EHLO_SYNTAX)
             return
         self._set_rset_state()
         assert self.session is not None
@@ -609,182 +509,20 @@ class RelaySMTP(SMTP):
         if self._tls_protocol is not None or self.ctx.config.allow_plain_auth:
             lines.append("AUTH PLAIN LOGIN")
         lines.append("HELP")
-        reply = "\r\n".join(f"250-{line}" for line in lines[:-1]) + f"\r\n250 {lines[-1]}"
-        await self.push(reply)
+        await self.push(multiline(Replies.EHLO, lines))
 
     async def smtp_STARTTLS(self, arg: str) -> None:
         if self._tls_protocol is not None:
             self._event(EventKind.REFUSED, Reason.TLS_INSIDE_TLS, "STARTTLS inside TLS")
-            await self.push(R_TLS_ACTIVE)
+            await self.push(Replies.TLS_ACTIVE)
             return
         if arg:
-            await self.push("501 5.5.4 Syntax: STARTTLS")
+            await self.push(Replies.STARTTLS_SYNTAX)
             return
         if self.tls_context is None:
-            await self.push("454 4.7.0 TLS not available")
+            await self.push(Replies.TLS_NOT_AVAILABLE)
             return
         await super().smtp_STARTTLS(arg)
-
-    # -- AUTH ---------------------------------------------------------------
-
-    async def smtp_AUTH(self, arg: str) -> None:
-        if await self.check_helo_needed("EHLO"):
-            return
-        assert self.session is not None
-        if not self.session.extended_smtp:
-            await self.push("503 5.5.1 Error: send EHLO first")
-            return
-        if self._tls_protocol is None and not self.ctx.config.allow_plain_auth:
-            self._event(EventKind.AUTH, Reason.AUTH_NEEDS_TLS, "AUTH before STARTTLS")
-            await self.push(R_ENCRYPTION_REQUIRED)
-            return
-        if self.session.authenticated:
-            await self.push("503 5.5.1 Error: already authenticated")
-            return
-        args = (arg or "").split()
-        if not args or len(args) > 2:
-            await self.push("501 5.5.4 Syntax: AUTH mechanism [initial-response]")
-            return
-        mechanism = args[0].upper()
-        if mechanism == "PLAIN":
-            credentials = await self.auth_PLAIN(args)
-        elif mechanism == "LOGIN":
-            credentials = await self.auth_LOGIN(args)
-        else:
-            await self.push("504 5.5.4 Unrecognized authentication type")
-            return
-        if credentials is not None:
-            await self._check_credentials(*credentials)
-
-    async def auth_PLAIN(self, args: list[str]) -> tuple[bytes, bytes] | None:  # type: ignore[override]
-        """RFC 4616: ``authzid NUL authcid NUL password``; authzid empty or = login."""
-        response = args[1] if len(args) == 2 else await self._challenge("")
-        if response is None:
-            return None
-        if isinstance(response, _Cancelled):
-            await self.push("501 5.7.0 Authentication cancelled")
-            return None
-        blob = self._b64(response)
-        if blob is None:
-            await self._auth_failed(Reason.AUTH_MALFORMED, "501 5.5.2 Cannot decode base64", "PLAIN: bad base64")
-            return None
-        parts = blob.split(b"\0")
-        if len(parts) != 3:
-            await self._auth_failed(Reason.AUTH_MALFORMED, "501 5.5.2 Cannot split PLAIN credentials", "PLAIN: not 3 fields")
-            return None
-        authzid, login, password = parts
-        if authzid and authzid != login:
-            self._attempted_user = _printable(login)
-            await self._auth_failed(
-                Reason.AUTH_AUTHZID_MISMATCH, R_BAD_CREDENTIALS, f"authorization identity {_printable(authzid)!r} is not the login"
-            )
-            return None
-        return login, password
-
-    async def auth_LOGIN(self, args: list[str]) -> tuple[bytes, bytes] | None:  # type: ignore[override]
-        """``334 VXNlcm5hbWU6`` (Username:) then ``334 UGFzc3dvcmQ6`` (Password:)."""
-        first = args[1] if len(args) == 2 else await self._challenge(self.AuthLoginUsernameChallenge)
-        if first is None:
-            return None
-        if isinstance(first, _Cancelled):
-            await self.push("501 5.7.0 Authentication cancelled")
-            return None
-        login = self._b64(first)
-        if login is None:
-            await self._auth_failed(Reason.AUTH_MALFORMED, "501 5.5.2 Cannot decode base64", "LOGIN: bad base64")
-            return None
-        second = await self._challenge(self.AuthLoginPasswordChallenge)
-        if second is None:
-            return None
-        if isinstance(second, _Cancelled):
-            await self.push("501 5.7.0 Authentication cancelled")
-            return None
-        password = self._b64(second)
-        if password is None:
-            await self._auth_failed(Reason.AUTH_MALFORMED, "501 5.5.2 Cannot decode base64", "LOGIN: bad base64")
-            return None
-        return login, password
-
-    async def _challenge(self, text: str) -> str | _Cancelled | None:
-        """Send ``334 <base64 text>``, return the client's line (None if unusable)."""
-        await self.push("334 " + base64.b64encode(text.encode("ascii")).decode("ascii"))
-        try:
-            line = await self._reader.readline()
-        except ValueError:  # longer than the stream limit
-            await self._auth_failed(Reason.AUTH_MALFORMED, "500 5.5.2 Line too long", "AUTH response too long")
-            return None
-        if not line.endswith(b"\n"):  # EOF
-            self._close()
-            return None
-        text_line = line.strip().decode("ascii", "replace")
-        if text_line == "*":
-            return _CANCELLED
-        return text_line
-
-    @staticmethod
-    def _b64(text: str) -> bytes | None:
-        if text == "=":
-            return b""
-        try:
-            return base64.b64decode(text.encode("ascii"), validate=True)
-        except (binascii.Error, ValueError, UnicodeEncodeError):
-            return None
-
-    async def _check_credentials(self, login: bytes, password: bytes) -> None:
-        ctx = self.ctx
-        username = login.decode("utf-8", "surrogateescape")
-        self._attempted_user = _printable(login)
-        blocked = ctx.limiter.blocked(self.client_ip, username)
-        if blocked is not None:
-            which = "this client address" if blocked == "client" else f"user {self._attempted_user!r} from this client address"
-            self._event(EventKind.AUTH, Reason.AUTH_TOO_MANY_FAILURES, f"failure limit reached for {which}")
-            await self.push(R_TOO_MANY_FAILURES)
-            self._close()
-            return
-        self._busy = True
-        try:
-            guess = hashlib.blake2b(login + b"\0" + password, digest_size=16).digest()
-            with ctx.limiter.attempt(self.client_ip, username, guess):
-                outcome = await ctx.checker.check(username, password)
-        finally:
-            self._busy = False
-        if not outcome.ok:
-            details = {
-                Reason.AUTH_UNKNOWN_USER: "unknown user",
-                Reason.AUTH_BAD_CREDENTIALS: "wrong password",
-                Reason.AUTH_INACTIVE_USER: "user is inactive",
-            }
-            await self._auth_failed(outcome.reason, R_BAD_CREDENTIALS, details.get(outcome.reason, ""), username=username)
-            return
-        assert self.session is not None and outcome.record is not None
-        self.session.authenticated = True
-        self._record_before_auth()
-        self.user = outcome.record
-        self._event(EventKind.AUTH, Reason.AUTH_OK, "authenticated over TLS" if self._tls_protocol else "authenticated without TLS")
-        await self.push(R_AUTH_OK)
-
-    async def _auth_failed(self, reason: Reason, reply: str, detail: str, *, username: str | None = None) -> None:
-        ctx = self.ctx
-        self.auth_failures += 1
-        ctx.limiter.record(self.client_ip, username)
-        self._event(EventKind.AUTH, reason, detail)
-        # Throttle, don't lock: the guessing address waits longer after each failure.
-        cfg = ctx.config
-        delay = throttle_delay(ctx.limiter.failures(self.client_ip), cfg.auth_free_failures, cfg.auth_failure_delay, cfg.auth_failure_delay_max)
-        if delay > 0:
-            ctx.counters["auth_delays"] += 1
-            ctx.counters["auth_delay_ms"] += round(delay * 1000)
-            self._busy = True
-            try:
-                await asyncio.sleep(delay)
-            finally:
-                self._busy = False
-        if self.auth_failures >= self.ctx.config.auth_failures_per_connection:
-            self._event(EventKind.AUTH, Reason.AUTH_TOO_MANY_FAILURES, f"{self.auth_failures} failed attempts on one connection")
-            await self.push(R_TOO_MANY_FAILURES)
-            self._close()
-            return
-        await self.push(reply)
 
     # -- the transaction -----------------------------------------------------
 
@@ -808,21 +546,21 @@ class RelaySMTP(SMTP):
             return
         assert self.session is not None and self.envelope is not None
         if not self.session.authenticated:
-            await self._refuse(_Refusal(R_AUTH_REQUIRED, Reason.MAIL_BEFORE_AUTH, f"MAIL {shown(arg or '', 300)}"))
+            await self._refuse(Refusal(Replies.AUTH_REQUIRED, Reason.MAIL_BEFORE_AUTH, f"MAIL {shown(arg or '', 300)}"))
             return
         if self.envelope.mail_from is not None:
-            await self.push("503 5.5.1 Error: nested MAIL command")
+            await self.push(Replies.NESTED_MAIL)
             return
         if self.ctx.stopping:  # sessions may finish what they started, not start anew
-            await self.push(R_SHUTTING_DOWN)
+            await self.push(Replies.SHUTTING_DOWN)
             self._close()
             return
         parsed = split_path(arg, "FROM:")
         if parsed is None:
-            await self.push("501 5.5.4 Syntax: MAIL FROM:<address>")
+            await self.push(Replies.MAIL_SYNTAX)
             return
         path, params = parsed
-        problem = self._mail_params(params)
+        problem = mail_parameters_refusal(params, self.data_size_limit or 0)
         if problem is not None:
             await self._refuse(problem)
             return
@@ -832,9 +570,9 @@ class RelaySMTP(SMTP):
         finally:
             self._busy = False
         if user is None:
-            await self.push(R_AUTH_REQUIRED)
+            await self.push(Replies.AUTH_REQUIRED)
             return
-        refusal = self._check_sender(path, user)
+        refusal = sender_refusal(path, user)
         if refusal is not None:
             await self._refuse(refusal)
             return
@@ -843,44 +581,7 @@ class RelaySMTP(SMTP):
         self.envelope.mail_from = check.address
         self.envelope.mail_options = params
         self._recipients_refused = False
-        await self.push("250 2.1.0 Ok")
-
-    def _mail_params(self, params: list[str]) -> _Refusal | None:
-        for param in params:
-            name, eq, value = param.partition("=")
-            name = name.upper()
-            if name == "SIZE" and eq and value.isdigit():
-                if self.data_size_limit and int(value) > self.data_size_limit:
-                    return _Refusal(R_TOO_LARGE, Reason.MESSAGE_TOO_LARGE, f"SIZE={value} over {self.data_size_limit}")
-            elif name == "BODY" and value.upper() in {"7BIT", "8BITMIME"}:
-                continue
-            elif name in {"SIZE", "BODY"}:
-                return _Refusal(f"501 5.5.4 Syntax error in {name} parameter", None)
-            else:
-                return _Refusal(f"555 5.5.4 MAIL FROM parameter {shown(name, 32)} not supported", None)
-        return None
-
-    def _check_sender(self, path: str, user: AuthRecord) -> _Refusal | None:
-        if path == "":
-            return _Refusal("550 5.7.1 Empty envelope sender <> is not allowed", Reason.SENDER_EMPTY, "MAIL FROM:<>")
-        check = check_address(path)
-        problem = check.problem
-        if problem is policy.AddressProblem.CONTROL:
-            return _Refusal("501 5.1.7 Control characters are not allowed in addresses", Reason.SENDER_INVALID, f"<{shown(path)}>: {problem}")
-        if problem in _SENDER_FORM_PROBLEMS:
-            return _Refusal(
-                f"550 5.7.1 <{shown(path)}>: sender address form not allowed ({problem})",
-                Reason.SENDER_INVALID,
-                f"<{shown(path)}>: {problem}",
-            )
-        if problem is not None:
-            return _Refusal(f"553 5.1.7 <{shown(path)}>: bad sender address syntax ({problem})", Reason.SENDER_INVALID, f"<{shown(path)}>: {problem}")
-        assert check.address is not None
-        denied = authorization(check.address, user, "sender")
-        if denied is not None:
-            reply, reason = denied
-            return _Refusal(f"550 5.7.1 {reply}", reason, f"envelope sender {reply}")
-        return None
+        await self.push(Replies.SENDER_OK)
 
     async def smtp_RCPT(self, arg: str | None) -> None:
         if await self.check_helo_needed():
@@ -889,46 +590,39 @@ class RelaySMTP(SMTP):
             return
         assert self.envelope is not None
         if self.envelope.mail_from is None:
-            await self.push("503 5.5.1 Error: need MAIL command")
+            await self.push(Replies.NEED_MAIL)
             return
         parsed = split_path(arg, "TO:")
         if parsed is None:
-            await self.push("501 5.5.4 Syntax: RCPT TO:<address>")
+            await self.push(Replies.RCPT_SYNTAX)
             return
         path, params = parsed
         if params:
-            await self.push("555 5.5.4 RCPT TO parameters not supported")
+            await self.push(Replies.RCPT_PARAMETERS_UNSUPPORTED)
             return
         if len(self.envelope.rcpt_tos) >= self.ctx.config.max_recipients:
             if not self._recipients_refused:
                 self._recipients_refused = True
                 self._event(EventKind.REFUSED, Reason.TOO_MANY_RECIPIENTS, f"more than {self.ctx.config.max_recipients} recipients")
-            await self.push(R_TOO_MANY_RECIPIENTS)
+            await self.push(Replies.TOO_MANY_RECIPIENTS)
+            return
+        refusal = recipient_refusal(path)
+        if refusal is not None:
+            await self._refuse(refusal)
             return
         check = check_address(path)
-        if check.problem is policy.AddressProblem.CONTROL:
-            await self._refuse(_Refusal("501 5.1.3 Control characters are not allowed in addresses", Reason.RECIPIENT_INVALID, f"<{shown(path)}>: control-character"))
-            return
-        if check.problem is not None or check.address is None:
-            await self._refuse(
-                _Refusal(
-                    f"553 5.1.3 <{shown(path)}>: recipient address not allowed ({check.problem})",
-                    Reason.RECIPIENT_INVALID,
-                    f"<{shown(path)}>: {check.problem}",
-                )
-            )
-            return
+        assert check.address is not None
         # Keep the local part as sent (it may be case-sensitive); the domain canonical.
         local = path.strip().rpartition("@")[0]
         self.envelope.rcpt_tos.append(f"{local}@{check.address.rpartition('@')[2]}")
-        await self.push("250 2.1.5 Ok")
+        await self.push(Replies.RECIPIENT_OK)
 
     async def smtp_RSET(self, arg: str) -> None:
         if arg:
-            await self.push("501 5.5.4 Syntax: RSET")
+            await self.push(Replies.RSET_SYNTAX)
             return
         self._set_rset_state()
-        await self.push("250 2.0.0 Ok")
+        await self.push(Replies.RSET_OK)
         await self._after_transaction()
 
     async def smtp_DATA(self, arg: str) -> None:
@@ -938,21 +632,21 @@ class RelaySMTP(SMTP):
             return
         assert self.envelope is not None
         if not self.envelope.rcpt_tos:
-            await self.push("503 5.5.1 Error: need RCPT command")
+            await self.push(Replies.NEED_RCPT)
             return
         if arg:
-            await self.push("501 5.5.4 Syntax: DATA")
+            await self.push(Replies.DATA_SYNTAX)
             return
         queue_id = new_queue_id()
         protocol = "ESMTPSA" if self._tls_protocol is not None else "ESMTPA"
         received = received_header(self.ehlo_name, self.client_ip, self.ctx.server_name, protocol, queue_id)
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        await self.push(Replies.START_DATA)
         self._busy = True
         spool = Spool(received)
         try:
             try:
                 read = await self._read_data(spool)
-                reply = await self._verdict(read, spool, queue_id)
+                status = await self._verdict(read, spool, queue_id)
             finally:
                 # The transaction is over whatever happened (an internal error
                 # included): nothing of this envelope may carry over to a later DATA.
@@ -960,7 +654,7 @@ class RelaySMTP(SMTP):
                 self.ctx.inflight.release(spool.reserved)
                 spool.reserved = 0
                 spool.close()
-            await self.push(reply)
+            await self.push(status)
         finally:
             self._busy = False
         await self._after_transaction()
@@ -1033,18 +727,18 @@ class RelaySMTP(SMTP):
 
     async def _verdict(self, read: _DataRead, spool: Spool, queue_id: str) -> str:
         if read.refusal == "size":
-            return self._refusal_reply(_Refusal(R_TOO_LARGE, Reason.MESSAGE_TOO_LARGE, f"data over {self.data_size_limit} bytes"))
+            return self._refusal_reply(Refusal(Replies.TOO_LARGE, Reason.MESSAGE_TOO_LARGE, f"data over {self.data_size_limit} bytes"))
         if read.refusal == "nul":
-            return self._refusal_reply(_Refusal(R_NUL, Reason.MESSAGE_NUL, "NUL byte in message data"))
+            return self._refusal_reply(Refusal(Replies.NUL, Reason.MESSAGE_NUL, "NUL byte in message data"))
         if read.refusal == "budget":
             self.ctx.counters["inflight_refused"] += 1
             return self._refusal_reply(
-                _Refusal(REPLY_NO_SPACE, Reason.SERVER_BUSY, f"messages in flight over {self.ctx.config.inflight_bytes_limit} bytes")
+                Refusal(REPLY_NO_SPACE, Reason.SERVER_BUSY, f"messages in flight over {self.ctx.config.inflight_bytes_limit} bytes")
             )
         if read.refusal == "spool":
             failed = classify(read.error or OSError())
             log.error("%s: spooling message data failed: %s", self.client_ip, read.error)
-            return self._refusal_reply(_Refusal(failed.reply, failed.reason, "spooling the message data failed"))
+            return self._refusal_reply(Refusal(failed.reply, failed.reason, "spooling the message data failed"))
         return await self._accept(spool, read, queue_id)
 
     async def _accept(self, spool: Spool, read: _DataRead, queue_id: str) -> str:
@@ -1053,7 +747,7 @@ class RelaySMTP(SMTP):
         assert self.envelope is not None and self.envelope.mail_from is not None
         user = await self._current_user()
         if user is None:
-            return R_AUTH_REQUIRED
+            return Replies.AUTH_REQUIRED
         data: bytes | mmap.mmap = spool.finish()
         longest = read.longest
         if read.bare_line_ends:  # rare (broken clients): fix the line ends on a copy
@@ -1064,11 +758,11 @@ class RelaySMTP(SMTP):
                 body, longest = _normalized(data[start:], longest)
             data = data[:start] + body
         if longest > MAX_DATA_LINE:
-            return self._refusal_reply(_Refusal(R_LINE_TOO_LONG, Reason.LINE_TOO_LONG, "a data line is over 998 characters"))
+            return self._refusal_reply(Refusal(Replies.LINE_TOO_LONG, Reason.LINE_TOO_LONG, "a data line is over 998 characters"))
         limit = self.ctx.config.header_size_limit
         section = header_section_at(data, spool.prefix_length, limit)
         if section is None:
-            return self._refusal_reply(_Refusal(R_HEADER_TOO_LARGE, Reason.HEADER_TOO_LARGE, f"header section over {limit} bytes"))
+            return self._refusal_reply(Refusal(Replies.HEADER_TOO_LARGE, Reason.HEADER_TOO_LARGE, f"header section over {limit} bytes"))
         lookalikes = self.ctx.config.refuse_lookalike_display_names
         if len(section) > INLINE_HEADER_BYTES:
             refusal, fields, from_value = await asyncio.to_thread(check_headers, section, user, lookalikes)
@@ -1101,19 +795,19 @@ class RelaySMTP(SMTP):
         try:
             queued = await self.ctx.writer.enqueue(message)
         except WriteFailed as failed:
-            return self._refusal_reply(_Refusal(failed.reply, failed.reason, "the store did not take the message"))
+            return self._refusal_reply(Refusal(failed.reply, failed.reason, "the store did not take the message"))
         self.ctx.counters["queued"] += 1
         self.errors = 0  # Postfix: the limits are on errors made without delivering mail
         self._progress_at = self.loop.time()
-        return f"250 2.0.0 Ok: queued as {queued.queue_id}"
+        return reply(Replies.QUEUED, queue_id=queued.queue_id)
 
     async def smtp_VRFY(self, arg: str) -> None:
         if await self.check_auth_needed("VRFY"):
             return
-        await self.push("252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery")
+        await self.push(Replies.VRFY)
 
     async def smtp_EXPN(self, arg: str) -> None:
-        await self.push("502 5.5.1 EXPN not implemented")
+        await self.push(Replies.EXPN)
 
 
 _COMMAND_NAMES: dict[type, list[str]] = {}
@@ -1132,77 +826,6 @@ def _normalized(raw: bytes, longest: int) -> tuple[bytes, int]:
     if data is not raw:  # bare CR/LF made new lines: measure them again
         longest = longest_line(data)
     return data, longest
-
-
-def check_headers(section: bytes, user: AuthRecord, refuse_lookalikes: bool) -> tuple[_Refusal | None, list[tuple[str, str]], str]:
-    """(refusal or None, the header fields, the From: value). Pure and linear in the
-    section's size, so it may run in a worker thread."""
-    fields = split_headers(section)
-    froms = [value for name, value in fields if name == "from"]
-    senders = [value for name, value in fields if name == "sender"]
-    if not froms:
-        return _Refusal("550 5.6.0 Message has no From: header", Reason.HEADER_FROM_MISSING, "no From: header"), fields, ""
-    if len(froms) > 1:
-        return _Refusal("550 5.7.1 Message has more than one From: header", Reason.HEADER_FROM_MULTIPLE, f"{len(froms)} From: headers"), fields, ""
-    if len(senders) > 1:
-        return _Refusal("550 5.7.1 Message has more than one Sender: header", Reason.HEADER_SENDER_MULTIPLE, f"{len(senders)} Sender: headers"), fields, ""
-    from_addresses = header_addresses(froms[0])
-    if from_addresses is None:
-        return _Refusal("550 5.7.1 From: header does not parse", Reason.HEADER_FROM_INVALID, f"From: {shown(froms[0], 200)}"), fields, ""
-    checks: list[tuple[str, str]] = [(a, "From:") for a in from_addresses]
-    checks += [(a, "From:") for a in address_like(froms[0])]
-    headers = [("From:", froms[0], from_addresses)]
-    if senders:
-        sender_addresses = header_addresses(senders[0])
-        if sender_addresses is None or len(sender_addresses) != 1:
-            return _Refusal("550 5.7.1 Sender: header does not parse", Reason.HEADER_SENDER_INVALID, f"Sender: {shown(senders[0], 200)}"), fields, ""
-        checks.append((sender_addresses[0], "Sender:"))
-        checks += [(a, "Sender:") for a in address_like(senders[0])]
-        headers.append(("Sender:", senders[0], sender_addresses))
-    if refuse_lookalikes:
-        for header, value, actual in headers:
-            others = lookalike_addresses(value, actual)
-            if others:
-                reason = Reason.HEADER_SENDER_LOOKALIKE if header == "Sender:" else Reason.HEADER_FROM_LOOKALIKE
-                text = f"{header} display name shows another address <{shown(others[0])}> than its own <{shown(actual[0])}>"
-                return _Refusal(f"550 5.7.1 {text}", reason, text), fields, froms[0]
-    seen: set[tuple[str, str]] = set()
-    for address, header in checks:
-        if (address.lower(), header) in seen:
-            continue
-        seen.add((address.lower(), header))
-        refusal = _header_address_refusal(address, header, user)
-        if refusal is not None:
-            return refusal, fields, froms[0]
-    return None, fields, froms[0]
-
-
-def _header_address_refusal(address: str, header: str, user: AuthRecord) -> _Refusal | None:
-    sender = header == "Sender:"
-    invalid = Reason.HEADER_SENDER_INVALID if sender else Reason.HEADER_FROM_INVALID
-    if len(address) > policy.MAX_LOCAL_PART + policy.MAX_DOMAIN + 1:
-        return _Refusal(f"550 5.7.1 {header} address too long", invalid, f"{header} address of {len(address)} characters")
-    check = check_address(address)
-    if check.problem is not None or check.address is None:
-        return _Refusal(
-            f"550 5.7.1 <{shown(address)}>: {header} address form not allowed ({check.problem})",
-            invalid,
-            f"{header} <{shown(address)}>: {check.problem}",
-        )
-    denied = authorization(check.address, user, f"{header} address")
-    if denied is None:
-        return None
-    reply, reason = denied
-    unverified = reason is Reason.SENDER_UNVERIFIED
-    if sender:
-        reason = Reason.HEADER_SENDER_UNVERIFIED if unverified else Reason.HEADER_SENDER_NOT_AUTHORIZED
-    else:
-        reason = Reason.HEADER_FROM_UNVERIFIED if unverified else Reason.HEADER_FROM_NOT_AUTHORIZED
-    return _Refusal(f"550 5.7.1 {reply}", reason, reply)
-
-
-def _printable(value: bytes) -> str:
-    return shown(value.decode("utf-8", "replace"), 64)
 
 
 def make_factory(ctx: RelayContext) -> Any:
