@@ -78,7 +78,6 @@ from relay.auth import EventBudget, FailureLimiter, PasswordChecker
 from relay.config import RelayConfig
 from relay.display import clean
 from relay.message import (
-    check_address,
     decoded_subject,
     header_section_at,
     longest_line,
@@ -90,10 +89,15 @@ from relay.message import (
 from relay.reasons import EventKind, Reason
 from relay.replies import Replies, multiline, reply
 from relay.rules import (
+    MailParameters,
     Refusal,
+    address_check,
     authorization,
     check_headers,
-    mail_parameters_refusal,
+    mail_auth,
+    needs_smtputf8,
+    parse_mail_parameters,
+    parse_rcpt_parameters,
     recipient_refusal,
     sender_refusal,
     split_path,
@@ -102,7 +106,7 @@ from relay.sasl import SaslCommands
 from relay.spool import InFlight, Spool, return_big_blocks_to_the_system
 from relay.store.directory import AuthRecord
 from relay.store.events import NewEvent
-from relay.store.intake import NewMessage, new_queue_id
+from relay.store.intake import NewMessage, RecipientDsn, new_queue_id
 from relay.watchdog import LoopWatchdog
 from relay.writer import REPLY_NO_SPACE, StoreWriter, WriteFailed, classify
 
@@ -116,7 +120,11 @@ CLOSE_GRACE = 5.0  # seconds a closing client gets to take its last reply before
 QUIT_WINDOW = 2.0  # while stopping: seconds a client that just finished a transaction gets to QUIT
 
 COMMAND_LIMIT = 512  # RFC 5321 4.5.3.1.4, CRLF included
-MAIL_LIMIT = COMMAND_LIMIT + 26 + 10  # + SIZE= and BODY= parameters (RFC 1870, 6152)
+# + SIZE=, BODY=8BITMIME, SMTPUTF8, AUTH=, RET=HDRS, ENVID= (RFC 1870, 6152, 6531,
+# 4954 5, 3461 4.4); RCPT: + NOTIFY=, ORCPT= (RFC 3461 4.1, 4.2)
+MAIL_LIMIT = COMMAND_LIMIT + 26 + 15 + 9 + 506 + 9 + 107
+RCPT_LIMIT = COMMAND_LIMIT + 31 + 507
+LINE_LIMIT = 2048  # the stream's line limit: over the longest command (Postfix: 2048)
 MAX_DATA_LINE = 1000  # octets with CRLF (RFC 5321 4.5.3.1.6)
 # Work on more than this many bytes goes to a worker thread: the event loop serves
 # every other client meanwhile (each step is linear, but 25 MB is still 25 MB).
@@ -229,12 +237,19 @@ class _DataRead:
 class RelaySMTP(SaslCommands):
     """One client connection (aiosmtpd creates one protocol per connection)."""
 
+    line_length_limit = LINE_LIMIT  # aiosmtpd's stream limit (a class attribute there)
+
     def __init__(self, ctx: RelayContext, loop: asyncio.AbstractEventLoop | None = None) -> None:
         cfg = ctx.config
+        # What MAIL and RCPT declared (reset with the envelope).
+        self.declared = MailParameters()
+        self.recipient_dsn: dict[str, RecipientDsn] = {}
         super().__init__(
             _NO_HOOKS,
             data_size_limit=cfg.max_message_size,
-            enable_SMTPUTF8=False,
+            # Arguments are read as UTF-8 (RFC 6531); a non-ASCII address still needs
+            # the SMTPUTF8 parameter (rules.needs_smtputf8).
+            enable_SMTPUTF8=True,
             decode_data=False,
             hostname=ctx.server_name,
             ident="ESMTP smtpplus",
@@ -247,7 +262,7 @@ class RelaySMTP(SaslCommands):
         # aiosmtpd keeps these limits in a class-level dict that every EHLO grows;
         # ours are fixed and per instance.
         self.command_size_limits = collections.defaultdict(
-            lambda: COMMAND_LIMIT, {"MAIL": MAIL_LIMIT, "RCPT": COMMAND_LIMIT}
+            lambda: COMMAND_LIMIT, {"MAIL": MAIL_LIMIT, "RCPT": RCPT_LIMIT}
         )
         self.ctx = ctx
         self.client_ip = "?"
@@ -339,6 +354,12 @@ class RelaySMTP(SaslCommands):
         if not transport.is_closing():
             transport.write(reply.encode("ascii") + b"\r\n")  # type: ignore[attr-defined]
         self._close()
+
+    def _set_post_data_state(self) -> None:
+        # aiosmtpd calls this for RSET, HELO/EHLO and after DATA: a new envelope.
+        super()._set_post_data_state()
+        self.declared = MailParameters()
+        self.recipient_dsn = {}
 
     def _timeout_cb(self) -> None:
         # aiosmtpd's version only calls close(): see _close.
@@ -503,7 +524,7 @@ class RelaySMTP(SaslCommands):
         self.session.extended_smtp = True
         self.session.host_name = hostname
         self.ehlo_name = hostname
-        lines = [self.hostname, f"SIZE {self.data_size_limit}", "8BITMIME", "ENHANCEDSTATUSCODES"]
+        lines = [self.hostname, "PIPELINING", f"SIZE {self.data_size_limit}", "8BITMIME", "SMTPUTF8", "DSN", "ENHANCEDSTATUSCODES"]
         if self.tls_context is not None and self._tls_protocol is None:
             lines.append("STARTTLS")
         if self._tls_protocol is not None or self.ctx.config.allow_plain_auth:
@@ -560,10 +581,15 @@ class RelaySMTP(SaslCommands):
             await self.push(Replies.MAIL_SYNTAX)
             return
         path, params = parsed
-        problem = mail_parameters_refusal(params, self.data_size_limit or 0)
-        if problem is not None:
-            await self._refuse(problem)
+        declared = parse_mail_parameters(params, self.data_size_limit or 0)
+        if isinstance(declared, Refusal):
+            await self._refuse(declared)
             return
+        if not declared.smtputf8:
+            refusal = needs_smtputf8(path)
+            if refusal is not None:
+                await self._refuse(refusal)
+                return
         self._busy = True
         try:
             user = await self._current_user()
@@ -572,14 +598,16 @@ class RelaySMTP(SaslCommands):
         if user is None:
             await self.push(Replies.AUTH_REQUIRED)
             return
-        refusal = sender_refusal(path, user)
+        refusal = sender_refusal(path, user, declared.smtputf8)
         if refusal is not None:
             await self._refuse(refusal)
             return
-        check = check_address(path)
+        check = address_check(path, declared.smtputf8)
         assert check.address is not None
         self.envelope.mail_from = check.address
         self.envelope.mail_options = params
+        declared.auth = mail_auth(declared.auth, user)
+        self.declared = declared
         self._recipients_refused = False
         await self.push(Replies.SENDER_OK)
 
@@ -597,24 +625,34 @@ class RelaySMTP(SaslCommands):
             await self.push(Replies.RCPT_SYNTAX)
             return
         path, params = parsed
-        if params:
-            await self.push(Replies.RCPT_PARAMETERS_UNSUPPORTED)
+        utf8 = self.declared.smtputf8
+        dsn = parse_rcpt_parameters(params, utf8)
+        if isinstance(dsn, Refusal):
+            await self._refuse(dsn)
             return
+        if not utf8:
+            refusal = needs_smtputf8(path)
+            if refusal is not None:
+                await self._refuse(refusal)
+                return
         if len(self.envelope.rcpt_tos) >= self.ctx.config.max_recipients:
             if not self._recipients_refused:
                 self._recipients_refused = True
                 self._event(EventKind.REFUSED, Reason.TOO_MANY_RECIPIENTS, f"more than {self.ctx.config.max_recipients} recipients")
             await self.push(Replies.TOO_MANY_RECIPIENTS)
             return
-        refusal = recipient_refusal(path)
+        refusal = recipient_refusal(path, utf8)
         if refusal is not None:
             await self._refuse(refusal)
             return
-        check = check_address(path)
+        check = address_check(path, utf8)
         assert check.address is not None
         # Keep the local part as sent (it may be case-sensitive); the domain canonical.
         local = path.strip().rpartition("@")[0]
-        self.envelope.rcpt_tos.append(f"{local}@{check.address.rpartition('@')[2]}")
+        address = f"{local}@{check.address.rpartition('@')[2]}"
+        self.envelope.rcpt_tos.append(address)
+        if dsn.notify is not None or dsn.orcpt is not None:
+            self.recipient_dsn[address] = dsn
         await self.push(Replies.RECIPIENT_OK)
 
     async def smtp_RSET(self, arg: str) -> None:
@@ -765,9 +803,9 @@ class RelaySMTP(SaslCommands):
             return self._refusal_reply(Refusal(Replies.HEADER_TOO_LARGE, Reason.HEADER_TOO_LARGE, f"header section over {limit} bytes"))
         lookalikes = self.ctx.config.refuse_lookalike_display_names
         if len(section) > INLINE_HEADER_BYTES:
-            refusal, fields, from_value = await asyncio.to_thread(check_headers, section, user, lookalikes)
+            refusal, fields, from_value = await asyncio.to_thread(check_headers, section, user, lookalikes, self.declared.smtputf8)
         else:
-            refusal, fields, from_value = check_headers(section, user, lookalikes)
+            refusal, fields, from_value = check_headers(section, user, lookalikes, self.declared.smtputf8)
         if refusal is not None:
             return self._refusal_reply(refusal)
         header_prio = priority.header_priority(fields)
@@ -791,6 +829,13 @@ class RelaySMTP(SaslCommands):
             client=self.client_ip,
             port=self.local_port,
             queue_id=queue_id,
+            mail_auth=self.declared.auth,
+            body_type=self.declared.body,
+            smtputf8=self.declared.smtputf8,
+            size_declared=self.declared.size,
+            dsn_ret=self.declared.ret,
+            dsn_envid=self.declared.envid,
+            recipient_dsn=dict(self.recipient_dsn) or None,
         )
         try:
             queued = await self.ctx.writer.enqueue(message)
