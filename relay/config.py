@@ -111,6 +111,9 @@ class RelayConfig:
     # Display names (and comments, encoded words) that spell an address other than
     # the mailbox's own ("evil\@evil.com" <boss@b.example>, full-width ＠) → 550 5.7.1.
     refuse_lookalike_display_names: bool = True
+    # Name the authenticated user in the Received: header (Postfix's
+    # smtpd_sasl_authenticated_header); off, the login stays private.
+    received_names_user: bool = False
     # -- AUTH --------------------------------------------------------------------
     auth_failures_per_connection: int = 3  # the 3rd failure → 421 4.7.0 and close
     auth_failures_per_client: int = 50  # failures from one address (IPv6: /64) within the window → 421

@@ -67,7 +67,9 @@ import collections
 import logging
 import mmap
 import re
+import socket
 import ssl
+import time
 from dataclasses import dataclass, field
 from typing import Any, AnyStr, cast
 
@@ -78,10 +80,12 @@ from relay.auth import EventBudget, FailureLimiter, PasswordChecker
 from relay.config import RelayConfig
 from relay.display import clean
 from relay.message import (
+    TlsInfo,
     decoded_subject,
     header_section_at,
     longest_line,
     normalize_line_endings,
+    owned_headers,
     received_header,
     shown,
     store_text,
@@ -124,6 +128,7 @@ COMMAND_LIMIT = 512  # RFC 5321 4.5.3.1.4, CRLF included
 # 4954 5, 3461 4.4); RCPT: + NOTIFY=, ORCPT= (RFC 3461 4.1, 4.2)
 MAIL_LIMIT = COMMAND_LIMIT + 26 + 15 + 9 + 506 + 9 + 107
 RCPT_LIMIT = COMMAND_LIMIT + 31 + 507
+RDNS_WAIT = 2.0  # seconds DATA waits for the client's reverse DNS name (then "unknown")
 LINE_LIMIT = 2048  # the stream's line limit: over the longest command (Postfix: 2048)
 MAX_DATA_LINE = 1000  # octets with CRLF (RFC 5321 4.5.3.1.6)
 # Work on more than this many bytes goes to a worker thread: the event loop serves
@@ -244,6 +249,8 @@ class RelaySMTP(SaslCommands):
         # What MAIL and RCPT declared (reset with the envelope).
         self.declared = MailParameters()
         self.recipient_dsn: dict[str, RecipientDsn] = {}
+        self._recipient_keys: set[str] = set()
+        self._rdns: asyncio.Task[str | None] | None = None  # the client's name, looked up once
         super().__init__(
             _NO_HOOKS,
             data_size_limit=cfg.max_message_size,
@@ -317,6 +324,8 @@ class RelaySMTP(SaslCommands):
             if handle is not None:
                 handle.cancel()
         self._record_before_auth()
+        if self._rdns is not None:
+            self._rdns.cancel()
         super().connection_lost(error)
         if self._admitted and not self._released:
             self._released = True
@@ -360,6 +369,7 @@ class RelaySMTP(SaslCommands):
         super()._set_post_data_state()
         self.declared = MailParameters()
         self.recipient_dsn = {}
+        self._recipient_keys = set()
 
     def _timeout_cb(self) -> None:
         # aiosmtpd's version only calls close(): see _close.
@@ -602,9 +612,11 @@ class RelaySMTP(SaslCommands):
         if refusal is not None:
             await self._refuse(refusal)
             return
-        check = address_check(path, declared.smtputf8)
-        assert check.address is not None
-        self.envelope.mail_from = check.address
+        # As sent (RFC 5321 2.4: a local part may be case-sensitive); the rules
+        # compared it case-insensitively, its domain through IDNA.
+        self.envelope.mail_from = path.strip()
+        if self._rdns is None:
+            self._rdns = self.loop.create_task(confirmed_name(self.loop, self.client_ip))
         self.envelope.mail_options = params
         declared.auth = mail_auth(declared.auth, user)
         self.declared = declared
@@ -647,12 +659,15 @@ class RelaySMTP(SaslCommands):
             return
         check = address_check(path, utf8)
         assert check.address is not None
-        # Keep the local part as sent (it may be case-sensitive); the domain canonical.
-        local = path.strip().rpartition("@")[0]
-        address = f"{local}@{check.address.rpartition('@')[2]}"
-        self.envelope.rcpt_tos.append(address)
-        if dsn.notify is not None or dsn.orcpt is not None:
-            self.recipient_dsn[address] = dsn
+        # As sent; one recipient twice (its domain spelled another way) is kept once.
+        address = path.strip()
+        local = address.rpartition("@")[0]
+        key = f"{local}@{check.address.rpartition('@')[2]}"
+        if key not in self._recipient_keys:
+            self._recipient_keys.add(key)
+            self.envelope.rcpt_tos.append(address)
+            if dsn.notify is not None or dsn.orcpt is not None:
+                self.recipient_dsn[address] = dsn
         await self.push(Replies.RECIPIENT_OK)
 
     async def smtp_RSET(self, arg: str) -> None:
@@ -676,8 +691,7 @@ class RelaySMTP(SaslCommands):
             await self.push(Replies.DATA_SYNTAX)
             return
         queue_id = new_queue_id()
-        protocol = "ESMTPSA" if self._tls_protocol is not None else "ESMTPA"
-        received = received_header(self.ehlo_name, self.client_ip, self.ctx.server_name, protocol, queue_id)
+        received = await self._received(queue_id)
         await self.push(Replies.START_DATA)
         self._busy = True
         spool = Spool(received)
@@ -696,6 +710,31 @@ class RelaySMTP(SaslCommands):
         finally:
             self._busy = False
         await self._after_transaction()
+
+    async def _received(self, queue_id: str) -> bytes:
+        """This hop's Received: header (RFC 5321 4.4; protocol names of RFC 3848 and
+        6531: ESMTPSA, UTF8SMTPSA, …)."""
+        assert self.session is not None
+        base = "UTF8SMTP" if self.declared.smtputf8 else ("ESMTP" if self.session.extended_smtp else "SMTP")
+        tls = self._tls_info()
+        protocol = base + ("S" if tls is not None else "") + ("A" if self.session.authenticated else "")
+        rdns = None
+        if self._rdns is not None:
+            try:
+                rdns = await asyncio.wait_for(asyncio.shield(self._rdns), RDNS_WAIT)
+            except TimeoutError:
+                rdns = None
+        user = self.user.username if self.user is not None and self.ctx.config.received_names_user else None
+        return received_header(self.ehlo_name, self.client_ip, self.ctx.server_name, protocol, queue_id, rdns=rdns, tls=tls, user=user)
+
+    def _tls_info(self) -> TlsInfo | None:
+        if self._tls_protocol is None or self.transport is None:
+            return None
+        ssl_object = self.transport.get_extra_info("ssl_object")
+        cipher = self.transport.get_extra_info("cipher")
+        if ssl_object is None or not cipher:
+            return None
+        return TlsInfo(str(ssl_object.version()), str(cipher[0]), int(cipher[2] or 0))
 
     async def _read_data(self, spool: Spool) -> _DataRead:
         """Read up to ``<CRLF>.<CRLF>`` into ``spool`` (unstuffed), within the size
@@ -808,12 +847,19 @@ class RelaySMTP(SaslCommands):
             refusal, fields, from_value = check_headers(section, user, lookalikes, self.declared.smtputf8)
         if refusal is not None:
             return self._refusal_reply(refusal)
+        added = owned_headers(fields, queue_id, self.ctx.server_name, time.time())
+        if added:
+            start = spool.prefix_length
+            if len(data) > INLINE_DATA_BYTES:
+                data = await asyncio.to_thread(_insert, data, start, added)
+            else:
+                data = _insert(data, start, added)
         header_prio = priority.header_priority(fields)
         effective = priority.effective_priority(user.priority, header_prio)
         subject = next((value for name, value in fields if name == "subject"), "")
         message = NewMessage(
             mail_from=self.envelope.mail_from,
-            recipients=list(dict.fromkeys(self.envelope.rcpt_tos)),
+            recipients=list(self.envelope.rcpt_tos),
             # A spooled message is an mmap: the store binds it as a blob (buffer
             # protocol) without a Python copy.
             data=cast(bytes, data),
@@ -864,6 +910,21 @@ def _command_names(cls: type) -> list[str]:
         names = sorted({n for klass in cls.__mro__ for n in vars(klass) if n.startswith(("smtp_", "auth_"))})
         _COMMAND_NAMES[cls] = names
     return names
+
+
+def _insert(data: bytes | mmap.mmap, at: int, added: bytes) -> bytes:
+    return data[:at] + added + data[at:]
+
+
+async def confirmed_name(loop: asyncio.AbstractEventLoop, ip: str) -> str | None:
+    """The client's forward-confirmed reverse DNS name (as Postfix shows it in
+    Received:), or None: no name, or one that does not lead back to the address."""
+    try:
+        name, _ = await loop.getnameinfo((ip, 0), socket.NI_NAMEREQD)
+        infos = await loop.getaddrinfo(name, None)
+    except (OSError, UnicodeError, ValueError):
+        return None
+    return name if any(info[4][0] == ip for info in infos) else None
 
 
 def _normalized(raw: bytes, longest: int) -> tuple[bytes, int]:

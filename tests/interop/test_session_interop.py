@@ -6,6 +6,11 @@ enhanced codes everywhere, Postmaster, escaped logs)."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import email
+import email.policy
+import email.utils
+import re
 import shutil
 import smtplib
 import ssl
@@ -15,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from relay.message import received_header
 from relay.service import RelayService
 from tests.relay.support import (
     PASSWORD,
@@ -26,6 +32,7 @@ from tests.relay.support import (
     running_relay,
     seed_store,
     settle,
+    split_trace,
     stored_body,
     stored_messages,
     stored_recipients,
@@ -222,7 +229,7 @@ async def test_internationalized_addresses_need_and_get_smtputf8(relay: RelaySer
     [row] = stored_messages(seeded.store_path)
     assert row["smtputf8"] == 1
     assert row["mail_from"].startswith("jörg@")
-    assert stored_recipients(seeded.store_path, row["queue_id"]) == ["ñandú@xn--bcher-kva.example"]
+    assert stored_recipients(seeded.store_path, row["queue_id"]) == ["ñandú@bücher.example"]  # as sent
     assert "From: jörg@a.example".encode() in stored_body(seeded.store_path, row["queue_id"])
 
 
@@ -240,3 +247,75 @@ async def test_curl_sends_with_mail_auth(relay: RelayService, seeded: Seeded, tl
     await settle(relay)
     [row] = stored_messages(seeded.store_path)
     assert (row["mail_from"], row["mail_auth"], row["username"]) == ("x@a.example", "x@a.example", "alice")
+
+
+# ---------------------------------------------------------------------------
+# 2. Headers the submission server owns, addresses as sent, Received:
+
+
+def queue_id_of(reply: bytes | str) -> str:
+    text = reply.decode() if isinstance(reply, bytes) else reply
+    return text.rsplit(" ", 1)[1]
+
+
+async def send_with_smtplib(relay: RelayService, tls_files: dict[str, Path], sender: str, recipients: list[str], data: bytes) -> str:
+    def send(client: smtplib.SMTP) -> str:
+        client.mail(sender)
+        for rcpt in recipients:
+            code, text = client.rcpt(rcpt)
+            assert code == 250, text
+        code, text = client.data(data)
+        assert code == 250, text
+        return queue_id_of(text)
+
+    return await with_smtplib(relay.served[0], tls_files, send)
+
+
+async def test_message_id_and_date_are_added_when_missing(relay: RelayService, seeded: Seeded, tls_files: dict[str, Path]) -> None:
+    queue_id = await send_with_smtplib(relay, tls_files, "x@a.example", ["r@d.example"], message())
+    parsed = email.message_from_bytes(stored_body(seeded.store_path, queue_id), policy=email.policy.default)
+    assert re.fullmatch(rf"<\d{{14}}\.{queue_id}@relay\.test>", parsed["Message-ID"]), parsed["Message-ID"]
+    date = email.utils.parsedate_to_datetime(parsed["Date"])
+    assert abs((date - dt.datetime.now(dt.UTC)).total_seconds()) < 3600  # a real date, not a fixed one
+    # A message that has them keeps its own, and gets no second one.
+    own = message(extra="Message-ID: <own@a.example>\r\nDate: Mon, 30 Nov 2026 10:00:00 +0100\r\n")
+    queue_id = await send_with_smtplib(relay, tls_files, "x@a.example", ["r@d.example"], own)
+    parsed = email.message_from_bytes(stored_body(seeded.store_path, queue_id), policy=email.policy.default)
+    assert parsed.get_all("Message-ID") == ["<own@a.example>"]
+    assert parsed.get_all("Date") == ["Mon, 30 Nov 2026 10:00:00 +0100"]
+
+
+async def test_envelope_and_header_addresses_are_kept_as_sent(relay: RelayService, seeded: Seeded, tls_files: dict[str, Path]) -> None:
+    data = message("Ann Lee <Ann.Lee@A.Example>")
+    queue_id = await send_with_smtplib(relay, tls_files, "Ann.Lee@Example.COM", ["Bob.Ray@D.Example", "bob.ray@d.example", "Bob.Ray@d.EXAMPLE"], data)
+    [row] = stored_messages(seeded.store_path)
+    assert row["mail_from"] == "Ann.Lee@Example.COM"
+    # The same mailbox twice (its domain spelled otherwise) once; a local part differing in case is another.
+    assert stored_recipients(seeded.store_path, queue_id) == ["Bob.Ray@D.Example", "bob.ray@d.example"]
+    assert split_trace(stored_body(seeded.store_path, queue_id))[2] == data
+
+
+@pytest.mark.parametrize("names_user", [False, True])
+async def test_received_header_is_the_one_postfix_writes(
+    seeded: Seeded, tmp_path: Path, tls_files: dict[str, Path], names_user: bool
+) -> None:
+    config = relay_config(tmp_path, tls_files, received_names_user=names_user)
+    async with running_relay(seeded.store_path, config) as relay:
+        queue_id = await send_with_smtplib(relay, tls_files, "x@a.example", ["r@d.example"], message())
+    received = split_trace(stored_body(seeded.store_path, queue_id))[0].decode()
+    lines = received.split("\r\n")
+    assert lines[0] == "Received: from client.test (localhost [127.0.0.1])"
+    assert re.fullmatch(r"\t\(using TLSv1\.[23] with cipher [A-Z0-9_-]+ \((\d+)/\1 bits\)\)", lines[1]), lines[1]
+    if names_user:
+        assert lines[2] == "\t(Authenticated sender: alice)"
+    assert "alice" not in received or names_user
+    assert lines[-3] == f"\tby relay.test (smtpplus) with ESMTPSA id {queue_id};"
+    assert email.utils.parsedate_to_datetime(lines[-2].strip()) is not None and lines[-1] == ""
+    # The email package reads it as one header.
+    parsed = email.message_from_bytes(stored_body(seeded.store_path, queue_id), policy=email.policy.default)
+    assert "with ESMTPSA id" in str(parsed["Received"])
+
+
+def test_received_header_forms() -> None:
+    header = received_header("h", "2001:db8::1", "relay.test", "UTF8SMTPA", "ABCDEFGHIJKL").decode()
+    assert header.startswith("Received: from h (unknown [IPv6:2001:db8::1])\r\n\tby relay.test (smtpplus) with UTF8SMTPA id ABCDEFGHIJKL;")

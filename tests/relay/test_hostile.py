@@ -26,6 +26,7 @@ from tests.relay.support import (
     rows,
     running_relay,
     settle,
+    split_trace,
     stored_body,
     stored_messages,
 )
@@ -178,18 +179,22 @@ async def test_a_from_in_the_body_after_a_bare_lf_blank_line_does_not_count(rela
     assert replies[0] == (550, "550 5.6.0 Message has no From: header")
     assert replies[1][0] == 250
     queue_id = QUEUED.match(replies[1][1][4:]).group(1)  # type: ignore[union-attr]
-    assert stored_body(seeded.store_path, queue_id).split(b"\r\n", 1)[1] == (
+    assert split_trace(stored_body(seeded.store_path, queue_id))[2] == (
         b"From: x@a.example\r\nSubject: s\r\n\r\nFrom: evil@evil.example\r\n"
     )
 
 
-def test_the_received_header_stays_one_safe_line_whatever_the_ehlo_name() -> None:
-    """Confirmed absent: CR/LF, control characters and very long names are defused."""
+def test_the_received_header_stays_one_safe_header_whatever_the_ehlo_name() -> None:
+    """Confirmed absent: CR/LF, control characters and very long names are defused;
+    the header is folded only where the relay folds it (CRLF + TAB)."""
     for name in ("a" * 600, "x\r\nX-Evil: 1", "x\rX-Evil: 1", "h\x00\x1b[31m;(by evil)", "\u00fcn\u00ef.example", ""):
-        line = received_header(name, "127.0.0.1", "relay.test", "ESMTPSA", "ABCDEFGHIJKL")
-        text = line.removesuffix(b"\r\n")
-        assert line.endswith(b"\r\n") and all(32 <= byte < 127 for byte in text), line
-        assert len(line) <= 1000 and text.startswith(b"Received: from ") and b" by relay.test (smtpplus) " in text
+        header = received_header(name, "127.0.0.1", "relay.test", "ESMTPSA", "ABCDEFGHIJKL", rdns="h\r\nX: 1", user="a\nb")
+        assert header.endswith(b"\r\n")
+        first, *rest = header.removesuffix(b"\r\n").split(b"\r\n")
+        assert first.startswith(b"Received: from ") and all(line.startswith(b"\t") for line in rest), header
+        for line in [first, *rest]:
+            assert len(line) <= 998 and all(32 <= byte < 127 for byte in line.lstrip(b"\t")), header
+        assert b"\tby relay.test (smtpplus) with ESMTPSA id ABCDEFGHIJKL;" in header
 
 
 # -- replies and errors ---------------------------------------------------------
