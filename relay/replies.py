@@ -60,7 +60,6 @@ class Replies:
     PARAMETER_INVALID = "501 5.5.4 {name} parameter: {why}"
     MAIL_PARAMETER_UNSUPPORTED = "555 5.5.4 MAIL FROM parameter {name} not supported"
     NEEDS_SMTPUTF8 = "553 5.6.7 <{addr}>: non-ASCII address needs the SMTPUTF8 parameter on MAIL FROM"
-    SENDER_EMPTY = "550 5.7.1 Empty envelope sender <> is not allowed"
     SENDER_CONTROL = "501 5.1.7 Control characters are not allowed in addresses"
     SENDER_FORM = "550 5.7.1 <{addr}>: sender address form not allowed ({problem})"
     SENDER_SYNTAX = "553 5.1.7 <{addr}>: bad sender address syntax ({problem})"

@@ -144,9 +144,14 @@ def needs_smtputf8(path: str) -> Refusal | None:
 
 
 def sender_refusal(path: str, user: AuthRecord, utf8: bool = False) -> Refusal | None:
-    """Why MAIL FROM:<path> is refused for ``user``, or None."""
+    """Why MAIL FROM:<path> is refused for ``user``, or None.
+
+    The null reverse-path ``<>`` is accepted (only ever after AUTH): an MTA behind the
+    relay sends its bounces and reports with it (RFC 5321 4.5.5). Its ``From:`` and
+    ``Sender:`` addresses pass the sender rules at DATA as every message's do, and
+    delivery never bounces such a message."""
     if path == "":
-        return Refusal(Replies.SENDER_EMPTY, Reason.SENDER_EMPTY, "MAIL FROM:<>")
+        return None
     check = address_check(path, utf8)
     problem = check.problem
     detail = f"<{shown(path)}>: {problem}"
@@ -318,7 +323,7 @@ def mail_auth(declared: str | None, user: AuthRecord) -> str | None:
     if declared is None or declared == "<>":
         return declared
     address = declared[1:-1] if declared.startswith("<") and declared.endswith(">") else declared
-    return address if sender_refusal(address, user) is None else "<>"
+    return address if address and sender_refusal(address, user) is None else "<>"
 
 
 # ---------------------------------------------------------------------------

@@ -310,13 +310,21 @@ async def test_length_limits_and_control_characters(relay: RelayService, tls_fil
     await raw.close()
 
 
-async def test_empty_envelope_sender_is_550(relay: RelayService, seeded: Seeded, tls_files: dict[str, Path]) -> None:
+async def test_null_sender_after_auth_is_accepted_and_the_from_header_decides(
+    relay: RelayService, seeded: Seeded, tls_files: dict[str, Path]
+) -> None:
     raw = await authed_raw(relay, tls_files)
-    code, text = await raw.command("MAIL FROM:<>")
-    assert code == 550 and text.startswith("550 5.7.1 ")
+    for sender, expected in (("MAILER-DAEMON@a.example", 250), ("MAILER-DAEMON@elsewhere.example", 550)):
+        assert await raw.command("MAIL FROM:<>") == (250, "250 2.1.0 Ok")
+        assert (await raw.command("RCPT TO:<r@d.example>"))[0] == 250
+        assert (await raw.command("DATA"))[0] == 354
+        code, text = await raw.command(message(sender) + b".")
+        assert code == expected, text
+    assert text == "550 5.7.1 <mailer-daemon@elsewhere.example>: From: address not authorized for this login"
     await raw.close()
     await settle(relay)
-    assert len(events(seeded.store_path, reason=str(Reason.SENDER_EMPTY))) == 1
+    [row] = stored_messages(seeded.store_path)
+    assert (row["mail_from"], row["header_from"]) == ("", "MAILER-DAEMON@a.example")
 
 
 @pytest.mark.parametrize(
