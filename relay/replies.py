@@ -26,6 +26,7 @@ class Replies:
     BYE = "221 2.0.0 Bye"
 
     # -- greeting and TLS (RFC 2034: no enhanced code in the HELO and EHLO replies)
+    GREETING = "220 {server} {ident}"  # aiosmtpd says it; listed for the exemption
     HELO = "250 {server}"
     EHLO = "250 {lines}"  # one line per extension: see multiline()
     SEND_HELO_FIRST = "503 5.5.1 Error: send {helo} first"
@@ -49,7 +50,6 @@ class Replies:
     AUTH_BAD_BASE64 = "501 5.5.2 Cannot decode base64"
     AUTH_BAD_PLAIN = "501 5.5.2 Cannot split PLAIN credentials"
     AUTH_LINE_TOO_LONG = "500 5.5.2 Line too long"
-    SEND_EHLO_FIRST = "503 5.5.1 Error: send EHLO first"
 
     # -- MAIL FROM
     SENDER_OK = "250 2.1.0 Ok"
@@ -74,6 +74,7 @@ class Replies:
     TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
     RECIPIENT_CONTROL = "501 5.1.3 Control characters are not allowed in addresses"
     RECIPIENT_FORM = "553 5.1.3 <{addr}>: recipient address not allowed ({problem})"
+    POSTMASTER_UNSET = "550 5.1.1 <{addr}>: no postmaster address is set on this relay (postmaster_address)"
 
     # -- DATA
     START_DATA = "354 End data with <CR><LF>.<CR><LF>"
@@ -96,6 +97,17 @@ class Replies:
     STORE_TEMPORARY = "451 4.3.0 Temporary failure, try again later"
 
     # -- other commands
+    NOOP_OK = "250 2.0.0 OK"
+    HELP = "214 2.0.0 Commands: {commands}"
+    HELP_SYNTAX = "214 2.0.0 Syntax: {syntax}"
+    HELP_UNKNOWN = "501 5.5.4 HELP: no such command {name}"
+    QUIT_SYNTAX = "501 5.5.4 Syntax: QUIT"
+    # aiosmtpd's command loop words these; push() puts them in these words (see enhanced()).
+    READY_FOR_TLS = "220 2.0.0 Ready to start TLS"
+    UNKNOWN_COMMAND = '500 5.5.2 Error: command "{name}" not recognized'
+    TOO_MANY_UNKNOWN = "502 5.5.1 Too many unrecognized commands, goodbye."
+    BAD_SYNTAX = "501 5.5.4 Error: bad syntax"
+    COMMAND_TOO_LONG = "500 5.5.6 Command line too long"
     RSET_OK = "250 2.0.0 Ok"
     RSET_SYNTAX = "501 5.5.4 Syntax: RSET"
     VRFY = "252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery"
@@ -103,6 +115,34 @@ class Replies:
 
 
 _FIELD = re.compile(r"\{[a-z_]+\}")
+ENHANCED = re.compile(r"^\d{3}[ -]\d\.\d{1,3}\.\d{1,3} ")
+
+# What aiosmtpd says in its own code (the command loop, STARTTLS, QUIT), in our words.
+_AIOSMTPD_WORDS = {
+    "250 OK": Replies.NOOP_OK,
+    "220 Ready to start TLS": Replies.READY_FOR_TLS,
+    "500 Error: bad syntax": Replies.BAD_SYNTAX,
+    "500 Command line too long": Replies.COMMAND_TOO_LONG,
+    "501 Syntax: QUIT": Replies.QUIT_SYNTAX,
+}
+_UNKNOWN_COMMAND = '500 Error: command "'
+
+
+def enhanced(status: str) -> str:
+    """``status`` with an enhanced status code (RFC 2034; ENHANCEDSTATUSCODES is always
+    offered): aiosmtpd's own replies in the registry's words, and any other reply
+    without one given its class's generic code (``X.0.0``). Never anything internal:
+    aiosmtpd's last-resort ``500 Error: (<exception>) …`` becomes ``INTERNAL``."""
+    known = _AIOSMTPD_WORDS.get(status)
+    if known is not None:
+        return known
+    if status.startswith(_UNKNOWN_COMMAND):
+        return "500 5.5.2 " + status[4:]
+    if status.startswith("500 Error: ("):
+        return Replies.INTERNAL
+    if ENHANCED.match(status) or len(status) < 4 or status[0] not in "245":
+        return status
+    return f"{status[:3]} {status[0]}.0.0 {status[4:]}"
 
 
 def reply(template: str, **values: object) -> str:

@@ -79,9 +79,7 @@ class SaslCommands(SMTP):
         if await self.check_helo_needed("EHLO"):
             return
         assert self.session is not None
-        if not self.session.extended_smtp:
-            await self.push(Replies.SEND_EHLO_FIRST)
-            return
+        # After HELO too (printers and cameras do this; Postfix accepts it).
         if self._tls_protocol is None and not self.ctx.config.allow_plain_auth:
             self._event(EventKind.AUTH, Reason.AUTH_NEEDS_TLS, "AUTH before STARTTLS")
             await self.push(Replies.ENCRYPTION_REQUIRED)

@@ -91,7 +91,7 @@ from relay.message import (
     store_text,
 )
 from relay.reasons import EventKind, Reason
-from relay.replies import Replies, multiline, reply
+from relay.replies import Replies, enhanced, multiline, reply
 from relay.rules import (
     MailParameters,
     Refusal,
@@ -392,6 +392,8 @@ class RelaySMTP(SaslCommands):
     async def push(self, status: AnyStr) -> None:
         if self._limit_reached:
             raise asyncio.CancelledError()  # the session is over: nothing more is said or done
+        if isinstance(status, str) and "\r\n" not in status and not self._exempt(status):
+            status = enhanced(status)  # before counting: aiosmtpd's "500 bad syntax" is a 501
         head = status[:3] if isinstance(status, str) else status[:3].decode("ascii", "replace")
         if head[:1] in ("4", "5") and not (status[:9] if isinstance(status, str) else "").startswith(_NOT_COUNTED):
             await self._count_error()
@@ -401,6 +403,14 @@ class RelaySMTP(SaslCommands):
             await super().push("\r\n".join(_REPLY_UNSAFE.sub("?", line) for line in status.split("\r\n")))
             return
         await super().push(status)
+
+    def _exempt(self, status: str) -> bool:
+        """Replies that carry no enhanced code (RFC 2034 3): the greeting, the HELO
+        reply, and the intermediate 334 (base64, RFC 4954) and 354 replies."""
+        return status.startswith(("334 ", "354 ")) or status in (
+            reply(Replies.GREETING, server=self.hostname, ident=self.__ident__),
+            reply(Replies.HELO, server=self.hostname),
+        )
 
     async def _count_error(self) -> None:
         """One more refused command: past the soft limit the reply waits, at the hard
@@ -653,21 +663,39 @@ class RelaySMTP(SaslCommands):
                 self._event(EventKind.REFUSED, Reason.TOO_MANY_RECIPIENTS, f"more than {self.ctx.config.max_recipients} recipients")
             await self.push(Replies.TOO_MANY_RECIPIENTS)
             return
+        if path.strip().lower() == "postmaster":  # RFC 5321 4.5.1: no domain, any case
+            await self._postmaster(path, dsn)
+            return
         refusal = recipient_refusal(path, utf8)
         if refusal is not None:
             await self._refuse(refusal)
             return
-        check = address_check(path, utf8)
-        assert check.address is not None
-        # As sent; one recipient twice (its domain spelled another way) is kept once.
-        address = path.strip()
-        local = address.rpartition("@")[0]
-        key = f"{local}@{check.address.rpartition('@')[2]}"
-        if key not in self._recipient_keys:
-            self._recipient_keys.add(key)
-            self.envelope.rcpt_tos.append(address)
-            if dsn.notify is not None or dsn.orcpt is not None:
-                self.recipient_dsn[address] = dsn
+        self._add_recipient(path.strip(), utf8, dsn)
+        await self.push(Replies.RECIPIENT_OK)
+
+    def _add_recipient(self, address: str, utf8: bool, dsn: RecipientDsn) -> None:
+        """Kept as sent; one recipient twice (its domain spelled another way) once."""
+        assert self.envelope is not None
+        check = address_check(address, utf8)
+        domain = check.address.rpartition("@")[2] if check.address else address.rpartition("@")[2]
+        key = f"{address.rpartition('@')[0]}@{domain}"
+        if key in self._recipient_keys:
+            return
+        self._recipient_keys.add(key)
+        self.envelope.rcpt_tos.append(address)
+        if dsn.notify is not None or dsn.orcpt is not None:
+            self.recipient_dsn[address] = dsn
+
+    async def _postmaster(self, path: str, dsn: RecipientDsn) -> None:
+        """``RCPT TO:<Postmaster>`` goes to the operator's ``postmaster_address``
+        (checked when the configuration is loaded)."""
+        target = self.ctx.config.postmaster_address.strip()
+        if not target:
+            await self._refuse(
+                Refusal(reply(Replies.POSTMASTER_UNSET, addr=shown(path)), Reason.RECIPIENT_INVALID, f"<{shown(path)}>: postmaster_address is not set")
+            )
+            return
+        self._add_recipient(target, True, dsn)
         await self.push(Replies.RECIPIENT_OK)
 
     async def smtp_RSET(self, arg: str) -> None:
@@ -715,7 +743,9 @@ class RelaySMTP(SaslCommands):
         """This hop's Received: header (RFC 5321 4.4; protocol names of RFC 3848 and
         6531: ESMTPSA, UTF8SMTPSA, …)."""
         assert self.session is not None
-        base = "UTF8SMTP" if self.declared.smtputf8 else ("ESMTP" if self.session.extended_smtp else "SMTP")
+        # AUTH is an SMTP extension: a client that used it after HELO spoke ESMTP too.
+        extended = self.session.extended_smtp or self.session.authenticated
+        base = "UTF8SMTP" if self.declared.smtputf8 else ("ESMTP" if extended else "SMTP")
         tls = self._tls_info()
         protocol = base + ("S" if tls is not None else "") + ("A" if self.session.authenticated else "")
         rdns = None
@@ -892,6 +922,26 @@ class RelaySMTP(SaslCommands):
         self._progress_at = self.loop.time()
         return reply(Replies.QUEUED, queue_id=queued.queue_id)
 
+    async def smtp_NOOP(self, arg: str) -> None:
+        await self.push(Replies.NOOP_OK)
+
+    async def smtp_HELP(self, arg: str) -> None:
+        """The commands this relay answers (before AUTH too: EHLO tells as much)."""
+        if not arg:
+            await self.push(reply(Replies.HELP, commands=" ".join(sorted(self._smtp_methods))))
+            return
+        syntax = HELP_SYNTAX.get(arg.strip().upper())
+        if syntax is None:
+            await self.push(reply(Replies.HELP_UNKNOWN, name=shown(arg, 32)))
+            return
+        await self.push(reply(Replies.HELP_SYNTAX, syntax=syntax))
+
+    async def smtp_QUIT(self, arg: str) -> None:
+        if arg:
+            await self.push(Replies.QUIT_SYNTAX)
+            return
+        await super().smtp_QUIT(arg)
+
     async def smtp_VRFY(self, arg: str) -> None:
         if await self.check_auth_needed("VRFY"):
             return
@@ -901,6 +951,21 @@ class RelaySMTP(SaslCommands):
         await self.push(Replies.EXPN)
 
 
+HELP_SYNTAX = {
+    "AUTH": "AUTH PLAIN|LOGIN [initial-response]",
+    "DATA": "DATA",
+    "EHLO": "EHLO hostname",
+    "EXPN": "EXPN (not implemented)",
+    "HELO": "HELO hostname",
+    "HELP": "HELP [command]",
+    "MAIL": "MAIL FROM:<address> [SIZE=n] [BODY=7BIT|8BITMIME] [SMTPUTF8] [AUTH=address] [RET=FULL|HDRS] [ENVID=xtext]",
+    "NOOP": "NOOP",
+    "QUIT": "QUIT",
+    "RCPT": "RCPT TO:<address> [NOTIFY=NEVER|SUCCESS,FAILURE,DELAY] [ORCPT=rfc822;xtext]",
+    "RSET": "RSET",
+    "STARTTLS": "STARTTLS",
+    "VRFY": "VRFY address",
+}
 _COMMAND_NAMES: dict[type, list[str]] = {}
 
 

@@ -6,6 +6,7 @@ enhanced codes everywhere, Postmaster, escaped logs)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import email
 import email.policy
@@ -20,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from relay.config import ConfigError, load_config
 from relay.message import received_header
 from relay.service import RelayService
 from tests.relay.support import (
@@ -319,3 +321,122 @@ async def test_received_header_is_the_one_postfix_writes(
 def test_received_header_forms() -> None:
     header = received_header("h", "2001:db8::1", "relay.test", "UTF8SMTPA", "ABCDEFGHIJKL").decode()
     assert header.startswith("Received: from h (unknown [IPv6:2001:db8::1])\r\n\tby relay.test (smtpplus) with UTF8SMTPA id ABCDEFGHIJKL;")
+
+
+# ---------------------------------------------------------------------------
+# 4. Enhanced codes everywhere, HELP, Postmaster, AUTH after HELO
+
+ENHANCED = re.compile(r"^\d{3}[ -]\d\.\d{1,3}\.\d{1,3} ")
+
+
+async def walk(raw: Raw, steps: list[bytes]) -> list[tuple[bytes, str]]:
+    """Send each line, one at a time; (line, reply) for every reply that must carry an
+    enhanced code — all but the replies to HELO/EHLO and the intermediate 334 and 354
+    (RFC 2034 3, RFC 4954: a 334 is base64)."""
+    checked = []
+    for step in steps:
+        code, text = await raw.command(step)
+        if step.upper().startswith((b"EHLO", b"HELO")) or code in (334, 354):
+            continue
+        checked.append((step, text))
+    return checked
+
+
+async def test_every_reply_after_ehlo_carries_an_enhanced_status_code(seeded: Seeded, tmp_path: Path, tls_files: dict[str, Path]) -> None:
+    config = relay_config(tmp_path, tls_files, soft_error_limit=19, hard_error_limit=20)
+    async with running_relay(seeded.store_path, config) as relay:
+        raw = await Raw.connect(relay.served[0])
+        before_tls = [
+            b"EHLO client.test", b"NOOP", b"HELP", b"HELP mail", b"HELP BOGUS", b"FOO", b"", b"\xff\xfe x",
+            b"MAIL FROM:<x@a.example>", b"RCPT TO:<r@d.example>", b"DATA", b"VRFY x", b"EXPN x", b"RSET", b"RSET x",
+            b"QUIT x", b"AUTH PLAIN AHgAeA==", b"X" * 600, b"MAIL FROM:<x@a.example> " + b"A" * 1200, b"STARTTLS x",
+            b"HELO client.test", b"EHLO client.test",
+        ]
+        checked = await walk(raw, before_tls)
+        code, text = await raw.command("STARTTLS")
+        checked.append((b"STARTTLS", text))
+        await raw.close()
+        # A new connection: the error limit counts per connection.
+        raw = await Raw.connect(relay.served[0])
+        await raw.starttls(tls_files)
+        after_tls = [
+            b"EHLO client.test", b"STARTTLS", b"AUTH BOGUS", b"AUTH PLAIN", b"*", b"AUTH PLAIN !!!!",
+            b"AUTH LOGIN " + base64.b64encode(b"alice"), base64.b64encode(PASSWORD["alice"].encode()), b"AUTH PLAIN x",
+            b"MAIL FROM:<x@a.example> BOGUS=1", b"MAIL FROM:<x@b.example>", b"MAIL FROM x", b"MAIL FROM:<x@a.example> RET=NO",
+            b"RCPT TO:<r@d.example>", b"MAIL FROM:<x@a.example>", b"MAIL FROM:<x@a.example>", b"RCPT TO:<bad%x@d.example>",
+            b"RCPT TO:<Postmaster>", b"RCPT TO:<r@d.example> NOTIFY=MAYBE", b"RCPT TO:<r@d.example>", b"DATA x", b"DATA",
+            message() + b".", b"DATA", b"VRFY r@d.example", b"NOOP", b"QUIT",
+        ]
+        checked += await walk(raw, after_tls)
+        await raw.close()
+    assert len(checked) >= 40
+    missing = [f"{step[:40]!r} -> {text!r}" for step, text in checked if not ENHANCED.match(text)]
+    assert missing == []
+    replies = dict(reversed(checked))  # the first reply to each line
+    assert replies[b"NOOP"] == "250 2.0.0 OK"
+    assert replies[b"FOO"] == '500 5.5.2 Error: command "FOO" not recognized'
+    assert replies[b""] == replies[b"\xff\xfe x"] == "501 5.5.4 Error: bad syntax"
+    assert replies[b"X" * 600] == "500 5.5.6 Command line too long"
+    assert replies[b"STARTTLS"] == "220 2.0.0 Ready to start TLS"
+    assert replies[b"QUIT x"] == "501 5.5.4 Syntax: QUIT"
+    assert replies[b"QUIT"] == "221 2.0.0 Bye"
+
+
+async def test_help_answers_214_with_the_real_commands(relay: RelayService, tls_files: dict[str, Path]) -> None:
+    def ask(client: smtplib.SMTP) -> tuple[bytes, bytes]:
+        return client.help(), client.help("MAIL")
+
+    raw = await Raw.connect(relay.served[0])
+    code, text = await raw.command("HELP")
+    await raw.close()
+    assert code == 214
+    assert text == "214 2.0.0 Commands: AUTH DATA EHLO EXPN HELO HELP MAIL NOOP QUIT RCPT RSET STARTTLS VRFY"
+    listing, mail = await with_smtplib(relay.served[0], tls_files, ask, login=None)  # smtplib wants 214
+    assert listing.startswith(b"2.0.0 Commands: AUTH ") and mail.startswith(b"2.0.0 Syntax: MAIL FROM:<address>")
+
+
+@pytest.mark.parametrize("spelling", ["Postmaster", "POSTMASTER", "postmaster"])
+async def test_postmaster_without_a_domain_goes_to_the_operators_address(
+    seeded: Seeded, tmp_path: Path, tls_files: dict[str, Path], spelling: str
+) -> None:
+    config = relay_config(tmp_path, tls_files, postmaster_address="ops@ops.example")
+    async with running_relay(seeded.store_path, config) as relay:
+        queue_id = await send_with_smtplib(relay, tls_files, "x@a.example", [f"<{spelling}>", "r@d.example"], message())
+    assert stored_recipients(seeded.store_path, queue_id) == ["ops@ops.example", "r@d.example"]
+
+
+async def test_postmaster_without_a_setting_is_550_naming_it(relay: RelayService, seeded: Seeded, tls_files: dict[str, Path]) -> None:
+    raw = await Raw.connect(relay.served[0])
+    await raw.starttls(tls_files)
+    assert (await raw.login("alice"))[0] == 235
+    assert (await raw.command("MAIL FROM:<x@a.example>"))[0] == 250
+    assert await raw.command("RCPT TO:<Postmaster>") == (
+        550, "550 5.1.1 <Postmaster>: no postmaster address is set on this relay (postmaster_address)",
+    )
+    assert (await raw.command("RCPT TO:<postmaster@>"))[0] == 553  # a malformed address is not the exception
+    await raw.close()
+
+
+def test_a_postmaster_address_that_is_no_address_is_a_config_error() -> None:
+    assert load_config(environ={"SMTPPLUS_POSTMASTER_ADDRESS": "ops@ops.example"}).postmaster_address == "ops@ops.example"
+    with pytest.raises(ConfigError, match="postmaster_address 'ops' is not a usable address .* e.g. ops@example.com"):
+        load_config(environ={"SMTPPLUS_POSTMASTER_ADDRESS": "ops"})
+
+
+async def test_auth_after_helo_is_accepted(relay: RelayService, seeded: Seeded, tls_files: dict[str, Path]) -> None:
+    """A printer: HELO, STARTTLS, HELO again, AUTH, one message."""
+    raw = await Raw.connect(relay.served[0])
+    assert (await raw.command("HELO printer"))[0] == 250
+    assert (await raw.command("STARTTLS"))[0] == 220
+    await raw.writer.start_tls(ssl.create_default_context(cafile=str(tls_files["ca"])), server_hostname="127.0.0.1")
+    assert (await raw.command("HELO printer"))[0] == 250
+    token = base64.b64encode(f"\0alice\0{PASSWORD['alice']}".encode()).decode()
+    assert await raw.command(f"AUTH PLAIN {token}") == (235, "235 2.7.0 Authentication successful")
+    assert (await raw.command("MAIL FROM:<x@a.example>"))[0] == 250
+    assert (await raw.command("RCPT TO:<r@d.example>"))[0] == 250
+    assert (await raw.command("DATA"))[0] == 354
+    code, text = await raw.command(message() + b".")
+    assert code == 250, text
+    await raw.close()
+    received = split_trace(stored_body(seeded.store_path, queue_id_of(text)))[0]
+    assert received.startswith(b"Received: from printer (") and b" with ESMTPSA id " in received
