@@ -64,12 +64,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import mmap
 import re
 import socket
 import ssl
 import time
+import traceback
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, AnyStr, cast
 
@@ -128,6 +131,7 @@ COMMAND_LIMIT = 512  # RFC 5321 4.5.3.1.4, CRLF included
 # 4954 5, 3461 4.4); RCPT: + NOTIFY=, ORCPT= (RFC 3461 4.1, 4.2)
 MAIL_LIMIT = COMMAND_LIMIT + 26 + 15 + 9 + 506 + 9 + 107
 RCPT_LIMIT = COMMAND_LIMIT + 31 + 507
+UNKNOWN_COMMAND_LIMIT = 5  # the fifth unknown command closes the connection (as aiosmtpd)
 RDNS_WAIT = 2.0  # seconds DATA waits for the client's reverse DNS name (then "unknown")
 LINE_LIMIT = 2048  # the stream's line limit: over the longest command (Postfix: 2048)
 MAX_DATA_LINE = 1000  # octets with CRLF (RFC 5321 4.5.3.1.6)
@@ -271,6 +275,10 @@ class RelaySMTP(SaslCommands):
         self.command_size_limits = collections.defaultdict(
             lambda: COMMAND_LIMIT, {"MAIL": MAIL_LIMIT, "RCPT": RCPT_LIMIT}
         )
+        # Unknown commands come to _unknown_command, not to aiosmtpd's loop, which would
+        # log the client's command name raw (escape sequences and all).
+        self._smtp_methods = _Commands(self._smtp_methods, self._unknown_command)
+        self._unknown_commands = 0
         self.ctx = ctx
         self.client_ip = "?"
         self.local_port: int | None = None
@@ -456,9 +464,11 @@ class RelaySMTP(SaslCommands):
 
     async def handle_exception(self, error: Exception) -> str:
         if isinstance(error, TLSSetupException):
-            log.info("%s: TLS handshake failed: %s", self.client_ip, error.__cause__ or error)
+            log.info("%s: TLS handshake failed: %s", clean(self.client_ip), clean(error.__cause__ or error, 300))
         else:
-            log.error("%s: session error", self.client_ip, exc_info=error)
+            # The traceback as escaped text: an exception's message may quote client bytes.
+            trace = "".join(traceback.format_exception(error))
+            log.error("%s: session error: %s", clean(self.client_ip), clean(trace, 20_000, keep_newlines=True))
             self._event(EventKind.REFUSED, Reason.INTERNAL_ERROR, type(error).__name__)
         return Replies.INTERNAL
 
@@ -844,7 +854,7 @@ class RelaySMTP(SaslCommands):
             )
         if read.refusal == "spool":
             failed = classify(read.error or OSError())
-            log.error("%s: spooling message data failed: %s", self.client_ip, read.error)
+            log.error("%s: spooling message data failed: %s", clean(self.client_ip), clean(read.error, 300))
             return self._refusal_reply(Refusal(failed.reply, failed.reason, "spooling the message data failed"))
         return await self._accept(spool, read, queue_id)
 
@@ -922,6 +932,17 @@ class RelaySMTP(SaslCommands):
         self._progress_at = self.loop.time()
         return reply(Replies.QUEUED, queue_id=queued.queue_id)
 
+    async def _unknown_command(self, name: str, arg: str | None) -> None:
+        """As aiosmtpd answers an unknown command (the fifth closes the connection),
+        with the name escaped in the log."""
+        self._unknown_commands += 1
+        log.info("%s: unrecognised command %s", clean(self.client_ip), clean(name, 64))
+        if self._unknown_commands >= UNKNOWN_COMMAND_LIMIT:
+            await self.push(Replies.TOO_MANY_UNKNOWN)
+            self._close()
+            return
+        await self.push(reply(Replies.UNKNOWN_COMMAND, name=name))
+
     async def smtp_NOOP(self, arg: str) -> None:
         await self.push(Replies.NOOP_OK)
 
@@ -949,6 +970,18 @@ class RelaySMTP(SaslCommands):
 
     async def smtp_EXPN(self, arg: str) -> None:
         await self.push(Replies.EXPN)
+
+
+class _Commands(dict[str, Any]):
+    """aiosmtpd's command table: an unknown name finds the session's handler for it."""
+
+    def __init__(self, methods: dict[str, Any], unknown: Callable[[str, str | None], Awaitable[None]]) -> None:
+        super().__init__(methods)
+        self._unknown = unknown
+
+    def get(self, name: str, default: Any = None) -> Any:
+        found = super().get(name)
+        return found if found is not None else functools.partial(self._unknown, name)
 
 
 HELP_SYNTAX = {

@@ -11,6 +11,7 @@ import datetime as dt
 import email
 import email.policy
 import email.utils
+import logging
 import re
 import shutil
 import smtplib
@@ -440,3 +441,32 @@ async def test_auth_after_helo_is_accepted(relay: RelayService, seeded: Seeded, 
     await raw.close()
     received = split_trace(stored_body(seeded.store_path, queue_id_of(text)))[0]
     assert received.startswith(b"Received: from printer (") and b" with ESMTPSA id " in received
+
+
+# ---------------------------------------------------------------------------
+# 5. Client bytes are escaped in every log line and event
+
+
+async def test_client_bytes_never_reach_a_log_line_raw(
+    relay: RelayService, seeded: Seeded, tls_files: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    raw = await Raw.connect(relay.served[0])
+    await raw.command(b"\x1b[31mEVIL\x1b]52;c;aGk=\x07")  # an unknown command: colour, then OSC 52
+    await raw.command(b"EHLO \x1b[2Jhost\x9b")
+    await raw.command(b"MAIL FROM:<\x1b[31m@a.example>")  # before AUTH: counted into one event
+    await raw.close()
+    raw = await Raw.connect(relay.served[0])
+    await raw.starttls(tls_files)
+    await raw.command("EHLO client.test")
+    token = base64.b64encode(b"\0\x1b[31malice\0wrong").decode()
+    assert (await raw.command(f"AUTH PLAIN {token}"))[0] == 535
+    await raw.close()
+    await settle(relay)
+    lines = [record.getMessage() for record in caplog.records]
+    assert any("unrecognised command \\x1b[31MEVIL" in line for line in lines), lines  # upper-cased by aiosmtpd
+    raw_lines = [line for line in lines if any(ch in line for ch in "\x1b\x07\x9b")]
+    assert raw_lines == []
+    stored = rows(seeded.store_path, lambda db: [tuple(map(str, row)) for row in db.execute("SELECT username, detail FROM events")])
+    assert stored and not [row for row in stored if any(ch in "".join(row) for ch in "\x1b\x07\x9b")]
+    assert any("[31malice" in row[0] for row in stored)  # the attempted login, defused
