@@ -196,6 +196,30 @@ class ConnectionTracker:
         await self._empty.wait()
 
 
+class ClientNames:
+    """Clients' forward-confirmed DNS names for Received:, shared by every session: one
+    lookup per address per ``ttl`` seconds, so a client that sends each message on a
+    new connection costs one lookup, not one per message."""
+
+    def __init__(self, ttl: float = 300.0, size: int = 4096) -> None:
+        self.ttl = ttl
+        self.size = size
+        self.lookups = 0
+        self._known: dict[str, tuple[float, asyncio.Future[str | None]]] = {}
+
+    def lookup(self, loop: asyncio.AbstractEventLoop, ip: str) -> asyncio.Future[str | None]:
+        now = loop.time()
+        known = self._known.get(ip)
+        if known is not None and now - known[0] < self.ttl and not known[1].cancelled():
+            return known[1]
+        if len(self._known) >= self.size:
+            self._known.clear()  # a bound, not a policy: the next lookups refill it
+        self.lookups += 1
+        task = loop.create_task(confirmed_name(loop, ip))
+        self._known[ip] = (now, task)
+        return task
+
+
 @dataclass
 class RelayContext:
     """What every session of one relay shares."""
@@ -210,6 +234,7 @@ class RelayContext:
     stopping: bool = False
     events: EventBudget = field(default_factory=EventBudget)
     watchdog: LoopWatchdog = field(default_factory=LoopWatchdog)
+    names: ClientNames = field(default_factory=ClientNames)
     inflight: InFlight = field(init=False)
 
     def __post_init__(self) -> None:
@@ -254,7 +279,7 @@ class RelaySMTP(SaslCommands):
         self.declared = MailParameters()
         self.recipient_dsn: dict[str, RecipientDsn] = {}
         self._recipient_keys: set[str] = set()
-        self._rdns: asyncio.Task[str | None] | None = None  # the client's name, looked up once
+        self._rdns: asyncio.Future[str | None] | None = None  # the client's name (ctx.names)
         super().__init__(
             _NO_HOOKS,
             data_size_limit=cfg.max_message_size,
@@ -332,8 +357,6 @@ class RelaySMTP(SaslCommands):
             if handle is not None:
                 handle.cancel()
         self._record_before_auth()
-        if self._rdns is not None:
-            self._rdns.cancel()
         super().connection_lost(error)
         if self._admitted and not self._released:
             self._released = True
@@ -636,7 +659,7 @@ class RelaySMTP(SaslCommands):
         # compared it case-insensitively, its domain through IDNA.
         self.envelope.mail_from = path.strip()
         if self._rdns is None:
-            self._rdns = self.loop.create_task(confirmed_name(self.loop, self.client_ip))
+            self._rdns = self.ctx.names.lookup(self.loop, self.client_ip)
         self.envelope.mail_options = params
         declared.auth = mail_auth(declared.auth, user)
         self.declared = declared
@@ -759,7 +782,7 @@ class RelaySMTP(SaslCommands):
         tls = self._tls_info()
         protocol = base + ("S" if tls is not None else "") + ("A" if self.session.authenticated else "")
         rdns = None
-        if self._rdns is not None:
+        if self._rdns is not None and not self._rdns.cancelled():
             try:
                 rdns = await asyncio.wait_for(asyncio.shield(self._rdns), RDNS_WAIT)
             except TimeoutError:

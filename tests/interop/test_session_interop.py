@@ -286,6 +286,7 @@ async def test_message_id_and_date_are_added_when_missing(relay: RelayService, s
     parsed = email.message_from_bytes(stored_body(seeded.store_path, queue_id), policy=email.policy.default)
     assert parsed.get_all("Message-ID") == ["<own@a.example>"]
     assert parsed.get_all("Date") == ["Mon, 30 Nov 2026 10:00:00 +0100"]
+    assert relay.context.names.lookups == 1  # the client's DNS name: once for both connections
 
 
 async def test_envelope_and_header_addresses_are_kept_as_sent(relay: RelayService, seeded: Seeded, tls_files: dict[str, Path]) -> None:
