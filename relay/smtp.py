@@ -71,7 +71,6 @@ import re
 import socket
 import ssl
 import time
-import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, AnyStr, cast
@@ -489,9 +488,9 @@ class RelaySMTP(SaslCommands):
         if isinstance(error, TLSSetupException):
             log.info("%s: TLS handshake failed: %s", clean(self.client_ip), clean(error.__cause__ or error, 300))
         else:
-            # The traceback as escaped text: an exception's message may quote client bytes.
-            trace = "".join(traceback.format_exception(error))
-            log.error("%s: session error: %s", clean(self.client_ip), clean(trace, 20_000, keep_newlines=True))
+            # exc_info, not text: relay.logs escapes the traceback (it may quote client
+            # bytes), and the service's corruption filter reads the exception.
+            log.error("%s: session error", clean(self.client_ip), exc_info=error)
             self._event(EventKind.REFUSED, Reason.INTERNAL_ERROR, type(error).__name__)
         return Replies.INTERNAL
 
