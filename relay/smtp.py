@@ -958,7 +958,7 @@ class RelaySMTP(SaslCommands):
         """As aiosmtpd answers an unknown command (the fifth closes the connection),
         with the name escaped in the log."""
         self._unknown_commands += 1
-        log.info("%s: unrecognised command %s", clean(self.client_ip), clean(name, 64))
+        log.warning("%s: unrecognised command %s", clean(self.client_ip), clean(name, 64))  # as aiosmtpd
         if self._unknown_commands >= UNKNOWN_COMMAND_LIMIT:
             await self.push(Replies.TOO_MANY_UNKNOWN)
             self._close()
