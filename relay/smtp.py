@@ -1,63 +1,27 @@
 """The relay's SMTP session: an aiosmtpd ``SMTP`` subclass that words every reply.
 
 aiosmtpd 1.4.6 parses addresses with the email package (which silently drops source
-routes), leaks exception text in its default error reply, and answers STARTTLS
-inside TLS by starting TLS again, so this class takes over EHLO, STARTTLS, AUTH,
-MAIL, RCPT and DATA and keeps aiosmtpd for the connection, the command loop, the
-TLS upgrade (which discards commands pipelined before the handshake) and the
-remaining commands.
+routes), leaks exception text in its default error reply, answers STARTTLS inside TLS
+by starting TLS again and words many replies without enhanced status codes, so this
+class takes over every command and keeps aiosmtpd for the connection, the command
+loop and the TLS upgrade (which discards commands pipelined before the handshake).
+What aiosmtpd still says itself is put in our words in :meth:`RelaySMTP.push`.
 
-Replies (PRODUCT.md's table is the contract):
-
-=====================================================  =======================================
-queued                                                 ``250 2.0.0 Ok: queued as <queue id>``
-MAIL/RCPT/DATA before AUTH                             ``530 5.7.0 Authentication required``
-AUTH before STARTTLS (plain AUTH not allowed)          ``538 5.7.11 Encryption required …``
-bad credentials, inactive or unknown user, authzid ≠   ``535 5.7.8 Authentication credentials
-login (from the 4th failure of a client address in     invalid`` (held back 0.5 s, doubling,
-the window, the reply waits)                           at most 5 s)
-3rd failure on a connection; client address limit      ``421 4.7.0 …`` and the connection closes
-(IPv6: /64); username limit from that client address
-too many connections (global or per client)            ``421 4.7.0 …`` and the connection closes
-envelope sender ``<>``                                 ``550 5.7.1``
-sender with ``%``, ``!``, quoted ``@``, source route,  ``550 5.7.1 <address>: …``
-address literal, no domain; or not authorized
-sender authorized, identity pending                    ``550 5.7.1 <address>: … awaits verification``
-sender too long / malformed; control characters        ``553 5.1.7`` / ``501 5.1.7``
-recipient with ``%``, ``!``, quoted ``@``, source      ``553 5.1.3``
-route, literal, no domain, too long; control chars     (``501 5.1.3`` for control characters)
-more than ``max_recipients``                           ``452 4.5.3`` for each one past the limit
-SIZE parameter or data over the limit                  ``552 5.3.4``
-no ``From:``                                           ``550 5.6.0``
-several ``From:``/``Sender:``, one that does not       ``550 5.7.1``
-parse, or an address in it not authorized/verified
-(address-like text in a display name, a comment or
-an RFC 2047 encoded word counts as an address)
-a data line over 998 characters (after CR/LF fixes)    ``500 5.5.2``
-a display name (comment, encoded word) that shows an   ``550 5.7.1 From: display name shows
-address other than its own (``"x\\@evil.com"``,          another address <…> than its own <…>``
-full-width ``＠``); ``refuse_lookalike_display_names``  (``Sender:`` likewise)
-header section over ``header_size_limit`` (100 KB)     ``552 5.3.4 Message header section too large``
-NUL in message data                                    ``554 5.6.0 Message contains NUL characters``
-message data in flight over ``inflight_bytes_limit``   ``452 4.3.1 Insufficient system storage, …``
-the ``hard_error_limit``-th refused command (≤ 20;     ``421 4.7.0 Too many errors, closing
-past ``soft_error_limit`` each reply waits, ≤ 3 s in    connection`` and the connection closes
-all)
-STARTTLS inside TLS                                    ``503 5.5.1``
-store full / store failure / any internal error        ``452 4.3.1`` / ``451 4.3.0`` (no internals)
-relay shutting down: idle sessions, a new MAIL         ``421 4.3.2`` (a transaction under way
-                                                       finishes; QUIT still gets ``221 2.0.0``)
-no complete command for ``session_timeout`` seconds,   ``421 4.4.2`` and the connection closes
-or no message queued for ``session_without_mail``      (aborted if the client does not read it)
-=====================================================  =======================================
+The session is split as aiosmtpd's own package is: this module (connection, limits,
+MAIL/RCPT/DATA), ``relay.sasl`` (AUTH PLAIN and LOGIN), ``relay.rules`` (the pure
+rules: paths, parameters, who may send as whom, From:/Sender:) and ``relay.replies``
+(every reply, shared with the tests; ``docs/replies.md`` has a row for each).
 
 End of data is only ``<CRLF>.<CRLF>``; bare CR or LF in the message is stored as
-CRLF; a ``Received:`` header with a sanitized EHLO name is prepended. Message data is
-spooled as it arrives (``relay.spool``). Every AUTH outcome, refusal and queued message
-becomes an event (``relay.reasons``), except that refusals before AUTH are counted into
-one ``pre-auth-refusals`` event per connection, and each client address has an event
-budget (60 at once, then one per 10 s) so no flood grows the store without bound.
-Failed AUTH is throttled per client address (``relay.auth.throttle_delay``).
+CRLF. A ``Received:`` header as Postfix writes it is prepended, and a ``Message-ID:``
+and a ``Date:`` are added when missing (RFC 6409 8.3); addresses are kept as sent.
+Message data is spooled as it arrives (``relay.spool``). Every AUTH outcome, refusal
+and queued message becomes an event (``relay.reasons``), except that refusals before
+AUTH are counted into one ``pre-auth-refusals`` event per connection, and each client
+address has an event budget (60 at once, then one per 10 s) so no flood grows the
+store without bound. Failed AUTH is throttled per client address
+(``relay.auth.throttle_delay``). Client bytes reach logs and events only escaped
+(``relay.display.clean``).
 """
 
 from __future__ import annotations
