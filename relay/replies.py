@@ -128,6 +128,11 @@ _AIOSMTPD_WORDS = {
 _UNKNOWN_COMMAND = '500 Error: command "'
 
 
+def has_enhanced_code(status: str) -> bool:
+    """The cheap test every reply passes first (``250 2.1.0 …``; codes are ASCII)."""
+    return status[4:5].isdigit() and status[5:6] == "." and ENHANCED.match(status) is not None
+
+
 def enhanced(status: str) -> str:
     """``status`` with an enhanced status code (RFC 2034; ENHANCEDSTATUSCODES is always
     offered): aiosmtpd's own replies in the registry's words, and any other reply

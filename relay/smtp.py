@@ -57,7 +57,7 @@ from relay.message import (
     store_text,
 )
 from relay.reasons import EventKind, Reason
-from relay.replies import Replies, enhanced, multiline, reply
+from relay.replies import Replies, enhanced, has_enhanced_code, multiline, reply
 from relay.rules import (
     MailParameters,
     Refusal,
@@ -267,6 +267,7 @@ class RelaySMTP(SaslCommands):
         # log the client's command name raw (escape sequences and all).
         self._smtp_methods = _Commands(self._smtp_methods, self._unknown_command)
         self._unknown_commands = 0
+        self._exempt_replies: tuple[str, str] | None = None
         self.ctx = ctx
         self.client_ip = "?"
         self.local_port: int | None = None
@@ -386,7 +387,7 @@ class RelaySMTP(SaslCommands):
     async def push(self, status: AnyStr) -> None:
         if self._limit_reached:
             raise asyncio.CancelledError()  # the session is over: nothing more is said or done
-        if isinstance(status, str) and "\r\n" not in status and not self._exempt(status):
+        if isinstance(status, str) and not has_enhanced_code(status) and "\r\n" not in status and not self._exempt(status):
             status = enhanced(status)  # before counting: aiosmtpd's "500 bad syntax" is a 501
         head = status[:3] if isinstance(status, str) else status[:3].decode("ascii", "replace")
         if head[:1] in ("4", "5") and not (status[:9] if isinstance(status, str) else "").startswith(_NOT_COUNTED):
@@ -401,10 +402,14 @@ class RelaySMTP(SaslCommands):
     def _exempt(self, status: str) -> bool:
         """Replies that carry no enhanced code (RFC 2034 3): the greeting, the HELO
         reply, and the intermediate 334 (base64, RFC 4954) and 354 replies."""
-        return status.startswith(("334 ", "354 ")) or status in (
-            reply(Replies.GREETING, server=self.hostname, ident=self.__ident__),
-            reply(Replies.HELO, server=self.hostname),
-        )
+        if status.startswith(("334 ", "354 ")):
+            return True
+        if self._exempt_replies is None:
+            self._exempt_replies = (
+                reply(Replies.GREETING, server=self.hostname, ident=self.__ident__),
+                reply(Replies.HELO, server=self.hostname),
+            )
+        return status in self._exempt_replies
 
     async def _count_error(self) -> None:
         """One more refused command: past the soft limit the reply waits, at the hard
@@ -745,9 +750,12 @@ class RelaySMTP(SaslCommands):
         tls = self._tls_info()
         protocol = base + ("S" if tls is not None else "") + ("A" if self.session.authenticated else "")
         rdns = None
-        if self._rdns is not None and not self._rdns.cancelled():
+        names = self._rdns
+        if names is not None and names.done():  # the usual case: no timer, no task
+            rdns = None if names.cancelled() else names.result()
+        elif names is not None:
             try:
-                rdns = await asyncio.wait_for(asyncio.shield(self._rdns), RDNS_WAIT)
+                rdns = await asyncio.wait_for(asyncio.shield(names), RDNS_WAIT)
             except TimeoutError:
                 rdns = None
         user = self.user.username if self.user is not None and self.ctx.config.received_names_user else None
