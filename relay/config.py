@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from relay.policy import check_address
 from relay.ports import DEFAULT_SPEC, DEFAULT_TLS_SPEC
 from relay.store.db import StoreError
 from relay.store.settings import Keys
@@ -111,6 +112,12 @@ class RelayConfig:
     # Display names (and comments, encoded words) that spell an address other than
     # the mailbox's own ("evil\@evil.com" <boss@b.example>, full-width ＠) → 550 5.7.1.
     refuse_lookalike_display_names: bool = True
+    # Name the authenticated user in the Received: header (Postfix's
+    # smtpd_sasl_authenticated_header); off, the login stays private.
+    received_names_user: bool = False
+    # Where RCPT TO:<Postmaster> (no domain, any case; RFC 5321 4.5.1) is delivered;
+    # "" = refused with 550 5.1.1 naming this setting.
+    postmaster_address: str = ""
     # -- AUTH --------------------------------------------------------------------
     auth_failures_per_connection: int = 3  # the 3rd failure → 421 4.7.0 and close
     auth_failures_per_client: int = 50  # failures from one address (IPv6: /64) within the window → 421
@@ -218,6 +225,10 @@ def load_config(
     log_format = values.get("log_format")
     if log_format is not None and log_format not in LOG_FORMATS:
         raise ConfigError(f"log_format {log_format!r} is not a log format: use text or json")
+    postmaster = str(values.get("postmaster_address", "")).strip()
+    if postmaster and check_address(postmaster).problem is not None:
+        problem = check_address(postmaster).problem
+        raise ConfigError(f"postmaster_address {postmaster!r} is not a usable address ({problem}): set it to e.g. ops@example.com")
     return RelayConfig(**values)
 
 

@@ -1,147 +1,108 @@
 """The relay's SMTP session: an aiosmtpd ``SMTP`` subclass that words every reply.
 
 aiosmtpd 1.4.6 parses addresses with the email package (which silently drops source
-routes), leaks exception text in its default error reply, and answers STARTTLS
-inside TLS by starting TLS again, so this class takes over EHLO, STARTTLS, AUTH,
-MAIL, RCPT and DATA and keeps aiosmtpd for the connection, the command loop, the
-TLS upgrade (which discards commands pipelined before the handshake) and the
-remaining commands.
+routes), leaks exception text in its default error reply, answers STARTTLS inside TLS
+by starting TLS again and words many replies without enhanced status codes, so this
+class takes over every command and keeps aiosmtpd for the connection, the command
+loop and the TLS upgrade (which discards commands pipelined before the handshake).
+What aiosmtpd still says itself is put in our words in :meth:`RelaySMTP.push`.
 
-Replies (PRODUCT.md's table is the contract):
-
-=====================================================  =======================================
-queued                                                 ``250 2.0.0 Ok: queued as <queue id>``
-MAIL/RCPT/DATA before AUTH                             ``530 5.7.0 Authentication required``
-AUTH before STARTTLS (plain AUTH not allowed)          ``538 5.7.11 Encryption required …``
-bad credentials, inactive or unknown user, authzid ≠   ``535 5.7.8 Authentication credentials
-login (from the 4th failure of a client address in     invalid`` (held back 0.5 s, doubling,
-the window, the reply waits)                           at most 5 s)
-3rd failure on a connection; client address limit      ``421 4.7.0 …`` and the connection closes
-(IPv6: /64); username limit from that client address
-too many connections (global or per client)            ``421 4.7.0 …`` and the connection closes
-envelope sender ``<>``                                 ``550 5.7.1``
-sender with ``%``, ``!``, quoted ``@``, source route,  ``550 5.7.1 <address>: …``
-address literal, no domain; or not authorized
-sender authorized, identity pending                    ``550 5.7.1 <address>: … awaits verification``
-sender too long / malformed; control characters        ``553 5.1.7`` / ``501 5.1.7``
-recipient with ``%``, ``!``, quoted ``@``, source      ``553 5.1.3``
-route, literal, no domain, too long; control chars     (``501 5.1.3`` for control characters)
-more than ``max_recipients``                           ``452 4.5.3`` for each one past the limit
-SIZE parameter or data over the limit                  ``552 5.3.4``
-no ``From:``                                           ``550 5.6.0``
-several ``From:``/``Sender:``, one that does not       ``550 5.7.1``
-parse, or an address in it not authorized/verified
-(address-like text in a display name, a comment or
-an RFC 2047 encoded word counts as an address)
-a data line over 998 characters (after CR/LF fixes)    ``500 5.5.2``
-a display name (comment, encoded word) that shows an   ``550 5.7.1 From: display name shows
-address other than its own (``"x\\@evil.com"``,          another address <…> than its own <…>``
-full-width ``＠``); ``refuse_lookalike_display_names``  (``Sender:`` likewise)
-header section over ``header_size_limit`` (100 KB)     ``552 5.3.4 Message header section too large``
-NUL in message data                                    ``554 5.6.0 Message contains NUL characters``
-message data in flight over ``inflight_bytes_limit``   ``452 4.3.1 Insufficient system storage, …``
-the ``hard_error_limit``-th refused command (≤ 20;     ``421 4.7.0 Too many errors, closing
-past ``soft_error_limit`` each reply waits, ≤ 3 s in    connection`` and the connection closes
-all)
-STARTTLS inside TLS                                    ``503 5.5.1``
-store full / store failure / any internal error        ``452 4.3.1`` / ``451 4.3.0`` (no internals)
-relay shutting down: idle sessions, a new MAIL         ``421 4.3.2`` (a transaction under way
-                                                       finishes; QUIT still gets ``221 2.0.0``)
-no complete command for ``session_timeout`` seconds,   ``421 4.4.2`` and the connection closes
-or no message queued for ``session_without_mail``      (aborted if the client does not read it)
-=====================================================  =======================================
+The session is split as aiosmtpd's own package is: this module (connection, limits,
+MAIL/RCPT/DATA), ``relay.sasl`` (AUTH PLAIN and LOGIN), ``relay.rules`` (the pure
+rules: paths, parameters, who may send as whom, From:/Sender:) and ``relay.replies``
+(every reply, shared with the tests; ``docs/replies.md`` has a row for each).
 
 End of data is only ``<CRLF>.<CRLF>``; bare CR or LF in the message is stored as
-CRLF; a ``Received:`` header with a sanitized EHLO name is prepended. Message data is
-spooled as it arrives (``relay.spool``). Every AUTH outcome, refusal and queued message
-becomes an event (``relay.reasons``), except that refusals before AUTH are counted into
-one ``pre-auth-refusals`` event per connection, and each client address has an event
-budget (60 at once, then one per 10 s) so no flood grows the store without bound.
-Failed AUTH is throttled per client address (``relay.auth.throttle_delay``).
+CRLF. A ``Received:`` header as Postfix writes it is prepended, and a ``Message-ID:``
+and a ``Date:`` are added when missing (RFC 6409 8.3); addresses are kept as sent.
+Message data is spooled as it arrives (``relay.spool``). Every AUTH outcome, refusal
+and queued message becomes an event (``relay.reasons``), except that refusals before
+AUTH are counted into one ``pre-auth-refusals`` event per connection, and each client
+address has an event budget (60 at once, then one per 10 s) so no flood grows the
+store without bound. Failed AUTH is throttled per client address
+(``relay.auth.throttle_delay``). Client bytes reach logs and events only escaped
+(``relay.display.clean``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import collections
-import hashlib
+import functools
 import logging
 import mmap
 import re
+import socket
 import ssl
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, AnyStr, cast
 
-from aiosmtpd.smtp import SMTP, TLSSetupException
+from aiosmtpd.smtp import TLSSetupException
 
-from relay import policy, priority
-from relay.auth import EventBudget, FailureLimiter, PasswordChecker, throttle_delay
+from relay import priority
+from relay.auth import EventBudget, FailureLimiter, PasswordChecker
 from relay.config import RelayConfig
 from relay.display import clean
 from relay.message import (
-    address_like,
-    check_address,
+    TlsInfo,
     decoded_subject,
-    header_addresses,
     header_section_at,
     longest_line,
-    lookalike_addresses,
     normalize_line_endings,
+    owned_headers,
     received_header,
     shown,
-    split_headers,
     store_text,
 )
 from relay.reasons import EventKind, Reason
+from relay.replies import Replies, enhanced, has_enhanced_code, multiline, reply
+from relay.rules import (
+    MailParameters,
+    Refusal,
+    address_check,
+    authorization,
+    check_headers,
+    mail_auth,
+    needs_smtputf8,
+    parse_mail_parameters,
+    parse_rcpt_parameters,
+    recipient_refusal,
+    sender_refusal,
+    split_path,
+)
+from relay.sasl import SaslCommands
 from relay.spool import InFlight, Spool, return_big_blocks_to_the_system
 from relay.store.directory import AuthRecord
 from relay.store.events import NewEvent
-from relay.store.intake import NewMessage, new_queue_id
+from relay.store.intake import NewMessage, RecipientDsn, new_queue_id
 from relay.watchdog import LoopWatchdog
 from relay.writer import REPLY_NO_SPACE, StoreWriter, WriteFailed, classify
 
+# Re-exported: older callers import these from here.
+__all__ = ["ConnectionTracker", "RelayContext", "RelaySMTP", "authorization", "check_headers", "make_factory", "split_path"]
+
 log = logging.getLogger("smtpplus.relay")
 
-R_AUTH_OK = "235 2.7.0 Authentication successful"
-R_AUTH_REQUIRED = "530 5.7.0 Authentication required"
-R_ENCRYPTION_REQUIRED = "538 5.7.11 Encryption required for requested authentication mechanism"
-R_BAD_CREDENTIALS = "535 5.7.8 Authentication credentials invalid"
-R_TOO_MANY_FAILURES = "421 4.7.0 Too many failed authentication attempts, closing connection"
-R_TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections, try again later"
-R_TOO_LARGE = "552 5.3.4 Message size exceeds fixed maximum message size"
-R_TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
-R_TLS_ACTIVE = "503 5.5.1 TLS already active"
-R_INTERNAL = "451 4.3.0 Internal error, try again later"
-R_SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
-R_BYE = "221 2.0.0 Bye"
-R_LINE_TOO_LONG = "500 5.5.2 Line too long (see RFC 5321 4.5.3.1.6)"
-R_TIMEOUT = "421 4.4.2 Timeout, closing connection"
-R_NO_MAIL = "421 4.4.2 No mail for too long, closing connection"
-R_TOO_MANY_ERRORS = "421 4.7.0 Too many errors, closing connection"
-R_NUL = "554 5.6.0 Message contains NUL characters"
 SPOOL_STEP = 1024 * 1024  # in-flight budget taken in steps of this many bytes
 CLOSE_GRACE = 5.0  # seconds a closing client gets to take its last reply before the abort
 QUIT_WINDOW = 2.0  # while stopping: seconds a client that just finished a transaction gets to QUIT
 
 COMMAND_LIMIT = 512  # RFC 5321 4.5.3.1.4, CRLF included
-MAIL_LIMIT = COMMAND_LIMIT + 26 + 10  # + SIZE= and BODY= parameters (RFC 1870, 6152)
+# + SIZE=, BODY=8BITMIME, SMTPUTF8, AUTH=, RET=HDRS, ENVID= (RFC 1870, 6152, 6531,
+# 4954 5, 3461 4.4); RCPT: + NOTIFY=, ORCPT= (RFC 3461 4.1, 4.2)
+MAIL_LIMIT = COMMAND_LIMIT + 26 + 15 + 9 + 506 + 9 + 107
+RCPT_LIMIT = COMMAND_LIMIT + 31 + 507
+UNKNOWN_COMMAND_LIMIT = 5  # the fifth unknown command closes the connection (as aiosmtpd)
+RDNS_WAIT = 2.0  # seconds DATA waits for the client's reverse DNS name (then "unknown")
+LINE_LIMIT = 2048  # the stream's line limit: over the longest command (Postfix: 2048)
 MAX_DATA_LINE = 1000  # octets with CRLF (RFC 5321 4.5.3.1.6)
-R_HEADER_TOO_LARGE = "552 5.3.4 Message header section too large"
 # Work on more than this many bytes goes to a worker thread: the event loop serves
 # every other client meanwhile (each step is linear, but 25 MB is still 25 MB).
 INLINE_HEADER_BYTES = 16 * 1024
 INLINE_DATA_BYTES = 1024 * 1024
 
-_SENDER_FORM_PROBLEMS = {
-    policy.AddressProblem.PERCENT,
-    policy.AddressProblem.BANG,
-    policy.AddressProblem.QUOTED_AT,
-    policy.AddressProblem.SOURCE_ROUTE,
-    policy.AddressProblem.LITERAL,
-    policy.AddressProblem.NO_DOMAIN,
-}
 _REPLY_UNSAFE = re.compile(r"[^\x20-\x7e]")
 
 # Error limits (Postfix's smtpd_soft/hard_error_limit). A 452 4.5.3 recipient
@@ -150,7 +111,7 @@ _REPLY_UNSAFE = re.compile(r"[^\x20-\x7e]")
 HARD_ERROR_CEILING = 20
 ERROR_DELAY_BUDGET = 3.0  # seconds: all soft-limit delays of one connection together
 ERROR_DELAY_STEP = 1.0  # at most this per reply (Postfix's smtpd_error_sleep_time)
-_NOT_COUNTED = ("421", R_TOO_MANY_RECIPIENTS[:9])
+_NOT_COUNTED = ("421", Replies.TOO_MANY_RECIPIENTS[:9])
 # Refusals before AUTH cost the client nothing to repeat: they are counted into one
 # event per connection (with a few samples of what was sent), never stored one by one.
 _COUNTED_BEFORE_AUTH = frozenset({Reason.MAIL_BEFORE_AUTH, Reason.AUTH_NEEDS_TLS, Reason.TLS_INSIDE_TLS, Reason.AUTH_MALFORMED})
@@ -198,6 +159,30 @@ class ConnectionTracker:
         await self._empty.wait()
 
 
+class ClientNames:
+    """Clients' forward-confirmed DNS names for Received:, shared by every session: one
+    lookup per address per ``ttl`` seconds, so a client that sends each message on a
+    new connection costs one lookup, not one per message."""
+
+    def __init__(self, ttl: float = 300.0, size: int = 4096) -> None:
+        self.ttl = ttl
+        self.size = size
+        self.lookups = 0
+        self._known: dict[str, tuple[float, asyncio.Future[str | None]]] = {}
+
+    def lookup(self, loop: asyncio.AbstractEventLoop, ip: str) -> asyncio.Future[str | None]:
+        now = loop.time()
+        known = self._known.get(ip)
+        if known is not None and now - known[0] < self.ttl and not known[1].cancelled():
+            return known[1]
+        if len(self._known) >= self.size:
+            self._known.clear()  # a bound, not a policy: the next lookups refill it
+        self.lookups += 1
+        task = loop.create_task(confirmed_name(loop, ip))
+        self._known[ip] = (now, task)
+        return task
+
+
 @dataclass
 class RelayContext:
     """What every session of one relay shares."""
@@ -212,6 +197,7 @@ class RelayContext:
     stopping: bool = False
     events: EventBudget = field(default_factory=EventBudget)
     watchdog: LoopWatchdog = field(default_factory=LoopWatchdog)
+    names: ClientNames = field(default_factory=ClientNames)
     inflight: InFlight = field(init=False)
 
     def __post_init__(self) -> None:
@@ -225,7 +211,7 @@ class _NoHooks:
 
     async def handle_QUIT(self, server: Any, session: Any, envelope: Any) -> str:
         # aiosmtpd's own "221 Bye" lacks the enhanced status code we advertise.
-        return R_BYE
+        return Replies.BYE
 
 
 _NO_HOOKS = _NoHooks()
@@ -241,100 +227,28 @@ class _DataRead:
     bare_line_ends: bool = False  # a bare CR or LF: the line ends are fixed after the read
 
 
-@dataclass(frozen=True, slots=True)
-class _Refusal:
-    reply: str
-    reason: Reason | None  # None: a plain syntax answer, no event
-    detail: str = ""
-
-
-class _Cancelled:
-    pass
-
-
-_CANCELLED = _Cancelled()
-
-
-# ---------------------------------------------------------------------------
-# Pure helpers
-
-
-def split_path(arg: str | None, keyword: str) -> tuple[str, list[str]] | None:
-    """``FROM:<a@b> SIZE=10`` → (``a@b``, [``SIZE=10``]); None when malformed.
-
-    The path is taken verbatim (source routes and quotes kept) so policy sees what
-    the client sent, not what a lenient parser made of it."""
-    if arg is None or arg[: len(keyword)].upper() != keyword:
-        return None
-    rest = arg[len(keyword) :].lstrip()
-    if not rest:
-        return None
-    if not rest.startswith("<"):
-        parts = rest.split()
-        return parts[0], parts[1:]
-    end = _closing_angle(rest)
-    if end is None:
-        return None
-    tail = rest[end + 1 :]
-    if tail and not tail[0].isspace():
-        return None
-    return rest[1:end], tail.split()
-
-
-def _closing_angle(text: str) -> int | None:
-    quoted = False
-    i = 1
-    while i < len(text):
-        ch = text[i]
-        if quoted and ch == "\\":
-            i += 2
-            continue
-        if ch == '"':
-            quoted = not quoted
-        elif ch == ">" and not quoted:
-            return i
-        i += 1
-    return None
-
-
-def authorization(address: str, user: AuthRecord, what: str) -> tuple[str, Reason] | None:
-    """Why ``user`` may not send as ``address`` (canonical), or None when it may.
-
-    Exact address or exact domain; the identity that authorizes it must be verified
-    (either one, when both the address and its domain are listed)."""
-    address = address.lower()
-    domain = address.rpartition("@")[2]
-    states = []
-    if address in user.senders:
-        states.append((address, user.senders[address]))
-    if domain in user.domains:
-        states.append((domain, user.domains[domain]))
-    if not states:
-        return f"<{shown(address)}>: {what} not authorized for this login", Reason.SENDER_NOT_AUTHORIZED
-    if any(state == "verified" for _, state in states):
-        return None
-    return (
-        f"<{shown(address)}>: {what} identity {shown(states[0][0])} awaits verification",
-        Reason.SENDER_UNVERIFIED,
-    )
-
-
 # ---------------------------------------------------------------------------
 # The session
 
 
-class RelaySMTP(SMTP):
+class RelaySMTP(SaslCommands):
     """One client connection (aiosmtpd creates one protocol per connection)."""
 
-    AuthLoginUsernameChallenge = "Username:"
-    AuthLoginPasswordChallenge = "Password:"
+    line_length_limit = LINE_LIMIT  # aiosmtpd's stream limit (a class attribute there)
 
     def __init__(self, ctx: RelayContext, loop: asyncio.AbstractEventLoop | None = None) -> None:
         cfg = ctx.config
+        # What MAIL and RCPT declared (reset with the envelope).
+        self.declared = MailParameters()
+        self.recipient_dsn: dict[str, RecipientDsn] = {}
+        self._recipient_keys: set[str] = set()
+        self._rdns: asyncio.Future[str | None] | None = None  # the client's name (ctx.names)
         super().__init__(
             _NO_HOOKS,
             data_size_limit=cfg.max_message_size,
-            enable_SMTPUTF8=False,
+            # Arguments are read as UTF-8 (RFC 6531); a non-ASCII address still needs
+            # the SMTPUTF8 parameter (rules.needs_smtputf8).
+            enable_SMTPUTF8=True,
             decode_data=False,
             hostname=ctx.server_name,
             ident="ESMTP smtpplus",
@@ -347,8 +261,13 @@ class RelaySMTP(SMTP):
         # aiosmtpd keeps these limits in a class-level dict that every EHLO grows;
         # ours are fixed and per instance.
         self.command_size_limits = collections.defaultdict(
-            lambda: COMMAND_LIMIT, {"MAIL": MAIL_LIMIT, "RCPT": COMMAND_LIMIT}
+            lambda: COMMAND_LIMIT, {"MAIL": MAIL_LIMIT, "RCPT": RCPT_LIMIT}
         )
+        # Unknown commands come to _unknown_command, not to aiosmtpd's loop, which would
+        # log the client's command name raw (escape sequences and all).
+        self._smtp_methods = _Commands(self._smtp_methods, self._unknown_command)
+        self._unknown_commands = 0
+        self._exempt_replies: tuple[str, str] | None = None
         self.ctx = ctx
         self.client_ip = "?"
         self.local_port: int | None = None
@@ -410,7 +329,7 @@ class RelaySMTP(SMTP):
     async def _handle_client(self) -> None:
         if not self._admitted:
             self._event(EventKind.REFUSED, Reason.CONNECTION_LIMIT, "connection cap reached")
-            await self.push(R_TOO_MANY_CONNECTIONS)
+            await self.push(Replies.TOO_MANY_CONNECTIONS)
             self._close()
             return
         await super()._handle_client()
@@ -440,10 +359,17 @@ class RelaySMTP(SMTP):
             transport.write(reply.encode("ascii") + b"\r\n")  # type: ignore[attr-defined]
         self._close()
 
+    def _set_post_data_state(self) -> None:
+        # aiosmtpd calls this for RSET, HELO/EHLO and after DATA: a new envelope.
+        super()._set_post_data_state()
+        self.declared = MailParameters()
+        self.recipient_dsn = {}
+        self._recipient_keys = set()
+
     def _timeout_cb(self) -> None:
         # aiosmtpd's version only calls close(): see _close.
         self._event(EventKind.REFUSED, Reason.SESSION_TIMEOUT, f"no complete command for {self.ctx.config.session_timeout:g} s")
-        self._hang_up(R_TIMEOUT)
+        self._hang_up(Replies.TIMEOUT)
 
     def _check_progress(self) -> None:
         """Commands reset the idle timeout, so NOOP (or a refused MAIL) every few
@@ -456,11 +382,13 @@ class RelaySMTP(SMTP):
             return
         self._progress_handle = None
         self._event(EventKind.REFUSED, Reason.SESSION_TIMEOUT, f"no message queued for {limit:g} s")
-        self._hang_up(R_NO_MAIL)
+        self._hang_up(Replies.NO_MAIL)
 
     async def push(self, status: AnyStr) -> None:
         if self._limit_reached:
             raise asyncio.CancelledError()  # the session is over: nothing more is said or done
+        if isinstance(status, str) and not has_enhanced_code(status) and "\r\n" not in status and not self._exempt(status):
+            status = enhanced(status)  # before counting: aiosmtpd's "500 bad syntax" is a 501
         head = status[:3] if isinstance(status, str) else status[:3].decode("ascii", "replace")
         if head[:1] in ("4", "5") and not (status[:9] if isinstance(status, str) else "").startswith(_NOT_COUNTED):
             await self._count_error()
@@ -470,6 +398,18 @@ class RelaySMTP(SMTP):
             await super().push("\r\n".join(_REPLY_UNSAFE.sub("?", line) for line in status.split("\r\n")))
             return
         await super().push(status)
+
+    def _exempt(self, status: str) -> bool:
+        """Replies that carry no enhanced code (RFC 2034 3): the greeting, the HELO
+        reply, and the intermediate 334 (base64, RFC 4954) and 354 replies."""
+        if status.startswith(("334 ", "354 ")):
+            return True
+        if self._exempt_replies is None:
+            self._exempt_replies = (
+                reply(Replies.GREETING, server=self.hostname, ident=self.__ident__),
+                reply(Replies.HELO, server=self.hostname),
+            )
+        return status in self._exempt_replies
 
     async def _count_error(self) -> None:
         """One more refused command: past the soft limit the reply waits, at the hard
@@ -482,7 +422,7 @@ class RelaySMTP(SMTP):
             self._limit_reached = True
             self.ctx.counters["error_limit_closed"] += 1
             self._event(EventKind.REFUSED, Reason.TOO_MANY_ERRORS, f"{self.errors} refused commands")
-            self._hang_up(R_TOO_MANY_ERRORS)
+            self._hang_up(Replies.TOO_MANY_ERRORS)
             raise asyncio.CancelledError()
         if self.errors > soft:
             step = min(ERROR_DELAY_STEP, ERROR_DELAY_BUDGET / max(hard - soft - 1, 1))
@@ -501,7 +441,7 @@ class RelaySMTP(SMTP):
     def say_goodbye(self) -> None:
         """The relay is stopping: tell the client and close."""
         if self.transport is not None and not self.transport.is_closing():
-            self._writer.write(R_SHUTTING_DOWN.encode("ascii") + b"\r\n")
+            self._writer.write(Replies.SHUTTING_DOWN.encode("ascii") + b"\r\n")
             self.transport.close()
 
     async def _after_transaction(self) -> None:
@@ -515,11 +455,13 @@ class RelaySMTP(SMTP):
 
     async def handle_exception(self, error: Exception) -> str:
         if isinstance(error, TLSSetupException):
-            log.info("%s: TLS handshake failed: %s", self.client_ip, error.__cause__ or error)
+            log.info("%s: TLS handshake failed: %s", clean(self.client_ip), clean(error.__cause__ or error, 300))
         else:
-            log.error("%s: session error", self.client_ip, exc_info=error)
+            # exc_info, not text: relay.logs escapes the traceback (it may quote client
+            # bytes), and the service's corruption filter reads the exception.
+            log.error("%s: session error", clean(self.client_ip), exc_info=error)
             self._event(EventKind.REFUSED, Reason.INTERNAL_ERROR, type(error).__name__)
-        return R_INTERNAL
+        return Replies.INTERNAL
 
     def _event(self, kind: EventKind, reason: Reason, detail: str = "") -> None:
         """Record a decision. Before AUTH, cheap refusals are only counted (see
@@ -566,10 +508,10 @@ class RelaySMTP(SMTP):
             detail += "; e.g. " + " | ".join(samples)
         self._event(EventKind.REFUSED, Reason.PRE_AUTH_REFUSALS, detail)
 
-    async def _refuse(self, refusal: _Refusal) -> None:
+    async def _refuse(self, refusal: Refusal) -> None:
         await self.push(self._refusal_reply(refusal))
 
-    def _refusal_reply(self, refusal: _Refusal) -> str:
+    def _refusal_reply(self, refusal: Refusal) -> str:
         if refusal.reason is not None:
             self._event(EventKind.REFUSED, refusal.reason, refusal.detail)
         return refusal.reply
@@ -579,212 +521,50 @@ class RelaySMTP(SMTP):
     async def check_helo_needed(self, helo: str = "HELO") -> bool:
         assert self.session is not None
         if not self.session.host_name:
-            await self.push(f"503 5.5.1 Error: send {helo} first")
+            await self.push(reply(Replies.SEND_HELO_FIRST, helo=helo))
             return True
         return False
 
     async def smtp_HELO(self, hostname: str) -> None:
         if not hostname:
-            await self.push("501 5.5.4 Syntax: HELO hostname")
+            await self.push(Replies.HELO_SYNTAX)
             return
         self._set_rset_state()
         assert self.session is not None
         self.session.extended_smtp = False
         self.session.host_name = hostname
         self.ehlo_name = hostname
-        await self.push(f"250 {self.hostname}")
+        await self.push(reply(Replies.HELO, server=self.hostname))
 
     async def smtp_EHLO(self, hostname: str) -> None:
         if not hostname:
-            await self.push("501 5.5.4 Syntax: EHLO hostname")
+            await self.push(Replies.EHLO_SYNTAX)
             return
         self._set_rset_state()
         assert self.session is not None
         self.session.extended_smtp = True
         self.session.host_name = hostname
         self.ehlo_name = hostname
-        lines = [self.hostname, f"SIZE {self.data_size_limit}", "8BITMIME", "ENHANCEDSTATUSCODES"]
+        lines = [self.hostname, "PIPELINING", f"SIZE {self.data_size_limit}", "8BITMIME", "SMTPUTF8", "DSN", "ENHANCEDSTATUSCODES"]
         if self.tls_context is not None and self._tls_protocol is None:
             lines.append("STARTTLS")
         if self._tls_protocol is not None or self.ctx.config.allow_plain_auth:
             lines.append("AUTH PLAIN LOGIN")
         lines.append("HELP")
-        reply = "\r\n".join(f"250-{line}" for line in lines[:-1]) + f"\r\n250 {lines[-1]}"
-        await self.push(reply)
+        await self.push(multiline(Replies.EHLO, lines))
 
     async def smtp_STARTTLS(self, arg: str) -> None:
         if self._tls_protocol is not None:
             self._event(EventKind.REFUSED, Reason.TLS_INSIDE_TLS, "STARTTLS inside TLS")
-            await self.push(R_TLS_ACTIVE)
+            await self.push(Replies.TLS_ACTIVE)
             return
         if arg:
-            await self.push("501 5.5.4 Syntax: STARTTLS")
+            await self.push(Replies.STARTTLS_SYNTAX)
             return
         if self.tls_context is None:
-            await self.push("454 4.7.0 TLS not available")
+            await self.push(Replies.TLS_NOT_AVAILABLE)
             return
         await super().smtp_STARTTLS(arg)
-
-    # -- AUTH ---------------------------------------------------------------
-
-    async def smtp_AUTH(self, arg: str) -> None:
-        if await self.check_helo_needed("EHLO"):
-            return
-        assert self.session is not None
-        if not self.session.extended_smtp:
-            await self.push("503 5.5.1 Error: send EHLO first")
-            return
-        if self._tls_protocol is None and not self.ctx.config.allow_plain_auth:
-            self._event(EventKind.AUTH, Reason.AUTH_NEEDS_TLS, "AUTH before STARTTLS")
-            await self.push(R_ENCRYPTION_REQUIRED)
-            return
-        if self.session.authenticated:
-            await self.push("503 5.5.1 Error: already authenticated")
-            return
-        args = (arg or "").split()
-        if not args or len(args) > 2:
-            await self.push("501 5.5.4 Syntax: AUTH mechanism [initial-response]")
-            return
-        mechanism = args[0].upper()
-        if mechanism == "PLAIN":
-            credentials = await self.auth_PLAIN(args)
-        elif mechanism == "LOGIN":
-            credentials = await self.auth_LOGIN(args)
-        else:
-            await self.push("504 5.5.4 Unrecognized authentication type")
-            return
-        if credentials is not None:
-            await self._check_credentials(*credentials)
-
-    async def auth_PLAIN(self, args: list[str]) -> tuple[bytes, bytes] | None:  # type: ignore[override]
-        """RFC 4616: ``authzid NUL authcid NUL password``; authzid empty or = login."""
-        response = args[1] if len(args) == 2 else await self._challenge("")
-        if response is None:
-            return None
-        if isinstance(response, _Cancelled):
-            await self.push("501 5.7.0 Authentication cancelled")
-            return None
-        blob = self._b64(response)
-        if blob is None:
-            await self._auth_failed(Reason.AUTH_MALFORMED, "501 5.5.2 Cannot decode base64", "PLAIN: bad base64")
-            return None
-        parts = blob.split(b"\0")
-        if len(parts) != 3:
-            await self._auth_failed(Reason.AUTH_MALFORMED, "501 5.5.2 Cannot split PLAIN credentials", "PLAIN: not 3 fields")
-            return None
-        authzid, login, password = parts
-        if authzid and authzid != login:
-            self._attempted_user = _printable(login)
-            await self._auth_failed(
-                Reason.AUTH_AUTHZID_MISMATCH, R_BAD_CREDENTIALS, f"authorization identity {_printable(authzid)!r} is not the login"
-            )
-            return None
-        return login, password
-
-    async def auth_LOGIN(self, args: list[str]) -> tuple[bytes, bytes] | None:  # type: ignore[override]
-        """``334 VXNlcm5hbWU6`` (Username:) then ``334 UGFzc3dvcmQ6`` (Password:)."""
-        first = args[1] if len(args) == 2 else await self._challenge(self.AuthLoginUsernameChallenge)
-        if first is None:
-            return None
-        if isinstance(first, _Cancelled):
-            await self.push("501 5.7.0 Authentication cancelled")
-            return None
-        login = self._b64(first)
-        if login is None:
-            await self._auth_failed(Reason.AUTH_MALFORMED, "501 5.5.2 Cannot decode base64", "LOGIN: bad base64")
-            return None
-        second = await self._challenge(self.AuthLoginPasswordChallenge)
-        if second is None:
-            return None
-        if isinstance(second, _Cancelled):
-            await self.push("501 5.7.0 Authentication cancelled")
-            return None
-        password = self._b64(second)
-        if password is None:
-            await self._auth_failed(Reason.AUTH_MALFORMED, "501 5.5.2 Cannot decode base64", "LOGIN: bad base64")
-            return None
-        return login, password
-
-    async def _challenge(self, text: str) -> str | _Cancelled | None:
-        """Send ``334 <base64 text>``, return the client's line (None if unusable)."""
-        await self.push("334 " + base64.b64encode(text.encode("ascii")).decode("ascii"))
-        try:
-            line = await self._reader.readline()
-        except ValueError:  # longer than the stream limit
-            await self._auth_failed(Reason.AUTH_MALFORMED, "500 5.5.2 Line too long", "AUTH response too long")
-            return None
-        if not line.endswith(b"\n"):  # EOF
-            self._close()
-            return None
-        text_line = line.strip().decode("ascii", "replace")
-        if text_line == "*":
-            return _CANCELLED
-        return text_line
-
-    @staticmethod
-    def _b64(text: str) -> bytes | None:
-        if text == "=":
-            return b""
-        try:
-            return base64.b64decode(text.encode("ascii"), validate=True)
-        except (binascii.Error, ValueError, UnicodeEncodeError):
-            return None
-
-    async def _check_credentials(self, login: bytes, password: bytes) -> None:
-        ctx = self.ctx
-        username = login.decode("utf-8", "surrogateescape")
-        self._attempted_user = _printable(login)
-        blocked = ctx.limiter.blocked(self.client_ip, username)
-        if blocked is not None:
-            which = "this client address" if blocked == "client" else f"user {self._attempted_user!r} from this client address"
-            self._event(EventKind.AUTH, Reason.AUTH_TOO_MANY_FAILURES, f"failure limit reached for {which}")
-            await self.push(R_TOO_MANY_FAILURES)
-            self._close()
-            return
-        self._busy = True
-        try:
-            guess = hashlib.blake2b(login + b"\0" + password, digest_size=16).digest()
-            with ctx.limiter.attempt(self.client_ip, username, guess):
-                outcome = await ctx.checker.check(username, password)
-        finally:
-            self._busy = False
-        if not outcome.ok:
-            details = {
-                Reason.AUTH_UNKNOWN_USER: "unknown user",
-                Reason.AUTH_BAD_CREDENTIALS: "wrong password",
-                Reason.AUTH_INACTIVE_USER: "user is inactive",
-            }
-            await self._auth_failed(outcome.reason, R_BAD_CREDENTIALS, details.get(outcome.reason, ""), username=username)
-            return
-        assert self.session is not None and outcome.record is not None
-        self.session.authenticated = True
-        self._record_before_auth()
-        self.user = outcome.record
-        self._event(EventKind.AUTH, Reason.AUTH_OK, "authenticated over TLS" if self._tls_protocol else "authenticated without TLS")
-        await self.push(R_AUTH_OK)
-
-    async def _auth_failed(self, reason: Reason, reply: str, detail: str, *, username: str | None = None) -> None:
-        ctx = self.ctx
-        self.auth_failures += 1
-        ctx.limiter.record(self.client_ip, username)
-        self._event(EventKind.AUTH, reason, detail)
-        # Throttle, don't lock: the guessing address waits longer after each failure.
-        cfg = ctx.config
-        delay = throttle_delay(ctx.limiter.failures(self.client_ip), cfg.auth_free_failures, cfg.auth_failure_delay, cfg.auth_failure_delay_max)
-        if delay > 0:
-            ctx.counters["auth_delays"] += 1
-            ctx.counters["auth_delay_ms"] += round(delay * 1000)
-            self._busy = True
-            try:
-                await asyncio.sleep(delay)
-            finally:
-                self._busy = False
-        if self.auth_failures >= self.ctx.config.auth_failures_per_connection:
-            self._event(EventKind.AUTH, Reason.AUTH_TOO_MANY_FAILURES, f"{self.auth_failures} failed attempts on one connection")
-            await self.push(R_TOO_MANY_FAILURES)
-            self._close()
-            return
-        await self.push(reply)
 
     # -- the transaction -----------------------------------------------------
 
@@ -808,79 +588,51 @@ class RelaySMTP(SMTP):
             return
         assert self.session is not None and self.envelope is not None
         if not self.session.authenticated:
-            await self._refuse(_Refusal(R_AUTH_REQUIRED, Reason.MAIL_BEFORE_AUTH, f"MAIL {shown(arg or '', 300)}"))
+            await self._refuse(Refusal(Replies.AUTH_REQUIRED, Reason.MAIL_BEFORE_AUTH, f"MAIL {shown(arg or '', 300)}"))
             return
         if self.envelope.mail_from is not None:
-            await self.push("503 5.5.1 Error: nested MAIL command")
+            await self.push(Replies.NESTED_MAIL)
             return
         if self.ctx.stopping:  # sessions may finish what they started, not start anew
-            await self.push(R_SHUTTING_DOWN)
+            await self.push(Replies.SHUTTING_DOWN)
             self._close()
             return
         parsed = split_path(arg, "FROM:")
         if parsed is None:
-            await self.push("501 5.5.4 Syntax: MAIL FROM:<address>")
+            await self.push(Replies.MAIL_SYNTAX)
             return
         path, params = parsed
-        problem = self._mail_params(params)
-        if problem is not None:
-            await self._refuse(problem)
+        declared = parse_mail_parameters(params, self.data_size_limit or 0)
+        if isinstance(declared, Refusal):
+            await self._refuse(declared)
             return
+        if not declared.smtputf8:
+            refusal = needs_smtputf8(path)
+            if refusal is not None:
+                await self._refuse(refusal)
+                return
         self._busy = True
         try:
             user = await self._current_user()
         finally:
             self._busy = False
         if user is None:
-            await self.push(R_AUTH_REQUIRED)
+            await self.push(Replies.AUTH_REQUIRED)
             return
-        refusal = self._check_sender(path, user)
+        refusal = sender_refusal(path, user, declared.smtputf8)
         if refusal is not None:
             await self._refuse(refusal)
             return
-        check = check_address(path)
-        assert check.address is not None
-        self.envelope.mail_from = check.address
+        # As sent (RFC 5321 2.4: a local part may be case-sensitive); the rules
+        # compared it case-insensitively, its domain through IDNA.
+        self.envelope.mail_from = path.strip()
+        if self._rdns is None:
+            self._rdns = self.ctx.names.lookup(self.loop, self.client_ip)
         self.envelope.mail_options = params
+        declared.auth = mail_auth(declared.auth, user)
+        self.declared = declared
         self._recipients_refused = False
-        await self.push("250 2.1.0 Ok")
-
-    def _mail_params(self, params: list[str]) -> _Refusal | None:
-        for param in params:
-            name, eq, value = param.partition("=")
-            name = name.upper()
-            if name == "SIZE" and eq and value.isdigit():
-                if self.data_size_limit and int(value) > self.data_size_limit:
-                    return _Refusal(R_TOO_LARGE, Reason.MESSAGE_TOO_LARGE, f"SIZE={value} over {self.data_size_limit}")
-            elif name == "BODY" and value.upper() in {"7BIT", "8BITMIME"}:
-                continue
-            elif name in {"SIZE", "BODY"}:
-                return _Refusal(f"501 5.5.4 Syntax error in {name} parameter", None)
-            else:
-                return _Refusal(f"555 5.5.4 MAIL FROM parameter {shown(name, 32)} not supported", None)
-        return None
-
-    def _check_sender(self, path: str, user: AuthRecord) -> _Refusal | None:
-        if path == "":
-            return _Refusal("550 5.7.1 Empty envelope sender <> is not allowed", Reason.SENDER_EMPTY, "MAIL FROM:<>")
-        check = check_address(path)
-        problem = check.problem
-        if problem is policy.AddressProblem.CONTROL:
-            return _Refusal("501 5.1.7 Control characters are not allowed in addresses", Reason.SENDER_INVALID, f"<{shown(path)}>: {problem}")
-        if problem in _SENDER_FORM_PROBLEMS:
-            return _Refusal(
-                f"550 5.7.1 <{shown(path)}>: sender address form not allowed ({problem})",
-                Reason.SENDER_INVALID,
-                f"<{shown(path)}>: {problem}",
-            )
-        if problem is not None:
-            return _Refusal(f"553 5.1.7 <{shown(path)}>: bad sender address syntax ({problem})", Reason.SENDER_INVALID, f"<{shown(path)}>: {problem}")
-        assert check.address is not None
-        denied = authorization(check.address, user, "sender")
-        if denied is not None:
-            reply, reason = denied
-            return _Refusal(f"550 5.7.1 {reply}", reason, f"envelope sender {reply}")
-        return None
+        await self.push(Replies.SENDER_OK)
 
     async def smtp_RCPT(self, arg: str | None) -> None:
         if await self.check_helo_needed():
@@ -889,46 +641,70 @@ class RelaySMTP(SMTP):
             return
         assert self.envelope is not None
         if self.envelope.mail_from is None:
-            await self.push("503 5.5.1 Error: need MAIL command")
+            await self.push(Replies.NEED_MAIL)
             return
         parsed = split_path(arg, "TO:")
         if parsed is None:
-            await self.push("501 5.5.4 Syntax: RCPT TO:<address>")
+            await self.push(Replies.RCPT_SYNTAX)
             return
         path, params = parsed
-        if params:
-            await self.push("555 5.5.4 RCPT TO parameters not supported")
+        utf8 = self.declared.smtputf8
+        dsn = parse_rcpt_parameters(params, utf8)
+        if isinstance(dsn, Refusal):
+            await self._refuse(dsn)
             return
+        if not utf8:
+            refusal = needs_smtputf8(path)
+            if refusal is not None:
+                await self._refuse(refusal)
+                return
         if len(self.envelope.rcpt_tos) >= self.ctx.config.max_recipients:
             if not self._recipients_refused:
                 self._recipients_refused = True
                 self._event(EventKind.REFUSED, Reason.TOO_MANY_RECIPIENTS, f"more than {self.ctx.config.max_recipients} recipients")
-            await self.push(R_TOO_MANY_RECIPIENTS)
+            await self.push(Replies.TOO_MANY_RECIPIENTS)
             return
-        check = check_address(path)
-        if check.problem is policy.AddressProblem.CONTROL:
-            await self._refuse(_Refusal("501 5.1.3 Control characters are not allowed in addresses", Reason.RECIPIENT_INVALID, f"<{shown(path)}>: control-character"))
+        if path.strip().lower() == "postmaster":  # RFC 5321 4.5.1: no domain, any case
+            await self._postmaster(path, dsn)
             return
-        if check.problem is not None or check.address is None:
+        refusal = recipient_refusal(path, utf8)
+        if refusal is not None:
+            await self._refuse(refusal)
+            return
+        self._add_recipient(path.strip(), utf8, dsn)
+        await self.push(Replies.RECIPIENT_OK)
+
+    def _add_recipient(self, address: str, utf8: bool, dsn: RecipientDsn) -> None:
+        """Kept as sent; one recipient twice (its domain spelled another way) once."""
+        assert self.envelope is not None
+        check = address_check(address, utf8)
+        domain = check.address.rpartition("@")[2] if check.address else address.rpartition("@")[2]
+        key = f"{address.rpartition('@')[0]}@{domain}"
+        if key in self._recipient_keys:
+            return
+        self._recipient_keys.add(key)
+        self.envelope.rcpt_tos.append(address)
+        if dsn.notify is not None or dsn.orcpt is not None:
+            self.recipient_dsn[address] = dsn
+
+    async def _postmaster(self, path: str, dsn: RecipientDsn) -> None:
+        """``RCPT TO:<Postmaster>`` goes to the operator's ``postmaster_address``
+        (checked when the configuration is loaded)."""
+        target = self.ctx.config.postmaster_address.strip()
+        if not target:
             await self._refuse(
-                _Refusal(
-                    f"553 5.1.3 <{shown(path)}>: recipient address not allowed ({check.problem})",
-                    Reason.RECIPIENT_INVALID,
-                    f"<{shown(path)}>: {check.problem}",
-                )
+                Refusal(reply(Replies.POSTMASTER_UNSET, addr=shown(path)), Reason.RECIPIENT_INVALID, f"<{shown(path)}>: postmaster_address is not set")
             )
             return
-        # Keep the local part as sent (it may be case-sensitive); the domain canonical.
-        local = path.strip().rpartition("@")[0]
-        self.envelope.rcpt_tos.append(f"{local}@{check.address.rpartition('@')[2]}")
-        await self.push("250 2.1.5 Ok")
+        self._add_recipient(target, True, dsn)
+        await self.push(Replies.RECIPIENT_OK)
 
     async def smtp_RSET(self, arg: str) -> None:
         if arg:
-            await self.push("501 5.5.4 Syntax: RSET")
+            await self.push(Replies.RSET_SYNTAX)
             return
         self._set_rset_state()
-        await self.push("250 2.0.0 Ok")
+        await self.push(Replies.RSET_OK)
         await self._after_transaction()
 
     async def smtp_DATA(self, arg: str) -> None:
@@ -938,21 +714,20 @@ class RelaySMTP(SMTP):
             return
         assert self.envelope is not None
         if not self.envelope.rcpt_tos:
-            await self.push("503 5.5.1 Error: need RCPT command")
+            await self.push(Replies.NEED_RCPT)
             return
         if arg:
-            await self.push("501 5.5.4 Syntax: DATA")
+            await self.push(Replies.DATA_SYNTAX)
             return
         queue_id = new_queue_id()
-        protocol = "ESMTPSA" if self._tls_protocol is not None else "ESMTPA"
-        received = received_header(self.ehlo_name, self.client_ip, self.ctx.server_name, protocol, queue_id)
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        received = await self._received(queue_id)
+        await self.push(Replies.START_DATA)
         self._busy = True
         spool = Spool(received)
         try:
             try:
                 read = await self._read_data(spool)
-                reply = await self._verdict(read, spool, queue_id)
+                status = await self._verdict(read, spool, queue_id)
             finally:
                 # The transaction is over whatever happened (an internal error
                 # included): nothing of this envelope may carry over to a later DATA.
@@ -960,10 +735,40 @@ class RelaySMTP(SMTP):
                 self.ctx.inflight.release(spool.reserved)
                 spool.reserved = 0
                 spool.close()
-            await self.push(reply)
+            await self.push(status)
         finally:
             self._busy = False
         await self._after_transaction()
+
+    async def _received(self, queue_id: str) -> bytes:
+        """This hop's Received: header (RFC 5321 4.4; protocol names of RFC 3848 and
+        6531: ESMTPSA, UTF8SMTPSA, …)."""
+        assert self.session is not None
+        # AUTH is an SMTP extension: a client that used it after HELO spoke ESMTP too.
+        extended = self.session.extended_smtp or self.session.authenticated
+        base = "UTF8SMTP" if self.declared.smtputf8 else ("ESMTP" if extended else "SMTP")
+        tls = self._tls_info()
+        protocol = base + ("S" if tls is not None else "") + ("A" if self.session.authenticated else "")
+        rdns = None
+        names = self._rdns
+        if names is not None and names.done():  # the usual case: no timer, no task
+            rdns = None if names.cancelled() else names.result()
+        elif names is not None:
+            try:
+                rdns = await asyncio.wait_for(asyncio.shield(names), RDNS_WAIT)
+            except TimeoutError:
+                rdns = None
+        user = self.user.username if self.user is not None and self.ctx.config.received_names_user else None
+        return received_header(self.ehlo_name, self.client_ip, self.ctx.server_name, protocol, queue_id, rdns=rdns, tls=tls, user=user)
+
+    def _tls_info(self) -> TlsInfo | None:
+        if self._tls_protocol is None or self.transport is None:
+            return None
+        ssl_object = self.transport.get_extra_info("ssl_object")
+        cipher = self.transport.get_extra_info("cipher")
+        if ssl_object is None or not cipher:
+            return None
+        return TlsInfo(str(ssl_object.version()), str(cipher[0]), int(cipher[2] or 0))
 
     async def _read_data(self, spool: Spool) -> _DataRead:
         """Read up to ``<CRLF>.<CRLF>`` into ``spool`` (unstuffed), within the size
@@ -1033,18 +838,18 @@ class RelaySMTP(SMTP):
 
     async def _verdict(self, read: _DataRead, spool: Spool, queue_id: str) -> str:
         if read.refusal == "size":
-            return self._refusal_reply(_Refusal(R_TOO_LARGE, Reason.MESSAGE_TOO_LARGE, f"data over {self.data_size_limit} bytes"))
+            return self._refusal_reply(Refusal(Replies.TOO_LARGE, Reason.MESSAGE_TOO_LARGE, f"data over {self.data_size_limit} bytes"))
         if read.refusal == "nul":
-            return self._refusal_reply(_Refusal(R_NUL, Reason.MESSAGE_NUL, "NUL byte in message data"))
+            return self._refusal_reply(Refusal(Replies.NUL, Reason.MESSAGE_NUL, "NUL byte in message data"))
         if read.refusal == "budget":
             self.ctx.counters["inflight_refused"] += 1
             return self._refusal_reply(
-                _Refusal(REPLY_NO_SPACE, Reason.SERVER_BUSY, f"messages in flight over {self.ctx.config.inflight_bytes_limit} bytes")
+                Refusal(REPLY_NO_SPACE, Reason.SERVER_BUSY, f"messages in flight over {self.ctx.config.inflight_bytes_limit} bytes")
             )
         if read.refusal == "spool":
             failed = classify(read.error or OSError())
-            log.error("%s: spooling message data failed: %s", self.client_ip, read.error)
-            return self._refusal_reply(_Refusal(failed.reply, failed.reason, "spooling the message data failed"))
+            log.error("%s: spooling message data failed: %s", clean(self.client_ip), clean(read.error, 300))
+            return self._refusal_reply(Refusal(failed.reply, failed.reason, "spooling the message data failed"))
         return await self._accept(spool, read, queue_id)
 
     async def _accept(self, spool: Spool, read: _DataRead, queue_id: str) -> str:
@@ -1053,7 +858,7 @@ class RelaySMTP(SMTP):
         assert self.envelope is not None and self.envelope.mail_from is not None
         user = await self._current_user()
         if user is None:
-            return R_AUTH_REQUIRED
+            return Replies.AUTH_REQUIRED
         data: bytes | mmap.mmap = spool.finish()
         longest = read.longest
         if read.bare_line_ends:  # rare (broken clients): fix the line ends on a copy
@@ -1064,24 +869,31 @@ class RelaySMTP(SMTP):
                 body, longest = _normalized(data[start:], longest)
             data = data[:start] + body
         if longest > MAX_DATA_LINE:
-            return self._refusal_reply(_Refusal(R_LINE_TOO_LONG, Reason.LINE_TOO_LONG, "a data line is over 998 characters"))
+            return self._refusal_reply(Refusal(Replies.LINE_TOO_LONG, Reason.LINE_TOO_LONG, "a data line is over 998 characters"))
         limit = self.ctx.config.header_size_limit
         section = header_section_at(data, spool.prefix_length, limit)
         if section is None:
-            return self._refusal_reply(_Refusal(R_HEADER_TOO_LARGE, Reason.HEADER_TOO_LARGE, f"header section over {limit} bytes"))
+            return self._refusal_reply(Refusal(Replies.HEADER_TOO_LARGE, Reason.HEADER_TOO_LARGE, f"header section over {limit} bytes"))
         lookalikes = self.ctx.config.refuse_lookalike_display_names
         if len(section) > INLINE_HEADER_BYTES:
-            refusal, fields, from_value = await asyncio.to_thread(check_headers, section, user, lookalikes)
+            refusal, fields, from_value = await asyncio.to_thread(check_headers, section, user, lookalikes, self.declared.smtputf8)
         else:
-            refusal, fields, from_value = check_headers(section, user, lookalikes)
+            refusal, fields, from_value = check_headers(section, user, lookalikes, self.declared.smtputf8)
         if refusal is not None:
             return self._refusal_reply(refusal)
+        added = owned_headers(fields, queue_id, self.ctx.server_name, time.time())
+        if added:
+            start = spool.prefix_length
+            if len(data) > INLINE_DATA_BYTES:
+                data = await asyncio.to_thread(_insert, data, start, added)
+            else:
+                data = _insert(data, start, added)
         header_prio = priority.header_priority(fields)
         effective = priority.effective_priority(user.priority, header_prio)
         subject = next((value for name, value in fields if name == "subject"), "")
         message = NewMessage(
             mail_from=self.envelope.mail_from,
-            recipients=list(dict.fromkeys(self.envelope.rcpt_tos)),
+            recipients=list(self.envelope.rcpt_tos),
             # A spooled message is an mmap: the store binds it as a blob (buffer
             # protocol) without a Python copy.
             data=cast(bytes, data),
@@ -1097,25 +909,90 @@ class RelaySMTP(SMTP):
             client=self.client_ip,
             port=self.local_port,
             queue_id=queue_id,
+            mail_auth=self.declared.auth,
+            body_type=self.declared.body,
+            smtputf8=self.declared.smtputf8,
+            size_declared=self.declared.size,
+            dsn_ret=self.declared.ret,
+            dsn_envid=self.declared.envid,
+            recipient_dsn=dict(self.recipient_dsn) or None,
         )
         try:
             queued = await self.ctx.writer.enqueue(message)
         except WriteFailed as failed:
-            return self._refusal_reply(_Refusal(failed.reply, failed.reason, "the store did not take the message"))
+            return self._refusal_reply(Refusal(failed.reply, failed.reason, "the store did not take the message"))
         self.ctx.counters["queued"] += 1
         self.errors = 0  # Postfix: the limits are on errors made without delivering mail
         self._progress_at = self.loop.time()
-        return f"250 2.0.0 Ok: queued as {queued.queue_id}"
+        return reply(Replies.QUEUED, queue_id=queued.queue_id)
+
+    async def _unknown_command(self, name: str, arg: str | None) -> None:
+        """As aiosmtpd answers an unknown command (the fifth closes the connection),
+        with the name escaped in the log."""
+        self._unknown_commands += 1
+        log.warning("%s: unrecognised command %s", clean(self.client_ip), clean(name, 64))  # as aiosmtpd
+        if self._unknown_commands >= UNKNOWN_COMMAND_LIMIT:
+            await self.push(Replies.TOO_MANY_UNKNOWN)
+            self._close()
+            return
+        await self.push(reply(Replies.UNKNOWN_COMMAND, name=name))
+
+    async def smtp_NOOP(self, arg: str) -> None:
+        await self.push(Replies.NOOP_OK)
+
+    async def smtp_HELP(self, arg: str) -> None:
+        """The commands this relay answers (before AUTH too: EHLO tells as much)."""
+        if not arg:
+            await self.push(reply(Replies.HELP, commands=" ".join(sorted(self._smtp_methods))))
+            return
+        syntax = HELP_SYNTAX.get(arg.strip().upper())
+        if syntax is None:
+            await self.push(reply(Replies.HELP_UNKNOWN, name=shown(arg, 32)))
+            return
+        await self.push(reply(Replies.HELP_SYNTAX, syntax=syntax))
+
+    async def smtp_QUIT(self, arg: str) -> None:
+        if arg:
+            await self.push(Replies.QUIT_SYNTAX)
+            return
+        await super().smtp_QUIT(arg)
 
     async def smtp_VRFY(self, arg: str) -> None:
         if await self.check_auth_needed("VRFY"):
             return
-        await self.push("252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery")
+        await self.push(Replies.VRFY)
 
     async def smtp_EXPN(self, arg: str) -> None:
-        await self.push("502 5.5.1 EXPN not implemented")
+        await self.push(Replies.EXPN)
 
 
+class _Commands(dict[str, Any]):
+    """aiosmtpd's command table: an unknown name finds the session's handler for it."""
+
+    def __init__(self, methods: dict[str, Any], unknown: Callable[[str, str | None], Awaitable[None]]) -> None:
+        super().__init__(methods)
+        self._unknown = unknown
+
+    def get(self, name: str, default: Any = None) -> Any:
+        found = super().get(name)
+        return found if found is not None else functools.partial(self._unknown, name)
+
+
+HELP_SYNTAX = {
+    "AUTH": "AUTH PLAIN|LOGIN [initial-response]",
+    "DATA": "DATA",
+    "EHLO": "EHLO hostname",
+    "EXPN": "EXPN (not implemented)",
+    "HELO": "HELO hostname",
+    "HELP": "HELP [command]",
+    "MAIL": "MAIL FROM:<address> [SIZE=n] [BODY=7BIT|8BITMIME] [SMTPUTF8] [AUTH=address] [RET=FULL|HDRS] [ENVID=xtext]",
+    "NOOP": "NOOP",
+    "QUIT": "QUIT",
+    "RCPT": "RCPT TO:<address> [NOTIFY=NEVER|SUCCESS,FAILURE,DELAY] [ORCPT=rfc822;xtext]",
+    "RSET": "RSET",
+    "STARTTLS": "STARTTLS",
+    "VRFY": "VRFY address",
+}
 _COMMAND_NAMES: dict[type, list[str]] = {}
 
 
@@ -1127,82 +1004,26 @@ def _command_names(cls: type) -> list[str]:
     return names
 
 
+def _insert(data: bytes | mmap.mmap, at: int, added: bytes) -> bytes:
+    return data[:at] + added + data[at:]
+
+
+async def confirmed_name(loop: asyncio.AbstractEventLoop, ip: str) -> str | None:
+    """The client's forward-confirmed reverse DNS name (as Postfix shows it in
+    Received:), or None: no name, or one that does not lead back to the address."""
+    try:
+        name, _ = await loop.getnameinfo((ip, 0), socket.NI_NAMEREQD)
+        infos = await loop.getaddrinfo(name, None)
+    except (OSError, UnicodeError, ValueError):
+        return None
+    return name if any(info[4][0] == ip for info in infos) else None
+
+
 def _normalized(raw: bytes, longest: int) -> tuple[bytes, int]:
     data = normalize_line_endings(raw)
     if data is not raw:  # bare CR/LF made new lines: measure them again
         longest = longest_line(data)
     return data, longest
-
-
-def check_headers(section: bytes, user: AuthRecord, refuse_lookalikes: bool) -> tuple[_Refusal | None, list[tuple[str, str]], str]:
-    """(refusal or None, the header fields, the From: value). Pure and linear in the
-    section's size, so it may run in a worker thread."""
-    fields = split_headers(section)
-    froms = [value for name, value in fields if name == "from"]
-    senders = [value for name, value in fields if name == "sender"]
-    if not froms:
-        return _Refusal("550 5.6.0 Message has no From: header", Reason.HEADER_FROM_MISSING, "no From: header"), fields, ""
-    if len(froms) > 1:
-        return _Refusal("550 5.7.1 Message has more than one From: header", Reason.HEADER_FROM_MULTIPLE, f"{len(froms)} From: headers"), fields, ""
-    if len(senders) > 1:
-        return _Refusal("550 5.7.1 Message has more than one Sender: header", Reason.HEADER_SENDER_MULTIPLE, f"{len(senders)} Sender: headers"), fields, ""
-    from_addresses = header_addresses(froms[0])
-    if from_addresses is None:
-        return _Refusal("550 5.7.1 From: header does not parse", Reason.HEADER_FROM_INVALID, f"From: {shown(froms[0], 200)}"), fields, ""
-    checks: list[tuple[str, str]] = [(a, "From:") for a in from_addresses]
-    checks += [(a, "From:") for a in address_like(froms[0])]
-    headers = [("From:", froms[0], from_addresses)]
-    if senders:
-        sender_addresses = header_addresses(senders[0])
-        if sender_addresses is None or len(sender_addresses) != 1:
-            return _Refusal("550 5.7.1 Sender: header does not parse", Reason.HEADER_SENDER_INVALID, f"Sender: {shown(senders[0], 200)}"), fields, ""
-        checks.append((sender_addresses[0], "Sender:"))
-        checks += [(a, "Sender:") for a in address_like(senders[0])]
-        headers.append(("Sender:", senders[0], sender_addresses))
-    if refuse_lookalikes:
-        for header, value, actual in headers:
-            others = lookalike_addresses(value, actual)
-            if others:
-                reason = Reason.HEADER_SENDER_LOOKALIKE if header == "Sender:" else Reason.HEADER_FROM_LOOKALIKE
-                text = f"{header} display name shows another address <{shown(others[0])}> than its own <{shown(actual[0])}>"
-                return _Refusal(f"550 5.7.1 {text}", reason, text), fields, froms[0]
-    seen: set[tuple[str, str]] = set()
-    for address, header in checks:
-        if (address.lower(), header) in seen:
-            continue
-        seen.add((address.lower(), header))
-        refusal = _header_address_refusal(address, header, user)
-        if refusal is not None:
-            return refusal, fields, froms[0]
-    return None, fields, froms[0]
-
-
-def _header_address_refusal(address: str, header: str, user: AuthRecord) -> _Refusal | None:
-    sender = header == "Sender:"
-    invalid = Reason.HEADER_SENDER_INVALID if sender else Reason.HEADER_FROM_INVALID
-    if len(address) > policy.MAX_LOCAL_PART + policy.MAX_DOMAIN + 1:
-        return _Refusal(f"550 5.7.1 {header} address too long", invalid, f"{header} address of {len(address)} characters")
-    check = check_address(address)
-    if check.problem is not None or check.address is None:
-        return _Refusal(
-            f"550 5.7.1 <{shown(address)}>: {header} address form not allowed ({check.problem})",
-            invalid,
-            f"{header} <{shown(address)}>: {check.problem}",
-        )
-    denied = authorization(check.address, user, f"{header} address")
-    if denied is None:
-        return None
-    reply, reason = denied
-    unverified = reason is Reason.SENDER_UNVERIFIED
-    if sender:
-        reason = Reason.HEADER_SENDER_UNVERIFIED if unverified else Reason.HEADER_SENDER_NOT_AUTHORIZED
-    else:
-        reason = Reason.HEADER_FROM_UNVERIFIED if unverified else Reason.HEADER_FROM_NOT_AUTHORIZED
-    return _Refusal(f"550 5.7.1 {reply}", reason, reply)
-
-
-def _printable(value: bytes) -> str:
-    return shown(value.decode("utf-8", "replace"), 64)
 
 
 def make_factory(ctx: RelayContext) -> Any:

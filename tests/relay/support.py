@@ -252,3 +252,21 @@ async def settle(service: RelayService) -> None:
     assert service.writer is not None
     await asyncio.sleep(0.01)  # let replies already sent reach their session's bookkeeping
     await service.writer.flush()
+
+
+def split_trace(body: bytes, added: tuple[str, ...] = ("Message-ID", "Date")) -> tuple[bytes, list[bytes], bytes]:
+    """A stored body as (the relay's folded Received: header, the header lines the
+    relay added after it — ``added``, in that order —, the message as the client sent it)."""
+    end = 0
+    while True:
+        end = body.index(b"\r\n", end) + 2
+        if body[end : end + 1] != b"\t":
+            break
+    received, rest = body[:end], body[end:]
+    lines = []
+    for name in added:
+        assert rest.startswith(name.encode() + b": "), rest[:80]
+        line_end = rest.index(b"\r\n") + 2
+        lines.append(rest[:line_end])
+        rest = rest[line_end:]
+    return received, lines, rest

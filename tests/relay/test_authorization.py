@@ -56,7 +56,7 @@ async def test_open_relay_forms_without_auth_are_all_530(relay: RelayService, se
 
 @pytest.mark.parametrize(
     "sender",
-    ["<x@a.example.evil>", '<"x@a.example"@evil.example>', "<x%evil.example@a.example>", "<>", "<x@[127.0.0.1]>",
+    ["<x@a.example.evil>", '<"x@a.example"@evil.example>', "<x%evil.example@a.example>", "<x@[127.0.0.1]>",
      "<evil.example!x@a.example>", "<@a.example:x@evil.example>", "<x@evil.example>", "<x@sub.a.example>"],
 )
 async def test_envelope_sender_evasion_is_refused(relay: RelayService, seeded: Seeded, tls_files: dict[str, Path], sender: str) -> None:
@@ -156,7 +156,8 @@ async def test_exact_sender_address_covers_only_itself(relay: RelayService, seed
     with pytest.raises(aiosmtplib.SMTPSenderRefused):
         await client.sendmail("other@b.example", ["r@d.example"], message("boss@b.example"))
     await client.quit()
-    assert [r["mail_from"] for r in stored_messages(seeded.store_path)] == ["boss@b.example"]
+    # Authorized case-insensitively, kept as sent (RFC 5321 2.4: local parts may be case-sensitive).
+    assert [r["mail_from"] for r in stored_messages(seeded.store_path)] == ["Boss@B.example"]
 
 
 async def test_one_users_domains_do_not_serve_another(relay: RelayService, seeded: Seeded, tls_files: dict[str, Path]) -> None:
