@@ -37,7 +37,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, AnyStr, cast
+from typing import Any, AnyStr
 
 from aiosmtpd.smtp import TLSSetupException
 
@@ -896,7 +896,7 @@ class RelaySMTP(SaslCommands):
             recipients=list(self.envelope.rcpt_tos),
             # A spooled message is an mmap: the store binds it as a blob (buffer
             # protocol) without a Python copy.
-            data=cast(bytes, data),
+            data=data,
             header_priority=header_prio,
             user_priority=user.priority,
             priority=effective,
