@@ -148,6 +148,9 @@ class RelayConfig:
     log_file: Path | None = None  # None: stderr (journald); a file is reopened on SIGHUP
     # -- Metrics -------------------------------------------------------------------
     metrics_listen: str | None = None  # "HOST:PORT" or "PORT" (127.0.0.1): /metrics and /healthz
+    # /healthz says "delivery stuck" (503) when delivery is not paused, a message has been
+    # ready to send for this long and no delivery attempt finished in that time.
+    stuck_after: float = 600.0
     # -- Seeds for runtime controls (written to the store only when unset) -------
     next_hop: str | None = None  # "host:port"
     rate: float | None = None  # messages per second, 0 = unlimited

@@ -115,6 +115,8 @@ class Reason(enum.StrEnum):
     TLS_REGENERATED = "tls-regenerated"  # the generated pair was replaced (serverAuth, lifetime, expiry)
     TLS_RELOADED = "tls-reloaded"  # the configured certificate/key changed and were loaded
     TLS_RELOAD_FAILED = "tls-reload-failed"  # the new pair is bad: the old one is kept
+    CONFIG_RELOADED = "config-reloaded"  # SIGHUP: the configuration file read again and applied
+    CONFIG_RELOAD_FAILED = "config-reload-failed"  # the new configuration is invalid: the old one is kept
     # Sender verification
     IDENTITY_VERIFIED = "identity-verified"
     CODE_SENT = "code-sent"
@@ -145,5 +147,6 @@ PROBLEMS: frozenset[Reason] = frozenset({
     Reason.DEFERRED_AUTH, Reason.FAILED_5XX, Reason.FAILED_LIFETIME, Reason.FAILED_NO_SMTPUTF8,
     Reason.NO_NEXT_HOP, Reason.NEXT_HOP_SELF, Reason.NEXT_HOP_DOWN,
     Reason.RELAY_TAKEOVER, Reason.PORT_NOT_SERVED, Reason.SERVER_NAME_UNDOTTED, Reason.TLS_RELOAD_FAILED,
+    Reason.CONFIG_RELOAD_FAILED,
     Reason.CODE_REJECTED, Reason.DNS_CHECK_FAILED,
 })

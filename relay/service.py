@@ -49,6 +49,14 @@ Public API
     (:class:`relay.tls.TlsKeeper`, ``tls_keeper``) registers one that re-reads a
     configured certificate and key.
 
+    ``config_loader`` (keyword): a function returning a fresh :class:`RelayConfig` (the
+    ``relay`` command passes ``load_config`` with its ``--config`` file and flags). With
+    it, :meth:`reload` first calls :meth:`reload_config`: the settings of ``LIVE`` apply
+    at once (open sessions see most of them; ``NEW_SESSIONS`` ones reach new sessions),
+    those of ``RESTART`` keep their running value and are named in one warning line, and
+    an invalid configuration (``ConfigError``) keeps the old one, said in one error line.
+    Each reload is an event (``config-reloaded`` / ``config-reload-failed``).
+
 The service installs no signal handlers: the ``relay`` command does, and the console
 runs the service as a task in its own loop.
 """
@@ -57,6 +65,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
@@ -68,7 +77,7 @@ from typing import Any
 
 from relay import delivery as delivery_module
 from relay.auth import FailureLimiter, PasswordChecker
-from relay.config import RUNTIME_SEEDS, RelayConfig
+from relay.config import RUNTIME_SEEDS, ConfigError, RelayConfig
 from relay.display import LOGGERS, install_log_escaping
 from relay.listen import Listeners, bind_all, listen_plan
 from relay.reasons import EventKind, Reason
@@ -83,13 +92,39 @@ from relay.store.db import (
     transaction,
 )
 from relay.store.events import NewEvent, record_event, record_events
-from relay.store.relay_info import publish_ports
+from relay.store.relay_info import publish_ports, record_relay_change
 from relay.store.settings import Keys, seed_setting, set_setting
 from relay.store.verification import host_fqdn_for
 from relay.tls import TlsKeeper, TlsMaterial, load_tls
 from relay.writer import StoreWriter
 
 log = logging.getLogger("smtpplus.relay")
+
+# What a configuration reload (SIGHUP) can change. Sessions read these from the shared
+# context's config when they use them, the limiter, the connection caps and the delivery
+# engine are updated in place.
+LIVE = frozenset({
+    "allow_plain_auth", "max_recipients", "inflight_bytes_limit", "max_connections", "max_connections_per_client",
+    "session_without_mail", "soft_error_limit", "hard_error_limit", "header_size_limit",
+    "refuse_lookalike_display_names", "auth_failures_per_connection", "auth_failures_per_client",
+    "auth_failures_per_user", "auth_failure_window", "auth_free_failures", "auth_failure_delay",
+    "auth_failure_delay_max", "shutdown_grace", "retry_base", "retry_max", "queue_lifetime", "message_lease",
+    "connect_timeout", "command_timeout", "retention_days", "recipients_per_transaction", "stuck_after",
+    "log_format", "log_file",  # applied by the embedder (the relay command reconfigures its logging)
+})
+# Read once when a session starts (aiosmtpd keeps them): open sessions keep the old value.
+NEW_SESSIONS = frozenset({"max_message_size", "session_timeout"})
+# Bound at start: listeners, the store, the certificate paths, names published.
+RESTART = frozenset({
+    "host", "ports", "tls_ports", "strict_ports", "server_name", "data_dir", "tls_cert", "tls_key",
+    "tls_reload_interval", "auth_concurrency", "heartbeat_interval", "stale_after", "metrics_listen",
+})
+# The delivery engine's copies of its settings: (its attribute, the setting, a factor).
+_ENGINE_SETTINGS = (
+    ("retry_base", "retry_base", 1.0), ("retry_max", "retry_max", 1.0), ("queue_lifetime", "queue_lifetime", 1.0),
+    ("lease_seconds", "message_lease", 1.0), ("connect_timeout", "connect_timeout", 1.0),
+    ("command_timeout", "command_timeout", 1.0), ("retention", "retention_days", 86400.0),
+)
 
 
 def publish_start(
@@ -149,9 +184,11 @@ class RelayService:
         config: RelayConfig | None = None,
         *,
         delivery_factory: Callable[..., Any] | None = None,
+        config_loader: Callable[[], RelayConfig] | None = None,
     ) -> None:
         self.store_path = Path(store_path)
         self.config = config if config is not None else RelayConfig()
+        self.config_loader = config_loader
         self._delivery_factory = delivery_factory
         self.owner = uuid.uuid4().hex
         self.reclaimed_from: str | None = None
@@ -358,10 +395,76 @@ class RelayService:
         """``hook`` (an async function) runs on every :meth:`reload` (SIGHUP)."""
         self._reload_hooks.append(hook)
 
-    async def reload(self) -> None:
+    async def reload(self) -> list[str]:
+        """The configuration first (with a ``config_loader``), then every hook. Returns
+        the settings that changed (see :meth:`reload_config`)."""
+        changed: list[str] = []
+        if self.config_loader is not None and self.running:
+            with _logged("reloading the configuration"):
+                changed = await self.reload_config(self.config_loader)
         for hook in list(self._reload_hooks):
             with _logged("reloading"):
                 await hook()
+        return changed
+
+    async def reload_config(self, loader: Callable[[], RelayConfig]) -> list[str]:
+        """Read the configuration again and apply what can change live. Returns the
+        settings now in force with a new value; an invalid configuration changes nothing."""
+        assert self._control is not None
+        old = self.config
+        try:
+            new = await asyncio.to_thread(loader)
+        except ConfigError as exc:
+            detail = f"configuration not reloaded, the previous one stays in use: {exc}"
+            log.error("%s", detail)
+            await self._record(Reason.CONFIG_RELOAD_FAILED, detail)
+            return []
+        differs = [f.name for f in dataclasses.fields(RelayConfig) if getattr(old, f.name) != getattr(new, f.name)]
+        kept = [name for name in differs if name in RESTART or name in RUNTIME_SEEDS]
+        applied = [name for name in differs if name not in kept]
+        effective = dataclasses.replace(new, **{name: getattr(old, name) for name in kept})
+        self._apply(effective)
+        detail = f"configuration reloaded: {len(applied)} setting(s) changed" + (f" ({', '.join(applied)})" if applied else "")
+        restart = [name for name in kept if name in RESTART]
+        seeds = [name for name in kept if name in RUNTIME_SEEDS]
+        if restart:
+            detail += f"; needs a restart, kept: {', '.join(restart)}"
+        if seeds:
+            detail += f"; runtime controls live in the store (smtpplus queue …), kept: {', '.join(seeds)}"
+        log.info("%s", detail)
+        if restart or seeds:
+            log.warning("config reload: %s", detail.split("; ", 1)[1])
+        await self._record(Reason.CONFIG_RELOADED, detail)
+        return applied
+
+    def _apply(self, cfg: RelayConfig) -> None:
+        """Put ``cfg`` in force: sessions read ``context.config`` when they use a setting;
+        the objects that copied one at start get the new value here."""
+        self.config = cfg
+        ctx = self.context
+        if ctx is not None:
+            ctx.config = cfg
+            ctx.inflight.limit = cfg.inflight_bytes_limit
+            ctx.tracker.max_total = cfg.max_connections
+            ctx.tracker.max_per_client = cfg.max_connections_per_client
+            ctx.limiter.per_client = cfg.auth_failures_per_client
+            ctx.limiter.per_user = cfg.auth_failures_per_user
+            ctx.limiter.window = cfg.auth_failure_window
+        engine = self.delivery
+        if engine is not None and hasattr(engine, "config"):
+            engine.config = cfg
+            for attribute, name, factor in _ENGINE_SETTINGS:
+                if hasattr(engine, attribute):
+                    setattr(engine, attribute, float(getattr(cfg, name)) * factor)
+            if hasattr(engine, "recipients_per_transaction"):
+                engine.recipients_per_transaction = cfg.recipients_per_transaction
+
+    async def _record(self, reason: Reason, detail: str) -> None:
+        """The reload's event (logged above, as the TLS keeper's are), with the setting
+        ``status`` shows that a reload may change."""
+        assert self._control is not None
+        facts = {Keys.ALLOW_PLAIN_AUTH: self.config.allow_plain_auth}
+        await self._control.run(record_relay_change, EventKind.RELAY, reason, detail, facts)
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()

@@ -68,7 +68,9 @@ def relay(
     """Run the relay as a headless daemon: every port of the spec, STARTTLS, AUTH, delivery.
 
     SIGTERM or Ctrl-C stops accepting, lets sessions in progress finish (bounded) and
-    exits 0. SIGHUP reopens the log file and reloads the TLS pair. A second relay on a
+    exits 0. SIGHUP reopens the log file, re-reads the configuration (limits, timeouts,
+    log format; a change that needs a restart is named in a warning, an invalid file keeps
+    the old configuration) and reloads the TLS pair. A second relay on a
     store whose relay is alive exits with an error naming it. A corrupt store stops the
     relay with a one-line error (exit 1); `smtpplus status` says so. Under systemd
     (Type=notify) it reports READY=1 once its ports are bound, WATCHDOG=1 and
@@ -103,7 +105,12 @@ def relay(
             raise CliError(check_failure(result))
         click.echo(f"store check: {store_path} is sound ({result.pages:,} pages, {result.seconds:.1f}s)", err=True)
     runner = _event_loop_runner()
-    code = runner(_serve(store_path, config, ready_file, metrics_address))
+
+    def reload_config() -> Any:
+        # SIGHUP: the same file, environment and flags as at start.
+        return load_config(config_path, overrides)
+
+    code = runner(_serve(store_path, config, ready_file, metrics_address, reload_config))
     sys.exit(code)
 
 
@@ -135,6 +142,15 @@ def _configure_logging(config: Any) -> None:
     install_log_escaping(*LOGGERS)  # records logged before or beside our handler too
 
 
+def _reconfigure_logging(config: Any) -> None:
+    """A reload's new log format or file; when the file cannot be opened the old
+    handler stays and one line says why."""
+    try:
+        _configure_logging(config)
+    except CliError as exc:
+        log.error("%s", exc)
+
+
 def _event_loop_runner() -> Any:
     """uvloop on Linux (``SMTPPLUS_EVENT_LOOP=asyncio`` picks the standard loop)."""
     choice = os.environ.get("SMTPPLUS_EVENT_LOOP", "").strip().lower()
@@ -150,13 +166,16 @@ def _event_loop_runner() -> Any:
     return asyncio.run
 
 
-async def _serve(store_path: Path, config: Any, ready_file: Path | None, metrics_address: tuple[str, int] | None = None) -> int:
+async def _serve(
+    store_path: Path, config: Any, ready_file: Path | None, metrics_address: tuple[str, int] | None = None,
+    config_loader: Any = None,
+) -> int:
     from relay.logs import log_events
     from relay.logs import reopen as reopen_logs
     from relay.sdnotify import Notifier
     from relay.service import RelayService
 
-    service = RelayService(store_path, config)
+    service = RelayService(store_path, config, config_loader=config_loader)
     systemd = Notifier()  # Type=notify: does nothing outside systemd
     stop_requested = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -167,11 +186,16 @@ async def _serve(store_path: Path, config: Any, ready_file: Path | None, metrics
     metrics_server = _metrics_server(service, metrics_address)  # hooks its counters before start
     await service.start()
 
+    async def reload() -> None:
+        changed = await service.reload()
+        if "log_format" in changed or "log_file" in changed:
+            _reconfigure_logging(service.config)
+
     def hang_up() -> None:
-        # SIGHUP: a new log file first (logrotate moved the old one), then re-read what
-        # can change without a restart (the configured TLS pair, …).
+        # SIGHUP: a new log file first (logrotate moved the old one), then re-read the
+        # configuration and what can change without a restart (the TLS pair, …).
         reopen_logs()
-        loop.create_task(service.reload())
+        loop.create_task(reload())
 
     loop.add_signal_handler(signal.SIGHUP, hang_up)
     watchdog: asyncio.Future[None] | None = None

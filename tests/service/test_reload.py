@@ -1,0 +1,126 @@
+"""SIGHUP re-reads the configuration file: what can change live does (a new session sees
+the new SIZE), what cannot is named in one warning line, an invalid file keeps the old
+configuration; every reload is an event."""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import aiosmtplib
+
+from relay.config import RUNTIME_SEEDS, RelayConfig
+from relay.service import LIVE, NEW_SESSIONS, RESTART
+from tests.conftest import Cli
+from tests.relay.support import Seeded, client_context, events
+from tests.relay.test_cli import RelayProcess
+from tests.service.support import relay_toml
+
+MIB = 1024 * 1024
+
+
+def reload_events(store_path: Path) -> list[Any]:
+    return [e for e in events(store_path) if e.reason in ("config-reloaded", "config-reload-failed")]
+
+
+def hang_up(relay: RelayProcess, store_path: Path, count: int) -> Any:
+    """SIGHUP, then the ``count``-th reload event once it is committed."""
+    relay.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        seen = reload_events(store_path)
+        if len(seen) >= count:
+            return seen[count - 1]
+        time.sleep(0.05)  # the relay is another process: blocking here holds nothing up
+    raise AssertionError(f"no reload event #{count} after 30 s: {relay.output()}")
+
+
+async def ehlo_size(port: int, tls_files: dict[str, Path]) -> tuple[aiosmtplib.SMTP, int]:
+    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=True, tls_context=client_context(tls_files), timeout=10)
+    await client.connect()
+    await client.ehlo()
+    return client, int(client.esmtp_extensions["size"])
+
+
+def test_every_setting_is_live_new_sessions_restart_or_a_store_seed() -> None:
+    groups = [LIVE, NEW_SESSIONS, RESTART, frozenset(RUNTIME_SEEDS)]
+    names = [f.name for f in dataclasses.fields(RelayConfig)]
+    assert sorted(names) == sorted(name for group in groups for name in group)  # each exactly once
+
+
+async def test_sighup_applies_a_new_size_to_new_sessions_and_records_the_reload(
+    cli: Cli, seeded: Seeded, tmp_path: Path, tls_files: dict[str, Path]
+) -> None:
+    toml = relay_toml(tmp_path, tls_files, f"max_message_size = {10 * MIB}\n")
+    relay = RelayProcess(cli, tmp_path, "--config", str(toml))
+    try:
+        port = relay.wait_ready()["served"][0]
+        before, size = await ehlo_size(port, tls_files)
+        assert size == 10 * MIB
+        toml.write_text(toml.read_text().replace(f"max_message_size = {10 * MIB}", f"max_message_size = {2 * MIB}"))
+        event = hang_up(relay, seeded.store_path, 1)
+        assert (event.kind, event.reason) == ("relay", "config-reloaded")
+        assert "1 setting(s) changed (max_message_size)" in event.detail and "restart" not in event.detail
+        after, size = await ehlo_size(port, tls_files)
+        assert size == 2 * MIB
+        await after.quit()
+        # The session open across the reload goes on, with the size it was offered.
+        assert (await before.ehlo())[0] == 250 and int(before.esmtp_extensions["size"]) == 10 * MIB
+        await before.quit()
+    finally:
+        assert relay.stop() == 0
+    assert "configuration reloaded: 1 setting(s) changed (max_message_size)" in relay.output()
+    assert "config reload:" not in relay.output()  # nothing needs a restart: no warning
+
+
+async def test_an_invalid_file_keeps_the_old_configuration_and_says_why_in_one_line(
+    cli: Cli, seeded: Seeded, tmp_path: Path, tls_files: dict[str, Path]
+) -> None:
+    toml = relay_toml(tmp_path, tls_files, f"max_message_size = {10 * MIB}\n")
+    good = toml.read_text()
+    relay = RelayProcess(cli, tmp_path, "--config", str(toml))
+    try:
+        port = relay.wait_ready()["served"][0]
+        broken = [
+            ("max_message_size = 2\nheader_size_limit = [", "is not valid TOML"),
+            ("max_message_size = 2\nmax_mesage_size = 3", "unknown key 'max_mesage_size'"),
+            ('max_message_size = "big"', "'big' is not a valid int"),
+        ]
+        for number, (text, why) in enumerate(broken, start=1):
+            toml.write_text(good.replace(f"max_message_size = {10 * MIB}", text))
+            event = hang_up(relay, seeded.store_path, number)
+            assert (event.kind, event.reason) == ("relay", "config-reload-failed")
+            assert why in event.detail and "the previous one stays in use" in event.detail
+            client, size = await ehlo_size(port, tls_files)
+            assert size == 10 * MIB
+            await client.quit()
+    finally:
+        assert relay.stop() == 0
+    failures = [line for line in relay.output().splitlines() if "configuration not reloaded" in line]
+    assert len(failures) == 3, relay.output()
+    assert "Traceback" not in relay.output()
+
+
+async def test_a_change_that_needs_a_restart_is_named_in_one_warning(
+    cli: Cli, seeded: Seeded, tmp_path: Path, tls_files: dict[str, Path]
+) -> None:
+    toml = relay_toml(tmp_path, tls_files, "max_recipients = 100\n")
+    relay = RelayProcess(cli, tmp_path, "--config", str(toml))
+    try:
+        served = relay.wait_ready()["served"]
+        toml.write_text(
+            toml.read_text().replace('ports = "0*2"', 'ports = "0*3"').replace("paused = true", "paused = false")
+            .replace("max_recipients = 100", "max_recipients = 5")
+        )
+        event = hang_up(relay, seeded.store_path, 1)
+        assert event.reason == "config-reloaded"
+        assert "(max_recipients)" in event.detail
+        assert "needs a restart, kept: ports" in event.detail and "kept: paused" in event.detail
+        assert cli.json("status")["served"] == served  # still the ports bound at start
+    finally:
+        assert relay.stop() == 0
+    warnings = [line for line in relay.output().splitlines() if "config reload:" in line]
+    assert len(warnings) == 1 and "needs a restart, kept: ports" in warnings[0], relay.output()
