@@ -149,7 +149,7 @@ class RelayConfig:
     # -- Metrics -------------------------------------------------------------------
     metrics_listen: str | None = None  # "HOST:PORT" or "PORT" (127.0.0.1): /metrics and /healthz
     # /healthz says "delivery stuck" (503) when delivery is not paused, a message has been
-    # ready to send for this long and no delivery attempt finished in that time.
+    # ready to send for this long and no delivery attempt finished in that time; 0 = off.
     stuck_after: float = 600.0
     # -- Seeds for runtime controls (written to the store only when unset) -------
     next_hop: str | None = None  # "host:port"

@@ -4,7 +4,9 @@
 
 - ``GET /metrics``: the Prometheus text format (``prometheus_client``'s exposition);
 - ``GET /healthz``: ``200 ok`` when this relay holds its lease, its last heartbeat was
-  written recently and the store answers a read; ``503`` and the reason otherwise.
+  written recently, the store answers a read and delivery is not stuck (stuck: not
+  paused, a message ready to send for ``stuck_after`` seconds and no delivery attempt
+  finished in that time); ``503`` and the reason otherwise.
 
 The server is a small asyncio HTTP/1.1 server in the relay's own event loop rather than
 prometheus-client's threaded one: the health check and the queue gauges read the relay's
@@ -47,9 +49,11 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from relay.reasons import EventKind, Reason
+from relay.store.counts import ready_since
 from relay.store.db import AsyncStore
 from relay.store.events import NewEvent
 from relay.store.lease import relay_status
+from relay.store.settings import Keys, get_setting
 from relay.store.views import PRIORITIES, Lane, priority_lanes
 
 log = logging.getLogger("smtpplus.relay")
@@ -126,6 +130,8 @@ class RelayMetrics:
             buckets=GROUP_BUCKETS, registry=self.registry,
         )
         self.lanes: list[Lane] = []
+        # When the last delivery attempt finished (any outcome); the start counts as one.
+        self.last_attempt_at = time.time()
         self.registry.register(_LiveCollector(self))
         service.observers.append(self.observe_events)
         service.outcome_observers.append(self.observe_outcomes)
@@ -146,6 +152,8 @@ class RelayMetrics:
 
     def observe_outcomes(self, outcomes: Sequence[Any]) -> None:
         now = time.time()
+        if outcomes:
+            self.last_attempt_at = now
         for outcome in outcomes:
             if outcome.state == "sent":
                 self.latency.observe(max(0.0, now - outcome.message.created_at))
@@ -195,7 +203,7 @@ class _LiveCollector:
         yield oldest
 
 
-async def health(service: Any, store: AsyncStore) -> str | None:
+async def health(service: Any, store: AsyncStore, last_attempt_at: float | None = None) -> str | None:
     """None when healthy, else the reason (one line)."""
     if not service.running:
         return "the relay is not running (starting or stopping)"
@@ -214,7 +222,32 @@ async def health(service: Any, store: AsyncStore) -> str | None:
         return f"the store cannot be read: {exc}"
     if status.owner != service.owner:
         return "the store's lease names another relay"
-    return None
+    try:
+        return await delivery_stuck(service, store, last_attempt_at)
+    except TimeoutError:
+        return f"the store did not answer a read within {STORE_TIMEOUT:g} s"
+    except Exception as exc:
+        return f"the store cannot be read: {exc}"
+
+
+async def delivery_stuck(service: Any, store: AsyncStore, last_attempt_at: float | None) -> str | None:
+    """Why delivery is stuck — not paused, a message ready for ``stuck_after`` seconds and
+    no attempt finished in that time — or None. ``stuck_after`` 0 turns the check off."""
+    after = float(getattr(service.config, "stuck_after", 0) or 0)
+    now = time.time()
+    if last_attempt_at is None or after <= 0 or now - last_attempt_at < after:
+        return None  # an attempt finished recently: delivery moves (the store is not read)
+    paused, since = await asyncio.wait_for(store.run(_ready_facts, now), STORE_TIMEOUT)
+    if paused or since is None or now - since < after:
+        return None
+    return (
+        f"delivery stuck: a message has been ready to send for {now - since:.0f} s and no delivery attempt "
+        f"finished for {now - last_attempt_at:.0f} s — check the next hop (`smtpplus status`) and the log"
+    )
+
+
+def _ready_facts(db: Any, now: float) -> tuple[bool, float | None]:
+    return bool(get_setting(db, Keys.PAUSED, False)), ready_since(db, now)
 
 
 class MetricsServer:
@@ -274,7 +307,7 @@ class MetricsServer:
             return "405 Method Not Allowed", text, b"use GET\n"
         assert self._store is not None
         if route == "/healthz":
-            reason = await health(self.service, self._store)
+            reason = await health(self.service, self._store, self.metrics.last_attempt_at)
             if reason is None:
                 return "200 OK", text, b"ok\n"
             return "503 Service Unavailable", text, f"unhealthy: {reason}\n".encode()

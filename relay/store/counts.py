@@ -49,6 +49,24 @@ def oldest_waiting(db: sqlite3.Connection, priority: int) -> float | None:
     return oldest
 
 
+def ready_since(db: sqlite3.Connection, now: float) -> float | None:
+    """Since when the longest-waiting message has been ready to send (the health check's
+    "delivery stuck"): the creation time of the oldest queued message or the due time
+    of the most overdue deferred one; None when none is ready. One seek per priority on
+    the dispatch index and one on the deferred due-time index, never a scan."""
+    since: float | None = None
+    for priority in PRIORITIES:
+        row = db.execute(
+            "SELECT created_at FROM messages WHERE state = 'queued' AND priority = ? ORDER BY id LIMIT 1", (priority,)
+        ).fetchone()
+        if row is not None and (since is None or row[0] < since):
+            since = float(row[0])
+    row = db.execute("SELECT min(next_attempt_at) FROM messages WHERE state = 'deferred'").fetchone()
+    if row is not None and row[0] is not None and row[0] <= now and (since is None or row[0] < since):
+        since = float(row[0])
+    return since
+
+
 # ---------------------------------------------------------------------------
 # Checking and repairing
 

@@ -199,3 +199,30 @@ def test_a_bad_metrics_listen_is_a_one_line_error(cli: Cli, text: Any) -> None:
     proc = cli("relay", "--metrics-listen", text)
     assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "metrics_listen" in proc.stderr
+
+
+async def test_healthz_says_delivery_is_stuck_until_a_next_hop_takes_the_mail(
+    cli: Cli, seeded: Seeded, tmp_path: Path, tls_files: dict[str, Path]
+) -> None:
+    # No next hop: a message accepted waits, no attempt is made.
+    toml = relay_toml(tmp_path, tls_files, "stuck_after = 1.0\n", paused=False)
+    relay = RelayProcess(cli, tmp_path, "--config", str(toml), "--metrics-listen", "0")
+    try:
+        ready = relay.wait_ready()
+        address, port = ready["metrics"], ready["served"][0]
+        assert await health_until(address, lambda code: code == 200) == (200, "ok\n")  # nothing waits: not stuck
+        assert await send(port, tls_files, "x@a.example") == 250
+        health = await health_until(address, lambda code: code == 503)
+        assert health[0] == 503 and "delivery stuck: a message has been ready to send" in health[1], health
+
+        cli("queue", "pause", check=True)  # paused on purpose: not stuck
+        assert await health_until(address, lambda code: code == 200) == (200, "ok\n")
+        cli("queue", "resume", check=True)
+        assert (await health_until(address, lambda code: code == 503))[0] == 503
+
+        async with CaptureSink("127.0.0.1", 0) as sink:
+            cli("queue", "next-hop", f"127.0.0.1:{sink.port}", check=True)
+            assert await health_until(address, lambda code: code == 200) == (200, "ok\n")
+            assert len(sink.messages) == 1  # delivered: that is what made it healthy
+    finally:
+        assert relay.stop() == 0
