@@ -203,6 +203,7 @@ class RelayService:
         self.delivery: Any = None
         self.tls_keeper: TlsKeeper | None = None
         self._reload_hooks: list[Callable[[], Any]] = []
+        self._reloading = asyncio.Lock()  # one SIGHUP at a time: each diff is against the last
         self._control: AsyncStore | None = None
         self._reads: AsyncStore | None = None
         self._writes: AsyncStore | None = None
@@ -399,12 +400,13 @@ class RelayService:
         """The configuration first (with a ``config_loader``), then every hook. Returns
         the settings that changed (see :meth:`reload_config`)."""
         changed: list[str] = []
-        if self.config_loader is not None and self.running:
-            with _logged("reloading the configuration"):
-                changed = await self.reload_config(self.config_loader)
-        for hook in list(self._reload_hooks):
-            with _logged("reloading"):
-                await hook()
+        async with self._reloading:
+            if self.config_loader is not None and self.running:
+                with _logged("reloading the configuration"):
+                    changed = await self.reload_config(self.config_loader)
+            for hook in list(self._reload_hooks):
+                with _logged("reloading"):
+                    await hook()
         return changed
 
     async def reload_config(self, loader: Callable[[], RelayConfig]) -> list[str]:

@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import aiosmtplib
+import pytest
 
 from relay.config import RUNTIME_SEEDS, RelayConfig
 from relay.service import LIVE, NEW_SESSIONS, RESTART
 from tests.conftest import Cli
-from tests.relay.support import Seeded, client_context, events
+from tests.relay.support import Seeded, client_context, events, smtp_client
 from tests.relay.test_cli import RelayProcess
 from tests.service.support import relay_toml
 
@@ -111,6 +112,7 @@ async def test_a_change_that_needs_a_restart_is_named_in_one_warning(
     relay = RelayProcess(cli, tmp_path, "--config", str(toml))
     try:
         served = relay.wait_ready()["served"]
+        client = await smtp_client(served[0], tls_files, login="alice")  # open across the reload
         toml.write_text(
             toml.read_text().replace('ports = "0*2"', 'ports = "0*3"').replace("paused = true", "paused = false")
             .replace("max_recipients = 100", "max_recipients = 5")
@@ -120,6 +122,14 @@ async def test_a_change_that_needs_a_restart_is_named_in_one_warning(
         assert "(max_recipients)" in event.detail
         assert "needs a restart, kept: ports" in event.detail and "kept: paused" in event.detail
         assert sorted(cli.json("status")["served"]) == sorted(served)  # still the ports bound at start
+        # A live limit reaches the session opened before the reload.
+        assert (await client.mail("x@a.example"))[0] == 250
+        codes = [(await client.rcpt(f"r{n}@d.example"))[0] for n in range(5)]
+        assert codes == [250] * 5
+        with pytest.raises(aiosmtplib.SMTPRecipientRefused) as refused:
+            await client.rcpt("r5@d.example")
+        assert refused.value.code == 452
+        await client.quit()
     finally:
         assert relay.stop() == 0
     warnings = [line for line in relay.output().splitlines() if "config reload:" in line]
