@@ -5,6 +5,7 @@ configuration; every reload is an event."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import signal
 import time
 from pathlib import Path
@@ -134,3 +135,20 @@ async def test_a_change_that_needs_a_restart_is_named_in_one_warning(
         assert relay.stop() == 0
     warnings = [line for line in relay.output().splitlines() if "config reload:" in line]
     assert len(warnings) == 1 and "needs a restart, kept: ports" in warnings[0], relay.output()
+
+
+def test_a_new_log_format_applies_without_a_restart(
+    cli: Cli, seeded: Seeded, tmp_path: Path, tls_files: dict[str, Path]
+) -> None:
+    toml = relay_toml(tmp_path, tls_files, 'log_format = "text"\n')
+    relay = RelayProcess(cli, tmp_path, "--config", str(toml))
+    try:
+        relay.wait_ready()
+        toml.write_text(toml.read_text().replace('log_format = "text"', 'log_format = "json"'))
+        assert "(log_format)" in hang_up(relay, seeded.store_path, 1).detail
+    finally:
+        assert relay.stop() == 0
+    lines = relay.output().splitlines()
+    assert not lines[0].startswith("{")  # text until the reload
+    stopped = [line for line in lines if "relay-stopped" in line]
+    assert len(stopped) == 1 and json.loads(stopped[0])["reason"] == "relay-stopped"
