@@ -98,16 +98,32 @@ class ReopeningFileHandler(logging.FileHandler):
 def fields(record: logging.LogRecord) -> dict[str, Any]:
     """The ``extra=`` fields of a record, each string cleaned (numbers stay numbers)."""
     out: dict[str, Any] = {}
-    for key, value in record.__dict__.items():
-        if key in _STANDARD or key.startswith("_") or value is None:  # "_…": our own marks
+    attributes = record.__dict__
+    # The set difference runs in C: a record has ~25 standard attributes and a line is
+    # written per accepted message, so walking them in Python showed in the accept bench.
+    for key in attributes.keys() - _STANDARD:
+        value = attributes[key]
+        if key.startswith("_") or value is None:  # "_…": our own marks
             continue
         out[key] = value if isinstance(value, bool | int | float) else clean(value, _FIELD_LIMIT)
-    return out
+    return dict(sorted(out.items(), key=_field_order)) if len(out) > 1 else out
+
+
+def _field_order(item: tuple[str, Any]) -> tuple[int, str]:
+    key = item[0]
+    return (EVENT_FIELDS.index(key), "") if key in EVENT_FIELDS else (len(EVENT_FIELDS), key)
+
+
+_last_second: tuple[int, str] = (-1, "")
 
 
 def _time(record: logging.LogRecord) -> str:
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-    return f"{stamp}.{int(record.msecs):03d}Z"
+    # One strftime per second, not per line.
+    global _last_second
+    second = int(record.created)
+    if second != _last_second[0]:
+        _last_second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{_last_second[1]}.{int(record.msecs):03d}Z"
 
 
 class JsonFormatter(logging.Formatter):

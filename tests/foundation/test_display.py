@@ -33,3 +33,13 @@ def test_plain_text_is_untouched_and_limit_marks_the_cut() -> None:
 @given(st.text())
 def test_no_control_character_survives(text: str) -> None:
     assert not any(needs_escape(ch) for ch in clean(text))
+
+
+def test_the_fast_check_agrees_with_needs_escape_on_every_code_point() -> None:
+    from relay.display import _UNSAFE
+
+    for code in range(0x110000):
+        if 0xD800 <= code <= 0xDFFF:
+            continue
+        ch = chr(code)
+        assert (_UNSAFE.match(ch) is not None) == needs_escape(ch), hex(code)
