@@ -151,8 +151,14 @@ def lookalike_addresses(value: str, actual: tuple[str, ...]) -> tuple[str, ...]:
     """Addresses spelled in a From:/Sender: value's display names, comments or encoded
     words that differ from its actual addresses, once the value is read the way a
     person reads it: encoded words decoded, compatibility forms folded (full-width
-    ``＠`` is ``@``, NFKC) and quoting backslashes dropped (``"evil\\@evil.com"``)."""
+    ``＠`` is ``@``, NFKC) and quoting backslashes dropped (``"evil\\@evil.com"``).
+    Pure, so remembered per (value, actual): bulk mail repeats its From:."""
+    if len(value) <= CACHED_TEXT:
+        return _lookalikes_cached(value, actual)
     return HeaderScanner().lookalikes(value, actual)
+
+
+_lookalikes_cached = functools.lru_cache(maxsize=4096)(lambda value, actual: HeaderScanner().lookalikes(value, actual))
 
 
 def decoded_subject(value: str) -> str:
@@ -351,7 +357,8 @@ class HeaderScanner:
     def lookalikes(self, value: str, actual: tuple[str, ...]) -> tuple[str, ...]:
         text = self.decode_words(value) if "=?" in value else value
         self.steps += len(text)
-        text = unicodedata.normalize("NFKC", text).replace("\\", "")
+        # NFKC leaves ASCII as it is: the common From: skips the normalizer.
+        text = (text if text.isascii() else unicodedata.normalize("NFKC", text)).replace("\\", "")
         own = {unicodedata.normalize("NFKC", a).replace("\\", "").lower() for a in actual}
         return tuple(a for a in self._address_like(text) if a.lower() not in own)
 
@@ -415,6 +422,11 @@ def _rfc5322_date(second: int) -> str:
     return email.utils.format_datetime(dt.datetime.fromtimestamp(second, dt.UTC))
 
 
+@functools.lru_cache(maxsize=4)
+def _message_id_stamp(second: int) -> str:
+    return time.strftime("%Y%m%d%H%M%S", time.gmtime(second))
+
+
 @dataclass(frozen=True, slots=True)
 class TlsInfo:
     """What a Received: header says of a TLS session."""
@@ -452,14 +464,22 @@ def received_header(
     ``rdns``: the client's forward-confirmed name (None: ``unknown``); ``user``: named
     only when the operator asks for it (``received_names_user``)."""
     stamp = _rfc5322_date(int(time.time()))
+    head = _received_head(ehlo, client, server_name, protocol, rdns, tls, user)
+    return head + f"{queue_id};\r\n\t{stamp}\r\n".encode("ascii", "replace")
+
+
+@functools.lru_cache(maxsize=1024)
+def _received_head(ehlo: str, client: str, server_name: str, protocol: str, rdns: str | None, tls: TlsInfo | None, user: str | None) -> bytes:
+    """A Received: header up to its queue id: the same for every message of a session
+    (and of every session of the same client), so built once. Each part is encoded on
+    its own: a non-ASCII character becomes the same single ``?`` either way."""
     lines = [f"Received: from {sanitize_ehlo(ehlo)} ({sanitize_ehlo(rdns) if rdns else 'unknown'} {address_literal(client)})"]
     if tls is not None:
         lines.append(f"(using {sanitize_ehlo(tls.version)} with cipher {sanitize_ehlo(tls.cipher)} ({tls.bits}/{tls.bits} bits))")
     if user is not None:
         lines.append(f"(Authenticated sender: {sanitize_ehlo(user)})")
-    lines.append(f"by {sanitize_ehlo(server_name)} (smtpplus) with {protocol} id {queue_id};")
-    lines.append(stamp)
-    return ("\r\n\t".join(lines) + "\r\n").encode("ascii", "replace")
+    lines.append(f"by {sanitize_ehlo(server_name)} (smtpplus) with {protocol} id ")
+    return "\r\n\t".join(lines).encode("ascii", "replace")
 
 
 def owned_headers(fields: list[tuple[str, str]], queue_id: str, server_name: str, now: float) -> bytes:
@@ -468,7 +488,7 @@ def owned_headers(fields: list[tuple[str, str]], queue_id: str, server_name: str
     names = {name for name, _ in fields}
     added = b""
     if "message-id" not in names:
-        stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(now))
+        stamp = _message_id_stamp(int(now))
         added += f"Message-ID: <{stamp}.{queue_id}@{sanitize_ehlo(server_name)}>\r\n".encode("ascii", "replace")
     if "date" not in names:
         added += f"Date: {_rfc5322_date(int(now))}\r\n".encode("ascii")
