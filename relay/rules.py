@@ -4,11 +4,13 @@ directly (``tests/relay/test_rules.py``) and may run in a worker thread."""
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
 from relay import policy
 from relay.message import (
+    CACHED_TEXT,
     address_like,
     check_address,
     header_addresses,
@@ -154,19 +156,19 @@ def sender_refusal(path: str, user: AuthRecord, utf8: bool = False) -> Refusal |
         return None
     check = address_check(path, utf8)
     problem = check.problem
+    if problem is None:  # the usual case: no detail to build
+        assert check.address is not None
+        denied = authorization(check.address, user, "sender")
+        if denied is None:
+            return None
+        status, reason = denied
+        return Refusal(status, reason, f"envelope sender {text_of(status)}")
     detail = f"<{shown(path)}>: {problem}"
     if problem is policy.AddressProblem.CONTROL:
         return Refusal(Replies.SENDER_CONTROL, Reason.SENDER_INVALID, detail)
     if problem in SENDER_FORM_PROBLEMS:
         return Refusal(reply(Replies.SENDER_FORM, addr=shown(path), problem=problem), Reason.SENDER_INVALID, detail)
-    if problem is not None:
-        return Refusal(reply(Replies.SENDER_SYNTAX, addr=shown(path), problem=problem), Reason.SENDER_INVALID, detail)
-    assert check.address is not None
-    denied = authorization(check.address, user, "sender")
-    if denied is not None:
-        status, reason = denied
-        return Refusal(status, reason, f"envelope sender {text_of(status)}")
-    return None
+    return Refusal(reply(Replies.SENDER_SYNTAX, addr=shown(path), problem=problem), Reason.SENDER_INVALID, detail)
 
 
 def recipient_refusal(path: str, utf8: bool = False) -> Refusal | None:
@@ -345,52 +347,93 @@ def check_headers(
         return Refusal(Replies.SEVERAL_FROM, Reason.HEADER_FROM_MULTIPLE, f"{len(froms)} From: headers"), fields, ""
     if len(senders) > 1:
         return Refusal(Replies.SEVERAL_SENDER, Reason.HEADER_SENDER_MULTIPLE, f"{len(senders)} Sender: headers"), fields, ""
-    from_addresses = header_addresses(froms[0])
+    plan = _header_plan(froms[0], senders[0] if senders else None, refuse_lookalikes, utf8)
+    if isinstance(plan, Refusal):
+        return plan, fields, froms[0] if plan.reason in _LOOKALIKE_REASONS else ""
+    for header, refusal, address in plan:
+        if refusal is not None:
+            return refusal, fields, froms[0]
+        denied = authorization(address, user, f"{header} address")
+        if denied is not None:
+            return _header_denial(denied, header == "Sender:"), fields, froms[0]
+    return None, fields, froms[0]
+
+
+_LOOKALIKE_REASONS = frozenset({Reason.HEADER_FROM_LOOKALIKE, Reason.HEADER_SENDER_LOOKALIKE})
+# (header, the form refusal, or None and the checked address to authorize)
+_Plan = tuple[tuple[str, "Refusal | None", str], ...]
+
+
+def _header_plan(from_value: str, sender_value: str | None, refuse_lookalikes: bool, utf8: bool) -> Refusal | _Plan:
+    """Everything :func:`check_headers` decides from the From:/Sender: values alone:
+    a refusal, or the addresses to authorize in order, each with its form refusal.
+    Pure, so remembered: bulk mail repeats its From:. Long values are read every time."""
+    if len(from_value) + len(sender_value or "") <= CACHED_TEXT:
+        return _header_plan_cached(from_value, sender_value, refuse_lookalikes, utf8)
+    return _read_header_plan(from_value, sender_value, refuse_lookalikes, utf8)
+
+
+def _read_header_plan(from_value: str, sender_value: str | None, refuse_lookalikes: bool, utf8: bool) -> Refusal | _Plan:
+    from_addresses = header_addresses(from_value)
     if from_addresses is None:
-        return Refusal(Replies.FROM_UNPARSED, Reason.HEADER_FROM_INVALID, f"From: {shown(froms[0], 200)}"), fields, ""
+        return Refusal(Replies.FROM_UNPARSED, Reason.HEADER_FROM_INVALID, f"From: {shown(from_value, 200)}")
     checks: list[tuple[str, str]] = [(a, "From:") for a in from_addresses]
-    checks += [(a, "From:") for a in address_like(froms[0])]
-    headers = [("From:", froms[0], from_addresses)]
-    if senders:
-        sender_addresses = header_addresses(senders[0])
+    checks += [(a, "From:") for a in address_like(from_value)]
+    headers = [("From:", from_value, from_addresses)]
+    if sender_value is not None:
+        sender_addresses = header_addresses(sender_value)
         if sender_addresses is None or len(sender_addresses) != 1:
-            return Refusal(Replies.SENDER_UNPARSED, Reason.HEADER_SENDER_INVALID, f"Sender: {shown(senders[0], 200)}"), fields, ""
+            return Refusal(Replies.SENDER_UNPARSED, Reason.HEADER_SENDER_INVALID, f"Sender: {shown(sender_value, 200)}")
         checks.append((sender_addresses[0], "Sender:"))
-        checks += [(a, "Sender:") for a in address_like(senders[0])]
-        headers.append(("Sender:", senders[0], sender_addresses))
+        checks += [(a, "Sender:") for a in address_like(sender_value)]
+        headers.append(("Sender:", sender_value, sender_addresses))
     if refuse_lookalikes:
         for header, value, actual in headers:
             others = lookalike_addresses(value, actual)
             if others:
                 reason = Reason.HEADER_SENDER_LOOKALIKE if header == "Sender:" else Reason.HEADER_FROM_LOOKALIKE
                 status = reply(Replies.LOOKALIKE, header=header, other=shown(others[0]), own=shown(actual[0]))
-                return Refusal(status, reason, text_of(status)), fields, froms[0]
+                return Refusal(status, reason, text_of(status))
     seen: set[tuple[str, str]] = set()
+    plan: list[tuple[str, Refusal | None, str]] = []
     for address, header in checks:
         if (address.lower(), header) in seen:
             continue
         seen.add((address.lower(), header))
-        refusal = header_address_refusal(address, header, user, utf8)
+        refusal, checked = _header_address_form(address, header, utf8)
+        plan.append((header, refusal, checked))
         if refusal is not None:
-            return refusal, fields, froms[0]
-    return None, fields, froms[0]
+            break  # nothing after a form refusal is ever looked at
+    return tuple(plan)
+
+
+_header_plan_cached = functools.lru_cache(maxsize=1024)(_read_header_plan)
 
 
 def header_address_refusal(address: str, header: str, user: AuthRecord, utf8: bool = False) -> Refusal | None:
-    sender = header == "Sender:"
-    invalid = Reason.HEADER_SENDER_INVALID if sender else Reason.HEADER_FROM_INVALID
+    refusal, checked = _header_address_form(address, header, utf8)
+    if refusal is not None:
+        return refusal
+    denied = authorization(checked, user, f"{header} address")
+    return None if denied is None else _header_denial(denied, header == "Sender:")
+
+
+def _header_address_form(address: str, header: str, utf8: bool) -> tuple[Refusal | None, str]:
+    """(the refusal of a From:/Sender: address's form, or None and the address as checked)."""
+    invalid = Reason.HEADER_SENDER_INVALID if header == "Sender:" else Reason.HEADER_FROM_INVALID
     if len(address) > policy.MAX_LOCAL_PART + policy.MAX_DOMAIN + 1:
-        return Refusal(reply(Replies.HEADER_ADDRESS_TOO_LONG, header=header), invalid, f"{header} address of {len(address)} characters")
+        return Refusal(reply(Replies.HEADER_ADDRESS_TOO_LONG, header=header), invalid, f"{header} address of {len(address)} characters"), ""
     check = address_check(address, utf8)
     if check.problem is not None or check.address is None:
         return Refusal(
             reply(Replies.HEADER_ADDRESS_FORM, addr=shown(address), header=header, problem=check.problem),
             invalid,
             f"{header} <{shown(address)}>: {check.problem}",
-        )
-    denied = authorization(check.address, user, f"{header} address")
-    if denied is None:
-        return None
+        ), ""
+    return None, check.address
+
+
+def _header_denial(denied: tuple[str, Reason], sender: bool) -> Refusal:
     status, reason = denied
     unverified = reason is Reason.SENDER_UNVERIFIED
     if sender:

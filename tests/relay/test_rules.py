@@ -8,6 +8,7 @@ from relay.rules import (
     MailParameters,
     Refusal,
     address_check,
+    check_headers,
     mail_auth,
     mail_parameters_refusal,
     needs_smtputf8,
@@ -81,3 +82,25 @@ def test_internationalized_local_parts_only_with_smtputf8() -> None:
     assert address_check("jörg%x@a.example", utf8=True).problem is not None
     assert address_check("j\udcffrg@a.example", utf8=True).problem is not None
     assert needs_smtputf8("jörg@a.example") is not None and needs_smtputf8("j@a.example") is None
+
+
+def test_header_checks_remembered_per_value_still_judge_each_user() -> None:
+    """check_headers remembers what it reads from a From:/Sender: value; who may send
+    as the addresses in it is decided for every message's user."""
+    section = b"From: Ann <ann@a.example>\r\nSender: ops@b.example\r\nSubject: hi\r\n"
+    allowed = _user(senders={"ann@a.example": "verified"}, domains={"b.example": "verified"})
+    unverified = _user(senders={"ann@a.example": "verified"}, domains={"b.example": "pending"})
+    stranger = _user()
+    for _ in range(2):  # the second round reads the values from memory
+        refusal, fields, from_value = check_headers(section, allowed, True)
+        assert refusal is None and from_value == " Ann <ann@a.example>" and len(fields) == 3
+        refusal, _, _ = check_headers(section, unverified, True)
+        assert refusal is not None and refusal.reason is Reason.HEADER_SENDER_UNVERIFIED
+        refusal, _, _ = check_headers(section, stranger, True)
+        assert refusal is not None and refusal.reason is Reason.HEADER_FROM_NOT_AUTHORIZED
+        refusal, _, from_value = check_headers(b"From: \"x@a.example\" <ann@a.example>\r\n", allowed, True)
+        assert refusal is not None and refusal.reason is Reason.HEADER_FROM_LOOKALIKE and from_value
+        refusal, _, from_value = check_headers(b"From: \"x@a.example\" <ann@a.example>\r\n", allowed, False)
+        assert refusal is not None and refusal.reason is Reason.HEADER_FROM_NOT_AUTHORIZED  # x@a.example
+        refusal, _, from_value = check_headers(b"From: <ann@a.example\r\n", allowed, True)
+        assert refusal is not None and refusal.reason is Reason.HEADER_FROM_INVALID and from_value == ""
