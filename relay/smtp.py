@@ -243,6 +243,7 @@ class RelaySMTP(SaslCommands):
         self.recipient_dsn: dict[str, RecipientDsn] = {}
         self._recipient_keys: set[str] = set()
         self._rdns: asyncio.Future[str | None] | None = None  # the client's name (ctx.names)
+        self._tls_seen: tuple[object, TlsInfo] | None = None  # (transport, what its TLS is): asked once
         super().__init__(
             _NO_HOOKS,
             data_size_limit=cfg.max_message_size,
@@ -764,11 +765,16 @@ class RelaySMTP(SaslCommands):
     def _tls_info(self) -> TlsInfo | None:
         if self._tls_protocol is None or self.transport is None:
             return None
+        seen = self._tls_seen
+        if seen is not None and seen[0] is self.transport:  # a TLS session never changes its cipher
+            return seen[1]
         ssl_object = self.transport.get_extra_info("ssl_object")
         cipher = self.transport.get_extra_info("cipher")
         if ssl_object is None or not cipher:
             return None
-        return TlsInfo(str(ssl_object.version()), str(cipher[0]), int(cipher[2] or 0))
+        info = TlsInfo(str(ssl_object.version()), str(cipher[0]), int(cipher[2] or 0))
+        self._tls_seen = (self.transport, info)
+        return info
 
     async def _read_data(self, spool: Spool) -> _DataRead:
         """Read up to ``<CRLF>.<CRLF>`` into ``spool`` (unstuffed), within the size
