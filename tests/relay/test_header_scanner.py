@@ -40,6 +40,7 @@ from tests.relay.test_replies import authed_raw
 # angle brackets, list separators, encoded-word markers, white space, non-ASCII.
 _ALPHABET = st.sampled_from(list('ab.@<>(),;:"\\ \t=?qQbB_[]') + ["=?utf-8?q?", "?=", "x@y.example", "＠", "é"])
 _VALUES = st.lists(_ALPHABET, max_size=60).map("".join)
+STEPS_PER_CHAR = 12
 
 
 def _work(value: str) -> int:
@@ -57,9 +58,11 @@ def _work(value: str) -> int:
 def test_scanner_work_stays_proportional_when_the_input_doubles(value: str, doublings: int) -> None:
     small = value * doublings
     large = small * 2
-    # Every character costs a bounded number of steps, whatever the input.
-    assert _work(small) <= 8 * len(small) + 8
-    assert _work(large) <= 8 * len(large) + 8
+    # Every character costs a bounded number of steps, whatever the input. The bound is
+    # the property (linear work); its constant is measured: an address right before an
+    # encoded word ("x@y.example=?utf-8?q?@") costs 9 a character, random search ≤ 8.
+    assert _work(small) <= STEPS_PER_CHAR * len(small) + 8
+    assert _work(large) <= STEPS_PER_CHAR * len(large) + 8
 
 
 @pytest.mark.parametrize(
