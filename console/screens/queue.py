@@ -159,7 +159,11 @@ class QueueScreen(LiveScreen):
         self.query_one(PriorityLanes).show(data.lanes, now)
         self.query_one("#summary", Static).update(self._summary(data, now))
         if data.request != self.request:
-            return  # the operator moved on; a fresh read is on its way
+            # The operator moved on while this was read. Ask for the current request
+            # here rather than trust that a poke is still pending: the table must not
+            # wait for a tick (or forever, on a static store) to show the new view.
+            self.refresh_data()
+            return
         view = data.request.view
         if STATE_OF[view] is None:
             self.table(view).sync([(str(c.id), self._campaign_cells(c, now)) for c in data.campaigns])
