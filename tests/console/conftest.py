@@ -135,12 +135,25 @@ def make_app() -> Callable[..., Any]:
     return factory
 
 
+def _state(app: Any) -> str:
+    """What a failed wait saw: which request the screen holds and which data it applied,
+    and whether the watcher kept reading (tells a lost read from a slow machine)."""
+    screen = app.screen
+    data = getattr(screen, "data", None)
+    watcher = getattr(getattr(app, "watcher", None), "reads", None)
+    return (
+        f"screen {type(screen).__name__}, request {getattr(screen, 'request', None)!r}, "
+        f"data request {getattr(data, 'request', None)!r}, "
+        f"snapshots applied {getattr(screen, 'snapshots_applied', None)}, watcher reads {watcher}"
+    )
+
+
 async def wait_for(pilot: Any, condition: Callable[[], bool], within: float = 20.0) -> None:
     """Let the app run until ``condition`` holds (live data arrives from a thread)."""
     deadline = time.monotonic() + within
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
+            raise AssertionError(f"condition not reached in time — {_state(pilot.app)}")
         await pilot.pause(0.02)
 
 
