@@ -286,16 +286,7 @@ def rate(rate: str | None, as_json: bool, db_path: Path | None) -> None:
     """Show or set the shared delivery rate in messages per second (0 = unlimited)."""
     from relay.store import queue as store_queue
 
-    with common.open_db(db_path, create=rate is not None) as db:
-        if rate is not None:
-            store_queue.set_rate(db, rate)  # type: ignore[arg-type]
-        value = store_queue.delivery_settings(db).rate
-    if as_json:
-        common.print_json({"rate": value})
-    elif rate is None:
-        click.echo(f"rate: {_rate_text(value)}")
-    else:
-        click.echo(f"Rate: {_rate_text(value)}.")
+    _show_or_set(db_path, as_json, "rate", "rate", rate, store_queue.set_rate, _rate_text)
 
 
 @queue.command("parallel")
@@ -306,16 +297,24 @@ def parallel(count: str | None, as_json: bool, db_path: Path | None) -> None:
     """Show or set the maximum parallel next-hop connections (1–256)."""
     from relay.store import queue as store_queue
 
-    with common.open_db(db_path, create=count is not None) as db:
-        if count is not None:
-            store_queue.set_parallel(db, count)  # type: ignore[arg-type]
-        value = store_queue.delivery_settings(db).parallel
+    _show_or_set(db_path, as_json, "parallel", "parallel connections", count, store_queue.set_parallel, str)
+
+
+def _show_or_set(db_path: Path | None, as_json: bool, key: str, label: str, given: str | None,
+                 setter: Any, text: Any) -> None:
+    """A delivery control: show it (no value given) or set it, then say what it is now."""
+    from relay.store import queue as store_queue
+
+    with common.open_db(db_path, create=given is not None) as db:
+        if given is not None:
+            setter(db, given)
+        value = getattr(store_queue.delivery_settings(db), key)
     if as_json:
-        common.print_json({"parallel": value})
-    elif count is None:
-        click.echo(f"parallel connections: {value}")
+        common.print_json({key: value})
+    elif given is None:
+        click.echo(f"{label}: {text(value)}")
     else:
-        click.echo(f"Parallel connections: {value}.")
+        click.echo(f"{label[0].upper()}{label[1:]}: {text(value)}.")
 
 
 @queue.command("starvation")
