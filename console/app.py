@@ -26,8 +26,7 @@ from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
 from console.live import StoreWatcher
-from relay.store import Connection
-from relay.store.db import open_store, store_errors
+from relay.store import Connection, open_store, store_errors
 
 HANGUP_EXIT_CODE = 129
 # A hung-up terminal must end the process even if shutdown itself hangs on it.
@@ -38,7 +37,7 @@ def one_line_error(exc: BaseException) -> str:
     """Known errors carry their own one-line message; anything else names its type."""
     from relay.policy import PolicyError
     from relay.priority import PriorityError
-    from relay.store.db import store_error_for
+    from relay.store import store_error_for
 
     store_error = store_error_for(exc)
     if store_error is not None:

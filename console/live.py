@@ -24,10 +24,9 @@ from typing import Any, Protocol
 from textual.message import Message
 from textual.worker import get_current_worker
 
-from relay.store import Connection
+from relay.store import Connection, open_store, store_errors
 from relay.store.backend import backend_for
 from relay.store.changes import SyncChangeFeed
-from relay.store.db import open_store, store_errors
 from relay.store.errors import StoreError
 from relay.store.lease import RelayStatus, relay_status
 

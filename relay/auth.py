@@ -53,7 +53,7 @@ from dataclasses import dataclass
 
 from relay import passwords, policy
 from relay.reasons import Reason
-from relay.store.db import AsyncStore
+from relay.store import AsyncStore
 from relay.store.directory import AuthRecord, auth_record
 
 CACHE_SIZE = 10_000

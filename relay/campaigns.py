@@ -20,6 +20,7 @@ from email.message import EmailMessage
 from email.parser import BytesParser
 from email.policy import SMTP as SMTP_POLICY
 
+from relay.store import AsyncStore, StoreError
 from relay.store.campaigns import (
     expand_batch,
     expandable_campaigns,
@@ -27,7 +28,6 @@ from relay.store.campaigns import (
     next_scheduled_at,
     start_due_campaigns,
 )
-from relay.store.db import AsyncStore, StoreError
 
 log = logging.getLogger("smtpplus.campaigns")
 

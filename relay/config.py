@@ -47,7 +47,7 @@ from typing import Any
 
 from relay.policy import check_address
 from relay.ports import DEFAULT_SPEC, DEFAULT_TLS_SPEC
-from relay.store.db import StoreError
+from relay.store import StoreError
 from relay.store.settings import Keys
 
 MIB = 1024 * 1024

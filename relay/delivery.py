@@ -35,8 +35,8 @@ from relay.bounce import FailedRecipient, bounce_message, wants_report
 from relay.config import server_name_warning
 from relay.reasons import EventKind, Reason
 from relay.scheduler import HopBackoff, StarvationShare, TokenBucket, decide_retry
+from relay.store import AsyncStore, Connection, StoreError
 from relay.store.backend import backend_for
-from relay.store.db import AsyncStore, Connection, StoreError
 from relay.store.events import NewEvent
 from relay.store.intake import NewMessage, RecipientDsn
 from relay.store.queue import (

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from relay.ports import parse_port_spec
-from relay.store.db import StoreError
+from relay.store import StoreError
 
 # File descriptors kept free beyond the listening sockets: the store, TLS files, logs.
 FD_MARGIN = 64

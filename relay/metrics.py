@@ -49,8 +49,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from relay.reasons import EventKind, Reason
+from relay.store import AsyncStore
 from relay.store.counts import ready_since
-from relay.store.db import AsyncStore
 from relay.store.events import NewEvent
 from relay.store.lease import relay_status
 from relay.store.settings import Keys, get_setting

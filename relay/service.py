@@ -82,12 +82,13 @@ from relay.display import LOGGERS, install_log_escaping
 from relay.listen import Listeners, bind_all, listen_plan
 from relay.reasons import EventKind, Reason
 from relay.smtp import ConnectionTracker, RelayContext, make_factory
-from relay.store import Connection, lease
-from relay.store.db import (
+from relay.store import (
     AsyncStore,
+    Connection,
     StoreCorrupt,
     corrupt_message,
     is_corrupt,
+    lease,
     on_corruption,
     transaction,
 )

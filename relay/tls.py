@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from relay.reasons import EventKind, Reason
-from relay.store.db import StoreError
+from relay.store import StoreError
 
 log = logging.getLogger("smtpplus.tls")
 
@@ -259,7 +259,7 @@ def _stamp(path: Path) -> tuple[int, int, int] | None:
 class TlsKeeper:
     """The relay's current TLS material; reloads a configured pair when it changes.
 
-    ``store`` (an :class:`relay.store.db.AsyncStore`) receives the events and the new
+    ``store`` (an :class:`relay.store.AsyncStore`) receives the events and the new
     fingerprint/PEM (what ``status`` and ``tls export`` show). ``interval`` seconds
     between polls of the files' change stamps (0: only :meth:`reload`)."""
 

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from relay.reasons import EventKind, Reason
-from relay.store.db import AsyncStore, Connection, transaction
+from relay.store import AsyncStore, Connection, transaction
 from relay.store.errors import StoreFull
 from relay.store.events import NewEvent, record_events
 from relay.store.intake import NewMessage, Queued, insert_messages

@@ -11,8 +11,7 @@ from relay import smtp
 from relay.auth import AUTH_DELAY_CAP, CACHE_SIZE, EventBudget, throttle_delay
 from relay.config import RelayConfig
 from relay.reasons import EventKind, Reason
-from relay.store import open_store
-from relay.store.db import transaction
+from relay.store import open_store, transaction
 from relay.store.events import NewEvent, record_event
 
 ROOT = Path(__file__).resolve().parent.parent

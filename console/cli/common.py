@@ -34,7 +34,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from relay.policy import PolicyError
     from relay.ports import PortSpecError
     from relay.priority import PriorityError
-    from relay.store.db import StoreError
+    from relay.store import StoreError
 
     return (StoreError, PolicyError, PriorityError, PortSpecError)
 
@@ -108,7 +108,7 @@ class LazyGroup(click.Group):
         except _expected_errors() as exc:
             raise CliError(str(exc)) from None
         except Exception as exc:
-            from relay.store.db import store_error_for
+            from relay.store import store_error_for
 
             store_error = store_error_for(exc)  # a store call made outside open_db's edge
             if store_error is not None:
@@ -154,7 +154,7 @@ def json_option(f: F) -> F:
 
 
 def resolve_db_path(db_path: Path | None) -> Path:
-    from relay.store.db import default_db_path
+    from relay.store import default_db_path
 
     return db_path if db_path is not None else default_db_path()
 
@@ -163,7 +163,7 @@ def resolve_db_path(db_path: Path | None) -> Path:
 def open_db(db_path: Path | None, *, create: bool = True) -> Iterator[Connection]:
     """The store for one command. Commands that only read pass ``create=False``: a
     mistyped --db is then ``no store at PATH`` (exit 1), never a new empty store."""
-    from relay.store.db import open_store, store_errors
+    from relay.store import open_store, store_errors
 
     path = resolve_db_path(db_path)
     db = open_store(path, create=create)

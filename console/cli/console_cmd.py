@@ -64,7 +64,7 @@ def demo(db_path: Path | None, ports: str, sink_port: int) -> None:
     """
     from relay.config import RelayConfig
     from relay.ports import parse_port_spec
-    from relay.store.db import default_db_path
+    from relay.store import default_db_path
 
     parse_port_spec(ports)  # a bad spec is a one-line error before anything starts
     if db_path is None:

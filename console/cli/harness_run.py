@@ -75,8 +75,7 @@ def run(
         ports_value,
     )
     from relay.ports import PortSpecError, parse_port_spec
-    from relay.store import StoreError
-    from relay.store.db import default_db_path
+    from relay.store import StoreError, default_db_path
 
     try:
         for name in files:

@@ -263,7 +263,7 @@ def settings(system_sender: str | None, resolver: str | None, as_json: bool, db_
     """Show or set the verification settings: system sender and DNS resolver."""
     from relay import policy
     from relay.dnscheck import ResolverError, parse_resolver
-    from relay.store.db import transaction
+    from relay.store import transaction
     from relay.store.settings import Keys, delete_setting, get_setting, set_setting
     from relay.store.verification import system_sender_choice
 

@@ -19,7 +19,7 @@ store = LazyGroup(name="store", help="The store file: backup, integrity check, r
 def run_check(source: Path, *, quiet: bool = False) -> Any:
     """``PRAGMA quick_check`` on ``source`` with a progress line on stderr about every
     second (a big store takes a while: every page is read)."""
-    from relay.store.check import quick_check
+    from relay.store.sqlite.check import quick_check
 
     # Progress lines on a terminal only: a script sees one line, the result or the error.
     shown = not quiet and sys.stderr.isatty()

@@ -2,22 +2,13 @@
 
 Functions here take a :data:`Connection` opened by :func:`open_store` and are
 synchronous; async code runs them on the store's own thread via
-:class:`relay.store.db.AsyncStore`. Callers name the connection type as
+:class:`relay.store.AsyncStore`. Callers name the connection type as
 ``relay.store.Connection`` and catch the store's own errors
 (:mod:`relay.store.errors`), never a driver's: today's backend is SQLite
-(:mod:`relay.store.db` is its edge), and nothing outside this package imports
+(:mod:`relay.store.sqlite` is its package), and nothing outside this package imports
 ``sqlite3``.
 """
 
-from relay.store.db import (
-    AsyncStore,
-    Connection,
-    backup,
-    default_db_path,
-    open_store,
-    store_errors,
-    transaction,
-)
 from relay.store.errors import (
     AlreadyExists,
     Conflict,
@@ -30,6 +21,19 @@ from relay.store.errors import (
     StoreFull,
     StoreTooNew,
     StoreUnavailable,
+)
+from relay.store.sqlite.db import (
+    AsyncStore,
+    Connection,
+    backup,
+    corrupt_message,
+    default_db_path,
+    is_corrupt,
+    on_corruption,
+    open_store,
+    store_error_for,
+    store_errors,
+    transaction,
 )
 
 __all__ = [
@@ -47,8 +51,12 @@ __all__ = [
     "StoreTooNew",
     "StoreUnavailable",
     "backup",
+    "corrupt_message",
     "default_db_path",
+    "is_corrupt",
+    "on_corruption",
     "open_store",
+    "store_error_for",
     "store_errors",
     "transaction",
 ]

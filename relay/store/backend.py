@@ -11,9 +11,10 @@ from pathlib import Path
 
 from relay.store import events as _events
 from relay.store import settings as _settings
-from relay.store.changes import ChangeFeed, SyncChangeFeed, async_change_feed, change_feed
-from relay.store.db import AsyncStore, Connection, open_store, transaction
+from relay.store.changes import ChangeFeed, SyncChangeFeed
 from relay.store.interfaces import Backend, EventLog, Settings
+from relay.store.sqlite.changes import async_change_feed, change_feed
+from relay.store.sqlite.db import AsyncStore, Connection, open_store, transaction
 
 
 class SqliteBackend:

@@ -6,18 +6,17 @@ this path skips the events so 100,000 messages go in within a couple of seconds.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Iterator
 
-from relay.store.db import transaction
 from relay.store.intake import new_queue_id
+from relay.store.sqlite.db import Connection, transaction
 
 _BODY = b"From: bench@example.com\r\nTo: {to}\r\nSubject: bench {n}\r\n\r\nbench message\r\n"
 
 
 def queue_bulk(
-    db: sqlite3.Connection,
+    db: Connection,
     count: int,
     *,
     priorities: tuple[int, ...] = (1, 2, 3, 4, 5),
@@ -42,7 +41,7 @@ def queue_bulk(
 
 
 def _insert(
-    db: sqlite3.Connection, count: int, priorities: tuple[int, ...], mail_from: str, recipient_domain: str, stamp: float
+    db: Connection, count: int, priorities: tuple[int, ...], mail_from: str, recipient_domain: str, stamp: float
 ) -> None:
     with transaction(db):
         first = int(db.execute("SELECT coalesce(max(id), 0) + 1 FROM messages").fetchone()[0])

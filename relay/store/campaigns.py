@@ -20,18 +20,17 @@ traffic ("paused: priority traffic") is decided where messages are claimed
 from __future__ import annotations
 
 import email.utils
-import sqlite3
 import time
 from dataclasses import dataclass
 
 from relay.priority import header_priority
 from relay.reasons import EventKind, Reason
-from relay.store.db import transaction
 from relay.store.directory import ListInfo
 from relay.store.errors import InvalidInput, NotFound
 from relay.store.events import NewEvent, record_event
 from relay.store.intake import NewMessage, insert_messages, new_queue_id
 from relay.store.settings import Keys, get_setting
+from relay.store.sqlite.db import Connection, Row, transaction
 
 EXPAND_BATCH = 500
 
@@ -70,11 +69,11 @@ class CampaignInfo:
         return display_state(self.state, self.paused_reason, delivery_paused=self.delivery_paused)
 
 
-def _delivery_paused(db: sqlite3.Connection) -> bool:
+def _delivery_paused(db: Connection) -> bool:
     return bool(get_setting(db, Keys.PAUSED, False))
 
 
-def _info(db: sqlite3.Connection, row: sqlite3.Row, delivery_paused: bool | None = None) -> CampaignInfo:
+def _info(db: Connection, row: Row, delivery_paused: bool | None = None) -> CampaignInfo:
     counts = dict(
         db.execute(
             "SELECT state, count(*) FROM messages WHERE campaign_id = ? GROUP BY state", (row[0],)
@@ -88,14 +87,14 @@ def _info(db: sqlite3.Connection, row: sqlite3.Row, delivery_paused: bool | None
     )
 
 
-def get_campaign(db: sqlite3.Connection, campaign_id: int) -> CampaignInfo:
+def get_campaign(db: Connection, campaign_id: int) -> CampaignInfo:
     row = db.execute(f"SELECT {_COLUMNS} FROM campaigns c WHERE c.id = ?", (int(campaign_id),)).fetchone()
     if row is None:
         raise NotFound(f"no campaign {campaign_id} — see `smtpplus campaigns ls`")
     return _info(db, row)
 
 
-def list_campaigns(db: sqlite3.Connection, *, limit: int = 200) -> list[CampaignInfo]:
+def list_campaigns(db: Connection, *, limit: int = 200) -> list[CampaignInfo]:
     """Newest first, with progress counts."""
     rows = db.execute(f"SELECT {_COLUMNS} FROM campaigns c ORDER BY c.id DESC LIMIT ?", (limit,)).fetchall()
     paused = _delivery_paused(db)
@@ -103,7 +102,7 @@ def list_campaigns(db: sqlite3.Connection, *, limit: int = 200) -> list[Campaign
 
 
 def insert_campaign(
-    db: sqlite3.Connection,
+    db: Connection,
     target: ListInfo,
     *,
     subject: str,
@@ -134,14 +133,14 @@ def insert_campaign(
     return get_campaign(db, campaign_id)
 
 
-def _campaign_event(db: sqlite3.Connection, info: CampaignInfo, reason: Reason, detail: str, now: float) -> None:
+def _campaign_event(db: Connection, info: CampaignInfo, reason: Reason, detail: str, now: float) -> None:
     record_event(
         db,
         NewEvent(EventKind.CAMPAIGN, reason, list_id=info.list_id, at=now, detail=f"campaign {info.id} {detail}"),
     )
 
 
-def pause_campaign(db: sqlite3.Connection, campaign_id: int, *, now: float | None = None) -> CampaignInfo:
+def pause_campaign(db: Connection, campaign_id: int, *, now: float | None = None) -> CampaignInfo:
     """An operator's pause: its waiting messages are held until resumed."""
     stamp = time.time() if now is None else now
     with transaction(db):
@@ -159,7 +158,7 @@ def pause_campaign(db: sqlite3.Connection, campaign_id: int, *, now: float | Non
     return get_campaign(db, campaign_id)
 
 
-def resume_campaign(db: sqlite3.Connection, campaign_id: int, *, now: float | None = None) -> CampaignInfo:
+def resume_campaign(db: Connection, campaign_id: int, *, now: float | None = None) -> CampaignInfo:
     """Undo an operator's pause: held messages of the campaign are ready again."""
     stamp = time.time() if now is None else now
     with transaction(db):
@@ -182,7 +181,7 @@ def resume_campaign(db: sqlite3.Connection, campaign_id: int, *, now: float | No
     return get_campaign(db, campaign_id)
 
 
-def cancel_campaign(db: sqlite3.Connection, campaign_id: int, *, now: float | None = None) -> CampaignInfo:
+def cancel_campaign(db: Connection, campaign_id: int, *, now: float | None = None) -> CampaignInfo:
     """Stop a campaign for good: messages not yet sent are removed (those being
     sent right now finish); what was sent stays sent."""
     stamp = time.time() if now is None else now
@@ -205,7 +204,7 @@ def cancel_campaign(db: sqlite3.Connection, campaign_id: int, *, now: float | No
 # The engine's side
 
 
-def start_due_campaigns(db: sqlite3.Connection, *, now: float | None = None) -> list[int]:
+def start_due_campaigns(db: Connection, *, now: float | None = None) -> list[int]:
     """Scheduled campaigns whose time has come start sending; returns their ids."""
     stamp = time.time() if now is None else now
     due = db.execute("SELECT 1 FROM campaigns WHERE state = 'scheduled' AND scheduled_at <= ? LIMIT 1", (stamp,)).fetchone()
@@ -228,12 +227,12 @@ def start_due_campaigns(db: sqlite3.Connection, *, now: float | None = None) -> 
     return [r[0] for r in rows]
 
 
-def next_scheduled_at(db: sqlite3.Connection) -> float | None:
+def next_scheduled_at(db: Connection) -> float | None:
     row = db.execute("SELECT min(scheduled_at) FROM campaigns WHERE state = 'scheduled'").fetchone()
     return row[0]
 
 
-def expandable_campaigns(db: sqlite3.Connection) -> list[int]:
+def expandable_campaigns(db: Connection) -> list[int]:
     """Started campaigns with members still to turn into messages, oldest first."""
     rows = db.execute(
         "SELECT id FROM campaigns WHERE state IN ('sending', 'paused') AND expand_done = 0 ORDER BY id"
@@ -259,7 +258,7 @@ def header_priority_of(data: bytes) -> int:
 
 
 def expand_batch(
-    db: sqlite3.Connection,
+    db: Connection,
     campaign_id: int,
     *,
     batch: int = EXPAND_BATCH,
@@ -324,7 +323,7 @@ def expand_batch(
     return len(members)
 
 
-def finish_campaigns(db: sqlite3.Connection, *, now: float | None = None) -> list[int]:
+def finish_campaigns(db: Connection, *, now: float | None = None) -> list[int]:
     """Campaigns fully expanded with nothing left to deliver become ``done``."""
     stamp = time.time() if now is None else now
     finished: list[int] = []

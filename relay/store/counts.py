@@ -9,10 +9,9 @@ repairs any difference (``smtpplus store recount``).
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 
-from relay.store.db import transaction
+from relay.store.sqlite.db import Connection, transaction
 
 STATES = ("queued", "sending", "deferred", "sent", "failed", "held")
 PRIORITIES = (1, 2, 3, 4, 5)
@@ -22,7 +21,7 @@ ACTIVE_STATES = ("queued", "deferred", "sending", "held")
 _ACTIVE_SQL = ", ".join(f"'{s}'" for s in ACTIVE_STATES)
 
 
-def state_counts(db: sqlite3.Connection) -> dict[tuple[str, int], int]:
+def state_counts(db: Connection) -> dict[tuple[str, int], int]:
     """Messages per (state, priority), every pair present (30 rows read)."""
     out = {(s, p): 0 for s in STATES for p in PRIORITIES}
     for state, priority, n in db.execute("SELECT state, priority, n FROM queue_counts"):
@@ -30,13 +29,13 @@ def state_counts(db: sqlite3.Connection) -> dict[tuple[str, int], int]:
     return out
 
 
-def list_queued(db: sqlite3.Connection) -> dict[int, int]:
+def list_queued(db: Connection) -> dict[int, int]:
     """Messages still to deliver (queued, deferred, in flight or held) per list id;
     lists with none are left out."""
     return {int(k): int(n) for k, n in db.execute("SELECT list_id, n FROM list_queue_counts WHERE n != 0")}
 
 
-def oldest_waiting(db: sqlite3.Connection, priority: int) -> float | None:
+def oldest_waiting(db: Connection, priority: int) -> float | None:
     """Creation time of the oldest queued or deferred message of ``priority``:
     two seeks on the dispatch index ``(state, priority, id)``, never a scan."""
     oldest: float | None = None
@@ -49,7 +48,7 @@ def oldest_waiting(db: sqlite3.Connection, priority: int) -> float | None:
     return oldest
 
 
-def ready_since(db: sqlite3.Connection, now: float) -> float | None:
+def ready_since(db: Connection, now: float) -> float | None:
     """Since when the longest-waiting message has been ready to send (the health check's
     "delivery stuck"): the creation time of the oldest queued message or the due time
     of the most overdue deferred one; None when none is ready. One seek per priority on
@@ -81,14 +80,14 @@ class CountFix:
     counted: int  # what a full count says
 
 
-def _recount_states(db: sqlite3.Connection) -> dict[tuple[str, int], int]:
+def _recount_states(db: Connection) -> dict[tuple[str, int], int]:
     out = {(s, p): 0 for s in STATES for p in PRIORITIES}
     for state, priority, n in db.execute("SELECT state, priority, count(*) FROM messages GROUP BY state, priority"):
         out[(state, priority)] = int(n)
     return out
 
 
-def _recount_lists(db: sqlite3.Connection) -> dict[int, int]:
+def _recount_lists(db: Connection) -> dict[int, int]:
     return {
         int(k): int(n)
         for k, n in db.execute(
@@ -98,12 +97,12 @@ def _recount_lists(db: sqlite3.Connection) -> dict[int, int]:
     }
 
 
-def differences(db: sqlite3.Connection) -> list[CountFix]:
+def differences(db: Connection) -> list[CountFix]:
     """Where the maintained counts differ from a full count (read only)."""
     return _compare(db, _recount_states(db), _recount_lists(db))
 
 
-def _compare(db: sqlite3.Connection, counted: dict[tuple[str, int], int], counted_lists: dict[int, int]) -> list[CountFix]:
+def _compare(db: Connection, counted: dict[tuple[str, int], int], counted_lists: dict[int, int]) -> list[CountFix]:
     fixes: list[CountFix] = []
     for (state, priority), kept in state_counts(db).items():
         if kept != counted[(state, priority)]:
@@ -116,7 +115,7 @@ def _compare(db: sqlite3.Connection, counted: dict[tuple[str, int], int], counte
     return fixes
 
 
-def recount(db: sqlite3.Connection) -> list[CountFix]:
+def recount(db: Connection) -> list[CountFix]:
     """Recount every maintained count from ``messages`` and write the right values;
     returns what differed. One write transaction, so no change slips in between
     counting and writing (one scan of the dispatch index: seconds at millions)."""

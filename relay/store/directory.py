@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import secrets
-import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from relay import display, policy
 from relay.priority import PriorityError, validate_priority
-from relay.store.db import transaction
 from relay.store.errors import AlreadyExists, Conflict, InvalidInput, NotFound
+from relay.store.sqlite.db import Connection, DriverIntegrityError, Row, transaction
 
 # ---------------------------------------------------------------------------
 # Records
@@ -125,7 +124,7 @@ def _description(text: str) -> str:
         raise InvalidInput(str(exc)) from None
 
 
-def create_list(db: sqlite3.Connection, name: str, description: str = "") -> ListInfo:
+def create_list(db: Connection, name: str, description: str = "") -> ListInfo:
     name = _list_name(name)
     description = _description(description)
     try:
@@ -134,23 +133,23 @@ def create_list(db: sqlite3.Connection, name: str, description: str = "") -> Lis
                 "INSERT INTO lists(name, description, created_at) VALUES (?, ?, ?)",
                 (name, description, time.time()),
             )
-    except (sqlite3.IntegrityError, Conflict):  # Conflict: translated by an outermost transaction
+    except (DriverIntegrityError, Conflict):  # Conflict: translated by an outermost transaction
         raise AlreadyExists(f"list {name!r} already exists — pick another name") from None
     return get_list(db, name)
 
 
-def get_list(db: sqlite3.Connection, name: str) -> ListInfo:
+def get_list(db: Connection, name: str) -> ListInfo:
     row = db.execute(f"{_LIST_SELECT} WHERE l.name = ?", (name,)).fetchone()
     if row is None:
         raise NotFound(f"no list named {name!r} — see `smtpplus lists ls`")
     return ListInfo(*row)
 
 
-def all_lists(db: sqlite3.Connection) -> list[ListInfo]:
+def all_lists(db: Connection) -> list[ListInfo]:
     return [ListInfo(*row) for row in db.execute(f"{_LIST_SELECT} ORDER BY l.name")]
 
 
-def edit_list(db: sqlite3.Connection, name: str, *, description: str | None = None, new_name: str | None = None) -> ListInfo:
+def edit_list(db: Connection, name: str, *, description: str | None = None, new_name: str | None = None) -> ListInfo:
     current = get_list(db, name)
     if description is not None:
         description = _description(description)
@@ -162,19 +161,19 @@ def edit_list(db: sqlite3.Connection, name: str, *, description: str | None = No
                 db.execute("UPDATE lists SET description = ? WHERE id = ?", (description, current.id))
             if new_name is not None and new_name.strip() and new_name.strip() != current.name:
                 db.execute("UPDATE lists SET name = ? WHERE id = ?", (new_name.strip(), current.id))
-    except (sqlite3.IntegrityError, Conflict):  # Conflict: translated by an outermost transaction
+    except (DriverIntegrityError, Conflict):  # Conflict: translated by an outermost transaction
         raise AlreadyExists(f"list {new_name!r} already exists — pick another name") from None
     return get_list(db, new_name.strip() if new_name and new_name.strip() else current.name)
 
 
-def delete_list(db: sqlite3.Connection, name: str) -> None:
+def delete_list(db: Connection, name: str) -> None:
     """Deletes the list, its users and members. Queued mail stays and is delivered."""
     current = get_list(db, name)
     with transaction(db):
         db.execute("DELETE FROM lists WHERE id = ?", (current.id,))
 
 
-def import_members(db: sqlite3.Connection, list_name: str, members: Iterable[tuple[str, str]]) -> tuple[int, int]:
+def import_members(db: Connection, list_name: str, members: Iterable[tuple[str, str]]) -> tuple[int, int]:
     """Add (address, name) pairs; returns (added, already there). Addresses are
     validated first, so a bad row fails the whole import with its line named."""
     current = get_list(db, list_name)
@@ -206,7 +205,7 @@ class MemberImport:
 _IMPORT_BATCH = 5000
 
 
-def import_member_stream(db: sqlite3.Connection, list_name: str, members: Iterable[tuple[str, str]]) -> MemberImport:
+def import_member_stream(db: Connection, list_name: str, members: Iterable[tuple[str, str]]) -> MemberImport:
     """Add (canonical address, name) pairs read one at a time — a million-row file in
     constant memory. The rows go to a temporary table first (its own file: the store's
     write lock is not held while the file is read), repeats ignored, the first name
@@ -241,7 +240,7 @@ def import_member_stream(db: sqlite3.Connection, list_name: str, members: Iterab
     return MemberImport(added, distinct - added, total - distinct)
 
 
-def list_members(db: sqlite3.Connection, list_name: str, *, after: str = "", limit: int = 1000) -> list[tuple[str, str]]:
+def list_members(db: Connection, list_name: str, *, after: str = "", limit: int = 1000) -> list[tuple[str, str]]:
     """One page of members in address order (``after`` is the last address seen)."""
     # The list's id only: get_list also counts every member, which a pager must not
     # pay per page (a million members: a thousand pages).
@@ -266,7 +265,7 @@ def _identity_kind(value: str) -> str:
     return "address" if "@" in value else "domain"
 
 
-def ensure_identity(db: sqlite3.Connection, value: str) -> int:
+def ensure_identity(db: Connection, value: str) -> int:
     """The id of an identity (canonical address or domain), created pending if new."""
     db.execute(
         "INSERT OR IGNORE INTO identities(kind, value, dns_token, created_at) VALUES (?, ?, ?, ?)",
@@ -276,7 +275,7 @@ def ensure_identity(db: sqlite3.Connection, value: str) -> int:
     return int(row[0])
 
 
-def get_identity(db: sqlite3.Connection, value: str) -> IdentityInfo:
+def get_identity(db: Connection, value: str) -> IdentityInfo:
     canonical = canonical_identity(value)
     row = db.execute(f"SELECT {_IDENTITY_COLUMNS} FROM identities WHERE value = ?", (canonical,)).fetchone()
     if row is None:
@@ -292,7 +291,7 @@ def canonical_identity(value: str) -> str:
         raise InvalidInput(str(exc)) from None
 
 
-def all_identities(db: sqlite3.Connection, *, state: str | None = None) -> list[IdentityInfo]:
+def all_identities(db: Connection, *, state: str | None = None) -> list[IdentityInfo]:
     if state is None:
         rows = db.execute(f"SELECT {_IDENTITY_COLUMNS} FROM identities ORDER BY value").fetchall()
     else:
@@ -302,7 +301,7 @@ def all_identities(db: sqlite3.Connection, *, state: str | None = None) -> list[
     return [IdentityInfo(*r) for r in rows]
 
 
-def identity_states(db: sqlite3.Connection, values: Iterable[str]) -> dict[str, str]:
+def identity_states(db: Connection, values: Iterable[str]) -> dict[str, str]:
     """value -> state ('pending' | 'verified') of those of ``values`` that are identities."""
     wanted = list(values)
     if not wanted:
@@ -312,7 +311,7 @@ def identity_states(db: sqlite3.Connection, values: Iterable[str]) -> dict[str, 
     return {r[0]: r[1] for r in rows}
 
 
-def identity_users(db: sqlite3.Connection, identity_id: int) -> list[str]:
+def identity_users(db: Connection, identity_id: int) -> list[str]:
     rows = db.execute(
         "SELECT u.username FROM user_identities ui JOIN users u ON u.id = ui.user_id "
         "WHERE ui.identity_id = ? ORDER BY u.username",
@@ -321,7 +320,7 @@ def identity_users(db: sqlite3.Connection, identity_id: int) -> list[str]:
     return [r[0] for r in rows]
 
 
-def mark_verified(db: sqlite3.Connection, identity_id: int, method: str, reason: str | None = None) -> bool:
+def mark_verified(db: Connection, identity_id: int, method: str, reason: str | None = None) -> bool:
     """Verify one identity. Only the three methods (code, dns, manual) exist; returns
     False when it was already verified (left as it was)."""
     if method not in {"code", "dns", "manual"}:
@@ -342,7 +341,7 @@ def mark_verified(db: sqlite3.Connection, identity_id: int, method: str, reason:
     return bool(cur.rowcount)
 
 
-def approve_identities(db: sqlite3.Connection, values: Iterable[str], reason: str) -> list[tuple[IdentityInfo, bool]]:
+def approve_identities(db: Connection, values: Iterable[str], reason: str) -> list[tuple[IdentityInfo, bool]]:
     """An operator's manual approval of one or many identities, with a reason.
     All names are checked before anything changes. Returns (identity, changed)."""
     reason = reason.strip()
@@ -367,7 +366,7 @@ _USER_SELECT = (
 )
 
 
-def _user_identities(db: sqlite3.Connection, user_id: int) -> tuple[IdentityInfo, ...]:
+def _user_identities(db: Connection, user_id: int) -> tuple[IdentityInfo, ...]:
     rows = db.execute(
         f"SELECT {', '.join('i.' + c.strip() for c in _IDENTITY_COLUMNS.split(','))} "
         "FROM user_identities ui JOIN identities i ON i.id = ui.identity_id "
@@ -377,7 +376,7 @@ def _user_identities(db: sqlite3.Connection, user_id: int) -> tuple[IdentityInfo
     return tuple(IdentityInfo(*r) for r in rows)
 
 
-def _user_from_row(db: sqlite3.Connection, row: sqlite3.Row) -> UserInfo:
+def _user_from_row(db: Connection, row: Row) -> UserInfo:
     return UserInfo(
         id=row[0],
         list_id=row[1],
@@ -392,14 +391,14 @@ def _user_from_row(db: sqlite3.Connection, row: sqlite3.Row) -> UserInfo:
     )
 
 
-def get_user(db: sqlite3.Connection, username: str) -> UserInfo:
+def get_user(db: Connection, username: str) -> UserInfo:
     row = db.execute(f"{_USER_SELECT} WHERE u.username = ?", (username,)).fetchone()
     if row is None:
         raise NotFound(f"no relay user {username!r} — see `smtpplus users ls`")
     return _user_from_row(db, row)
 
 
-def all_users(db: sqlite3.Connection, list_name: str | None = None) -> list[UserInfo]:
+def all_users(db: Connection, list_name: str | None = None) -> list[UserInfo]:
     if list_name is None:
         rows = db.execute(f"{_USER_SELECT} ORDER BY u.username").fetchall()
     else:
@@ -408,7 +407,7 @@ def all_users(db: sqlite3.Connection, list_name: str | None = None) -> list[User
     return [_user_from_row(db, r) for r in rows]
 
 
-def _set_identities(db: sqlite3.Connection, user_id: int, kind: str, values: list[str]) -> None:
+def _set_identities(db: Connection, user_id: int, kind: str, values: list[str]) -> None:
     db.execute(
         "DELETE FROM user_identities WHERE user_id = ? AND identity_id IN "
         "(SELECT id FROM identities WHERE kind = ?)",
@@ -436,7 +435,7 @@ def _checked_fields(
 
 
 def create_user(
-    db: sqlite3.Connection,
+    db: Connection,
     *,
     list_name: str,
     password_hash: str,
@@ -470,7 +469,7 @@ def create_user(
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (current.id, username, password_hash, int(active), priority, note, now, now),
             )
-        except sqlite3.IntegrityError:
+        except DriverIntegrityError:
             raise AlreadyExists(f"user {username!r} already exists — pick another username") from None
         user_id = int(cur.lastrowid or 0)
         _set_identities(db, user_id, "domain", domains or [])
@@ -479,7 +478,7 @@ def create_user(
 
 
 def edit_user(
-    db: sqlite3.Connection,
+    db: Connection,
     username: str,
     *,
     priority: int | None = None,
@@ -502,7 +501,7 @@ def edit_user(
     return get_user(db, username)
 
 
-def set_active(db: sqlite3.Connection, username: str, active: bool) -> UserInfo:
+def set_active(db: Connection, username: str, active: bool) -> UserInfo:
     with transaction(db):
         user = get_user(db, username)
         db.execute("UPDATE users SET active = ? WHERE id = ?", (int(active), user.id))
@@ -510,7 +509,7 @@ def set_active(db: sqlite3.Connection, username: str, active: bool) -> UserInfo:
     return get_user(db, username)
 
 
-def set_password_hash(db: sqlite3.Connection, username: str, password_hash: str) -> None:
+def set_password_hash(db: Connection, username: str, password_hash: str) -> None:
     if not password_hash.startswith("$argon2id$"):
         raise InvalidInput("refusing to store a password that is not an argon2id hash")
     with transaction(db):
@@ -519,21 +518,21 @@ def set_password_hash(db: sqlite3.Connection, username: str, password_hash: str)
         _touch(db, user.id)
 
 
-def delete_user(db: sqlite3.Connection, username: str) -> None:
+def delete_user(db: Connection, username: str) -> None:
     """Delete a user. Its queued mail stays (messages keep the name) and is delivered."""
     with transaction(db):
         user = get_user(db, username)
         db.execute("DELETE FROM users WHERE id = ?", (user.id,))
 
 
-def _touch(db: sqlite3.Connection, user_id: int) -> None:
+def _touch(db: Connection, user_id: int) -> None:
     # auth_version invalidates cached password checks in every process.
     db.execute(
         "UPDATE users SET updated_at = ?, auth_version = auth_version + 1 WHERE id = ?", (time.time(), user_id)
     )
 
 
-def auth_record(db: sqlite3.Connection, username: str) -> AuthRecord | None:
+def auth_record(db: Connection, username: str) -> AuthRecord | None:
     row = db.execute(
         "SELECT u.id, u.username, u.password_hash, u.active, u.auth_version, u.priority, u.list_id, l.name "
         "FROM users u JOIN lists l ON l.id = u.list_id WHERE u.username = ?",
@@ -563,7 +562,7 @@ def auth_record(db: sqlite3.Connection, username: str) -> AuthRecord | None:
     )
 
 
-def auth_version(db: sqlite3.Connection, username: str) -> int | None:
+def auth_version(db: Connection, username: str) -> int | None:
     """Cheap check used to validate a cached password verification."""
     row = db.execute("SELECT auth_version FROM users WHERE username = ?", (username,)).fetchone()
     return None if row is None else int(row[0])

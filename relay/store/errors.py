@@ -1,8 +1,8 @@
 """The store's own errors: what callers catch, whatever the backend.
 
 A backend translates its driver's exceptions into these at its edge (the SQLite
-backend in :mod:`relay.store.db`: ``AsyncStore.run``, ``open_store``,
-``transaction`` and :func:`relay.store.db.store_errors`), so nothing outside the
+backend in :mod:`relay.store.sqlite.db`: ``AsyncStore.run``, ``open_store``,
+``transaction`` and :func:`relay.store.sqlite.db.store_errors`), so nothing outside the
 store ever catches ``sqlite3.Error`` (or, later, ``psycopg.Error``). Every message is
 one line an operator can act on.
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from relay.display import clean
 from relay.reasons import EventKind, Reason
+from relay.store.sqlite.db import Connection, Row
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +26,7 @@ class Event:
     detail: str
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> Event:
+    def from_row(cls, row: Row) -> Event:
         return cls(*row)
 
 
@@ -49,7 +49,7 @@ class NewEvent:
 _COLUMNS = "id, at, kind, reason, username, list_id, client, port, message_id, queue_id, detail"
 
 
-def record_event(db: sqlite3.Connection, event: NewEvent) -> int:
+def record_event(db: Connection, event: NewEvent) -> int:
     cur = db.execute(
         "INSERT INTO events(at, kind, reason, username, list_id, client, port, message_id, queue_id, detail) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -58,7 +58,7 @@ def record_event(db: sqlite3.Connection, event: NewEvent) -> int:
     return int(cur.lastrowid or 0)
 
 
-def record_events(db: sqlite3.Connection, events: Iterable[NewEvent]) -> None:
+def record_events(db: Connection, events: Iterable[NewEvent]) -> None:
     db.executemany(
         "INSERT INTO events(at, kind, reason, username, list_id, client, port, message_id, queue_id, detail) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -83,7 +83,7 @@ def _values(e: NewEvent) -> tuple[object, ...]:
     )
 
 
-def events_for_message(db: sqlite3.Connection, message_id: int) -> list[Event]:
+def events_for_message(db: Connection, message_id: int) -> list[Event]:
     rows = db.execute(
         f"SELECT {_COLUMNS} FROM events WHERE message_id = ? ORDER BY id", (message_id,)
     ).fetchall()
@@ -91,7 +91,7 @@ def events_for_message(db: sqlite3.Connection, message_id: int) -> list[Event]:
 
 
 def find_events(
-    db: sqlite3.Connection,
+    db: Connection,
     *,
     username: str | None = None,
     kind: str | None = None,

@@ -6,13 +6,12 @@ from __future__ import annotations
 import base64
 import mmap
 import secrets
-import sqlite3
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from relay.reasons import EventKind, Reason
-from relay.store.db import transaction
+from relay.store.sqlite.db import Connection, transaction
 
 
 def new_queue_id() -> str:
@@ -67,7 +66,7 @@ class Queued:
     queue_id: str
 
 
-def insert_messages(db: sqlite3.Connection, messages: Sequence[NewMessage], *, now: float | None = None) -> list[Queued]:
+def insert_messages(db: Connection, messages: Sequence[NewMessage], *, now: float | None = None) -> list[Queued]:
     """Insert messages, their bodies, recipients and a ``queued`` event each, in one
     transaction (joins the caller's transaction when there is one)."""
     stamp = time.time() if now is None else now
@@ -115,7 +114,7 @@ def insert_messages(db: sqlite3.Connection, messages: Sequence[NewMessage], *, n
 BODY_CHUNK = 1 << 20
 
 
-def _insert_body(db: sqlite3.Connection, message_id: int, data: bytes | mmap.mmap) -> None:
+def _insert_body(db: Connection, message_id: int, data: bytes | mmap.mmap) -> None:
     size = len(data)
     if size <= BODY_CHUNK:
         db.execute("INSERT INTO message_bodies(message_id, data) VALUES (?, ?)", (message_id, data))
@@ -133,7 +132,7 @@ def _dsn_row(dsn: RecipientDsn | None) -> tuple[str | None, str | None]:
     return (None, None) if dsn is None else (dsn.notify, dsn.orcpt)
 
 
-def count_messages(db: sqlite3.Connection, origin: str | None = None) -> int:
+def count_messages(db: Connection, origin: str | None = None) -> int:
     """How many messages the store holds (of one origin), whatever their state."""
     if origin is None:
         return int(db.execute("SELECT count(*) FROM messages").fetchone()[0])

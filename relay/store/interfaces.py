@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from relay.store.changes import ChangeFeed, SyncChangeFeed
 
 if TYPE_CHECKING:
-    from relay.store.db import AsyncStore, Connection
     from relay.store.events import Event, NewEvent
+    from relay.store.sqlite.db import AsyncStore, Connection
 
 __all__ = ["Backend", "ChangeFeed", "EventLog", "Settings", "SyncChangeFeed"]
 

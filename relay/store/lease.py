@@ -43,36 +43,44 @@ worth telling (a corrupt store), that reason.
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import fcntl
-import json
-import os
 import socket
-import sqlite3
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from relay.reasons import EventKind, Reason
-from relay.store.db import StoreError, transaction
 from relay.store.events import NewEvent, record_event
 from relay.store.relay_info import implicit_tls_ports, served_ports
 from relay.store.settings import Keys, get_setting, get_settings, set_setting
+from relay.store.sqlite.db import Connection, transaction
+from relay.store.sqlite.lock import (  # re-exported: the relay and its tests take them from here
+    LockState,
+    RelayAlreadyRunning,
+    StoreLock,
+    lock_path,
+    lock_state,
+    store_lock_state,
+)
 
 DEFAULT_STALE_AFTER = 10.0
 
-
-class RelayAlreadyRunning(StoreError):
-    """Another relay holds this store's lease and its heartbeat is fresh."""
-
-    def __init__(self, message: str, *, owner: str, pid: int | None, host: str | None, age: float) -> None:
-        super().__init__(message)
-        self.owner = owner
-        self.pid = pid
-        self.host = host
-        self.age = age
+__all__ = [
+    "DEFAULT_STALE_AFTER",
+    "Acquired",
+    "LockState",
+    "RelayAlreadyRunning",
+    "RelayStatus",
+    "StoreLock",
+    "acquire",
+    "acquire_lease",
+    "heartbeat",
+    "lock_path",
+    "lock_state",
+    "mark_listening",
+    "relay_status",
+    "release",
+    "store_lock_state",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,129 +109,7 @@ class RelayStatus:
     ready: bool = False
 
 
-# ---------------------------------------------------------------------------
-# The OS lock beside the store
-
-
-def lock_path(store_path: str | os.PathLike[str]) -> Path:
-    """``<store>-relay.lock``: the file whose exclusive flock a live relay holds."""
-    # Named like SQLite's own sidecars (-wal, -shm): whatever handles those sees it too.
-    return Path(f"{os.fspath(store_path)}-relay.lock")
-
-
-# A status probe holds a shared lock for microseconds; a starting relay retries past it.
-_LOCK_TRIES = 20
-_LOCK_PAUSE = 0.025
-
-
-@dataclass(frozen=True, slots=True)
-class LockState:
-    held: bool | None  # None: no lock file (never served by a relay that locks)
-    facts: dict[str, Any] = field(default_factory=dict)  # what the holder wrote: pid, host, state
-
-
-def _read_facts(fd: int) -> dict[str, Any]:
-    try:
-        raw = os.pread(fd, 65536, 0)
-        value = json.loads(raw.decode("utf-8")) if raw.strip() else {}
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-def lock_state(store_path: str | os.PathLike[str]) -> LockState:
-    """Whether a live process holds the store's lock (probed with a shared lock that
-    is let go at once), and what the lock file says."""
-    try:
-        fd = os.open(lock_path(store_path), os.O_RDONLY)
-    except OSError:
-        return LockState(None)
-    try:
-        facts = _read_facts(fd)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                return LockState(True, facts)
-            return LockState(None, facts)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return LockState(False, facts)
-    finally:
-        os.close(fd)
-
-
-class StoreLock:
-    """The relay's exclusive lock on ``<store>-relay.lock``, held from start to stop."""
-
-    def __init__(self, store_path: str | os.PathLike[str]) -> None:
-        self.path = lock_path(store_path)
-        self._fd: int | None = None
-        self._facts: dict[str, Any] = {}
-
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
-    def acquire(self, facts: dict[str, Any]) -> None:
-        """Take the lock or raise :class:`RelayAlreadyRunning` naming its holder."""
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise StoreError(
-                f"cannot create the relay lock {self.path}: {exc.strerror or exc} — check the store directory's permissions"
-            ) from None
-        for attempt in range(_LOCK_TRIES):
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    os.close(fd)
-                    raise StoreError(f"cannot lock {self.path}: {exc.strerror or exc}") from None
-                if attempt == _LOCK_TRIES - 1:
-                    holder = _read_facts(fd)
-                    os.close(fd)
-                    raise RelayAlreadyRunning(
-                        f"a relay is already running on this store (pid {holder.get('pid', '?')} on "
-                        f"{holder.get('host', '?')}, listening on {holder.get('listen_host', '?')}; it holds "
-                        f"{self.path.name}) — stop it first, or use another --db",
-                        owner=str(holder.get("owner") or ""),
-                        pid=holder.get("pid"),
-                        host=holder.get("host"),
-                        age=0.0,
-                    ) from None
-                time.sleep(_LOCK_PAUSE)
-        self._fd = fd
-        self.note(**facts)
-
-    def note(self, **facts: Any) -> None:
-        """Rewrite the lock file's text (who holds it; a reason to stop). Best effort:
-        a full disk must not stop a relay here."""
-        if self._fd is None:
-            return
-        self._facts.update(facts)
-        data = json.dumps(self._facts).encode("utf-8")
-        with contextlib.suppress(OSError):
-            os.ftruncate(self._fd, 0)
-            os.pwrite(self._fd, data, 0)
-
-    def release(self) -> None:
-        if self._fd is None:
-            return
-        fd, self._fd = self._fd, None
-        with contextlib.suppress(OSError):
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
-
-
-def _store_lock_state(db: sqlite3.Connection) -> LockState:
-    """The OS lock beside the file ``db`` is open on (none for an in-memory store)."""
-    row = db.execute("PRAGMA database_list").fetchone()
-    path = row[2] if row is not None else ""
-    return lock_state(path) if path else LockState(None)
-
-
-def _read_lease(db: sqlite3.Connection) -> dict[str, Any] | None:
+def _read_lease(db: Connection) -> dict[str, Any] | None:
     try:
         value = get_setting(db, Keys.LEASE)
     except ValueError:
@@ -231,7 +117,7 @@ def _read_lease(db: sqlite3.Connection) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _write_lease(db: sqlite3.Connection, lease: dict[str, Any]) -> None:
+def _write_lease(db: Connection, lease: dict[str, Any]) -> None:
     set_setting(db, Keys.LEASE, lease)
 
 
@@ -248,7 +134,7 @@ class Acquired:
 
 
 def acquire(
-    db: sqlite3.Connection,
+    db: Connection,
     owner: str,
     pid: int,
     host: str,
@@ -262,7 +148,7 @@ def acquire(
 
 
 def acquire_lease(
-    db: sqlite3.Connection,
+    db: Connection,
     owner: str,
     pid: int,
     host: str,
@@ -325,7 +211,7 @@ def acquire_lease(
         return Acquired(str(previous["owner"]), died)
 
 
-def heartbeat(db: sqlite3.Connection, owner: str, *, now: float | None = None) -> bool:
+def heartbeat(db: Connection, owner: str, *, now: float | None = None) -> bool:
     """Refresh the heartbeat; False when another relay owns the lease now."""
     with transaction(db):
         lease = _read_lease(db)
@@ -336,7 +222,7 @@ def heartbeat(db: sqlite3.Connection, owner: str, *, now: float | None = None) -
         return True
 
 
-def mark_listening(db: sqlite3.Connection, owner: str, *, now: float | None = None) -> None:
+def mark_listening(db: Connection, owner: str, *, now: float | None = None) -> None:
     """The lease's relay has published its settings and ports (no-op when not its lease)."""
     with transaction(db):
         lease = _read_lease(db)
@@ -346,7 +232,7 @@ def mark_listening(db: sqlite3.Connection, owner: str, *, now: float | None = No
         _write_lease(db, lease)
 
 
-def release(db: sqlite3.Connection, owner: str, *, now: float | None = None) -> None:
+def release(db: Connection, owner: str, *, now: float | None = None) -> None:
     """Mark the lease stopped (a clean stop). No-op when someone else owns it."""
     with transaction(db):
         lease = _read_lease(db)
@@ -356,7 +242,7 @@ def release(db: sqlite3.Connection, owner: str, *, now: float | None = None) -> 
         _write_lease(db, lease)
 
 
-def relay_status(db: sqlite3.Connection, stale_after: float = DEFAULT_STALE_AFTER, *, now: float | None = None) -> RelayStatus:
+def relay_status(db: Connection, stale_after: float = DEFAULT_STALE_AFTER, *, now: float | None = None) -> RelayStatus:
     """What a console, ``status`` or the harness needs to know about the relay."""
     stamp = time.time() if now is None else now
     lease = _read_lease(db)
@@ -380,7 +266,7 @@ def relay_status(db: sqlite3.Connection, stale_after: float = DEFAULT_STALE_AFTE
         "rate": values.get(Keys.RATE),
         "parallel": values.get(Keys.PARALLEL),
     }
-    lock = _store_lock_state(db)
+    lock = store_lock_state(db)
     if lock.facts.get("stopped"):
         common["stopped_reason"] = str(lock.facts["stopped"])
     if not lease:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -27,12 +26,12 @@ from typing import Any
 
 from relay.reasons import EventKind, Reason
 from relay.store.counts import oldest_waiting, state_counts
-from relay.store.db import data_version, transaction
 from relay.store.errors import InvalidInput, NotFound
 from relay.store.events import Event, NewEvent, events_for_message, record_event, record_events
 from relay.store.intake import NewMessage, RecipientDsn, insert_messages
 from relay.store.lease import relay_status
 from relay.store.settings import Keys, get_settings, set_setting
+from relay.store.sqlite.db import Connection, Row, data_version, transaction
 
 ACTIVE_STATES = ("queued", "sending", "deferred", "held")
 FINISHED_STATES = ("sent", "failed")
@@ -74,7 +73,7 @@ _SETTING_KEYS = [
 ]
 
 
-def delivery_settings(db: sqlite3.Connection) -> DeliverySettings:
+def delivery_settings(db: Connection) -> DeliverySettings:
     """The current runtime controls, with defaults for those never set."""
     raw = get_settings(db, _SETTING_KEYS)
 
@@ -110,11 +109,11 @@ def parse_next_hop(text: str) -> tuple[str, int]:
     return match.group(1), port
 
 
-def _operator_event(db: sqlite3.Connection, reason: Reason, detail: str, **kw: Any) -> None:
+def _operator_event(db: Connection, reason: Reason, detail: str, **kw: Any) -> None:
     record_event(db, NewEvent(EventKind.OPERATOR, reason, detail=detail, **kw))
 
 
-def set_paused(db: sqlite3.Connection, paused: bool) -> bool:
+def set_paused(db: Connection, paused: bool) -> bool:
     """Pause or resume all delivery (deliveries under way finish). Returns the
     previous value. Recorded as an operator event."""
     with transaction(db):
@@ -127,7 +126,7 @@ def set_paused(db: sqlite3.Connection, paused: bool) -> bool:
     return before
 
 
-def set_rate(db: sqlite3.Connection, rate: float) -> None:
+def set_rate(db: Connection, rate: float) -> None:
     """Shared delivery rate in messages per second (0 = unlimited)."""
     try:
         value = float(rate)
@@ -151,7 +150,7 @@ def parse_parallel(parallel: int | str) -> int:
     return value
 
 
-def set_parallel(db: sqlite3.Connection, parallel: int) -> None:
+def set_parallel(db: Connection, parallel: int) -> None:
     """Maximum parallel next-hop connections (1–256)."""
     value = parse_parallel(parallel)
     with transaction(db):
@@ -184,7 +183,7 @@ def describe_starvation_share(share: float) -> str:
     return f"{share:g} (1 dispatch in {1 / share:.3g} goes to the oldest lower-priority message)"
 
 
-def set_starvation_share(db: sqlite3.Connection, share: float | str) -> float:
+def set_starvation_share(db: Connection, share: float | str) -> float:
     """Share of the bandwidth reserved for the oldest lower-priority message
     (0 = off, the default; at most 0.5). Recorded as an operator event; returns the value."""
     value = parse_starvation_share(share)
@@ -195,7 +194,7 @@ def set_starvation_share(db: sqlite3.Connection, share: float | str) -> float:
 
 
 def set_next_hop(
-    db: sqlite3.Connection,
+    db: Connection,
     hop: str | None,
     *,
     tls: str | None = None,
@@ -232,7 +231,7 @@ def set_next_hop(
 
 
 def publish_status(
-    db: sqlite3.Connection, state: str, detail: str = "", *, events: Sequence[NewEvent] = (), now: float | None = None
+    db: Connection, state: str, detail: str = "", *, events: Sequence[NewEvent] = (), now: float | None = None
 ) -> None:
     """The engine's own state for consoles and ``status`` ("running", "paused",
     "no next hop", "next hop is this relay", "next hop down", "stopped"), with the
@@ -335,7 +334,7 @@ class RoundResult:
     reclaimed: int = 0
 
 
-def dispatch_round(db: sqlite3.Connection, req: RoundRequest) -> RoundResult:
+def dispatch_round(db: Connection, req: RoundRequest) -> RoundResult:
     """One scheduler step in one transaction: record finished attempts, extend
     leases, reclaim expired ones, make due deferred mail ready, then claim up to
     ``req.budget`` messages in strict (priority, id) order — unless delivery is
@@ -393,9 +392,9 @@ _CLAIM_RETURNING = (
 )
 
 
-def _claim(db: sqlite3.Connection, req: RoundRequest, budget: int, now: float) -> list[Claimed]:
+def _claim(db: Connection, req: RoundRequest, budget: int, now: float) -> list[Claimed]:
     lease_until = now + req.lease_seconds
-    rows: list[sqlite3.Row] = []
+    rows: list[Row] = []
     if req.oldest_lower:
         oldest = _oldest_lower_ready(db, now)
         if oldest is not None:
@@ -465,7 +464,7 @@ def _claim(db: sqlite3.Connection, req: RoundRequest, budget: int, now: float) -
     return claimed
 
 
-def _oldest_lower_ready(db: sqlite3.Connection, now: float) -> int | None:
+def _oldest_lower_ready(db: Connection, now: float) -> int | None:
     """The oldest ready message below the highest ready priority (one seek per priority)."""
     heads: list[tuple[int, int]] = []
     for priority in range(1, 6):
@@ -481,7 +480,7 @@ def _oldest_lower_ready(db: sqlite3.Connection, now: float) -> int | None:
     return min(message_id for _priority, message_id in heads[1:])
 
 
-def _renew(db: sqlite3.Connection, owner: str, ids: Sequence[int], until: float) -> None:
+def _renew(db: Connection, owner: str, ids: Sequence[int], until: float) -> None:
     db.executemany(
         "UPDATE messages SET lease_until = ? WHERE id = ? AND state = 'sending' AND lease_owner = ?",
         [(until, i, owner) for i in ids],
@@ -491,7 +490,7 @@ def _renew(db: sqlite3.Connection, owner: str, ids: Sequence[int], until: float)
 _OUTCOME_EVENT = {"sent": EventKind.SENT, "deferred": EventKind.DEFERRED, "failed": EventKind.FAILED}
 
 
-def _settle(db: sqlite3.Connection, owner: str, outcomes: Sequence[Outcome], now: float) -> None:
+def _settle(db: Connection, owner: str, outcomes: Sequence[Outcome], now: float) -> None:
     events: list[NewEvent] = []
     for o in outcomes:
         m = o.message
@@ -546,7 +545,7 @@ def _settle(db: sqlite3.Connection, owner: str, outcomes: Sequence[Outcome], now
         record_events(db, events)
 
 
-def _reclaim(db: sqlite3.Connection, where: str, args: tuple[Any, ...], now: float, why: str) -> int:
+def _reclaim(db: Connection, where: str, args: tuple[Any, ...], now: float, why: str) -> int:
     rows = db.execute(
         "UPDATE messages SET state = 'queued', lease_owner = NULL, lease_until = NULL, updated_at = ? "
         f"WHERE {where} RETURNING id, queue_id, username, list_id",
@@ -565,7 +564,7 @@ def _reclaim(db: sqlite3.Connection, where: str, args: tuple[Any, ...], now: flo
     return len(rows)
 
 
-def reclaim_owner(db: sqlite3.Connection, owner: str, *, now: float | None = None) -> int:
+def reclaim_owner(db: Connection, owner: str, *, now: float | None = None) -> int:
     """Put a dead relay's in-flight messages back in the queue at once (takeover)."""
     stamp = time.time() if now is None else now
     with transaction(db):
@@ -574,7 +573,7 @@ def reclaim_owner(db: sqlite3.Connection, owner: str, *, now: float | None = Non
         )
 
 
-def release_claims(db: sqlite3.Connection, owner: str, *, now: float | None = None) -> int:
+def release_claims(db: Connection, owner: str, *, now: float | None = None) -> int:
     """Give back every message this owner still holds (a clean stop)."""
     stamp = time.time() if now is None else now
     with transaction(db):
@@ -584,7 +583,7 @@ def release_claims(db: sqlite3.Connection, owner: str, *, now: float | None = No
         )
 
 
-def reclaim_expired(db: sqlite3.Connection, *, now: float | None = None) -> int:
+def reclaim_expired(db: Connection, *, now: float | None = None) -> int:
     """Put messages whose lease ran out back in the queue."""
     stamp = time.time() if now is None else now
     with transaction(db):
@@ -595,7 +594,7 @@ def reclaim_expired(db: sqlite3.Connection, *, now: float | None = None) -> int:
 # Campaign preemption (decided where the claims are made, so events line up)
 
 
-def _follow_campaigns(db: sqlite3.Connection, claimed: Sequence[Claimed], budget: int, now: float) -> None:
+def _follow_campaigns(db: Connection, claimed: Sequence[Claimed], budget: int, now: float) -> None:
     """A sending campaign is paused ("priority traffic") when a higher-priority
     message is dispatched while it still has ready messages, and resumes when the
     bandwidth comes back to its priority (or nothing is ready at all)."""
@@ -665,19 +664,19 @@ ALL_TARGETS: dict[str, tuple[str, ...]] = {
 }
 
 
-def queue_ids_in(db: sqlite3.Connection, states: Sequence[str]) -> list[str]:
+def queue_ids_in(db: Connection, states: Sequence[str]) -> list[str]:
     """Queue ids of every message in ``states``, in dispatch order (for ``ALL``)."""
     marks = ",".join("?" * len(states))
     rows = db.execute(f"SELECT queue_id FROM messages WHERE state IN ({marks}) ORDER BY priority, id", tuple(states))
     return [r[0] for r in rows]
 
 
-def _resolve(db: sqlite3.Connection, refs: Iterable[str], *, skip_unknown: bool = False) -> list[sqlite3.Row | str]:
+def _resolve(db: Connection, refs: Iterable[str], *, skip_unknown: bool = False) -> list[Row | str]:
     """Messages by queue id (case-insensitive) or ``#<number>``, in the order given.
 
     An unknown reference is a NotFound naming every unknown one; with
     ``skip_unknown`` it stays in the list as its text, for the caller to report."""
-    rows: list[sqlite3.Row | str] = []
+    rows: list[Row | str] = []
     missing: list[str] = []
     for ref in refs:
         text = str(ref).strip()
@@ -700,7 +699,7 @@ def _unknown(ref: str) -> ActionResult:
 
 
 def _apply(
-    db: sqlite3.Connection,
+    db: Connection,
     refs: Iterable[str],
     reason: Reason,
     decide: Any,
@@ -733,12 +732,12 @@ def _apply(
 
 
 def hold(
-    db: sqlite3.Connection, refs: Iterable[str], *, now: float | None = None, skip_unknown: bool = False
+    db: Connection, refs: Iterable[str], *, now: float | None = None, skip_unknown: bool = False
 ) -> list[ActionResult]:
     """Hold queued or deferred messages: nothing delivers them until released.
     A message being sent right now, or already finished, is left as it is."""
 
-    def decide(row: sqlite3.Row) -> tuple[str | None, str | None, str]:
+    def decide(row: Row) -> tuple[str | None, str | None, str]:
         if row["state"] in ("queued", "deferred"):
             return "held", "UPDATE messages SET state = 'held', updated_at = :now WHERE id = :id", ""
         if row["state"] == "held":
@@ -751,11 +750,11 @@ def hold(
 
 
 def release(
-    db: sqlite3.Connection, refs: Iterable[str], *, now: float | None = None, skip_unknown: bool = False
+    db: Connection, refs: Iterable[str], *, now: float | None = None, skip_unknown: bool = False
 ) -> list[ActionResult]:
     """Release held messages back into the queue (ready at once)."""
 
-    def decide(row: sqlite3.Row) -> tuple[str | None, str | None, str]:
+    def decide(row: Row) -> tuple[str | None, str | None, str]:
         if row["state"] == "held":
             return "queued", "UPDATE messages SET state = 'queued', next_attempt_at = :now, updated_at = :now WHERE id = :id", ""
         return None, None, f"not held (it is {row['state']})"
@@ -764,12 +763,12 @@ def release(
 
 
 def retry(
-    db: sqlite3.Connection, refs: Iterable[str], *, now: float | None = None, skip_unknown: bool = False
+    db: Connection, refs: Iterable[str], *, now: float | None = None, skip_unknown: bool = False
 ) -> list[ActionResult]:
     """Retry now: deferred, held or failed messages become ready at once (a failed
     message's failed recipients are tried again)."""
 
-    def decide(row: sqlite3.Row) -> tuple[str | None, str | None, str]:
+    def decide(row: Row) -> tuple[str | None, str | None, str]:
         if row["state"] in ("deferred", "held", "queued"):
             return "queued", "UPDATE messages SET state = 'queued', next_attempt_at = :now, updated_at = :now WHERE id = :id", ""
         if row["state"] == "failed":
@@ -788,7 +787,7 @@ def retry(
 
 
 def delete(
-    db: sqlite3.Connection, refs: Iterable[str], *, now: float | None = None, skip_unknown: bool = False
+    db: Connection, refs: Iterable[str], *, now: float | None = None, skip_unknown: bool = False
 ) -> list[ActionResult]:
     """Delete messages (body and recipients too). One being sent right now may still
     reach the next hop; the deletion is recorded as an operator event."""
@@ -883,7 +882,7 @@ class MessageDetail:
 
 
 def list_messages(
-    db: sqlite3.Connection,
+    db: Connection,
     *,
     state: str | None = None,
     priority: int | None = None,
@@ -925,7 +924,7 @@ def list_messages(
     return rows
 
 
-def _message_rows(db: sqlite3.Connection, where: list[str], args: list[Any], order: str, limit: int) -> list[MessageRow]:
+def _message_rows(db: Connection, where: list[str], args: list[Any], order: str, limit: int) -> list[MessageRow]:
     clause = f" WHERE {' AND '.join(where)}" if where else ""
     rows = db.execute(
         f"SELECT {_MESSAGE_COLUMNS}, (SELECT count(*) FROM recipients r WHERE r.message_id = messages.id) "
@@ -935,7 +934,7 @@ def _message_rows(db: sqlite3.Connection, where: list[str], args: list[Any], ord
     return [MessageRow(*r) for r in rows]
 
 
-def message_detail(db: sqlite3.Connection, ref: str) -> MessageDetail:
+def message_detail(db: Connection, ref: str) -> MessageDetail:
     """One message by queue id: its row, per-recipient states, event timeline and
     headers; NotFound naming the fix when there is none."""
     row = _resolve(db, [ref])[0]
@@ -947,7 +946,7 @@ def message_detail(db: sqlite3.Connection, ref: str) -> MessageDetail:
 
 
 def read_message(
-    db: sqlite3.Connection,
+    db: Connection,
     *,
     message_id: int | None = None,
     queue_id: str | None = None,
@@ -1026,7 +1025,7 @@ class QueueOverview:
         return str(self.status.get("state") or "starting"), str(self.status.get("detail") or "")
 
 
-def queue_overview(db: sqlite3.Connection, *, now: float | None = None) -> QueueOverview:
+def queue_overview(db: Connection, *, now: float | None = None) -> QueueOverview:
     """Counts per priority and state, the oldest wait per priority, the controls,
     the engine's status and deliveries in the last minute (for the rate display)."""
     stamp = time.time() if now is None else now
@@ -1056,7 +1055,7 @@ class Pruned:
     events: int
 
 
-def prune(db: sqlite3.Connection, *, before: float, batch: int = 2000) -> Pruned:
+def prune(db: Connection, *, before: float, batch: int = 2000) -> Pruned:
     """Delete finished messages (with bodies and recipients) that finished before
     ``before``, and events older than it — in batches, each its own transaction, so a
     relay keeps delivering meanwhile. Event counts per list and day are rolled up

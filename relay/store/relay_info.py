@@ -3,13 +3,12 @@ and which served ports speak implicit TLS (a setting: the ports table has no col
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 from relay.reasons import EventKind, Reason
-from relay.store.db import transaction
 from relay.store.events import NewEvent, record_event
 from relay.store.settings import get_setting, set_setting
+from relay.store.sqlite.db import Connection, transaction
 
 # The served ports that speak implicit TLS (RFC 8314), a JSON list; every one of them
 # is also in relay_ports as served.
@@ -17,7 +16,7 @@ IMPLICIT_TLS_KEY = "relay.implicit_tls_ports"
 
 
 def publish_ports(
-    db: sqlite3.Connection, served: list[int], not_served: dict[int, str], implicit_tls: list[int] | None = None
+    db: Connection, served: list[int], not_served: dict[int, str], implicit_tls: list[int] | None = None
 ) -> None:
     with transaction(db):
         set_setting(db, IMPLICIT_TLS_KEY, sorted(implicit_tls or []))
@@ -28,7 +27,7 @@ def publish_ports(
         )
 
 
-def served_ports(db: sqlite3.Connection) -> tuple[list[int], dict[int, str]]:
+def served_ports(db: Connection) -> tuple[list[int], dict[int, str]]:
     """(served ports, {port: reason} for ports not served), as the last relay published."""
     served: list[int] = []
     not_served: dict[int, str] = {}
@@ -40,14 +39,14 @@ def served_ports(db: sqlite3.Connection) -> tuple[list[int], dict[int, str]]:
     return served, not_served
 
 
-def implicit_tls_ports(db: sqlite3.Connection) -> list[int]:
+def implicit_tls_ports(db: Connection) -> list[int]:
     """The served ports that speak implicit TLS, as the last relay published (sorted)."""
     value = get_setting(db, IMPLICIT_TLS_KEY, [])
     return sorted(int(p) for p in value) if isinstance(value, list) else []
 
 
 def record_relay_change(
-    db: sqlite3.Connection, kind: EventKind, reason: Reason, detail: str, facts: dict[str, Any] | None = None
+    db: Connection, kind: EventKind, reason: Reason, detail: str, facts: dict[str, Any] | None = None
 ) -> None:
     """An event about the live relay (TLS reloaded, …) and the facts it publishes anew."""
     with transaction(db):

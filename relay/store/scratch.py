@@ -9,13 +9,12 @@ Users and lists go through :mod:`relay.store.directory` (``delete_user`` /
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable
 
-from relay.store.db import transaction
+from relay.store.sqlite.db import Connection, transaction
 
 
-def message_priorities(db: sqlite3.Connection, queue_ids: Iterable[str]) -> dict[str, tuple[int, int, int]]:
+def message_priorities(db: Connection, queue_ids: Iterable[str]) -> dict[str, tuple[int, int, int]]:
     """``queue id → (priority, user priority, header priority)`` of the messages found."""
     out: dict[str, tuple[int, int, int]] = {}
     for queue_id in queue_ids:
@@ -27,7 +26,7 @@ def message_priorities(db: sqlite3.Connection, queue_ids: Iterable[str]) -> dict
     return out
 
 
-def existing_identities(db: sqlite3.Connection, values: Iterable[str]) -> dict[str, str]:
+def existing_identities(db: Connection, values: Iterable[str]) -> dict[str, str]:
     """``value → state`` of those of ``values`` (canonical) that exist already."""
     out: dict[str, str] = {}
     for value in values:
@@ -37,7 +36,7 @@ def existing_identities(db: sqlite3.Connection, values: Iterable[str]) -> dict[s
     return out
 
 
-def delete_unused_identities(db: sqlite3.Connection, values: Iterable[str]) -> list[str]:
+def delete_unused_identities(db: Connection, values: Iterable[str]) -> list[str]:
     """Delete those of ``values`` that no user lists any more (their codes go with
     them); returns the ones deleted. One still listed by someone is kept."""
     deleted: list[str] = []
@@ -53,7 +52,7 @@ def delete_unused_identities(db: sqlite3.Connection, values: Iterable[str]) -> l
     return deleted
 
 
-def delete_finished_campaign(db: sqlite3.Connection, campaign_id: int) -> bool:
+def delete_finished_campaign(db: Connection, campaign_id: int) -> bool:
     """Delete a campaign that is done or cancelled (its messages stay, with its
     number); returns False when it is still under way or gone already."""
     with transaction(db):

@@ -4,16 +4,17 @@ relay-published facts (TLS fingerprint, served ports). Values are JSON."""
 from __future__ import annotations
 
 import json
-import sqlite3
 from typing import Any
 
+from relay.store.sqlite.db import Connection
 
-def get_setting(db: sqlite3.Connection, key: str, default: Any = None) -> Any:
+
+def get_setting(db: Connection, key: str, default: Any = None) -> Any:
     row = db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
     return default if row is None else json.loads(row[0])
 
 
-def get_settings(db: sqlite3.Connection, keys: list[str] | None = None) -> dict[str, Any]:
+def get_settings(db: Connection, keys: list[str] | None = None) -> dict[str, Any]:
     if keys is None:
         rows = db.execute("SELECT key, value FROM settings").fetchall()
     else:
@@ -22,7 +23,7 @@ def get_settings(db: sqlite3.Connection, keys: list[str] | None = None) -> dict[
     return {row[0]: json.loads(row[1]) for row in rows}
 
 
-def set_setting(db: sqlite3.Connection, key: str, value: Any) -> None:
+def set_setting(db: Connection, key: str, value: Any) -> None:
     db.execute(
         "INSERT INTO settings(key, value) VALUES (?, ?) "
         "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
@@ -30,14 +31,14 @@ def set_setting(db: sqlite3.Connection, key: str, value: Any) -> None:
     )
 
 
-def seed_setting(db: sqlite3.Connection, key: str, value: Any) -> bool:
+def seed_setting(db: Connection, key: str, value: Any) -> bool:
     """Set ``key`` only when it has no value yet (flags and TOML seed runtime controls).
     Returns True when it was set."""
     cur = db.execute("INSERT OR IGNORE INTO settings(key, value) VALUES (?, ?)", (key, json.dumps(value)))
     return cur.rowcount == 1
 
 
-def delete_setting(db: sqlite3.Connection, key: str) -> None:
+def delete_setting(db: Connection, key: str) -> None:
     db.execute("DELETE FROM settings WHERE key = ?", (key,))
 
 

@@ -9,12 +9,12 @@ the daily roll-ups that retention writes before it prunes old events
 from __future__ import annotations
 
 import datetime as dt
-import sqlite3
 import time
 from dataclasses import dataclass
 
 from relay.reasons import EventKind
 from relay.store.directory import get_list
+from relay.store.sqlite.db import Connection
 
 # Which event kind feeds which counter.
 _KINDS = {
@@ -48,7 +48,7 @@ def _local_midnight(now: float) -> tuple[float, str]:
     return midnight.timestamp(), midnight.strftime("%Y-%m-%d")
 
 
-def list_stats(db: sqlite3.Connection, list_name: str, *, now: float | None = None) -> ListStats:
+def list_stats(db: Connection, list_name: str, *, now: float | None = None) -> ListStats:
     """Counts for one list (raises NotFound for an unknown list)."""
     target = get_list(db, list_name)
     stamp = time.time() if now is None else now

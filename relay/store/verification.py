@@ -15,7 +15,6 @@ argon2 check, ~30 ms); async callers run them through ``AsyncStore.run``.
 from __future__ import annotations
 
 import socket
-import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -25,7 +24,6 @@ from relay import policy
 from relay import verification as rules
 from relay.dnscheck import DnsResult
 from relay.reasons import EventKind, Reason
-from relay.store.db import transaction
 from relay.store.directory import (
     IdentityInfo,
     all_identities,
@@ -37,6 +35,7 @@ from relay.store.errors import InvalidInput
 from relay.store.events import NewEvent, record_event
 from relay.store.intake import NewMessage, Queued, insert_messages
 from relay.store.settings import Keys, get_setting
+from relay.store.sqlite.db import Connection, Row, transaction
 from relay.verification import CodeOutcome
 
 # ---------------------------------------------------------------------------
@@ -118,7 +117,7 @@ class CodeCheck:
 # Views
 
 
-def sender_views(db: sqlite3.Connection, *, state: str | None = None) -> list[SenderView]:
+def sender_views(db: Connection, *, state: str | None = None) -> list[SenderView]:
     """Every identity (or those in ``state``: 'pending' | 'verified'), by name."""
     if state not in (None, "pending", "verified"):
         raise InvalidInput(f"unknown state {state!r} — use pending or verified")
@@ -136,7 +135,7 @@ def sender_views(db: sqlite3.Connection, *, state: str | None = None) -> list[Se
     return [SenderView(i, tuple(users.get(i.id, ())), codes.get(i.id)) for i in identities]
 
 
-def sender_view(db: sqlite3.Connection, value: str) -> SenderView:
+def sender_view(db: Connection, value: str) -> SenderView:
     """One identity by address or domain (any case, IDN or punycode)."""
     identity = get_identity(db, value)
     users = tuple(
@@ -150,7 +149,7 @@ def sender_view(db: sqlite3.Connection, value: str) -> SenderView:
     return SenderView(identity, users, code_info(db, identity.id))
 
 
-def code_info(db: sqlite3.Connection, identity_id: int) -> CodeInfo | None:
+def code_info(db: Connection, identity_id: int) -> CodeInfo | None:
     row = db.execute(
         "SELECT created_at, expires_at, attempts, used_at FROM verification_codes WHERE identity_id = ?",
         (identity_id,),
@@ -172,7 +171,7 @@ class SystemSender:
     explanation: str
 
 
-def system_sender_choice(db: sqlite3.Connection) -> SystemSender:
+def system_sender_choice(db: Connection) -> SystemSender:
     """The ``Keys.SYSTEM_SENDER`` setting, else ``smtpplus@<server name>`` when the
     relay has published a server name with a dot, else ``smtpplus@<FQDN>`` when the
     server name is this host's single-label name (``vm``) and the host has a dotted
@@ -228,7 +227,7 @@ def host_fqdn_for(server_name: str) -> str | None:
     return fqdn if fqdn.lower().startswith(server_name.lower() + ".") else None
 
 
-def system_sender(db: sqlite3.Connection) -> str:
+def system_sender(db: Connection) -> str:
     """The address code mails come from (see :func:`system_sender_choice`); InvalidInput
     saying why and what to do when there is none."""
     choice = system_sender_choice(db)
@@ -246,7 +245,7 @@ def valid_sender(value: str) -> str:
 
 
 def queue_code(
-    db: sqlite3.Connection,
+    db: Connection,
     address: str,
     *,
     code_hash: str,
@@ -282,7 +281,7 @@ def queue_code(
     return identity, queued
 
 
-def confirm_code(db: sqlite3.Connection, address: str, code: str, *, now: float | None = None) -> CodeCheck:
+def confirm_code(db: Connection, address: str, code: str, *, now: float | None = None) -> CodeCheck:
     """Check a typed code for ``address``; a right one verifies the address (method
     ``code``). Each try of a live code counts, right or wrong, and is reserved before
     the hash is checked, so no more than :data:`relay.verification.MAX_ATTEMPTS` guesses
@@ -326,7 +325,7 @@ def confirm_code(db: sqlite3.Connection, address: str, code: str, *, now: float 
     raise InvalidInput(f"the code for {address} changed while it was being checked — try again")
 
 
-def _reserve_attempt(db: sqlite3.Connection, identity_id: int, code_hash: str, now: float) -> bool:
+def _reserve_attempt(db: Connection, identity_id: int, code_hash: str, now: float) -> bool:
     with transaction(db):
         cur = db.execute(
             "UPDATE verification_codes SET attempts = attempts + 1 WHERE identity_id = ? AND code_hash = ? "
@@ -337,7 +336,7 @@ def _reserve_attempt(db: sqlite3.Connection, identity_id: int, code_hash: str, n
 
 
 def _finish(
-    db: sqlite3.Connection,
+    db: Connection,
     outcome: CodeOutcome,
     identity: IdentityInfo,
     attempts_left: int,
@@ -361,15 +360,15 @@ def _left(attempts: int) -> int:
     return max(0, rules.MAX_ATTEMPTS - attempts)
 
 
-def _code_row(db: sqlite3.Connection, identity_id: int) -> sqlite3.Row | None:
-    row: sqlite3.Row | None = db.execute(
+def _code_row(db: Connection, identity_id: int) -> Row | None:
+    row: Row | None = db.execute(
         "SELECT code_hash, created_at, expires_at, attempts, used_at FROM verification_codes WHERE identity_id = ?",
         (identity_id,),
     ).fetchone()
     return row
 
 
-def _address_identity(db: sqlite3.Connection, address: str) -> IdentityInfo:
+def _address_identity(db: Connection, address: str) -> IdentityInfo:
     identity = get_identity(db, address)
     if identity.kind != "address":
         raise InvalidInput(
@@ -379,7 +378,7 @@ def _address_identity(db: sqlite3.Connection, address: str) -> IdentityInfo:
     return identity
 
 
-def pending_address(db: sqlite3.Connection, address: str) -> IdentityInfo:
+def pending_address(db: Connection, address: str) -> IdentityInfo:
     """The identity of ``address`` if it awaits a code; else InvalidInput saying why not."""
     identity = _address_identity(db, address)
     if identity.verified:
@@ -393,7 +392,7 @@ def pending_address(db: sqlite3.Connection, address: str) -> IdentityInfo:
 # DNS and operator approval
 
 
-def record_dns_check(db: sqlite3.Connection, domain: str, result: DnsResult, *, now: float | None = None) -> IdentityInfo:
+def record_dns_check(db: Connection, domain: str, result: DnsResult, *, now: float | None = None) -> IdentityInfo:
     """Apply a DNS lookup's outcome: a found record verifies a pending domain (method
     ``dns``); anything else leaves it as it was. Either way an event says what
     happened. A verified domain never goes back to pending."""
@@ -434,7 +433,7 @@ def txt_matches(identity: IdentityInfo, result: DnsResult) -> bool:
     return result.expected == identity.txt_record
 
 
-def approve(db: sqlite3.Connection, values: Iterable[str], reason: str) -> list[tuple[IdentityInfo, bool]]:
+def approve(db: Connection, values: Iterable[str], reason: str) -> list[tuple[IdentityInfo, bool]]:
     """An operator's approval of one or many identities with a reason (e.g. "existing
     account"). Every name is checked before anything changes; approving one already
     verified changes nothing. Returns (identity, changed) in the order given."""

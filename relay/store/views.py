@@ -8,7 +8,6 @@ queue screen reads 30 count rows, ten index seeks and one page of rows.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from dataclasses import dataclass, field
 from email.parser import BytesHeaderParser
@@ -24,6 +23,7 @@ from relay.store.queue import (  # noqa: F401 - HEADER_BYTES: the console reads 
     read_message,
 )
 from relay.store.settings import Keys, get_setting
+from relay.store.sqlite.db import Connection
 
 # ---------------------------------------------------------------------------
 # The queue: lanes per priority, delivery rate, pages in dispatch order
@@ -48,7 +48,7 @@ class Lane:
         return self.queued + self.deferred
 
 
-def priority_lanes(db: sqlite3.Connection) -> list[Lane]:
+def priority_lanes(db: Connection) -> list[Lane]:
     """Counts per priority 1–5 of queued, deferred, in flight (sending) and held
     messages, and when the oldest waiting one arrived.
 
@@ -70,7 +70,7 @@ def priority_lanes(db: sqlite3.Connection) -> list[Lane]:
     ]
 
 
-def delivery_rate(db: sqlite3.Connection, *, now: float | None = None, window: float = 10.0) -> float:
+def delivery_rate(db: Connection, *, now: float | None = None, window: float = 10.0) -> float:
     """Messages delivered per second over the last ``window`` seconds
     (an index range on ``finished_at``: only the last few seconds are read)."""
     stamp = time.time() if now is None else now
@@ -89,7 +89,7 @@ RecipientRow = RecipientState
 
 
 def queue_page(
-    db: sqlite3.Connection,
+    db: Connection,
     state: str = "queued",
     *,
     after: tuple[int, int] | None = None,
@@ -125,7 +125,7 @@ class MessageDetail:
 
 
 def message_detail(
-    db: sqlite3.Connection, message_id: int | None = None, *, queue_id: str | None = None, max_recipients: int = 200
+    db: Connection, message_id: int | None = None, *, queue_id: str | None = None, max_recipients: int = 200
 ) -> MessageDetail | None:
     """Envelope, per-recipient states, the header block, and the event timeline of one
     message (by id or queue id); None when it no longer exists."""
@@ -179,7 +179,7 @@ class ListRow:
     refused_today: int
 
 
-def list_rows(db: sqlite3.Connection, *, since: float) -> list[ListRow]:
+def list_rows(db: Connection, *, since: float) -> list[ListRow]:
     """Every list with its users, members, mail still queued, and mail delivered
     and refused since ``since`` (the caller's local midnight).
 
@@ -266,7 +266,7 @@ class CampaignRow:
         return min(1.0, self.finished / self.total)
 
 
-def campaign_rows(db: sqlite3.Connection, *, limit: int = 50) -> list[CampaignRow]:
+def campaign_rows(db: Connection, *, limit: int = 50) -> list[CampaignRow]:
     """Campaigns still under way first, then the latest finished ones; each with
     how many of its messages are finished (counted only for unfinished campaigns,
     through the campaign index)."""

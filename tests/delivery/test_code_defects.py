@@ -20,11 +20,11 @@ from relay.admin import campaigns as admin_campaigns
 from relay.delivery import DeliveryEngine, NextHop
 from relay.message import header_section, split_headers
 from relay.store import campaigns as store_campaigns
-from relay.store import directory, schema, views
+from relay.store import directory, open_store, views
 from relay.store import queue as q
 from relay.store.campaigns import expand_batch, header_priority_of, start_due_campaigns
-from relay.store.db import open_store
 from relay.store.settings import Keys, set_setting
+from relay.store.sqlite import schema
 from relay.store.verification import system_sender_choice
 from tests.delivery.conftest import enqueue, fast_config, message
 from tests.delivery.test_campaigns import verify_sender_domain

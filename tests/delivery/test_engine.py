@@ -14,7 +14,7 @@ from typing import Any
 from harness.sink import CaptureSink, Chaos
 from relay.reasons import EventKind, Reason
 from relay.store import queue as q
-from relay.store.db import transaction
+from relay.store import transaction
 from relay.store.events import find_events
 from relay.store.settings import Keys, get_setting
 from tests.delivery.conftest import (

@@ -19,8 +19,8 @@ from relay.store import directory as d
 from relay.store import open_store
 from relay.store.intake import NewMessage, insert_messages
 from relay.store.relay_info import publish_ports
-from relay.store.schema import SCHEMA_VERSION
 from relay.store.settings import Keys, set_setting
+from relay.store.sqlite.schema import SCHEMA_VERSION
 
 HASH = passwords.hash_password("unused")
 

@@ -24,7 +24,7 @@ from relay.store import queue as q
 from relay.store.bulk import queue_bulk
 from relay.store.errors import InvalidInput
 from relay.store.intake import NewMessage, insert_messages
-from relay.store.schema import MIGRATIONS, SCHEMA_VERSION, V4_COUNTS
+from relay.store.sqlite.schema import MIGRATIONS, SCHEMA_VERSION, V4_COUNTS
 
 HOP = "127.0.0.1:2525"
 SENDER = "news@example.com"

@@ -18,7 +18,7 @@ from relay.store import StoreError, StoreTooNew, backup, open_store, transaction
 from relay.store import directory as d
 from relay.store.errors import AlreadyExists, InvalidInput, NotFound
 from relay.store.intake import NewMessage, insert_messages
-from relay.store.schema import SCHEMA_VERSION
+from relay.store.sqlite.schema import SCHEMA_VERSION
 
 ROOT = Path(__file__).resolve().parents[2]
 # One real argon2id hash shared by the tests (hashing costs ~70 ms each).

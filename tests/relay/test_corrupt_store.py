@@ -10,7 +10,7 @@ import aiosmtplib
 import pytest
 
 from relay.store import open_store
-from relay.store.check import quick_check
+from relay.store.sqlite.check import quick_check
 from tests.conftest import Cli
 from tests.foundation.test_cli import ok, one_line_error
 from tests.relay.support import PASSWORD, Seeded, client_context

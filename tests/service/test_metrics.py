@@ -16,8 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from harness.sink import CaptureSink
 from relay.metrics import parse_listen
 from relay.reasons import EventKind, Reason
-from relay.store import open_store
-from relay.store.db import transaction
+from relay.store import open_store, transaction
 from tests.conftest import Cli
 from tests.relay.support import PASSWORD, Seeded, client_context, events, message
 from tests.relay.test_cli import RelayProcess

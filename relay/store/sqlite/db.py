@@ -28,13 +28,17 @@ from relay.store.errors import (
     StoreTooNew,
     StoreUnavailable,
 )
-from relay.store.schema import migrate
+from relay.store.sqlite.schema import migrate
 
 T = TypeVar("T")
 
 #: The connection type of the SQLite backend. Code outside the store names it as
 #: :data:`relay.store.Connection`, never through ``sqlite3``.
 Connection = sqlite3.Connection
+Row = sqlite3.Row
+# What a nested write raises on a broken unique rule before the outermost
+# transaction translates it (into relay.store.errors.Conflict).
+DriverIntegrityError = sqlite3.IntegrityError
 
 BUSY_TIMEOUT_MS = 10_000
 
@@ -43,6 +47,8 @@ __all__ = [
     "BUSY_TIMEOUT_MS",
     "AsyncStore",
     "Connection",
+    "DriverIntegrityError",
+    "Row",
     "StoreCorrupt",
     "StoreError",
     "StoreTooNew",

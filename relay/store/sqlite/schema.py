@@ -288,7 +288,7 @@ def current_version(db: sqlite3.Connection) -> int:
 
 def migrate(db: sqlite3.Connection, target: int | None = None) -> int:
     """Bring the store to ``target`` (default: this code's version); returns it."""
-    from relay.store.db import StoreTooNew
+    from relay.store.sqlite.db import StoreTooNew
 
     goal = SCHEMA_VERSION if target is None else target
     version = current_version(db)

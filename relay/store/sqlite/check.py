@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from relay.store.db import BUSY_TIMEOUT_MS, StoreError
+from relay.store.sqlite.db import BUSY_TIMEOUT_MS, StoreError
 
 
 @dataclass(frozen=True, slots=True)
