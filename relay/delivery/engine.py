@@ -1,4 +1,4 @@
-"""Delivery to the next hop: the scheduler loop, next-hop connections and retry rules.
+"""The queue manager: the scheduler loop, flights, connection reuse and counters.
 
 :class:`DeliveryEngine` is run by :class:`relay.service.RelayService` (or directly,
 by tests and benchmarks). It keeps one long-lived store connection and, in a loop,
@@ -18,23 +18,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import random
 import socket
-import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import aiosmtplib
-
 from relay.bounce import FailedRecipient, bounce_message, wants_report
 from relay.config import server_name_warning
+from relay.delivery.hop import HopConnection, HopFailure, NextHop, is_own_address
+from relay.delivery.outcome import (
+    NO_DSN,
+    AttemptResult,
+    RetryPolicy,
+    all_deferred,
+    outcome_detail,
+    settle,
+)
 from relay.reasons import EventKind, Reason
-from relay.scheduler import HopBackoff, StarvationShare, TokenBucket, decide_retry
+from relay.scheduler import HopBackoff, StarvationShare, TokenBucket
 from relay.store import AsyncStore, Connection, StoreError
 from relay.store.backend import backend_for
 from relay.store.events import NewEvent
@@ -47,13 +52,11 @@ from relay.store.queue import (
     RoundRequest,
     RoundResult,
     dispatch_round,
-    parse_next_hop,
     prune,
     publish_status,
     reclaim_owner,
 )
 from relay.store.verification import system_sender_choice
-from relay.transcode import downgrade_8bit, fold_long_lines, needs_smtputf8
 
 log = logging.getLogger("smtpplus.delivery")
 _OUTCOME_KIND = {"sent": EventKind.SENT, "deferred": EventKind.DEFERRED, "failed": EventKind.FAILED}
@@ -101,447 +104,6 @@ def _server_name(config: Any) -> str:
         with contextlib.suppress(Exception):
             return str(resolve())
     return str(getattr(config, "server_name", "") or socket.gethostname() or "localhost")
-
-
-# ---------------------------------------------------------------------------
-# One next-hop connection
-
-
-@dataclass(frozen=True, slots=True)
-class NextHop:
-    host: str
-    port: int
-    tls: str  # required | opportunistic | off
-    user: str | None = None
-    password: str | None = None
-    cafile: str | None = None
-
-    @property
-    def address(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-    @classmethod
-    def from_settings(cls, settings: DeliverySettings) -> NextHop | None:
-        if not settings.next_hop:
-            return None
-        host, port = parse_next_hop(settings.next_hop)
-        return cls(host, port, settings.next_hop_tls, settings.next_hop_user, settings.next_hop_password, settings.next_hop_cafile)
-
-
-class HopFailure(Exception):
-    """The next hop as a whole is unusable right now (connect, greeting, TLS, AUTH, timeout)."""
-
-    def __init__(self, reason: Reason, reply: str) -> None:
-        super().__init__(reply)
-        self.reason = reason
-        self.reply = reply
-
-
-@dataclass(slots=True)
-class AttemptResult:
-    recipients: list[RecipientResult]
-    reason: Reason
-    reply: str
-    hop_failure: bool = False
-    relayed: list[str] = field(default_factory=list)  # delivered to a hop without DSN; NOTIFY=SUCCESS asked
-    notes: list[tuple[Reason, str]] = field(default_factory=list)  # what delivery changed, for events
-
-
-@dataclass(slots=True)
-class Prepared:
-    """A message made fit for one next hop: the bytes to send and the MAIL/RCPT
-    parameters, or the refusal when the hop cannot take it at all."""
-
-    data: bytes
-    mail_options: list[str]
-    encoding: str  # of the envelope addresses
-    dsn: bool  # the hop offers DSN: RCPT gets NOTIFY/ORCPT, it reports by itself
-    notes: list[tuple[Reason, str]] = field(default_factory=list)
-    refusal: str | None = None
-
-    def rcpt_options(self, m: Claimed, rcpt: str) -> list[str]:
-        given = m.recipient_dsn.get(rcpt)
-        if not self.dsn or given is None:
-            return []
-        options = [f"NOTIFY={given.notify}"] if given.notify else []
-        return options + ([f"ORCPT={given.orcpt}"] if given.orcpt else [])
-
-
-def prepare(m: Claimed, supports: Any, hop: str) -> Prepared:
-    """What to send to a hop whose EHLO ``supports(keyword)`` says what it offers:
-    SMTPUTF8 or a 5.6.7 refusal (RFC 6531 §3.2), 8-bit downgraded without 8BITMIME
-    (RFC 6152 §3), long lines folded, SIZE/BODY/DSN parameters passed on."""
-    notes: list[tuple[Reason, str]] = []
-    internationalized = needs_smtputf8(m.mail_from, m.recipients, m.data)
-    # Needed: a non-ASCII address (no other way to send it), or non-ASCII headers the
-    # client declared SMTPUTF8 for. All-ASCII mail goes without it, as Postfix does;
-    # 8-bit headers from a client that did not declare it go as they did before.
-    envelope_ascii = m.mail_from.isascii() and all(r.isascii() for r in m.recipients)
-    needed = not envelope_ascii or (m.smtputf8 and internationalized)
-    utf8 = internationalized and bool(supports("smtputf8"))
-    if needed and not utf8:
-        refusal = (
-            f"550 5.6.7 next hop {hop} does not offer SMTPUTF8, which this message needs "
-            "(internationalized address or header) — RFC 6531 §3.2"
-        )
-        return Prepared(m.data, [], "utf-8", False, notes, refusal)
-    data = m.data
-    eight_bit = bool(supports("8bitmime"))
-    if not eight_bit and not data.isascii():
-        down = downgrade_8bit(data)
-        data = down.data
-        if down.parts:
-            notes.append((Reason.DOWNGRADED_8BIT, f"{down.parts} 8-bit MIME part(s) re-encoded to 7-bit: {hop} lacks 8BITMIME"))
-    folded = fold_long_lines(data)
-    if folded.lines_folded:
-        data = folded.data
-        notes.append((
-            Reason.LINES_FOLDED,
-            f"{folded.lines_folded} line(s) over 998 octets folded for {hop} (longest {folded.longest})",
-        ))
-    options: list[str] = []
-    if supports("size"):
-        options.append(f"SIZE={len(data)}")
-    if eight_bit and (not data.isascii() or m.body_type == "8BITMIME"):
-        options.append("BODY=8BITMIME")
-    if utf8:
-        options.append("SMTPUTF8")
-    dsn = bool(supports("dsn"))
-    if dsn and m.dsn_ret:
-        options.append(f"RET={m.dsn_ret}")
-    if dsn and m.dsn_envid:
-        options.append(f"ENVID={m.dsn_envid}")
-    # AUTH= (m.mail_auth) is kept, not passed on: it is optional (RFC 4954 §5), Postfix
-    # does not send it by default, and aiosmtpd-based hops answer it with 555.
-    return Prepared(data, options, "utf-8" if utf8 else "ascii", dsn, notes)
-
-
-def _reply_text(code: int, message: str) -> str:
-    return f"{code} {' '.join(str(message).split())}".strip()
-
-
-def _classify(code: int) -> tuple[str, Reason]:
-    if 200 <= code < 300:
-        return "sent", Reason.DELIVERED
-    if 400 <= code < 500:
-        return "deferred", Reason.DEFERRED_4XX
-    return "failed", Reason.FAILED_5XX
-
-
-class HopConnection:
-    """One SMTP client connection to the next hop, reused across messages."""
-
-    def __init__(
-        self, hop: NextHop, *, connect_timeout: float, command_timeout: float, local_hostname: str,
-        recipients_per_transaction: int = 50,
-    ) -> None:
-        self.hop = hop
-        self.recipients_per_transaction = max(1, recipients_per_transaction)
-        self.connect_timeout = connect_timeout
-        self.command_timeout = command_timeout
-        self.local_hostname = local_hostname
-        self.smtp: aiosmtplib.SMTP | None = None
-        self.last_used = time.monotonic()
-        self.delivered = 0
-        self.tls = False
-
-    @property
-    def connected(self) -> bool:
-        return self.smtp is not None and self.smtp.is_connected
-
-    async def open(self) -> None:
-        hop = self.hop
-        smtp = aiosmtplib.SMTP(
-            hostname=hop.host, port=hop.port, timeout=self.command_timeout, start_tls=False,
-            use_tls=False, local_hostname=self.local_hostname,
-        )
-        try:
-            await smtp.connect(timeout=self.connect_timeout)
-        except aiosmtplib.SMTPConnectTimeoutError as exc:
-            raise HopFailure(Reason.DEFERRED_TIMEOUT, f"connect to {hop.address} timed out: {exc}") from None
-        except aiosmtplib.SMTPConnectResponseError as exc:
-            raise HopFailure(Reason.DEFERRED_4XX, f"{hop.address} greeting: {_reply_text(exc.code, exc.message)}") from None
-        except (aiosmtplib.SMTPException, OSError) as exc:
-            raise HopFailure(Reason.DEFERRED_CONNECT, f"cannot connect to {hop.address}: {exc}") from None
-        try:
-            await self._hello(smtp)
-            self.tls = False
-            if hop.tls != "off" and (hop.tls == "required" or smtp.supports_extension("starttls")):
-                if not smtp.supports_extension("starttls"):
-                    raise HopFailure(Reason.DEFERRED_TLS, f"{hop.address} does not offer STARTTLS, and TLS is required")
-                try:
-                    await smtp.starttls(server_hostname=hop.host, tls_context=self._tls_context())
-                except (aiosmtplib.SMTPException, ssl.SSLError, OSError) as exc:
-                    raise HopFailure(Reason.DEFERRED_TLS, f"STARTTLS with {hop.address} failed: {exc}") from None
-                self.tls = True
-            if hop.user:
-                if not self.tls and hop.tls != "off":
-                    raise HopFailure(
-                        Reason.DEFERRED_TLS, f"will not send AUTH to {hop.address} in plain text (STARTTLS not offered)"
-                    )
-                try:
-                    await smtp.login(hop.user, hop.password or "")
-                except aiosmtplib.SMTPAuthenticationError as exc:
-                    raise HopFailure(Reason.DEFERRED_AUTH, f"AUTH at {hop.address}: {_reply_text(exc.code, exc.message)}") from None
-                except aiosmtplib.SMTPException as exc:
-                    raise HopFailure(Reason.DEFERRED_AUTH, f"AUTH at {hop.address}: {exc}") from None
-        except HopFailure:
-            smtp.close()
-            raise
-        except aiosmtplib.SMTPTimeoutError as exc:
-            smtp.close()
-            raise HopFailure(Reason.DEFERRED_TIMEOUT, f"{hop.address} timed out: {exc}") from None
-        except (aiosmtplib.SMTPException, OSError) as exc:
-            smtp.close()
-            raise HopFailure(Reason.DEFERRED_CONNECT, f"{hop.address}: {exc}") from None
-        self.smtp = smtp
-
-    async def _hello(self, smtp: aiosmtplib.SMTP) -> None:
-        try:
-            await smtp.ehlo()
-        except aiosmtplib.SMTPHeloError:
-            await smtp.helo()
-
-    def _tls_context(self) -> ssl.SSLContext:
-        if self.hop.tls == "required":
-            # Required means verified: a certificate we cannot check is no better than plain text.
-            return ssl.create_default_context(cafile=self.hop.cafile or None)
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        return context
-
-    async def close(self) -> None:
-        smtp, self.smtp = self.smtp, None
-        if smtp is None:
-            return
-        try:
-            if smtp.is_connected:
-                await asyncio.wait_for(smtp.quit(), 1)
-        except (aiosmtplib.SMTPException, OSError, TimeoutError):
-            smtp.close()
-
-    async def deliver(self, message: Claimed) -> AttemptResult:
-        """One attempt: MAIL, RCPT per recipient, DATA — an outcome per recipient.
-        Raises :class:`HopFailure` when the hop itself is unusable."""
-        reused = self.connected
-        if not reused:
-            await self.open()
-        self.last_used = time.monotonic()
-        try:
-            return await self._transaction(message)
-        except _Retryable:
-            # A reused connection the server had dropped: one fresh try.
-            await self.close()
-            await self.open()
-            return await self._transaction(message)
-        finally:
-            self.last_used = time.monotonic()
-
-    async def _transaction(self, m: Claimed) -> AttemptResult:
-        """Every recipient still to deliver, in as many transactions as needed: at most
-        ``recipients_per_transaction`` each, and a new one at once for recipients the
-        hop answered 452 after accepting others (RFC 5321 §4.5.3.1.10)."""
-        smtp = self.smtp
-        assert smtp is not None
-        prepared = prepare(m, smtp.supports_extension, self.hop.address)
-        if prepared.refusal is not None:
-            return AttemptResult(
-                [RecipientResult(r, "failed", prepared.refusal) for r in m.recipients],
-                Reason.FAILED_NO_SMTPUTF8, prepared.refusal,
-            )
-        results: dict[str, RecipientResult] = {}
-        pending = list(m.recipients)
-        stop: tuple[Reason, str] | None = None
-        transactions = 0
-        data_failed = False
-        while pending:
-            batch, pending = pending[: self.recipients_per_transaction], pending[self.recipients_per_transaction :]
-            transactions += 1
-            try:
-                txn = await self._one_transaction(m, batch, prepared)
-            except (HopFailure, _Retryable) as exc:
-                if transactions == 1:
-                    raise
-                # Earlier transactions went through: keep their outcomes, the rest waits.
-                reply = exc.reply if isinstance(exc, HopFailure) else f"connection to {self.hop.address} lost"
-                reason = exc.reason if isinstance(exc, HopFailure) else Reason.DEFERRED_CONNECT
-                txn = _Transaction({r: RecipientResult(r, "deferred", reply) for r in batch}, stop=(reason, reply))
-            results.update(txn.results)
-            data_failed = data_failed or txn.data_failed
-            if txn.stop is not None:
-                stop = txn.stop
-                state = "deferred" if stop[0] != Reason.FAILED_5XX else "failed"
-                for rcpt in pending:
-                    results[rcpt] = RecipientResult(rcpt, state, stop[1].removeprefix("MAIL: "))
-                break
-            pending = txn.too_many + pending
-        result = _summarize(m, results, prefix="DATA: " if data_failed else "")
-        if stop is not None and any(r.state == "deferred" for r in results.values()):
-            result.reason, result.reply = stop
-        elif stop is not None and stop[1].startswith("MAIL: ") and all(r.state == "failed" for r in results.values()):
-            result.reply = stop[1]
-        if transactions > 1:
-            result.notes.append((Reason.RECIPIENTS_SPLIT, f"{len(m.recipients)} recipient(s) in {transactions} transaction(s)"))
-        result.notes[:0] = prepared.notes
-        if not prepared.dsn:
-            result.relayed = [
-                r.address for r in result.recipients
-                if r.state == "sent" and wants_report((m.recipient_dsn.get(r.address) or _NO_DSN).notify, "relayed")
-            ]
-        return result
-
-    async def _one_transaction(self, m: Claimed, batch: list[str], prepared: Prepared) -> _Transaction:
-        smtp = self.smtp
-        assert smtp is not None
-        try:
-            await smtp.mail(m.mail_from, options=prepared.mail_options, encoding=prepared.encoding)
-        except aiosmtplib.SMTPServerDisconnected:
-            smtp.close()
-            raise _Retryable() from None
-        except aiosmtplib.SMTPResponseException as exc:
-            await self._rset()
-            state, reason = _classify(exc.code)
-            reply = _reply_text(exc.code, exc.message)
-            return _Transaction({r: RecipientResult(r, state, reply) for r in batch}, stop=(reason, f"MAIL: {reply}"))
-        except aiosmtplib.SMTPTimeoutError as exc:
-            smtp.close()
-            raise HopFailure(Reason.DEFERRED_TIMEOUT, f"MAIL timed out at {self.hop.address}: {exc}") from None
-        results: dict[str, RecipientResult] = {}
-        accepted: list[str] = []
-        too_many: list[str] = []
-        try:
-            for i, rcpt in enumerate(batch):
-                try:
-                    await smtp.rcpt(rcpt, options=prepared.rcpt_options(m, rcpt), encoding=prepared.encoding)
-                    accepted.append(rcpt)
-                except aiosmtplib.SMTPRecipientRefused as exc:
-                    if exc.code == 452 and accepted:
-                        too_many = batch[i:]  # this one and the rest: a new transaction, now
-                        break
-                    state, _ = _classify(exc.code)
-                    results[rcpt] = RecipientResult(rcpt, state, _reply_text(exc.code, exc.message))
-            if not accepted:
-                await self._rset()
-                return _Transaction(results)
-            try:
-                response = await smtp.data(prepared.data)
-            except aiosmtplib.SMTPResponseException as exc:
-                state, _ = _classify(exc.code)
-                reply = _reply_text(exc.code, exc.message)
-                for rcpt in accepted:
-                    results[rcpt] = RecipientResult(rcpt, state, reply)
-                return _Transaction(results, too_many, data_failed=True)
-        except aiosmtplib.SMTPTimeoutError as exc:
-            smtp.close()
-            raise HopFailure(Reason.DEFERRED_TIMEOUT, f"timed out at {self.hop.address}: {exc}") from None
-        except (aiosmtplib.SMTPServerDisconnected, OSError) as exc:
-            smtp.close()
-            # Mid-transaction: the message may or may not have gone; retry later (at least once).
-            reply = f"connection to {self.hop.address} lost: {exc}"
-            for rcpt in batch:
-                results.setdefault(rcpt, RecipientResult(rcpt, "deferred", reply))
-            return _Transaction(results, stop=(Reason.DEFERRED_CONNECT, reply))
-        self.delivered += 1
-        reply = _reply_text(response.code, response.message)
-        for rcpt in accepted:
-            results[rcpt] = RecipientResult(rcpt, "sent", reply)
-        return _Transaction(results, too_many)
-
-    async def _rset(self) -> None:
-        if self.smtp is None:
-            return
-        try:
-            await self.smtp.rset()
-        except (aiosmtplib.SMTPException, OSError):
-            self.smtp.close()
-
-
-class _Retryable(Exception):
-    pass
-
-
-@dataclass(slots=True)
-class _Transaction:
-    results: dict[str, RecipientResult]
-    too_many: list[str] = field(default_factory=list)  # refused with 452 after others were accepted
-    stop: tuple[Reason, str] | None = None  # MAIL refused or connection lost: the rest share it
-    data_failed: bool = False
-
-
-_NO_DSN = RecipientDsn()
-
-
-def _summarize(m: Claimed, results: dict[str, RecipientResult], prefix: str = "") -> AttemptResult:
-    ordered = [results[r] for r in m.recipients if r in results]
-    deferred = [r for r in ordered if r.state == "deferred"]
-    failed = [r for r in ordered if r.state == "failed"]
-    if deferred:
-        return AttemptResult(ordered, Reason.DEFERRED_4XX, prefix + deferred[0].reply)
-    if failed and len(failed) == len(ordered):
-        return AttemptResult(ordered, Reason.FAILED_5XX, prefix + failed[0].reply)
-    sent = next((r for r in ordered if r.state == "sent"), None)
-    return AttemptResult(ordered, Reason.DELIVERED, prefix + (sent.reply if sent else ""))
-
-
-# ---------------------------------------------------------------------------
-# Own-address check
-
-
-def _is_local_ip(ip: str) -> bool:
-    try:
-        address = ipaddress.ip_address(ip)
-    except ValueError:
-        return False
-    if address.is_loopback or address.is_unspecified:
-        return True
-    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
-    # Binding succeeds only for this machine's own addresses (no packet is sent).
-    with socket.socket(family, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.bind((ip, 0))
-        except OSError:
-            return False
-    return True
-
-
-async def _resolve(host: str, port: int) -> set[str]:
-    loop = asyncio.get_running_loop()
-    try:
-        infos = await asyncio.wait_for(loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), 3)
-    except (OSError, TimeoutError):
-        return set()
-    return {str(info[4][0]) for info in infos}
-
-
-def _canonical(ip: str) -> str:
-    try:
-        address = ipaddress.ip_address(ip)
-    except ValueError:
-        return ip
-    if address.version == 6 and address.ipv4_mapped is not None:
-        return str(address.ipv4_mapped)
-    return str(address)
-
-
-async def is_own_address(hop_host: str, hop_port: int, own: list[tuple[str, int]]) -> bool:
-    """Whether ``hop_host:hop_port`` reaches one of the relay's own listeners.
-    A wildcard listener (0.0.0.0, ::) answers on every local address."""
-    same_port = [host for host, port in own if port == hop_port]
-    if not same_port:
-        return False
-    hop_ips = {_canonical(ip) for ip in await _resolve(hop_host, hop_port)}
-    if not hop_ips:
-        return False
-    for host in same_port:
-        if host in ("", "0.0.0.0", "::", "*"):
-            if any(_is_local_ip(ip) for ip in hop_ips):
-                return True
-            continue
-        own_ips = {_canonical(ip) for ip in await _resolve(host, hop_port)}
-        if hop_ips & own_ips:
-            return True
-    return False
 
 
 # ---------------------------------------------------------------------------
@@ -958,19 +520,14 @@ class DeliveryEngine:
             try:
                 result = await conn.deliver(message)
             except HopFailure as exc:
-                result = AttemptResult(
-                    [RecipientResult(r, "deferred", exc.reply) for r in message.recipients], exc.reason, exc.reply, hop_failure=True
-                )
+                result = all_deferred(message, exc.reason, exc.reply, hop_failure=True)
             except asyncio.CancelledError:
                 await conn.close()
                 raise
             except Exception as exc:  # a bug must not lose the message: retry later
                 log.exception("delivery: unexpected error delivering %s", message.queue_id)
                 await conn.close()
-                result = AttemptResult(
-                    [RecipientResult(r, "deferred", f"internal error: {type(exc).__name__}") for r in message.recipients],
-                    Reason.DEFERRED_CONNECT, f"internal error: {type(exc).__name__}",
-                )
+                result = all_deferred(message, Reason.DEFERRED_CONNECT, f"internal error: {type(exc).__name__}")
             self._record(message, result, hop)
             keep = (
                 conn.connected and not self._stopping and self.hop == hop
@@ -1013,56 +570,26 @@ class DeliveryEngine:
         )
 
     def _temporary(self, message: Claimed, reason: Reason, reply: str, *, hop_wide: bool) -> Outcome:
-        result = AttemptResult([RecipientResult(r, "deferred", reply) for r in message.recipients], reason, reply, hop_wide)
+        result = all_deferred(message, reason, reply, hop_failure=hop_wide)
         return self._outcome(message, result, self.hop, time.time())
 
     def _outcome(self, m: Claimed, result: AttemptResult, hop: NextHop | None, now: float) -> Outcome:
-        """Turn one attempt into the message's new state: sent, deferred (with its
-        next attempt) or failed (with a bounce for the failed recipients)."""
-        recipients = list(result.recipients)
-        reason, reply = result.reason, result.reply
-        deferred = [r for r in recipients if r.state == "deferred"]
-        state = "sent"
-        next_attempt_at = None
-        if deferred:
-            decision = decide_retry(
-                attempts=m.attempts, created_at=m.created_at, now=now, base=self.retry_base,
-                maximum=self.retry_max, lifetime=self.queue_lifetime, rng=self._rng,
-            )
-            if decision.final:
-                lifetime_reply = f"queue lifetime exceeded after {m.attempts} attempt(s); last reply: {reply}"
-                recipients = [
-                    RecipientResult(r.address, "failed", f"{r.reply} (queue lifetime exceeded)") if r.state == "deferred" else r
-                    for r in recipients
-                ]
-                reason, reply = Reason.FAILED_LIFETIME, lifetime_reply
-            else:
-                state, next_attempt_at = "deferred", decision.next_attempt_at
-        failed = [r for r in recipients if r.state == "failed"]
-        sent = [r for r in recipients if r.state == "sent"]
-        if state != "deferred":
-            if failed and not sent and not m.delivered_before:
-                state = "failed"
-                reason = reason if reason in (Reason.FAILED_LIFETIME, Reason.FAILED_NO_SMTPUTF8) else Reason.FAILED_5XX
-            else:
-                state, reason = "sent", Reason.DELIVERED
-        bounce = self._report(m, failed, [r for r in sent if r.address in result.relayed], hop, now)
-        if state == "sent":
+        """Turn one attempt into the message's new state (:func:`settle`), with a
+        bounce for the failed recipients, and count it."""
+        retry = RetryPolicy(self.retry_base, self.retry_max, self.queue_lifetime)
+        settled = settle(m, result, now=now, retry=retry, rng=self._rng)
+        relayed = [r for r in settled.sent if r.address in result.relayed]
+        bounce = self._report(m, settled.failed, relayed, hop, now)
+        if settled.state == "sent":
             self.counters.delivered += 1
-        elif state == "deferred":
+        elif settled.state == "deferred":
             self.counters.deferred += 1
         else:
             self.counters.failed += 1
-        target = hop.address if hop else "-"
-        if state == "sent":
-            detail = f"{reply} (to {target}, {len(sent)} recipient(s)"
-            detail += f", {len(failed)} failed)" if failed else ")"
-        elif state == "deferred":
-            wait = (next_attempt_at or now) - now
-            detail = f"{reply} (to {target}; next attempt in {wait:.0f} s, attempt {m.attempts})"
-        else:
-            detail = f"{reply} (to {target}, attempt {m.attempts})"
-        return Outcome(m, state, reason, reply, recipients, next_attempt_at, bounce, detail)
+        detail = outcome_detail(m, settled, hop.address if hop else "-", now)
+        return Outcome(
+            m, settled.state, settled.reason, settled.reply, settled.recipients, settled.next_attempt_at, bounce, detail,
+        )
 
     def _report(
         self, m: Claimed, failed: list[RecipientResult], relayed: list[RecipientResult], hop: NextHop | None, now: float
@@ -1071,7 +598,7 @@ class DeliveryEngine:
         NOTIFY asks for (all, without NOTIFY), "relayed" reports for NOTIFY=SUCCESS
         recipients handed to a hop without DSN; nothing at all for a null sender."""
         def dsn(address: str) -> RecipientDsn:
-            return m.recipient_dsn.get(address) or _NO_DSN
+            return m.recipient_dsn.get(address) or NO_DSN
 
         reported = [
             FailedRecipient(r.address, r.reply, orcpt=dsn(r.address).orcpt)
