@@ -77,7 +77,8 @@ def build_template(*, subject: str | None, mail_from: str, body: str | None = No
     parsed = BytesParser(policy=SMTP_POLICY).parsebytes(eml)
     if not parsed.keys():
         raise CampaignInputError("the --eml file has no headers — is it a message file (.eml)?")
-    for name in ("To", "Cc", "Bcc", "Message-ID", "Return-Path", "Delivered-To"):
+    # List-Unsubscribe is made per member from the list's settings (relay.unsubscribe).
+    for name in ("To", "Cc", "Bcc", "Message-ID", "Return-Path", "Delivered-To", "List-Unsubscribe", "List-Unsubscribe-Post"):
         del parsed[name]
     if subject is not None:
         del parsed["Subject"]

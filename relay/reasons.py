@@ -98,6 +98,14 @@ class Reason(enum.StrEnum):
     CAMPAIGN_PAUSED = "campaign-paused"
     CAMPAIGN_CANCELLED = "campaign-cancelled"
     CAMPAIGN_DONE = "campaign-done"
+    # Bulk-sender rules: unsubscribes and the suppression list
+    MEMBER_UNSUBSCRIBED = "member-unsubscribed"  # a List-Unsubscribe token was used (CLI, one-click POST)
+    CAMPAIGN_SKIPPED_UNSUBSCRIBED = "campaign-skipped-unsubscribed"  # no message made for that member
+    CAMPAIGN_SKIPPED_SUPPRESSED = "campaign-skipped-suppressed"
+    UNSUBSCRIBE_BAD_TOKEN = "unsubscribe-bad-token"  # refused (CLI error, HTTP 400); no event is written
+    SUPPRESSION_ADDED = "suppression-added"
+    SUPPRESSION_REMOVED = "suppression-removed"
+    RECIPIENT_SUPPRESSED = "recipient-suppressed"  # the next hop answered 5.1.x: campaigns skip it from now on
     # Operators
     MESSAGE_HELD = "message-held"
     MESSAGE_RELEASED = "message-released"

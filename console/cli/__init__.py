@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "senders": ("console.cli.senders:senders", "Sender identities and their verification."),
     "campaigns": ("console.cli.campaigns:campaigns", "Campaigns sent to every member of a list."),
     "queue": ("console.cli.queue:queue", "The sending queue: inspect, hold, retry; pause, rate, next hop."),
+    "unsubscribe": ("console.cli.bulk:unsubscribe", "Unsubscribe a list member with the token of a List-Unsubscribe header."),
+    "suppressions": ("console.cli.bulk:suppressions", "The suppression list: addresses campaigns never send to."),
     "tls": ("console.cli.relay_cmd:tls", "The relay's TLS certificate."),
     "store": ("console.cli.store_cmd:store", "The store file: backup, integrity check, recount."),
     "send": ("console.cli.send:send", "Send one message, swaks-style, and show the dialogue."),

@@ -26,6 +26,7 @@ def campaign_json(c: Any) -> dict[str, Any]:
         "scheduled_at": c.scheduled_at,
         "total": c.total,
         "expanded": c.expanded,
+        "skipped": c.skipped,
         "sent": c.sent,
         "failed": c.failed,
         "pending": c.pending,
@@ -62,8 +63,19 @@ def add(list_name: str, subject: str | None, body: str | None, eml: Path | None,
         priority=priority,
     )
     when = draft.scheduled_at
+    from relay.admin.unsubscribe import unsubscribe_settings
+
     with common.open_db(db_path) as db:
         info = create_draft(db, list_name, draft)
+        _target, unsubscribe = unsubscribe_settings(db, info.list_name)
+    if not unsubscribe.configured:
+        click.echo(
+            f"smtpplus: warning: list {info.list_name!r} has no List-Unsubscribe target, so its messages carry none "
+            f"(large mailbox providers refuse or file such bulk mail) — set one before it starts: "
+            f"smtpplus lists unsubscribe {common.shell_word(info.list_name)} --url-template 'https://…/{{token}}' "
+            "and/or --mailto ADDRESS",
+            err=True,
+        )
     if as_json:
         common.print_json(campaign_json(info))
         return

@@ -218,3 +218,10 @@ def confirm_or_require_yes(action: str, yes: bool) -> None:
         raise CliError(f"not going to {action} without confirmation — pass --yes (stdin is not a terminal)")
     if not click.confirm(f"{action[:1].upper()}{action[1:]}?", default=False):
         raise CliError("cancelled — nothing was changed")
+
+
+def shell_word(text: str) -> str:
+    """``text`` quoted for a command line an operator can paste."""
+    import shlex
+
+    return shlex.quote(text)

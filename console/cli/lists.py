@@ -14,6 +14,7 @@ lists = LazyGroup(
     name="lists",
     commands_spec={
         "stats": ("console.cli.list_stats:stats", "Accepted, refused, delivered, deferred, failed — today and total."),
+        "unsubscribe": ("console.cli.bulk:lists_unsubscribe", "Show or set the List-Unsubscribe targets of the list's campaigns."),
     },
     help="Lists: client settings, members, statistics.",
 )

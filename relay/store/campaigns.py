@@ -27,16 +27,19 @@ from relay.priority import header_priority
 from relay.reasons import EventKind, Reason
 from relay.store.directory import ListInfo
 from relay.store.errors import InvalidInput, NotFound
-from relay.store.events import NewEvent, record_event
+from relay.store.events import NewEvent, record_event, record_events
 from relay.store.intake import NewMessage, insert_messages, new_queue_id
 from relay.store.settings import Keys, get_setting
 from relay.store.sqlite.db import Connection, Row, transaction
+from relay.store.subscriptions import batch_subscriptions, list_settings, token_secret
+from relay.store.suppressions import canonical, suppressed_among
+from relay.unsubscribe import header_lines, make_token
 
 EXPAND_BATCH = 500
 
 _COLUMNS = (
     "c.id, c.list_id, c.list_name, c.subject, c.mail_from, c.priority, c.state, c.paused_reason, "
-    "c.scheduled_at, c.expanded, c.expand_done, c.total, c.created_at, c.finished_at"
+    "c.scheduled_at, c.expanded, c.expand_done, c.total, c.created_at, c.finished_at, c.skipped"
 )
 
 
@@ -60,6 +63,7 @@ class CampaignInfo:
     failed: int = 0
     pending: int = 0  # queued, sending, deferred or held
     delivery_paused: bool = False  # all delivery is paused (``smtpplus queue pause``)
+    skipped: int = 0  # members given no message: unsubscribed or suppressed
 
     @property
     def display_state(self) -> str:
@@ -83,7 +87,7 @@ def _info(db: Connection, row: Row, delivery_paused: bool | None = None) -> Camp
     return CampaignInfo(
         row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9], bool(row[10]), row[11],
         row[12], row[13], counts.get("sent", 0), counts.get("failed", 0), pending,
-        _delivery_paused(db) if delivery_paused is None else delivery_paused,
+        _delivery_paused(db) if delivery_paused is None else delivery_paused, row[14],
     )
 
 
@@ -167,7 +171,7 @@ def resume_campaign(db: Connection, campaign_id: int, *, now: float | None = Non
             raise InvalidInput(f"campaign {info.id} is {info.display_state}, not paused")
         if info.paused_reason != "operator":
             return info  # preempted: it resumes by itself
-        started = info.expanded > 0 or info.scheduled_at <= stamp
+        started = info.expanded + info.skipped > 0 or info.scheduled_at <= stamp
         db.execute(
             "UPDATE campaigns SET state = ?, paused_reason = NULL WHERE id = ?",
             ("sending" if started else "scheduled", info.id),
@@ -240,12 +244,13 @@ def expandable_campaigns(db: Connection) -> list[int]:
     return [r[0] for r in rows]
 
 
-def personalize(template: bytes, address: str, name: str, queue_id: str, server_name: str) -> bytes:
-    """The template with this member's ``To:`` and a unique ``Message-ID:`` prepended."""
+def personalize(template: bytes, address: str, name: str, queue_id: str, server_name: str, extra: bytes = b"") -> bytes:
+    """The template with this member's ``To:``, a unique ``Message-ID:`` and ``extra``
+    header lines (List-Unsubscribe) prepended."""
     to = email.utils.formataddr((name, address)) if name else address
     if any(ord(c) > 127 for c in to) or "\r" in to or "\n" in to:
         to = address  # a display name that would need encoding is left out rather than mangled
-    return f"To: {to}\r\nMessage-ID: <{queue_id}@{server_name}>\r\n".encode() + template
+    return f"To: {to}\r\nMessage-ID: <{queue_id}@{server_name}>\r\n".encode() + extra + template
 
 
 def header_priority_of(data: bytes) -> int:
@@ -294,14 +299,41 @@ def expand_batch(
         template = bytes(row["body"])
         header_priority = header_priority_of(template)
         held = row["state"] == "paused" and row["paused_reason"] == "operator"
+        # Unsubscribes and suppressions are read here, when the member's message is made:
+        # one that came after the campaign was created still counts.
+        addresses = [address for address, _ in members]
+        subscriptions = batch_subscriptions(db, row["list_id"], addresses)
+        suppressed = suppressed_among(db, addresses)
+        unsubscribe = list_settings(db, row["list_id"])
+        secret = token_secret(db) if unsubscribe.configured else b""
         messages = []
+        skips: list[NewEvent] = []
         for address, name in members:
+            subscription_id, unsubscribed = subscriptions[address]
+            skip = (
+                Reason.CAMPAIGN_SKIPPED_UNSUBSCRIBED if unsubscribed
+                else Reason.CAMPAIGN_SKIPPED_SUPPRESSED if canonical(address) in suppressed
+                else None
+            )
+            if skip is not None:
+                why = "unsubscribed" if unsubscribed else "suppressed"
+                skips.append(
+                    NewEvent(
+                        EventKind.CAMPAIGN, skip, list_id=row["list_id"], at=stamp,
+                        detail=f"campaign {campaign_id}: no message to {address} ({why})",
+                    )
+                )
+                continue
+            extra = b""
+            if unsubscribe.configured:
+                token = make_token(secret, subscription_id, row["list_id"], address)
+                extra = header_lines(unsubscribe, token)
             queue_id = new_queue_id()
             messages.append(
                 NewMessage(
                     mail_from=row["mail_from"],
                     recipients=[address],
-                    data=personalize(template, address, name, queue_id, server_name),
+                    data=personalize(template, address, name, queue_id, server_name, extra),
                     origin="campaign",
                     header_priority=header_priority,
                     user_priority=row["priority"],
@@ -315,11 +347,15 @@ def expand_batch(
                     state="held" if held else "queued",
                 )
             )
-        insert_messages(db, messages, now=stamp)
+        if skips:
+            record_events(db, skips)
+        if messages:
+            insert_messages(db, messages, now=stamp)
         db.execute(
-            "UPDATE campaigns SET expand_cursor = ?, expanded = expanded + ? WHERE id = ?",
-            (members[-1][0], len(members), campaign_id),
+            "UPDATE campaigns SET expand_cursor = ?, expanded = expanded + ?, skipped = skipped + ? WHERE id = ?",
+            (members[-1][0], len(messages), len(skips), campaign_id),
         )
+    # Members handled (messages made or skipped): 0 only once the list is exhausted.
     return len(members)
 
 

@@ -32,6 +32,7 @@ from relay.store.intake import NewMessage, RecipientDsn, insert_messages
 from relay.store.lease import relay_status
 from relay.store.settings import Keys, get_settings, set_setting
 from relay.store.sqlite.db import Connection, Row, data_version, transaction
+from relay.store.suppressions import suppress_hard_bounces
 
 ACTIVE_STATES = ("queued", "sending", "deferred", "held")
 FINISHED_STATES = ("sent", "failed")
@@ -520,6 +521,11 @@ def _settle(db: Connection, owner: str, outcomes: Sequence[Outcome], now: float)
                 "UPDATE recipients SET state = ?, last_reply = ? WHERE message_id = ? AND address = ?",
                 [(r.state, r.reply[:1000], m.id, r.address) for r in o.recipients],
             )
+        failed = [(r.address, r.reply) for r in o.recipients if r.state == "failed"]
+        suppressed: list[NewEvent] = []
+        if failed and (owned or o.state == "sent"):
+            # A 5.1.x refusal: the address does not exist; campaigns skip it from now on.
+            suppressed = suppress_hard_bounces(db, failed, list_id=m.list_id, queue_id=m.queue_id, message_id=m.id, now=now)
         detail = o.detail or reply
         if not owned and o.state != "sent":
             detail += " (lease lost: another attempt owns the message now)"
@@ -529,6 +535,7 @@ def _settle(db: Connection, owner: str, outcomes: Sequence[Outcome], now: float)
                 message_id=m.id, queue_id=m.queue_id, at=now, detail=detail[:2000],
             )
         )
+        events += suppressed
         if o.bounce is not None and owned and m.mail_from:
             # The notice belongs to the user whose message failed: filtering events by
             # that user finds the notice's own delivery attempts too.

@@ -278,7 +278,32 @@ BEGIN
 END;
 """
 
-MIGRATIONS: list[str] = [V1_DIRECTORY, V2_QUEUE, V3_ENVELOPE_PARAMETERS, V4_COUNTS]
+# Bulk-sender rules (RFC 8058 one-click unsubscribe, a suppression list). Per list: the
+# List-Unsubscribe https URL template (with ``{token}``) and mailto address. A
+# subscription row exists for every member a campaign message was made for (its id is
+# in the unsubscribe token, so the token carries no address) or who unsubscribed.
+# Suppressed addresses are canonical (relay.policy.check_address); campaigns skip them.
+V5_BULK_SENDER = """
+ALTER TABLE lists ADD COLUMN unsubscribe_url TEXT;
+ALTER TABLE lists ADD COLUMN unsubscribe_mailto TEXT;
+ALTER TABLE campaigns ADD COLUMN skipped INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE subscriptions (
+    id              INTEGER PRIMARY KEY,
+    list_id         INTEGER NOT NULL REFERENCES lists(id) ON DELETE CASCADE,
+    address         TEXT NOT NULL,
+    unsubscribed_at REAL,
+    UNIQUE (list_id, address)
+);
+CREATE INDEX subscriptions_unsubscribed ON subscriptions(list_id) WHERE unsubscribed_at IS NOT NULL;
+CREATE TABLE suppressions (
+    address    TEXT PRIMARY KEY,
+    reason     TEXT NOT NULL,
+    detail     TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL
+);
+"""
+
+MIGRATIONS: list[str] = [V1_DIRECTORY, V2_QUEUE, V3_ENVELOPE_PARAMETERS, V4_COUNTS, V5_BULK_SENDER]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
