@@ -151,6 +151,9 @@ class RelayConfig:
     # /healthz says "delivery stuck" (503) when delivery is not paused, a message has been
     # ready to send for this long and no delivery attempt finished in that time; 0 = off.
     stuck_after: float = 600.0
+    # The metrics listener also answers the RFC 8058 one-click unsubscribe POST
+    # (/unsubscribe/TOKEN, tokens from List-Unsubscribe headers); put it behind HTTPS.
+    unsubscribe_endpoint: bool = False
     # -- Seeds for runtime controls (written to the store only when unset) -------
     next_hop: str | None = None  # "host:port"
     rate: float | None = None  # messages per second, 0 = unlimited

@@ -6,7 +6,12 @@
 - ``GET /healthz``: ``200 ok`` when this relay holds its lease, its last heartbeat was
   written recently, the store answers a read and delivery is not stuck (stuck: not
   paused, a message ready to send for ``stuck_after`` seconds and no delivery attempt
-  finished in that time); ``503`` and the reason otherwise.
+  finished in that time); ``503`` and the reason otherwise;
+- with ``unsubscribe_endpoint`` on, ``POST /unsubscribe/TOKEN``: the RFC 8058 one-click
+  unsubscribe (:func:`relay.admin.unsubscribe.unsubscribe`, as ``smtpplus unsubscribe``):
+  ``200`` done, ``400`` a bad token. A ``GET`` never unsubscribes (mail scanners fetch
+  links): it answers a small page whose button sends the POST. Operators put it behind
+  their HTTPS reverse proxy (docs/production.md).
 
 The server is a small asyncio HTTP/1.1 server in the relay's own event loop rather than
 prometheus-client's threaded one: the health check and the queue gauges read the relay's
@@ -67,6 +72,15 @@ OUTCOMES = frozenset({"sent", "deferred", "failed"})
 QUEUE_STATES = ("queued", "deferred", "sending", "held")
 STORE_TIMEOUT = 5.0  # a health check or scrape waits this long for the store
 REQUEST_LIMIT = 8192  # bytes of request line and headers
+BODY_LIMIT = 4096  # a one-click POST's body ("List-Unsubscribe=One-Click"), read and ignored
+UNSUBSCRIBE_PREFIX = "/unsubscribe/"
+# What a person who opens the https link in a browser sees: the button sends the one-click
+# POST to the same address (no action attribute: the page's own URL, whatever the proxy's path).
+UNSUBSCRIBE_PAGE = (
+    b"<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>Unsubscribe</title></head><body>\n"
+    b"<form method=\"post\"><input type=\"hidden\" name=\"List-Unsubscribe\" value=\"One-Click\">\n"
+    b"<p>Stop receiving this list's mail?</p><button type=\"submit\">Unsubscribe</button></form>\n</body></html>\n"
+)
 REQUEST_TIMEOUT = 10.0
 # Seconds from accept to delivered: a local next hop answers in milliseconds, a queue
 # that waited for a retry in minutes or hours.
@@ -301,6 +315,8 @@ class MetricsServer:
     async def _respond(self, method: str, path: str) -> tuple[str, str, bytes]:
         text = "text/plain; charset=utf-8"
         route = path.split("?", 1)[0]
+        if route.startswith(UNSUBSCRIBE_PREFIX) and getattr(self.service.config, "unsubscribe_endpoint", False):
+            return await self._unsubscribe(method, route.removeprefix(UNSUBSCRIBE_PREFIX))
         if route not in ("/metrics", "/healthz"):
             return "404 Not Found", text, b"not found: try /metrics or /healthz\n"
         if method not in ("GET", "HEAD"):
@@ -319,16 +335,49 @@ class MetricsServer:
         return "200 OK", CONTENT_TYPE_LATEST, self.metrics.exposition()
 
 
+    async def _unsubscribe(self, method: str, token: str) -> tuple[str, str, bytes]:
+        """The one-click POST; a GET (a person's browser, or a scanner) gets the page."""
+        from relay.admin.unsubscribe import unsubscribe
+        from relay.store import InvalidInput
+
+        text = "text/plain; charset=utf-8"
+        if method in ("GET", "HEAD"):
+            return "200 OK", "text/html; charset=utf-8", UNSUBSCRIBE_PAGE
+        if method != "POST":
+            return "405 Method Not Allowed", text, b"use POST (RFC 8058 one-click unsubscribe)\n"
+        assert self._store is not None
+        try:
+            result = await asyncio.wait_for(self._store.run(unsubscribe, token, via="one-click POST"), STORE_TIMEOUT)
+        except InvalidInput:
+            return "400 Bad Request", text, f"{Reason.UNSUBSCRIBE_BAD_TOKEN}: not a valid unsubscribe link\n".encode()
+        except Exception as exc:  # the store is busy or gone: the sender may retry
+            log.warning("unsubscribe: %s", exc)
+            return "503 Service Unavailable", text, b"try again later\n"
+        return "200 OK", text, (b"already unsubscribed\n" if result.already else b"unsubscribed\n")
+
+
 async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str]:
     line = (await reader.readuntil(b"\r\n")).decode("latin-1").split()
     if len(line) != 3 or not line[2].startswith("HTTP/"):
         raise ValueError("not an HTTP request line")
     seen = 0
-    while True:  # the headers: read and ignored (no body is accepted)
+    length = 0
+    while True:  # the headers: read and ignored, but for the body's length
         header = await reader.readuntil(b"\r\n")
         seen += len(header)
         if header == b"\r\n":
             break
         if seen > REQUEST_LIMIT:
             raise ValueError("headers too long")
+        name, _, value = header.decode("latin-1").partition(":")
+        if name.strip().lower() == "content-length":
+            length = int(value.strip()) if value.strip().isdigit() else BODY_LIMIT + 1
+        elif name.strip().lower() == "transfer-encoding":
+            raise ValueError("chunked bodies are not accepted")
+    if length > BODY_LIMIT:
+        raise ValueError("body too long")
+    if length:
+        # Read (and drop) a one-click POST's small body: closing with unread data would
+        # reset the connection before the client reads the answer.
+        await reader.readexactly(length)
     return line[0], line[1]

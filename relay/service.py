@@ -111,6 +111,7 @@ LIVE = frozenset({
     "auth_failures_per_user", "auth_failure_window", "auth_free_failures", "auth_failure_delay",
     "auth_failure_delay_max", "shutdown_grace", "retry_base", "retry_max", "queue_lifetime", "message_lease",
     "connect_timeout", "command_timeout", "retention_days", "recipients_per_transaction", "stuck_after",
+    "unsubscribe_endpoint",
     "log_format", "log_file",  # applied by the embedder (the relay command reconfigures its logging)
 })
 # Read once when a session starts (aiosmtpd keeps them): open sessions keep the old value.
