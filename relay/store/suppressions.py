@@ -22,7 +22,7 @@ from relay.store.subscriptions import remove_unsent_campaign_mail
 
 # A 5xx reply with enhanced code 5.1.x (RFC 3463 "addressing status"), except 5.1.7 and
 # 5.1.8: those are about the sender's address, not the recipient's.
-_HARD_BOUNCE = re.compile(r"^5\d\d[ -]5\.1\.(\d{1,3})(?!\d)")
+_HARD_BOUNCE = re.compile(r"^5\d\d[ -]5\.1\.(\d{1,3})(?![\d\w.])")
 _SENDER_CODES = frozenset({7, 8})
 
 
