@@ -1,6 +1,6 @@
-"""Lists: users, members, mail still queued, delivered and refused today; the client
-settings a user types into a mail client (and a ready-to-paste block); add, edit,
-delete, member import from CSV."""
+"""Lists: users, members (and how many unsubscribed or are suppressed), mail still
+queued, delivered and refused today; the client settings a user types into a mail
+client (and a ready-to-paste block); add, edit, delete, member import from CSV."""
 
 from __future__ import annotations
 
@@ -24,8 +24,9 @@ from console.widgets.keyed_table import KeyedTable
 from relay.store import Connection, views
 
 COLUMNS = [
-    ("name", "List", 16), ("users", "Users", 5), ("members", "Members", 7), ("queued", "Queued", 7),
-    ("delivered", "Sent today", 10), ("refused", "Refused", 7), ("description", "Description", None),
+    ("name", "List", 16), ("users", "Users", 5), ("members", "Members", 7), ("unsubscribed", "Unsub.", 6),
+    ("suppressed", "Suppr.", 6), ("queued", "Queued", 7), ("delivered", "Sent today", 10), ("refused", "Refused", 7),
+    ("description", "Description", None),
 ]
 
 
@@ -115,7 +116,8 @@ class ListsScreen(LiveScreen):
             (
                 str(row.id),
                 [
-                    fmt.shorten(row.name, 16), str(row.users), fmt.count(row.members), fmt.count(row.queued),
+                    fmt.shorten(row.name, 16), str(row.users), fmt.count(row.members), fmt.count(row.unsubscribed),
+                    fmt.count(row.suppressed), fmt.count(row.queued),
                     fmt.count(row.delivered_today), fmt.count(row.refused_today), fmt.shorten(row.description, 30),
                 ],
             )

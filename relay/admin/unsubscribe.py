@@ -9,11 +9,16 @@ from dataclasses import dataclass
 
 from relay import policy
 from relay.reasons import Reason
-from relay.store import Connection, InvalidInput, NotFound
+from relay.store import Connection, InvalidInput, NotFound, suppressions
 from relay.store import subscriptions as store
-from relay.store import suppressions
 from relay.store.directory import ListInfo, get_list
-from relay.unsubscribe import BadToken, UnsubscribeSettings, check_url_template, parse_token, token_matches
+from relay.unsubscribe import (
+    BadToken,
+    UnsubscribeSettings,
+    check_url_template,
+    parse_token,
+    token_matches,
+)
 
 
 def unsubscribe_settings(db: Connection, list_name: str) -> tuple[ListInfo, UnsubscribeSettings]:

@@ -64,11 +64,13 @@ def suppressed_among(db: Connection, addresses: Sequence[str]) -> set[str]:
 
 
 def suppressed_per_list(db: Connection) -> dict[int, int]:
-    """list id -> members whose address is suppressed."""
+    """list id -> members whose address is suppressed. Lists × suppressions, each a
+    primary-key probe of ``list_members``: never a walk over a large list's members."""
     rows = db.execute(
-        "SELECT m.list_id, count(*) FROM list_members m JOIN suppressions s ON s.address = m.address GROUP BY m.list_id"
+        "SELECT l.id, (SELECT count(*) FROM suppressions s WHERE EXISTS "
+        "(SELECT 1 FROM list_members m WHERE m.list_id = l.id AND m.address = s.address)) FROM lists l"
     ).fetchall()
-    return {int(r[0]): int(r[1]) for r in rows}
+    return {int(r[0]): int(r[1]) for r in rows if r[1]}
 
 
 def _insert(db: Connection, address: str, reason: Reason, detail: str, now: float) -> bool:

@@ -24,6 +24,8 @@ from relay.store.queue import (  # noqa: F401 - HEADER_BYTES: the console reads 
 )
 from relay.store.settings import Keys, get_setting
 from relay.store.sqlite.db import Connection
+from relay.store.subscriptions import unsubscribed_counts
+from relay.store.suppressions import suppressed_per_list
 
 # ---------------------------------------------------------------------------
 # The queue: lanes per priority, delivery rate, pages in dispatch order
@@ -177,6 +179,8 @@ class ListRow:
     queued: int  # still to deliver: queued, deferred, in flight or held
     delivered_today: int
     refused_today: int
+    unsubscribed: int = 0  # members who used their List-Unsubscribe token
+    suppressed: int = 0  # members on the suppression list
 
 
 def list_rows(db: Connection, *, since: float) -> list[ListRow]:
@@ -202,6 +206,8 @@ def list_rows(db: Connection, *, since: float) -> list[ListRow]:
             (since,),
         ).fetchall()
     )
+    unsubscribed = unsubscribed_counts(db)
+    suppressed = suppressed_per_list(db)
     out = []
     for list_id, name, description, users, members in db.execute(
         "SELECT l.id, l.name, l.description, "
@@ -219,6 +225,8 @@ def list_rows(db: Connection, *, since: float) -> list[ListRow]:
                 queued=queued.get(list_id, 0),
                 delivered_today=delivered.get(list_id, 0),
                 refused_today=refused.get(list_id, 0),
+                unsubscribed=unsubscribed.get(list_id, 0),
+                suppressed=suppressed.get(list_id, 0),
             )
         )
     return out

@@ -168,6 +168,31 @@ async def test_lists_show_numbers_and_client_settings(seeded_store: Path, make_a
         assert type(app.screen).__name__ == "ListsScreen"
 
 
+async def test_lists_show_unsubscribed_and_suppressed_members(seeded_store: Path, make_app) -> None:
+    from relay.admin.unsubscribe import add_suppression
+    from relay.store import subscriptions, transaction
+
+    db = open_store(seeded_store)
+    try:
+        newsletter = directory.get_list(db, "Newsletter")
+        first, second = (address for address, _ in directory.list_members(db, "Newsletter", limit=2))
+        with transaction(db):
+            ids = subscriptions.batch_subscriptions(db, newsletter.id, [first])
+        subscriptions.mark_unsubscribed(db, subscriptions.get_subscription(db, ids[first][0]), via="test")
+        add_suppression(db, second)
+        add_suppression(db, "nobody-on-a-list@example.org")
+    finally:
+        db.close()
+    app = make_app(seeded_store)
+    async with app.run_test(size=(120, 30)) as pilot:
+        await open_screen(pilot, "2", "ListsScreen")
+        rows = {row.name: row for row in app.screen.data.rows}
+        assert (rows["Newsletter"].unsubscribed, rows["Newsletter"].suppressed) == (1, 1)
+        assert (rows["Shop"].unsubscribed, rows["Shop"].suppressed) == (0, 0)
+        text = screen_text(app)
+        assert "Unsub." in text and "Suppr." in text
+
+
 async def test_add_edit_import_and_delete_a_list(seeded_store: Path, make_app, tmp_path: Path) -> None:
     members = tmp_path / "members.csv"
     members.write_text("address,name\nann@example.org,Ann\nben@example.org,Ben\n", encoding="utf-8")

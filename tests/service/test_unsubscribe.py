@@ -14,11 +14,11 @@ from email.parser import BytesParser
 from email.policy import SMTP as SMTP_POLICY
 from pathlib import Path
 
-from harness.sink import Chaos, CaptureSink, SinkRecord
-from tests.conftest import Cli
-from tests.delivery.conftest import eventually
+from harness.sink import CaptureSink, Chaos, SinkRecord
 from relay.store.campaigns import get_campaign
 from relay.store.suppressions import list_suppressions
+from tests.conftest import Cli
+from tests.delivery.conftest import eventually
 from tests.relay.support import Seeded, events, rows
 from tests.relay.test_cli import RelayProcess
 from tests.service.support import relay_toml
