@@ -202,7 +202,7 @@ class DnsServer:
             if cname is None or rdtype == dns.rdatatype.CNAME:
                 break
             response.answer.append(cname)
-            name = cname[0].target  # type: ignore[attr-defined]
+            name = cname[0].target
             next_zone = self._zone_of(name)
             if next_zone is None:
                 return  # the chain leaves our zones: the resolver follows it elsewhere
@@ -321,7 +321,7 @@ def _rdata(rdtype: dns.rdatatype.RdataType, value: str) -> dns.rdata.Rdata:
         data = value.encode()
         chunks = [data[i : i + 255] for i in range(0, len(data), 255)] or [b""]
         return TXT(dns.rdataclass.IN, dns.rdatatype.TXT, chunks)
-    return dns.rdata.from_text(dns.rdataclass.IN, rdtype, value, origin=dns.name.root)
+    return dns.rdata.from_text(dns.rdataclass.IN, rdtype, value, origin=dns.name.root, relativize=False)
 
 
 def _text(rdata: dns.rdata.Rdata) -> str:
