@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import random
+import re
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -59,6 +60,7 @@ TEMPORARY_TTL = 30  # a timeout or SERVFAIL is asked again after this long
 CACHE_ENTRIES = 10_000
 
 Clock = Callable[[], float]
+_LDH = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?")  # RFC 5321 §4.1.2 sub-domain
 
 
 # ---------------------------------------------------------------------------
@@ -137,10 +139,13 @@ def lookup_name(domain: str) -> str:
         except (idna.IDNAError, UnicodeError) as exc:
             raise failure_for(domain, Trouble.BAD_NAME, f"not a valid internationalized domain name ({exc})") from None
     try:
-        dns.name.from_text(text)
+        dns.name.from_text(text)  # label and name lengths
     except dns.exception.DNSException as exc:
         raise failure_for(domain, Trouble.BAD_NAME, str(exc).rstrip(".")) from None
-    return text.lower()
+    text = text.lower()
+    if not all(_LDH.fullmatch(label) for label in text.split(".")):
+        raise failure_for(domain, Trouble.BAD_NAME, "a mail domain has letters, digits and hyphens only")
+    return text
 
 
 def is_null_mx(records: Iterable[tuple[int, str]]) -> bool:
