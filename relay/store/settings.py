@@ -70,3 +70,6 @@ class Keys:
     # "HOST[:PORT]" of the DNS resolver for every lookup (MX routing, check-dns,
     # domains check); None = $SMTPPLUS_DNS_RESOLVER, else the system's (relay.nameserver).
     DNS_RESOLVER = "dns.resolver"
+    # "IP[,IP]": the relay's address(es) as receivers see them; `domains check` looks for
+    # them in SPF records (a report only).
+    PUBLIC_ADDRESS = "delivery.public_address"
