@@ -74,6 +74,7 @@ class DnsServer:
         self.ttl = ttl
         self.negative_ttl = negative_ttl
         self.queries: list[Query] = []
+        self.errors: list[str] = []  # answers that failed to build (answered SERVFAIL)
         self.host = DEFAULT_HOST
         self.port = 0
         self._lock = threading.RLock()  # the table may change from another thread
@@ -118,6 +119,15 @@ class DnsServer:
         with self._lock:
             self._records.pop(owner, None)
             self._behaviours.pop(owner, None)
+
+    def mail_domain(self, domain: str, *addresses: str, preference: int = 10, ttl: int | None = None) -> str:
+        """Publish ``MX preference mx.DOMAIN`` and that host's A/AAAA ``addresses`` (say
+        127.0.0.2 for an MX host listening there); returns the host's name."""
+        host = f"mx.{_name(domain).to_text(omit_final_dot=True)}"
+        self.set(domain, "MX", f"{preference} {host}", ttl=ttl)
+        self.set(host, "A", *(a for a in addresses if ":" not in a), ttl=ttl)
+        self.set(host, "AAAA", *(a for a in addresses if ":" in a), ttl=ttl)
+        return host
 
     def null_mx(self, domain: str, ttl: int | None = None) -> None:
         """Publish RFC 7505's null MX (``MX 0 .``): the domain accepts no mail."""
@@ -173,7 +183,12 @@ class DnsServer:
             if behaviour in ("servfail", "refused"):
                 response.set_rcode(dns.rcode.SERVFAIL if behaviour == "servfail" else dns.rcode.REFUSED)
             else:
-                self._fill(response, question.name, question.rdtype)
+                try:
+                    self._fill(response, question.name, question.rdtype)
+                except Exception as exc:  # a table the server cannot render: say so, never hang
+                    self.errors.append(f"{question.name} {dns.rdatatype.to_text(question.rdtype)}: {exc!r}")
+                    response = dns.message.make_response(query)
+                    response.set_rcode(dns.rcode.SERVFAIL)
         wire_out = response.to_wire()
         if transport == "udp":
             limit = max(UDP_LIMIT, query.payload) if query.edns >= 0 else UDP_LIMIT

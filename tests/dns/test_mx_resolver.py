@@ -38,6 +38,12 @@ async def test_mx_hosts_in_preference_order_with_their_addresses(dns_server: Dns
     assert route.hosts[1].addresses == ("127.0.0.4",)
 
 
+async def test_a_mail_domain_in_one_call(dns_server: DnsServer) -> None:
+    host = dns_server.mail_domain("dest042.test", "127.0.0.42", "::1")
+    route = await resolver(dns_server).route("dest042.test")
+    assert route.hosts == (MxHost(host, 10, ("127.0.0.42", "::1")),) and host == "mx.dest042.test"
+
+
 async def test_no_mx_means_the_domains_own_addresses(dns_server: DnsServer) -> None:
     dns_server.set("plain.test", "A", "127.0.0.5")
     route = await resolver(dns_server).route("PLAIN.test.")
