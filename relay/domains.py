@@ -31,6 +31,7 @@ import dns.resolver
 from relay import policy
 from relay.display import clean
 from relay.nameserver import Resolver, ResolverError
+from relay.store import Connection
 
 SPF_LOOKUP_LIMIT = 10  # RFC 7208 §4.6.4
 MX_HOSTS_PER_LOOKUP = 10
@@ -288,7 +289,7 @@ class DomainContext:
     """What a check needs: the store, the domain (A-label form), DNS, the relay's
     public addresses (may be empty)."""
 
-    db: Any
+    db: Connection
     domain: str
     dns: Lookups
     public_addresses: tuple[str, ...]
@@ -388,7 +389,7 @@ def parse_public_addresses(text: str) -> tuple[str, ...]:
 
 
 def check_domain(
-    db: Any, domain: str, *, resolver: Resolver | None, public_addresses: Iterable[str] = (), timeout: float = 5.0
+    db: Connection, domain: str, *, resolver: Resolver | None, public_addresses: Iterable[str] = (), timeout: float = 5.0
 ) -> DomainReport:
     """The report for ``domain`` (any case, IDN or A-label). Blocking: DNS lookups."""
     name = policy.normalize_domain(domain)

@@ -57,7 +57,7 @@ def check(domain: str, resolver: str | None, public_address: str | None, timeout
 def settings(public_address: str | None, as_json: bool, db_path: Path | None) -> None:
     """Show or set the relay's public address(es) that `domains check` looks for in SPF."""
     from relay.domains import parse_public_addresses
-    from relay.store.db import transaction
+    from relay.store import transaction
     from relay.store.settings import Keys, delete_setting, get_setting, set_setting
 
     with common.open_db(db_path, create=public_address is not None) as db:
