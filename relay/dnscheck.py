@@ -3,15 +3,14 @@ configured resolver and say plainly what was found.
 
 The resolver is an address and port (``HOST[:PORT]``, IPv6 as ``[::1]:53``), queried
 over UDP with a TCP retry when the answer is truncated, or over TCP only. Which resolver
-is used: the caller's choice, else the store setting, else ``$SMTPPLUS_DNS_RESOLVER``,
-else the system's first configured nameserver.
+is used: the caller's choice, else the one relay.nameserver picks (the store setting
+``dns.resolver``, else ``$SMTPPLUS_DNS_RESOLVER``, else the system's first nameserver).
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
-import ipaddress
 import os
 import time
 from dataclasses import dataclass, field
@@ -24,12 +23,25 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 
-from relay.policy import PolicyError
+from relay.nameserver import (
+    RESOLVER_ENV,
+    Resolver,
+    ResolverError,
+    configured_resolver,
+    no_resolver_error,
+    parse_resolver,
+    system_resolver,
+)
 from relay.verification import TXT_PREFIX, txt_record, txt_token
 
-DEFAULT_PORT = 53
 DEFAULT_TIMEOUT = 5.0
-RESOLVER_ENV = "SMTPPLUS_DNS_RESOLVER"
+
+# The resolver's address and its choice live in relay.nameserver; these names stay
+# importable from here for the verification callers.
+__all__ = [
+    "RESOLVER_ENV", "DnsOutcome", "DnsResult", "Resolver", "ResolverError",
+    "check_dns", "check_dns_async", "choose_resolver", "parse_resolver", "system_resolver",
+]
 
 
 class DnsOutcome(enum.StrEnum):
@@ -39,20 +51,6 @@ class DnsOutcome(enum.StrEnum):
     WRONG_TOKEN = "wrong_token"
     TIMEOUT = "timeout"
     ERROR = "error"
-
-
-class ResolverError(PolicyError):
-    """A resolver address that cannot be used; the message says how to write one.
-    (A PolicyError, so CLI and console report it as one line of operator input.)"""
-
-
-@dataclass(frozen=True, slots=True)
-class Resolver:
-    host: str
-    port: int = DEFAULT_PORT
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,58 +71,15 @@ class DnsResult:
         return self.outcome is DnsOutcome.VERIFIED
 
 
-def parse_resolver(text: str) -> Resolver:
-    """``HOST[:PORT]`` → Resolver. HOST must be an IP address: looking a resolver's name
-    up would need a resolver, and would hide which server really answered."""
-    raw = text.strip()
-    if not raw:
-        raise ResolverError("resolver is empty — give it as HOST[:PORT], e.g. 127.0.0.1:53")
-    host, port_text = raw, ""
-    if raw.startswith("["):
-        host, sep, rest = raw[1:].partition("]")
-        if not sep or (rest and not rest.startswith(":")):
-            raise ResolverError(f"resolver {text!r}: write an IPv6 resolver as [ADDRESS]:PORT")
-        port_text = rest[1:]
-    elif raw.count(":") == 1:
-        host, _, port_text = raw.partition(":")
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        raise ResolverError(f"resolver {text!r}: HOST must be an IP address (e.g. 127.0.0.1:53 or [::1]:53)") from None
-    if not port_text:
-        return Resolver(host)
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ResolverError(f"resolver {text!r}: PORT must be a number from 1 to 65535")
-    return Resolver(host, int(port_text))
-
-
-def system_resolver() -> Resolver | None:
-    """The first nameserver in the system configuration (/etc/resolv.conf), if any."""
-    import dns.resolver
-
-    try:
-        servers = dns.resolver.Resolver(configure=True).nameservers
-    except (dns.resolver.NoResolverConfiguration, OSError):
-        return None
-    for server in servers:
-        try:
-            return parse_resolver(str(server))
-        except ResolverError:
-            continue
-    return None
-
-
 def choose_resolver(explicit: str | None = None, setting: str | None = None) -> Resolver:
     """The resolver to use: explicit, else the store setting, else the environment,
-    else the system's. Raises ResolverError when there is none."""
-    for candidate in (explicit, setting, os.environ.get(RESOLVER_ENV)):
-        if candidate:
-            return parse_resolver(candidate)
-    found = system_resolver()
+    else the system's (the same choice MX routing makes: relay.nameserver). Raises
+    ResolverError when there is none."""
+    if explicit:
+        return parse_resolver(explicit)
+    found = configured_resolver(setting, os.environ) or system_resolver()
     if found is None:
-        raise ResolverError(
-            f"no DNS resolver configured — pass --resolver HOST[:PORT] or set ${RESOLVER_ENV}"
-        )
+        raise no_resolver_error("pass --resolver HOST[:PORT], ")
     return found
 
 

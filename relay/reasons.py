@@ -90,6 +90,11 @@ class Reason(enum.StrEnum):
     RECIPIENTS_SPLIT = "recipients-split"  # more transactions: recipients_per_transaction or the hop's 452
     DSN_RELAYED = "dsn-relayed"  # NOTIFY=SUCCESS, next hop without DSN: a "relayed" report to the sender
     BOUNCE_SUPPRESSED = "bounce-suppressed"  # NOTIFY=NEVER (or no FAILURE), or a null reverse path
+    # MX routing (relay/mx.py)
+    FAILED_NULL_MX = "failed-null-mx"  # the domain publishes a null MX (RFC 7505): 5.1.10
+    FAILED_NO_DOMAIN = "failed-no-domain"  # NXDOMAIN, or not a name DNS can look up: 5.1.2
+    FAILED_NO_MAIL_HOST = "failed-no-mail-host"  # no MX and no A/AAAA (5.1.2), or no MX host has an address (5.4.4)
+    DEFERRED_DNS = "deferred-dns"  # DNS timeout, SERVFAIL, REFUSED: 4.4.3, retried
     # Campaigns
     CAMPAIGN_CREATED = "campaign-created"
     CAMPAIGN_STARTED = "campaign-started"
@@ -153,6 +158,7 @@ PROBLEMS: frozenset[Reason] = frozenset({
     Reason.STORE_UNAVAILABLE, Reason.STORE_FULL, Reason.INTERNAL_ERROR,
     Reason.DEFERRED_4XX, Reason.DEFERRED_CONNECT, Reason.DEFERRED_TIMEOUT, Reason.DEFERRED_TLS,
     Reason.DEFERRED_AUTH, Reason.FAILED_5XX, Reason.FAILED_LIFETIME, Reason.FAILED_NO_SMTPUTF8,
+    Reason.FAILED_NULL_MX, Reason.FAILED_NO_DOMAIN, Reason.FAILED_NO_MAIL_HOST, Reason.DEFERRED_DNS,
     Reason.NO_NEXT_HOP, Reason.NEXT_HOP_SELF, Reason.NEXT_HOP_DOWN,
     Reason.RELAY_TAKEOVER, Reason.PORT_NOT_SERVED, Reason.SERVER_NAME_UNDOTTED, Reason.TLS_RELOAD_FAILED,
     Reason.CONFIG_RELOAD_FAILED,

@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "send": ("console.cli.send:send", "Send one message, swaks-style, and show the dialogue."),
     "sink": ("console.cli.sink:sink", "Run a capture sink that accepts and records every message."),
     "harness": ("console.cli.harness_cmd:harness", "Scenario runs and benchmarks against a relay."),
+    "domains": ("console.cli.domains:domains", "Sender domains: verification, SPF, DMARC — ready to send?"),
 }
 
 

@@ -256,11 +256,12 @@ def check_dns(domain: str, resolver: str | None, timeout: float, tcp: bool, as_j
 
 @senders.command("settings")
 @click.option("--system-sender", default=None, metavar="ADDRESS", help="Sender of verification mail ('' to unset).")
-@click.option("--resolver", default=None, metavar="HOST[:PORT]", help="DNS resolver for check-dns ('' to unset).")
+@click.option("--resolver", default=None, metavar="HOST[:PORT]", help="DNS resolver for check-dns, domains check and MX routing ('' to unset).")
 @common.json_option
 @common.db_option
 def settings(system_sender: str | None, resolver: str | None, as_json: bool, db_path: Path | None) -> None:
-    """Show or set the verification settings: system sender and DNS resolver."""
+    """Show or set the verification settings: system sender and DNS resolver
+    (the resolver is also the one MX routing and `domains check` use)."""
     from relay import policy
     from relay.dnscheck import ResolverError, parse_resolver
     from relay.store import transaction

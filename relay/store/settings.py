@@ -67,4 +67,9 @@ class Keys:
     LEASE = "relay.lease"  # {"owner", "pid", "host", "heartbeat_at", "started_at", "listen_host"}
     # Sender verification.
     SYSTEM_SENDER = "verification.system_sender"  # envelope and From: of code mails
-    DNS_RESOLVER = "verification.dns_resolver"  # "HOST[:PORT]" for check-dns; None = env/system
+    # "HOST[:PORT]" of the DNS resolver for every lookup (MX routing, check-dns,
+    # domains check); None = $SMTPPLUS_DNS_RESOLVER, else the system's (relay.nameserver).
+    DNS_RESOLVER = "dns.resolver"
+    # "IP[,IP]": the relay's address(es) as receivers see them; `domains check` looks for
+    # them in SPF records (a report only).
+    PUBLIC_ADDRESS = "delivery.public_address"

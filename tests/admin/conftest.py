@@ -18,9 +18,9 @@ def listed(db: Any) -> Any:
 
 @pytest.fixture
 def table_dns() -> Iterator[Any]:
-    """The verification tests' table-driven DNS server on loopback (real UDP/TCP)."""
-    from tests.verification.conftest import TableDns
+    """The harness's table-driven DNS server on loopback (real UDP/TCP), in a thread."""
+    from harness.dns import DnsServer
 
-    server = TableDns({}).start()
+    server = DnsServer().start_thread()
     yield server
-    server.stop()
+    server.stop_thread()

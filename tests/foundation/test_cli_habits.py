@@ -38,7 +38,7 @@ READ_COMMANDS = [
     ("queue", "starvation"), ("queue", "next-hop"), ("campaigns", "ls"), ("users", "ls"), ("users", "show", "u"),
     ("lists", "ls"), ("lists", "show", "x"), ("lists", "stats", "x"), ("lists", "members", "ls", "x"),
     ("senders", "ls"), ("senders", "show", "a@example.com"), ("senders", "settings"), ("status",),
-    ("tls", "export"), ("store", "backup", "copy.db"),
+    ("tls", "export"), ("store", "backup", "copy.db"), ("domains", "settings"), ("domains", "check", "example.com"),
 ]
 
 

@@ -163,16 +163,17 @@ def test_check_dns_outcomes_and_resolver_sources(cli: Any, people: dict[str, Any
 
     # The resolver from the environment, then from the store setting (which wins over it).
     cli.env["SMTPPLUS_DNS_RESOLVER"] = table_dns.address
-    table_dns.set("example.org", "nxdomain")
+    table_dns.set("example.org", "txt")  # no records left: NXDOMAIN
     assert "NXDOMAIN" in _one_line_error(cli("senders", "check-dns", "example.org"))
     cli.env["SMTPPLUS_DNS_RESOLVER"] = "127.0.0.1:1"  # would fail if used
     cli("senders", "settings", "--resolver", table_dns.address, check=True)
 
-    table_dns.set("example.org", "silent")
+    table_dns.behave("example.org", "silent")
     timeout = _one_line_error(cli("senders", "check-dns", "example.org", "--timeout", "0.5"))
     assert "did not answer within 0.5 s" in timeout
 
-    table_dns.set("example.org", "txt")
+    table_dns.behave("example.org", None)
+    table_dns.set("example.org", "txt", "v=spf1 -all")
     assert "no smtpplus-verification=" in _one_line_error(cli("senders", "check-dns", "example.org", "--tcp"))
     assert cli.json("senders", "show", "example.org")["state"] == "pending"
 

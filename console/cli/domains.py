@@ -1,0 +1,75 @@
+"""``smtpplus domains``: what a sender domain has in place for mail from this relay —
+verification, SPF, DMARC (and DKIM) — as a report, never enforcement."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from console.cli import common
+
+domains = common.LazyGroup(
+    name="domains",
+    commands_spec={},
+    help="Sender domains: is each one ready to send through this relay?\n\n"
+    "`domains check DOMAIN` reports its verification state and the DNS records receivers "
+    "look at; it changes nothing.",
+)
+
+_MARK = {True: "ok", False: "FIX", None: "?"}
+
+
+@domains.command("check")
+@click.argument("domain")
+@click.option("--resolver", default=None, metavar="HOST[:PORT]",
+              help="DNS server to ask (default: the store setting dns.resolver, else $SMTPPLUS_DNS_RESOLVER, else the system's).")
+@click.option("--public-address", default=None, metavar="IP[,IP]",
+              help="The relay's public address(es) SPF must authorize (default: the store setting delivery.public_address).")
+@click.option("--timeout", type=click.FloatRange(min=0.1, max=60), default=5.0, show_default=True, help="Seconds per DNS lookup.")
+@common.json_option
+@common.db_option
+def check(domain: str, resolver: str | None, public_address: str | None, timeout: float, as_json: bool, db_path: Path | None) -> None:
+    """Report DOMAIN's verification, SPF, DMARC (and DKIM) state. Exit 0 whatever it finds."""
+    from relay.dnscheck import choose_resolver
+    from relay.domains import check_domain, parse_public_addresses
+    from relay.store.settings import Keys, get_setting
+
+    with common.open_db(db_path, create=False) as db:
+        server = choose_resolver(resolver, get_setting(db, Keys.DNS_RESOLVER))
+        addresses = parse_public_addresses(public_address or get_setting(db, Keys.PUBLIC_ADDRESS) or "")
+        report = check_domain(db, domain, resolver=server, public_addresses=addresses, timeout=timeout)
+    if as_json:
+        common.print_json(report.as_dict())
+        return
+    click.echo(f"{report.domain} (resolver {report.resolver})")
+    for finding in report.findings:
+        click.echo(f"  {finding.check:<13} {_MARK[finding.ok]:<4} {finding.status:<10} {finding.message}")
+        for record in finding.records:
+            click.echo(f"  {'':<13} {'':<4} {'':<10} {record}")
+
+
+@domains.command("settings")
+@click.option("--public-address", default=None, metavar="IP[,IP]",
+              help="The relay's public address(es), as receivers see them ('' to unset).")
+@common.json_option
+@common.db_option
+def settings(public_address: str | None, as_json: bool, db_path: Path | None) -> None:
+    """Show or set the relay's public address(es) that `domains check` looks for in SPF."""
+    from relay.domains import parse_public_addresses
+    from relay.store import transaction
+    from relay.store.settings import Keys, delete_setting, get_setting, set_setting
+
+    with common.open_db(db_path, create=public_address is not None) as db:
+        if public_address is not None:
+            addresses = parse_public_addresses(public_address)
+            with transaction(db):
+                if addresses:
+                    set_setting(db, Keys.PUBLIC_ADDRESS, ",".join(addresses))
+                else:
+                    delete_setting(db, Keys.PUBLIC_ADDRESS)
+        current = get_setting(db, Keys.PUBLIC_ADDRESS)
+    if as_json:
+        common.print_json({"public_address": current})
+        return
+    click.echo(f"public address  {current or '- (set with --public-address IP[,IP])'}")
