@@ -95,6 +95,8 @@ class Reason(enum.StrEnum):
     FAILED_NO_DOMAIN = "failed-no-domain"  # NXDOMAIN, or not a name DNS can look up: 5.1.2
     FAILED_NO_MAIL_HOST = "failed-no-mail-host"  # no MX and no A/AAAA (5.1.2), or no MX host has an address (5.4.4)
     DEFERRED_DNS = "deferred-dns"  # DNS timeout, SERVFAIL, REFUSED: 4.4.3, retried
+    DKIM_SIGNED = "dkim-signed"  # signed with the From: domain's active DKIM key (relay/dkim.py)
+    DKIM_SIGN_FAILED = "dkim-sign-failed"  # a key applied but signing failed: sent unsigned
     # Campaigns
     CAMPAIGN_CREATED = "campaign-created"
     CAMPAIGN_STARTED = "campaign-started"
@@ -119,6 +121,9 @@ class Reason(enum.StrEnum):
     DELIVERY_PAUSED = "delivery-paused"
     DELIVERY_RESUMED = "delivery-resumed"
     SETTING_CHANGED = "setting-changed"
+    DKIM_KEY_ADDED = "dkim-key-added"  # `smtpplus dkim add`: a domain's first signing key
+    DKIM_KEY_ROTATED = "dkim-key-rotated"  # `dkim rotate`: a new active key, the old one retired
+    DKIM_KEY_REMOVED = "dkim-key-removed"  # `dkim rm`
     # Relay lifecycle
     RELAY_STARTED = "relay-started"
     RELAY_STOPPED = "relay-stopped"
@@ -163,4 +168,5 @@ PROBLEMS: frozenset[Reason] = frozenset({
     Reason.RELAY_TAKEOVER, Reason.PORT_NOT_SERVED, Reason.SERVER_NAME_UNDOTTED, Reason.TLS_RELOAD_FAILED,
     Reason.CONFIG_RELOAD_FAILED,
     Reason.CODE_REJECTED, Reason.DNS_CHECK_FAILED,
+    Reason.DKIM_SIGN_FAILED,
 })

@@ -225,6 +225,7 @@ def open_store(
     try:
         if create_parent:
             p.parent.mkdir(parents=True, exist_ok=True)
+        create_private(p)
         db = sqlite3.connect(p, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
         _configure(db)
         migrate(db, target=migrate_to)
@@ -237,6 +238,14 @@ def open_store(
     except OSError as exc:
         raise StoreError(f"store {p} is not usable: {exc.strerror or exc} — check the path and its permissions") from None
     return db
+
+
+def create_private(path: Path) -> None:
+    """Create ``path`` empty with mode 0600 unless it exists: the store holds DKIM
+    private keys (and password hashes), so only its owner may read it. SQLite gives
+    the -wal and -shm files the mode of the store file."""
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def _same_path(a: Path, b: Path) -> bool:
@@ -273,7 +282,8 @@ def transaction(db: sqlite3.Connection, *, immediate: bool = True) -> Iterator[s
 
 
 def backup(db: sqlite3.Connection, target: str | os.PathLike[str]) -> None:
-    """A consistent copy of a live store (SQLite online backup)."""
+    """A consistent copy of a live store (SQLite online backup), mode 0600 as the store."""
+    create_private(Path(target))
     dest = sqlite3.connect(Path(target))
     try:
         # One step (pages=-1) copies from a single WAL snapshot without blocking

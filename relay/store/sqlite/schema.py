@@ -303,7 +303,26 @@ CREATE TABLE suppressions (
 );
 """
 
-MIGRATIONS: list[str] = [V1_DIRECTORY, V2_QUEUE, V3_ENVELOPE_PARAMETERS, V4_COUNTS, V5_BULK_SENDER]
+# DKIM signing keys (relay/dkim.py): the private key is PKCS#8 PEM text, so the store
+# is a secret (it is created with mode 0600). At most one active key per domain; a
+# rotated key stays (active = 0, retired_at set) until an operator removes it.
+V6_DKIM_KEYS = """
+CREATE TABLE dkim_keys (
+    domain      TEXT NOT NULL,
+    selector    TEXT NOT NULL,
+    algorithm   TEXT NOT NULL CHECK (algorithm IN ('rsa-2048', 'ed25519')),
+    private_key TEXT NOT NULL,
+    public_key  TEXT NOT NULL,
+    active      INTEGER NOT NULL CHECK (active IN (0, 1)),
+    created_at  REAL NOT NULL,
+    retired_at  REAL,
+    PRIMARY KEY (domain, selector),
+    CHECK ((active = 1) = (retired_at IS NULL))
+);
+CREATE UNIQUE INDEX dkim_keys_one_active ON dkim_keys(domain) WHERE active = 1;
+"""
+
+MIGRATIONS: list[str] = [V1_DIRECTORY, V2_QUEUE, V3_ENVELOPE_PARAMETERS, V4_COUNTS, V5_BULK_SENDER, V6_DKIM_KEYS]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
