@@ -235,7 +235,7 @@ def sign(data: bytes, key: SigningKey, *, now: float | None = None) -> bytes:
         (b"d", key.domain.encode("ascii")),
         (b"s", key.selector.encode("ascii")),
         (b"t", str(stamp).encode("ascii")),
-        (b"h", b":".join(include)),
+        (b"h", b" : ".join(include)),  # spaces: folding may break a long list only there
         (b"bh", body_hash),
         # A placeholder as long as a signature, so folding puts b= on its own lines and
         # the real value does not move the fields before it.
