@@ -137,3 +137,9 @@ def test_a_store_others_can_read_gets_a_warning(cli: Any) -> None:
     os.chmod(cli.store, 0o644)
     proc = cli("dkim", "add", "example.org", "--algorithm", "ed25519", check=True)
     assert f"chmod 600 {cli.store}" in proc.stderr and "readable by others (mode 0644)" in proc.stderr
+
+
+def test_the_docs_state_the_keep_days_and_the_store_mode() -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "security.md").read_text(encoding="utf-8")
+    section = text[text.index("## The store is a secret") :]
+    assert f"stays listed for {RETIRED_KEEP_DAYS} days" in section and "mode `0600`" in section
