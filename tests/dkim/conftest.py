@@ -1,32 +1,63 @@
-"""DKIM fixtures: the loopback DNS server of the verification tests (real UDP/TCP on
-127.0.0.1) publishing keys, and a dkimpy ``dnsfunc`` that asks it over the wire."""
+"""DKIM fixtures: a real DNS server on loopback (UDP and TCP on 127.0.0.1) publishing
+keys as TXT records, and a dkimpy ``dnsfunc`` that asks it over the wire.
+
+The server is the harness's (``harness.dns.DnsServer``) where the checkout has it, else
+the verification tests' table server: both take ``set(name, "TXT", value)`` and give
+``address``."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import dns.message
 import dns.query
 import dns.rdatatype
 import pytest
 
-from tests.verification.conftest import TableDns
+try:
+    from harness.dns import DnsServer  # type: ignore[import-not-found, unused-ignore]
+
+    def _start() -> Any:
+        return DnsServer().start_thread()
+
+    def _stop(server: Any) -> None:
+        server.stop_thread()
+
+except ImportError:  # before the harness's server landed
+    from tests.verification.conftest import TableDns
+
+    def _start() -> Any:
+        return TableDns({}).start()
+
+    def _stop(server: Any) -> None:
+        server.stop()
 
 
 @pytest.fixture
-def table_dns() -> Iterator[TableDns]:
-    server = TableDns({}).start()
+def dkim_dns() -> Iterator[Any]:
+    """A running DNS server with nothing published."""
+    server = _start()
     yield server
-    server.stop()
+    _stop(server)
 
 
-def dkimpy_dnsfunc(server: TableDns) -> Callable[..., bytes | None]:
-    """dkimpy's TXT lookup, answered by ``server`` through a real UDP query (dnspython)."""
+def port_of(server: Any) -> int:
+    return int(server.address.rpartition(":")[2])
+
+
+def asked(server: Any, name: str) -> bool:
+    return any(query[0] == name for query in list(server.queries))
+
+
+def dkimpy_dnsfunc(server: Any) -> Callable[..., bytes | None]:
+    """dkimpy's TXT lookup, answered by ``server`` through real queries (dnspython: UDP,
+    TCP when the answer is truncated)."""
 
     def get_txt(name: bytes | str, timeout: float = 5) -> bytes | None:
         text = name.decode() if isinstance(name, bytes) else name
         query = dns.message.make_query(text, dns.rdatatype.TXT)
-        response = dns.query.udp(query, "127.0.0.1", port=server.port, timeout=timeout)
+        response, _ = dns.query.udp_with_fallback(query, "127.0.0.1", port=port_of(server), timeout=timeout)
         for rrset in response.answer:
             if rrset.rdtype == dns.rdatatype.TXT:
                 return b"".join(next(iter(rrset)).strings)

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from relay.dkim import RETIRED_KEEP_DAYS
-from tests.verification.conftest import TableDns
 
 
 def _one_line_error(proc: Any) -> str:
@@ -42,7 +41,7 @@ def test_every_dkim_command_has_help(cli: Any) -> None:
     assert f"for {RETIRED_KEEP_DAYS} days" in " ".join(cli("dkim", "--help", check=True).stdout.split())
 
 
-def test_add_check_rotate_remove(cli: Any, table_dns: TableDns) -> None:
+def test_add_check_rotate_remove(cli: Any, dkim_dns: Any) -> None:
     outputs: list[str] = []
 
     def run(*args: str, ok: bool = True) -> Any:
@@ -73,14 +72,14 @@ def test_add_check_rotate_remove(cli: Any, table_dns: TableDns) -> None:
     assert "not a domain" in _one_line_error(run("dkim", "add", "alice@example.io", ok=False))
 
     # Not published yet, then published, then published with another key.
-    missing = run("dkim", "check", "example.org", "--resolver", table_dns.address, ok=False)
+    missing = run("dkim", "check", "example.org", "--resolver", dkim_dns.address, ok=False)
     assert missing.returncode == 1 and "missing" in missing.stdout and added["value"] in missing.stdout
-    table_dns.set(added["name"], "txt", added["value"])
-    assert run("dkim", "check", "example.org", "--resolver", table_dns.address).stdout.startswith(f"{selector} (active): published")
-    checked = json.loads(run("dkim", "check", "example.org", "--resolver", table_dns.address, "--json").stdout)
+    dkim_dns.set(added["name"], "TXT", added["value"])
+    assert run("dkim", "check", "example.org", "--resolver", dkim_dns.address).stdout.startswith(f"{selector} (active): published")
+    checked = json.loads(run("dkim", "check", "example.org", "--resolver", dkim_dns.address, "--json").stdout)
     assert [(c["selector"], c["outcome"], c["published"]) for c in checked] == [(selector, "published", True)]
-    table_dns.set(ed["name"], "txt", "v=DKIM1; k=ed25519; p=" + "A" * 43 + "=")
-    wrong = run("dkim", "check", "example.net", "--resolver", table_dns.address, "--json", ok=False)
+    dkim_dns.set(ed["name"], "TXT", "v=DKIM1; k=ed25519; p=" + "A" * 43 + "=")
+    wrong = run("dkim", "check", "example.net", "--resolver", dkim_dns.address, "--json", ok=False)
     assert wrong.returncode == 1 and json.loads(wrong.stdout)[0]["outcome"] == "mismatch"
 
     rotated = json.loads(run("dkim", "rotate", "example.org", "--algorithm", "ed25519", "--json").stdout)
@@ -90,7 +89,7 @@ def test_add_check_rotate_remove(cli: Any, table_dns: TableDns) -> None:
     listing = json.loads(run("dkim", "ls", "example.org", "--json").stdout)
     assert [(k["selector"], k["state"]) for k in listing] == [(selector + "b", "active"), (selector, "retired")]
     # The retired key must stay published: check looks at both.
-    both = json.loads(run("dkim", "check", "example.org", "--resolver", table_dns.address, "--json", ok=False).stdout)
+    both = json.loads(run("dkim", "check", "example.org", "--resolver", dkim_dns.address, "--json", ok=False).stdout)
     assert [(c["selector"], c["outcome"]) for c in both] == [(selector + "b", "missing"), (selector, "published")]
     assert "retired" in run("dkim", "ls").stdout
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+from typing import Any
 
 import dkim
 import pytest
@@ -13,8 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay import dkim as rules
-from tests.dkim.conftest import dkimpy_dnsfunc
-from tests.verification.conftest import TableDns
+from tests.dkim.conftest import asked, dkimpy_dnsfunc
 
 MESSAGE = (
     b"Received: from client by relay\r\n"
@@ -33,7 +33,7 @@ MESSAGE = (
 )
 
 
-def verifies(data: bytes, server: TableDns) -> bool:
+def verifies(data: bytes, server: Any) -> bool:
     """dkimpy's verdict on the first signature (a body hash mismatch raises there)."""
     try:
         return bool(dkim.DKIM(data).verify(dnsfunc=dkimpy_dnsfunc(server)))
@@ -41,21 +41,21 @@ def verifies(data: bytes, server: TableDns) -> bool:
         return False
 
 
-def publish(server: TableDns, selector: str, domain: str, pair: rules.KeyPair) -> None:
-    server.set(rules.record_name(selector, domain), "txt", rules.txt_value(pair.algorithm, pair.public))
+def publish(server: Any, selector: str, domain: str, pair: rules.KeyPair) -> None:
+    server.set(rules.record_name(selector, domain), "TXT", rules.txt_value(pair.algorithm, pair.public))
 
 
 @pytest.mark.parametrize("algorithm", rules.ALGORITHMS)
-def test_a_signature_verifies_against_the_published_record(table_dns: TableDns, algorithm: str) -> None:
+def test_a_signature_verifies_against_the_published_record(dkim_dns: Any, algorithm: str) -> None:
     pair = rules.generate(algorithm)
-    publish(table_dns, "s1", "example.org", pair)
+    publish(dkim_dns, "s1", "example.org", pair)
     key = rules.SigningKey.load("example.org", "s1", algorithm, pair.private_pem)
     signed = rules.sign(MESSAGE, key)
     assert signed.endswith(MESSAGE) and signed.startswith(b"DKIM-Signature: v=1; a=")
 
     verifier = dkim.DKIM(signed)
-    assert verifier.verify(dnsfunc=dkimpy_dnsfunc(table_dns)) is True
-    assert ("s1._domainkey.example.org", "udp") in table_dns.queries
+    assert verifier.verify(dnsfunc=dkimpy_dnsfunc(dkim_dns)) is True
+    assert asked(dkim_dns, "s1._domainkey.example.org")
     fields = verifier.signature_fields
     assert fields[b"c"] == b"relaxed/relaxed" and fields[b"d"] == b"example.org" and fields[b"s"] == b"s1"
     assert fields[b"a"] == (b"rsa-sha256" if algorithm == "rsa-2048" else b"ed25519-sha256")
@@ -66,31 +66,31 @@ def test_a_signature_verifies_against_the_published_record(table_dns: TableDns, 
     ]
 
     # What a signature protects: the body, a signed header, an added From:.
-    assert not verifies(signed.replace(b"as mail has them", b"as mail HAS them", 1), table_dns)
-    assert not verifies(signed.replace(b"the report", b"the rep0rt"), table_dns)
-    assert not verifies(signed.replace(b"X-Other:", b"From: mallory@example.net\r\nX-Other:"), table_dns)
+    assert not verifies(signed.replace(b"as mail has them", b"as mail HAS them", 1), dkim_dns)
+    assert not verifies(signed.replace(b"the report", b"the rep0rt"), dkim_dns)
+    assert not verifies(signed.replace(b"X-Other:", b"From: mallory@example.net\r\nX-Other:"), dkim_dns)
     # ...and what it does not: an unsigned header, whitespace relaxed canonicalization forgives.
-    assert verifies(signed.replace(b"not signed", b"changed"), table_dns)
-    assert verifies(signed.replace(b"Subject: the report", b"Subject:   the    report"), table_dns)
+    assert verifies(signed.replace(b"not signed", b"changed"), dkim_dns)
+    assert verifies(signed.replace(b"Subject: the report", b"Subject:   the    report"), dkim_dns)
 
 
-def test_a_key_that_is_not_the_published_one_fails(table_dns: TableDns) -> None:
-    publish(table_dns, "s1", "example.org", rules.generate("ed25519"))
+def test_a_key_that_is_not_the_published_one_fails(dkim_dns: Any) -> None:
+    publish(dkim_dns, "s1", "example.org", rules.generate("ed25519"))
     other = rules.generate("ed25519")
     signed = rules.sign(MESSAGE, rules.SigningKey.load("example.org", "s1", "ed25519", other.private_pem))
-    assert not verifies(signed, table_dns)
+    assert not verifies(signed, dkim_dns)
 
 
-def test_an_8bit_body_is_made_7bit_and_folded_before_signing(table_dns: TableDns) -> None:
+def test_an_8bit_body_is_made_7bit_and_folded_before_signing(dkim_dns: Any) -> None:
     pair = rules.generate("ed25519")
-    publish(table_dns, "s1", "example.org", pair)
+    publish(dkim_dns, "s1", "example.org", pair)
     text = "Grüße aus Köln — ✓\r\n".encode() * 3 + b"x" * 1500 + b"\r\n"
     raw = MESSAGE.split(b"\r\n\r\n")[0] + b"\r\nContent-Transfer-Encoding: 8bit\r\n\r\n" + text
     converted, notes = rules.seven_bit(raw)
     assert converted.isascii() and max(len(line) for line in converted.split(b"\r\n")) <= 998
     assert [str(reason) for reason, _ in notes] == ["downgraded-8bit"]  # QP also shortens the long line
     signed = rules.sign(converted, rules.SigningKey.load("example.org", "s1", "ed25519", pair.private_pem))
-    assert verifies(signed, table_dns)
+    assert verifies(signed, dkim_dns)
     parsed = email.message_from_bytes(signed, policy=email.policy.default)
     assert parsed.get_content().replace("\r\n", "\n") == text.decode().replace("\r\n", "\n")  # the same text
 
