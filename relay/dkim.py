@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import hashlib
 import re
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
@@ -379,6 +380,26 @@ class DkimSigner:
             with self._lock:
                 self._loaded[ident] = key
         return key
+
+
+class _HasData(Protocol):
+    data: bytes
+
+
+M = TypeVar("M", bound=_HasData)
+
+
+async def sign_for_delivery(signer: DkimSigner | None, message: M) -> tuple[M, list[tuple[Reason, str]]]:
+    """The delivery hook: ``message`` (the queue's claimed message, a dataclass with
+    ``data``) with its data signed when a key applies, and the notes for its events.
+    Called just before the bytes for a hop are prepared: a signed message is 7-bit with
+    short lines, so preparing leaves it as it is and the signature covers the wire bytes."""
+    if signer is None:
+        return message, []
+    signed = await signer.sign(message.data)
+    if not signed.notes:
+        return message, []
+    return dataclasses.replace(message, data=signed.data), signed.notes  # type: ignore[type-var]
 
 
 # ---------------------------------------------------------------------------

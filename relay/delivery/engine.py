@@ -38,10 +38,12 @@ from relay.delivery.outcome import (
     outcome_detail,
     settle,
 )
+from relay.dkim import DkimSigner
 from relay.reasons import EventKind, Reason
 from relay.scheduler import HopBackoff, StarvationShare, TokenBucket
 from relay.store import AsyncStore, Connection, StoreError
 from relay.store.backend import backend_for
+from relay.store.dkim import active_keys
 from relay.store.events import NewEvent
 from relay.store.intake import NewMessage, RecipientDsn
 from relay.store.queue import (
@@ -173,6 +175,7 @@ class DeliveryEngine:
         self.status: tuple[str, str] = ("starting", "")
         self._store = AsyncStore(self.store_path)
         self._changes = backend_for(self.store_path).async_change_feed(self._store)
+        self._dkim = DkimSigner(lambda: self._store.run(active_keys))
         self._rng = random.Random()
         self._bucket = TokenBucket(0.0, time.monotonic())
         self._hop_backoff = HopBackoff(min(self.retry_base, 5.0), min(self.retry_max, 60.0))
@@ -513,6 +516,7 @@ class DeliveryEngine:
         return HopConnection(
             hop, connect_timeout=self.connect_timeout, command_timeout=self.command_timeout,
             local_hostname=self.server_name, recipients_per_transaction=self.recipients_per_transaction,
+            signer=self._dkim,
         )
 
     async def _deliver(self, message: Claimed, hop: NextHop, conn: HopConnection) -> None:

@@ -23,6 +23,7 @@ from relay.delivery.outcome import (
     stop_state,
 )
 from relay.delivery.prepare import Prepared, prepare
+from relay.dkim import DkimSigner, sign_for_delivery
 from relay.reasons import Reason
 from relay.store.queue import Claimed, DeliverySettings, RecipientResult, parse_next_hop
 
@@ -62,9 +63,10 @@ class HopConnection:
 
     def __init__(
         self, hop: NextHop, *, connect_timeout: float, command_timeout: float, local_hostname: str,
-        recipients_per_transaction: int = 50,
+        recipients_per_transaction: int = 50, signer: DkimSigner | None = None,
     ) -> None:
         self.hop = hop
+        self.signer = signer
         self.recipients_per_transaction = max(1, recipients_per_transaction)
         self.connect_timeout = connect_timeout
         self.command_timeout = command_timeout
@@ -173,7 +175,9 @@ class HopConnection:
         hop answered 452 after accepting others (RFC 5321 §4.5.3.1.10)."""
         smtp = self.smtp
         assert smtp is not None
+        m, signing = await sign_for_delivery(self.signer, m)  # DKIM: the bytes prepare() sends as they are
         prepared = prepare(m, smtp.supports_extension, self.hop.address)
+        prepared.notes[:0] = signing
         if prepared.refusal is not None:
             return all_failed(m, Reason.FAILED_NO_SMTPUTF8, prepared.refusal)
         results: dict[str, RecipientResult] = {}
