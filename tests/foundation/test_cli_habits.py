@@ -39,6 +39,7 @@ READ_COMMANDS = [
     ("lists", "ls"), ("lists", "show", "x"), ("lists", "stats", "x"), ("lists", "members", "ls", "x"),
     ("senders", "ls"), ("senders", "show", "a@example.com"), ("senders", "settings"), ("status",),
     ("tls", "export"), ("store", "backup", "copy.db"), ("domains", "settings"), ("domains", "check", "example.com"),
+    ("dkim", "ls"), ("dkim", "check", "example.org"),
 ]
 
 
