@@ -53,7 +53,7 @@ class Rig:
     users: dict[int, str]  # priority -> username
 
 
-def _prepare_store(store_path: Path, members: int) -> dict[int, str]:
+def _prepare_store(store_path: Path, members: int, dkim: str | None = None) -> dict[int, str]:
     from relay.admin import users as user_admin
     from relay.admin import verification as verification_admin
     from relay.store import directory, open_store
@@ -70,6 +70,10 @@ def _prepare_store(store_path: Path, members: int) -> dict[int, str]:
             )
             users[priority] = made.username
         verification_admin.approve(db, ["bench.example"], "benchmark setup")
+        if dkim:
+            from relay.admin import dkim as dkim_admin
+
+            dkim_admin.add(db, "bench.example", algorithm=dkim)  # every message is signed at delivery
         if members:
             for start in range(0, members, 5000):
                 directory.import_members(
@@ -93,7 +97,7 @@ def scratch(db_path: Path | None) -> Iterator[tuple[Path, Path]]:
 
 @contextlib.asynccontextmanager
 async def _rig(store_path: Path, data_dir: Path, *, rate: float, parallel: int, members: int = 0,
-               paused: bool = False) -> AsyncIterator[Rig]:
+               paused: bool = False, dkim: str | None = None) -> AsyncIterator[Rig]:
     import logging
 
     from harness.sink import CaptureSink
@@ -101,7 +105,7 @@ async def _rig(store_path: Path, data_dir: Path, *, rate: float, parallel: int, 
     from relay.service import RelayService
 
     logging.getLogger("mail.log").setLevel(logging.WARNING)
-    users = await asyncio.to_thread(_prepare_store, store_path, members)
+    users = await asyncio.to_thread(_prepare_store, store_path, members, dkim)
     sink = CaptureSink(port=0, keep_data=False)
     await sink.start()
     config = RelayConfig(
@@ -156,24 +160,29 @@ def _percentile(ordered: list[float], fraction: float) -> float:
 
 
 async def run_e2e(messages: int, connections: int, parallel: int, dequeue_size: int,
-                  db_path: Path | None = None) -> BenchReport:
+                  db_path: Path | None = None, dkim: str | None = None) -> BenchReport:
     report = BenchReport(
         "e2e", title="Unthrottled delivery: delivered rate against accept rate",
         params={"messages": messages, "connections": connections, "parallel": parallel, "dequeue_queued": dequeue_size},
     )
+    if dkim:
+        report.params["dkim"] = dkim
 
     def message(n: int) -> tuple[list[str], bytes]:
         rcpt = f"rcpt{n}@sink.example"
         return [rcpt], _message("load@bench.example", rcpt, f"e2e{n}@bench", f"e2e {n}")
 
     with scratch(db_path) as (store_path, data_dir):
-        async with _rig(store_path, data_dir, rate=0, parallel=parallel) as rig:
+        async with _rig(store_path, data_dir, rate=0, parallel=parallel, dkim=dkim) as rig:
             load = await run_load(_load(rig, rig.users[3], "load@bench.example", connections=connections,
                                         messages=messages, message=message))
             if load.sent == 0:
                 raise BenchError("the relay accepted no message: " + (", ".join(load.errors) or "no reply"))
             await _wait(rig.sink.wait_for(load.sent, within=max(60.0, load.sent / 50)))
             delivered_seconds = max(r.at for r in rig.sink.messages) - load.started_at
+        if dkim:
+            signed = await asyncio.to_thread(_count_events, store_path, "dkim-signed")
+            report.figure("dkim_signed", signed, "messages", about=f"messages signed ({dkim}) on their way to the sink")
     accepted = report.add(Measurement(
         "accepted (start → last 250)", load.sent, load.last_reply, load.failed,
         extra={"p50_ms": round(load.percentile(0.5) * 1000, 2), "p99_ms": round(load.percentile(0.99) * 1000, 2)},
@@ -190,6 +199,17 @@ async def run_e2e(messages: int, connections: int, parallel: int, dequeue_size: 
     report.figure("dequeue_cpu_ms_p50", dequeue[2], "ms", at_most=0.5, about="one dequeue, the thread's CPU time")
     report.notes.append(f"one dequeue: a claim round (claim + dispatch event + commit) with {dequeue_size:,} queued")
     return report
+
+
+def _count_events(store_path: Path, reason: str) -> int:
+    from relay.store import open_store
+    from relay.store.events import find_events
+
+    db = open_store(store_path, create=False)
+    try:
+        return len(find_events(db, reason=reason, limit=10_000_000))
+    finally:
+        db.close()
 
 
 def measure_dequeue(queued: int, samples: int = 300, *, where: Path | None = None) -> tuple[float, float, float]:

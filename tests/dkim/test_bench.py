@@ -16,3 +16,11 @@ def test_the_dkim_bench_reports_cpu_per_signature(cli: Any) -> None:
     assert all(f["value"] > 0 and f["unit"] == "ms" for f in figures.values())
     labels = [r["label"] for r in report["runs"]]
     assert labels == ["smtpplus ed25519", "smtpplus rsa-2048", "dkimpy rsa-2048 (pure Python RSA, reference)"]
+
+
+def test_the_e2e_bench_signs_every_message_with_dkim(cli: Any) -> None:
+    report = cli.json("harness", "bench", "e2e", "--messages", "60", "--connections", "2", "--dequeue-size", "100",
+                      "--dkim", "ed25519")
+    figures = {f["name"]: f["value"] for f in report["figures"]}
+    assert report["parameters"]["dkim"] == "ed25519"
+    assert figures["dkim_signed"] == 60 and figures["delivered_rate_msg_s"] > 0
