@@ -142,3 +142,16 @@ def test_the_docs_state_the_keep_days_and_the_store_mode() -> None:
     text = (Path(__file__).resolve().parents[2] / "docs" / "security.md").read_text(encoding="utf-8")
     section = text[text.index("## The store is a secret") :]
     assert f"stays listed for {RETIRED_KEEP_DAYS} days" in section and "mode `0600`" in section
+
+
+def test_the_stores_wal_and_shm_files_are_owner_only_too(tmp_path: Path) -> None:
+    from relay.store import open_store
+
+    db = open_store(tmp_path / "fresh.db")
+    try:
+        db.execute("INSERT INTO settings(key, value) VALUES ('k', '1')")
+        files = sorted(p.name for p in tmp_path.iterdir())
+        assert files == ["fresh.db", "fresh.db-shm", "fresh.db-wal"]
+        assert {stat.S_IMODE(os.stat(tmp_path / name).st_mode) for name in files} == {0o600}
+    finally:
+        db.close()
