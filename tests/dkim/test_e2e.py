@@ -115,3 +115,42 @@ async def test_signed_at_delivery_and_verified_by_dkimpy_against_published_keys(
     for pem in pems:
         pieces = [line for line in pem.splitlines() if len(line) >= 40 and not line.startswith("-----")]
         assert pieces and not any(piece in texts for piece in pieces)
+
+
+@pytest.mark.slow
+async def test_a_campaign_with_one_click_unsubscribe_is_signed_over_its_list_unsubscribe_headers(
+    db: Any, store_path: Path, dkim_dns: Any
+) -> None:
+    from relay.admin import campaigns, unsubscribe
+    from tests.delivery.conftest import running_engine
+
+    directory.create_list(db, "news")
+    directory.create_user(db, list_name="news", username="ed", password_hash=hash_password(PASSWORD),
+                          domains=["news.example"], active=True)
+    directory.approve_identities(db, ["news.example"], "test setup")
+    directory.import_members(db, "news", [(f"m{n}@far.example", "") for n in range(3)])
+    unsubscribe.set_unsubscribe_settings(db, "news", url_template="https://news.example/u/{token}",
+                                         mailto="unsubscribe@news.example")
+    record = keys.add(db, "news.example", algorithm="ed25519")
+    dkim_dns.set(record.name, "TXT", record.value)
+    draft = campaigns.compose_campaign(subject="Monthly", mail_from="editor@news.example", body="Our news.\n")
+    campaigns.create_draft(db, "news", draft)
+
+    async with NextHop() as hop:
+        q.set_next_hop(db, hop.address)
+        async with running_engine(store_path):
+            arrived = await hop.wait_for(3)
+            await eventually(lambda: states(db) == {"sent": 3})
+
+    for t in arrived:
+        parsed = t.parsed()
+        assert parsed["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        assert "https://news.example/u/" in parsed["List-Unsubscribe"]
+        assert verifies(t.data, dkim_dns)
+        fields = dkim.DKIM(t.data)
+        fields.verify(dnsfunc=dkimpy_dnsfunc(dkim_dns))
+        signed = [name.strip() for name in fields.signature_fields[b"h"].split(b":")]
+        assert b"list-unsubscribe" in signed and b"list-unsubscribe-post" in signed
+        # Another member's unsubscribe link pasted in breaks the signature.
+        forged = t.data.replace(b"/u/", b"/u/X", 1)
+        assert not verifies(forged, dkim_dns)
