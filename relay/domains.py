@@ -2,8 +2,8 @@
 relay to be accepted — a report, never enforcement.
 
 One line per check (:data:`CHECKS`): the domain's verification state in the store, its
-SPF record (does it authorize the relay's public address?), its DMARC record; DKIM adds
-its own line (see :data:`CHECKS`). Each line is a :class:`Finding`: ``ok`` True (in
+active DKIM key (in the store and published in DNS?), its SPF record (does it authorize
+the relay's public address?), its DMARC record. Each line is a :class:`Finding`: ``ok`` True (in
 place), False (missing or wrong: the message says the fix) or None (cannot tell: a DNS
 lookup failed, or there is nothing to compare with).
 
@@ -41,7 +41,7 @@ SET_PUBLIC_ADDRESS_WITH = "smtpplus domains settings --public-address IP[,IP]"
 
 @dataclass(frozen=True, slots=True)
 class Finding:
-    check: str  # "verification", "spf", "dmarc" (and "dkim")
+    check: str  # "verification", "dkim", "spf", "dmarc"
     ok: bool | None  # True in place, False missing/wrong, None cannot tell
     status: str  # one word: verified, pending, pass, fail, missing, …
     message: str  # one line; what to do when not ok
@@ -371,9 +371,36 @@ def dmarc_finding(ctx: DomainContext) -> Finding:
     return Finding("dmarc", True, "present", f"DMARC record present (p={policy_})", tuple(records))
 
 
+def dkim_finding(ctx: DomainContext) -> Finding:
+    """The domain's active DKIM key (relay/dkim.py): in the store, and published in DNS
+    with the same key? (``smtpplus dkim check`` also checks retired keys.)"""
+    from relay import dkim
+    from relay.store.dkim import active_key
+
+    key = active_key(ctx.db, ctx.domain)
+    if key is None:
+        return Finding(
+            "dkim", False, "no-key",
+            f"{ctx.domain} has no DKIM key: mail from it goes unsigned — `smtpplus dkim add {ctx.domain}`, then publish the record",
+        )
+    name = dkim.record_name(key.selector, ctx.domain)
+    value = dkim.txt_value(key.algorithm, key.public_key)
+    try:
+        texts = ctx.dns.txt(name)
+    except LookupTrouble as trouble:
+        if trouble.kind != "nxdomain":
+            return Finding("dkim", None, trouble.kind, f"DKIM: {trouble}")
+        texts = []
+    records = tuple(t for t in texts if dkim.parse_tags(t).get("p") is not None)
+    if any(dkim.record_matches(t, key.algorithm, key.public_key) for t in records):
+        return Finding("dkim", True, "published", f"DKIM key {key.selector} ({key.algorithm}) published at {name}", records)
+    if records:
+        return Finding("dkim", False, "mismatch", f"{name} holds another key — publish TXT {value!r} there instead", records)
+    return Finding("dkim", False, "missing", f"DKIM key {key.selector} is not published — publish TXT {value!r} at {name}")
+
+
 # The lines of the report, in order. Each takes the context and returns one Finding.
-# DKIM (relay/dkim.py) adds its line here, after verification.
-CHECKS: list[Callable[[DomainContext], Finding]] = [verification_finding, spf_finding, dmarc_finding]
+CHECKS: list[Callable[[DomainContext], Finding]] = [verification_finding, dkim_finding, spf_finding, dmarc_finding]
 
 
 def parse_public_addresses(text: str) -> tuple[str, ...]:

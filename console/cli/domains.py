@@ -1,5 +1,5 @@
 """``smtpplus domains``: what a sender domain has in place for mail from this relay —
-verification, SPF, DMARC (and DKIM) — as a report, never enforcement."""
+verification, DKIM, SPF, DMARC — as a report, never enforcement."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ _MARK = {True: "ok", False: "FIX", None: "?"}
 @common.json_option
 @common.db_option
 def check(domain: str, resolver: str | None, public_address: str | None, timeout: float, as_json: bool, db_path: Path | None) -> None:
-    """Report DOMAIN's verification, SPF, DMARC (and DKIM) state. Exit 0 whatever it finds."""
+    """Report DOMAIN's verification, DKIM, SPF and DMARC state. Exit 0 whatever it finds."""
     from relay.dnscheck import choose_resolver
     from relay.domains import check_domain, parse_public_addresses
     from relay.store.settings import Keys, get_setting

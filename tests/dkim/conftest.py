@@ -1,9 +1,5 @@
-"""DKIM fixtures: a real DNS server on loopback (UDP and TCP on 127.0.0.1) publishing
-keys as TXT records, and a dkimpy ``dnsfunc`` that asks it over the wire.
-
-The server is the harness's (``harness.dns.DnsServer``) where the checkout has it, else
-the verification tests' table server: both take ``set(name, "TXT", value)`` and give
-``address``."""
+"""DKIM fixtures: the harness's DNS server on loopback (UDP and TCP on 127.0.0.1)
+publishing keys as TXT records, and a dkimpy ``dnsfunc`` that asks it over the wire."""
 
 from __future__ import annotations
 
@@ -15,31 +11,15 @@ import dns.query
 import dns.rdatatype
 import pytest
 
-try:
-    from harness.dns import DnsServer  # type: ignore[import-not-found, unused-ignore]
-
-    def _start() -> Any:
-        return DnsServer().start_thread()
-
-    def _stop(server: Any) -> None:
-        server.stop_thread()
-
-except ImportError:  # before the harness's server landed
-    from tests.verification.conftest import TableDns
-
-    def _start() -> Any:
-        return TableDns({}).start()
-
-    def _stop(server: Any) -> None:
-        server.stop()
+from harness.dns import DnsServer
 
 
 @pytest.fixture
-def dkim_dns() -> Iterator[Any]:
-    """A running DNS server with nothing published."""
-    server = _start()
+def dkim_dns() -> Iterator[DnsServer]:
+    """A running DNS server (its own thread) with nothing published."""
+    server = DnsServer().start_thread()
     yield server
-    _stop(server)
+    server.stop_thread()
 
 
 def port_of(server: Any) -> int:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from harness.dns import DnsServer
+from relay.admin import dkim as dkim_admin
 from relay.domains import Lookups, check_domain, parse_public_addresses, spf_result
 from relay.nameserver import Resolver, parse_resolver
 from relay.passwords import hash_password
@@ -119,7 +120,8 @@ def report(db: Any, zone: DnsServer, domain: str, addresses: tuple[str, ...] = (
 def test_a_domain_with_nothing_in_place(identities: Any, zone: DnsServer) -> None:
     zone.set("example.test", "A", "192.0.2.1")
     found = report(identities, zone, "EXAMPLE.test")
-    assert [(f.ok, f.status) for f in found.values()] == [(False, "pending"), (False, "missing"), (False, "missing")]
+    assert [(f.ok, f.status) for f in found.values()] == [(False, "pending"), (False, "no-key"), (False, "missing"), (False, "missing")]
+    assert "smtpplus dkim add example.test" in found["dkim"].message
     assert "smtpplus-verification=" in found["verification"].message
     assert "addresses at it: 0 verified, 1 pending" in found["verification"].message
     assert f'"v=spf1 ip4:{RELAY} ~all"' in found["spf"].message
@@ -129,9 +131,22 @@ def test_a_domain_with_nothing_in_place(identities: Any, zone: DnsServer) -> Non
 def test_a_domain_ready_to_send(identities: Any, zone: DnsServer) -> None:
     zone.set("other.test", "TXT", f"v=spf1 ip4:{RELAY} -all")
     zone.set("_dmarc.other.test", "TXT", "v=DMARC1; p=reject; rua=mailto:d@other.test")
+    key = dkim_admin.add(identities, "other.test", algorithm="ed25519")
+    zone.set(key.name, "TXT", key.value)
     checked = check_domain(identities, "other.test", resolver=parse_resolver(zone.address), public_addresses=(RELAY,))
-    assert checked.ok and [f.status for f in checked.findings] == ["verified", "pass", "present"]
-    assert checked.as_dict()["findings"][2]["records"] == ["v=DMARC1; p=reject; rua=mailto:d@other.test"]
+    assert checked.ok and [f.status for f in checked.findings] == ["verified", "published", "pass", "present"]
+    assert checked.as_dict()["findings"][3]["records"] == ["v=DMARC1; p=reject; rua=mailto:d@other.test"]
+
+
+def test_a_dkim_key_not_yet_published_or_replaced_in_dns(identities: Any, zone: DnsServer) -> None:
+    key = dkim_admin.add(identities, "other.test", algorithm="rsa-2048")
+    missing = report(identities, zone, "other.test")["dkim"]
+    assert (missing.ok, missing.status) == (False, "missing") and key.value in missing.message and key.name in missing.message
+    zone.set(key.name, "TXT", "v=DKIM1; k=rsa; p=MIIBIjANother")
+    other = report(identities, zone, "other.test")["dkim"]
+    assert (other.ok, other.status) == (False, "mismatch") and other.records == ("v=DKIM1; k=rsa; p=MIIBIjANother",)
+    zone.set(key.name, "TXT", key.value)  # a 2048-bit key: over 255 bytes, in two strings
+    assert report(identities, zone, "other.test")["dkim"].status == "published"
 
 
 def test_spf_without_a_public_address_cannot_tell(identities: Any, zone: DnsServer) -> None:
@@ -181,7 +196,9 @@ def test_the_cli(cli: Any, identities: Any, zone: DnsServer) -> None:
     assert cli.json("domains", "settings", "--public-address", RELAY) == {"public_address": RELAY}
     shown = cli.json("domains", "check", "other.test")
     assert (shown["domain"], shown["resolver"], shown["ok"]) == ("other.test", zone.address, False)
-    assert [(f["check"], f["ok"]) for f in shown["findings"]] == [("verification", True), ("spf", True), ("dmarc", False)]
+    assert [(f["check"], f["ok"]) for f in shown["findings"]] == [
+        ("verification", True), ("dkim", False), ("spf", True), ("dmarc", False)
+    ]
     text = cli("domains", "check", "other.test", check=True).stdout  # a report: exit 0
     assert "spf           ok   pass" in text and "dmarc         FIX  missing" in text
 
