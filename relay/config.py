@@ -143,6 +143,11 @@ class RelayConfig:
     command_timeout: float = 60.0
     retention_days: float = 30.0  # finished messages, bodies and events are pruned after
     recipients_per_transaction: int = 50  # larger recipient lists go in several transactions (Postfix: 50)
+    # MX delivery (`queue next-hop mx`): the port MX hosts are dialled on (tests run
+    # them on 127.0.0.x at a high port; never a store value), and each destination's
+    # share of `parallel` (also never more than parallel - 1 while others wait).
+    mx_port: int = 25
+    max_connections_per_destination: int = 10
     # -- Logs --------------------------------------------------------------------
     log_format: str = "text"  # "text" or "json" (one object per line); see relay/logs.py
     log_file: Path | None = None  # None: stderr (journald); a file is reopened on SIGHUP
@@ -228,6 +233,12 @@ def load_config(
     share = values.get("starvation_share")
     if share is not None and not 0 <= share <= 0.5:  # the store's range (relay.store.queue)
         raise ConfigError(f"starvation_share {share:g} is out of range: 0 (off) to 0.5")
+    mx_port = values.get("mx_port")
+    if mx_port is not None and not 1 <= mx_port <= 65535:
+        raise ConfigError(f"mx_port {mx_port} is out of range: 1 to 65535 (25 for the internet)")
+    per_destination = values.get("max_connections_per_destination")
+    if per_destination is not None and per_destination < 1:
+        raise ConfigError(f"max_connections_per_destination {per_destination} must be at least 1")
     log_format = values.get("log_format")
     if log_format is not None and log_format not in LOG_FORMATS:
         raise ConfigError(f"log_format {log_format!r} is not a log format: use text or json")

@@ -83,6 +83,13 @@ class Reason(enum.StrEnum):
     NEXT_HOP_SELF = "next-hop-self"  # the next hop is this relay's own listening address
     NEXT_HOP_DOWN = "next-hop-down"  # backing off for the whole next hop
     NEXT_HOP_UP = "next-hop-up"
+    # Destinations (MX delivery, routes): relay/delivery/
+    ROUTE_CHANGED = "route-changed"  # an operator added or removed a route (transport map)
+    MX_HOST_FAILED = "mx-host-failed"  # one MX host failed (connect, TLS, 4xx to all): the next one is tried
+    DESTINATION_DOWN = "destination-down"  # every host of a destination failed: it backs off, others go on
+    DESTINATION_UP = "destination-up"
+    DEFERRED_DESTINATION = "deferred-destination"  # not tried: the destination is backing off
+    MX_NEEDS_SERVER_NAME = "mx-needs-server-name"  # MX delivery refused to start: server_name has no dot
     PRUNED = "pruned"  # retention removed finished messages and old events
     LINES_FOLDED = "lines-folded"  # lines over 998 octets folded on delivery (RFC 5321 §4.5.3.1.6)
     DOWNGRADED_8BIT = "downgraded-8bit"  # 8-bit MIME parts re-encoded for a hop without 8BITMIME
@@ -167,6 +174,7 @@ PROBLEMS: frozenset[Reason] = frozenset({
     Reason.NO_NEXT_HOP, Reason.NEXT_HOP_SELF, Reason.NEXT_HOP_DOWN,
     Reason.RELAY_TAKEOVER, Reason.PORT_NOT_SERVED, Reason.SERVER_NAME_UNDOTTED, Reason.TLS_RELOAD_FAILED,
     Reason.CONFIG_RELOAD_FAILED,
+    Reason.MX_HOST_FAILED, Reason.DESTINATION_DOWN, Reason.DEFERRED_DESTINATION, Reason.MX_NEEDS_SERVER_NAME,
     Reason.CODE_REJECTED, Reason.DNS_CHECK_FAILED,
     Reason.DKIM_SIGN_FAILED,
 })

@@ -112,6 +112,7 @@ LIVE = frozenset({
     "auth_failure_delay_max", "shutdown_grace", "retry_base", "retry_max", "queue_lifetime", "message_lease",
     "connect_timeout", "command_timeout", "retention_days", "recipients_per_transaction", "stuck_after",
     "unsubscribe_endpoint",
+    "mx_port", "max_connections_per_destination",  # the engine reads them from its config at each use
     "log_format", "log_file",  # applied by the embedder (the relay command reconfigures its logging)
 })
 # Read once when a session starts (aiosmtpd keeps them): open sessions keep the old value.

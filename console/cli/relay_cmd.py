@@ -47,6 +47,8 @@ log = logging.getLogger("smtpplus.relay")
               help="Log lines as text (the default) or one JSON object per line.")
 @click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Append logs to this file (reopened on SIGHUP, for logrotate) instead of stderr.")
+@click.option("--mx-port", type=click.IntRange(1, 65535), default=None,
+              help="Port MX hosts are dialled on in MX delivery (default 25; tests use a high port).")
 @click.option("--metrics-listen", default=None, metavar="HOST:PORT",
               help="Serve Prometheus /metrics and /healthz here (a bare PORT listens on 127.0.0.1). Off by default.")
 @db_option
@@ -63,6 +65,7 @@ def relay(
     log_format: str | None,
     log_file: Path | None,
     metrics_listen: str | None,
+    mx_port: int | None,
     db_path: Path | None,
 ) -> None:
     """Run the relay as a headless daemon: every port of the spec, STARTTLS, AUTH, delivery.
@@ -89,6 +92,7 @@ def relay(
         "log_format": log_format,
         "log_file": log_file,
         "metrics_listen": metrics_listen,
+        "mx_port": mx_port,
     }
     config = load_config(config_path, overrides)
     if next_hop is not None:

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import os
 import random
 import socket
 import time
@@ -29,12 +31,15 @@ from typing import Any, Protocol
 
 from relay.bounce import FailedRecipient, bounce_message, wants_report
 from relay.config import server_name_warning
+from relay.delivery.destinations import DestinationTable, destination_share, group_by_destination
 from relay.delivery.hop import HopConnection, HopFailure, NextHop, is_own_address
 from relay.delivery.outcome import (
     NO_DSN,
     AttemptResult,
     RetryPolicy,
     all_deferred,
+    all_failed,
+    merge,
     outcome_detail,
     settle,
 )
@@ -58,6 +63,8 @@ from relay.store.queue import (
     publish_status,
     reclaim_owner,
 )
+from relay.store.routing import route_map
+from relay.store.settings import Keys, get_setting
 from relay.store.verification import system_sender_choice
 
 log = logging.getLogger("smtpplus.delivery")
@@ -67,6 +74,7 @@ IDLE_POLL = 0.05  # seconds between two looks at the change feed while idle (SQL
 FULL_ROUND_EVERY = 1.0  # a full round (deferred mail, scheduled mail) at least this often
 IDLE_CONNECTION_TTL = 10.0  # an unused next-hop connection is closed after this
 PRUNE_EVERY = 3600.0
+ROUTES_REFRESH = 1.0  # MX delivery: the routes table is read again at most this often
 
 
 class DeliveryConfig(Protocol):
@@ -91,6 +99,8 @@ _DEFAULTS: dict[str, float] = {
     "command_timeout": 60.0,
     "retention_days": 30.0,
     "recipients_per_transaction": 50,
+    "mx_port": 25,
+    "max_connections_per_destination": 10,
 }
 SENDER_REFRESH = 5.0  # seconds between reads of the system sender setting
 
@@ -179,6 +189,16 @@ class DeliveryEngine:
         self._rng = random.Random()
         self._bucket = TokenBucket(0.0, time.monotonic())
         self._hop_backoff = HopBackoff(min(self.retry_base, 5.0), min(self.retry_max, 60.0))
+        # MX delivery (the next hop setting "mx"): routes, the resolver, destinations,
+        # claimed messages waiting for their destination's share, idle connections per host.
+        self.mx = False
+        self.mx_refused: str | None = None  # why MX delivery cannot start (no dotted server name)
+        self._routes: dict[str, tuple[str, int]] = {}
+        self._routes_read = 0.0
+        self._resolver: Any = None
+        self._destinations = DestinationTable(min(self.retry_base, 5.0), min(self.retry_max, 60.0))
+        self._waiting: list[Claimed] = []
+        self._mx_idle: dict[NextHop, list[HopConnection]] = {}
         self._starvation = StarvationShare()
         self._flights: dict[int, _Flight] = {}
         self._outcomes: list[Outcome] = []
@@ -257,6 +277,8 @@ class DeliveryEngine:
         except StoreError as exc:
             log.warning("delivery: could not record the last outcomes: %s", exc)
         idle, self._idle = self._idle, []
+        idle += [conn for conns in self._mx_idle.values() for conn in conns]
+        self._mx_idle.clear()
         await asyncio.gather(*(conn.close() for conn in idle), *self._closing, return_exceptions=True)
         await self._store.close()
 
@@ -282,8 +304,8 @@ class DeliveryEngine:
             mono = time.monotonic()
             budget = self._budget(mono)
             renew: list[int] = []
-            if self._flights and now - last_renew >= self.lease_seconds / 3:
-                renew = list(self._flights)
+            if (self._flights or self._waiting) and now - last_renew >= self.lease_seconds / 3:
+                renew = list(self._flights) + [m.id for m in self._waiting]
                 last_renew = now
             reclaim = now - last_reclaim >= max(0.5, min(5.0, self.lease_seconds / 2))
             if reclaim:
@@ -294,17 +316,21 @@ class DeliveryEngine:
                 owner=self.owner,
                 lease_seconds=self.lease_seconds,
                 budget=budget,
-                hop=self.hop.address if self.hop is not None and not self.hop_is_self else None,
+                hop=self._hop_name(),
                 outcomes=self._take_outcomes(),
                 renew=renew,
                 reclaim_expired=reclaim,
                 promote_due=promote or full,
                 oldest_lower=self._starvation.due(budget) if budget else False,
                 force=full,
+                skip_destinations=self._destinations.blocked(now, self._share()) if self.mx else [],
+                destinations=self._destinations.take_changes(),
                 # No ``now``: the store reads the clock under the write lock, where
                 # it decides what is ready (a time read here could be stale by then).
             )
             events = request.events = self._take_events()
+            if self.mx and full and now - self._routes_read >= ROUTES_REFRESH:
+                await self._read_routes(now)
             if request.idle and not await self._changed():
                 # Nothing to write and nobody committed: no round (one cheap look).
                 self.counters.rounds += 1
@@ -316,6 +342,8 @@ class DeliveryEngine:
                 log.warning("delivery: store round failed, retrying: %s", exc)
                 self._outcomes[:0] = request.outcomes
                 self._events[:0] = events
+                for state in request.destinations:
+                    self._destinations.get(state.domain).changed = True
                 await self._sleep(1.0)
                 continue
             self.counters.rounds += 1
@@ -348,14 +376,26 @@ class DeliveryEngine:
 
     def _held_back(self) -> bool:
         """Delivery waits for a control to change (a commit will say so)."""
-        return self.hop is None or self.hop_is_self or self.settings.paused
+        return self._hop_name() is None or self.settings.paused
+
+    def _hop_name(self) -> str | None:
+        """What the engine delivers to, as the next hop setting says it (None: nothing)."""
+        if self.mx:
+            return None if self.mx_refused else "mx"
+        return self.hop.address if self.hop is not None and not self.hop_is_self else None
+
+    def _share(self) -> int:
+        per_destination = int(_setting(self.config, "max_connections_per_destination"))
+        return destination_share(per_destination, self.settings.parallel)
 
     def _budget(self, mono: float) -> int:
-        if self._stopping or self.hop is None or self.hop_is_self or self.settings.paused:
+        if self._stopping or self._hop_name() is None or self.settings.paused:
             return 0
         free = self.settings.parallel - len(self._flights)
         if free <= 0:
             return 0
+        if self.mx:  # destinations back off one by one, not the whole hop
+            return max(0, min(free, self._bucket.available(mono)))
         return max(0, min(free, self._bucket.available(mono), self._hop_backoff.allowed(time.time(), len(self._flights))))
 
     def _idle_wait(self, next_due: float | None, budget: int) -> float:
@@ -392,6 +432,11 @@ class DeliveryEngine:
         self._bucket.set_rate(settings.rate, time.monotonic())
         self._starvation.set_share(settings.starvation_share)
         if settings.hop_key != before.hop_key or self.status[0] == "starting":
+            await self._close_idle()
+            if settings.mx:
+                await self._enter_mx()
+                return True
+            self.mx = False
             try:
                 hop = NextHop.from_settings(settings)
             except StoreError as exc:
@@ -416,6 +461,11 @@ class DeliveryEngine:
     async def _publish_status(self) -> None:
         if self.settings.paused:
             status = ("paused", "delivery paused by an operator")
+        elif self.mx and self.mx_refused:
+            status = ("no server name", self.mx_refused)
+        elif self.mx:
+            down = sum(d.backing_off(time.time()) for d in self._destinations.known.values())
+            status = ("running", "to each domain's MX hosts" + (f" ({down} destination(s) backing off)" if down else ""))
         elif self.hop is None:
             status = ("no next hop", "set one with `smtpplus queue next-hop HOST:PORT`")
         elif self.hop_is_self:
@@ -480,6 +530,11 @@ class DeliveryEngine:
             return
         self._bucket.take(len(claimed), time.monotonic())
         self.counters.dispatched += len(claimed)
+        if self.mx:
+            self._waiting.extend(claimed)
+            self._waiting.sort(key=lambda m: (m.priority, m.id))
+            self._launch_waiting()
+            return
         hop = self.hop
         for message in claimed:
             if hop is None:  # cannot happen: claims need a hop; give it back at once
@@ -493,6 +548,17 @@ class DeliveryEngine:
             flight.task = asyncio.create_task(self._deliver(message, hop, conn), name=f"deliver-{message.queue_id}")
 
     async def _reap_idle(self) -> None:
+        if self._mx_idle:
+            cutoff = time.monotonic() - IDLE_CONNECTION_TTL
+            for hop, conns in list(self._mx_idle.items()):
+                keep = [c for c in conns if c.last_used >= cutoff and c.connected]
+                for conn in conns:
+                    if conn not in keep:
+                        await conn.close()
+                if keep:
+                    self._mx_idle[hop] = keep
+                else:
+                    del self._mx_idle[hop]
         if not self._idle:
             return
         cutoff = time.monotonic() - IDLE_CONNECTION_TTL
@@ -577,7 +643,9 @@ class DeliveryEngine:
         result = all_deferred(message, reason, reply, hop_failure=hop_wide)
         return self._outcome(message, result, self.hop, time.time())
 
-    def _outcome(self, m: Claimed, result: AttemptResult, hop: NextHop | None, now: float) -> Outcome:
+    def _outcome(
+        self, m: Claimed, result: AttemptResult, hop: NextHop | None, now: float, *, target: str | None = None,
+    ) -> Outcome:
         """Turn one attempt into the message's new state (:func:`settle`), with a
         bounce for the failed recipients, and count it."""
         retry = RetryPolicy(self.retry_base, self.retry_max, self.queue_lifetime)
@@ -590,7 +658,7 @@ class DeliveryEngine:
             self.counters.deferred += 1
         else:
             self.counters.failed += 1
-        detail = outcome_detail(m, settled, hop.address if hop else "-", now)
+        detail = outcome_detail(m, settled, target or (hop.address if hop else "-"), now)
         return Outcome(
             m, settled.state, settled.reason, settled.reply, settled.recipients, settled.next_attempt_at, bounce, detail,
         )
@@ -637,6 +705,188 @@ class DeliveryEngine:
             next_hop=hop.host if hop else None, now=now, ret=m.dsn_ret, envid=m.dsn_envid,
             sender=self.system_sender,
         )
+
+    # -- MX delivery ------------------------------------------------------------------
+
+    async def _enter_mx(self) -> None:
+        """Switch to MX delivery: refuse without a dotted server name (MX hosts judge the
+        relay by its EHLO name), else get a resolver and the routes."""
+        self.mx = True
+        self.hop = None
+        self.hop_is_self = False
+        self._hop_backoff.succeeded()
+        if server_name_warning(self.server_name) is not None:
+            self.mx_refused = (
+                f"MX delivery needs a dotted server name: set server_name (e.g. relay.example.com), not {self.server_name!r}"
+            )
+            self._event(EventKind.RELAY, Reason.MX_NEEDS_SERVER_NAME, self.mx_refused)
+            return
+        self.mx_refused = None
+        from relay.mx import resolver_for
+
+        try:
+            setting = await self._store.run(get_setting, Keys.DNS_RESOLVER)
+            self._resolver = resolver_for(setting, os.environ)
+        except (StoreError, ValueError) as exc:
+            self.mx_refused = f"no DNS resolver for MX delivery: {exc}"
+            self._event(EventKind.RELAY, Reason.DEFERRED_DNS, self.mx_refused)
+            return
+        await self._read_routes(time.time())
+
+    async def _read_routes(self, now: float) -> None:
+        self._routes_read = now
+        try:
+            self._routes = await self._store.run(route_map)
+        except StoreError as exc:  # keep the last ones
+            log.warning("delivery: cannot read routes: %s", exc)
+
+    async def _close_idle(self) -> None:
+        idle = self._idle + [conn for conns in self._mx_idle.values() for conn in conns]
+        self._idle, self._mx_idle = [], {}
+        for conn in idle:
+            await conn.close()
+
+    def _launch_waiting(self) -> None:
+        """Start the claimed messages (strict priority) whose destinations have room; the
+        others keep their lease and wait for a delivery to the same destination to end.
+        A message whose destinations all back off starts too: it is deferred at once."""
+        now = time.time()
+        share = self._share()
+        still: list[Claimed] = []
+        for message in self._waiting:
+            if self._stopping or len(self._flights) >= self.settings.parallel:
+                still.append(message)
+                continue
+            domains = list(group_by_destination(message.recipients))
+            backing_off = all(self._destinations.get(d).backing_off(now) for d in domains)
+            if not backing_off and not self._destinations.has_room(domains, now, share):
+                still.append(message)
+                continue
+            flight = _Flight(message)
+            self._flights[message.id] = flight
+            self._destinations.start(domains)
+            flight.task = asyncio.create_task(self._deliver_mx(message, domains), name=f"deliver-{message.queue_id}")
+        self._waiting = still
+
+    async def _deliver_mx(self, message: Claimed, domains: list[str]) -> None:
+        """One attempt: one transaction per destination, all at once; one outcome."""
+        try:
+            groups = group_by_destination(message.recipients)
+            try:
+                parts = await asyncio.gather(*(self._deliver_destination(message, d, rcpts) for d, rcpts in groups.items()))
+                result = merge(message, [part for part, _target in parts])
+                target = ", ".join(target for _part, target in parts)
+            except Exception as exc:  # a bug must not lose the message: retry later
+                log.exception("delivery: unexpected error delivering %s", message.queue_id)
+                result = all_deferred(message, Reason.DEFERRED_CONNECT, f"internal error: {type(exc).__name__}")
+                target = ", ".join(groups)
+            now = time.time()
+            for reason, detail in result.notes:
+                self._message_event(message, reason, detail, now)
+            self._outcomes.append(self._outcome(message, result, None, now, target=target))
+        finally:
+            self._destinations.finish(domains)
+            self._flights.pop(message.id, None)
+            if not self._stopping:
+                self._launch_waiting()
+            self._wake.set()
+
+    async def _deliver_destination(self, message: Claimed, domain: str, rcpts: list[str]) -> tuple[AttemptResult, str]:
+        """One transaction for one destination: its route, else its MX hosts in order
+        (a host that fails as a whole, or defers every recipient, passes to the next)."""
+        part = dataclasses.replace(message, recipients=rcpts)
+        now = time.time()
+        dest = self._destinations.get(domain)
+        if dest.backing_off(now):
+            reply = f"451 4.4.1 {domain} is backing off after failures ({dest.backoff.reason}); not tried"
+            return all_deferred(part, Reason.DEFERRED_DESTINATION, reply), domain
+        hops, failure = await self._hops_for(domain)
+        if failure is not None:
+            if failure.permanent:
+                code = 556 if failure.enhanced == "5.1.10" else 550
+                reply = f"{code} {failure.enhanced} {failure.message}"
+                self._destinations.answered(domain, reply, now)
+                return all_failed(part, failure.reason, reply), domain
+            reply = f"451 {failure.enhanced} {failure.message}"
+            self._destination_failed(domain, reply, now)
+            return all_deferred(part, failure.reason, reply, hop_failure=True), domain
+        result: AttemptResult | None = None
+        target = domain
+        for n, hop in enumerate(hops):
+            target = f"{domain} via {hop.tls_name or hop.host} {hop.address}"
+            conn = self._mx_connection(hop)
+            try:
+                result = await conn.deliver(part)
+            except HopFailure as exc:
+                result = all_deferred(part, exc.reason, exc.reply, hop_failure=True)
+            except asyncio.CancelledError:
+                await conn.close()
+                raise
+            self._release_mx_connection(conn)
+            if not all(r.state == "deferred" for r in result.recipients):
+                break
+            if n + 1 < len(hops):
+                self._message_event(
+                    message, Reason.MX_HOST_FAILED, f"{target}: {result.reply}; trying the next host", time.time(),
+                )
+        assert result is not None
+        now = time.time()
+        if all(r.state == "deferred" for r in result.recipients):
+            self._destination_failed(domain, result.reply, now)
+        elif self._destinations.answered(domain, result.reply, now):
+            self._event(EventKind.RELAY, Reason.DESTINATION_UP, f"destination {domain} answers again")
+        return result, target
+
+    async def _hops_for(self, domain: str) -> tuple[list[NextHop], Any]:
+        """The hosts to try for a destination, in order, or why there are none (a
+        relay.mx.RouteFailure). Never AUTH to an MX or a route: no user, no password."""
+        tls = self.settings.next_hop_tls
+        cafile = self.settings.next_hop_cafile
+        routed = self._routes.get(domain)
+        if routed is not None:
+            return [NextHop(routed[0], routed[1], tls, cafile=cafile)], None
+        from relay.mx import RouteFailure
+
+        try:
+            route = await self._resolver.route(domain)
+        except RouteFailure as failure:
+            return [], failure
+        port = int(_setting(self.config, "mx_port"))
+        hops = [
+            NextHop(address, port, tls, cafile=cafile, tls_name=host.name)
+            for host in route.hosts for address in host.addresses
+        ]
+        return hops, None
+
+    def _destination_failed(self, domain: str, reply: str, now: float) -> None:
+        was_up, retry_at = self._destinations.failed(domain, reply, now, self._rng)
+        self.counters.hop_failures += 1
+        if was_up:
+            self._event(
+                EventKind.RELAY, Reason.DESTINATION_DOWN,
+                f"destination {domain} unusable ({reply}); backing off, next try in {retry_at - now:.1f} s",
+            )
+
+    def _mx_connection(self, hop: NextHop) -> HopConnection:
+        pool = self._mx_idle.get(hop, [])
+        while pool:
+            conn = pool.pop()
+            if conn.connected:
+                return conn
+        self.counters.connections_opened += 1
+        return HopConnection(
+            hop, connect_timeout=self.connect_timeout, command_timeout=self.command_timeout,
+            local_hostname=self.server_name, recipients_per_transaction=self.recipients_per_transaction,
+        )
+
+    def _release_mx_connection(self, conn: HopConnection) -> None:
+        idle = sum(len(conns) for conns in self._mx_idle.values())
+        if conn.connected and not self._stopping and self.mx and idle < self.settings.parallel:
+            self._mx_idle.setdefault(conn.hop, []).append(conn)
+            return
+        closing = asyncio.create_task(conn.close(), name="close-mx-connection")
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
 
     # -- system sender ----------------------------------------------------------------
 

@@ -36,6 +36,7 @@ class NextHop:
     user: str | None = None
     password: str | None = None
     cafile: str | None = None
+    tls_name: str | None = None  # the name its certificate should carry (an MX host's), when host is an address
 
     @property
     def address(self) -> str:
@@ -101,7 +102,7 @@ class HopConnection:
                 if not smtp.supports_extension("starttls"):
                     raise HopFailure(Reason.DEFERRED_TLS, f"{hop.address} does not offer STARTTLS, and TLS is required")
                 try:
-                    await smtp.starttls(server_hostname=hop.host, tls_context=self._tls_context())
+                    await smtp.starttls(server_hostname=hop.tls_name or hop.host, tls_context=self._tls_context())
                 except (aiosmtplib.SMTPException, ssl.SSLError, OSError) as exc:
                     raise HopFailure(Reason.DEFERRED_TLS, f"STARTTLS with {hop.address} failed: {exc}") from None
                 self.tls = True

@@ -109,6 +109,27 @@ def conclude(
     return result
 
 
+def merge(m: Claimed, parts: list[AttemptResult]) -> AttemptResult:
+    """One attempt's results from several destinations (one transaction each) as one:
+    recipients in the message's order; the reason and reply of the first part that
+    defers, else of the first that fails when every recipient failed, else delivered."""
+    if len(parts) == 1:
+        return parts[0]
+    by_address = {r.address: r for part in parts for r in part.recipients}
+    ordered = [by_address[a] for a in m.recipients if a in by_address]
+    deciding = (
+        next((p for p in parts if any(r.state == "deferred" for r in p.recipients)), None)
+        or (next((p for p in parts if p.recipients), None) if all(r.state == "failed" for r in ordered) else None)
+        or next(p for p in parts if any(r.state == "sent" for r in p.recipients))
+    )
+    return AttemptResult(
+        ordered, deciding.reason, deciding.reply,
+        hop_failure=all(p.hop_failure for p in parts),
+        relayed=[a for p in parts for a in p.relayed],
+        notes=[n for p in parts for n in p.notes],
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
     base: float
@@ -156,7 +177,9 @@ def settle(m: Claimed, result: AttemptResult, *, now: float, retry: RetryPolicy,
     if state != "deferred":
         if failed and not sent and not m.delivered_before:
             state = "failed"
-            reason = reason if reason in (Reason.FAILED_LIFETIME, Reason.FAILED_NO_SMTPUTF8) else Reason.FAILED_5XX
+            # A failure with its own reason (lifetime, SMTPUTF8, null MX, no such domain)
+            # keeps it; any other is the hop's 5xx.
+            reason = reason if reason.value.startswith("failed-") else Reason.FAILED_5XX
         else:
             state, reason = "sent", Reason.DELIVERED
     return Settled(state, reason, reply, recipients, next_attempt_at, failed, sent)

@@ -30,6 +30,7 @@ from relay.store.errors import InvalidInput, NotFound
 from relay.store.events import Event, NewEvent, events_for_message, record_event, record_events
 from relay.store.intake import NewMessage, RecipientDsn, insert_messages
 from relay.store.lease import relay_status
+from relay.store.routing import DestinationState, record_destinations
 from relay.store.settings import Keys, get_settings, set_setting
 from relay.store.sqlite.db import Connection, Row, data_version, transaction
 from relay.store.suppressions import suppress_hard_bounces
@@ -39,6 +40,7 @@ FINISHED_STATES = ("sent", "failed")
 ALL_STATES = ACTIVE_STATES + FINISHED_STATES
 TLS_MODES = ("required", "opportunistic", "off")
 
+MX_MODE = "mx"  # the next hop setting's value for MX routing (no host, no port)
 DEFAULT_PARALLEL = 4
 HEADER_BYTES = 64 * 1024  # what `queue show` reads of a body for its headers (as the console)
 MAX_PARALLEL = 256
@@ -61,6 +63,11 @@ class DeliverySettings:
     next_hop_password: str | None = None
     next_hop_cafile: str | None = None
     starvation_share: float = 0.0
+
+    @property
+    def mx(self) -> bool:
+        """Delivery to each recipient domain's MX hosts (``queue next-hop mx``)."""
+        return self.next_hop == MX_MODE
 
     @property
     def hop_key(self) -> tuple[Any, ...]:
@@ -208,14 +215,19 @@ def set_next_hop(
     Returns the normalized hop. The password is stored as a setting and never
     echoed in events."""
     normalized: str | None = None
-    if hop is not None:
+    if hop is not None and hop.strip().lower() == MX_MODE:
+        normalized = MX_MODE
+    elif hop is not None:
         host, port = parse_next_hop(hop)
         normalized = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     if tls is not None and tls not in TLS_MODES:
         raise InvalidInput(f"TLS mode {tls!r} is not one of {', '.join(TLS_MODES)}")
     with transaction(db):
         set_setting(db, Keys.NEXT_HOP, normalized)
-        parts = [f"next hop set to {normalized}" if normalized else "next hop cleared"]
+        parts = [
+            "delivery to each domain's MX hosts" if normalized == MX_MODE
+            else f"next hop set to {normalized}" if normalized else "next hop cleared"
+        ]
         if tls is not None:
             set_setting(db, Keys.NEXT_HOP_TLS, tls)
             parts.append(f"STARTTLS {tls}")
@@ -313,6 +325,12 @@ class RoundRequest:
     events: list[NewEvent] = field(default_factory=list)  # the engine's own (next hop down, …)
     seen_version: int | None = None
     force: bool = False
+    # MX delivery: destinations that cannot take a delivery now (backing off, or at
+    # their connection share); a message whose pending recipients are all in them is
+    # passed over, so it never holds back one that can go. And the engine's view of
+    # the destinations that changed, for ``queue destinations``.
+    skip_destinations: list[str] = field(default_factory=list)
+    destinations: list[DestinationState] = field(default_factory=list)
     # None (the engine): the clock is read under the write lock, where readiness is
     # decided. A fixed time is for tests that need one.
     now: float | None = None
@@ -321,7 +339,10 @@ class RoundRequest:
     def idle(self) -> bool:
         """Nothing to write and nothing forced: only a change by another process
         (the change feed, or ``seen_version``) makes such a round worth running."""
-        return not (self.outcomes or self.events or self.renew or self.reclaim_expired or self.promote_due or self.force)
+        return not (
+            self.outcomes or self.events or self.renew or self.reclaim_expired or self.promote_due or self.force
+            or self.destinations
+        )
 
 
 @dataclass(slots=True)
@@ -361,6 +382,7 @@ def dispatch_round(db: Connection, req: RoundRequest) -> RoundResult:
         if req.events:
             record_events(db, req.events)
         _settle(db, req.owner, req.outcomes, now)
+        record_destinations(db, req.destinations, now)
         if req.renew:
             _renew(db, req.owner, req.renew, now + req.lease_seconds)
         if req.reclaim_expired:
@@ -407,13 +429,14 @@ def _claim(db: Connection, req: RoundRequest, budget: int, now: float) -> list[C
             ).fetchall()
             budget -= len(rows)
     if budget > 0:
+        skip, skip_args = _skip_destinations(req.skip_destinations)
         # PostgreSQL: the inner SELECT gets FOR UPDATE SKIP LOCKED.
         rows += db.execute(
             "UPDATE messages SET state = 'sending', lease_owner = ?, lease_until = ?, "
             "attempts = attempts + 1, updated_at = ? WHERE id IN ("
-            "SELECT id FROM messages WHERE state = 'queued' AND next_attempt_at <= ? "
+            f"SELECT id FROM messages WHERE state = 'queued' AND next_attempt_at <= ?{skip} "
             "ORDER BY priority, id LIMIT ?) " + _CLAIM_RETURNING,
-            (req.owner, lease_until, now, now, budget),
+            (req.owner, lease_until, now, now, *skip_args, budget),
         ).fetchall()
     if not rows:
         return []
@@ -463,6 +486,20 @@ def _claim(db: Connection, req: RoundRequest, budget: int, now: float) -> list[C
         ],
     )
     return claimed
+
+
+def _skip_destinations(domains: Sequence[str]) -> tuple[str, list[str]]:
+    """The claim's extra condition when some destinations cannot take mail now: the
+    message still has a recipient to deliver elsewhere (empty when none are blocked,
+    so smarthost delivery's claim is the plain index walk it always was)."""
+    if not domains:
+        return "", []
+    marks = ",".join("?" * len(domains))
+    return (
+        " AND EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = messages.id "
+        f"AND r.state IN ('queued', 'deferred') AND coalesce(r.domain, '') NOT IN ({marks}))",
+        list(domains),
+    )
 
 
 def _oldest_lower_ready(db: Connection, now: float) -> int | None:

@@ -322,7 +322,31 @@ CREATE TABLE dkim_keys (
 CREATE UNIQUE INDEX dkim_keys_one_active ON dkim_keys(domain) WHERE active = 1;
 """
 
-MIGRATIONS: list[str] = [V1_DIRECTORY, V2_QUEUE, V3_ENVELOPE_PARAMETERS, V4_COUNTS, V5_BULK_SENDER, V6_DKIM_KEYS]
+# Delivery to the internet (issue 14): each recipient's domain (its destination; a
+# generated column, so no writer changes and nothing is stored: the claim can pass over
+# messages whose destinations cannot take mail now; PostgreSQL: split_part, STORED),
+# the operator's transport map (``routes``) and the engine's per-destination state
+# (``destinations``: in flight, last reply, backing off until) for ``queue destinations``.
+V7_DESTINATIONS = """
+ALTER TABLE recipients ADD COLUMN domain TEXT GENERATED ALWAYS AS (lower(substr(address, instr(address, '@') + 1))) VIRTUAL;
+CREATE TABLE routes (
+    domain     TEXT PRIMARY KEY,
+    host       TEXT NOT NULL,
+    port       INTEGER NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE destinations (
+    domain        TEXT PRIMARY KEY,
+    in_flight     INTEGER NOT NULL DEFAULT 0,
+    last_reply    TEXT,
+    last_at       REAL,
+    backoff_until REAL,
+    failures      INTEGER NOT NULL DEFAULT 0,
+    updated_at    REAL NOT NULL
+);
+"""
+
+MIGRATIONS: list[str] = [V1_DIRECTORY, V2_QUEUE, V3_ENVELOPE_PARAMETERS, V4_COUNTS, V5_BULK_SENDER, V6_DKIM_KEYS, V7_DESTINATIONS]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
