@@ -15,8 +15,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from relay.scheduler import HopBackoff
-from relay.store.intake import recipient_domain
 from relay.store.routing import DestinationState
+
+
+def recipient_domain(address: str) -> str:
+    """A recipient's destination: the domain after the last ``@``, lower case ("" without one).
+    (The store's generated ``recipients.domain`` is the same for every address with one ``@``.)"""
+    return address.rpartition("@")[2].lower() if "@" in address else ""
 
 
 def destination_share(max_per_destination: int, parallel: int) -> int:

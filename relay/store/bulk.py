@@ -67,6 +67,5 @@ def _insert(
             "INSERT INTO message_bodies(message_id, data) VALUES (?, ?)", ((first + n, body(n)[1]) for n in range(count))
         )
         db.executemany(
-            "INSERT INTO recipients(message_id, address, domain) VALUES (?, ?, ?)",
-            ((first + n, f"user{n}@{recipient_domain}", recipient_domain.lower()) for n in range(count)),
+            "INSERT INTO recipients(message_id, address) VALUES (?, ?)", ((first + n, body(n)[0]) for n in range(count))
         )

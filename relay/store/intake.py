@@ -60,11 +60,6 @@ class NewMessage:
     recipient_dsn: Mapping[str, RecipientDsn] | None = None  # NOTIFY=/ORCPT= per recipient
 
 
-def recipient_domain(address: str) -> str:
-    """A recipient's destination: the domain after the last ``@``, lower case ("" without one)."""
-    return address.rpartition("@")[2].lower() if "@" in address else ""
-
-
 @dataclass(frozen=True, slots=True)
 class Queued:
     message_id: int
@@ -96,9 +91,8 @@ def insert_messages(db: Connection, messages: Sequence[NewMessage], *, now: floa
             _insert_body(db, message_id, m.data)
             dsn = m.recipient_dsn or {}
             db.executemany(
-                "INSERT OR IGNORE INTO recipients(message_id, address, dsn_notify, dsn_orcpt, domain) "
-                "VALUES (?, ?, ?, ?, ?)",
-                [(message_id, r, *_dsn_row(dsn.get(r)), recipient_domain(r)) for r in m.recipients],
+                "INSERT OR IGNORE INTO recipients(message_id, address, dsn_notify, dsn_orcpt) VALUES (?, ?, ?, ?)",
+                [(message_id, r, *_dsn_row(dsn.get(r))) for r in m.recipients],
             )
             db.execute(
                 "INSERT INTO events(at, kind, reason, username, list_id, client, port, message_id, queue_id, detail) "
