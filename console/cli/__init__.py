@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "queue": ("console.cli.queue:queue", "The sending queue: inspect, hold, retry; pause, rate, next hop."),
     "unsubscribe": ("console.cli.bulk:unsubscribe", "Unsubscribe a list member with the token of a List-Unsubscribe header."),
     "suppressions": ("console.cli.bulk:suppressions", "The suppression list: addresses campaigns never send to."),
+    "routes": ("console.cli.routes:routes", "Routes: recipient domains sent to a fixed HOST:PORT (MX delivery)."),
     "tls": ("console.cli.relay_cmd:tls", "The relay's TLS certificate."),
     "store": ("console.cli.store_cmd:store", "The store file: backup, integrity check, recount."),
     "send": ("console.cli.send:send", "Send one message, swaks-style, and show the dialogue."),

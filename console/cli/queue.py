@@ -342,7 +342,7 @@ def starvation(share: str | None, as_json: bool, db_path: Path | None) -> None:
 
 
 @queue.command("next-hop")
-@click.argument("hop", required=False, metavar="HOST:PORT")
+@click.argument("hop", required=False, metavar="HOST:PORT|mx")
 @click.option("--tls", type=click.Choice(["required", "opportunistic", "off"]), default=None,
               help="STARTTLS toward the next hop (required never sends in plain text).")
 @click.option("--auth-user", default=None, help="AUTH at the next hop as this user ('' for none).")
@@ -354,11 +354,16 @@ def starvation(share: str | None, as_json: bool, db_path: Path | None) -> None:
 @common.db_option
 def next_hop(hop: str | None, tls: str | None, auth_user: str | None, auth_password_env: str | None,
              cafile: str | None, clear: bool, as_json: bool, db_path: Path | None) -> None:
-    """Show or set the next hop (smarthost) every message is delivered to."""
+    """Show or set where mail goes: a next hop (smarthost) every message is delivered
+    to, or `mx`: each recipient domain's MX hosts (on the relay's `mx_port`, STARTTLS as
+    --tls says, opportunistic by default; never AUTH; `smtpplus routes` first)."""
     from relay.store import queue as store_queue
 
     if clear and hop:
-        raise CliError("give HOST:PORT or --clear, not both")
+        raise CliError("give HOST:PORT, mx or --clear, not both")
+    mx = hop is not None and hop.strip().lower() == store_queue.MX_MODE
+    if mx and (auth_user or auth_password_env):
+        raise CliError("MX hosts never get AUTH: drop --auth-user/--auth-password-env with mx")
     password = None
     if auth_password_env is not None:
         password = os.environ.get(auth_password_env)
@@ -381,6 +386,8 @@ def next_hop(hop: str | None, tls: str | None, auth_user: str | None, auth_passw
                    + (f", AUTH as {s.next_hop_user}" if s.next_hop_user else ""))
     elif s.next_hop is None:
         click.echo("Next hop cleared: delivery waits until one is set.")
+    elif s.mx:
+        click.echo(f"Delivery: each recipient domain's MX hosts (STARTTLS {s.next_hop_tls}; routes first).")
     else:
         click.echo(f"Next hop: {s.next_hop}" + (f" (STARTTLS {tls})" if tls else ""))
 
@@ -420,3 +427,42 @@ def status(as_json: bool, db_path: Path | None) -> None:
         wait = lane.oldest_wait(now)
         click.echo(f"  priority {lane.priority}: queued {lane.queued}, deferred {lane.deferred}, sending {lane.sending}, "
                    f"held {lane.held}, oldest waiting {_wait(wait) if wait is not None else '-'}")
+
+
+@queue.command("destinations")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=100, show_default=True, help="At most this many rows.")
+@common.json_option
+@common.db_option
+def destinations(limit: int, as_json: bool, db_path: Path | None) -> None:
+    """Mail per destination (recipient domain): recipients queued, deliveries in flight,
+    the last reply and, after failures, until when it backs off. Busiest first."""
+    import time
+
+    from relay.store.routing import destination_rows
+
+    now = time.time()
+    with common.open_db(db_path, create=False) as db:
+        rows = destination_rows(db, limit=limit)
+    if as_json:
+        common.print_json([
+            {"destination": r.domain, "queued": r.queued, "in_flight": r.in_flight, "last_reply": r.last_reply,
+             "last_at": r.last_at, "backoff_until": r.backoff_until if r.backing_off(now) else None, "route": r.route}
+            for r in rows
+        ])
+        return
+    if not rows:
+        click.echo("No destinations: nothing queued, nothing delivered in MX mode yet.")
+        return
+    from rich import box
+    from rich.table import Table
+
+    table = Table(box=box.SIMPLE_HEAD)
+    for column in ("destination", "queued", "in flight", "backing off", "route", "last reply"):
+        table.add_column(column, no_wrap=column != "last reply")
+    for r in rows:
+        backoff = f"{_wait(r.backoff_until - now)} more" if r.backing_off(now) and r.backoff_until else "-"
+        table.add_row(
+            _escape(r.domain or "-"), str(r.queued), str(r.in_flight), backoff,
+            _escape(r.route or "MX"), _escape((r.last_reply or "")[:60]),
+        )
+    common.stdout_console().print(table)
