@@ -196,6 +196,7 @@ class DeliveryEngine:
         self._routes: dict[str, tuple[str, int]] = {}
         self._routes_read = 0.0
         self._resolver: Any = None
+        self.dns_timeout = 5.0  # each MX lookup (relay.mx.DEFAULT_TIMEOUT; tests shorten it)
         self._destinations = DestinationTable(min(self.retry_base, 5.0), min(self.retry_max, 60.0))
         self._waiting: list[Claimed] = []
         self._mx_idle: dict[NextHop, list[HopConnection]] = {}
@@ -726,7 +727,7 @@ class DeliveryEngine:
 
         try:
             setting = await self._store.run(get_setting, Keys.DNS_RESOLVER)
-            self._resolver = resolver_for(setting, os.environ)
+            self._resolver = resolver_for(setting, os.environ, timeout=self.dns_timeout)
         except (StoreError, ValueError) as exc:
             self.mx_refused = f"no DNS resolver for MX delivery: {exc}"
             self._event(EventKind.RELAY, Reason.DEFERRED_DNS, self.mx_refused)

@@ -1,0 +1,336 @@
+"""MX delivery with real parts: an authoritative DNS server on loopback (harness.dns),
+aiosmtpd MX hosts on 127.0.0.2–127.0.0.9 at one high port (the relay's ``mx_port``),
+the delivery engine against a real store. Assertions are on order, counts, replies and
+events — never on seconds."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from harness.dns import DnsServer
+from harness.sink import CaptureSink
+from relay.delivery import DeliveryEngine
+from relay.delivery.destinations import destination_share, group_by_destination, recipient_domain
+from relay.store import open_store
+from relay.store import queue as q
+from relay.store.routing import add_route, destination_rows
+from relay.store.settings import Keys, set_setting
+from tests.delivery.conftest import enqueue, eventually, fast_config, message, running_engine
+
+
+def free_port_on_loopbacks(hosts: list[str]) -> int:
+    """A port free on every one of ``hosts`` (tried a few times: another test may take one)."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind((hosts[0], 0))
+            port = int(probe.getsockname()[1])
+        try:
+            for host in hosts[1:]:
+                with socket.socket() as other:
+                    other.bind((host, port))
+        except OSError:
+            continue
+        return port
+    raise AssertionError("no port free on every loopback address")
+
+
+class SilentHost:
+    """Accepts TCP connections and never says a word (an MX that never answers)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.connections = 0
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> None:
+        async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.connections += 1
+            self._writers.append(writer)
+            with contextlib.suppress(Exception):
+                await reader.read()
+
+        self._server = await asyncio.start_server(hold, self.host, self.port, reuse_address=True)
+
+    async def stop(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self._writers:
+            writer.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._server.wait_closed(), 5)
+
+
+class SlowDeferringHost:
+    """An MX that thinks before every RCPT, then answers 451: counts the connections
+    it holds at once (the engine must never give one destination all of ``parallel``)."""
+
+    def __init__(self, host: str, port: int, delay: float) -> None:
+        self.host, self.port, self.delay = host, port, delay
+        self.open = 0
+        self.most_open = 0
+        self.rcpts = 0
+        self._server: Any = None
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]) -> str:
+        self.rcpts += 1
+        await asyncio.sleep(self.delay)
+        return "451 4.7.1 slow down, try later"
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        outer = self
+
+        class Counting(SMTP):
+            def connection_made(self, transport: Any) -> None:
+                outer.open += 1
+                outer.most_open = max(outer.most_open, outer.open)
+                super().connection_made(transport)
+
+            def connection_lost(self, error: Exception | None) -> None:
+                outer.open -= 1
+                super().connection_lost(error)
+
+        self._server = await loop.create_server(
+            lambda: Counting(self, hostname="slow.mx.test"), host=self.host, port=self.port, reuse_address=True,
+        )
+
+    async def stop(self) -> None:
+        self._server.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._server.wait_closed(), 5)
+
+
+@pytest.fixture
+async def dns() -> AsyncIterator[DnsServer]:
+    server = DnsServer()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+HOSTS = [f"127.0.0.{n}" for n in range(2, 10)]
+
+
+@pytest.fixture
+def mx_port() -> int:
+    return free_port_on_loopbacks(HOSTS)
+
+
+def point_at_mx(db: Any, dns: DnsServer, *, parallel: int = 4) -> None:
+    set_setting(db, Keys.DNS_RESOLVER, f"127.0.0.1:{dns.port}")
+    q.set_next_hop(db, "mx")
+    q.set_parallel(db, parallel)
+
+
+def reasons(db: Any) -> list[tuple[str, str]]:
+    return [(r[0], r[1]) for r in db.execute("SELECT reason, detail FROM events ORDER BY id")]
+
+
+def by_subject(db: Any) -> dict[str, tuple[str, str | None]]:
+    return {r.subject: (r.state, r.last_reply) for r in q.list_messages(db, state="all", limit=1000)}
+
+
+# ---------------------------------------------------------------------------
+# Pure parts
+
+
+def test_destination_share_never_takes_every_connection() -> None:
+    assert destination_share(10, 4) == 3
+    assert destination_share(2, 4) == 2
+    assert destination_share(10, 1) == 1  # one connection: it is everyone's
+    assert destination_share(10, 2) == 1
+    assert destination_share(1, 256) == 1
+
+
+def test_recipients_group_by_domain_in_first_seen_order() -> None:
+    groups = group_by_destination(["a@B.test", "x@c.test", "b@b.TEST", '"q@x"@c.test'])
+    assert groups == {"b.test": ["a@B.test", "b@b.TEST"], "c.test": ["x@c.test", '"q@x"@c.test']}
+    assert recipient_domain("postmaster") == ""
+
+
+def test_the_claim_passes_over_messages_whose_destinations_cannot_take_mail(db: Any) -> None:
+    q.set_next_hop(db, "mx")
+    enqueue(db, [
+        message(1, priority=1, to=["a@slow.test"]),
+        message(2, priority=1, to=["b@slow.test", "c@fast.test"]),
+        message(3, priority=3, to=["d@fast.test"]),
+    ])
+    result = q.dispatch_round(db, q.RoundRequest("t", 60, 10, "mx", skip_destinations=["slow.test"]))
+    # Strict priority among what can go: the mixed message (priority 1) first, the
+    # slow-only one passed over.
+    assert [m.recipients for m in result.claimed] == [["b@slow.test", "c@fast.test"], ["d@fast.test"]]
+    result = q.dispatch_round(db, q.RoundRequest("t", 60, 10, "mx"))
+    assert [m.recipients for m in result.claimed] == [["a@slow.test"]]
+
+
+# ---------------------------------------------------------------------------
+# The engine against DNS and MX hosts
+
+
+async def test_mx_routing_preference_fallback_null_mx_nxdomain_routes(store_path: Path, dns: DnsServer, mx_port: int) -> None:
+    good, backup, implicit, routed = (CaptureSink(host, mx_port) for host in ("127.0.0.2", "127.0.0.4", "127.0.0.5", "127.0.0.6"))
+    silent = SilentHost("127.0.0.3", mx_port)
+    dns.set("good.test", "MX", "10 mx1.good.test", "20 mx2.good.test")
+    dns.set("mx1.good.test", "A", "127.0.0.2")
+    dns.set("mx2.good.test", "A", "127.0.0.9")  # never used: the first answers
+    dns.set("backup.test", "MX", "10 dead.backup.test", "20 alive.backup.test")
+    dns.set("dead.backup.test", "A", "127.0.0.3")
+    dns.set("alive.backup.test", "A", "127.0.0.4")
+    dns.set("implicit.test", "A", "127.0.0.5")
+    dns.null_mx("null.test")
+    # routed.test has no DNS at all: the route decides.
+    for sink in (good, backup, implicit, routed):
+        await sink.start()
+    await silent.start()
+    db = open_store(store_path)
+    try:
+        point_at_mx(db, dns)
+        add_route(db, "routed.test", "127.0.0.6", mx_port)
+        enqueue(db, [
+            message(1, to=["a@good.test"]),
+            message(2, to=["b@backup.test"]),
+            message(3, to=["c@implicit.test"]),
+            message(4, to=["d@null.test"]),
+            message(5, to=["e@gone.test"]),
+            message(6, to=["f@routed.test"]),
+            message(7, to=["g@good.test", "h@null.test"]),
+        ])
+        config = fast_config(mx_port=mx_port, connect_timeout=0.5)
+        async with running_engine(store_path, config):
+            await eventually(lambda: sum(s in ("sent", "failed") for s, _r in by_subject(db).values()) == 7)
+            found = by_subject(db)
+        # One transaction per destination: m7's good.test recipient alone, its null.test one failed.
+        assert sorted(m.rcpt_tos[0] for m in good.messages) == ["a@good.test", "g@good.test"]
+        assert all(len(m.rcpt_tos) == 1 for m in good.messages)
+        assert [m.rcpt_tos for m in backup.messages] == [["b@backup.test"]]
+        assert silent.connections >= 1  # tried first (preference 10), then the next host
+        assert [m.rcpt_tos for m in implicit.messages] == [["c@implicit.test"]]
+        assert [m.rcpt_tos for m in routed.messages] == [["f@routed.test"]]
+        assert found["m4 p3"][0] == "failed" and "5.1.10" in (found["m4 p3"][1] or "")
+        assert found["m5 p3"][0] == "failed" and "5.1.2" in (found["m5 p3"][1] or "")
+        assert found["m7 p3"][0] == "sent"  # one recipient delivered, the other failed for good
+        events = reasons(db)
+        assert any(r == "mx-host-failed" and "dead.backup.test" in d for r, d in events)
+        assert any(r == "failed-null-mx" for r, _d in events)
+        assert any(r == "failed-no-domain" for r, _d in events)
+        # A null MX fails the recipient at once with a bounce (sender is not null).
+        assert sum(r == "bounce-queued" for r, _d in events) >= 3
+        null_rcpt = db.execute("SELECT state, last_reply FROM recipients WHERE address = 'h@null.test'").fetchone()
+        assert null_rcpt[0] == "failed" and null_rcpt[1].startswith("556 5.1.10")
+    finally:
+        db.close()
+        for sink in (good, backup, implicit, routed):
+            await sink.stop()
+        await silent.stop()
+
+
+async def test_a_dns_timeout_defers_and_the_destination_backs_off(store_path: Path, dns: DnsServer, mx_port: int) -> None:
+    fast = CaptureSink("127.0.0.2", mx_port)
+    await fast.start()
+    dns.set("fast.test", "MX", "10 mx.fast.test")
+    dns.set("mx.fast.test", "A", "127.0.0.2")
+    dns.behave("slowdns.test", "silent")
+    db = open_store(store_path)
+    try:
+        point_at_mx(db, dns)
+        enqueue(db, [message(1, priority=1, to=["a@slowdns.test"]), message(2, priority=3, to=["b@fast.test"])])
+        engine = DeliveryEngine(store_path, fast_config(mx_port=mx_port), owner="engine-test")
+        engine.dns_timeout = 0.5  # a DNS timeout in half a second
+        await engine.start()
+        try:
+            await fast.wait_for(1)
+            await eventually(lambda: by_subject(db)["m1 p1"][0] == "deferred")
+            await eventually(lambda: any(r.domain == "slowdns.test" and r.last_reply for r in destination_rows(db)))
+        finally:
+            await engine.stop()
+        found = by_subject(db)
+        assert found["m1 p1"][0] == "deferred" and "4.4.3" in (found["m1 p1"][1] or "")
+        assert any(r == "deferred-dns" for r, _d in reasons(db))
+        assert any(r == "destination-down" and "slowdns.test" in d for r, d in reasons(db))
+        rows = {r.domain: r for r in destination_rows(db)}
+        assert rows["slowdns.test"].queued == 1 and rows["slowdns.test"].backoff_until is not None
+        assert rows["fast.test"].queued == 0 and (rows["fast.test"].last_reply or "").startswith("250")
+    finally:
+        db.close()
+        await fast.stop()
+
+
+async def test_a_slow_deferring_destination_never_holds_back_another(store_path: Path, dns: DnsServer, mx_port: int) -> None:
+    """Six messages to a destination that thinks, then answers 451, queued first and at
+    a higher priority; twenty to one that takes everything. With parallel 3 the slow
+    one holds at most 2 connections (parallel - 1), so every fast message is delivered
+    while the slow ones are still deferred."""
+    slow = SlowDeferringHost("127.0.0.7", mx_port, delay=0.3)
+    fast = CaptureSink("127.0.0.8", mx_port)
+    await slow.start()
+    await fast.start()
+    dns.set("slow.test", "MX", "10 mx.slow.test")
+    dns.set("mx.slow.test", "A", "127.0.0.7")
+    dns.set("fast.test", "MX", "10 mx.fast.test")
+    dns.set("mx.fast.test", "A", "127.0.0.8")
+    db = open_store(store_path)
+    try:
+        point_at_mx(db, dns, parallel=3)
+        enqueue(db, [message(n, priority=1, to=[f"s{n}@slow.test"]) for n in range(6)])
+        enqueue(db, [message(100 + n, priority=3, to=[f"f{n}@fast.test"]) for n in range(20)])
+        config = fast_config(mx_port=mx_port, retry_base=30.0, retry_max=60.0)
+        async with running_engine(store_path, config):
+            await fast.wait_for(20)
+            found = by_subject(db)
+        assert len(fast.messages) == 20
+        assert slow.rcpts >= 1  # it was tried, and deferred
+        assert 1 <= slow.most_open <= 2  # its share: parallel - 1
+        assert all(found[f"m{n} p1"][0] in ("queued", "deferred", "sending") for n in range(6))
+        assert not any(found[f"m{n} p1"][0] == "sent" for n in range(6))
+        assert {m.rcpt_tos[0] for m in fast.messages} == {f"f{n}@fast.test" for n in range(20)}
+        rows = {r.domain: r for r in destination_rows(db)}
+        assert rows["slow.test"].queued == 6 and (rows["slow.test"].last_reply or "").startswith("451")
+    finally:
+        db.close()
+        await slow.stop()
+        await fast.stop()
+
+
+async def test_mx_delivery_needs_a_dotted_server_name(store_path: Path, dns: DnsServer, mx_port: int) -> None:
+    db = open_store(store_path)
+    try:
+        point_at_mx(db, dns)
+        enqueue(db, [message(1, to=["a@good.test"])])
+        async with running_engine(store_path, fast_config(mx_port=mx_port, server_name="vm")) as engine:
+            await eventually(lambda: engine.status[0] == "no server name")
+            assert "server_name" in engine.status[1]
+            assert engine.counters.dispatched == 0
+        assert any(r == "mx-needs-server-name" for r, _d in reasons(db))
+        assert by_subject(db)["m1 p3"][0] == "queued"
+    finally:
+        db.close()
+
+
+def test_cli_routes_and_mx_mode(cli: Any) -> None:
+    assert cli("queue", "next-hop", "mx", check=True).stdout.startswith("Delivery: each recipient domain's MX hosts")
+    assert cli.json("queue", "next-hop")["next_hop"] == "mx"
+    refused = cli("queue", "next-hop", "mx", "--auth-user", "bob")
+    assert refused.returncode == 1 and "never get AUTH" in refused.stderr and "Traceback" not in refused.stderr
+    assert cli.json("routes", "add", "Partner.EXAMPLE.", "127.0.0.1:2525") == {
+        "domain": "partner.example", "host": "127.0.0.1", "port": 2525,
+    }
+    assert [r["domain"] for r in cli.json("routes", "ls")] == ["partner.example"]
+    bad = cli("routes", "add", "not a domain", "127.0.0.1:25")
+    assert bad.returncode == 1 and "is not a domain name" in bad.stderr
+    bad_hop = cli("routes", "add", "x.example", "nohost")
+    assert bad_hop.returncode == 1 and "HOST:PORT" in bad_hop.stderr
+    assert cli.json("routes", "rm", "partner.example") == {"domain": "partner.example", "removed": True}
+    missing = cli("routes", "rm", "partner.example")
+    assert missing.returncode == 1 and "no route for partner.example" in missing.stderr
+    assert cli.json("queue", "destinations") == []
+    assert "Smarthost" not in cli("queue", "next-hop", "127.0.0.1:2525", check=True).stdout
+    assert cli.json("queue", "next-hop")["next_hop"] == "127.0.0.1:2525"
