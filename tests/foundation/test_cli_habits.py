@@ -40,6 +40,7 @@ READ_COMMANDS = [
     ("senders", "ls"), ("senders", "show", "a@example.com"), ("senders", "settings"), ("status",),
     ("tls", "export"), ("store", "backup", "copy.db"), ("domains", "settings"), ("domains", "check", "example.com"),
     ("dkim", "ls"), ("dkim", "check", "example.org"),
+    ("queue", "destinations"), ("routes", "ls"),
 ]
 
 
