@@ -1,5 +1,6 @@
 """The live queue: lanes per priority, the delivery rate, the next messages in
-dispatch order, in flight, deferred, held, and campaigns.
+dispatch order, in flight, deferred, held, campaigns, and destinations (MX delivery:
+mail per recipient domain, in flight, last reply, backing off).
 
 Each refresh reads the lane aggregates (the dispatch index) and one page of the view
 being looked at; campaign progress is re-counted at most every two seconds.
@@ -23,16 +24,18 @@ from console.widgets.keyed_table import KeyedTable
 from console.widgets.lanes import PriorityLanes
 from relay.store import Connection, views
 from relay.store.queue import DeliverySettings, MessageRow, list_messages
+from relay.store.routing import DestinationRow, destination_rows
 
 PAGE = 50
 CAMPAIGN_RECOUNT = 2.0  # seconds between campaign progress counts
 
-#: (id, tab label, message state or None for campaigns)
+#: (id, tab label, message state or None for campaigns and destinations)
 VIEWS: list[tuple[str, str, str | None]] = [
     ("next", "Next to send", "queued"),
     ("sending", "In flight", "sending"),
     ("deferred", "Deferred", "deferred"),
     ("held", "Held", "held"),
+    ("destinations", "Destinations", None),
     ("campaigns", "Campaigns", None),
 ]
 STATE_OF = {view: state for view, _, state in VIEWS}
@@ -49,6 +52,8 @@ MESSAGE_COLUMNS: dict[str, Columns] = {
     "held": [("p", "P", 1), ("qid", "Queue ID", 12), ("wait", "Waiting", 8), ("from", "From", 22),
              ("rcpt", "Rcpt", 4), ("subject", "Subject", None)],
 }
+DESTINATION_COLUMNS: Columns = [("dest", "Destination", 32), ("queued", "Queued", 7), ("flight", "In flight", 9),
+                       ("backoff", "Backing off", 11), ("reply", "Last reply", None)]
 CAMPAIGN_COLUMNS: Columns = [("id", "#", 2), ("list", "List", 10), ("subject", "Subject", 12), ("p", "P", 1),
                     ("state", "State", 24), ("progress", "Progress", None)]
 
@@ -69,6 +74,7 @@ class QueueData:
     settings: DeliverySettings = field(default_factory=DeliverySettings)
     rows: list[MessageRow] = field(default_factory=list)
     campaigns: list[views.CampaignRow] = field(default_factory=list)
+    destinations: list[DestinationRow] = field(default_factory=list)
 
 
 class QueueScreen(LiveScreen):
@@ -85,7 +91,7 @@ class QueueScreen(LiveScreen):
         Binding("o", "set_parallel", "Parallel", show=False, tooltip="Set the parallel next-hop connections (1-256)", id="queue.parallel"),
         Binding("n", "set_next_hop", "Next hop", show=False, tooltip="Set the next hop (HOST:PORT) and its STARTTLS mode", id="queue.next-hop"),
         Binding("s", "set_starvation_share", "Starvation share", show=False, tooltip="Set the anti-starvation share: the fraction of dispatches given to the oldest lower-priority message (0 = off, at most 0.5)", id="queue.starvation-share"),
-        Binding("right_square_bracket", "next_view", "View", key_display="]", tooltip="Next view: next to send, in flight, deferred, held, campaigns", id="queue.next-view"),
+        Binding("right_square_bracket", "next_view", "View", key_display="]", tooltip="Next view: next to send, in flight, deferred, held, destinations, campaigns", id="queue.next-view"),
         Binding("left_square_bracket", "previous_view", "Prev view", key_display="[", show=False, tooltip="Previous view", id="queue.previous-view"),
         Binding("greater_than_sign", "next_page", "Next page", key_display=">", show=False, id="queue.next-page"),
         Binding("less_than_sign", "previous_page", "Previous page", key_display="<", show=False, id="queue.previous-page"),
@@ -115,7 +121,10 @@ class QueueScreen(LiveScreen):
         yield Static("", id="page-info")
         with ContentSwitcher(initial="table-next", id="tables"):
             for view, _, state in VIEWS:
-                columns = CAMPAIGN_COLUMNS if state is None else MESSAGE_COLUMNS[view]
+                columns = (
+                    DESTINATION_COLUMNS if view == "destinations"
+                    else CAMPAIGN_COLUMNS if state is None else MESSAGE_COLUMNS[view]
+                )
                 yield KeyedTable(columns, id=f"table-{view}")
 
     def on_mount(self) -> None:
@@ -137,7 +146,9 @@ class QueueScreen(LiveScreen):
         state = STATE_OF[request.view]
         if state is not None:
             data.rows = list_messages(db, state=state, after=request.after, limit=PAGE)
-        data.campaigns = self._campaigns(db, force=state is None)
+        data.campaigns = self._campaigns(db, force=request.view == "campaigns")
+        if request.view == "destinations":
+            data.destinations = destination_rows(db, limit=PAGE)
         return data
 
     def _campaigns(self, db: Connection, *, force: bool) -> list[views.CampaignRow]:
@@ -165,11 +176,13 @@ class QueueScreen(LiveScreen):
             self.refresh_data()
             return
         view = data.request.view
-        if STATE_OF[view] is None:
+        if view == "destinations":
+            self.table(view).sync([(d.domain or "-", self._destination_cells(d, now)) for d in data.destinations])
+        elif STATE_OF[view] is None:
             self.table(view).sync([(str(c.id), self._campaign_cells(c, now)) for c in data.campaigns])
         else:
             self.table(view).sync([(str(r.id), self._message_cells(view, r, now)) for r in data.rows])
-        self.query_one("#page-info", Static).update(self._page_info(data))
+        self.query_one("#page-info", Static).update(self._page_info(data, now))
 
     def _summary(self, data: QueueData, now: float) -> Text:
         """Two lines: delivery state, rate and backlog; then the campaigns under way."""
@@ -202,9 +215,13 @@ class QueueScreen(LiveScreen):
                 text.append(f" {campaign.progress:.0%}")
         return text
 
-    def _page_info(self, data: QueueData) -> str:
+    def _page_info(self, data: QueueData, now: float) -> str:
         view = data.request.view
         state = STATE_OF[view]
+        if view == "destinations":
+            backing_off = sum(d.backing_off(now) for d in data.destinations)
+            return (f"{len(data.destinations)} destination(s), busiest first · {backing_off} backing off"
+                    if data.destinations else "Destinations: none (MX delivery shows each recipient domain here)")
         if state is None:
             return f"{len(data.campaigns)} campaign(s) · space pause/resume · x cancel · c new"
         total = sum(getattr(lane, state) for lane in data.lanes)
@@ -233,6 +250,15 @@ class QueueScreen(LiveScreen):
             subject = fmt.shorten(row.subject, 28)
             cells.append(Text("! " + subject, style="bold") if urgent else subject)
         return cells
+
+    @staticmethod
+    def _destination_cells(d: DestinationRow, now: float) -> list[Any]:
+        backoff = fmt.age(d.backoff_until - now) if d.backing_off(now) and d.backoff_until else "-"
+        name = d.domain or "-"
+        return [
+            fmt.shorten(f"{name} → {d.route}" if d.route else name, 32), fmt.count(d.queued), str(d.in_flight),
+            Text(backoff, style="bold yellow") if backoff != "-" else backoff, fmt.shorten(d.last_reply or "", 40),
+        ]
 
     @staticmethod
     def _campaign_cells(c: views.CampaignRow, now: float) -> list[Any]:
@@ -291,11 +317,11 @@ class QueueScreen(LiveScreen):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action in ("pause", "resume"):
             return self.paused == (action == "resume")
-        on_campaigns = STATE_OF.get(self.request.view) is None
+        on_campaigns = self.request.view == "campaigns"
         if action in ("campaign_toggle", "campaign_cancel"):
             return on_campaigns
         if action in ("hold_release", "retry", "delete", "open", "next_page", "previous_page"):
-            return not on_campaigns
+            return STATE_OF.get(self.request.view) is not None
         return True
 
     # -- the selected row -----------------------------------------------------------

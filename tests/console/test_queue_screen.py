@@ -59,11 +59,14 @@ async def test_views_show_in_flight_deferred_held_and_campaigns(seeded_store: Pa
             await wait_for(pilot, lambda: app.screen.data.request.view == view)  # noqa: B023 (awaited here)
             assert row_keys(app.screen.table(view)) == [str(ids[f"Q{expected[view]:011d}"])]
         await pilot.press("right_square_bracket")
+        await wait_for(pilot, lambda: app.screen.data.request.view == "destinations")
+        assert row_keys(app.screen.table("destinations")) == ["example.net"]  # the seeded mail's recipients
+        await pilot.press("right_square_bracket")
         await wait_for(pilot, lambda: app.screen.data.request.view == "campaigns")
         # The table lays new rows out on its next idle pass: wait for them to be painted.
         await wait_for(pilot, lambda: "Autumn sale" in screen_text(app))
         assert "starts in 30m00s" in screen_text(app)
-        await pilot.press("left_square_bracket")
+        await pilot.press("left_square_bracket", "left_square_bracket")
         await wait_for(pilot, lambda: app.screen.data.request.view == "held")
         assert "451 4.7.1" not in screen_text(app)
 
@@ -177,7 +180,7 @@ async def test_campaign_pause_resume_cancel_and_new(seeded_store: Path, make_app
     app = make_app(seeded_store)
     async with app.run_test(size=(100, 30)) as pilot:
         await wait_for(pilot, lambda: getattr(app.screen, "snapshots_applied", 0) > 0)
-        for _ in range(4):
+        for _ in range(5):
             await pilot.press("right_square_bracket")
         await wait_for(pilot, lambda: app.screen.data.request.view == "campaigns" and app.screen.table("campaigns").row_count)
         await press(pilot, "space")

@@ -56,6 +56,26 @@ def test_queue_campaigns_view(snap_compare, seeded_store: Path, make_app) -> Non
     assert snap_compare(make_app(seeded_store), terminal_size=SMALL, run_before=run_before)
 
 
+def test_queue_destinations_view(snap_compare, seeded_store: Path, make_app) -> None:
+    """MX delivery's destinations: queued per recipient domain (from the seeded mail),
+    and the engine's state for one that defers and backs off, and one on a route."""
+    from relay.store import open_store
+    from relay.store.routing import DestinationState, add_route, record_destinations
+    from tests.console.conftest import NOW
+
+    db = open_store(seeded_store)
+    try:
+        add_route(db, "partner.example", "10.0.0.5", 2525, now=NOW)
+        record_destinations(db, [
+            DestinationState("slow.example", 2, "451 4.7.1 slow down, try later", NOW - 30, NOW + 120, 3),
+            DestinationState("partner.example", 0, "250 2.0.0 Ok: queued", NOW - 5, None, 0),
+        ], NOW)
+    finally:
+        db.close()
+    run_before = showing("QueueScreen", keys=("left_square_bracket", "left_square_bracket"))
+    assert snap_compare(make_app(seeded_store), terminal_size=BIG, run_before=run_before)
+
+
 def test_queue_live_relay_80x24(snap_compare, seeded_store: Path, make_app) -> None:
     """The status bar at 80 columns with a live relay serving 3,977 ports: the count stays."""
     from tests.console.test_forms_and_keys import live_relay
