@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from relay.scheduler import HopBackoff
+from relay.store.queue import Claimed
 from relay.store.routing import DestinationState
 
 
@@ -71,9 +72,16 @@ class DestinationTable:
             found = self.known[domain] = Destination(domain, HopBackoff(self.backoff_base, self.backoff_max))
         return found
 
-    def blocked(self, now: float, share: int) -> list[str]:
-        """Destinations that cannot take one more delivery now."""
-        return sorted(d.domain for d in self.known.values() if d.in_flight >= share or d.backing_off(now))
+    def blocked(self, now: float, share: int, waiting: Iterable[Claimed] = ()) -> list[str]:
+        """Destinations that cannot take one more delivery now: backing off, or whose
+        deliveries in flight plus claimed messages waiting for them fill their share."""
+        held: dict[str, int] = {}
+        for message in waiting:
+            for domain in group_by_destination(message.recipients):
+                held[domain] = held.get(domain, 0) + 1
+        return sorted(
+            d.domain for d in self.known.values() if d.in_flight + held.get(d.domain, 0) >= share or d.backing_off(now)
+        )
 
     def has_room(self, domains: Iterable[str], now: float, share: int) -> bool:
         """Whether any of these destinations can take a delivery now."""

@@ -324,7 +324,7 @@ class DeliveryEngine:
                 promote_due=promote or full,
                 oldest_lower=self._starvation.due(budget) if budget else False,
                 force=full,
-                skip_destinations=self._destinations.blocked(now, self._share()) if self.mx else [],
+                skip_destinations=self._destinations.blocked(now, self._share(), self._waiting) if self.mx else [],
                 destinations=self._destinations.take_changes(),
                 # No ``now``: the store reads the clock under the write lock, where
                 # it decides what is ready (a time read here could be stale by then).
@@ -438,6 +438,13 @@ class DeliveryEngine:
                 await self._enter_mx()
                 return True
             self.mx = False
+            # Claimed for MX delivery, still waiting for their destination's share: they
+            # go the new way (or, without a next hop, back to the queue at once).
+            waiting, self._waiting = self._waiting, []
+            self._outcomes += [
+                self._temporary(m, Reason.NO_NEXT_HOP, "delivery mode changed before this attempt", hop_wide=False)
+                for m in waiting
+            ]
             try:
                 hop = NextHop.from_settings(settings)
             except StoreError as exc:
@@ -536,6 +543,9 @@ class DeliveryEngine:
             self._waiting.sort(key=lambda m: (m.priority, m.id))
             self._launch_waiting()
             return
+        self._launch_to_hop(claimed)
+
+    def _launch_to_hop(self, claimed: list[Claimed]) -> None:
         hop = self.hop
         for message in claimed:
             if hop is None:  # cannot happen: claims need a hop; give it back at once

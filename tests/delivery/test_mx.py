@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,7 +19,12 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from harness.dns import DnsServer
 from harness.sink import CaptureSink
 from relay.delivery import DeliveryEngine
-from relay.delivery.destinations import destination_share, group_by_destination, recipient_domain
+from relay.delivery.destinations import (
+    DestinationTable,
+    destination_share,
+    group_by_destination,
+    recipient_domain,
+)
 from relay.store import open_store
 from relay.store import queue as q
 from relay.store.routing import add_route, destination_rows
@@ -155,6 +161,30 @@ def test_recipients_group_by_domain_in_first_seen_order() -> None:
     groups = group_by_destination(["a@B.test", "x@c.test", "b@b.TEST", '"q@x"@c.test'])
     assert groups == {"b.test": ["a@B.test", "b@b.TEST"], "c.test": ["x@c.test", '"q@x"@c.test']}
     assert recipient_domain("postmaster") == ""
+
+
+def test_destination_table_blocks_backing_off_and_full_destinations() -> None:
+    table = DestinationTable(backoff_base=1.0, backoff_max=10.0)
+    rng = random.Random(1)
+    table.start(["a.test", "b.test"])
+    assert table.blocked(100.0, share=2) == []
+    table.start(["a.test"])
+    assert table.blocked(100.0, share=2) == ["a.test"]  # in flight fills its share
+    # A claimed message waiting for b.test counts toward its share too.
+    waiting = q.Claimed(1, "Q1", "smtp", None, None, None, "", 3, 1, 0.0, recipients=["x@b.test"])
+    assert table.blocked(100.0, share=2, waiting=[waiting]) == ["a.test", "b.test"]
+    was_up, retry_at = table.failed("c.test", "451 later", 100.0, rng)
+    assert was_up and retry_at > 100.0
+    assert table.failed("c.test", "451 again", 100.5, rng) == (False, retry_at)  # a parallel failure: same wait
+    assert "c.test" in table.blocked(100.5, share=2) and "c.test" not in table.blocked(retry_at, share=2)
+    assert table.has_room(["a.test", "c.test"], 100.5, share=2) is False
+    assert table.has_room(["a.test", "b.test"], 100.5, share=2) is True
+    assert table.answered("c.test", "250 ok", 101.0) is True and table.answered("c.test", "250 ok", 102.0) is False
+    changes = {d.domain: d for d in table.take_changes()}
+    assert changes["a.test"].in_flight == 2 and changes["c.test"].backoff_until is None
+    assert changes["c.test"].last_reply == "250 ok" and table.take_changes() == []
+    table.finish(["a.test"])
+    assert [d.in_flight for d in table.take_changes()] == [1]
 
 
 def test_the_claim_passes_over_messages_whose_destinations_cannot_take_mail(db: Any) -> None:

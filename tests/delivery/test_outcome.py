@@ -13,6 +13,7 @@ from relay.delivery.outcome import (
     RetryPolicy,
     classify,
     conclude,
+    merge,
     outcome_detail,
     reply_text,
     settle,
@@ -162,3 +163,21 @@ def test_outcome_detail_per_state() -> None:
     failed = settle(m, AttemptResult([RecipientResult("a@x", "failed", "550")], Reason.FAILED_5XX, "550"),
                     now=1000.0, retry=POLICY, rng=random.Random(1))
     assert outcome_detail(m, failed, "-", 1000.0) == "550 (to -, attempt 2)"
+
+
+def test_merge_destinations_in_message_order() -> None:
+    m = claimed(["a@x", "b@y", "c@x"])
+    x = AttemptResult([RecipientResult("a@x", "sent", "250 x"), RecipientResult("c@x", "sent", "250 x")], Reason.DELIVERED, "250 x")
+    y_failed = AttemptResult([RecipientResult("b@y", "failed", "556 5.1.10")], Reason.FAILED_NULL_MX, "556 5.1.10")
+    y_waits = AttemptResult([RecipientResult("b@y", "deferred", "451 4.4.3")], Reason.DEFERRED_DNS, "451 4.4.3", hop_failure=True)
+    merged = merge(m, [x, y_failed])
+    assert [r.address for r in merged.recipients] == ["a@x", "b@y", "c@x"]
+    assert (merged.reason, merged.reply) == (Reason.DELIVERED, "250 x")
+    merged = merge(m, [x, y_waits])
+    assert (merged.reason, merged.reply, merged.hop_failure) == (Reason.DEFERRED_DNS, "451 4.4.3", False)
+    only_y = claimed(["b@y", "d@y"])
+    both = AttemptResult([RecipientResult("b@y", "failed", "556"), RecipientResult("d@y", "failed", "556")],
+                         Reason.FAILED_NULL_MX, "556")
+    assert merge(only_y, [both]) is both
+    settled = settle(only_y, both, now=only_y.created_at, retry=POLICY, rng=random.Random(1))
+    assert (settled.state, settled.reason) == ("failed", Reason.FAILED_NULL_MX)  # its own reason, kept
