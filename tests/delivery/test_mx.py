@@ -366,3 +366,61 @@ def test_cli_routes_and_mx_mode(cli: Any) -> None:
     assert cli.json("queue", "destinations") == []
     assert "Smarthost" not in cli("queue", "next-hop", "127.0.0.1:2525", check=True).stdout
     assert cli.json("queue", "next-hop")["next_hop"] == "127.0.0.1:2525"
+
+
+class EhloSink(CaptureSink):
+    """A capture sink that also notes the name each client gave in EHLO."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.ehlo_names: list[str] = []
+
+    async def record(self, envelope: Envelope, session: Session) -> Any:
+        self.ehlo_names.append(str(session.host_name))
+        return await super().record(envelope, session)
+
+
+async def test_starttls_to_mx_is_opportunistic_verified_by_mx_name_when_required_and_never_auth(
+    store_path: Path, dns: DnsServer, mx_port: int, tls_ca: Any, tmp_path: Path,
+) -> None:
+    import ssl
+
+    cert = tls_ca.issue_cert("mx.tls.test")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(context)
+    ca = tmp_path / "ca.pem"
+    tls_ca.cert_pem.write_to_path(ca)
+    secure = EhloSink("127.0.0.2", mx_port, tls_context=context, accept_auth=True)
+    plain = EhloSink("127.0.0.3", mx_port, accept_auth=True)  # no STARTTLS at all
+    for sink in (secure, plain):
+        await sink.start()
+    dns.set("tls.test", "MX", "10 mx.tls.test")
+    dns.set("mx.tls.test", "A", "127.0.0.2")
+    dns.set("plain.test", "MX", "10 mx.plain.test")
+    dns.set("mx.plain.test", "A", "127.0.0.3")
+    db = open_store(store_path)
+    try:
+        # An AUTH user left over from a smarthost: an MX never gets it.
+        q.set_next_hop(db, "127.0.0.1:2525", user="smarthost-user", password="secret")
+        point_at_mx(db, dns)
+        enqueue(db, [message(1, to=["a@tls.test"]), message(2, to=["b@plain.test"])])
+        async with running_engine(store_path, fast_config(mx_port=mx_port, server_name="relay.example.test")):
+            await secure.wait_for(1)
+            await plain.wait_for(1)
+        assert secure.messages[0].tls and not plain.messages[0].tls  # opportunistic: TLS where offered
+        assert secure.messages[0].auth_user is None and plain.messages[0].auth_user is None
+        assert secure.ehlo_names == ["relay.example.test"] and plain.ehlo_names == ["relay.example.test"]
+
+        # Required: the MX's certificate is checked against its MX name (the connection goes
+        # to its address); a host without STARTTLS defers.
+        q.set_next_hop(db, "mx", tls="required", cafile=str(ca))
+        enqueue(db, [message(3, to=["c@tls.test"]), message(4, to=["d@plain.test"])])
+        async with running_engine(store_path, fast_config(mx_port=mx_port, server_name="relay.example.test")):
+            await secure.wait_for(2)
+            await eventually(lambda: by_subject(db)["m4 p3"][0] == "deferred")
+        assert secure.messages[1].tls and len(plain.messages) == 1
+        assert "STARTTLS" in (by_subject(db)["m4 p3"][1] or "")
+    finally:
+        db.close()
+        for sink in (secure, plain):
+            await sink.stop()
