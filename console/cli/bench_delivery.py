@@ -43,14 +43,17 @@ def _scratch_option(f: Any) -> Any:
 @click.option("--parallel", type=click.IntRange(1, 256), default=8, show_default=True, help="Next-hop connections.")
 @click.option("--dequeue-size", type=click.IntRange(1), default=100_000, show_default=True,
               help="Queued messages for the dequeue-cost measurement.")
+@click.option("--destinations", type=click.IntRange(0, 1000), default=0, show_default=True,
+              help="Instead: MX delivery to this many destination domains (loopback DNS, MX hosts on 127.0.0.2-9) "
+              "against the smarthost, and with one destination slow and deferring.")
 @click.option("--quick", is_flag=True, help="A smoke run in seconds (500 messages, 10,000 queued).")
 @click.option("--dkim", type=click.Choice(["rsa-2048", "ed25519"]), default=None,
               help="Give the sender domain a DKIM key of this type: every message is signed at delivery.")
 @check_option
 @common.json_option
 @_scratch_option
-def e2e(messages: int, connections: int, parallel: int, dequeue_size: int, quick: bool, dkim: str | None, check: bool,
-        as_json: bool, db_path: Path | None) -> None:
+def e2e(messages: int, connections: int, parallel: int, dequeue_size: int, destinations: int, quick: bool,
+        dkim: str | None, check: bool, as_json: bool, db_path: Path | None) -> None:
     """Unthrottled accept→delivered rate as a ratio of the accept rate (target ≥ 0.5).
 
     N messages over C connections (STARTTLS + AUTH once per connection, before the
@@ -62,6 +65,12 @@ def e2e(messages: int, connections: int, parallel: int, dequeue_size: int, quick
     scratch = check_scratch_db(db_path)
     if quick:
         messages, connections, dequeue_size = min(messages, 500), min(connections, 8), min(dequeue_size, 10_000)
+    if destinations:
+        from harness.bench.destinations import run_destinations
+
+        report = run_on_loop(run_destinations(messages, connections, parallel, destinations, scratch, dkim))
+        show_report(report, as_json=as_json, check=check)
+        return
     report = run_on_loop(run_e2e(messages, connections, parallel, dequeue_size, scratch, dkim))
     show_report(report, as_json=as_json, check=check)
 

@@ -6,6 +6,7 @@ A destination is a recipient domain. It can take a delivery now when it is not b
 off and holds fewer than its share of connections: ``max_connections_per_destination``
 and, while ``parallel`` is over 1, at most ``parallel − 1`` — so one slow or deferring
 destination never holds every connection, and one backing off never holds back another.
+Once its backoff has run out it gets one delivery (a probe) until one succeeds.
 """
 
 from __future__ import annotations
@@ -51,6 +52,11 @@ class Destination:
     def backing_off(self, now: float) -> bool:
         return self.backoff.down and now < self.backoff.retry_at
 
+    def full(self, share: int, waiting: int = 0) -> bool:
+        """No room for one more delivery: its share is taken — or, after failures and
+        until one succeeds, one probe is under way (as the smarthost's backoff)."""
+        return self.in_flight + waiting >= (1 if self.backoff.down else share)
+
     def state(self) -> DestinationState:
         return DestinationState(
             self.domain, self.in_flight, self.last_reply, self.last_at,
@@ -80,14 +86,12 @@ class DestinationTable:
             for domain in group_by_destination(message.recipients):
                 held[domain] = held.get(domain, 0) + 1
         return sorted(
-            d.domain for d in self.known.values() if d.in_flight + held.get(d.domain, 0) >= share or d.backing_off(now)
+            d.domain for d in self.known.values() if d.full(share, held.get(d.domain, 0)) or d.backing_off(now)
         )
 
     def has_room(self, domains: Iterable[str], now: float, share: int) -> bool:
         """Whether any of these destinations can take a delivery now."""
-        return any(
-            not (d.in_flight >= share or d.backing_off(now)) for d in (self.get(name) for name in domains)
-        )
+        return any(not (d.full(share) or d.backing_off(now)) for d in (self.get(name) for name in domains))
 
     def start(self, domains: Iterable[str]) -> None:
         for name in domains:

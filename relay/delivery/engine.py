@@ -74,7 +74,8 @@ IDLE_POLL = 0.05  # seconds between two looks at the change feed while idle (SQL
 FULL_ROUND_EVERY = 1.0  # a full round (deferred mail, scheduled mail) at least this often
 IDLE_CONNECTION_TTL = 10.0  # an unused next-hop connection is closed after this
 PRUNE_EVERY = 3600.0
-ROUTES_REFRESH = 1.0  # MX delivery: the routes table is read again at most this often
+ROUTES_REFRESH = 1.0
+MX_IDLE_CONNECTIONS = 100  # MX delivery: idle connections kept, all destinations together  # MX delivery: the routes table is read again at most this often
 
 
 class DeliveryConfig(Protocol):
@@ -891,8 +892,11 @@ class DeliveryEngine:
         )
 
     def _release_mx_connection(self, conn: HopConnection) -> None:
+        # Many destinations share the connections: keep more idle ones than ``parallel``
+        # (closed after IDLE_CONNECTION_TTL unused), or each message to a destination
+        # not delivered to a moment ago would pay for a new connection and EHLO.
         idle = sum(len(conns) for conns in self._mx_idle.values())
-        if conn.connected and not self._stopping and self.mx and idle < self.settings.parallel:
+        if conn.connected and not self._stopping and self.mx and idle < max(MX_IDLE_CONNECTIONS, self.settings.parallel):
             self._mx_idle.setdefault(conn.hop, []).append(conn)
             return
         closing = asyncio.create_task(conn.close(), name="close-mx-connection")

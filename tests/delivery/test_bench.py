@@ -31,6 +31,18 @@ def test_e2e_bench_reports_rates_ratio_and_dequeue_cost(cli: Any) -> None:
     assert report["ok"] == all(ok for _, ok in targeted.values())
 
 
+def test_e2e_destinations_bench_compares_mx_with_the_smarthost(cli: Any) -> None:
+    """MX delivery over the loopback DNS to 10 destinations on 127.0.0.2-9, against the
+    smarthost, and with one destination slow and deferring (its mail never arrives)."""
+    report = cli.json("harness", "bench", "e2e", "--destinations", "10", "--messages", "100", "--connections", "4")
+    figures = _figures(report)
+    assert report["bench"] == "e2e-destinations" and report["parameters"]["destinations"] == 10
+    smarthost, mx, slow = report["runs"]
+    assert smarthost["messages"] == mx["messages"] == 100 and slow["messages"] == 90  # d000's 10 wait
+    assert figures["mx_ratio"]["target"] == "≥ 0.7" and figures["mx_ratio"]["value"] > 0
+    assert figures["others_p99_ratio"]["target"] == "≤ 1.2" and figures["others_p99_ratio"]["value"] > 0
+
+
 def test_priority_bench_measures_every_probe_in_its_db_scratch_store(cli: Any, tmp_path: Path) -> None:
     scratch = tmp_path / "bench" / "scratch.db"
     scratch.parent.mkdir()

@@ -177,6 +177,9 @@ def test_destination_table_blocks_backing_off_and_full_destinations() -> None:
     assert was_up and retry_at > 100.0
     assert table.failed("c.test", "451 again", 100.5, rng) == (False, retry_at)  # a parallel failure: same wait
     assert "c.test" in table.blocked(100.5, share=2) and "c.test" not in table.blocked(retry_at, share=2)
+    table.start(["c.test"])  # its backoff ran out: one probe, and no more until one succeeds
+    assert "c.test" in table.blocked(retry_at, share=2)
+    table.finish(["c.test"])
     assert table.has_room(["a.test", "c.test"], 100.5, share=2) is False
     assert table.has_room(["a.test", "b.test"], 100.5, share=2) is True
     assert table.answered("c.test", "250 ok", 101.0) is True and table.answered("c.test", "250 ok", 102.0) is False
