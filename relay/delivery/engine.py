@@ -272,6 +272,9 @@ class DeliveryEngine:
         try:
             self._flights.clear()
             request = RoundRequest(self.owner, self.lease_seconds, 0, None, self._take_outcomes(), force=True)
+            for destination in self._destinations.known.values():  # nothing of ours is in flight now
+                destination.in_flight, destination.changed = 0, True
+            request.destinations = self._destinations.take_changes()
             request.events = self._take_events()
             final = await self._store.run(_final_round, request)
             self._tell(request, final)

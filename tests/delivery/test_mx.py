@@ -329,6 +329,7 @@ async def test_a_slow_deferring_destination_never_holds_back_another(store_path:
         assert {m.rcpt_tos[0] for m in fast.messages} == {f"f{n}@fast.test" for n in range(20)}
         rows = {r.domain: r for r in destination_rows(db)}
         assert rows["slow.test"].queued == 6 and (rows["slow.test"].last_reply or "").startswith("451")
+        assert rows["slow.test"].in_flight == 0  # the engine stopped: nothing in flight any more
     finally:
         db.close()
         await slow.stop()
