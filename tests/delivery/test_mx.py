@@ -428,3 +428,65 @@ async def test_starttls_to_mx_is_opportunistic_verified_by_mx_name_when_required
         db.close()
         for sink in (secure, plain):
             await sink.stop()
+
+
+def spawn_relay(env: dict[str, str], ready: Path, mx_port: int) -> Any:
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    return subprocess.Popen(
+        [sys.executable, "-c", "from console.cli import main; main()", "relay", "--host", "127.0.0.1", "--ports", "0",
+         "--mx-port", str(mx_port), "--ready-file", str(ready)],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+
+
+async def test_a_running_relay_switches_from_smarthost_to_mx_and_back(
+    cli: Any, dns: DnsServer, mx_port: int, tmp_path: Path,
+) -> None:
+    """`smtpplus relay --mx-port` as a real process; `queue next-hop mx` and back while it runs."""
+    import json
+
+    smarthost = CaptureSink("127.0.0.1", 0)
+    mx = CaptureSink("127.0.0.2", mx_port)
+    await smarthost.start()
+    await mx.start()
+    dns.mail_domain("switch.test", "127.0.0.2")
+    env = dict(cli.env)
+    env.update({
+        "SMTPPLUS_DATA_DIR": str(tmp_path / "relay-data"), "SMTPPLUS_SERVER_NAME": "relay.example.test",
+        "SMTPPLUS_DNS_RESOLVER": f"127.0.0.1:{dns.port}", "SMTPPLUS_RETRY_BASE": "0.2", "SMTPPLUS_RETRY_MAX": "0.5",
+    })
+    ready = tmp_path / "ready.json"
+
+    async def smtpplus(*args: str) -> str:  # off the loop: the sinks live on it
+        return str((await asyncio.to_thread(cli, *args, check=True)).stdout)
+
+    def delivery_detail() -> str:
+        return q.queue_overview(db).delivery_state[1]
+
+    await smtpplus("queue", "next-hop", f"127.0.0.1:{smarthost.port}")
+    proc = spawn_relay(env, ready, mx_port)
+    db = open_store(cli.store)
+    try:
+        await eventually(lambda: ready.exists() and json.loads(ready.read_text())["served"], within=30)
+        enqueue(db, [message(1, to=["a@switch.test"])])
+        await smarthost.wait_for(1)
+        assert (await smtpplus("queue", "next-hop", "mx")).startswith("Delivery: each recipient domain's MX hosts")
+        await eventually(lambda: delivery_detail() == "to each domain's MX hosts")
+        enqueue(db, [message(2, to=["b@switch.test"])])
+        await mx.wait_for(1)
+        await smtpplus("queue", "next-hop", f"127.0.0.1:{smarthost.port}")
+        await eventually(lambda: delivery_detail() == f"to 127.0.0.1:{smarthost.port}")
+        enqueue(db, [message(3, to=["c@switch.test"])])
+        await smarthost.wait_for(2)
+        assert [m.subject for m in smarthost.messages] == ["m1 p3", "m3 p3"]
+        assert [m.subject for m in mx.messages] == ["m2 p3"]
+    finally:
+        db.close()
+        proc.terminate()
+        await eventually(lambda: proc.poll() is not None, within=15)
+        await smarthost.stop()
+        await mx.stop()
