@@ -892,6 +892,7 @@ class DeliveryEngine:
         return HopConnection(
             hop, connect_timeout=self.connect_timeout, command_timeout=self.command_timeout,
             local_hostname=self.server_name, recipients_per_transaction=self.recipients_per_transaction,
+            signer=self._dkim,  # signed per destination's transaction, as per smarthost attempt
         )
 
     def _release_mx_connection(self, conn: HopConnection) -> None:

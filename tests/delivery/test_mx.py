@@ -404,6 +404,9 @@ async def test_starttls_to_mx_is_opportunistic_verified_by_mx_name_when_required
     dns.set("mx.plain.test", "A", "127.0.0.3")
     db = open_store(store_path)
     try:
+        from relay.admin import dkim as dkim_admin
+
+        dkim_admin.add(db, "example.com", algorithm="ed25519")  # the test messages' sender domain
         # An AUTH user left over from a smarthost: an MX never gets it.
         q.set_next_hop(db, "127.0.0.1:2525", user="smarthost-user", password="secret")
         point_at_mx(db, dns)
@@ -414,6 +417,8 @@ async def test_starttls_to_mx_is_opportunistic_verified_by_mx_name_when_required
         assert secure.messages[0].tls and not plain.messages[0].tls  # opportunistic: TLS where offered
         assert secure.messages[0].auth_user is None and plain.messages[0].auth_user is None
         assert secure.ehlo_names == ["relay.example.test"] and plain.ehlo_names == ["relay.example.test"]
+        # DKIM: mail from a domain with a key arrives signed through MX delivery too.
+        assert all(b"DKIM-Signature:" in m.data for m in (secure.messages[0], plain.messages[0]))
 
         # Required: the MX's certificate is checked against its MX name (the connection goes
         # to its address); a host without STARTTLS defers.
