@@ -74,8 +74,8 @@ IDLE_POLL = 0.05  # seconds between two looks at the change feed while idle (SQL
 FULL_ROUND_EVERY = 1.0  # a full round (deferred mail, scheduled mail) at least this often
 IDLE_CONNECTION_TTL = 10.0  # an unused next-hop connection is closed after this
 PRUNE_EVERY = 3600.0
-ROUTES_REFRESH = 1.0
-MX_IDLE_CONNECTIONS = 100  # MX delivery: idle connections kept, all destinations together  # MX delivery: the routes table is read again at most this often
+ROUTES_REFRESH = 1.0  # MX delivery: the routes table is read again at most this often
+MX_IDLE_CONNECTIONS = 100  # MX delivery: idle connections kept, all destinations together
 
 
 class DeliveryConfig(Protocol):
