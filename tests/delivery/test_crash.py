@@ -77,29 +77,38 @@ async def start_relay(env: dict[str, str], ready: Path, sink_port: int) -> tuple
     return proc, port
 
 
-async def send_load(port: int, first: int, accepted: dict[str, str], stop: asyncio.Event, connections: int = 4) -> None:
-    """Send until ``stop`` is set or the relay dies; record message-id → queue id of every 250."""
+async def send_load(port: int, first: int, accepted: dict[str, str], stop: asyncio.Event, connections: int = 4,
+                    errors: list[str] | None = None) -> None:
+    """Send until ``stop`` is set; record message-id → queue id of every 250.
+
+    A refused or dropped connection (a relay just started can answer 4xx while it
+    recovers; a killed one drops everything) is noted in ``errors`` and opened
+    again, so a passing hiccup does not end the load for the whole cycle."""
     counter = iter(range(first, first + 100_000))
+    errors = errors if errors is not None else []
 
     async def one_connection() -> None:
-        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False, local_hostname="load.test", timeout=5)
-        try:
-            await client.connect()
-            await client.login("crash-user", PASSWORD)
-            for n in counter:
-                if stop.is_set():
-                    return
-                message_id = f"<crash{n}@load.test>"
-                data = (f"From: load@crash.example\r\nTo: r{n}@sink.example\r\nSubject: crash {n}\r\n"
-                        f"Message-ID: {message_id}\r\n\r\nbody {n}\r\n").encode()
-                _errors, reply = await client.sendmail("load@crash.example", [f"r{n}@sink.example"], data)
-                match = QUEUED.search(reply)
-                assert match, reply
-                accepted[message_id] = match.group(1)
-        except (aiosmtplib.SMTPException, OSError):
-            return  # the relay was killed under us: what got 250 is recorded
-        finally:
-            client.close()
+        while not stop.is_set():
+            client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False, local_hostname="load.test", timeout=5)
+            try:
+                await client.connect()
+                await client.login("crash-user", PASSWORD)
+                for n in counter:
+                    if stop.is_set():
+                        return
+                    message_id = f"<crash{n}@load.test>"
+                    data = (f"From: load@crash.example\r\nTo: r{n}@sink.example\r\nSubject: crash {n}\r\n"
+                            f"Message-ID: {message_id}\r\n\r\nbody {n}\r\n").encode()
+                    _errors, reply = await client.sendmail("load@crash.example", [f"r{n}@sink.example"], data)
+                    match = QUEUED.search(reply)
+                    assert match, reply
+                    accepted[message_id] = match.group(1)
+                return
+            except (aiosmtplib.SMTPException, OSError) as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")  # what got 250 is recorded
+                await asyncio.sleep(0.05)
+            finally:
+                client.close()
 
     await asyncio.gather(*(one_connection() for _ in range(connections)))
 
@@ -118,10 +127,14 @@ async def test_kill_9_mid_delivery_never_loses_an_accepted_message(cli: Any, db:
             proc, port = await start_relay(env, ready, sink.port)
             stop = asyncio.Event()
             before_sink, before_accepted = len(sink.messages), len(accepted)
-            load = asyncio.create_task(send_load(port, cycle * 100_000, accepted, stop))
+            errors: list[str] = []
+            load = asyncio.create_task(send_load(port, cycle * 100_000, accepted, stop, errors=errors))
             # Kill once this relay is both accepting and delivering.
             await sink.wait_until(functools.partial(_grew_by, before_sink, 25), within=30)
-            await eventually(functools.partial(_grew_by, before_accepted, 40, accepted), within=30, every=0.01)
+            try:
+                await eventually(functools.partial(_grew_by, before_accepted, 40, accepted), within=30, every=0.01)
+            except AssertionError as exc:
+                raise AssertionError(f"cycle {cycle}: load errors {errors[-5:]!r}") from exc
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
             kills += 1
