@@ -102,6 +102,8 @@ class Reason(enum.StrEnum):
     FAILED_NO_DOMAIN = "failed-no-domain"  # NXDOMAIN, or not a name DNS can look up: 5.1.2
     FAILED_NO_MAIL_HOST = "failed-no-mail-host"  # no MX and no A/AAAA (5.1.2), or no MX host has an address (5.4.4)
     DEFERRED_DNS = "deferred-dns"  # DNS timeout, SERVFAIL, REFUSED: 4.4.3, retried
+    FAILED_MX_LOOP = "failed-mx-loop"  # the domain's MX hosts (from the best down to this relay) are this relay: 5.4.6
+    ROUTE_SELF = "route-self"  # a route (transport map) points at this relay's own listener: 4.4.6, mail waits
     DKIM_SIGNED = "dkim-signed"  # signed with the From: domain's active DKIM key (relay/dkim.py)
     DKIM_SIGN_FAILED = "dkim-sign-failed"  # a key applied but signing failed: sent unsigned
     # Campaigns
@@ -171,6 +173,7 @@ PROBLEMS: frozenset[Reason] = frozenset({
     Reason.DEFERRED_4XX, Reason.DEFERRED_CONNECT, Reason.DEFERRED_TIMEOUT, Reason.DEFERRED_TLS,
     Reason.DEFERRED_AUTH, Reason.FAILED_5XX, Reason.FAILED_LIFETIME, Reason.FAILED_NO_SMTPUTF8,
     Reason.FAILED_NULL_MX, Reason.FAILED_NO_DOMAIN, Reason.FAILED_NO_MAIL_HOST, Reason.DEFERRED_DNS,
+    Reason.FAILED_MX_LOOP, Reason.ROUTE_SELF,
     Reason.NO_NEXT_HOP, Reason.NEXT_HOP_SELF, Reason.NEXT_HOP_DOWN,
     Reason.RELAY_TAKEOVER, Reason.PORT_NOT_SERVED, Reason.SERVER_NAME_UNDOTTED, Reason.TLS_RELOAD_FAILED,
     Reason.CONFIG_RELOAD_FAILED,

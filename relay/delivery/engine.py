@@ -169,6 +169,7 @@ class DeliveryEngine:
         self.owner = owner
         self.reclaim_from = reclaim_from
         self.own_addresses = list(own_addresses or [])
+        self._own_checked: dict[tuple[str, int], bool] = {}  # (host, port) -> one of ours?
         self.retry_base = _setting(config, "retry_base")
         self.retry_max = _setting(config, "retry_max")
         self.queue_lifetime = _setting(config, "queue_lifetime")
@@ -857,21 +858,51 @@ class DeliveryEngine:
         relay.mx.RouteFailure). Never AUTH to an MX or a route: no user, no password."""
         tls = self.settings.next_hop_tls
         cafile = self.settings.next_hop_cafile
-        routed = self._routes.get(domain)
-        if routed is not None:
-            return [NextHop(routed[0], routed[1], tls, cafile=cafile)], None
         from relay.mx import RouteFailure
 
+        routed = self._routes.get(domain)
+        if routed is not None:
+            if await self._is_self(routed[0], routed[1]):
+                # As a smarthost that is this relay: an operator's mistake, so the mail
+                # waits (deferred, the destination backs off) until the route is fixed.
+                return [], RouteFailure(
+                    domain, f"route for {domain} goes to {routed[0]}:{routed[1]}, this relay's own listening "
+                    f"address: refused, mail waits — fix it with `smtpplus routes rm {domain}`",
+                    permanent=False, enhanced="4.4.6", reason=Reason.ROUTE_SELF,
+                )
+            return [NextHop(routed[0], routed[1], tls, cafile=cafile)], None
         try:
             route = await self._resolver.route(domain)
         except RouteFailure as failure:
             return [], failure
         port = int(_setting(self.config, "mx_port"))
+        hosts = list(route.hosts)
+        for host in route.hosts:
+            if any([await self._is_self(address, port) for address in host.addresses]):
+                # Postfix's rule: this relay is one of the domain's MX hosts, so only
+                # better-preference hosts may take the mail; none left is a loop (5.4.6).
+                hosts = [h for h in hosts if h.preference < host.preference]
+                if not hosts:
+                    return [], RouteFailure(
+                        domain, f"mail for {domain} loops back to myself ({host.name} is this relay)",
+                        permanent=True, enhanced="5.4.6", reason=Reason.FAILED_MX_LOOP,
+                    )
+                break
         hops = [
             NextHop(address, port, tls, cafile=cafile, tls_name=host.name)
-            for host in route.hosts for address in host.addresses
+            for host in hosts for address in host.addresses
         ]
         return hops, None
+
+    async def _is_self(self, host: str, port: int) -> bool:
+        """Whether HOST:PORT is one of this relay's own listeners (remembered: MX hosts
+        are addresses and the relay's listeners do not change while it runs)."""
+        if not self.own_addresses:
+            return False
+        known = self._own_checked.get((host, port))
+        if known is None:
+            known = self._own_checked[(host, port)] = await is_own_address(host, port, self.own_addresses)
+        return known
 
     def _destination_failed(self, domain: str, reply: str, now: float) -> None:
         was_up, retry_at = self._destinations.failed(domain, reply, now, self._rng)

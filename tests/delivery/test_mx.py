@@ -495,3 +495,42 @@ async def test_a_running_relay_switches_from_smarthost_to_mx_and_back(
         await eventually(lambda: proc.poll() is not None, within=15)
         await smarthost.stop()
         await mx.stop()
+
+
+async def test_mx_hosts_and_routes_that_are_this_relay_are_never_dialled(store_path: Path, dns: DnsServer, mx_port: int) -> None:
+    """An MX host or a route at one of the relay's own listeners would loop: an MX list
+    cut at this relay (Postfix's rule) with nothing better fails 5.4.6; a route to
+    itself is the operator's mistake — the mail waits, as with a next hop that is itself."""
+    better, worse = CaptureSink("127.0.0.2", mx_port), CaptureSink("127.0.0.3", mx_port)
+    dns.set("loop.test", "MX", "10 self.loop.test")
+    dns.set("self.loop.test", "A", "127.0.0.1")
+    dns.set("ok.test", "MX", "10 mx.ok.test", "20 self.loop.test")  # this relay as the backup MX
+    dns.set("mx.ok.test", "A", "127.0.0.2")
+    dns.set("backup.test", "MX", "10 self.loop.test", "20 mx.backup.test")  # this relay is the best MX
+    dns.set("mx.backup.test", "A", "127.0.0.3")
+    for sink in (better, worse):
+        await sink.start()
+    db = open_store(store_path)
+    try:
+        point_at_mx(db, dns)
+        add_route(db, "routed-self.test", "127.0.0.1", mx_port)
+        enqueue(db, [
+            message(1, to=["a@loop.test"]), message(2, to=["b@ok.test"]),
+            message(3, to=["c@backup.test"]), message(4, to=["d@routed-self.test"]),
+        ])
+        config = fast_config(mx_port=mx_port, connect_timeout=0.5)
+        async with running_engine(store_path, config, own_addresses=[("127.0.0.1", mx_port)]):
+            await eventually(lambda: [by_subject(db)[f"m{n} p3"][0] for n in (1, 2, 3)] == ["failed", "sent", "failed"])
+            await eventually(lambda: any(r == "route-self" for r, _d in reasons(db)))
+            found = by_subject(db)
+        assert (found["m1 p3"][1] or "").startswith("550 5.4.6 mail for loop.test loops back to myself")
+        assert (found["m3 p3"][1] or "").startswith("550 5.4.6 mail for backup.test loops back to myself")
+        assert [m.rcpt_tos for m in better.messages] == [["b@ok.test"]]
+        assert worse.messages == []  # worse than this relay: never tried
+        assert found["m4 p3"][0] == "deferred" and (found["m4 p3"][1] or "").startswith("451 4.4.6 route for routed-self.test")
+        assert sum(r == "failed-mx-loop" for r, _d in reasons(db)) == 2
+        assert sum(r == "bounce-queued" for r, _d in reasons(db)) == 2
+    finally:
+        db.close()
+        for sink in (better, worse):
+            await sink.stop()
