@@ -204,7 +204,7 @@ class HopConnection:
                 stop = txn.stop
                 state = stop_state(stop)
                 for rcpt in pending:
-                    results[rcpt] = RecipientResult(rcpt, state, stop[1].removeprefix("MAIL: "))
+                    results[rcpt] = RecipientResult(rcpt, state, stop[1].removeprefix("MAIL: "), judged=False)
                 break
             pending = txn.too_many + pending
         return conclude(
@@ -224,7 +224,9 @@ class HopConnection:
             await self._rset()
             state, reason = classify(exc.code)
             reply = reply_text(exc.code, exc.message)
-            return TransactionResult({r: RecipientResult(r, state, reply) for r in batch}, stop=(reason, f"MAIL: {reply}"))
+            # A refused MAIL FROM is about the sender: no recipient was judged.
+            results = {r: RecipientResult(r, state, reply, judged=False) for r in batch}
+            return TransactionResult(results, stop=(reason, f"MAIL: {reply}"))
         except aiosmtplib.SMTPTimeoutError as exc:
             smtp.close()
             raise HopFailure(Reason.DEFERRED_TIMEOUT, f"MAIL timed out at {self.hop.address}: {exc}") from None

@@ -59,7 +59,8 @@ def all_deferred(m: Claimed, reason: Reason, reply: str, *, hop_failure: bool = 
 
 
 def all_failed(m: Claimed, reason: Reason, reply: str) -> AttemptResult:
-    return AttemptResult([RecipientResult(r, "failed", reply) for r in m.recipients], reason, reply)
+    """Every recipient fails with the relay's own reply (no server judged them)."""
+    return AttemptResult([RecipientResult(r, "failed", reply, judged=False) for r in m.recipients], reason, reply)
 
 
 def summarize(m: Claimed, results: dict[str, RecipientResult], prefix: str = "") -> AttemptResult:
@@ -166,7 +167,7 @@ def settle(m: Claimed, result: AttemptResult, *, now: float, retry: RetryPolicy,
         if decision.final:
             lifetime_reply = f"queue lifetime exceeded after {m.attempts} attempt(s); last reply: {reply}"
             recipients = [
-                RecipientResult(r.address, "failed", f"{r.reply} (queue lifetime exceeded)") if r.state == "deferred" else r
+                RecipientResult(r.address, "failed", f"{r.reply} (queue lifetime exceeded)", judged=False) if r.state == "deferred" else r
                 for r in recipients
             ]
             reason, reply = Reason.FAILED_LIFETIME, lifetime_reply

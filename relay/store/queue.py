@@ -295,6 +295,10 @@ class RecipientResult:
     address: str
     state: str  # 'sent' | 'deferred' | 'failed'
     reply: str
+    # A server judged this recipient (its RCPT or DATA reply). False: the relay's own
+    # verdict (DNS: null MX, no such domain) or a refused MAIL FROM — never a hard
+    # bounce for the suppression list (docs/production.md, "Hard bounces").
+    judged: bool = True
 
 
 @dataclass(slots=True)
@@ -558,10 +562,10 @@ def _settle(db: Connection, owner: str, outcomes: Sequence[Outcome], now: float)
                 "UPDATE recipients SET state = ?, last_reply = ? WHERE message_id = ? AND address = ?",
                 [(r.state, r.reply[:1000], m.id, r.address) for r in o.recipients],
             )
-        failed = [(r.address, r.reply) for r in o.recipients if r.state == "failed"]
+        failed = [(r.address, r.reply) for r in o.recipients if r.state == "failed" and r.judged]
         suppressed: list[NewEvent] = []
         if failed and (owned or o.state == "sent"):
-            # A 5.1.x refusal: the address does not exist; campaigns skip it from now on.
+            # A server's 5.1.x refusal: the address does not exist; campaigns skip it from now on.
             suppressed = suppress_hard_bounces(db, failed, list_id=m.list_id, queue_id=m.queue_id, message_id=m.id, now=now)
         detail = o.detail or reply
         if not owned and o.state != "sent":

@@ -1,8 +1,10 @@
 """The suppression list: addresses campaigns never send to.
 
 An operator adds and removes entries (``smtpplus suppressions``); delivery adds a
-recipient whose next hop refused it with a 5.1.x enhanced status code (the address or
-its domain does not exist), in the transaction that settles the outcome
+recipient that a receiving server refused with a 5.1.x enhanced status code (the
+mailbox does not exist) — not the relay's own DNS verdicts (null MX, no such domain:
+``RecipientResult.judged`` is False), which are about a whole domain and may pass —
+in the transaction that settles the outcome
 (:func:`suppress_hard_bounces`, called from :mod:`relay.store.queue`). Addresses are
 kept in their canonical form (:func:`relay.policy.check_address`).
 """

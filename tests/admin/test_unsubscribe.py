@@ -152,7 +152,7 @@ def test_a_5_1_x_failure_settled_by_delivery_suppresses_the_recipient(news: Any)
     from tests.delivery.conftest import enqueue, message
 
     q.set_next_hop(news, "127.0.0.1:2525")
-    enqueue(news, [message(1, to=["gone@example.net", "spam@example.net", "ok@example.net"])])
+    enqueue(news, [message(1, to=["gone@example.net", "spam@example.net", "ok@example.net", "n@null.example", "s@example.net"])])
     claimed = q.dispatch_round(news, q.RoundRequest(owner="t", lease_seconds=60, budget=1, hop="127.0.0.1:2525")).claimed
     (m,) = claimed
     outcome = q.Outcome(
@@ -161,6 +161,10 @@ def test_a_5_1_x_failure_settled_by_delivery_suppresses_the_recipient(news: Any)
             q.RecipientResult("gone@example.net", "failed", "550 5.1.1 no such user"),
             q.RecipientResult("spam@example.net", "failed", "550 5.7.1 rejected as spam"),
             q.RecipientResult("ok@example.net", "sent", "250 ok"),
+            # The relay's own DNS verdict (null MX) and a refused MAIL FROM judge no
+            # mailbox: a domain-level or sender problem, never suppressed.
+            q.RecipientResult("n@null.example", "failed", "556 5.1.10 null.example accepts no mail", judged=False),
+            q.RecipientResult("s@example.net", "failed", "550 5.1.0 sender rejected", judged=False),
         ],
     )
     q.dispatch_round(news, q.RoundRequest(owner="t", lease_seconds=60, budget=0, hop="127.0.0.1:2525", outcomes=[outcome]))

@@ -29,6 +29,7 @@ from relay.store import open_store
 from relay.store import queue as q
 from relay.store.routing import add_route, destination_rows
 from relay.store.settings import Keys, set_setting
+from relay.store.suppressions import list_suppressions
 from tests.delivery.conftest import enqueue, eventually, fast_config, message, running_engine
 
 
@@ -259,6 +260,8 @@ async def test_mx_routing_preference_fallback_null_mx_nxdomain_routes(store_path
         assert sum(r == "bounce-queued" for r, _d in events) >= 3
         null_rcpt = db.execute("SELECT state, last_reply FROM recipients WHERE address = 'h@null.test'").fetchone()
         assert null_rcpt[0] == "failed" and null_rcpt[1].startswith("556 5.1.10")
+        # The relay's own DNS verdicts (null MX, no such domain) suppress nobody.
+        assert list_suppressions(db) == []
     finally:
         db.close()
         for sink in (good, backup, implicit, routed):
