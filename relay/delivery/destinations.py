@@ -12,6 +12,7 @@ Once its backoff has run out it gets one delivery (a probe) until one succeeds.
 from __future__ import annotations
 
 import random
+import string
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -20,10 +21,14 @@ from relay.store.queue import Claimed
 from relay.store.routing import DestinationState
 
 
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+
+
 def recipient_domain(address: str) -> str:
-    """A recipient's destination: the domain after the last ``@``, lower case ("" without one).
-    (The store's generated ``recipients.domain`` is the same for every address with one ``@``.)"""
-    return address.rpartition("@")[2].lower() if "@" in address else ""
+    """A recipient's destination: the domain after the last ``@`` (a quoted local part
+    may hold one), ASCII lower case as SQL's lower() ("" without one) — the same as the
+    store's generated ``recipients.domain``, which the claim passes over by."""
+    return address.rpartition("@")[2].translate(_ASCII_LOWER) if "@" in address else ""
 
 
 def destination_share(max_per_destination: int, parallel: int) -> int:

@@ -164,6 +164,28 @@ def test_recipients_group_by_domain_in_first_seen_order() -> None:
     assert recipient_domain("postmaster") == ""
 
 
+ODD_ADDRESSES = ['"a@b"@C.test', "x@Y.Test", '"@@"@ex.ample', "nodomain", "u@BÜ.de", "@", "a@"]
+
+
+def test_the_store_and_the_engine_agree_on_a_recipients_domain_after_the_last_at(store_path: Path) -> None:
+    """A quoted local part may hold an "@": the destination is after the LAST one —
+    for the store's generated recipients.domain (also on a store migrated from V7, the
+    first-@ version) and for the engine's grouping alike."""
+    from relay.store.sqlite.schema import MIGRATIONS, V7_DESTINATIONS
+
+    old = open_store(store_path, migrate_to=MIGRATIONS.index(V7_DESTINATIONS) + 1)
+    enqueue(old, [message(1, to=ODD_ADDRESSES[:4])])
+    old.close()
+    db = open_store(store_path)
+    try:
+        enqueue(db, [message(2, to=ODD_ADDRESSES[3:])])
+        stored = db.execute("SELECT address, domain FROM recipients").fetchall()
+        assert sorted((a, d) for a, d in stored) == sorted((a, recipient_domain(a)) for a in ODD_ADDRESSES[:4] + ODD_ADDRESSES[3:])
+        assert recipient_domain('"a@b"@C.test') == "c.test" and recipient_domain("nodomain") == ""
+    finally:
+        db.close()
+
+
 def test_destination_table_blocks_backing_off_and_full_destinations() -> None:
     table = DestinationTable(backoff_base=1.0, backoff_max=10.0)
     rng = random.Random(1)

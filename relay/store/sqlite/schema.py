@@ -346,7 +346,22 @@ CREATE TABLE destinations (
 );
 """
 
-MIGRATIONS: list[str] = [V1_DIRECTORY, V2_QUEUE, V3_ENVELOPE_PARAMETERS, V4_COUNTS, V5_BULK_SENDER, V6_DKIM_KEYS, V7_DESTINATIONS]
+# recipients.domain is the text after the LAST "@" (a quoted local part may hold one:
+# "a@b"@c.test goes to c.test), ASCII lower case, "" without an "@" — what the engine's
+# relay.delivery.destinations.recipient_domain says. SQLite has no "last position of",
+# so: rtrim(address, <every character but "@">) is the address up to its last "@".
+# PostgreSQL (STORED): CASE WHEN strpos(address, '@') = 0 THEN '' ELSE
+# translate(regexp_replace(address, '^.*@', ''), 'ABCDEFGHIJKLMNOPQRSTUVWXYZ',
+# 'abcdefghijklmnopqrstuvwxyz') END.
+V8_RECIPIENT_DOMAIN = """
+ALTER TABLE recipients DROP COLUMN domain;
+ALTER TABLE recipients ADD COLUMN domain TEXT GENERATED ALWAYS AS (CASE WHEN instr(address, '@') = 0 THEN '' ELSE lower(substr(address, length(rtrim(address, replace(address, '@', ''))) + 1)) END) VIRTUAL;
+"""
+
+MIGRATIONS: list[str] = [
+    V1_DIRECTORY, V2_QUEUE, V3_ENVELOPE_PARAMETERS, V4_COUNTS, V5_BULK_SENDER, V6_DKIM_KEYS, V7_DESTINATIONS,
+    V8_RECIPIENT_DOMAIN,
+]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
