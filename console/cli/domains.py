@@ -52,24 +52,39 @@ def check(domain: str, resolver: str | None, public_address: str | None, timeout
 @domains.command("settings")
 @click.option("--public-address", default=None, metavar="IP[,IP]",
               help="The relay's public address(es), as receivers see them ('' to unset).")
+@click.option("--resolver", default=None, metavar="HOST[:PORT]",
+              help="DNS resolver for MX routing, domains check, dkim check and check-dns "
+                   "(the store setting dns.resolver, as `senders settings --resolver`; '' to unset).")
 @common.json_option
 @common.db_option
-def settings(public_address: str | None, as_json: bool, db_path: Path | None) -> None:
-    """Show or set the relay's public address(es) that `domains check` looks for in SPF."""
+def settings(public_address: str | None, resolver: str | None, as_json: bool, db_path: Path | None) -> None:
+    """Show or set the relay's public address(es) that `domains check` looks for in SPF,
+    and the DNS resolver every lookup uses (MX routing included)."""
+    from relay.dnscheck import ResolverError, parse_resolver
     from relay.domains import parse_public_addresses
     from relay.store import transaction
     from relay.store.settings import Keys, delete_setting, get_setting, set_setting
 
-    with common.open_db(db_path, create=public_address is not None) as db:
-        if public_address is not None:
-            addresses = parse_public_addresses(public_address)
+    updates: dict[str, str | None] = {}
+    if public_address is not None:
+        updates[Keys.PUBLIC_ADDRESS] = ",".join(parse_public_addresses(public_address)) or None
+    if resolver is not None:
+        try:
+            updates[Keys.DNS_RESOLVER] = str(parse_resolver(resolver)) if resolver.strip() else None
+        except ResolverError as exc:
+            raise common.CliError(str(exc)) from None
+    with common.open_db(db_path, create=bool(updates)) as db:
+        if updates:
             with transaction(db):
-                if addresses:
-                    set_setting(db, Keys.PUBLIC_ADDRESS, ",".join(addresses))
-                else:
-                    delete_setting(db, Keys.PUBLIC_ADDRESS)
+                for key, value in updates.items():
+                    if value is None:
+                        delete_setting(db, key)
+                    else:
+                        set_setting(db, key, value)
         current = get_setting(db, Keys.PUBLIC_ADDRESS)
+        current_resolver = get_setting(db, Keys.DNS_RESOLVER)
     if as_json:
-        common.print_json({"public_address": current})
+        common.print_json({"public_address": current, "dns_resolver": current_resolver})
         return
     click.echo(f"public address  {current or '- (set with --public-address IP[,IP])'}")
+    click.echo(f"dns resolver    {current_resolver or '- ($SMTPPLUS_DNS_RESOLVER, else the system resolver)'}")

@@ -193,7 +193,15 @@ def test_public_addresses() -> None:
 def test_the_cli(cli: Any, identities: Any, zone: DnsServer) -> None:
     zone.set("other.test", "TXT", f"v=spf1 ip4:{RELAY} -all")
     cli.env["SMTPPLUS_DNS_RESOLVER"] = zone.address
-    assert cli.json("domains", "settings", "--public-address", RELAY) == {"public_address": RELAY}
+    assert cli.json("domains", "settings", "--public-address", RELAY) == {"public_address": RELAY, "dns_resolver": None}
+    # The resolver is settable where an operator sets up domains (the same store setting
+    # as `senders settings --resolver`); a bad one is a one-line error naming it.
+    assert cli.json("domains", "settings", "--resolver", "127.0.0.1:5353")["dns_resolver"] == "127.0.0.1:5353"
+    assert cli.json("senders", "settings")["dns_resolver"] == "127.0.0.1:5353"
+    bad_resolver = cli("domains", "settings", "--resolver", "dns.example")
+    assert bad_resolver.returncode == 1 and len(bad_resolver.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in bad_resolver.stderr
+    assert cli.json("domains", "settings", "--resolver", "") == {"public_address": RELAY, "dns_resolver": None}
     shown = cli.json("domains", "check", "other.test")
     assert (shown["domain"], shown["resolver"], shown["ok"]) == ("other.test", zone.address, False)
     assert [(f["check"], f["ok"]) for f in shown["findings"]] == [

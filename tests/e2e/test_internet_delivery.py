@@ -111,13 +111,12 @@ def test_an_operator_switches_to_mx_publishes_dkim_and_sends_a_campaign_a_strict
     smtpplus("lists", "add", "News")
     smtpplus("users", "add", "--list", "News", "--domains", SENDER_DOMAIN)
     smtpplus("senders", "approve", SENDER_DOMAIN, "--reason", "our own domain")
-    smtpplus("senders", "settings", "--resolver", dns_server.address)
     record = smtpplus_json("dkim", "add", SENDER_DOMAIN, "--algorithm", "ed25519")
     assert record["name"].endswith(f"._domainkey.{SENDER_DOMAIN}") and record["value"].startswith("v=DKIM1; k=ed25519; p=")
     dns_server.set(record["name"], "TXT", record["value"])
     dns_server.set(SENDER_DOMAIN, "TXT", "v=spf1 ip4:192.0.2.25 -all")
     dns_server.set(f"_dmarc.{SENDER_DOMAIN}", "TXT", "v=DMARC1; p=reject")
-    smtpplus("domains", "settings", "--public-address", "192.0.2.25")
+    smtpplus("domains", "settings", "--public-address", "192.0.2.25", "--resolver", dns_server.address)
     report = smtpplus_json("domains", "check", SENDER_DOMAIN)
     assert report["ok"], report
     assert {f["check"]: f["status"] for f in report["findings"]} == {
