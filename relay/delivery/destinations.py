@@ -20,7 +20,6 @@ from relay.scheduler import HopBackoff
 from relay.store.queue import Claimed
 from relay.store.routing import DestinationState
 
-
 _ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 
 

@@ -225,8 +225,8 @@ class HopConnection:
             state, reason = classify(exc.code)
             reply = reply_text(exc.code, exc.message)
             # A refused MAIL FROM is about the sender: no recipient was judged.
-            results = {r: RecipientResult(r, state, reply, judged=False) for r in batch}
-            return TransactionResult(results, stop=(reason, f"MAIL: {reply}"))
+            refused = {r: RecipientResult(r, state, reply, judged=False) for r in batch}
+            return TransactionResult(refused, stop=(reason, f"MAIL: {reply}"))
         except aiosmtplib.SMTPTimeoutError as exc:
             smtp.close()
             raise HopFailure(Reason.DEFERRED_TIMEOUT, f"MAIL timed out at {self.hop.address}: {exc}") from None
