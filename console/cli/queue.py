@@ -378,6 +378,14 @@ def next_hop(hop: str | None, tls: str | None, auth_user: str | None, auth_passw
             value = None if clear else (hop or current)
             store_queue.set_next_hop(db, value, tls=tls, user=auth_user, password=password, cafile=cafile)
         s = store_queue.delivery_settings(db)
+        from relay.store.settings import Keys, get_setting
+
+        published_name = get_setting(db, Keys.SERVER_NAME) if s.mx and not show_only else None
+    if published_name is not None and "." not in published_name.strip("."):
+        # The relay refuses MX delivery without a dotted EHLO name: say so now, not
+        # only in an event the operator may never read.
+        click.echo(f"warning: the relay's server name {published_name!r} has no dot, so MX delivery waits — "
+                   "set server_name (SMTPPLUS_SERVER_NAME or the TOML file) and restart the relay", err=True)
     if as_json:  # never the password
         common.print_json({"next_hop": s.next_hop, "tls": s.next_hop_tls, "auth_user": s.next_hop_user,
                            "cafile": s.next_hop_cafile})

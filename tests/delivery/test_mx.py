@@ -395,6 +395,25 @@ def test_cli_routes_and_mx_mode(cli: Any) -> None:
     assert cli.json("queue", "destinations") == []
     assert "Smarthost" not in cli("queue", "next-hop", "127.0.0.1:2525", check=True).stdout
     assert cli.json("queue", "next-hop")["next_hop"] == "127.0.0.1:2525"
+    # A relay that published an undotted server name will not start MX delivery: the
+    # switch says so at once (stored all the same), and not for a dotted name.
+    db = open_store(cli.store)
+    try:
+        set_setting(db, Keys.SERVER_NAME, "vm")
+    finally:
+        db.close()
+    warned = cli("queue", "next-hop", "mx", check=True)
+    assert warned.stderr.strip().splitlines() == [
+        "warning: the relay's server name 'vm' has no dot, so MX delivery waits — "
+        "set server_name (SMTPPLUS_SERVER_NAME or the TOML file) and restart the relay"
+    ]
+    assert cli.json("queue", "next-hop")["next_hop"] == "mx"
+    db = open_store(cli.store)
+    try:
+        set_setting(db, Keys.SERVER_NAME, "relay.example.test")
+    finally:
+        db.close()
+    assert cli("queue", "next-hop", "mx", check=True).stderr == ""
 
 
 class EhloSink(CaptureSink):
