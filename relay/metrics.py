@@ -19,18 +19,28 @@ state and the store the way the relay does (``AsyncStore``), a stalled event loo
 as a failed scrape (the same signal as the systemd watchdog), and no second thread
 touches the relay's objects.
 
-The counters are fed from the one place events are told after their commit
-(:attr:`relay.service.RelayService.observers`), so ``smtpplus_events_total`` counts
-exactly the events this relay wrote. Label values come from closed sets (event kinds,
-reason codes, delivery states, priorities 1–5); anything else is counted as ``other``.
+The session and delivery counters are fed from the one place events and outcomes are
+told after their commit (:attr:`relay.service.RelayService.observers`,
+``outcome_observers``), the next-hop reply classes from the hop connections
+(``reply_observers``), the commit histograms from the store writer. ``smtpplus_events_total``
+is read from the store at each scrape — the events with an id above the newest one when
+the relay started — so it counts every event written since, by this relay, the CLI or a
+console (:func:`relay.store.events.count_events_after`). The queue gauges read the
+maintained counts (:mod:`relay.store.counts`), never a count of the queue.
+
+Label values come from closed sets (event kinds, reason codes, delivery outcomes,
+destination classes, reply classes and commands, priorities 1–5, port kinds); anything
+else is counted as ``other``.
 
 Public API
 ----------
 ``parse_listen(value) -> (host, port)``: ``HOST:PORT``, ``[v6]:PORT`` or ``PORT``
 (127.0.0.1); raises ``ValueError`` with the fix.
 ``RelayMetrics(service)``: hooks the service's observers (call before ``start()``);
-``registry`` holds the metrics.
-``MetricsServer(service, metrics, host, port)``: ``await start() -> (host, port)``,
+``registry`` holds the metrics; ``METRICS`` names every metric and its labels.
+``MetricsServer(service, metrics, host, port)``: ``await open()`` (its store connection
+and where event counting starts: call before the service starts, so the relay's own
+start is counted), ``await start() -> (host, port)`` (opens first if needed),
 ``await close()``.
 """
 
@@ -50,13 +60,14 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from relay.delivery.hop import REPLY_CLASSES, REPLY_COMMANDS
 from relay.reasons import EventKind, Reason
 from relay.store import AsyncStore
 from relay.store.counts import ready_since
-from relay.store.events import NewEvent
+from relay.store.events import NewEvent, count_events_after, last_event_id
 from relay.store.lease import relay_status
 from relay.store.settings import Keys, get_setting
 from relay.store.views import PRIORITIES, Lane, priority_lanes
@@ -69,7 +80,10 @@ disable_created_metrics()
 KINDS = frozenset(str(k) for k in EventKind)
 REASONS = frozenset(str(r) for r in Reason)
 OUTCOMES = frozenset({"sent", "deferred", "failed"})
+# Where an attempt went (relay.store.queue.Outcome.destination_class).
+DESTINATION_CLASSES = frozenset({"smarthost", "mx", "route", "mixed", "none"})
 QUEUE_STATES = ("queued", "deferred", "sending", "held")
+EVENTS_PER_SCRAPE = 200_000  # event ids counted per scrape at most: a late start catches up over a few
 STORE_TIMEOUT = 5.0  # a health check or scrape waits this long for the store
 REQUEST_LIMIT = 8192  # bytes of request line and headers
 BODY_LIMIT = 4096  # a one-click POST's body ("List-Unsubscribe=One-Click"), read and ignored
@@ -111,14 +125,45 @@ def _bounded(value: object, allowed: frozenset[str]) -> str:
     return text if text in allowed else "other"
 
 
+# Every metric the relay serves: name (as scraped, without the histogram's or the
+# counter's suffixes), type and labels. docs/production.md lists the same (a test checks).
+METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "smtpplus_events_total": ("counter", ("kind", "reason")),
+    "smtpplus_auth_total": ("counter", ("result", "reason")),
+    "smtpplus_messages_accepted_total": ("counter", ()),
+    "smtpplus_refused_total": ("counter", ("reason",)),
+    "smtpplus_deliveries_total": ("counter", ("outcome", "reason", "destination_class")),
+    "smtpplus_next_hop_replies_total": ("counter", ("command", "class")),
+    "smtpplus_delivery_latency_seconds": ("histogram", ()),
+    "smtpplus_store_commit_seconds": ("histogram", ()),
+    "smtpplus_store_commit_messages": ("histogram", ()),
+    "smtpplus_sessions_open": ("gauge", ()),
+    "smtpplus_ports_served": ("gauge", ("tls",)),
+    "smtpplus_ports_not_served": ("gauge", ()),
+    "smtpplus_lease_held": ("gauge", ()),
+    "smtpplus_queue_messages": ("gauge", ("priority", "state")),
+    "smtpplus_queue_oldest_wait_seconds": ("gauge", ("priority",)),
+}
+# Every label's closed set of values ("other" stands for anything outside it).
+LABEL_VALUES: dict[str, frozenset[str]] = {
+    "kind": KINDS | {"other"},
+    "reason": REASONS | {"other"},
+    "result": frozenset({"success", "failure"}),
+    "outcome": OUTCOMES | {"other"},
+    "destination_class": DESTINATION_CLASSES | {"other"},
+    "command": frozenset(REPLY_COMMANDS) | {"other"},
+    "class": frozenset(REPLY_CLASSES) | {"other"},
+    "tls": frozenset({"starttls", "implicit"}),
+    "priority": frozenset(str(p) for p in PRIORITIES),
+    "state": frozenset(QUEUE_STATES),
+    "le": frozenset(),  # a histogram's bucket bounds: fixed in this module
+}
+
+
 class RelayMetrics:
     def __init__(self, service: Any) -> None:
         self.service = service
         self.registry = CollectorRegistry()
-        self.events = Counter(
-            "smtpplus_events", "Events this relay recorded, by kind and reason code.", ["kind", "reason"],
-            registry=self.registry,
-        )
         self.auth = Counter(
             "smtpplus_auth", "AUTH attempts by result (success, failure) and reason code.", ["result", "reason"],
             registry=self.registry,
@@ -128,8 +173,15 @@ class RelayMetrics:
             "smtpplus_refused", "Refusals during SMTP sessions, by reason code.", ["reason"], registry=self.registry
         )
         self.deliveries = Counter(
-            "smtpplus_deliveries", "Delivery attempts by outcome (sent, deferred, failed) and reason code.",
-            ["outcome", "reason"], registry=self.registry,
+            "smtpplus_deliveries",
+            "Delivery attempts by outcome (sent, deferred, failed), reason code and destination class "
+            "(smarthost, mx, route, mixed, none).",
+            ["outcome", "reason", "destination_class"], registry=self.registry,
+        )
+        self.replies = Counter(
+            "smtpplus_next_hop_replies",
+            "Replies next hops gave, by command and class (2xx-5xx; connection: none came).",
+            ["command", "class"], registry=self.registry,
         )
         self.latency = Histogram(
             "smtpplus_delivery_latency_seconds", "From accept to delivered at the next hop.",
@@ -144,48 +196,77 @@ class RelayMetrics:
             buckets=GROUP_BUCKETS, registry=self.registry,
         )
         self.lanes: list[Lane] = []
+        # smtpplus_events_total: counts per (kind, reason) of the events read from the
+        # store, and the last event id read (None until MetricsServer.open sets the start).
+        self.event_counts: dict[tuple[str, str], int] = {}
+        self.events_after: int | None = None
+        self._reading = asyncio.Lock()  # two scrapes at once must not count one range twice
         # When the last delivery attempt finished (any outcome); the start counts as one.
         self.last_attempt_at = time.time()
         self.registry.register(_LiveCollector(self))
         service.observers.append(self.observe_events)
         service.outcome_observers.append(self.observe_outcomes)
         service.commit_observers.append(self.observe_commit)
+        if isinstance(getattr(service, "reply_observers", None), list):
+            service.reply_observers.append(self.observe_reply)
 
     def observe_events(self, events: Sequence[NewEvent]) -> None:
         for event in events:
             kind, reason = _bounded(event.kind, KINDS), _bounded(event.reason, REASONS)
-            self.events.labels(kind, reason).inc()
             if kind == EventKind.AUTH:
                 self.auth.labels("success" if reason == Reason.AUTH_OK else "failure", reason).inc()
             elif kind == EventKind.REFUSED:
                 self.refused.labels(reason).inc()
             elif kind == EventKind.QUEUED and reason == Reason.ACCEPTED:
                 self.accepted.inc()
-            elif kind in (EventKind.SENT, EventKind.DEFERRED, EventKind.FAILED):
-                self.deliveries.labels(kind, reason).inc()
 
     def observe_outcomes(self, outcomes: Sequence[Any]) -> None:
         now = time.time()
         if outcomes:
             self.last_attempt_at = now
         for outcome in outcomes:
+            self.deliveries.labels(
+                _bounded(outcome.state, OUTCOMES), _bounded(outcome.reason, REASONS),
+                _bounded(getattr(outcome, "destination_class", "none"), DESTINATION_CLASSES),
+            ).inc()
             if outcome.state == "sent":
                 self.latency.observe(max(0.0, now - outcome.message.created_at))
+
+    def observe_reply(self, command: str, reply_class: str) -> None:
+        self.replies.labels(_bounded(command, LABEL_VALUES["command"]), _bounded(reply_class, LABEL_VALUES["class"])).inc()
 
     def observe_commit(self, seconds: float, messages: int) -> None:
         self.commit_seconds.observe(seconds)
         self.commit_messages.observe(messages)
 
+    async def begin(self, store: AsyncStore) -> None:
+        """Start counting events after the newest one in the store now."""
+        if self.events_after is None:
+            self.events_after = await asyncio.wait_for(store.run(last_event_id), STORE_TIMEOUT)
+
     async def refresh(self, store: AsyncStore) -> None:
-        """Read what the scrape shows from the store (the queue lanes: an index scan)."""
+        """Read what the scrape shows from the store: the queue lanes (the maintained
+        counts and two index seeks per priority) and the events written since the last
+        scrape (an id range of the events table)."""
         self.lanes = await asyncio.wait_for(store.run(priority_lanes), STORE_TIMEOUT)
+        async with self._reading:
+            if self.events_after is None:
+                return
+            # A read given up on (timeout) leaves events_after as it was: the next scrape
+            # reads the same range again, nothing is lost or counted twice.
+            counts, self.events_after = await asyncio.wait_for(
+                store.run(count_events_after, self.events_after, EVENTS_PER_SCRAPE), STORE_TIMEOUT
+            )
+        for (kind, reason), n in counts.items():
+            key = (_bounded(kind, KINDS), _bounded(reason, REASONS))
+            self.event_counts[key] = self.event_counts.get(key, 0) + n
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
 
 class _LiveCollector:
-    """Gauges read at scrape time: sessions, ports, lease and the queue."""
+    """Read at scrape time: the events read from the store, sessions, ports, lease, the queue."""
 
     def __init__(self, metrics: RelayMetrics) -> None:
         self.metrics = metrics
@@ -193,12 +274,26 @@ class _LiveCollector:
     def describe(self) -> list[Any]:
         return []  # collected only at scrape time: never read at registration
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         service = self.metrics.service
         context = service.context
+        events = CounterMetricFamily(
+            "smtpplus_events",
+            "Events written to the store since this relay started (by it, the CLI or a console), by kind and reason code.",
+            labels=["kind", "reason"],
+        )
+        for (kind, reason), n in sorted(self.metrics.event_counts.items()):
+            events.add_metric([kind, reason], n)
+        yield events
         sessions = len(context.tracker.sessions) if context is not None else 0
         yield GaugeMetricFamily("smtpplus_sessions_open", "SMTP sessions open now.", value=sessions)
-        yield GaugeMetricFamily("smtpplus_ports_served", "Ports this relay listens on.", value=len(service.served))
+        implicit = len(service.implicit_tls)
+        ports = GaugeMetricFamily(
+            "smtpplus_ports_served", "Ports this relay listens on, by TLS kind (starttls, implicit).", labels=["tls"]
+        )
+        ports.add_metric(["starttls"], len(service.served) - implicit)
+        ports.add_metric(["implicit"], implicit)
+        yield ports
         yield GaugeMetricFamily("smtpplus_ports_not_served", "Ports of the spec that could not be bound.", value=len(service.not_served))
         yield GaugeMetricFamily("smtpplus_lease_held", "1 while this relay holds the store's lease.", value=1 if service.running and service.leased else 0)
         depth = GaugeMetricFamily("smtpplus_queue_messages", "Messages in the queue by priority and state.", labels=["priority", "state"])
@@ -274,13 +369,27 @@ class MetricsServer:
         self._server: asyncio.Server | None = None
         self._store: AsyncStore | None = None
 
+    async def open(self) -> None:
+        """Its own store connection (a scrape never waits behind the relay's writes), and
+        where ``smtpplus_events_total`` starts counting."""
+        if self._store is not None:
+            return
+        store = await AsyncStore(self.service.store_path).open()
+        try:
+            await self.metrics.begin(store)
+        except BaseException:
+            await store.close()
+            raise
+        self._store = store
+
     async def start(self) -> tuple[str, int]:
-        # Its own store connection: a scrape never waits behind the relay's writes.
-        self._store = await AsyncStore(self.service.store_path).open()
+        await self.open()
+        assert self._store is not None
         try:
             self._server = await asyncio.start_server(self._handle, self.host, self.port, limit=REQUEST_LIMIT)
         except OSError:
             await self._store.close()
+            self._store = None
             raise
         self.port = self._server.sockets[0].getsockname()[1]
         return self.host, self.port

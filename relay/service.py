@@ -36,7 +36,8 @@ Public API
     ``observers``: callables told every event this relay committed (its sessions,
     intake, delivery and lifecycle), after the commit — the log and metrics hook
     (:func:`relay.logs.log_events`). ``outcome_observers`` get each batch of delivery
-    outcomes, ``commit_observers`` (seconds, messages) per group commit. Append before
+    outcomes, ``commit_observers`` (seconds, messages) per group commit,
+    ``reply_observers`` (command, reply class) per next-hop reply. Append before
     ``start()``. ``heartbeat_at`` (monotonic time of the last heartbeat written) and
     ``heartbeat_error`` (why the last one failed, or None) are for health checks.
 
@@ -215,6 +216,7 @@ class RelayService:
         self.observers: list[Callable[[list[NewEvent]], None]] = []
         self.outcome_observers: list[Callable[[list[Any]], None]] = []
         self.commit_observers: list[Callable[[float, int], None]] = []
+        self.reply_observers: list[Callable[[str, str], None]] = []  # (command, class) per next-hop reply
         self.heartbeat_at: float | None = None
         self.heartbeat_error: str | None = None
         self._stopped = asyncio.Event()
@@ -369,6 +371,8 @@ class RelayService:
         if isinstance(getattr(self.delivery, "observers", None), list):
             self.delivery.observers = self.observers
             self.delivery.outcome_observers = self.outcome_observers
+        if isinstance(getattr(self.delivery, "reply_observers", None), list):
+            self.delivery.reply_observers = self.reply_observers
         await self.delivery.start()
         self.running = True
 

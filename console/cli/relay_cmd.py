@@ -188,7 +188,14 @@ async def _serve(
     loop.add_signal_handler(signal.SIGHUP, reopen_logs)  # while starting: only the log file
     service.observers.append(log_events)
     metrics_server = _metrics_server(service, metrics_address)  # hooks its counters before start
-    await service.start()
+    if metrics_server is not None:
+        await metrics_server.open()  # events are counted from here: the relay's start is one
+    try:
+        await service.start()
+    except BaseException:
+        if metrics_server is not None:
+            await metrics_server.close()
+        raise
 
     async def reload() -> None:
         changed = await service.reload()

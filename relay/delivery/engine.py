@@ -32,7 +32,7 @@ from typing import Any, Protocol
 from relay.bounce import FailedRecipient, bounce_message, wants_report
 from relay.config import server_name_warning
 from relay.delivery.destinations import DestinationTable, destination_share, group_by_destination
-from relay.delivery.hop import HopConnection, HopFailure, NextHop, is_own_address
+from relay.delivery.hop import HopConnection, HopFailure, NextHop, ReplyObserver, is_own_address
 from relay.delivery.outcome import (
     NO_DSN,
     AttemptResult,
@@ -218,6 +218,9 @@ class DeliveryEngine:
         # own) and each batch of outcomes: the relay's log and metrics.
         self.observers: list[Callable[[list[NewEvent]], None]] = []
         self.outcome_observers: list[Callable[[list[Outcome]], None]] = []
+        # Told (command, reply class) for every reply a next hop gives, or its absence
+        # (relay.delivery.hop.REPLY_CLASSES): the metrics' next-hop reply classes.
+        self.reply_observers: list[ReplyObserver] = []
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -533,6 +536,13 @@ class DeliveryEngine:
             except Exception:  # a log or a metric must never stop delivery
                 log.exception("delivery: event observer failed")
 
+    def _heard(self, command: str, reply_class: str) -> None:
+        for observer in self.reply_observers:
+            try:
+                observer(command, reply_class)
+            except Exception:  # a metric must never stop delivery
+                log.exception("delivery: reply observer failed")
+
     def _event(self, kind: EventKind, reason: Reason, detail: str) -> None:
         self._events.append(NewEvent(kind, reason, detail=detail, at=time.time()))
 
@@ -598,7 +608,7 @@ class DeliveryEngine:
         return HopConnection(
             hop, connect_timeout=self.connect_timeout, command_timeout=self.command_timeout,
             local_hostname=self.server_name, recipients_per_transaction=self.recipients_per_transaction,
-            signer=self._dkim,
+            signer=self._dkim, on_reply=self._heard,
         )
 
     async def _deliver(self, message: Claimed, hop: NextHop, conn: HopConnection) -> None:
@@ -645,7 +655,7 @@ class DeliveryEngine:
             self._event(EventKind.RELAY, Reason.NEXT_HOP_UP, f"next hop {hop.address} answers again")
         for reason, detail in result.notes:
             self._message_event(message, reason, detail, now)
-        self._outcomes.append(self._outcome(message, result, hop, now))
+        self._outcomes.append(self._outcome(message, result, hop, now, destination_class="smarthost"))
 
     def _message_event(self, m: Claimed, reason: Reason, detail: str, at: float) -> None:
         self._events.append(
@@ -661,6 +671,7 @@ class DeliveryEngine:
 
     def _outcome(
         self, m: Claimed, result: AttemptResult, hop: NextHop | None, now: float, *, target: str | None = None,
+        destination_class: str = "none",
     ) -> Outcome:
         """Turn one attempt into the message's new state (:func:`settle`), with a
         bounce for the failed recipients, and count it."""
@@ -677,6 +688,7 @@ class DeliveryEngine:
         detail = outcome_detail(m, settled, target or (hop.address if hop else "-"), now)
         return Outcome(
             m, settled.state, settled.reason, settled.reply, settled.recipients, settled.next_attempt_at, bounce, detail,
+            destination_class,
         )
 
     def _report(
@@ -788,6 +800,8 @@ class DeliveryEngine:
         """One attempt: one transaction per destination, all at once; one outcome."""
         try:
             groups = group_by_destination(message.recipients)
+            # By route or by MX, as _hops_for will decide for each destination now.
+            classes = {"route" if domain in self._routes else "mx" for domain in groups}
             try:
                 parts = await asyncio.gather(*(self._deliver_destination(message, d, rcpts) for d, rcpts in groups.items()))
                 result = merge(message, [part for part, _target in parts])
@@ -799,7 +813,9 @@ class DeliveryEngine:
             now = time.time()
             for reason, detail in result.notes:
                 self._message_event(message, reason, detail, now)
-            self._outcomes.append(self._outcome(message, result, None, now, target=target))
+            self._outcomes.append(self._outcome(
+                message, result, None, now, target=target, destination_class=classes.pop() if len(classes) == 1 else "mixed",
+            ))
         finally:
             self._destinations.finish(domains)
             self._flights.pop(message.id, None)
@@ -924,6 +940,7 @@ class DeliveryEngine:
             hop, connect_timeout=self.connect_timeout, command_timeout=self.command_timeout,
             local_hostname=self.server_name, recipients_per_transaction=self.recipients_per_transaction,
             signer=self._dkim,  # signed per destination's transaction, as per smarthost attempt
+            on_reply=self._heard,
         )
 
     def _release_mx_connection(self, conn: HopConnection) -> None:

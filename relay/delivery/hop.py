@@ -9,6 +9,7 @@ import ipaddress
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiosmtplib
@@ -50,6 +51,21 @@ class NextHop:
         return cls(host, port, settings.next_hop_tls, settings.next_hop_user, settings.next_hop_password, settings.next_hop_cafile)
 
 
+# What a next hop answered, as the metrics count it (``smtpplus_next_hop_replies_total``):
+# the command (closed set) and the reply's class — 2xx…5xx, or ``connection`` when no reply
+# came (refused, reset, timed out, TLS handshake failed). Never the reply's text.
+REPLY_COMMANDS = ("connect", "ehlo", "starttls", "auth", "mail", "rcpt", "data")
+REPLY_CLASSES = ("2xx", "3xx", "4xx", "5xx", "connection")
+ReplyObserver = Callable[[str, str], None]
+
+
+def reply_class(code: int | None) -> str:
+    """``2xx``…``5xx`` for a reply code, ``connection`` for none (or a code no server may send)."""
+    if code is not None and 200 <= code < 600:
+        return f"{code // 100}xx"
+    return "connection"
+
+
 class HopFailure(Exception):
     """The next hop as a whole is unusable right now (connect, greeting, TLS, AUTH, timeout)."""
 
@@ -65,8 +81,10 @@ class HopConnection:
     def __init__(
         self, hop: NextHop, *, connect_timeout: float, command_timeout: float, local_hostname: str,
         recipients_per_transaction: int = 50, signer: DkimSigner | None = None,
+        on_reply: ReplyObserver | None = None,
     ) -> None:
         self.hop = hop
+        self.on_reply = on_reply  # told (command, reply class) for every reply or its absence
         self.signer = signer
         self.recipients_per_transaction = max(1, recipients_per_transaction)
         self.connect_timeout = connect_timeout
@@ -76,6 +94,10 @@ class HopConnection:
         self.last_used = time.monotonic()
         self.delivered = 0
         self.tls = False
+
+    def _heard(self, command: str, code: int | None) -> None:
+        if self.on_reply is not None:
+            self.on_reply(command, reply_class(code))
 
     @property
     def connected(self) -> bool:
@@ -88,22 +110,34 @@ class HopConnection:
             use_tls=False, local_hostname=self.local_hostname,
         )
         try:
-            await smtp.connect(timeout=self.connect_timeout)
+            greeting = await smtp.connect(timeout=self.connect_timeout)
         except aiosmtplib.SMTPConnectTimeoutError as exc:
+            self._heard("connect", None)
             raise HopFailure(Reason.DEFERRED_TIMEOUT, f"connect to {hop.address} timed out: {exc}") from None
         except aiosmtplib.SMTPConnectResponseError as exc:
+            self._heard("connect", exc.code)
             raise HopFailure(Reason.DEFERRED_4XX, f"{hop.address} greeting: {reply_text(exc.code, exc.message)}") from None
         except (aiosmtplib.SMTPException, OSError) as exc:
+            self._heard("connect", None)
             raise HopFailure(Reason.DEFERRED_CONNECT, f"cannot connect to {hop.address}: {exc}") from None
+        self._heard("connect", greeting.code)
+        command = "ehlo"  # the command under way, for a reply that never comes
         try:
             await self._hello(smtp)
             self.tls = False
             if hop.tls != "off" and (hop.tls == "required" or smtp.supports_extension("starttls")):
                 if not smtp.supports_extension("starttls"):
                     raise HopFailure(Reason.DEFERRED_TLS, f"{hop.address} does not offer STARTTLS, and TLS is required")
+                command = "starttls"
                 try:
-                    await smtp.starttls(server_hostname=hop.tls_name or hop.host, tls_context=self._tls_context())
+                    self._heard(command, (await smtp.starttls(
+                        server_hostname=hop.tls_name or hop.host, tls_context=self._tls_context()
+                    )).code)
+                except aiosmtplib.SMTPResponseException as exc:
+                    self._heard(command, exc.code)
+                    raise HopFailure(Reason.DEFERRED_TLS, f"STARTTLS with {hop.address} failed: {exc}") from None
                 except (aiosmtplib.SMTPException, ssl.SSLError, OSError) as exc:
+                    self._heard(command, None)
                     raise HopFailure(Reason.DEFERRED_TLS, f"STARTTLS with {hop.address} failed: {exc}") from None
                 self.tls = True
             if hop.user:
@@ -111,28 +145,34 @@ class HopConnection:
                     raise HopFailure(
                         Reason.DEFERRED_TLS, f"will not send AUTH to {hop.address} in plain text (STARTTLS not offered)"
                     )
+                command = "auth"
                 try:
-                    await smtp.login(hop.user, hop.password or "")
+                    self._heard(command, (await smtp.login(hop.user, hop.password or "")).code)
                 except aiosmtplib.SMTPAuthenticationError as exc:
+                    self._heard(command, exc.code)
                     raise HopFailure(Reason.DEFERRED_AUTH, f"AUTH at {hop.address}: {reply_text(exc.code, exc.message)}") from None
                 except aiosmtplib.SMTPException as exc:
+                    self._heard(command, getattr(exc, "code", None))
                     raise HopFailure(Reason.DEFERRED_AUTH, f"AUTH at {hop.address}: {exc}") from None
         except HopFailure:
             smtp.close()
             raise
         except aiosmtplib.SMTPTimeoutError as exc:
+            self._heard(command, None)
             smtp.close()
             raise HopFailure(Reason.DEFERRED_TIMEOUT, f"{hop.address} timed out: {exc}") from None
         except (aiosmtplib.SMTPException, OSError) as exc:
+            self._heard(command, getattr(exc, "code", None))
             smtp.close()
             raise HopFailure(Reason.DEFERRED_CONNECT, f"{hop.address}: {exc}") from None
         self.smtp = smtp
 
     async def _hello(self, smtp: aiosmtplib.SMTP) -> None:
         try:
-            await smtp.ehlo()
-        except aiosmtplib.SMTPHeloError:
-            await smtp.helo()
+            self._heard("ehlo", (await smtp.ehlo()).code)
+        except aiosmtplib.SMTPHeloError as exc:
+            self._heard("ehlo", exc.code)
+            self._heard("ehlo", (await smtp.helo()).code)
 
     def _tls_context(self) -> ssl.SSLContext:
         if self.hop.tls == "required":
@@ -216,11 +256,13 @@ class HopConnection:
         smtp = self.smtp
         assert smtp is not None
         try:
-            await smtp.mail(m.mail_from, options=prepared.mail_options, encoding=prepared.encoding)
+            self._heard("mail", (await smtp.mail(m.mail_from, options=prepared.mail_options, encoding=prepared.encoding)).code)
         except aiosmtplib.SMTPServerDisconnected:
+            self._heard("mail", None)
             smtp.close()
             raise _Retryable() from None
         except aiosmtplib.SMTPResponseException as exc:
+            self._heard("mail", exc.code)
             await self._rset()
             state, reason = classify(exc.code)
             reply = reply_text(exc.code, exc.message)
@@ -228,17 +270,22 @@ class HopConnection:
             refused = {r: RecipientResult(r, state, reply, judged=False) for r in batch}
             return TransactionResult(refused, stop=(reason, f"MAIL: {reply}"))
         except aiosmtplib.SMTPTimeoutError as exc:
+            self._heard("mail", None)
             smtp.close()
             raise HopFailure(Reason.DEFERRED_TIMEOUT, f"MAIL timed out at {self.hop.address}: {exc}") from None
         results: dict[str, RecipientResult] = {}
         accepted: list[str] = []
         too_many: list[str] = []
+        command = "rcpt"  # the command under way, for a reply that never comes
         try:
             for i, rcpt in enumerate(batch):
                 try:
-                    await smtp.rcpt(rcpt, options=prepared.rcpt_options(m, rcpt), encoding=prepared.encoding)
+                    self._heard(command, (await smtp.rcpt(
+                        rcpt, options=prepared.rcpt_options(m, rcpt), encoding=prepared.encoding
+                    )).code)
                     accepted.append(rcpt)
                 except aiosmtplib.SMTPRecipientRefused as exc:
+                    self._heard(command, exc.code)
                     if exc.code == 452 and accepted:
                         too_many = batch[i:]  # this one and the rest: a new transaction, now
                         break
@@ -247,24 +294,29 @@ class HopConnection:
             if not accepted:
                 await self._rset()
                 return TransactionResult(results)
+            command = "data"
             try:
                 response = await smtp.data(prepared.data)
             except aiosmtplib.SMTPResponseException as exc:
+                self._heard(command, exc.code)
                 state, _ = classify(exc.code)
                 reply = reply_text(exc.code, exc.message)
                 for rcpt in accepted:
                     results[rcpt] = RecipientResult(rcpt, state, reply)
                 return TransactionResult(results, too_many, data_failed=True)
         except aiosmtplib.SMTPTimeoutError as exc:
+            self._heard(command, None)
             smtp.close()
             raise HopFailure(Reason.DEFERRED_TIMEOUT, f"timed out at {self.hop.address}: {exc}") from None
         except (aiosmtplib.SMTPServerDisconnected, OSError) as exc:
+            self._heard(command, None)
             smtp.close()
             # Mid-transaction: the message may or may not have gone; retry later (at least once).
             reply = f"connection to {self.hop.address} lost: {exc}"
             for rcpt in batch:
                 results.setdefault(rcpt, RecipientResult(rcpt, "deferred", reply))
             return TransactionResult(results, stop=(Reason.DEFERRED_CONNECT, reply))
+        self._heard(command, response.code)
         self.delivered += 1
         reply = reply_text(response.code, response.message)
         for rcpt in accepted:

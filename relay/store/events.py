@@ -128,3 +128,33 @@ def find_events(
         f"SELECT {_COLUMNS} FROM events {clause} ORDER BY id DESC LIMIT ?", (*args, limit)
     ).fetchall()
     return [Event.from_row(r) for r in rows]
+
+
+def last_event_id(db: Connection) -> int:
+    """The newest event's id (0 when there is none): where a reader that counts new
+    events starts (the metrics' ``smtpplus_events_total``)."""
+    row = db.execute("SELECT max(id) FROM events").fetchone()
+    return int(row[0] or 0) if row is not None else 0
+
+
+def count_events_after(db: Connection, after_id: int, limit: int) -> tuple[dict[tuple[str, str], int], int]:
+    """Events with an id above ``after_id`` per (kind, reason) — at most ``limit`` ids, so
+    a reader far behind catches up over several calls — and the id to pass next time.
+
+    Whoever wrote them (the relay, the CLI, a console): on SQLite every writer's events
+    get ids in commit order (one writer at a time), so no event is read twice or passed
+    over. (A PostgreSQL sequence hands out ids before commit, so a port must read behind
+    the oldest open transaction there.) When
+    the newest id is below ``after_id`` the table was emptied and ids start again: the
+    count starts again from the first."""
+    last = last_event_id(db)
+    if last < after_id:
+        after_id = 0
+    upto = min(last, after_id + max(1, limit))
+    counts = {
+        (str(kind), str(reason)): int(n)
+        for kind, reason, n in db.execute(
+            "SELECT kind, reason, count(*) FROM events WHERE id > ? AND id <= ? GROUP BY kind, reason", (after_id, upto)
+        )
+    }
+    return counts, upto

@@ -313,6 +313,9 @@ class Outcome:
     next_attempt_at: float | None = None  # for 'deferred'
     bounce: NewMessage | None = None  # a DSN to queue with a final failure
     detail: str = ""
+    # Where the attempt went, for the metrics (not stored): smarthost | mx | route | mixed
+    # (MX delivery, some destinations by route) | none (given back before any attempt).
+    destination_class: str = "none"
 
 
 @dataclass(slots=True)
