@@ -63,7 +63,7 @@ def check_relay(work: Path) -> None:
             greeting = conn.recv(200)
         if not greeting.startswith(b"220"):
             sys.exit(f"wheel smoke: the relay greeted with {greeting!r}")
-        for path, wanted in (("/healthz", b"ok"), ("/metrics", b"smtpplus_ports_served 1.0")):
+        for path, wanted in (("/healthz", b"ok"), ("/metrics", b'smtpplus_ports_served{tls="starttls"} 1.0')):
             with urllib.request.urlopen(f"http://{facts['metrics']}{path}", timeout=10) as response:
                 if wanted not in response.read():
                     sys.exit(f"wheel smoke: {path} lacks {wanted!r}")
