@@ -125,8 +125,9 @@ def _bounded(value: object, allowed: frozenset[str]) -> str:
     return text if text in allowed else "other"
 
 
-# Every metric the relay serves: name (as scraped, without the histogram's or the
-# counter's suffixes), type and labels. docs/production.md lists the same (a test checks).
+# Every metric the relay serves: name (a counter's with ``_total``, a histogram's without
+# its ``_bucket``/``_sum``/``_count`` series), type and labels. docs/production.md lists
+# the same (a test checks).
 METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "smtpplus_events_total": ("counter", ("kind", "reason")),
     "smtpplus_auth_total": ("counter", ("result", "reason")),

@@ -140,6 +140,10 @@ class HopConnection:
                     self._heard(command, None)
                     raise HopFailure(Reason.DEFERRED_TLS, f"STARTTLS with {hop.address} failed: {exc}") from None
                 self.tls = True
+                command = "ehlo"
+                # The EHLO inside TLS (aiosmtplib would send it before the next command
+                # anyway), sent here so its reply is counted like the first one.
+                await self._hello(smtp)
             if hop.user:
                 if not self.tls and hop.tls != "off":
                     raise HopFailure(

@@ -7,6 +7,7 @@ import asyncio
 import collections
 import re
 import socket
+import ssl
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -151,7 +152,9 @@ async def test_a_scrape_after_known_traffic_counts_what_the_events_say(
     cli: Cli, seeded: Seeded, tmp_path: Path, tls_files: dict[str, Path]
 ) -> None:
     started_after = last_event(seeded.store_path)
-    async with CaptureSink("127.0.0.1", 0) as sink:
+    sink_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    sink_tls.load_cert_chain(tls_files["cert"], tls_files["key"])
+    async with CaptureSink("127.0.0.1", 0, tls_context=sink_tls) as sink:  # STARTTLS: opportunistic
         toml = relay_toml(tmp_path, tls_files, f'next_hop = "127.0.0.1:{sink.port}"\ntls_ports = "0"\n', paused=False)
         relay = RelayProcess(cli, tmp_path, "--config", str(toml), "--metrics-listen", "127.0.0.1:0")
         try:
@@ -180,13 +183,15 @@ async def test_a_scrape_after_known_traffic_counts_what_the_events_say(
             assert 0 < value(samples, "smtpplus_delivery_latency_seconds_sum") < 60
             assert value(samples, "smtpplus_store_commit_messages_sum") == 2  # the two accepted messages
             assert value(samples, "smtpplus_store_commit_seconds_count") >= 2  # events commit too
-            # What the next hop answered: one transaction per message, on one or two connections.
+            # What the next hop answered: one transaction per message, on one or two
+            # connections, each with a greeting, EHLO, STARTTLS and EHLO again.
             for command in ("mail", "rcpt", "data"):
                 assert value(samples, "smtpplus_next_hop_replies_total", command=command, **{"class": "2xx"}) == 2
             connections = value(samples, "smtpplus_next_hop_replies_total", command="connect", **{"class": "2xx"})
             assert 1 <= connections <= 2
-            assert value(samples, "smtpplus_next_hop_replies_total", command="ehlo", **{"class": "2xx"}) == connections
-            assert total(samples, "smtpplus_next_hop_replies_total") == 6 + 2 * connections
+            assert value(samples, "smtpplus_next_hop_replies_total", command="starttls", **{"class": "2xx"}) == connections
+            assert value(samples, "smtpplus_next_hop_replies_total", command="ehlo", **{"class": "2xx"}) == 2 * connections
+            assert total(samples, "smtpplus_next_hop_replies_total") == 6 + 4 * connections
             assert value(samples, "smtpplus_ports_served", tls="starttls") == 2
             assert value(samples, "smtpplus_ports_served", tls="implicit") == 1
             assert value(samples, "smtpplus_ports_not_served") == 0
