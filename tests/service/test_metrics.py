@@ -22,7 +22,7 @@ from harness.sink import CaptureSink, Chaos
 from relay.metrics import LABEL_VALUES, METRICS, RelayMetrics, parse_listen
 from relay.reasons import EventKind, Reason
 from relay.store import open_store, transaction
-from relay.store.events import NewEvent, last_event_id
+from relay.store.events import NewEvent, count_events_after, last_event_id, record_events
 from tests.conftest import ROOT, Cli
 from tests.delivery.test_mx import HOSTS, free_port_on_loopbacks
 from tests.relay.support import PASSWORD, Seeded, client_context, events, message
@@ -485,3 +485,24 @@ def test_docs_list_every_metric_with_its_labels() -> None:
             labels = tuple(re.findall(r"`([a-z_]+)`", cells[2]))
             rows[cells[0].strip("`")] = (cells[1], labels)
     assert rows == METRICS
+
+
+def test_counting_new_events_reads_each_once_in_bounded_steps_and_starts_again_after_an_emptied_table(seeded: Seeded) -> None:
+    db = open_store(seeded.store_path)
+    try:
+        start = last_event_id(db)
+        with transaction(db):
+            record_events(db, [NewEvent(EventKind.OPERATOR, Reason.DELIVERY_PAUSED)] * 3 + [NewEvent(EventKind.RELAY, Reason.RELAY_STARTED)])
+        counts, after = count_events_after(db, start, 2)  # a reader far behind: two ids a call
+        assert counts == {("operator", "delivery-paused"): 2} and after == start + 2
+        counts, after = count_events_after(db, after, 2)
+        assert counts == {("operator", "delivery-paused"): 1, ("relay", "relay-started"): 1} and after == start + 4
+        assert count_events_after(db, after, 2) == ({}, after)  # nothing new: nothing counted
+        # Retention pruned every event and ids start again below the last one read.
+        with transaction(db):
+            db.execute("DELETE FROM events")
+            record_events(db, [NewEvent(EventKind.RELAY, Reason.RELAY_STOPPED)])
+        counts, again = count_events_after(db, after, 100)
+        assert counts == {("relay", "relay-stopped"): 1} and again == last_event_id(db) < after
+    finally:
+        db.close()
