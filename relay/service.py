@@ -87,6 +87,7 @@ from relay.store import (
     AsyncStore,
     Connection,
     StoreCorrupt,
+    backend_for,
     corrupt_message,
     is_corrupt,
     lease,
@@ -222,7 +223,7 @@ class RelayService:
         self._stopped = asyncio.Event()
         self._stopping = False
         self._leased = False
-        self._lock = lease.StoreLock(self.store_path)
+        self._lock = backend_for(self.store_path).relay_lock(self.store_path)
         self._unwatch: Callable[[], None] | None = None
         self.failure: str | None = None  # why the service stopped by itself (a corrupt store)
         self.running = False

@@ -17,9 +17,10 @@ store = LazyGroup(name="store", help="The store file: backup, integrity check, r
 
 
 def run_check(source: Path, *, quiet: bool = False) -> Any:
-    """``PRAGMA quick_check`` on ``source`` with a progress line on stderr about every
-    second (a big store takes a while: every page is read)."""
-    from relay.store.sqlite.check import quick_check
+    """The backend's integrity check of ``source`` (SQLite: ``PRAGMA quick_check``) with
+    a progress line on stderr about every second (a big store takes a while: every page
+    is read)."""
+    from relay.store import backend_for
 
     # Progress lines on a terminal only: a script sees one line, the result or the error.
     shown = not quiet and sys.stderr.isatty()
@@ -32,7 +33,7 @@ def run_check(source: Path, *, quiet: bool = False) -> Any:
         else:
             click.echo(f"store check: still checking ({seconds:.0f}s)…", err=True)
 
-    return quick_check(source, progress)
+    return backend_for(source).check(source, progress)
 
 
 def check_failure(result: Any) -> str:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
+from relay.store.connection import Connection, dialect_of, transaction
 from relay.store.intake import new_queue_id
-from relay.store.sqlite.db import Connection, transaction
 
 _BODY = b"From: bench@example.com\r\nTo: {to}\r\nSubject: bench {n}\r\n\r\nbench message\r\n"
 
@@ -28,15 +28,8 @@ def queue_bulk(
     Returns the number inserted. One transaction, ``executemany`` per table from
     a generator (1,000,000 messages in well under a minute, in little memory)."""
     stamp = time.time() if now is None else now
-    # A big page cache for the one transaction: the random queue ids and the indexes
-    # otherwise spill pages to the WAL over and over (measured: 150 s for 1,000,000
-    # messages with the default 2 MB, mostly waiting on I/O).
-    cache = int(db.execute("PRAGMA cache_size").fetchone()[0])
-    db.execute("PRAGMA cache_size = -524288")
-    try:
+    with dialect_of(db).bulk_load(db):
         _insert(db, count, priorities, mail_from, recipient_domain, stamp)
-    finally:
-        db.execute(f"PRAGMA cache_size = {cache}")
     return count
 
 

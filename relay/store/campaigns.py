@@ -25,12 +25,12 @@ from dataclasses import dataclass
 
 from relay.priority import header_priority
 from relay.reasons import EventKind, Reason
+from relay.store.connection import Connection, Row, insert_id, transaction
 from relay.store.directory import ListInfo
 from relay.store.errors import InvalidInput, NotFound
 from relay.store.events import NewEvent, record_event, record_events
 from relay.store.intake import NewMessage, insert_messages, new_queue_id
 from relay.store.settings import Keys, get_setting
-from relay.store.sqlite.db import Connection, Row, transaction
 from relay.store.subscriptions import batch_subscriptions, list_settings, token_secret
 from relay.store.suppressions import canonical, suppressed_among
 from relay.unsubscribe import header_lines, make_token
@@ -120,12 +120,12 @@ def insert_campaign(
     list with members, verified senders, the template) are
     :func:`relay.admin.campaigns.create_campaign`'s; callers go through it."""
     with transaction(db):
-        cur = db.execute(
+        campaign_id = insert_id(
+            db,
             "INSERT INTO campaigns(list_id, list_name, subject, mail_from, body, priority, state, "
             "scheduled_at, total, created_at) VALUES (?, ?, ?, ?, ?, ?, 'scheduled', ?, ?, ?)",
             (target.id, target.name, subject, mail_from, template, priority, scheduled_at, target.members, now),
         )
-        campaign_id = int(cur.lastrowid or 0)
         record_event(
             db,
             NewEvent(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from relay.store.sqlite.db import Connection, transaction
+from relay.store.connection import Connection, transaction
 
 STATES = ("queued", "sending", "deferred", "sent", "failed", "held")
 PRIORITIES = (1, 2, 3, 4, 5)

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 from relay import display, policy
 from relay.priority import PriorityError, validate_priority
+from relay.store.connection import Connection, Row, transaction
 from relay.store.errors import AlreadyExists, Conflict, InvalidInput, NotFound
-from relay.store.sqlite.db import Connection, DriverIntegrityError, Row, transaction
 
 # ---------------------------------------------------------------------------
 # Records
@@ -127,14 +127,13 @@ def _description(text: str) -> str:
 def create_list(db: Connection, name: str, description: str = "") -> ListInfo:
     name = _list_name(name)
     description = _description(description)
-    try:
-        with transaction(db):
-            db.execute(
-                "INSERT INTO lists(name, description, created_at) VALUES (?, ?, ?)",
-                (name, description, time.time()),
-            )
-    except (DriverIntegrityError, Conflict):  # Conflict: translated by an outermost transaction
-        raise AlreadyExists(f"list {name!r} already exists — pick another name") from None
+    with transaction(db):
+        added = db.execute(
+            "INSERT INTO lists(name, description, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING RETURNING id",
+            (name, description, time.time()),
+        ).fetchall()
+    if not added:
+        raise AlreadyExists(f"list {name!r} already exists — pick another name")
     return get_list(db, name)
 
 
@@ -155,14 +154,19 @@ def edit_list(db: Connection, name: str, *, description: str | None = None, new_
         description = _description(description)
     if new_name is not None and new_name.strip():
         new_name = _list_name(new_name)
+    taken = AlreadyExists(f"list {new_name!r} already exists — pick another name")
     try:
         with transaction(db):
             if description is not None:
                 db.execute("UPDATE lists SET description = ? WHERE id = ?", (description, current.id))
             if new_name is not None and new_name.strip() and new_name.strip() != current.name:
+                # Asked first, not caught: after a failed statement PostgreSQL refuses the
+                # rest of the transaction, so an outer one could not go on.
+                if db.execute("SELECT 1 FROM lists WHERE name = ? AND id <> ?", (new_name.strip(), current.id)).fetchone():
+                    raise taken
                 db.execute("UPDATE lists SET name = ? WHERE id = ?", (new_name.strip(), current.id))
-    except (DriverIntegrityError, Conflict):  # Conflict: translated by an outermost transaction
-        raise AlreadyExists(f"list {new_name!r} already exists — pick another name") from None
+    except Conflict:  # another process took the name meanwhile (translated by the outermost transaction)
+        raise taken from None
     return get_list(db, new_name.strip() if new_name and new_name.strip() else current.name)
 
 
@@ -187,11 +191,12 @@ def import_members(db: Connection, list_name: str, members: Iterable[tuple[str, 
             raise InvalidInput(f"row {line_no}: {exc}") from None
         rows.append((current.id, canonical, member_name, now))
     with transaction(db):
-        before = db.total_changes
-        db.executemany(
-            "INSERT OR IGNORE INTO list_members(list_id, address, name, added_at) VALUES (?, ?, ?, ?)", rows
-        )
-        added = db.total_changes - before
+        added = 0
+        for row in rows:  # one at a time: rowcount says whether this one was new
+            added += db.execute(
+                "INSERT INTO list_members(list_id, address, name, added_at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                row,
+            ).rowcount
     return added, len(rows) - added
 
 
@@ -212,31 +217,30 @@ def import_member_stream(db: Connection, list_name: str, members: Iterable[tuple
     kept; then one short transaction adds them to the list. Anything ``members`` raises
     (a bad row) leaves the list as it was."""
     current = get_list(db, list_name)
-    db.execute("CREATE TEMP TABLE IF NOT EXISTS member_import(address TEXT PRIMARY KEY, name TEXT NOT NULL)")
+    # ``n`` keeps the file's order (SQLite and PostgreSQL alike; no rowid).
+    db.execute("CREATE TEMP TABLE IF NOT EXISTS member_import(address TEXT PRIMARY KEY, name TEXT NOT NULL, n INTEGER NOT NULL)")
+    fill = "INSERT INTO member_import(address, name, n) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
     try:
         total = 0
-        batch: list[tuple[str, str]] = []
-        with transaction(db, immediate=False):  # writes only the temp database
-            db.execute("DELETE FROM temp.member_import")
+        batch: list[tuple[str, str, int]] = []
+        with transaction(db, immediate=False):  # writes only the temporary table
+            db.execute("DELETE FROM member_import")
             for address, name in members:
-                batch.append((address, name))
+                batch.append((address, name, total))
+                total += 1
                 if len(batch) >= _IMPORT_BATCH:
-                    db.executemany("INSERT OR IGNORE INTO temp.member_import(address, name) VALUES (?, ?)", batch)
-                    total += len(batch)
+                    db.executemany(fill, batch)
                     batch.clear()
-            db.executemany("INSERT OR IGNORE INTO temp.member_import(address, name) VALUES (?, ?)", batch)
-            total += len(batch)
-        distinct = int(db.execute("SELECT count(*) FROM temp.member_import").fetchone()[0])
+            db.executemany(fill, batch)
+        distinct = int(db.execute("SELECT count(*) FROM member_import").fetchone()[0])
         with transaction(db):
-            before = db.total_changes
-            db.execute(
-                "INSERT OR IGNORE INTO list_members(list_id, address, name, added_at) "
-                "SELECT ?, address, name, ? FROM temp.member_import ORDER BY rowid",
+            added = db.execute(
+                "INSERT INTO list_members(list_id, address, name, added_at) "
+                "SELECT ?, address, name, ? FROM member_import ORDER BY n ON CONFLICT DO NOTHING",
                 (current.id, time.time()),
-            )
-            added = db.total_changes - before
+            ).rowcount
     finally:
-        db.execute("DROP TABLE IF EXISTS temp.member_import")
+        db.execute("DROP TABLE IF EXISTS member_import")
     return MemberImport(added, distinct - added, total - distinct)
 
 
@@ -268,7 +272,7 @@ def _identity_kind(value: str) -> str:
 def ensure_identity(db: Connection, value: str) -> int:
     """The id of an identity (canonical address or domain), created pending if new."""
     db.execute(
-        "INSERT OR IGNORE INTO identities(kind, value, dns_token, created_at) VALUES (?, ?, ?, ?)",
+        "INSERT INTO identities(kind, value, dns_token, created_at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
         (_identity_kind(value), value, secrets.token_hex(16), time.time()),
     )
     row = db.execute("SELECT id FROM identities WHERE value = ?", (value,)).fetchone()
@@ -415,7 +419,9 @@ def _set_identities(db: Connection, user_id: int, kind: str, values: list[str]) 
     )
     for value in values:
         identity_id = ensure_identity(db, value)
-        db.execute("INSERT OR IGNORE INTO user_identities(user_id, identity_id) VALUES (?, ?)", (user_id, identity_id))
+        db.execute(
+            "INSERT INTO user_identities(user_id, identity_id) VALUES (?, ?) ON CONFLICT DO NOTHING", (user_id, identity_id)
+        )
 
 
 def _checked_fields(
@@ -463,15 +469,14 @@ def create_user(
             except policy.PolicyError as exc:
                 raise InvalidInput(str(exc)) from None
         now = time.time()
-        try:
-            cur = db.execute(
-                "INSERT INTO users(list_id, username, password_hash, active, priority, note, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (current.id, username, password_hash, int(active), priority, note, now, now),
-            )
-        except DriverIntegrityError:
-            raise AlreadyExists(f"user {username!r} already exists — pick another username") from None
-        user_id = int(cur.lastrowid or 0)
+        added = db.execute(
+            "INSERT INTO users(list_id, username, password_hash, active, priority, note, created_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING id",
+            (current.id, username, password_hash, int(active), priority, note, now, now),
+        ).fetchall()
+        if not added:
+            raise AlreadyExists(f"user {username!r} already exists — pick another username")
+        user_id = int(added[0][0])
         _set_identities(db, user_id, "domain", domains or [])
         _set_identities(db, user_id, "address", senders or [])
     return get_user(db, username)

@@ -55,3 +55,14 @@ class AlreadyExists(Conflict):
 
 class InvalidInput(StoreError):
     """Input a rule refused (the message says which and how to fix it)."""
+
+
+class RelayAlreadyRunning(StoreError):
+    """Another relay holds this store's lease (or its lock) and is alive."""
+
+    def __init__(self, message: str, *, owner: str, pid: int | None, host: str | None, age: float) -> None:
+        super().__init__(message)
+        self.owner = owner
+        self.pid = pid
+        self.host = host
+        self.age = age

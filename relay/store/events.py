@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from relay.display import clean
 from relay.reasons import EventKind, Reason
-from relay.store.sqlite.db import Connection, Row
+from relay.store.connection import Connection, Row, insert_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,12 +50,12 @@ _COLUMNS = "id, at, kind, reason, username, list_id, client, port, message_id, q
 
 
 def record_event(db: Connection, event: NewEvent) -> int:
-    cur = db.execute(
+    return insert_id(
+        db,
         "INSERT INTO events(at, kind, reason, username, list_id, client, port, message_id, queue_id, detail) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         _values(event),
     )
-    return int(cur.lastrowid or 0)
 
 
 def record_events(db: Connection, events: Iterable[NewEvent]) -> None:

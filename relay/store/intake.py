@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from relay.reasons import EventKind, Reason
-from relay.store.sqlite.db import Connection, transaction
+from relay.store.connection import Connection, dialect_of, insert_id, transaction
 
 
 def new_queue_id() -> str:
@@ -73,7 +73,8 @@ def insert_messages(db: Connection, messages: Sequence[NewMessage], *, now: floa
     out: list[Queued] = []
     with transaction(db):
         for m in messages:
-            cur = db.execute(
+            message_id = insert_id(
+                db,
                 "INSERT INTO messages(queue_id, list_id, list_name, user_id, username, origin, campaign_id, "
                 "mail_from, header_from, subject, size, header_priority, user_priority, priority, state, "
                 "next_attempt_at, client, port, created_at, updated_at, mail_auth, body_type, smtputf8, "
@@ -87,11 +88,11 @@ def insert_messages(db: Connection, messages: Sequence[NewMessage], *, now: floa
                     m.size_declared, m.dsn_ret, m.dsn_envid,
                 ),
             )
-            message_id = int(cur.lastrowid or 0)
-            _insert_body(db, message_id, m.data)
+            dialect_of(db).write_body(db, message_id, m.data)
             dsn = m.recipient_dsn or {}
             db.executemany(
-                "INSERT OR IGNORE INTO recipients(message_id, address, dsn_notify, dsn_orcpt) VALUES (?, ?, ?, ?)",
+                "INSERT INTO recipients(message_id, address, dsn_notify, dsn_orcpt) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
                 [(message_id, r, *_dsn_row(dsn.get(r))) for r in m.recipients],
             )
             db.execute(
@@ -106,26 +107,6 @@ def insert_messages(db: Connection, messages: Sequence[NewMessage], *, now: floa
             )
             out.append(Queued(message_id, m.queue_id))
     return out
-
-
-# Bodies over this size are written in pieces of this size. Bound whole, a body is
-# copied by SQLite (SQLITE_TRANSIENT) and that copy stays with the cached statement
-# until its next use: the last 24 MB message would stay resident after its commit.
-BODY_CHUNK = 1 << 20
-
-
-def _insert_body(db: Connection, message_id: int, data: bytes | mmap.mmap) -> None:
-    size = len(data)
-    if size <= BODY_CHUNK:
-        db.execute("INSERT INTO message_bodies(message_id, data) VALUES (?, ?)", (message_id, data))
-        return
-    # Room for the body, then the body through incremental blob I/O, a piece at a time:
-    # at most one piece is ever copied.
-    db.execute("INSERT INTO message_bodies(message_id, data) VALUES (?, zeroblob(?))", (message_id, size))
-    with db.blobopen("message_bodies", "data", message_id) as blob, memoryview(data) as view:
-        for start in range(0, size, BODY_CHUNK):
-            with view[start : start + BODY_CHUNK] as piece:
-                blob.write(piece)
 
 
 def _dsn_row(dsn: RecipientDsn | None) -> tuple[str | None, str | None]:

@@ -1,33 +1,72 @@
 """Typed interfaces of the store: what callers may rely on, whatever the backend.
 
-The first, smaller parts of the store seam (issue 13): settings, the event log and
-the change feed, plus :class:`Backend`, which bundles one backend's implementations
-and how to open it. The SQLite implementation is behind them today
-(:mod:`relay.store.backend`); a PostgreSQL backend adds another ``Backend``, and the
-contract tests (``tests/store_contract/``) run against every one.
-
-The operations are the store's module functions, which take the connection first
-(``get_setting(db, key)``): a backend's module satisfies the protocol as it is
-(mypy checks a module against a protocol), so callers do not change. Errors are the
-store's own (:mod:`relay.store.errors`).
+The operations — :class:`Queue`, :class:`Intake`, :class:`Directory`,
+:class:`Campaigns`, :class:`Verification`, :class:`ReadModel` (what console and CLI
+read), :class:`Settings`, :class:`EventLog` — are the store's module functions, which
+take the connection first (``get_setting(db, key)``). They are written once, in SQL
+that every backend runs (:mod:`relay.store.connection`), so each module satisfies its
+protocol as it is (mypy checks a module against a protocol) and callers keep importing
+the modules. :class:`Backend` bundles them with what *is* per backend: opening,
+transactions, change feeds, the relay lock, the integrity check, backup and error
+translation (the SQLite one: :mod:`relay.store.sqlite.backend`; which backend a
+``--db`` location names: :func:`relay.store.backend.backend_for`). The contract tests
+(``tests/store_contract/``) run against every backend. Errors are the store's own
+(:mod:`relay.store.errors`).
 
 This module imports no driver.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import os
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from relay.store.changes import ChangeFeed, SyncChangeFeed
 
 if TYPE_CHECKING:
+    from relay.dnscheck import DnsResult
+    from relay.store.bridge import AsyncStore
+    from relay.store.campaigns import CampaignInfo
+    from relay.store.connection import Connection
+    from relay.store.directory import AuthRecord, IdentityInfo, ListInfo, MemberImport, UserInfo
+    from relay.store.errors import StoreError
     from relay.store.events import Event, NewEvent
-    from relay.store.sqlite.db import AsyncStore, Connection
+    from relay.store.intake import NewMessage, Queued
+    from relay.store.queue import (
+        ActionResult,
+        DeliverySettings,
+        MessageDetail,
+        MessageRow,
+        Pruned,
+        QueueOverview,
+        RoundRequest,
+        RoundResult,
+    )
+    from relay.store.verification import CodeCheck, CodeInfo, SenderView, SystemSender
+    from relay.store.views import CampaignRow, Lane, ListRow
+    from relay.store.views import MessageDetail as ViewDetail
 
-__all__ = ["Backend", "ChangeFeed", "EventLog", "Settings", "SyncChangeFeed"]
+__all__ = [
+    "Backend",
+    "Campaigns",
+    "ChangeFeed",
+    "CheckResult",
+    "Directory",
+    "EventLog",
+    "Intake",
+    "LockState",
+    "Queue",
+    "ReadModel",
+    "RelayLock",
+    "Settings",
+    "SyncChangeFeed",
+    "Verification",
+]
+
+Location = str | os.PathLike[str]  # what --db names: a file path (SQLite) or a URL
 
 
 class Settings(Protocol):
@@ -71,26 +110,425 @@ class EventLog(Protocol):
     ) -> list[Event]: ...
 
 
+class Queue(Protocol):
+    """The delivery queue: the engine's dispatch rounds and reclaims, the operators'
+    actions (hold, release, retry, delete), listings, runtime delivery settings, pruning."""
+
+    def delivery_settings(self, db: Connection) -> DeliverySettings: ...
+
+    def set_paused(self, db: Connection, paused: bool) -> bool: ...
+
+    def set_rate(self, db: Connection, rate: float) -> None: ...
+
+    def set_parallel(self, db: Connection, parallel: int) -> None: ...
+
+    def set_starvation_share(self, db: Connection, share: float | str) -> float: ...
+
+    def set_next_hop(
+        self,
+        db: Connection,
+        hop: str | None,
+        *,
+        tls: str | None = None,
+        user: str | None = None,
+        password: str | None = None,
+        cafile: str | None = None,
+    ) -> str | None: ...
+
+    def publish_status(
+        self,
+        db: Connection,
+        state: str,
+        detail: str = '',
+        *,
+        events: Sequence[NewEvent] = (),
+        now: float | None = None,
+    ) -> None: ...
+
+    def dispatch_round(self, db: Connection, req: RoundRequest) -> RoundResult: ...
+
+    def reclaim_owner(self, db: Connection, owner: str, *, now: float | None = None) -> int: ...
+
+    def release_claims(self, db: Connection, owner: str, *, now: float | None = None) -> int: ...
+
+    def reclaim_expired(self, db: Connection, *, now: float | None = None) -> int: ...
+
+    def queue_ids_in(self, db: Connection, states: Sequence[str]) -> list[str]: ...
+
+    def hold(
+        self,
+        db: Connection,
+        refs: Iterable[str],
+        *,
+        now: float | None = None,
+        skip_unknown: bool = False,
+    ) -> list[ActionResult]: ...
+
+    def release(
+        self,
+        db: Connection,
+        refs: Iterable[str],
+        *,
+        now: float | None = None,
+        skip_unknown: bool = False,
+    ) -> list[ActionResult]: ...
+
+    def retry(
+        self,
+        db: Connection,
+        refs: Iterable[str],
+        *,
+        now: float | None = None,
+        skip_unknown: bool = False,
+    ) -> list[ActionResult]: ...
+
+    def delete(
+        self,
+        db: Connection,
+        refs: Iterable[str],
+        *,
+        now: float | None = None,
+        skip_unknown: bool = False,
+    ) -> list[ActionResult]: ...
+
+    def list_messages(
+        self,
+        db: Connection,
+        *,
+        state: str | None = None,
+        priority: int | None = None,
+        limit: int = 50,
+        after: tuple[int, int] | None = None,
+        campaign_id: int | None = None,
+    ) -> list[MessageRow]: ...
+
+    def message_detail(self, db: Connection, ref: str) -> MessageDetail: ...
+
+    def read_message(
+        self,
+        db: Connection,
+        *,
+        message_id: int | None = None,
+        queue_id: str | None = None,
+        max_recipients: int | None = None,
+    ) -> MessageDetail | None: ...
+
+    def queue_overview(self, db: Connection, *, now: float | None = None) -> QueueOverview: ...
+
+    def prune(self, db: Connection, *, before: float, batch: int = 2000) -> Pruned: ...
+
+
+class Intake(Protocol):
+    """Accepting mail into the queue (SMTP intake, campaigns, verification codes)."""
+
+    def insert_messages(
+        self,
+        db: Connection,
+        messages: Sequence[NewMessage],
+        *,
+        now: float | None = None,
+    ) -> list[Queued]: ...
+
+    def count_messages(self, db: Connection, origin: str | None = None) -> int: ...
+
+
+class Directory(Protocol):
+    """Lists, members, users (passwords as argon2id hashes), sender identities and rules."""
+
+    def create_list(self, db: Connection, name: str, description: str = '') -> ListInfo: ...
+
+    def get_list(self, db: Connection, name: str) -> ListInfo: ...
+
+    def all_lists(self, db: Connection) -> list[ListInfo]: ...
+
+    def edit_list(
+        self,
+        db: Connection,
+        name: str,
+        *,
+        description: str | None = None,
+        new_name: str | None = None,
+    ) -> ListInfo: ...
+
+    def delete_list(self, db: Connection, name: str) -> None: ...
+
+    def import_members(self, db: Connection, list_name: str, members: Iterable[tuple[str, str]]) -> tuple[int, int]: ...
+
+    def import_member_stream(
+        self,
+        db: Connection,
+        list_name: str,
+        members: Iterable[tuple[str, str]],
+    ) -> MemberImport: ...
+
+    def list_members(
+        self,
+        db: Connection,
+        list_name: str,
+        *,
+        after: str = '',
+        limit: int = 1000,
+    ) -> list[tuple[str, str]]: ...
+
+    def ensure_identity(self, db: Connection, value: str) -> int: ...
+
+    def get_identity(self, db: Connection, value: str) -> IdentityInfo: ...
+
+    def all_identities(self, db: Connection, *, state: str | None = None) -> list[IdentityInfo]: ...
+
+    def identity_states(self, db: Connection, values: Iterable[str]) -> dict[str, str]: ...
+
+    def identity_users(self, db: Connection, identity_id: int) -> list[str]: ...
+
+    def mark_verified(self, db: Connection, identity_id: int, method: str, reason: str | None = None) -> bool: ...
+
+    def approve_identities(
+        self,
+        db: Connection,
+        values: Iterable[str],
+        reason: str,
+    ) -> list[tuple[IdentityInfo, bool]]: ...
+
+    def get_user(self, db: Connection, username: str) -> UserInfo: ...
+
+    def all_users(self, db: Connection, list_name: str | None = None) -> list[UserInfo]: ...
+
+    def create_user(
+        self,
+        db: Connection,
+        *,
+        list_name: str,
+        password_hash: str,
+        username: str | None = None,
+        priority: int = 3,
+        note: str = '',
+        domains: list[str] | None = None,
+        senders: list[str] | None = None,
+        active: bool = False,
+    ) -> UserInfo: ...
+
+    def edit_user(
+        self,
+        db: Connection,
+        username: str,
+        *,
+        priority: int | None = None,
+        note: str | None = None,
+        domains: list[str] | None = None,
+        senders: list[str] | None = None,
+    ) -> UserInfo: ...
+
+    def set_active(self, db: Connection, username: str, active: bool) -> UserInfo: ...
+
+    def set_password_hash(self, db: Connection, username: str, password_hash: str) -> None: ...
+
+    def delete_user(self, db: Connection, username: str) -> None: ...
+
+    def auth_record(self, db: Connection, username: str) -> AuthRecord | None: ...
+
+    def auth_version(self, db: Connection, username: str) -> int | None: ...
+
+
+class Campaigns(Protocol):
+    """Campaigns: scheduled mailings to a list, expanded into the queue in batches."""
+
+    def get_campaign(self, db: Connection, campaign_id: int) -> CampaignInfo: ...
+
+    def list_campaigns(self, db: Connection, *, limit: int = 200) -> list[CampaignInfo]: ...
+
+    def insert_campaign(
+        self,
+        db: Connection,
+        target: ListInfo,
+        *,
+        subject: str,
+        template: bytes,
+        mail_from: str,
+        scheduled_at: float,
+        priority: int,
+        now: float,
+    ) -> CampaignInfo: ...
+
+    def pause_campaign(self, db: Connection, campaign_id: int, *, now: float | None = None) -> CampaignInfo: ...
+
+    def resume_campaign(self, db: Connection, campaign_id: int, *, now: float | None = None) -> CampaignInfo: ...
+
+    def cancel_campaign(self, db: Connection, campaign_id: int, *, now: float | None = None) -> CampaignInfo: ...
+
+    def start_due_campaigns(self, db: Connection, *, now: float | None = None) -> list[int]: ...
+
+    def next_scheduled_at(self, db: Connection) -> float | None: ...
+
+    def expandable_campaigns(self, db: Connection) -> list[int]: ...
+
+    def expand_batch(
+        self,
+        db: Connection,
+        campaign_id: int,
+        *,
+        batch: int = ...,
+        server_name: str = 'localhost',
+        now: float | None = None,
+    ) -> int: ...
+
+    def finish_campaigns(self, db: Connection, *, now: float | None = None) -> list[int]: ...
+
+
+class Verification(Protocol):
+    """Sender verification: codes, DNS checks, manual approval, the system sender."""
+
+    def sender_views(self, db: Connection, *, state: str | None = None) -> list[SenderView]: ...
+
+    def sender_view(self, db: Connection, value: str) -> SenderView: ...
+
+    def code_info(self, db: Connection, identity_id: int) -> CodeInfo | None: ...
+
+    def system_sender_choice(self, db: Connection) -> SystemSender: ...
+
+    def system_sender(self, db: Connection) -> str: ...
+
+    def queue_code(
+        self,
+        db: Connection,
+        address: str,
+        *,
+        code_hash: str,
+        expires_at: float,
+        message: NewMessage,
+        detail: str,
+        now: float,
+    ) -> tuple[IdentityInfo, Queued]: ...
+
+    def confirm_code(self, db: Connection, address: str, code: str, *, now: float | None = None) -> CodeCheck: ...
+
+    def pending_address(self, db: Connection, address: str) -> IdentityInfo: ...
+
+    def record_dns_check(
+        self,
+        db: Connection,
+        domain: str,
+        result: DnsResult,
+        *,
+        now: float | None = None,
+    ) -> IdentityInfo: ...
+
+    def approve(self, db: Connection, values: Iterable[str], reason: str) -> list[tuple[IdentityInfo, bool]]: ...
+
+
+class ReadModel(Protocol):
+    """What the console and the CLI read: lanes, the queue page, a message, lists, campaigns."""
+
+    def priority_lanes(self, db: Connection) -> list[Lane]: ...
+
+    def delivery_rate(self, db: Connection, *, now: float | None = None, window: float = 10.0) -> float: ...
+
+    def queue_page(
+        self,
+        db: Connection,
+        state: str = 'queued',
+        *,
+        after: tuple[int, int] | None = None,
+        limit: int = 50,
+    ) -> list[MessageRow]: ...
+
+    def message_detail(
+        self,
+        db: Connection,
+        message_id: int | None = None,
+        *,
+        queue_id: str | None = None,
+        max_recipients: int = 200,
+    ) -> ViewDetail | None: ...
+
+    def list_rows(self, db: Connection, *, since: float) -> list[ListRow]: ...
+
+    def campaign_rows(self, db: Connection, *, limit: int = 50) -> list[CampaignRow]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class LockState:
+    """What a probe of the relay lock found."""
+
+    held: bool | None  # None: no lock to probe (never served by a relay that locks)
+    facts: dict[str, Any] = field(default_factory=dict)  # what the holder wrote: pid, host, state
+
+
+class RelayLock(Protocol):
+    """One relay per store: held by the relay from start to stop, dropped by the
+    operating system (or the server) the instant its process dies."""
+
+    @property
+    def held(self) -> bool: ...
+
+    def acquire(self, facts: dict[str, Any]) -> None:
+        """Take it or raise :class:`relay.store.errors.RelayAlreadyRunning` naming the holder."""
+        ...
+
+    def note(self, **facts: Any) -> None:
+        """Tell readers about the holder (pid, host) or why it stopped (best effort)."""
+        ...
+
+    def release(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    store: str
+    ok: bool
+    pages: int
+    bytes: int
+    seconds: float
+    problems: list[str] = field(default_factory=list)  # the check's lines (at most 100)
+
+
 class Backend(Protocol):
-    """One store backend: how to open it, and its implementations of the interfaces."""
+    """One store backend: the driver-specific entry points, and the operations."""
 
     name: str
     settings: Settings
     events: EventLog
+    queue: Queue
+    intake: Intake
+    directory: Directory
+    campaigns: Campaigns
+    verification: Verification
+    read_model: ReadModel
 
-    def open(self, location: str | Path, *, create: bool = True) -> Connection:
+    def handles(self, location: Location) -> bool:
+        """Whether ``location`` names a store of this backend."""
+        ...
+
+    def open(self, location: Location, *, create: bool = True, **options: Any) -> Connection:
         """A synchronous connection (created and migrated when ``create``)."""
         ...
 
-    def transaction(self, db: Connection) -> AbstractContextManager[Connection]:
+    def transaction(self, db: Connection, *, immediate: bool = True) -> AbstractContextManager[Connection]:
         """One write transaction (nested use joins the outer one); a driver error
         leaving the outermost one comes out as the store's own."""
         ...
 
-    def async_store(self, location: str | Path) -> AsyncStore:
+    def async_store(self, location: Location) -> AsyncStore:
         """The async bridge (not yet open: ``await store.open()`` or ``async with``)."""
         ...
 
     def change_feed(self, db: Connection) -> SyncChangeFeed: ...
 
     def async_change_feed(self, store: AsyncStore) -> ChangeFeed: ...
+
+    def store_error_for(self, exc: BaseException, location: Location | None = None) -> StoreError | None:
+        """``exc`` as the store's own error, or None when it is not this backend's."""
+        ...
+
+    def backup(self, db: Connection, target: Location) -> None:
+        """A consistent copy of the live store at ``target``."""
+        ...
+
+    def check(self, location: Location, progress: Callable[[float, int], None] | None = None, *, every: float = 1.0) -> CheckResult:
+        """The store's integrity check, with ``progress(seconds, pages)`` now and then."""
+        ...
+
+    def relay_lock(self, location: Location) -> RelayLock: ...
+
+    def lock_state(self, db: Connection) -> LockState:
+        """Whether a live relay holds the lock of the store ``db`` is open on."""
+        ...

@@ -31,7 +31,8 @@ The OS lock
 -----------
 A heartbeat can stop while its relay lives (a stalled event loop, a full disk), so on
 its own it cannot tell a stalled relay from a dead one. The relay therefore also holds
-an exclusive ``flock`` on ``<store>-relay.lock`` for its whole life (:class:`StoreLock`); the
+its backend's relay lock for its whole life (``Backend.relay_lock``; SQLite: an
+exclusive ``flock`` on ``<store>-relay.lock``, :mod:`relay.store.sqlite.lock`); the
 kernel drops it the instant the process dies, kill -9 included. On this host the lock
 is the truth: a second relay is refused at once while it is held, a restart after a
 crash takes over at its first try, and :func:`relay_status` calls a relay alive while
@@ -49,37 +50,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from relay.reasons import EventKind, Reason
+from relay.store.connection import Connection, transaction
+from relay.store.errors import RelayAlreadyRunning
 from relay.store.events import NewEvent, record_event
 from relay.store.relay_info import implicit_tls_ports, served_ports
 from relay.store.settings import Keys, get_setting, get_settings, set_setting
-from relay.store.sqlite.db import Connection, transaction
-from relay.store.sqlite.lock import (  # re-exported: the relay and its tests take them from here
-    LockState,
-    RelayAlreadyRunning,
-    StoreLock,
-    lock_path,
-    lock_state,
-    store_lock_state,
-)
 
 DEFAULT_STALE_AFTER = 10.0
 
 __all__ = [
     "DEFAULT_STALE_AFTER",
     "Acquired",
-    "LockState",
     "RelayAlreadyRunning",
     "RelayStatus",
-    "StoreLock",
     "acquire",
     "acquire_lease",
     "heartbeat",
-    "lock_path",
-    "lock_state",
     "mark_listening",
     "relay_status",
     "release",
-    "store_lock_state",
 ]
 
 
@@ -266,7 +255,11 @@ def relay_status(db: Connection, stale_after: float = DEFAULT_STALE_AFTER, *, no
         "rate": values.get(Keys.RATE),
         "parallel": values.get(Keys.PARALLEL),
     }
-    lock = store_lock_state(db)
+    from relay.store.backend import (
+        backend_of,  # the backend's own lock (SQLite: a file beside the store)
+    )
+
+    lock = backend_of(db).lock_state(db)
     if lock.facts.get("stopped"):
         common["stopped_reason"] = str(lock.facts["stopped"])
     if not lease:

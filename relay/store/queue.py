@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from relay.reasons import EventKind, Reason
+from relay.store.connection import Connection, Row, dialect_of, transaction
 from relay.store.counts import oldest_waiting, state_counts
 from relay.store.errors import InvalidInput, NotFound
 from relay.store.events import Event, NewEvent, events_for_message, record_event, record_events
@@ -32,7 +33,6 @@ from relay.store.intake import NewMessage, RecipientDsn, insert_messages
 from relay.store.lease import relay_status
 from relay.store.routing import DestinationState, record_destinations
 from relay.store.settings import Keys, get_settings, set_setting
-from relay.store.sqlite.db import Connection, Row, data_version, transaction
 from relay.store.suppressions import suppress_hard_bounces
 
 ACTIVE_STATES = ("queued", "sending", "deferred", "held")
@@ -354,7 +354,7 @@ class RoundRequest:
 
 @dataclass(slots=True)
 class RoundResult:
-    version: int
+    version: int | None  # the dialect's data_version (None: it has none to give)
     skipped: bool
     settings: DeliverySettings | None = None
     claimed: list[Claimed] = field(default_factory=list)
@@ -372,7 +372,7 @@ def dispatch_round(db: Connection, req: RoundRequest) -> RoundResult:
     Returns quickly without a transaction when nothing changed since
     ``req.seen_version`` and the engine has nothing to write (``force`` overrides).
     """
-    version = data_version(db)
+    version = dialect_of(db).data_version(db)
     if req.idle and req.seen_version is not None and version == req.seen_version:
         return RoundResult(version=version, skipped=True)
     result = RoundResult(version=version, skipped=False)
@@ -437,12 +437,13 @@ def _claim(db: Connection, req: RoundRequest, budget: int, now: float) -> list[C
             budget -= len(rows)
     if budget > 0:
         skip, skip_args = _skip_destinations(req.skip_destinations)
-        # PostgreSQL: the inner SELECT gets FOR UPDATE SKIP LOCKED.
+        # Where locks are per row (PostgreSQL), the inner SELECT skips rows another
+        # relay process is claiming right now (the dialect's FOR UPDATE SKIP LOCKED).
         rows += db.execute(
             "UPDATE messages SET state = 'sending', lease_owner = ?, lease_until = ?, "
             "attempts = attempts + 1, updated_at = ? WHERE id IN ("
             f"SELECT id FROM messages WHERE state = 'queued' AND next_attempt_at <= ?{skip} "
-            "ORDER BY priority, id LIMIT ?) " + _CLAIM_RETURNING,
+            f"ORDER BY priority, id LIMIT ?{dialect_of(db).skip_locked()}) " + _CLAIM_RETURNING,
             (req.owner, lease_until, now, now, *skip_args, budget),
         ).fetchall()
     if not rows:

@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from relay.reasons import EventKind, Reason
+from relay.store.connection import Connection, transaction
 from relay.store.events import NewEvent, record_event
 from relay.store.settings import get_setting, set_setting
-from relay.store.sqlite.db import Connection, transaction
 
 # The served ports that speak implicit TLS (RFC 8314), a JSON list; every one of them
 # is also in relay_ports as served.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from relay.store.sqlite.db import Connection, transaction
+from relay.store.connection import Connection, transaction
 
 
 def message_priorities(db: Connection, queue_ids: Iterable[str]) -> dict[str, tuple[int, int, int]]:

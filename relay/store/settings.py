@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from relay.store.sqlite.db import Connection
+from relay.store.connection import Connection
 
 
 def get_setting(db: Connection, key: str, default: Any = None) -> Any:
@@ -34,7 +34,7 @@ def set_setting(db: Connection, key: str, value: Any) -> None:
 def seed_setting(db: Connection, key: str, value: Any) -> bool:
     """Set ``key`` only when it has no value yet (flags and TOML seed runtime controls).
     Returns True when it was set."""
-    cur = db.execute("INSERT OR IGNORE INTO settings(key, value) VALUES (?, ?)", (key, json.dumps(value)))
+    cur = db.execute("INSERT INTO settings(key, value) VALUES (?, ?) ON CONFLICT DO NOTHING", (key, json.dumps(value)))
     return cur.rowcount == 1
 
 

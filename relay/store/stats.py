@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass
 
 from relay.reasons import EventKind
+from relay.store.connection import Connection
 from relay.store.directory import get_list
-from relay.store.sqlite.db import Connection
 
 # Which event kind feeds which counter.
 _KINDS = {

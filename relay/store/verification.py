@@ -24,6 +24,7 @@ from relay import policy
 from relay import verification as rules
 from relay.dnscheck import DnsResult
 from relay.reasons import EventKind, Reason
+from relay.store.connection import Connection, Row, transaction
 from relay.store.directory import (
     IdentityInfo,
     all_identities,
@@ -35,7 +36,6 @@ from relay.store.errors import InvalidInput
 from relay.store.events import NewEvent, record_event
 from relay.store.intake import NewMessage, Queued, insert_messages
 from relay.store.settings import Keys, get_setting
-from relay.store.sqlite.db import Connection, Row, transaction
 from relay.verification import CodeOutcome
 
 # ---------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from email.parser import BytesHeaderParser
 from email.policy import default as default_policy
 
+from relay.store.connection import Connection
 from relay.store.counts import PRIORITIES, list_queued, oldest_waiting, state_counts
 from relay.store.events import Event
 from relay.store.queue import (  # noqa: F401 - HEADER_BYTES: the console reads the same cap
@@ -23,7 +24,6 @@ from relay.store.queue import (  # noqa: F401 - HEADER_BYTES: the console reads 
     read_message,
 )
 from relay.store.settings import Keys, get_setting
-from relay.store.sqlite.db import Connection
 from relay.store.subscriptions import unsubscribed_counts
 from relay.store.suppressions import suppressed_per_list
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from relay.store.errors import Conflict
-from relay.store.intake import BODY_CHUNK, NewMessage, insert_messages
+from relay.store.intake import NewMessage, insert_messages
+from relay.store.sqlite.dialect import BODY_CHUNK
 
 
 def _body(size: int) -> bytes:

@@ -14,6 +14,7 @@ from relay.service import RelayService
 from relay.store import lease
 from relay.store.lease import RelayAlreadyRunning
 from relay.store.settings import Keys, get_setting
+from relay.store.sqlite.lock import StoreLock, lock_state
 from tests.relay.support import Seeded, events, relay_config, rows, running_relay
 
 
@@ -180,19 +181,19 @@ async def test_a_stalled_heartbeat_does_not_make_a_live_relay_dead(seeded: Seede
 
 def test_the_lock_is_held_exactly_while_a_holder_lives(tmp_path: Path) -> None:
     store = tmp_path / "s.db"
-    assert lease.lock_state(store).held is None  # never locked: the heartbeat decides
-    holder = lease.StoreLock(store)
+    assert lock_state(store).held is None  # never locked: the heartbeat decides
+    holder = StoreLock(store)
     holder.acquire({"pid": 4242, "host": "here"})
     try:
-        state = lease.lock_state(store)
+        state = lock_state(store)
         assert state.held is True and state.facts["pid"] == 4242
         with pytest.raises(RelayAlreadyRunning) as refused:
-            lease.StoreLock(store).acquire({"pid": 1})
+            StoreLock(store).acquire({"pid": 1})
         assert "pid 4242 on here" in str(refused.value) and "\n" not in str(refused.value)
         holder.note(stopped="store corrupt")
     finally:
         holder.release()
-    state = lease.lock_state(store)
+    state = lock_state(store)
     assert state.held is False and state.facts["stopped"] == "store corrupt"
 
 
@@ -203,7 +204,7 @@ def test_status_of_a_killed_relay_on_this_host_is_dead_at_once(seeded: Seeded) -
     # process is gone (kill -9), whatever the heartbeat says.
     rows(seeded.store_path, lease.acquire, "killed", 4242, socket.gethostname(), "127.0.0.1", 10.0)
     assert rows(seeded.store_path, lease.relay_status).alive  # no lock file yet: heartbeat rule
-    holder = lease.StoreLock(seeded.store_path)
+    holder = StoreLock(seeded.store_path)
     holder.acquire({"pid": 4242})
     holder.release()
     status = rows(seeded.store_path, lease.relay_status)
@@ -213,7 +214,7 @@ def test_status_of_a_killed_relay_on_this_host_is_dead_at_once(seeded: Seeded) -
 def test_status_names_a_relay_that_holds_the_lock_before_it_takes_the_lease(seeded: Seeded) -> None:
     rows(seeded.store_path, lease.acquire, "old", 1, "h", "0.0.0.0", 10.0)
     rows(seeded.store_path, lease.release, "old")
-    starting = lease.StoreLock(seeded.store_path)
+    starting = StoreLock(seeded.store_path)
     starting.acquire({"owner": "new", "pid": 4242, "host": "here", "listen_host": "127.0.0.1"})
     try:
         status = rows(seeded.store_path, lease.relay_status)

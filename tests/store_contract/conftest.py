@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from relay.store.backend import SQLITE
+from relay.store.backend import backend_named
 from relay.store.interfaces import Backend
 
 
@@ -38,7 +38,7 @@ def _sqlite_fill_up(db: Any) -> None:
 
 
 def _sqlite(tmp_path: Path) -> Case:
-    return Case(SQLITE, tmp_path / "contract.db", _sqlite_fill_up)
+    return Case(backend_named("sqlite"), tmp_path / "contract.db", _sqlite_fill_up)
 
 
 BACKENDS: dict[str, Callable[[Path], Case]] = {"sqlite": _sqlite}

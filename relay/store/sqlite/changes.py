@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import time
 
+from relay.store.bridge import AsyncStore
 from relay.store.changes import DEFAULT_POLL, ChangeFeed, SyncChangeFeed
-from relay.store.sqlite.db import AsyncStore, Connection, data_version, store_errors
+from relay.store.connection import Connection
+from relay.store.sqlite.db import data_version, store_errors
 
 
 class DataVersionFeed:

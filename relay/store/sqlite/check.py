@@ -11,21 +11,14 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from relay.store.sqlite.db import BUSY_TIMEOUT_MS, StoreError
+from relay.store.errors import StoreError
+from relay.store.interfaces import CheckResult
+from relay.store.sqlite.db import BUSY_TIMEOUT_MS
 
-
-@dataclass(frozen=True, slots=True)
-class CheckResult:
-    store: str
-    ok: bool
-    pages: int
-    bytes: int
-    seconds: float
-    problems: list[str] = field(default_factory=list)  # quick_check's lines (at most 100)
+__all__ = ["CheckResult", "quick_check"]
 
 
 def quick_check(

@@ -1,24 +1,22 @@
 """The SQLite backend's connection edge: opening the store (pragmas, migrations),
-transactions, backup, the async bridge, and the translation of ``sqlite3`` errors into
-the store's own (:mod:`relay.store.errors`).
+transactions, backup, and the translation of ``sqlite3`` errors into the store's own
+(:mod:`relay.store.errors`).
 
 Every ``sqlite3`` exception that leaves the store goes through :func:`translate`
-(in :class:`AsyncStore`'s ``run``, :func:`open_store`, :func:`transaction` and
-:func:`store_errors`), so callers catch :class:`StoreError` and its kinds only.
+(in :func:`open_store`, :func:`transaction`, :func:`store_errors` and, through
+:func:`store_error_for`, the async bridge :class:`relay.store.AsyncStore`), so
+callers catch :class:`StoreError` and its kinds only.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
-import queue
 import sqlite3
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
 
+from relay.store.connection import Connection
 from relay.store.errors import (
     Conflict,
     StoreBusy,
@@ -30,25 +28,22 @@ from relay.store.errors import (
 )
 from relay.store.sqlite.schema import migrate
 
-T = TypeVar("T")
 
-#: The connection type of the SQLite backend. Code outside the store names it as
-#: :data:`relay.store.Connection`, never through ``sqlite3``.
-Connection = sqlite3.Connection
-Row = sqlite3.Row
-# What a nested write raises on a broken unique rule before the outermost
-# transaction translates it (into relay.store.errors.Conflict).
-DriverIntegrityError = sqlite3.IntegrityError
+class SqliteConnection(sqlite3.Connection):
+    """The SQLite backend's connection: a plain ``sqlite3.Connection`` that names its
+    dialect, so the shared operation modules find the SQLite answers to what differs
+    per database (:func:`relay.store.connection.dialect_of`). It satisfies
+    :class:`relay.store.Connection`, the type everything outside this package names."""
+
+    dialect = "sqlite"
+
 
 BUSY_TIMEOUT_MS = 10_000
 
 # Re-exported: they were defined here before relay.store.errors held them.
 __all__ = [
     "BUSY_TIMEOUT_MS",
-    "AsyncStore",
-    "Connection",
-    "DriverIntegrityError",
-    "Row",
+    "SqliteConnection",
     "StoreCorrupt",
     "StoreError",
     "StoreTooNew",
@@ -130,14 +125,14 @@ def translate(exc: sqlite3.Error, path: str | os.PathLike[str] | None = None) ->
     return StoreUnavailable(f"store error: {exc} — check --db and that the file is writable")
 
 
-def store_error_for(exc: BaseException) -> StoreError | None:
+def store_error_for(exc: BaseException, path: str | os.PathLike[str] | None = None) -> StoreError | None:
     """``exc`` as the store's own error (itself, or its translation), or None when it
     is no store error: for a top-level handler (the CLI's, the console's) that must
     give one line for a store call made outside the edges above."""
     if isinstance(exc, StoreError):
         return exc
     if isinstance(exc, sqlite3.Error):
-        return translate(exc)
+        return translate(exc, path)
     return None
 
 
@@ -149,23 +144,6 @@ def store_errors(path: str | os.PathLike[str] | None = None) -> Iterator[None]:
         yield
     except sqlite3.Error as exc:
         raise translate(exc, path) from exc
-
-
-# Called (from a store thread) with (store path, error) whenever an AsyncStore meets a
-# corrupt store: the relay stops rather than answer 451 to every client for ever.
-_corruption_listeners: list[Callable[[Path, BaseException], None]] = []
-
-
-def on_corruption(listener: Callable[[Path, BaseException], None]) -> Callable[[], None]:
-    """Register ``listener``; returns the function that unregisters it."""
-    _corruption_listeners.append(listener)
-    return lambda: _corruption_listeners.remove(listener) if listener in _corruption_listeners else None
-
-
-def _tell_corruption(path: Path, exc: BaseException) -> None:
-    for listener in list(_corruption_listeners):
-        with contextlib.suppress(Exception):
-            listener(path, exc)
 
 
 def default_db_path() -> Path:
@@ -184,7 +162,7 @@ def data_dir_db_path() -> Path:
     return Path(platformdirs.user_data_dir("smtpplus")) / "smtpplus.db"
 
 
-def _configure(db: sqlite3.Connection) -> None:
+def _configure(db: SqliteConnection) -> None:
     db.row_factory = sqlite3.Row
     db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -200,7 +178,7 @@ def open_store(
     create: bool = True,
     migrate_to: int | None = None,
     create_parent: bool | None = None,
-) -> sqlite3.Connection:
+) -> SqliteConnection:
     """Open (and create or upgrade) the store at ``path``.
 
     A missing directory is created only for the default store in the user's data
@@ -226,7 +204,9 @@ def open_store(
         if create_parent:
             p.parent.mkdir(parents=True, exist_ok=True)
         create_private(p)
-        db = sqlite3.connect(p, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
+        db = sqlite3.connect(
+            p, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000, factory=SqliteConnection
+        )
         _configure(db)
         migrate(db, target=migrate_to)
     except StoreTooNew:
@@ -256,7 +236,7 @@ def _same_path(a: Path, b: Path) -> bool:
 
 
 @contextlib.contextmanager
-def transaction(db: sqlite3.Connection, *, immediate: bool = True) -> Iterator[sqlite3.Connection]:
+def transaction(db: Connection, *, immediate: bool = True) -> Iterator[Connection]:
     """One write transaction; ``BEGIN IMMEDIATE`` so writers queue on busy_timeout
     instead of failing half-way with SQLITE_BUSY on lock upgrade.
 
@@ -281,8 +261,10 @@ def transaction(db: sqlite3.Connection, *, immediate: bool = True) -> Iterator[s
             db.execute("COMMIT")
 
 
-def backup(db: sqlite3.Connection, target: str | os.PathLike[str]) -> None:
+def backup(db: Connection, target: str | os.PathLike[str]) -> None:
     """A consistent copy of a live store (SQLite online backup), mode 0600 as the store."""
+    if not isinstance(db, sqlite3.Connection):
+        raise StoreError("store backup: this is not a SQLite store — use the database's own backup tool")
     create_private(Path(target))
     dest = sqlite3.connect(Path(target))
     try:
@@ -295,100 +277,6 @@ def backup(db: sqlite3.Connection, target: str | os.PathLike[str]) -> None:
         dest.close()
 
 
-def data_version(db: sqlite3.Connection) -> int:
+def data_version(db: Connection) -> int:
     """Changes whenever another connection commits; cheap to poll."""
     return int(db.execute("PRAGMA data_version").fetchone()[0])
-
-
-class AsyncStore:
-    """Runs synchronous store functions on one dedicated connection thread.
-
-    ``await store.run(fn, *args)`` calls ``fn(db, *args)`` on that thread, so a whole
-    unit of work (say, a group commit of many messages) costs one thread hand-off.
-    The thread and its plain ``sqlite3`` connection are this class's own (no private
-    API of any library); ``sqlite3`` errors come out translated (:func:`translate`).
-    """
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-        self._jobs: queue.SimpleQueue[_Job | None] | None = None
-        self._thread: threading.Thread | None = None
-        self._db: sqlite3.Connection | None = None
-
-    async def open(self) -> AsyncStore:
-        # Opening (and migrating) happens on the store's thread, off the loop.
-        jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        thread = threading.Thread(target=_serve, args=(jobs,), name=f"smtpplus-store-{self.path.name}", daemon=True)
-        thread.start()
-        self._jobs, self._thread = jobs, thread
-        path = self.path
-        try:
-            self._db = await self._submit(open_store, path)
-        except BaseException:
-            self._stop_thread()
-            raise
-        return self
-
-    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        db = self._db
-        if db is None:
-            raise StoreError("store is not open")
-        try:
-            return await self._submit(fn, db, *args, **kwargs)
-        except sqlite3.Error as exc:
-            if is_corrupt(exc):
-                _tell_corruption(self.path, exc)
-            raise translate(exc, self.path) from exc
-
-    def _submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> asyncio.Future[T]:
-        if self._jobs is None:
-            raise StoreError("store is not open")
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._jobs.put((future, fn, args, kwargs))
-        return future
-
-    async def close(self) -> None:
-        db, self._db = self._db, None
-        if db is not None:
-            with contextlib.suppress(sqlite3.Error):
-                await self._submit(db.close)
-        self._stop_thread()
-
-    def _stop_thread(self) -> None:
-        if self._jobs is not None:
-            self._jobs.put(None)  # the thread ends after the jobs before this one
-        self._jobs = self._thread = None
-
-    async def __aenter__(self) -> AsyncStore:
-        return await self.open()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-
-_Job = tuple["asyncio.Future[Any]", Callable[..., Any], tuple[Any, ...], dict[str, Any]]
-
-
-def _serve(jobs: queue.SimpleQueue[_Job | None]) -> None:
-    """The store thread: run each job, hand its outcome back to the job's loop."""
-    while (job := jobs.get()) is not None:
-        future, fn, args, kwargs = job
-        try:
-            result = fn(*args, **kwargs)
-        except BaseException as exc:  # handed back to the caller, whatever it is
-            _settle(future, None, exc)
-        else:
-            _settle(future, result, None)
-
-
-def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
-    def apply() -> None:
-        if future.done():  # the caller was cancelled meanwhile
-            return
-        if exc is not None:
-            future.set_exception(exc)
-        else:
-            future.set_result(result)
-
-    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
-        future.get_loop().call_soon_threadsafe(apply)

@@ -12,23 +12,12 @@ import fcntl
 import json
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from relay.store.errors import StoreError
+from relay.store.errors import RelayAlreadyRunning, StoreError
+from relay.store.interfaces import LockState
 from relay.store.sqlite.db import Connection
-
-
-class RelayAlreadyRunning(StoreError):
-    """Another relay holds this store's lease (or lock) and is alive."""
-
-    def __init__(self, message: str, *, owner: str, pid: int | None, host: str | None, age: float) -> None:
-        super().__init__(message)
-        self.owner = owner
-        self.pid = pid
-        self.host = host
-        self.age = age
 
 
 def lock_path(store_path: str | os.PathLike[str]) -> Path:
@@ -40,12 +29,6 @@ def lock_path(store_path: str | os.PathLike[str]) -> Path:
 # A status probe holds a shared lock for microseconds; a starting relay retries past it.
 _LOCK_TRIES = 20
 _LOCK_PAUSE = 0.025
-
-
-@dataclass(frozen=True, slots=True)
-class LockState:
-    held: bool | None  # None: no lock file (never served by a relay that locks)
-    facts: dict[str, Any] = field(default_factory=dict)  # what the holder wrote: pid, host, state
 
 
 def _read_facts(fd: int) -> dict[str, Any]:
@@ -79,7 +62,8 @@ def lock_state(store_path: str | os.PathLike[str]) -> LockState:
 
 
 class StoreLock:
-    """The relay's exclusive lock on ``<store>-relay.lock``, held from start to stop."""
+    """The relay's exclusive lock on ``<store>-relay.lock``, held from start to stop
+    (a :class:`relay.store.interfaces.RelayLock`)."""
 
     def __init__(self, store_path: str | os.PathLike[str]) -> None:
         self.path = lock_path(store_path)

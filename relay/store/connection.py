@@ -1,0 +1,143 @@
+"""What the store's operation modules need of a connection, whatever the database.
+
+The operation modules (``queue``, ``directory``, ``campaigns``, ``views``, …) are
+shared by every backend: they import no driver, take a :class:`Connection` first and
+write SQL that SQLite (3.40 and later) and PostgreSQL both run —
+
+- ``?`` placeholders (a PostgreSQL connection rewrites them for its driver);
+- ``INSERT ... RETURNING id`` (:func:`insert_id`), never ``cursor.lastrowid``;
+- ``ON CONFLICT (...) DO NOTHING`` / ``DO UPDATE SET x = excluded.x``, never
+  ``INSERT OR IGNORE`` / ``OR REPLACE``;
+- times as REAL epoch seconds computed in Python, booleans as INTEGER 0/1, ``coalesce``
+  (no ``julianday``, ``strftime``, ``datetime()``, ``IFNULL``, ``rowid``, ``PRAGMA``).
+
+Rows answer both ``row["name"]`` and ``row[0]`` (SQLite's ``sqlite3.Row``; the
+PostgreSQL adapter gives the same). Where a database genuinely needs other SQL or
+another mechanism (a change marker, writing a big body, claiming rows under
+concurrent writers, a bulk load), the module asks its connection's dialect
+(:func:`dialect_of`): each backend has one dialect module, named by
+``Connection.dialect``, that implements :class:`Dialect`.
+
+This module imports no driver.
+"""
+
+from __future__ import annotations
+
+import importlib
+import mmap
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
+
+__all__ = [
+    "DIALECT_MODULES",
+    "Connection",
+    "Cursor",
+    "Dialect",
+    "Row",
+    "dialect_of",
+    "insert_id",
+    "transaction",
+]
+
+# Any row: answers row["name"] and row[0] (sqlite3.Row, or the PostgreSQL adapter's).
+Row = Any
+
+
+class Cursor(Protocol):
+    """The result of :meth:`Connection.execute`."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Connection(Protocol):
+    """A connection to the store, as the operation modules use it.
+
+    Opened by a backend (``relay.store.open_store``), in autocommit mode: writes are
+    grouped with :func:`transaction`. ``dialect`` names the database (``"sqlite"`` or
+    ``"postgresql"``) and so the :class:`Dialect` that answers for it."""
+
+    @property
+    def dialect(self) -> str: ...
+
+    @property
+    def in_transaction(self) -> bool: ...
+
+    def execute(self, sql: str, parameters: Sequence[Any] | Mapping[str, Any] = ..., /) -> Cursor: ...
+
+    def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> Cursor: ...
+
+    def close(self) -> None: ...
+
+
+class Dialect(Protocol):
+    """What differs per database behind the shared operation modules. A backend's
+    dialect module (``relay/store/<backend>/dialect.py``) satisfies it as a module."""
+
+    def transaction(self, db: Connection, *, immediate: bool = True) -> AbstractContextManager[Connection]:
+        """One write transaction; nested use joins the outer one. ``immediate``: take
+        the write lock at once (``False``: a transaction that writes only scratch tables)."""
+        ...
+
+    def data_version(self, db: Connection) -> int | None:
+        """A number that changes when *another* connection commits (SQLite:
+        ``PRAGMA data_version``), or None when the database has none to give: then a
+        dispatch round never skips its transaction on an unchanged store."""
+        ...
+
+    def write_body(self, db: Connection, message_id: int, data: bytes | mmap.mmap) -> None:
+        """Insert a message's body (up to the message size limit) without copying
+        all of it at once."""
+        ...
+
+    def skip_locked(self) -> str:
+        """SQL appended to the ``SELECT`` that picks rows to claim: ``""`` where the
+        write lock is the whole database (SQLite), ``" FOR UPDATE SKIP LOCKED"`` where
+        it is per row (PostgreSQL)."""
+        ...
+
+    def bulk_load(self, db: Connection) -> AbstractContextManager[None]:
+        """Around a very large write transaction (benchmarks' bulk queueing): whatever
+        makes it fast (SQLite: a big page cache)."""
+        ...
+
+
+# Which module implements the dialect a connection names. A backend adds its line.
+DIALECT_MODULES: dict[str, str] = {
+    "sqlite": "relay.store.sqlite.dialect",
+    "postgresql": "relay.store.postgres.dialect",
+}
+
+_loaded: dict[str, Dialect] = {}
+
+
+def dialect_of(db: Connection) -> Dialect:
+    """The :class:`Dialect` of ``db`` (imported on first use, so no driver is loaded
+    that no open connection needs)."""
+    name = db.dialect
+    found = _loaded.get(name)
+    if found is None:
+        module: Dialect = importlib.import_module(DIALECT_MODULES[name])
+        found = _loaded[name] = module
+    return found
+
+
+def transaction(db: Connection, *, immediate: bool = True) -> AbstractContextManager[Connection]:
+    """One write transaction on ``db`` (nested use joins the outer one). The
+    outermost one is an edge: a driver error leaving it comes out as the store's own
+    (:mod:`relay.store.errors`)."""
+    return dialect_of(db).transaction(db, immediate=immediate)
+
+
+def insert_id(db: Connection, sql: str, parameters: Sequence[Any] = ()) -> int:
+    """Run an ``INSERT`` of one row and return its new ``id`` (``RETURNING id``:
+    SQLite and PostgreSQL both have it; ``lastrowid`` is SQLite's own)."""
+    rows = db.execute(f"{sql} RETURNING id", parameters).fetchall()  # fetchall: the statement ends here
+    return int(rows[0][0])

@@ -1,0 +1,95 @@
+"""The SQLite backend: a store in one file (``--db /path/to/smtpplus.db``).
+
+Implements :class:`relay.store.interfaces.Backend`: the driver-specific entry points
+(open, transaction, change feeds, lock, check, backup, error translation) are this
+package's; the operations are the shared, driver-neutral modules of
+:mod:`relay.store`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+from relay.store import campaigns as _campaigns
+from relay.store import directory as _directory
+from relay.store import events as _events
+from relay.store import intake as _intake
+from relay.store import queue as _queue
+from relay.store import settings as _settings
+from relay.store import verification as _verification
+from relay.store import views as _views
+from relay.store.bridge import AsyncStore
+from relay.store.changes import ChangeFeed, SyncChangeFeed
+from relay.store.connection import Connection
+from relay.store.errors import StoreError
+from relay.store.interfaces import (
+    Backend,
+    Campaigns,
+    CheckResult,
+    Directory,
+    EventLog,
+    Intake,
+    LockState,
+    Queue,
+    ReadModel,
+    Settings,
+    Verification,
+)
+from relay.store.sqlite import changes, check, db, lock
+
+
+class SqliteBackend:
+    """The SQLite implementation of :class:`relay.store.interfaces.Backend`."""
+
+    name = "sqlite"
+    settings: Settings = _settings
+    events: EventLog = _events
+    queue: Queue = _queue
+    intake: Intake = _intake
+    directory: Directory = _directory
+    campaigns: Campaigns = _campaigns
+    verification: Verification = _verification
+    read_model: ReadModel = _views
+
+    def handles(self, location: str | os.PathLike[str]) -> bool:
+        # Anything that is not a URL is a file path.
+        return "://" not in os.fspath(location)
+
+    def open(self, location: str | os.PathLike[str], *, create: bool = True, **options: Any) -> Connection:
+        return db.open_store(location, create=create, **options)
+
+    def transaction(self, conn: Connection, *, immediate: bool = True) -> AbstractContextManager[Connection]:
+        return db.transaction(conn, immediate=immediate)
+
+    def async_store(self, location: str | os.PathLike[str]) -> AsyncStore:
+        return AsyncStore(location)
+
+    def change_feed(self, conn: Connection) -> SyncChangeFeed:
+        return changes.change_feed(conn)
+
+    def async_change_feed(self, store: AsyncStore) -> ChangeFeed:
+        return changes.async_change_feed(store)
+
+    def store_error_for(self, exc: BaseException, location: str | os.PathLike[str] | None = None) -> StoreError | None:
+        return db.store_error_for(exc, location)
+
+    def backup(self, conn: Connection, target: str | os.PathLike[str]) -> None:
+        db.backup(conn, target)
+
+    def check(
+        self, location: str | os.PathLike[str], progress: Callable[[float, int], None] | None = None, *, every: float = 1.0
+    ) -> CheckResult:
+        return check.quick_check(location, progress, every=every)
+
+    def relay_lock(self, location: str | os.PathLike[str]) -> lock.StoreLock:
+        return lock.StoreLock(Path(location))
+
+    def lock_state(self, conn: Connection) -> LockState:
+        return lock.store_lock_state(conn)
+
+
+BACKEND: Backend = SqliteBackend()
