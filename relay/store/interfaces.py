@@ -1,6 +1,6 @@
 """Typed interfaces of the store: what callers may rely on, whatever the backend.
 
-The operations — :class:`Queue`, :class:`Intake`, :class:`Directory`,
+The operations — :class:`Queue`, :class:`Intake`, :class:`Counts`, :class:`Directory`,
 :class:`Campaigns`, :class:`Verification`, :class:`ReadModel` (what console and CLI
 read), :class:`Settings`, :class:`EventLog` — are the store's module functions, which
 take the connection first (``get_setting(db, key)``). They are written once, in SQL
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from relay.store.bridge import AsyncStore
     from relay.store.campaigns import CampaignInfo
     from relay.store.connection import Connection
+    from relay.store.counts import CountFix
     from relay.store.directory import AuthRecord, IdentityInfo, ListInfo, MemberImport, UserInfo
     from relay.store.errors import StoreError
     from relay.store.events import Event, NewEvent
@@ -54,6 +55,7 @@ __all__ = [
     "Campaigns",
     "ChangeFeed",
     "CheckResult",
+    "Counts",
     "Directory",
     "EventLog",
     "Intake",
@@ -230,6 +232,27 @@ class Intake(Protocol):
     ) -> list[Queued]: ...
 
     def count_messages(self, db: Connection, origin: str | None = None) -> int: ...
+
+
+class Counts(Protocol):
+    """The maintained per-state/priority and per-list counts (kept in the same
+    transaction as each state change), and their check and repair."""
+
+    def state_counts(self, db: Connection) -> dict[tuple[str, int], int]: ...
+
+    def list_queued(self, db: Connection) -> dict[int, int]: ...
+
+    def oldest_waiting(self, db: Connection, priority: int) -> float | None: ...
+
+    def ready_since(self, db: Connection, now: float) -> float | None: ...
+
+    def differences(self, db: Connection) -> list[CountFix]:
+        """Where the counts differ from a full recount (empty: they match)."""
+        ...
+
+    def recount(self, db: Connection) -> list[CountFix]:
+        """Repair the counts from a full recount; returns what was fixed."""
+        ...
 
 
 class Directory(Protocol):
@@ -489,6 +512,7 @@ class Backend(Protocol):
     events: EventLog
     queue: Queue
     intake: Intake
+    counts: Counts
     directory: Directory
     campaigns: Campaigns
     verification: Verification

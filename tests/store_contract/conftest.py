@@ -1,10 +1,13 @@
 """The store contract: every backend passes the same tests.
 
-``backend`` is parametrized by backend name; the PostgreSQL issue adds ``"postgresql"``
-to ``BACKENDS`` below with its own :class:`Case` (a server from the machine's
-packages, a database per test). Each case knows how to open a fresh store and how to
-provoke the failures that only a backend can (a full store); the tests themselves
-use the interfaces only (:mod:`relay.store.interfaces`) and the store's own errors.
+``backend`` is parametrized by backend name (``BACKENDS`` below); the PostgreSQL
+backend adds one line there — ``"postgresql": _postgresql`` — with a function that
+makes a fresh, empty store (a database per test) and says how to make it refuse to
+grow. Each :class:`Case` opens that store through the backend
+(:class:`relay.store.interfaces.Backend`); ``conn`` / ``db`` are an open connection to
+it. The tests use the interfaces only — ``ops(db).queue.dispatch_round(db, …)``, the
+store's own errors — and the data types of the operation modules. What only one
+backend can show (a query plan, a file lock, PRAGMAs) stays out of this package.
 """
 
 from __future__ import annotations
@@ -16,18 +19,19 @@ from typing import Any
 
 import pytest
 
-from relay.store.backend import backend_named
+from relay.store.backend import backend_named, backend_of
 from relay.store.interfaces import Backend
 
 
 @dataclass
 class Case:
     backend: Backend
-    location: Path
+    location: Any  # what --db would name: a file path, or a URL
     # Makes the store refuse to grow on this connection (the next big write is "full").
     fill_up: Callable[[Any], None]
 
     def open(self) -> Any:
+        """Another connection to this case's store (tests close it)."""
         return self.backend.open(self.location)
 
 
@@ -37,10 +41,11 @@ def _sqlite_fill_up(db: Any) -> None:
     db.execute(f"PRAGMA max_page_count = {pages}")
 
 
-def _sqlite(tmp_path: Path) -> Case:
-    return Case(backend_named("sqlite"), tmp_path / "contract.db", _sqlite_fill_up)
+def _sqlite(where: Path) -> Case:
+    return Case(backend_named("sqlite"), where / "contract.db", _sqlite_fill_up)
 
 
+# Backend name -> a fresh store of that backend (given a new empty directory).
 BACKENDS: dict[str, Callable[[Path], Case]] = {"sqlite": _sqlite}
 
 
@@ -54,3 +59,13 @@ def conn(backend: Case) -> Iterator[Any]:
     db = backend.open()
     yield db
     db.close()
+
+
+@pytest.fixture
+def db(conn: Any) -> Any:
+    return conn
+
+
+def ops(db: Any) -> Backend:
+    """The backend ``db`` belongs to: its interfaces are what the tests call."""
+    return backend_of(db)

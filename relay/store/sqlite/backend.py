@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from relay.store import campaigns as _campaigns
+from relay.store import counts as _counts
 from relay.store import directory as _directory
 from relay.store import events as _events
 from relay.store import intake as _intake
@@ -30,6 +31,7 @@ from relay.store.interfaces import (
     Backend,
     Campaigns,
     CheckResult,
+    Counts,
     Directory,
     EventLog,
     Intake,
@@ -50,6 +52,7 @@ class SqliteBackend:
     events: EventLog = _events
     queue: Queue = _queue
     intake: Intake = _intake
+    counts: Counts = _counts
     directory: Directory = _directory
     campaigns: Campaigns = _campaigns
     verification: Verification = _verification

@@ -1,30 +1,34 @@
-"""The queue in the store: atomic claims under lease, the dispatch index, operator
-actions, runtime controls, retention and list statistics."""
+"""The queue (through the backend's ``Queue`` interface): atomic claims under lease,
+priority order, operator actions, runtime controls, retention and list statistics."""
 
 from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from relay.reasons import EventKind, Reason
-from relay.store import directory, open_store
 from relay.store import queue as q
 from relay.store.errors import InvalidInput, NotFound
-from relay.store.events import NewEvent, find_events, record_event
+from relay.store.events import NewEvent
+from relay.store.intake import NewMessage, Queued
 from relay.store.stats import list_stats
-from tests.delivery.conftest import enqueue, message
+from tests.delivery.conftest import message
+from tests.store_contract.conftest import Case, ops
 
 HOP = "127.0.0.1:2525"
 
 
+def enqueue(db: Any, messages: list[NewMessage]) -> list[Queued]:
+    return ops(db).intake.insert_messages(db, messages)
+
+
 def claim(db: Any, owner: str, budget: int, **kw: Any) -> list[q.Claimed]:
-    q.set_next_hop(db, HOP) if q.delivery_settings(db).next_hop != HOP else None
+    ops(db).queue.set_next_hop(db, HOP) if ops(db).queue.delivery_settings(db).next_hop != HOP else None
     request = q.RoundRequest(owner=owner, lease_seconds=kw.pop("lease", 60.0), budget=budget, hop=HOP, force=True, **kw)
-    return q.dispatch_round(db, request).claimed
+    return ops(db).queue.dispatch_round(db, request).claimed
 
 
 def test_claims_follow_priority_then_fifo_and_carry_what_delivery_needs(db: Any) -> None:
@@ -34,25 +38,25 @@ def test_claims_follow_priority_then_fifo_and_carry_what_delivery_needs(db: Any)
     first = claimed[0]
     assert first.recipients == ["rcpt1@example.net"] and first.data.startswith(b"From: ")
     assert first.attempts == 1 and first.priority == 1
-    row = q.message_detail(db, first.queue_id).message
+    row = ops(db).queue.message_detail(db, first.queue_id).message
     assert (row.state, row.lease_owner) == ("sending", "a")
     assert row.lease_until is not None and row.lease_until > time.time() + 50
 
 
-def test_concurrent_claims_never_hand_out_a_message_twice(store_path: Path, db: Any) -> None:
+def test_concurrent_claims_never_hand_out_a_message_twice(backend: Case, db: Any) -> None:
     enqueue(db, [message(n) for n in range(600)])
-    q.set_next_hop(db, HOP)
+    ops(db).queue.set_next_hop(db, HOP)
     got: dict[str, list[int]] = {}
     start = threading.Barrier(3)
 
     def worker(owner: str) -> None:
-        conn = open_store(store_path)
+        conn = backend.open()
         mine: list[int] = []
         start.wait()
         first_round = True
         while True:
             time.sleep(0.0005)  # let the others in between claims
-            claimed = q.dispatch_round(conn, q.RoundRequest(owner=owner, lease_seconds=60, budget=7, hop=HOP, force=True)).claimed
+            claimed = ops(conn).queue.dispatch_round(conn, q.RoundRequest(owner=owner, lease_seconds=60, budget=7, hop=HOP, force=True)).claimed
             if first_round:
                 # Every worker makes its first claim (racing the others) before any
                 # makes a second, so all three take part however the OS schedules them.
@@ -74,37 +78,27 @@ def test_concurrent_claims_never_hand_out_a_message_twice(store_path: Path, db: 
     assert all(got[f"w{i}"] for i in range(3))
 
 
-def test_the_next_message_is_one_index_seek(db: Any) -> None:
-    plan = db.execute(
-        "EXPLAIN QUERY PLAN SELECT id FROM messages WHERE state = 'queued' AND next_attempt_at <= ? "
-        "ORDER BY priority, id LIMIT 1",
-        (time.time(),),
-    ).fetchall()
-    text = " ".join(str(row[-1]) for row in plan)
-    assert "messages_dispatch" in text and "TEMP B-TREE" not in text
-
-
 def test_paused_or_a_changed_next_hop_claims_nothing(db: Any) -> None:
     enqueue(db, [message(1)])
-    q.set_next_hop(db, HOP)
-    q.set_paused(db, True)
+    ops(db).queue.set_next_hop(db, HOP)
+    ops(db).queue.set_paused(db, True)
     assert claim(db, "a", 5) == []
-    q.set_paused(db, False)
+    ops(db).queue.set_paused(db, False)
     stale = q.RoundRequest(owner="a", lease_seconds=60, budget=5, hop="127.0.0.1:1", force=True)
-    result = q.dispatch_round(db, stale)
+    result = ops(db).queue.dispatch_round(db, stale)
     assert result.claimed == [] and result.settings is not None and result.settings.next_hop == HOP
     assert len(claim(db, "a", 5)) == 1
 
 
-def test_an_idle_round_is_skipped_until_another_connection_commits(store_path: Path, db: Any) -> None:
-    q.set_next_hop(db, HOP)
-    first = q.dispatch_round(db, q.RoundRequest(owner="a", lease_seconds=60, budget=1, hop=HOP, force=True))
-    idle = q.dispatch_round(db, q.RoundRequest(owner="a", lease_seconds=60, budget=1, hop=HOP, seen_version=first.version))
+def test_an_idle_round_is_skipped_until_another_connection_commits(backend: Case, db: Any) -> None:
+    ops(db).queue.set_next_hop(db, HOP)
+    first = ops(db).queue.dispatch_round(db, q.RoundRequest(owner="a", lease_seconds=60, budget=1, hop=HOP, force=True))
+    idle = ops(db).queue.dispatch_round(db, q.RoundRequest(owner="a", lease_seconds=60, budget=1, hop=HOP, seen_version=first.version))
     assert idle.skipped
-    other = open_store(store_path)
+    other = backend.open()
     enqueue(other, [message(1)])
     other.close()
-    woken = q.dispatch_round(db, q.RoundRequest(owner="a", lease_seconds=60, budget=1, hop=HOP, seen_version=first.version))
+    woken = ops(db).queue.dispatch_round(db, q.RoundRequest(owner="a", lease_seconds=60, budget=1, hop=HOP, seen_version=first.version))
     assert not woken.skipped and len(woken.claimed) == 1
 
 
@@ -113,7 +107,7 @@ def test_deferred_mail_becomes_ready_when_its_time_comes(db: Any) -> None:
     [m] = claim(db, "a", 1)
     later = time.time() + 30
     outcome = q.Outcome(m, "deferred", Reason.DEFERRED_4XX, "451 later", [q.RecipientResult(m.recipients[0], "deferred", "451 later")], later)
-    result = q.dispatch_round(db, q.RoundRequest(owner="a", lease_seconds=60, budget=1, hop=HOP, outcomes=[outcome], force=True))
+    result = ops(db).queue.dispatch_round(db, q.RoundRequest(owner="a", lease_seconds=60, budget=1, hop=HOP, outcomes=[outcome], force=True))
     assert result.claimed == [] and result.next_due == pytest.approx(later)
     assert claim(db, "a", 1, promote_due=True) == []
     [again] = claim(db, "a", 1, promote_due=True, now=later + 1)
@@ -125,80 +119,80 @@ def test_expired_leases_are_reclaimed(db: Any) -> None:
     claim(db, "dead", 1, lease=0.01)
     claim(db, "alive", 1, lease=60)
     time.sleep(0.02)
-    assert q.reclaim_expired(db) == 1
-    assert q.reclaim_owner(db, "alive") == 1
-    assert {r.state for r in q.list_messages(db)} == {"queued"}
-    assert len(find_events(db, reason=str(Reason.LEASE_RECLAIMED))) == 2
+    assert ops(db).queue.reclaim_expired(db) == 1
+    assert ops(db).queue.reclaim_owner(db, "alive") == 1
+    assert {r.state for r in ops(db).queue.list_messages(db)} == {"queued"}
+    assert len(ops(db).events.find_events(db, reason=str(Reason.LEASE_RECLAIMED))) == 2
 
 
 def test_hold_release_retry_and_delete_are_operator_events(db: Any) -> None:
     a, b, c = enqueue(db, [message(1), message(2), message(3)])
-    held = q.hold(db, [a.queue_id, b.queue_id.lower()])
+    held = ops(db).queue.hold(db, [a.queue_id, b.queue_id.lower()])
     assert [(r.before, r.after) for r in held] == [("queued", "held"), ("queued", "held")]
     assert claim(db, "x", 10)[0].id == c.message_id  # held mail is not dispatched
-    assert q.hold(db, [c.queue_id])[0].note.startswith("being sent")
-    assert [r.after for r in q.release(db, [a.queue_id])] == ["queued"]
-    assert [r.after for r in q.retry(db, [b.queue_id])] == ["queued"]
-    deleted = q.delete(db, [a.queue_id])
+    assert ops(db).queue.hold(db, [c.queue_id])[0].note.startswith("being sent")
+    assert [r.after for r in ops(db).queue.release(db, [a.queue_id])] == ["queued"]
+    assert [r.after for r in ops(db).queue.retry(db, [b.queue_id])] == ["queued"]
+    deleted = ops(db).queue.delete(db, [a.queue_id])
     assert deleted[0].before == "queued"
     with pytest.raises(NotFound, match="no message with queue id NOPE"):
-        q.hold(db, ["NOPE", b.queue_id])
-    assert q.message_detail(db, b.queue_id).message.state == "queued"  # all or nothing
-    reasons = [e.reason for e in find_events(db, kind=str(EventKind.OPERATOR), limit=100)]
+        ops(db).queue.hold(db, ["NOPE", b.queue_id])
+    assert ops(db).queue.message_detail(db, b.queue_id).message.state == "queued"  # all or nothing
+    reasons = [e.reason for e in ops(db).events.find_events(db, kind=str(EventKind.OPERATOR), limit=100)]
     for reason in (Reason.MESSAGE_HELD, Reason.MESSAGE_RELEASED, Reason.MESSAGE_RETRY, Reason.MESSAGE_DELETED):
         assert str(reason) in reasons
     with pytest.raises(NotFound):
-        q.message_detail(db, a.queue_id)
+        ops(db).queue.message_detail(db, a.queue_id)
 
 
 def test_retry_brings_a_failed_message_back(db: Any) -> None:
     [queued] = enqueue(db, [message(1)])
     [m] = claim(db, "a", 1)
     outcome = q.Outcome(m, "failed", Reason.FAILED_5XX, "550 no", [q.RecipientResult(m.recipients[0], "failed", "550 no")])
-    q.dispatch_round(db, q.RoundRequest(owner="a", lease_seconds=60, budget=0, hop=HOP, outcomes=[outcome], force=True))
-    assert q.message_detail(db, queued.queue_id).message.state == "failed"
-    q.retry(db, [queued.queue_id])
+    ops(db).queue.dispatch_round(db, q.RoundRequest(owner="a", lease_seconds=60, budget=0, hop=HOP, outcomes=[outcome], force=True))
+    assert ops(db).queue.message_detail(db, queued.queue_id).message.state == "failed"
+    ops(db).queue.retry(db, [queued.queue_id])
     [again] = claim(db, "a", 1)
     assert again.recipients == ["rcpt1@example.net"]
 
 
 def test_runtime_controls_validate_their_input(db: Any) -> None:
-    q.set_rate(db, "12.5")  # type: ignore[arg-type]
-    q.set_parallel(db, "3")  # type: ignore[arg-type]
-    assert q.set_next_hop(db, "smarthost.example:587", tls="required") == "smarthost.example:587"
-    assert q.set_next_hop(db, "[::1]:25") == "[::1]:25"
-    s = q.delivery_settings(db)
+    ops(db).queue.set_rate(db, "12.5")  # type: ignore[arg-type]
+    ops(db).queue.set_parallel(db, "3")  # type: ignore[arg-type]
+    assert ops(db).queue.set_next_hop(db, "smarthost.example:587", tls="required") == "smarthost.example:587"
+    assert ops(db).queue.set_next_hop(db, "[::1]:25") == "[::1]:25"
+    s = ops(db).queue.delivery_settings(db)
     assert (s.rate, s.parallel, s.next_hop, s.next_hop_tls) == (12.5, 3, "[::1]:25", "required")
     for bad, pattern in (("fast", "not a number"), ("-1", "0 \\(unlimited\\)")):
         with pytest.raises(InvalidInput, match=pattern):
-            q.set_rate(db, bad)  # type: ignore[arg-type]
+            ops(db).queue.set_rate(db, bad)  # type: ignore[arg-type]
     with pytest.raises(InvalidInput, match="from 1 to 256"):
-        q.set_parallel(db, 0)
+        ops(db).queue.set_parallel(db, 0)
     for bad in ("smarthost", "host:0", "host:port", "a b:25"):
         with pytest.raises(InvalidInput):
-            q.set_next_hop(db, bad)
+            ops(db).queue.set_next_hop(db, bad)
     with pytest.raises(InvalidInput, match="TLS mode"):
-        q.set_next_hop(db, HOP, tls="sometimes")
-    details = [e.detail for e in find_events(db, reason=str(Reason.SETTING_CHANGED), limit=100)]
+        ops(db).queue.set_next_hop(db, HOP, tls="sometimes")
+    details = [e.detail for e in ops(db).events.find_events(db, reason=str(Reason.SETTING_CHANGED), limit=100)]
     assert any("rate set to 12.5 msg/s" in d for d in details)
 
 
 def test_retention_prunes_finished_mail_and_old_events_but_keeps_list_totals(db: Any) -> None:
-    info = directory.create_list(db, "team")
+    info = ops(db).directory.create_list(db, "team")
     old = time.time() - 40 * 86400
     for n in range(3):
-        record_event(db, NewEvent(EventKind.QUEUED, Reason.ACCEPTED, list_id=info.id, at=old + n))
-    record_event(db, NewEvent(EventKind.SENT, Reason.DELIVERED, list_id=info.id, at=old))
-    record_event(db, NewEvent(EventKind.QUEUED, Reason.ACCEPTED, list_id=info.id))
-    record_event(db, NewEvent(EventKind.REFUSED, Reason.SENDER_NOT_AUTHORIZED, list_id=info.id))
+        ops(db).events.record_event(db, NewEvent(EventKind.QUEUED, Reason.ACCEPTED, list_id=info.id, at=old + n))
+    ops(db).events.record_event(db, NewEvent(EventKind.SENT, Reason.DELIVERED, list_id=info.id, at=old))
+    ops(db).events.record_event(db, NewEvent(EventKind.QUEUED, Reason.ACCEPTED, list_id=info.id))
+    ops(db).events.record_event(db, NewEvent(EventKind.REFUSED, Reason.SENDER_NOT_AUTHORIZED, list_id=info.id))
     queued = enqueue(db, [message(1), message(2)])
     [m, _] = claim(db, "a", 2)
     done = q.Outcome(m, "sent", Reason.DELIVERED, "250 ok", [q.RecipientResult(m.recipients[0], "sent", "250 ok")])
-    q.dispatch_round(db, q.RoundRequest(owner="a", lease_seconds=60, budget=0, hop=HOP, outcomes=[done], force=True, now=old))
+    ops(db).queue.dispatch_round(db, q.RoundRequest(owner="a", lease_seconds=60, budget=0, hop=HOP, outcomes=[done], force=True, now=old))
     before = list_stats(db, "team")
-    pruned = q.prune(db, before=time.time() - 30 * 86400, batch=2)
+    pruned = ops(db).queue.prune(db, before=time.time() - 30 * 86400, batch=2)
     assert pruned.messages == 1 and pruned.events >= 4
-    assert [r.queue_id for r in q.list_messages(db, state="all")] == [queued[1].queue_id]
+    assert [r.queue_id for r in ops(db).queue.list_messages(db, state="all")] == [queued[1].queue_id]
     assert db.execute("SELECT count(*) FROM message_bodies").fetchone()[0] == 1
     after = list_stats(db, "team")
     assert after == before
@@ -209,7 +203,7 @@ def test_retention_prunes_finished_mail_and_old_events_but_keeps_list_totals(db:
 def test_queue_overview_counts_per_priority_with_the_oldest_wait(db: Any) -> None:
     enqueue(db, [message(1, priority=1), message(2, priority=1), message(3, priority=4)])
     claim(db, "a", 1)
-    overview = q.queue_overview(db)
+    overview = ops(db).queue.queue_overview(db)
     lanes = {lane.priority: lane for lane in overview.lanes}
     assert (lanes[1].queued, lanes[1].sending, lanes[4].queued) == (1, 1, 1)
     wait = lanes[4].oldest_wait(time.time() + 5)
@@ -224,36 +218,11 @@ def test_a_due_retry_is_ready_for_any_claim_and_goes_before_lower_priority_mail(
     [m] = claim(db, "a", 1)
     due = time.time() + 0.05
     outcome = q.Outcome(m, "deferred", Reason.DEFERRED_4XX, "451 later", [q.RecipientResult(m.recipients[0], "deferred", "451 later")], due)
-    q.dispatch_round(db, q.RoundRequest(owner="a", lease_seconds=60, budget=0, hop=HOP, outcomes=[outcome], force=True))
+    ops(db).queue.dispatch_round(db, q.RoundRequest(owner="a", lease_seconds=60, budget=0, hop=HOP, outcomes=[outcome], force=True))
     waiting = enqueue(db, [message(n) for n in range(2, 5)])
     time.sleep(0.1)
-    result = q.dispatch_round(db, q.RoundRequest(owner="a", lease_seconds=60, budget=2, hop=HOP))
+    result = ops(db).queue.dispatch_round(db, q.RoundRequest(owner="a", lease_seconds=60, budget=2, hop=HOP))
     assert [c.id for c in result.claimed] == [m.id, waiting[0].message_id]
     assert result.next_due_checked and result.next_due is None  # nothing deferred is left
 
 
-async def test_the_starvation_share_is_seeded_like_rate_only_while_unset(
-    db: Any, store_path: Path, tmp_path: Path, tls_files: dict[str, Path]
-) -> None:
-    from relay.config import ConfigError, load_config
-    from relay.service import RelayService
-
-    assert load_config(environ={"SMTPPLUS_STARVATION_SHARE": "0.05"}).starvation_share == 0.05
-    with pytest.raises(ConfigError, match="starvation_share 0.7 is out of range: 0 \\(off\\) to 0.5"):
-        load_config(overrides={"starvation_share": 0.7}, environ={})
-    config = load_config(overrides={
-        "host": "127.0.0.1", "ports": "0", "data_dir": tmp_path / "data", "tls_cert": tls_files["cert"],
-        "tls_key": tls_files["key"], "paused": True, "starvation_share": 0.1, "rate": 5,
-    }, environ={})
-
-    async def run_relay_once() -> None:
-        service = RelayService(store_path, config)
-        await service.start()
-        await service.stop(grace=1.0)
-
-    assert q.delivery_settings(db).starvation_share == 0.0  # off by default
-    await run_relay_once()
-    assert (q.delivery_settings(db).starvation_share, q.delivery_settings(db).rate) == (0.1, 5.0)
-    q.set_starvation_share(db, "0.2")  # the operator's value wins over the seed from now on
-    await run_relay_once()
-    assert q.delivery_settings(db).starvation_share == 0.2

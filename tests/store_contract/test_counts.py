@@ -1,30 +1,37 @@
-"""Maintained queue counts: triggers keep ``queue_counts`` and ``list_queue_counts``
-equal to a full recount after any sequence of real store operations (hypothesis),
-the migration fills them from an existing store, and ``smtpplus store recount``
-repairs a count that went wrong."""
+"""Maintained queue counts: ``queue_counts`` and ``list_queue_counts`` stay equal to a
+full recount after any sequence of real store operations (hypothesis), on every
+backend, and a recount repairs a count that went wrong. (The migration that fills
+them and ``smtpplus store recount``: tests/foundation/test_counts_cli.py.)"""
 
 from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from relay.admin import campaigns as admin_campaigns
 from relay.campaigns import build_template
 from relay.reasons import Reason
-from relay.store import campaigns as store_campaigns
-from relay.store import counts, directory, open_store, views
+from relay.store import directory
 from relay.store import queue as q
 from relay.store.bulk import queue_bulk
 from relay.store.errors import InvalidInput
-from relay.store.intake import NewMessage, insert_messages
-from relay.store.sqlite.schema import MIGRATIONS, SCHEMA_VERSION, V4_COUNTS
+from relay.store.intake import NewMessage
+from tests.store_contract.conftest import BACKENDS, Case, ops
 
 HOP = "127.0.0.1:2525"
 SENDER = "news@example.com"
@@ -42,25 +49,30 @@ def new_message(n: int, priority: int, list_info: directory.ListInfo | None, sta
 
 
 def assert_counts_match(db: Any) -> None:
-    assert counts.differences(db) == []
+    assert ops(db).counts.differences(db) == []
 
 
 class QueueCounts(RuleBasedStateMachine):
     """Random sequences of intake, claims, outcomes, operator actions, campaigns,
-    list deletion and pruning; after every step the counts equal a full recount."""
+    list deletion and pruning; after every step the counts equal a full recount.
+    Each example runs on a fresh store of the backend under test."""
+
+    def __init__(self, case_for: Callable[[Path], Case]) -> None:
+        super().__init__()
+        self.case_for = case_for
 
     @initialize()
     def open(self) -> None:
         self.tmp = tempfile.TemporaryDirectory(prefix="smtpplus-counts-")
-        self.db = open_store(Path(self.tmp.name) / "counts.db")
-        q.set_next_hop(self.db, HOP)
-        directory.create_list(self.db, "senders")
-        directory.create_user(self.db, list_name="senders", password_hash=NO_LOGIN, username="owner",
+        self.db = self.case_for(Path(self.tmp.name)).open()
+        ops(self.db).queue.set_next_hop(self.db, HOP)
+        ops(self.db).directory.create_list(self.db, "senders")
+        ops(self.db).directory.create_user(self.db, list_name="senders", password_hash=NO_LOGIN, username="owner",
                               domains=["example.com"], active=True)
-        directory.approve_identities(self.db, ["example.com"], "test setup")
+        ops(self.db).directory.approve_identities(self.db, ["example.com"], "test setup")
         for name in LISTS:
-            directory.create_list(self.db, name)
-            directory.import_members(self.db, name, [(f"m{n}@example.org", "") for n in range(3)])
+            ops(self.db).directory.create_list(self.db, name)
+            ops(self.db).directory.import_members(self.db, name, [(f"m{n}@example.org", "") for n in range(3)])
         self.n = 0
         self.claimed: list[q.Claimed] = []
         self.campaigns: list[int] = []
@@ -74,7 +86,7 @@ class QueueCounts(RuleBasedStateMachine):
         if which >= len(LISTS):
             return None
         try:
-            return directory.get_list(self.db, LISTS[which])
+            return ops(self.db).directory.get_list(self.db, LISTS[which])
         except Exception:  # deleted by an earlier step
             return None
 
@@ -90,12 +102,12 @@ class QueueCounts(RuleBasedStateMachine):
         for _ in range(count):
             self.n += 1
             batch.append(new_message(self.n, priority, target, state))
-        insert_messages(self.db, batch)
+        ops(self.db).intake.insert_messages(self.db, batch)
 
     @rule(budget=st.integers(1, 5))
     def claim(self, budget: int) -> None:
         request = q.RoundRequest(owner="a", lease_seconds=60, budget=budget, hop=HOP, force=True)
-        self.claimed += q.dispatch_round(self.db, request).claimed
+        self.claimed += ops(self.db).queue.dispatch_round(self.db, request).claimed
 
     @precondition(lambda self: bool(self.claimed))
     @rule(outcome=st.sampled_from(["sent", "deferred", "deferred-due", "failed"]), take=st.integers(1, 3))
@@ -109,18 +121,18 @@ class QueueCounts(RuleBasedStateMachine):
                       next_attempt_at=due if state == "deferred" else None)
             for m in done
         ]
-        q.dispatch_round(self.db, q.RoundRequest(owner="a", lease_seconds=60, budget=0, hop=HOP, outcomes=outcomes))
+        ops(self.db).queue.dispatch_round(self.db, q.RoundRequest(owner="a", lease_seconds=60, budget=0, hop=HOP, outcomes=outcomes))
 
     @rule()
     def reclaim(self) -> None:
-        q.reclaim_owner(self.db, "a")
+        ops(self.db).queue.reclaim_owner(self.db, "a")
         self.claimed = []
 
     @rule(action=st.sampled_from(["hold", "release", "retry", "delete"]), pick=st.integers(0, 1000))
     def operator(self, action: str, pick: int) -> None:
         refs = self._ref(pick)
         if refs:
-            getattr(q, action)(self.db, refs)
+            getattr(ops(self.db).queue, action)(self.db, refs)
 
     @rule(which=st.integers(0, 1), priority=st.integers(1, 5))
     def campaign(self, which: int, priority: int) -> None:
@@ -130,8 +142,8 @@ class QueueCounts(RuleBasedStateMachine):
         template, subject, _ = build_template(subject="News", mail_from=SENDER, body="Hello.")
         info = admin_campaigns.create_campaign(self.db, target.name, subject=subject, template=template,
                                                mail_from=SENDER, priority=priority)
-        store_campaigns.start_due_campaigns(self.db)
-        store_campaigns.expand_batch(self.db, info.id, batch=2)
+        ops(self.db).campaigns.start_due_campaigns(self.db)
+        ops(self.db).campaigns.expand_batch(self.db, info.id, batch=2)
         self.campaigns.append(info.id)
 
     @precondition(lambda self: bool(self.campaigns))
@@ -139,7 +151,7 @@ class QueueCounts(RuleBasedStateMachine):
     def campaign_action(self, action: str, pick: int) -> None:
         campaign_id = self.campaigns[pick % len(self.campaigns)]
         try:
-            getattr(store_campaigns, f"{action}_campaign")(self.db, campaign_id)
+            getattr(ops(self.db).campaigns, f"{action}_campaign")(self.db, campaign_id)
         except InvalidInput:
             pass  # e.g. resuming one that is not paused: refused, nothing changed
 
@@ -147,11 +159,11 @@ class QueueCounts(RuleBasedStateMachine):
     def delete_list(self, which: int) -> None:
         target = self._list(which)
         if target is not None:
-            directory.delete_list(self.db, target.name)
+            ops(self.db).directory.delete_list(self.db, target.name)
 
     @rule()
     def prune(self) -> None:
-        q.prune(self.db, before=time.time() + 1, batch=3)
+        ops(self.db).queue.prune(self.db, before=time.time() + 1, batch=3)
 
     @rule()
     def bulk(self) -> None:
@@ -163,88 +175,36 @@ class QueueCounts(RuleBasedStateMachine):
             assert_counts_match(self.db)
 
 
-QueueCounts.TestCase.settings = settings(
-    max_examples=25, stateful_step_count=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
-test_counts_equal_a_recount_after_random_operations = QueueCounts.TestCase
+@pytest.mark.parametrize("name", sorted(BACKENDS))
+def test_counts_equal_a_recount_after_random_operations(name: str) -> None:
+    run_state_machine_as_test(
+        lambda: QueueCounts(BACKENDS[name]),
+        settings=settings(
+            max_examples=25, stateful_step_count=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+        ),
+    )
 
 
 def test_lanes_and_list_rows_read_the_maintained_counts(db: Any) -> None:
-    alpha = directory.create_list(db, "alpha")
-    insert_messages(db, [new_message(1, 1, alpha), new_message(2, 1, alpha, "held"), new_message(3, 4, None)])
-    lanes = {lane.priority: lane for lane in views.priority_lanes(db)}
+    alpha = ops(db).directory.create_list(db, "alpha")
+    ops(db).intake.insert_messages(db, [new_message(1, 1, alpha), new_message(2, 1, alpha, "held"), new_message(3, 4, None)])
+    lanes = {lane.priority: lane for lane in ops(db).read_model.priority_lanes(db)}
     assert (lanes[1].queued, lanes[1].held, lanes[4].queued, lanes[2].queued) == (1, 1, 1, 0)
     assert lanes[1].oldest_at is not None and lanes[2].oldest_at is None
-    rows = {r.name: r.queued for r in views.list_rows(db, since=0)}
+    rows = {r.name: r.queued for r in ops(db).read_model.list_rows(db, since=0)}
     assert rows["alpha"] == 2
-    overview = q.queue_overview(db)
+    overview = ops(db).queue.queue_overview(db)
     assert [(lane.queued, lane.held) for lane in overview.lanes][:2] == [(1, 1), (0, 0)]
 
 
-def test_the_migration_fills_the_counts_from_an_existing_store(store_path: Path) -> None:
-    old = open_store(store_path, migrate_to=MIGRATIONS.index(V4_COUNTS))  # the version before the counts
-    alpha = directory.create_list(old, "alpha")
-    insert_messages(old, [new_message(n, 1 + n % 5, alpha if n % 2 else None) for n in range(20)])
-    queue_bulk(old, 30)
-    old.close()
-    db = open_store(store_path)
-    try:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-        assert_counts_match(db)
-        assert sum(counts.state_counts(db).values()) == 50
-        assert counts.list_queued(db) == {alpha.id: 10}
-    finally:
-        db.close()
-
-
 def test_recount_repairs_and_reports_a_wrong_count(db: Any) -> None:
-    alpha = directory.create_list(db, "alpha")
-    insert_messages(db, [new_message(1, 2, alpha), new_message(2, 2, alpha)])
-    assert counts.recount(db) == []
+    alpha = ops(db).directory.create_list(db, "alpha")
+    ops(db).intake.insert_messages(db, [new_message(1, 2, alpha), new_message(2, 2, alpha)])
+    assert ops(db).counts.recount(db) == []
     db.execute("UPDATE queue_counts SET n = 99 WHERE state = 'queued' AND priority = 2")
     db.execute("UPDATE list_queue_counts SET n = 5")
-    fixes = counts.recount(db)
+    fixes = ops(db).counts.recount(db)
     assert {(f.table, f.key, f.kept, f.counted) for f in fixes} == {
         ("queue_counts", "queued/2", 99, 2), ("list_queue_counts", f"list {alpha.id}", 5, 2),
     }
-    assert counts.differences(db) == [] and counts.recount(db) == []
-
-
-def test_store_recount_command_reports_the_fix(cli: Any, db: Any) -> None:
-    queue_bulk(db, 5)
-    clean = cli.json("store", "recount")
-    assert clean["fixed"] == [] and clean["messages"] == 5
-    db.execute("UPDATE queue_counts SET n = n + 3 WHERE state = 'sent' AND priority = 1")
-    fixed = cli.json("store", "recount")
-    assert fixed["fixed"] == [{"table": "queue_counts", "key": "sent/1", "kept": 3, "counted": 0}]
-    text = cli("store", "recount", check=True).stdout
-    assert "match a full recount" in text
-
-
-@pytest.mark.parametrize("args", [("store", "recount", "--help")])
-def test_store_recount_has_help(cli: Any, args: tuple[str, ...]) -> None:
-    assert "recount" in cli(*args, check=True).stdout.lower()
-
-
-def test_bench_console_against_reports_both_sizes_and_how_they_scale(cli: Any) -> None:
-    report = cli.json("harness", "bench", "console", "--quick", "--count", "1200", "--against", "200", "--refreshes", "2")
-    assert report["parameters"]["against"] == 200 and report["parameters"]["queued"] == 1200
-    runs = {r["label"]: r for r in report["runs"]}
-    assert {"200 queued", "1,200 queued"} <= set(runs)
-    for label in ("200 queued", "1,200 queued"):
-        assert runs[label]["queue_status_ms"] > 0 and runs[label]["screen_read_ms_median"] > 0
-    figures = {f["name"]: f for f in report["figures"]}
-    assert figures["first_paint_ratio"]["at_most"] == 1.25 and figures["first_paint_ratio"]["value"] > 0
-    assert figures["watcher_read_ratio"]["at_most"] == 3.0 and figures["queue_status_ratio"]["at_most"] == 1.5
-    assert figures["watcher_read_ms_mean"]["at_most"] == 30.0
-
-
-def test_bench_accept_stored_compares_a_full_store_with_an_empty_one(cli: Any) -> None:
-    report = cli.json("harness", "bench", "accept", "--quick", "--stored", "500")
-    assert report["parameters"]["stored"] == 500
-    runs = {r["label"]: r for r in report["runs"]}
-    assert runs["relay, 500 already stored"]["messages"] > 0 and runs["relay"]["messages"] > 0
-    assert runs["fill the store with 500 (child process)"]["messages"] == 500
-    figures = {f["name"]: f for f in report["figures"]}
-    assert figures["relay 500 stored / empty store"]["at_least"] == 0.85
-    assert figures["acknowledged but not in the store"]["value"] == 0
+    assert ops(db).counts.differences(db) == [] and ops(db).counts.recount(db) == []
