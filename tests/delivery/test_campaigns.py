@@ -181,38 +181,6 @@ async def test_operator_pause_resume_and_cancel(db: Any, store_path: Path, sink:
     assert {str(Reason.CAMPAIGN_PAUSED), str(Reason.CAMPAIGN_RESUMED), str(Reason.CAMPAIGN_CANCELLED)} <= reasons
 
 
-def test_expansion_is_batched_and_resumes_from_its_cursor(db: Any) -> None:
-    members = make_list(db, "big", 1234)
-    campaign = new_campaign(db, "big", priority=2)
-    assert store_campaigns.start_due_campaigns(db) == [campaign.id]
-    sizes = []
-    while True:
-        created = store_campaigns.expand_batch(db, campaign.id, batch=500, server_name="relay.test")
-        if not created:
-            break
-        sizes.append(created)
-        # A crash between batches loses nothing: the cursor is committed with each batch.
-    assert sizes == [500, 500, 234]
-    rows = q.list_messages(db, state="all", campaign_id=campaign.id, limit=10_000)
-    assert len(rows) == 1234 and {r.priority for r in rows} == {2}
-    details = [q.message_detail(db, rows[i].queue_id) for i in (0, 777)]
-    for d in details:
-        assert d.recipients[0].address in members
-        first_line = d.headers.split("\r\n")[0]
-        assert first_line.startswith("To: ") and f"<{d.recipients[0].address}>" in first_line
-        assert f"Message-ID: <{d.message.queue_id}@relay.test>" in d.headers
-    info = store_campaigns.get_campaign(db, campaign.id)
-    assert info.expand_done and info.total == 1234 and info.pending == 1234
-
-
-def test_a_scheduled_campaign_waits_for_its_time(db: Any) -> None:
-    make_list(db, "later", 3)
-    campaign = new_campaign(db, "later", scheduled_at=time.time() + 3600)
-    assert store_campaigns.start_due_campaigns(db) == []
-    assert store_campaigns.get_campaign(db, campaign.id).state == "scheduled"
-    assert store_campaigns.start_due_campaigns(db, now=time.time() + 3601) == [campaign.id]
-
-
 # ---------------------------------------------------------------------------
 # Only verified identities may send
 
@@ -276,18 +244,3 @@ def test_every_from_and_sender_address_of_the_message_must_be_verified(db: Any) 
     assert store_campaigns.list_campaigns(db) == []
     ok = admin_campaigns.create_campaign(db, "Tiny", subject="s", template=spoof_template(f"News <{SENDER}>"), mail_from=SENDER)
     assert ok.mail_from == SENDER
-
-
-def test_campaigns_show_that_all_delivery_is_paused(db: Any) -> None:
-    make_list(db, "p", 3)
-    campaign = new_campaign(db, "p")
-    store_campaigns.start_due_campaigns(db)
-    assert store_campaigns.get_campaign(db, campaign.id).display_state == "sending"
-    q.set_paused(db, True)
-    assert store_campaigns.get_campaign(db, campaign.id).display_state == "paused (all delivery paused)"
-    assert store_campaigns.list_campaigns(db)[0].display_state == "paused (all delivery paused)"
-    store_campaigns.pause_campaign(db, campaign.id)  # an operator's own pause says so
-    assert store_campaigns.get_campaign(db, campaign.id).display_state == "paused"
-    q.set_paused(db, False)
-    store_campaigns.resume_campaign(db, campaign.id)
-    assert store_campaigns.get_campaign(db, campaign.id).display_state == "sending"

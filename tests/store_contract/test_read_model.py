@@ -1,5 +1,6 @@
-"""The one read model of the queue (relay.store.queue) that `queue ls/show` and the
-console share: keyset pages in dispatch order, and one message in full."""
+"""The one read model of the queue that `queue ls/show` (the ``Queue`` interface) and
+the console (``ReadModel``) share: keyset pages in dispatch order, one message in
+full, lanes, list rows and campaign rows."""
 
 from __future__ import annotations
 
@@ -8,10 +9,9 @@ from typing import Any
 
 import pytest
 
-from relay.store import queue as q
-from relay.store import views
 from relay.store.errors import NotFound
-from relay.store.intake import NewMessage, insert_messages
+from relay.store.intake import NewMessage
+from tests.store_contract.conftest import ops
 
 
 @pytest.fixture
@@ -26,8 +26,8 @@ def mixed(db: Any) -> list[Any]:
         )
         for n in range(60)
     ]
-    queued = insert_messages(db, messages, now=1_800_000_000.0)
-    q.hold(db, [m.queue_id for m in queued[::7]])
+    queued = ops(db).intake.insert_messages(db, messages, now=1_800_000_000.0)
+    ops(db).queue.hold(db, [m.queue_id for m in queued[::7]])
     return queued
 
 
@@ -35,12 +35,12 @@ def mixed(db: Any) -> list[Any]:
                                                           ("held", None, 1)])
 def test_keyset_pages_walk_the_same_rows_as_one_listing(db: Any, mixed: list[Any], state: str,
                                                         priority: int | None, page: int) -> None:
-    whole = q.list_messages(db, state=state, priority=priority, limit=1000)
+    whole = ops(db).queue.list_messages(db, state=state, priority=priority, limit=1000)
     assert [r.dispatch_key for r in whole] == sorted(r.dispatch_key for r in whole)
     walked: list[Any] = []
     after = None
     while True:
-        rows = q.list_messages(db, state=state, priority=priority, after=after, limit=page)
+        rows = ops(db).queue.list_messages(db, state=state, priority=priority, after=after, limit=page)
         if not rows:
             break
         walked += rows
@@ -49,24 +49,33 @@ def test_keyset_pages_walk_the_same_rows_as_one_listing(db: Any, mixed: list[Any
 
 
 def test_the_console_page_is_the_same_read(db: Any, mixed: list[Any]) -> None:
-    first = q.list_messages(db, state="queued", limit=10)
-    assert views.queue_page(db, "queued", limit=10) == first
-    assert views.queue_page(db, "queued", after=first[-1].dispatch_key, limit=10) == q.list_messages(
-        db, state="queued", after=first[-1].dispatch_key, limit=10
+    first = ops(db).queue.list_messages(db, state="queued", limit=10)
+    assert ops(db).read_model.queue_page(db, "queued", limit=10) == first
+    assert ops(db).read_model.queue_page(db, "queued", after=first[-1].dispatch_key, limit=10) == ops(db).queue.list_messages(db, state="queued", after=first[-1].dispatch_key, limit=10
     )
     assert all(r.recipients == 2 for r in first)
 
 
 def test_one_message_in_full_for_both_surfaces(db: Any, mixed: list[Any]) -> None:
     queue_id = mixed[0].queue_id
-    detail = q.message_detail(db, queue_id)
+    detail = ops(db).queue.message_detail(db, queue_id)
     assert detail.message.queue_id == queue_id and detail.recipient_count == 2
     assert [r.address for r in detail.recipients] == ["r0@example.net", "s0@example.net"]
     assert detail.headers.startswith("From: a@example.com\r\n") and "body" not in detail.headers
-    shown = views.message_detail(db, queue_id=queue_id, max_recipients=1)
+    shown = ops(db).read_model.message_detail(db, queue_id=queue_id, max_recipients=1)
     assert shown is not None and shown.message == detail.message
     assert len(shown.recipients) == 1 and shown.recipient_count == 2
     assert ("Subject", "m0") in shown.headers and shown.events == detail.events
-    assert views.message_detail(db, 10**9) is None
+    assert ops(db).read_model.message_detail(db, 10**9) is None
     with pytest.raises(NotFound, match="no message with queue id"):
-        q.message_detail(db, "QNOPE")
+        ops(db).queue.message_detail(db, "QNOPE")
+
+
+def test_lanes_list_rows_and_campaign_rows(db: Any, mixed: list[Any]) -> None:
+    read = ops(db).read_model
+    lanes = read.priority_lanes(db)
+    assert [lane.priority for lane in lanes] == [1, 2, 3, 4, 5]
+    assert sum(lane.queued + lane.held for lane in lanes) == 60
+    assert sum(lane.held for lane in lanes) == len(mixed[::7])
+    assert read.list_rows(db, since=0) == [] and read.campaign_rows(db) == []
+    assert read.delivery_rate(db) == 0.0
