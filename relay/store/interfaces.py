@@ -526,6 +526,11 @@ class Backend(Protocol):
         """A synchronous connection (created and migrated when ``create``)."""
         ...
 
+    def schema_version(self, db: Connection) -> int:
+        """The store's schema version (:data:`relay.store.migrations.SCHEMA_VERSION`
+        once :meth:`open` migrated it)."""
+        ...
+
     def transaction(self, db: Connection, *, immediate: bool = True) -> AbstractContextManager[Connection]:
         """One write transaction (nested use joins the outer one); a driver error
         leaving the outermost one comes out as the store's own."""

@@ -41,7 +41,7 @@ from relay.store.interfaces import (
     Settings,
     Verification,
 )
-from relay.store.sqlite import changes, check, db, lock
+from relay.store.sqlite import changes, check, db, lock, schema
 
 
 class SqliteBackend:
@@ -64,6 +64,9 @@ class SqliteBackend:
 
     def open(self, location: str | os.PathLike[str], *, create: bool = True, **options: Any) -> Connection:
         return db.open_store(location, create=create, **options)
+
+    def schema_version(self, conn: Connection) -> int:
+        return schema.current_version(conn)
 
     def transaction(self, conn: Connection, *, immediate: bool = True) -> AbstractContextManager[Connection]:
         return db.transaction(conn, immediate=immediate)

@@ -1,7 +1,9 @@
-"""Versioned schema. The version lives in ``PRAGMA user_version``.
+"""The SQLite schema: the DDL of each version of :data:`relay.store.migrations.VERSIONS`.
+The version lives in ``PRAGMA user_version``.
 
 Each entry of ``MIGRATIONS`` upgrades the store from version ``i`` to ``i + 1``.
-Append new steps; never edit a step that has shipped. Times are UTC unix seconds (REAL).
+Append new steps (and their :class:`relay.store.migrations.Version`); never edit a
+step that has shipped. Times are UTC unix seconds (REAL).
 
 Mail is never deleted by deleting a user or a list: ``messages`` keeps the list and
 user names as text, and its foreign keys are ``ON DELETE SET NULL``.
@@ -10,6 +12,9 @@ user names as text, and its foreign keys are ``ON DELETE SET NULL``.
 from __future__ import annotations
 
 import sqlite3
+
+from relay.store.connection import Connection
+from relay.store.migrations import VERSIONS
 
 V1_DIRECTORY = """
 CREATE TABLE lists (
@@ -365,13 +370,13 @@ MIGRATIONS: list[str] = [
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-def current_version(db: sqlite3.Connection) -> int:
+def current_version(db: Connection) -> int:
     return int(db.execute("PRAGMA user_version").fetchone()[0])
 
 
-def migrate(db: sqlite3.Connection, target: int | None = None) -> int:
+def migrate(db: Connection, target: int | None = None) -> int:
     """Bring the store to ``target`` (default: this code's version); returns it."""
-    from relay.store.sqlite.db import StoreTooNew
+    from relay.store.errors import StoreTooNew
 
     goal = SCHEMA_VERSION if target is None else target
     version = current_version(db)
@@ -412,3 +417,6 @@ def _statements(script: str) -> list[str]:
     if buf.strip():
         out.append(buf.strip())
     return out
+
+
+assert len(MIGRATIONS) == len(VERSIONS), "relay/store/migrations.py lists a version this schema lacks"
