@@ -261,3 +261,40 @@ def test_no_private_names_of_a_dependency() -> None:
                 offenders.append(f"{_rel(path)}: {node.value.id}.{node.attr}")
     assert sorted(set(offenders) - PRIVATE_KNOWN) == []
     assert sorted(PRIVATE_KNOWN - set(offenders)) == [], "fixed: remove it from PRIVATE_KNOWN"
+
+
+# SQL or driver API that only SQLite has. The operation modules in relay/store/ are
+# shared by every backend (relay/store/connection.py says what they may use); what
+# differs goes behind the connection's dialect, in the backend's package.
+SQLITE_ONLY_SQL = ("INSERT OR ", "REPLACE INTO", "julianday(", "strftime(", "datetime(", "unixepoch(", "PRAGMA ",
+                   "rowid", "IFNULL(", " GLOB ", "zeroblob(", "AUTOINCREMENT", "json_extract(", "temp.")
+SQLITE_ONLY_API = {"lastrowid", "total_changes", "blobopen", "executescript", "row_factory", "create_function"}
+
+
+def _code_strings(tree: ast.Module) -> list[ast.Constant]:
+    """String constants that are not docstrings."""
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)
+    }
+    return [
+        node for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+    ]
+
+
+def test_the_shared_operation_modules_use_no_sqlite_only_sql_or_api() -> None:
+    offenders = []
+    for path in sorted((ROOT / "relay/store").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in _code_strings(tree):
+            text = node.value.upper()
+            offenders += [f"{_rel(path)}:{node.lineno} {word!r}" for word in SQLITE_ONLY_SQL if word.upper() in text]
+        offenders += [
+            f"{_rel(path)}:{node.lineno} .{node.attr}"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute) and node.attr in SQLITE_ONLY_API
+        ]
+    assert offenders == []
