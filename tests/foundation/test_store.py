@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sqlite3
 import subprocess
 import sys
@@ -198,3 +199,20 @@ def test_backup_while_another_process_writes_is_consistent(store_path: Path, tmp
         assert len(d.all_users(reopened)) == busy
         reopened.close()
     db.close()
+
+
+def test_a_postgresql_location_without_its_backend_is_one_line_naming_it() -> None:
+    from relay.store import StoreUnavailable
+    from relay.store.backend import backend_for
+
+    if importlib.util.find_spec("relay.store.postgres") is not None:
+        assert backend_for("postgresql://smtpplus@db.example/smtpplus").name == "postgresql"
+        return
+    with pytest.raises(StoreUnavailable) as refused:
+        open_store("postgresql://smtpplus:s3cret@db.example/smtpplus")
+    message = str(refused.value)
+    assert "PostgreSQL backend is not available" in message and "\n" not in message
+    assert "s3cret" not in message and "postgresql://smtpplus:***@db.example/smtpplus" in message
+    with pytest.raises(StoreUnavailable, match="mysql:// is no kind of store"):
+        open_store("mysql://db.example/smtpplus")
+    assert backend_for("relative/path.db").name == "sqlite"
