@@ -105,7 +105,9 @@ class Dialect(Protocol):
 
     def bulk_load(self, db: Connection) -> AbstractContextManager[None]:
         """Around a very large write transaction (benchmarks' bulk queueing): whatever
-        makes it fast (SQLite: a big page cache)."""
+        makes it fast (SQLite: a big page cache). The bulk load writes message ids
+        itself (``max(id) + 1`` on): where ids come from a sequence (PostgreSQL), leaving
+        this must move the sequence past them."""
         ...
 
 

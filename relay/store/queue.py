@@ -1089,8 +1089,9 @@ def queue_overview(db: Connection, *, now: float | None = None) -> QueueOverview
         for p in range(1, 6)
     ]
     sent = db.execute(
-        # `+state` keeps the planner on the finished_at index (not every sent message).
-        "SELECT count(*) FROM messages WHERE finished_at >= ? AND +state = 'sent'", (stamp - 60,)
+        # `state || ''` keeps the planner on the finished_at index (not every sent message);
+        # unlike SQLite's `+state`, PostgreSQL runs it too.
+        "SELECT count(*) FROM messages WHERE finished_at >= ? AND state || '' = 'sent'", (stamp - 60,)
     ).fetchone()[0]
     status = get_settings(db, [Keys.STATUS]).get(Keys.STATUS) or {}
     alive = relay_status(db, now=stamp).alive

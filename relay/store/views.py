@@ -77,9 +77,9 @@ def delivery_rate(db: Connection, *, now: float | None = None, window: float = 1
     (an index range on ``finished_at``: only the last few seconds are read)."""
     stamp = time.time() if now is None else now
     row = db.execute(
-        # `+state` keeps the planner on the finished_at index (the state index would
+        # `state || ''` keeps the planner on the finished_at index (the state index would
         # walk every sent message still retained).
-        "SELECT count(*) FROM messages WHERE finished_at >= ? AND +state = 'sent'", (stamp - window,)
+        "SELECT count(*) FROM messages WHERE finished_at >= ? AND state || '' = 'sent'", (stamp - window,)
     ).fetchone()
     return float(row[0]) / window if window > 0 else 0.0
 
@@ -194,7 +194,7 @@ def list_rows(db: Connection, *, since: float) -> list[ListRow]:
     queued = list_queued(db)
     delivered = dict(
         db.execute(
-            "SELECT list_id, count(*) FROM messages WHERE finished_at >= ? AND +state = 'sent' "
+            "SELECT list_id, count(*) FROM messages WHERE finished_at >= ? AND state || '' = 'sent' "
             "AND list_id IS NOT NULL GROUP BY list_id",
             (since,),
         ).fetchall()
