@@ -40,7 +40,9 @@ __all__ = [
     "transaction",
 ]
 
-# Any row: answers row["name"] and row[0] (sqlite3.Row, or the PostgreSQL adapter's).
+# A row answers row["name"], row[0], row[1:], len(row) and iterates its values (the
+# modules unpack rows into dataclasses: ListInfo(*row)). sqlite3.Row does; so must the
+# PostgreSQL adapter's (a tuple subclass that also looks names up).
 Row = Any
 
 
