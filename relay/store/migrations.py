@@ -33,6 +33,7 @@ VERSIONS: list[Version] = [
     Version(2, "queue: messages, message_bodies, recipients, campaigns, verification_codes, list_stats_archive, relay_ports"),
     Version(3, "envelope parameters: MAIL AUTH=, BODY=, SMTPUTF8, SIZE=, DSN RET/ENVID/NOTIFY/ORCPT"),
     Version(4, "maintained counts: queue_counts and list_queue_counts, kept by triggers"),
+    Version(5, "bulk-sender rules: list unsubscribe URL/mailto, campaigns.skipped, subscriptions, suppressions"),
 ]
 SCHEMA_VERSION = len(VERSIONS)
 
