@@ -2,7 +2,8 @@
 
 The operations — :class:`Queue`, :class:`Intake`, :class:`Counts`, :class:`Directory`,
 :class:`Campaigns`, :class:`Verification`, :class:`ReadModel` (what console and CLI
-read), :class:`Settings`, :class:`EventLog` — are the store's module functions, which
+read), :class:`Settings`, :class:`EventLog`, :class:`Subscriptions`,
+:class:`Suppressions`, :class:`Lease` — are the store's module functions, which
 take the connection first (``get_setting(db, key)``). They are written once, in SQL
 that every backend runs (:mod:`relay.store.connection`), so each module satisfies its
 protocol as it is (mypy checks a module against a protocol) and callers keep importing
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from relay.store.errors import StoreError
     from relay.store.events import Event, NewEvent
     from relay.store.intake import NewMessage, Queued
+    from relay.store.lease import Acquired, RelayStatus
     from relay.store.queue import (
         ActionResult,
         DeliverySettings,
@@ -46,9 +48,12 @@ if TYPE_CHECKING:
         RoundRequest,
         RoundResult,
     )
+    from relay.store.subscriptions import SubscriptionInfo
+    from relay.store.suppressions import Suppression
     from relay.store.verification import CodeCheck, CodeInfo, SenderView, SystemSender
     from relay.store.views import CampaignRow, Lane, ListRow
     from relay.store.views import MessageDetail as ViewDetail
+    from relay.unsubscribe import UnsubscribeSettings
 
 __all__ = [
     "Backend",
@@ -59,11 +64,14 @@ __all__ = [
     "Directory",
     "EventLog",
     "Intake",
+    "Lease",
     "LockState",
     "Queue",
     "ReadModel",
     "RelayLock",
     "Settings",
+    "Subscriptions",
+    "Suppressions",
     "SyncChangeFeed",
     "Verification",
 ]
@@ -468,6 +476,93 @@ class ReadModel(Protocol):
     def campaign_rows(self, db: Connection, *, limit: int = 50) -> list[CampaignRow]: ...
 
 
+class Subscriptions(Protocol):
+    """Per-list unsubscribe settings and members' subscriptions (RFC 8058 tokens name them)."""
+
+    def list_settings(self, db: Connection, list_id: int) -> UnsubscribeSettings: ...
+
+    def set_list_settings(self, db: Connection, list_id: int, settings: UnsubscribeSettings) -> None: ...
+
+    def batch_subscriptions(
+        self,
+        db: Connection,
+        list_id: int,
+        addresses: Sequence[str],
+    ) -> dict[str, tuple[int, bool]]: ...
+
+    def get_subscription(self, db: Connection, subscription_id: int) -> SubscriptionInfo: ...
+
+    def mark_unsubscribed(
+        self,
+        db: Connection,
+        info: SubscriptionInfo,
+        *,
+        via: str,
+        now: float | None = None,
+    ) -> tuple[bool, int]: ...
+
+    def remove_unsent_campaign_mail(self, db: Connection, address: str, *, list_id: int | None = None) -> int: ...
+
+    def unsubscribed_counts(self, db: Connection) -> dict[int, int]: ...
+
+
+class Suppressions(Protocol):
+    """Addresses no campaign mails again (operator entries, 5.1.x hard bounces)."""
+
+    def list_suppressions(self, db: Connection, *, limit: int | None = None) -> list[Suppression]: ...
+
+    def suppressed_among(self, db: Connection, addresses: Sequence[str]) -> set[str]: ...
+
+    def suppressed_per_list(self, db: Connection) -> dict[int, int]: ...
+
+    def add_suppression(
+        self,
+        db: Connection,
+        address: str,
+        *,
+        detail: str = "",
+        now: float | None = None,
+    ) -> tuple[Suppression, int]: ...
+
+    def remove_suppression(self, db: Connection, address: str, *, now: float | None = None) -> Suppression: ...
+
+    def suppress_hard_bounces(
+        self,
+        db: Connection,
+        failed: Iterable[tuple[str, str]],
+        *,
+        list_id: int | None,
+        queue_id: str,
+        message_id: int,
+        now: float,
+    ) -> list[NewEvent]: ...
+
+
+class Lease(Protocol):
+    """One relay per store: the lease a relay takes, refreshes and releases, and its status."""
+
+    def acquire_lease(
+        self,
+        db: Connection,
+        owner: str,
+        pid: int,
+        host: str,
+        listen_host: str,
+        stale_after: float = ...,
+        *,
+        now: float | None = None,
+        locked: bool = False,
+    ) -> Acquired: ...
+
+    def heartbeat(self, db: Connection, owner: str, *, now: float | None = None) -> bool: ...
+
+    def mark_listening(self, db: Connection, owner: str, *, now: float | None = None) -> None: ...
+
+    def release(self, db: Connection, owner: str, *, now: float | None = None) -> None: ...
+
+    def relay_status(self, db: Connection, stale_after: float = ..., *, now: float | None = None) -> RelayStatus: ...
+
+
 @dataclass(frozen=True, slots=True)
 class LockState:
     """What a probe of the relay lock found."""
@@ -517,6 +612,9 @@ class Backend(Protocol):
     campaigns: Campaigns
     verification: Verification
     read_model: ReadModel
+    subscriptions: Subscriptions
+    suppressions: Suppressions
+    lease: Lease
 
     def handles(self, location: Location) -> bool:
         """Whether ``location`` names a store of this backend."""

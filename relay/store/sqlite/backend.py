@@ -19,8 +19,11 @@ from relay.store import counts as _counts
 from relay.store import directory as _directory
 from relay.store import events as _events
 from relay.store import intake as _intake
+from relay.store import lease as _lease
 from relay.store import queue as _queue
 from relay.store import settings as _settings
+from relay.store import subscriptions as _subscriptions
+from relay.store import suppressions as _suppressions
 from relay.store import verification as _verification
 from relay.store import views as _views
 from relay.store.bridge import AsyncStore
@@ -35,10 +38,13 @@ from relay.store.interfaces import (
     Directory,
     EventLog,
     Intake,
+    Lease,
     LockState,
     Queue,
     ReadModel,
     Settings,
+    Subscriptions,
+    Suppressions,
     Verification,
 )
 from relay.store.sqlite import changes, check, db, lock, schema
@@ -57,6 +63,9 @@ class SqliteBackend:
     campaigns: Campaigns = _campaigns
     verification: Verification = _verification
     read_model: ReadModel = _views
+    subscriptions: Subscriptions = _subscriptions
+    suppressions: Suppressions = _suppressions
+    lease: Lease = _lease
 
     def handles(self, location: str | os.PathLike[str]) -> bool:
         # Anything that is not a URL is a file path.
