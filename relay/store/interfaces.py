@@ -3,7 +3,7 @@
 The operations — :class:`Queue`, :class:`Intake`, :class:`Counts`, :class:`Directory`,
 :class:`Campaigns`, :class:`Verification`, :class:`ReadModel` (what console and CLI
 read), :class:`Settings`, :class:`EventLog`, :class:`Subscriptions`,
-:class:`Suppressions`, :class:`Lease` — are the store's module functions, which
+:class:`Suppressions`, :class:`Lease`, :class:`DkimKeys` — are the store's module functions, which
 take the connection first (``get_setting(db, key)``). They are written once, in SQL
 that every backend runs (:mod:`relay.store.connection`), so each module satisfies its
 protocol as it is (mypy checks a module against a protocol) and callers keep importing
@@ -28,12 +28,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 from relay.store.changes import ChangeFeed, SyncChangeFeed
 
 if TYPE_CHECKING:
+    from relay.dkim import KeyPair, StoredKey
     from relay.dnscheck import DnsResult
     from relay.store.bridge import AsyncStore
     from relay.store.campaigns import CampaignInfo
     from relay.store.connection import Connection
     from relay.store.counts import CountFix
     from relay.store.directory import AuthRecord, IdentityInfo, ListInfo, MemberImport, UserInfo
+    from relay.store.dkim import KeyInfo
     from relay.store.errors import StoreError
     from relay.store.events import Event, NewEvent
     from relay.store.intake import NewMessage, Queued
@@ -61,6 +63,7 @@ __all__ = [
     "ChangeFeed",
     "CheckResult",
     "Counts",
+    "DkimKeys",
     "Directory",
     "EventLog",
     "Intake",
@@ -563,6 +566,42 @@ class Lease(Protocol):
     def relay_status(self, db: Connection, stale_after: float = ..., *, now: float | None = None) -> RelayStatus: ...
 
 
+class DkimKeys(Protocol):
+    """DKIM keys per domain and selector: one active key per domain, rotation, removal."""
+
+    def list_keys(self, db: Connection, domain: str | None = None) -> list[KeyInfo]: ...
+
+    def get_key(self, db: Connection, domain: str, selector: str) -> KeyInfo: ...
+
+    def active_key(self, db: Connection, domain: str) -> KeyInfo | None: ...
+
+    def selectors(self, db: Connection, domain: str) -> list[str]: ...
+
+    def active_keys(self, db: Connection) -> list[StoredKey]: ...
+
+    def add_key(
+        self,
+        db: Connection,
+        domain: str,
+        selector: str,
+        pair: KeyPair,
+        *,
+        now: float | None = None,
+    ) -> KeyInfo: ...
+
+    def rotate_key(
+        self,
+        db: Connection,
+        domain: str,
+        selector: str,
+        pair: KeyPair,
+        *,
+        now: float | None = None,
+    ) -> tuple[KeyInfo, KeyInfo]: ...
+
+    def remove_key(self, db: Connection, domain: str, selector: str, *, now: float | None = None) -> KeyInfo: ...
+
+
 @dataclass(frozen=True, slots=True)
 class LockState:
     """What a probe of the relay lock found."""
@@ -603,18 +642,47 @@ class Backend(Protocol):
     """One store backend: the driver-specific entry points, and the operations."""
 
     name: str
-    settings: Settings
-    events: EventLog
-    queue: Queue
-    intake: Intake
-    counts: Counts
-    directory: Directory
-    campaigns: Campaigns
-    verification: Verification
-    read_model: ReadModel
-    subscriptions: Subscriptions
-    suppressions: Suppressions
-    lease: Lease
+
+    # The operations: the shared modules of relay.store (properties, so a backend
+    # imports them only when asked).
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def events(self) -> EventLog: ...
+
+    @property
+    def queue(self) -> Queue: ...
+
+    @property
+    def intake(self) -> Intake: ...
+
+    @property
+    def counts(self) -> Counts: ...
+
+    @property
+    def directory(self) -> Directory: ...
+
+    @property
+    def campaigns(self) -> Campaigns: ...
+
+    @property
+    def verification(self) -> Verification: ...
+
+    @property
+    def read_model(self) -> ReadModel: ...
+
+    @property
+    def subscriptions(self) -> Subscriptions: ...
+
+    @property
+    def suppressions(self) -> Suppressions: ...
+
+    @property
+    def lease(self) -> Lease: ...
+
+    @property
+    def dkim(self) -> DkimKeys: ...
 
     def handles(self, location: Location) -> bool:
         """Whether ``location`` names a store of this backend."""

@@ -34,6 +34,7 @@ VERSIONS: list[Version] = [
     Version(3, "envelope parameters: MAIL AUTH=, BODY=, SMTPUTF8, SIZE=, DSN RET/ENVID/NOTIFY/ORCPT"),
     Version(4, "maintained counts: queue_counts and list_queue_counts, kept by triggers"),
     Version(5, "bulk-sender rules: list unsubscribe URL/mailto, campaigns.skipped, subscriptions, suppressions"),
+    Version(6, "DKIM keys: dkim_keys, one active key per domain"),
 ]
 SCHEMA_VERSION = len(VERSIONS)
 

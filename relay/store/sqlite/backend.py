@@ -14,18 +14,6 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-from relay.store import campaigns as _campaigns
-from relay.store import counts as _counts
-from relay.store import directory as _directory
-from relay.store import events as _events
-from relay.store import intake as _intake
-from relay.store import lease as _lease
-from relay.store import queue as _queue
-from relay.store import settings as _settings
-from relay.store import subscriptions as _subscriptions
-from relay.store import suppressions as _suppressions
-from relay.store import verification as _verification
-from relay.store import views as _views
 from relay.store.bridge import AsyncStore
 from relay.store.changes import ChangeFeed, SyncChangeFeed
 from relay.store.connection import Connection
@@ -36,6 +24,7 @@ from relay.store.interfaces import (
     CheckResult,
     Counts,
     Directory,
+    DkimKeys,
     EventLog,
     Intake,
     Lease,
@@ -54,18 +43,86 @@ class SqliteBackend:
     """The SQLite implementation of :class:`relay.store.interfaces.Backend`."""
 
     name = "sqlite"
-    settings: Settings = _settings
-    events: EventLog = _events
-    queue: Queue = _queue
-    intake: Intake = _intake
-    counts: Counts = _counts
-    directory: Directory = _directory
-    campaigns: Campaigns = _campaigns
-    verification: Verification = _verification
-    read_model: ReadModel = _views
-    subscriptions: Subscriptions = _subscriptions
-    suppressions: Suppressions = _suppressions
-    lease: Lease = _lease
+
+    # The operations are the shared modules of relay.store, imported when first asked
+    # for (opening a store does not load them all; relay.store.dkim loads a DKIM library).
+    @property
+    def settings(self) -> Settings:
+        from relay.store import settings
+
+        return settings
+
+    @property
+    def events(self) -> EventLog:
+        from relay.store import events
+
+        return events
+
+    @property
+    def queue(self) -> Queue:
+        from relay.store import queue
+
+        return queue
+
+    @property
+    def intake(self) -> Intake:
+        from relay.store import intake
+
+        return intake
+
+    @property
+    def counts(self) -> Counts:
+        from relay.store import counts
+
+        return counts
+
+    @property
+    def directory(self) -> Directory:
+        from relay.store import directory
+
+        return directory
+
+    @property
+    def campaigns(self) -> Campaigns:
+        from relay.store import campaigns
+
+        return campaigns
+
+    @property
+    def verification(self) -> Verification:
+        from relay.store import verification
+
+        return verification
+
+    @property
+    def read_model(self) -> ReadModel:
+        from relay.store import views
+
+        return views
+
+    @property
+    def subscriptions(self) -> Subscriptions:
+        from relay.store import subscriptions
+
+        return subscriptions
+
+    @property
+    def suppressions(self) -> Suppressions:
+        from relay.store import suppressions
+
+        return suppressions
+
+    @property
+    def lease(self) -> Lease:
+        from relay.store import lease
+
+        return lease
+
+    @property
+    def dkim(self) -> DkimKeys:
+        from relay.store import dkim
+
+        return dkim
 
     def handles(self, location: str | os.PathLike[str]) -> bool:
         # Anything that is not a URL is a file path.
