@@ -3,7 +3,7 @@
 The operations — :class:`Queue`, :class:`Intake`, :class:`Counts`, :class:`Directory`,
 :class:`Campaigns`, :class:`Verification`, :class:`ReadModel` (what console and CLI
 read), :class:`Settings`, :class:`EventLog`, :class:`Subscriptions`,
-:class:`Suppressions`, :class:`Lease`, :class:`DkimKeys` — are the store's module functions, which
+:class:`Suppressions`, :class:`Lease`, :class:`DkimKeys`, :class:`Routing` — are the store's module functions, which
 take the connection first (``get_setting(db, key)``). They are written once, in SQL
 that every backend runs (:mod:`relay.store.connection`), so each module satisfies its
 protocol as it is (mypy checks a module against a protocol) and callers keep importing
@@ -50,6 +50,7 @@ if TYPE_CHECKING:
         RoundRequest,
         RoundResult,
     )
+    from relay.store.routing import DestinationRow, DestinationState, Route
     from relay.store.subscriptions import SubscriptionInfo
     from relay.store.suppressions import Suppression
     from relay.store.verification import CodeCheck, CodeInfo, SenderView, SystemSender
@@ -72,6 +73,7 @@ __all__ = [
     "Queue",
     "ReadModel",
     "RelayLock",
+    "Routing",
     "Settings",
     "Subscriptions",
     "Suppressions",
@@ -602,6 +604,22 @@ class DkimKeys(Protocol):
     def remove_key(self, db: Connection, domain: str, selector: str, *, now: float | None = None) -> KeyInfo: ...
 
 
+class Routing(Protocol):
+    """Per-domain routes for MX delivery, and the destinations the engine publishes."""
+
+    def add_route(self, db: Connection, domain: str, host: str, port: int, *, now: float | None = None) -> Route: ...
+
+    def remove_route(self, db: Connection, domain: str) -> Route: ...
+
+    def list_routes(self, db: Connection) -> list[Route]: ...
+
+    def route_map(self, db: Connection) -> dict[str, tuple[str, int]]: ...
+
+    def record_destinations(self, db: Connection, states: Sequence[DestinationState], now: float) -> None: ...
+
+    def destination_rows(self, db: Connection, *, limit: int = 1000) -> list[DestinationRow]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class LockState:
     """What a probe of the relay lock found."""
@@ -683,6 +701,9 @@ class Backend(Protocol):
 
     @property
     def dkim(self) -> DkimKeys: ...
+
+    @property
+    def routing(self) -> Routing: ...
 
     def handles(self, location: Location) -> bool:
         """Whether ``location`` names a store of this backend."""

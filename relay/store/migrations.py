@@ -35,6 +35,7 @@ VERSIONS: list[Version] = [
     Version(4, "maintained counts: queue_counts and list_queue_counts, kept by triggers"),
     Version(5, "bulk-sender rules: list unsubscribe URL/mailto, campaigns.skipped, subscriptions, suppressions"),
     Version(6, "DKIM keys: dkim_keys, one active key per domain"),
+    Version(7, "MX delivery: recipients.domain (generated), routes, destinations"),
 ]
 SCHEMA_VERSION = len(VERSIONS)
 

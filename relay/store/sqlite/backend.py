@@ -31,6 +31,7 @@ from relay.store.interfaces import (
     LockState,
     Queue,
     ReadModel,
+    Routing,
     Settings,
     Subscriptions,
     Suppressions,
@@ -123,6 +124,12 @@ class SqliteBackend:
         from relay.store import dkim
 
         return dkim
+
+    @property
+    def routing(self) -> Routing:
+        from relay.store import routing
+
+        return routing
 
     def handles(self, location: str | os.PathLike[str]) -> bool:
         # Anything that is not a URL is a file path.
