@@ -36,6 +36,7 @@ VERSIONS: list[Version] = [
     Version(5, "bulk-sender rules: list unsubscribe URL/mailto, campaigns.skipped, subscriptions, suppressions"),
     Version(6, "DKIM keys: dkim_keys, one active key per domain"),
     Version(7, "MX delivery: recipients.domain (generated), routes, destinations"),
+    Version(8, "recipients.domain after the last @, ASCII lower case (the generated column re-created)"),
 ]
 SCHEMA_VERSION = len(VERSIONS)
 
