@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -61,13 +60,18 @@ def loaded_backends() -> list[Backend]:
 
 
 def shown(location: str | os.PathLike[str]) -> str:
-    """``location`` fit for a message: a URL's password replaced by ``***``."""
-    return re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", os.fspath(location))
+    """``location`` fit for a message: a URL's password replaced by ``***`` (also in a
+    URL that went through ``pathlib.Path``, and in ``?password=``)."""
+    from relay.store.postgres.location import masked  # text only: loads no driver
+
+    return masked(location)
 
 
 def backend_for(location: str | os.PathLike[str]) -> Backend:
     """The backend a ``--db`` location names, or a one-line StoreUnavailable."""
-    text = os.fspath(location)
+    from relay.store.postgres.location import normalize  # text only: loads no driver
+
+    text = normalize(location)  # a URL that went through pathlib.Path (click.Path) lost a slash
     if "://" not in text:
         return backend_named("sqlite")
     scheme = text.split("://", 1)[0].lower()

@@ -132,8 +132,11 @@ class SqliteBackend:
         return routing
 
     def handles(self, location: str | os.PathLike[str]) -> bool:
-        # Anything that is not a URL is a file path.
-        return "://" not in os.fspath(location)
+        # Anything that is not a URL is a file path (postgresql:/… is a URL that
+        # went through pathlib.Path, not a file).
+        from relay.store.postgres.location import normalize  # text only: loads no driver
+
+        return "://" not in normalize(location)
 
     def open(self, location: str | os.PathLike[str], *, create: bool = True, **options: Any) -> Connection:
         return db.open_store(location, create=create, **options)

@@ -1,0 +1,202 @@
+"""The PostgreSQL backend: a store in one database (``--db postgresql://…``).
+
+Implements :class:`relay.store.interfaces.Backend`: the driver-specific entry points
+(open, transaction, change feeds, relay lock, check, error translation) are this
+package's; the operations are the shared, driver-neutral modules of
+:mod:`relay.store`, as for SQLite.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any, cast
+
+import psycopg
+
+from relay.store.bridge import AsyncStore
+from relay.store.changes import ChangeFeed, SyncChangeFeed
+from relay.store.connection import Connection
+from relay.store.errors import StoreError
+from relay.store.interfaces import (
+    Backend,
+    Campaigns,
+    CheckResult,
+    Counts,
+    Directory,
+    DkimKeys,
+    EventLog,
+    Intake,
+    Lease,
+    LockState,
+    Queue,
+    ReadModel,
+    Routing,
+    Settings,
+    Subscriptions,
+    Suppressions,
+    Verification,
+)
+from relay.store.postgres import lock, schema
+from relay.store.postgres.bridge import PgAsyncStore
+from relay.store.postgres.changes import AsyncNotifyFeed, NotifyFeed
+from relay.store.postgres.connection import PgConnection, open_store, transaction, translate
+from relay.store.postgres.location import is_postgres, masked, normalize
+
+
+class PostgresBackend:
+    """The PostgreSQL implementation of :class:`relay.store.interfaces.Backend`."""
+
+    name = "postgresql"
+
+    # The operations are the shared modules of relay.store, imported when first asked
+    # for (opening a store does not load them all; relay.store.dkim loads a DKIM library).
+    @property
+    def settings(self) -> Settings:
+        from relay.store import settings
+
+        return settings
+
+    @property
+    def events(self) -> EventLog:
+        from relay.store import events
+
+        return events
+
+    @property
+    def queue(self) -> Queue:
+        from relay.store import queue
+
+        return queue
+
+    @property
+    def intake(self) -> Intake:
+        from relay.store import intake
+
+        return intake
+
+    @property
+    def counts(self) -> Counts:
+        from relay.store import counts
+
+        return counts
+
+    @property
+    def directory(self) -> Directory:
+        from relay.store import directory
+
+        return directory
+
+    @property
+    def campaigns(self) -> Campaigns:
+        from relay.store import campaigns
+
+        return campaigns
+
+    @property
+    def verification(self) -> Verification:
+        from relay.store import verification
+
+        return verification
+
+    @property
+    def read_model(self) -> ReadModel:
+        from relay.store import views
+
+        return views
+
+    @property
+    def subscriptions(self) -> Subscriptions:
+        from relay.store import subscriptions
+
+        return subscriptions
+
+    @property
+    def suppressions(self) -> Suppressions:
+        from relay.store import suppressions
+
+        return suppressions
+
+    @property
+    def lease(self) -> Lease:
+        from relay.store import lease
+
+        return lease
+
+    @property
+    def dkim(self) -> DkimKeys:
+        from relay.store import dkim
+
+        return dkim
+
+    @property
+    def routing(self) -> Routing:
+        from relay.store import routing
+
+        return routing
+
+    def handles(self, location: str | os.PathLike[str]) -> bool:
+        return is_postgres(location)
+
+    def open(self, location: str | os.PathLike[str], *, create: bool = True, migrate_to: int | None = None, **_: Any) -> Connection:
+        # SQLite's file options (create_parent) mean nothing here.
+        return open_store(location, create=create, migrate_to=migrate_to)
+
+    def schema_version(self, conn: Connection) -> int:
+        return schema.current_version(_pg(conn).raw)
+
+    def transaction(self, conn: Connection, *, immediate: bool = True) -> AbstractContextManager[Connection]:
+        return cast(AbstractContextManager[Connection], transaction(_pg(conn), immediate=immediate))
+
+    def async_store(self, location: str | os.PathLike[str]) -> AsyncStore:
+        return PgAsyncStore(normalize(location))
+
+    def change_feed(self, conn: Connection) -> SyncChangeFeed:
+        return NotifyFeed(_pg(conn))
+
+    def async_change_feed(self, store: AsyncStore) -> ChangeFeed:
+        return AsyncNotifyFeed(store)
+
+    def store_error_for(self, exc: BaseException, location: str | os.PathLike[str] | None = None) -> StoreError | None:
+        if isinstance(exc, StoreError):
+            return exc
+        if isinstance(exc, psycopg.Error):
+            return translate(exc, normalize(location) if location is not None else None)
+        return None
+
+    def backup(self, conn: Connection, target: str | os.PathLike[str]) -> None:
+        # pg_dump does it, consistently and while the relay runs: no second copy here.
+        location = _pg(conn).location
+        raise StoreError(f"store backup copies SQLite stores — for PostgreSQL use pg_dump: pg_dump -Fc -f {os.fspath(target)} '{masked(location)}'")
+
+    def check(
+        self, location: str | os.PathLike[str], progress: Callable[[float, int], None] | None = None, *, every: float = 1.0
+    ) -> CheckResult:
+        # The server checks its own pages (data checksums, amcheck): this says whether
+        # the store answers and has the schema, and how big it is.
+        began = time.monotonic()
+        url = normalize(location)
+        db = open_store(url, create=False)
+        try:
+            row = db.execute("SELECT pg_database_size(current_database())").fetchone()
+            size = int(row[0]) if row else 0
+        finally:
+            db.close()
+        return CheckResult(masked(url), True, size // 8192, size, time.monotonic() - began)
+
+    def relay_lock(self, location: str | os.PathLike[str]) -> lock.PgRelayLock:
+        return lock.PgRelayLock(normalize(location))
+
+    def lock_state(self, conn: Connection) -> LockState:
+        return lock.lock_state(_pg(conn))
+
+
+def _pg(conn: Connection) -> PgConnection:
+    assert isinstance(conn, PgConnection), "a PostgreSQL backend call on a connection of another backend"
+    return conn
+
+
+BACKEND: Backend = PostgresBackend()
+POSTGRESQL = BACKEND

@@ -1,0 +1,253 @@
+"""The PostgreSQL change feed: LISTEN/NOTIFY behind the store's two feed protocols
+(:class:`relay.store.changes.SyncChangeFeed` and ``ChangeFeed``).
+
+Every table's statement trigger NOTIFYs ``smtpplus_changes`` (see
+:mod:`relay.store.postgres.schema`); PostgreSQL sends it at COMMIT, once per
+transaction, stamped with the writer's backend pid. A feed listens on a connection
+of its own and ignores notifications from the connection it watches for (its own
+commits do not count, as with SQLite's ``data_version``).
+
+``changed()`` asks the listening connection for what has arrived, after one round
+trip (``SELECT 1``): PostgreSQL signals listeners before the writer's COMMIT
+returns, so a commit that finished before the call is seen by it.
+
+If the listening connection drops (a server restart, a network cut), the feed falls
+back to polling: ``changed()`` says yes once every :data:`FALLBACK_POLL` seconds, so
+its reader runs a full look that often, and it reconnects at most every
+:data:`RECONNECT` seconds; the first answer after a reconnect is yes (something may
+have been missed meanwhile).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from relay.store.postgres.connection import PgConnection, connect, translate
+from relay.store.postgres.location import normalize
+from relay.store.postgres.schema import NOTIFY_CHANNEL
+
+if TYPE_CHECKING:
+    from relay.store.bridge import AsyncStore
+
+FALLBACK_POLL = 1.0  # seconds between two "yes" answers while not listening
+RECONNECT = 1.0  # seconds between two attempts to listen again
+LISTEN = f"LISTEN {NOTIFY_CHANNEL}"
+
+
+class _Fallback:
+    """What a feed answers while it cannot listen: yes once per FALLBACK_POLL."""
+
+    def __init__(self) -> None:
+        self.last_yes = 0.0
+        self.last_attempt = -RECONNECT
+
+    def tick(self) -> bool:
+        now = time.monotonic()
+        if now - self.last_yes >= FALLBACK_POLL:
+            self.last_yes = now
+            return True
+        return False
+
+    def may_reconnect(self) -> bool:
+        now = time.monotonic()
+        if now - self.last_attempt >= RECONNECT:
+            self.last_attempt = now
+            return True
+        return False
+
+    def left(self) -> float:
+        return max(0.0, FALLBACK_POLL - (time.monotonic() - self.last_yes))
+
+
+class NotifyFeed:
+    """Synchronous (the console's watcher thread): commits by other connections than
+    ``db``, from LISTEN on a connection of the feed's own."""
+
+    def __init__(self, db: PgConnection, *, poll: float | None = None) -> None:
+        self._location = db.location
+        self._db = db  # its pid changes when it replaces a dropped connection
+        self._listener: psycopg.Connection[Any] | None = None
+        self._fallback = _Fallback()
+        self._started = False
+        self._missed = False  # reconnected: something may have been missed
+        db.feeds.append(self)  # closing the connection closes its feed
+
+    @property
+    def listening(self) -> bool:
+        return self._listener is not None
+
+    def _listen(self) -> psycopg.Connection[Any] | None:
+        if self._listener is not None:
+            return self._listener
+        if not self._fallback.may_reconnect():
+            return None
+        try:
+            conn = connect(self._location, application_name="smtpplus-listen")
+            conn.execute(LISTEN)
+        except psycopg.Error:
+            return None
+        self._listener = conn
+        self._missed = self._started
+        return conn
+
+    def _drop(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            with contextlib.suppress(psycopg.Error):
+                listener.close()
+
+    def _others(self, listener: psycopg.Connection[Any], timeout: float) -> bool:
+        return any(n.pid != self._db.backend_pid for n in listener.notifies(timeout=timeout))
+
+    def changed(self) -> bool:
+        if not self._started:
+            self._listen()
+            self._started = True
+            return True
+        listener = self._listen()
+        if listener is None:
+            return self._fallback.tick()
+        try:
+            listener.execute("SELECT 1")  # one round trip: what arrived before it is in
+            seen = self._others(listener, 0.0)
+        except psycopg.Error:
+            self._drop()
+            return True
+        missed, self._missed = self._missed, False
+        return seen or missed
+
+    def wait(self, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        if self.changed():
+            return True
+        while (left := deadline - time.monotonic()) > 0:
+            listener = self._listen()
+            if listener is None:
+                time.sleep(min(left, self._fallback.left() or RECONNECT))
+                if self._fallback.tick():
+                    return True
+                continue
+            try:
+                for notice in listener.notifies(timeout=min(left, RECONNECT)):
+                    if notice.pid != self._db.backend_pid:
+                        return True
+            except psycopg.Error:
+                self._drop()
+                return True
+            if self._missed:
+                self._missed = False
+                return True
+        return False
+
+    def close(self) -> None:
+        self._drop()
+
+
+def _backend_pid(db: Any) -> int:
+    return int(db.backend_pid)
+
+
+class AsyncNotifyFeed:
+    """Async (the delivery engine): commits by other connections than the async
+    store's own, from LISTEN on an async connection of the feed's own (on the event
+    loop: no thread)."""
+
+    def __init__(self, store: AsyncStore, *, poll: float | None = None) -> None:
+        self._store = store
+        self._location = normalize(getattr(store, "url", None) or getattr(store, "location", None) or store.path)
+        feeds = getattr(store, "feeds", None)
+        if feeds is not None:
+            feeds.append(self)  # closing the store closes its feed
+        self._listener: psycopg.AsyncConnection[Any] | None = None
+        self._fallback = _Fallback()
+        self._started = False
+        self._missed = False
+
+    @property
+    def listening(self) -> bool:
+        return self._listener is not None
+
+    async def _listen(self) -> psycopg.AsyncConnection[Any] | None:
+        if self._listener is not None:
+            return self._listener
+        if not self._fallback.may_reconnect():
+            return None
+        try:
+            conn = await psycopg.AsyncConnection.connect(
+                self._location, autocommit=True, connect_timeout=10, application_name="smtpplus-listen"
+            )
+            await conn.execute(LISTEN)
+        except psycopg.Error:
+            return None
+        self._listener = conn
+        self._missed = self._started
+        return conn
+
+    async def _drop(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            with contextlib.suppress(psycopg.Error):
+                await listener.close()
+
+    async def changed(self) -> bool:
+        if not self._started:
+            await self._listen()
+            self._started = True
+            return True
+        listener = await self._listen()
+        if listener is None:
+            return self._fallback.tick()
+        try:
+            own = await self._own_pid()
+            await listener.execute("SELECT 1")
+            seen = False
+            async for notice in listener.notifies(timeout=0.0):
+                seen = seen or notice.pid != own
+        except psycopg.Error:
+            await self._drop()
+            return True
+        missed, self._missed = self._missed, False
+        return seen or missed
+
+    async def wait(self, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        if await self.changed():
+            return True
+        own = await self._own_pid()
+        while (left := deadline - time.monotonic()) > 0:
+            listener = await self._listen()
+            if listener is None:
+                await asyncio.sleep(min(left, self._fallback.left() or RECONNECT))
+                if self._fallback.tick():
+                    return True
+                continue
+            try:
+                async for notice in listener.notifies(timeout=min(left, RECONNECT)):
+                    if notice.pid != own:
+                        return True
+            except psycopg.Error:
+                await self._drop()
+                return True
+            if self._missed:
+                self._missed = False
+                return True
+        return False
+
+    async def _own_pid(self) -> int:
+        """The backend pid of the store's connection (it changes when the store
+        reconnects): its commits are not news."""
+        pid = getattr(self._store, "backend_pid", None)
+        if isinstance(pid, int) and pid:
+            return pid
+        return await self._store.run(_backend_pid)
+
+    async def close(self) -> None:
+        await self._drop()
+
+
+__all__ = ["FALLBACK_POLL", "RECONNECT", "AsyncNotifyFeed", "NotifyFeed", "translate"]
