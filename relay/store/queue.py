@@ -1018,11 +1018,12 @@ def read_message(
     if row is None:
         return None
     message = MessageRow(*row)
+    # No LIMIT for all of them (SQLite's LIMIT -1 is an error on PostgreSQL).
+    cap, args = ("", (message.id,)) if max_recipients is None else (" LIMIT ?", (message.id, max_recipients))
     recipients = [
         RecipientState(*r)
         for r in db.execute(
-            "SELECT address, state, last_reply FROM recipients WHERE message_id = ? ORDER BY address LIMIT ?",
-            (message.id, -1 if max_recipients is None else max_recipients),
+            f"SELECT address, state, last_reply FROM recipients WHERE message_id = ? ORDER BY address{cap}", args
         )
     ]
     # Only a prefix, as the console reads it: a 25 MB body is never loaded to show headers.
@@ -1139,7 +1140,7 @@ def prune(db: Connection, *, before: float, batch: int = 2000) -> Pruned:
                     rollup[key] = rollup.get(key, 0) + 1
             db.executemany(
                 "INSERT INTO list_stats_archive(list_id, day, kind, count) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT(list_id, day, kind) DO UPDATE SET count = count + excluded.count",
+                "ON CONFLICT(list_id, day, kind) DO UPDATE SET count = list_stats_archive.count + excluded.count",
                 [(*key, n) for key, n in rollup.items()],
             )
             db.executemany("DELETE FROM events WHERE id = ?", [(r[0],) for r in rows])
