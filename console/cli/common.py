@@ -145,8 +145,15 @@ def db_option(f: F) -> F:
         "db_path",
         type=click.Path(dir_okay=False, path_type=Path),
         default=None,
-        help="Store file (default: $SMTPPLUS_DB, else smtpplus.db in the user's data directory).",
+        help="Store: a file, or a postgresql:// URL (default: $SMTPPLUS_DB, else smtpplus.db in the user's data directory).",
     )(f)
+
+
+def shown(location: str | os.PathLike[str]) -> str:
+    """A store location fit to print: a PostgreSQL URL's password as ``***``."""
+    from relay.store.postgres.location import masked  # text only: loads no driver
+
+    return masked(location)
 
 
 def json_option(f: F) -> F:

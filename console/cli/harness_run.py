@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from console.cli.common import CliError, db_option, json_option, print_json, stdout_console
+from console.cli.common import CliError, db_option, json_option, print_json, shown, stdout_console
 from relay.display import clean
 
 
@@ -97,7 +97,7 @@ def run(
         store_path = default_db_path()
     if not start_relay and store_path is not None:
         if not store_path.exists():
-            raise CliError(f"no store at {store_path} — check --db / $SMTPPLUS_DB, or use --start-relay")
+            raise CliError(f"no store at {shown(store_path)} — check --db / $SMTPPLUS_DB, or use --start-relay")
         try:
             refusals = live_refusals(list(files), store_path)
         except (StoreError, ScenarioError) as exc:
@@ -110,7 +110,7 @@ def run(
         except StoreError as exc:
             raise CliError(clean(str(exc))) from None
         if alive:
-            raise CliError(f"a relay is live on {db_path}: --start-relay runs a relay of its own — drop --db "
+            raise CliError(f"a relay is live on {shown(db_path)}: --start-relay runs a relay of its own — drop --db "
                            "(a temporary store), or run without --start-relay (SMTP only, its delivery untouched)")
     options = RunOptions(store_path=store_path, relay_host="127.0.0.1" if start_relay else relay_host,
                          ports=ports, concurrency=concurrency, timeout=timeout, keep=keep)

@@ -21,6 +21,7 @@ from console.cli.common import (
     open_db,
     print_json,
     resolve_db_path,
+    shown,
     stdout_console,
 )
 from relay.display import clean
@@ -107,7 +108,7 @@ def relay(
         result = run_check(store_path)
         if not result.ok:
             raise CliError(check_failure(result))
-        click.echo(f"store check: {store_path} is sound ({result.pages:,} pages, {result.seconds:.1f}s)", err=True)
+        click.echo(f"store check: {shown(store_path)} is sound ({result.pages:,} pages, {result.seconds:.1f}s)", err=True)
     runner = _event_loop_runner()
 
     def reload_config() -> Any:
@@ -224,7 +225,7 @@ async def _serve(
                     "implicit_tls": service.implicit_tls,
                     "not_served": {str(port): reason for port, reason in sorted(service.not_served.items())},
                     "fingerprint": service.tls.fingerprint if service.tls else None,
-                    "store": str(store_path),
+                    "store": shown(store_path),
                     "metrics": f"{metrics_server.host}:{metrics_server.port}" if metrics_server is not None else None,
                 },
             )
@@ -292,7 +293,7 @@ def _announce(service: Any, store_path: Path) -> None:
     tls_text = f"; implicit TLS on {format_port_spec(implicit)}" if implicit else ""
     log.info(
         "serving %d port(s) on %s (%s%s) for store %s", len(served), service.config.host, format_port_spec(served),
-        tls_text, store_path,
+        tls_text, shown(store_path),
     )
     for port, reason in sorted(service.not_served.items()):
         log.warning("port %d not served: %s", port, reason, extra={"port": port})
@@ -340,7 +341,7 @@ def status(wait_seconds: float | None, stale_after: float | None, as_json: bool,
     while wait_seconds is not None and not store_path.exists() and time.monotonic() < deadline:
         time.sleep(0.2)
     if wait_seconds is not None and not store_path.exists():
-        click.echo(f"smtpplus: no store at {store_path} after waiting {wait_seconds:g}s — start one with `smtpplus relay`", err=True)
+        click.echo(f"smtpplus: no store at {shown(store_path)} after waiting {wait_seconds:g}s — start one with `smtpplus relay`", err=True)
         sys.exit(EXIT_NOT_RUNNING)
     with open_db(db_path, create=False) as db:
         while True:

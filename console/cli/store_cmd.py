@@ -29,7 +29,7 @@ def run_check(source: Path, *, quiet: bool = False) -> Any:
         if not shown:
             return
         if seconds == 0:
-            click.echo(f"store check: checking {source} ({pages:,} pages: every one is read)…", err=True)
+            click.echo(f"store check: checking {common.shown(source)} ({pages:,} pages: every one is read)…", err=True)
         else:
             click.echo(f"store check: still checking ({seconds:.0f}s)…", err=True)
 
@@ -57,7 +57,7 @@ def check(as_json: bool, db_path: Path | None) -> None:
     if as_json:
         common.print_json(result)
     elif result.ok:
-        click.echo(f"Store {source} is sound: {result.pages:,} pages ({result.bytes:,} bytes) checked in {result.seconds:.1f}s.")
+        click.echo(f"Store {common.shown(source)} is sound: {result.pages:,} pages ({result.bytes:,} bytes) checked in {result.seconds:.1f}s.")
     if not result.ok:
         raise CliError(check_failure(result))
 
@@ -74,6 +74,10 @@ def backup(path: Path, force: bool, as_json: bool, db_path: Path | None) -> None
     from relay.store import open_store
 
     source = common.resolve_db_path(db_path)
+    from relay.store.postgres.location import is_postgres  # text only: loads no driver
+
+    if is_postgres(source):  # pg_dump does it, consistently and while the relay runs
+        raise CliError(f"store backup copies SQLite stores — for PostgreSQL use pg_dump: pg_dump -Fc -f {path} '{common.shown(source)}'")
     if path.exists() and not force:
         raise CliError(f"{path} already exists — choose another path or pass --force to overwrite it")
     if path.resolve() == source.resolve():
@@ -94,9 +98,9 @@ def backup(path: Path, force: bool, as_json: bool, db_path: Path | None) -> None
         partial.unlink(missing_ok=True)
     size = path.stat().st_size
     if as_json:
-        common.print_json({"store": str(source), "backup": str(path), "bytes": size})
+        common.print_json({"store": common.shown(source), "backup": str(path), "bytes": size})
         return
-    click.echo(f"Backed up {source} to {path} ({size:,} bytes).")
+    click.echo(f"Backed up {common.shown(source)} to {path} ({size:,} bytes).")
 
 
 @store.command("recount")
@@ -120,11 +124,11 @@ def recount(as_json: bool, db_path: Path | None) -> None:
     finally:
         db.close()
     if as_json:
-        common.print_json({"store": str(source), "messages": total, "fixed": [common.to_jsonable(f) for f in fixed]})
+        common.print_json({"store": common.shown(source), "messages": total, "fixed": [common.to_jsonable(f) for f in fixed]})
         return
     if not fixed:
-        click.echo(f"The queue counts of {source} match a full recount ({total:,} messages): nothing to fix.")
+        click.echo(f"The queue counts of {common.shown(source)} match a full recount ({total:,} messages): nothing to fix.")
         return
-    click.echo(f"Fixed {len(fixed)} queue count(s) of {source} ({total:,} messages):")
+    click.echo(f"Fixed {len(fixed)} queue count(s) of {common.shown(source)} ({total:,} messages):")
     for f in fixed:
         click.echo(f"  {f.table} {f.key}: was {f.kept:,}, counted {f.counted:,}")
