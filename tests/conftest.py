@@ -87,3 +87,35 @@ def tls_files(tls_ca: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str
     cert.private_key_pem.write_to_path(paths["key"])
     tls_ca.cert_pem.write_to_path(paths["ca"])
     return paths
+
+
+# -- PostgreSQL (tests/pg.py): one private cluster per session (per xdist worker) ----
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Any]:
+    """A private PostgreSQL cluster with the schema in a template database. Never
+    skipped: where no server can be found this fails with one line saying how to
+    install one."""
+    from tests.pg import NoServer, session_cluster, stop_session_cluster
+
+    try:
+        cluster = session_cluster()
+    except NoServer as exc:
+        pytest.fail(str(exc), pytrace=False)
+    yield cluster
+    from relay.store.postgres.bridge import close_pools
+
+    close_pools()
+    stop_session_cluster()
+
+
+@pytest.fixture
+def pg_url(pg_cluster: Any) -> Iterator[str]:
+    """A fresh PostgreSQL store (a database cloned from the schema template)."""
+    url = pg_cluster.new_database()
+    yield url
+    from relay.store.postgres.bridge import close_pool
+
+    close_pool(url)
+    pg_cluster.drop_database(url)

@@ -1,9 +1,9 @@
 """The store contract: every backend passes the same tests.
 
-``backend`` is parametrized by backend name (``BACKENDS`` below); the PostgreSQL
-backend adds one line there — ``"postgresql": _postgresql`` — with a function that
-makes a fresh, empty store (a database per test) and says how to make it refuse to
-grow. Each :class:`Case` opens that store through the backend
+``backend`` is parametrized by backend name (``BACKENDS`` below): ``"sqlite"`` (a
+file in a fresh directory) and ``"postgresql"`` (a database per test of a private
+cluster, tests/pg.py); each function makes a fresh store and says how to make it
+refuse to grow. Each :class:`Case` opens that store through the backend
 (:class:`relay.store.interfaces.Backend`); ``conn`` / ``db`` are an open connection to
 it. The tests use the interfaces only — ``ops(db).queue.dispatch_round(db, …)``, the
 store's own errors — and the data types of the operation modules. What only one
@@ -29,6 +29,9 @@ class Case:
     location: Any  # what --db would name: a file path, or a URL
     # Makes the store refuse to grow on this connection (the next big write is "full").
     fill_up: Callable[[Any], None]
+    # Where no store is: opening it with create=False is refused (a file in a missing
+    # directory; a database the server does not have).
+    missing: Any = None
 
     def open(self) -> Any:
         """Another connection to this case's store (tests close it)."""
@@ -42,11 +45,23 @@ def _sqlite_fill_up(db: Any) -> None:
 
 
 def _sqlite(where: Path) -> Case:
-    return Case(backend_named("sqlite"), where / "contract.db", _sqlite_fill_up)
+    return Case(backend_named("sqlite"), where / "contract.db", _sqlite_fill_up, where / "missing" / "nothing.db")
+
+
+def _postgresql(where: Path) -> Case:
+    # A database of this process's private cluster (tests/pg.py: one per xdist worker,
+    # started on first use), cloned from a template that has the schema.
+    from tests.pg import NoServer, session_cluster
+
+    try:
+        cluster = session_cluster()
+    except NoServer as exc:
+        pytest.fail(str(exc), pytrace=False)
+    return Case(backend_named("postgresql"), cluster.new_database(), cluster.fill_up, cluster.url("no_such_database"))
 
 
 # Backend name -> a fresh store of that backend (given a new empty directory).
-BACKENDS: dict[str, Callable[[Path], Case]] = {"sqlite": _sqlite}
+BACKENDS: dict[str, Callable[[Path], Case]] = {"sqlite": _sqlite, "postgresql": _postgresql}
 
 
 @pytest.fixture(params=sorted(BACKENDS))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -69,7 +68,7 @@ async def test_other_errors_pass_the_bridge_as_they_are(backend: Case) -> None:
         await store.run(backend.backend.settings.get_setting, "contract.none")
 
 
-def test_a_missing_store_is_one_line_naming_the_fix(backend: Case, tmp_path: Path) -> None:
+def test_a_missing_store_is_one_line_naming_the_fix(backend: Case) -> None:
     with pytest.raises(StoreError, match="no store at .* — check --db") as caught:
-        backend.backend.open(tmp_path / "missing" / "nothing.db", create=False)
+        backend.backend.open(backend.missing, create=False)
     assert "\n" not in str(caught.value)

@@ -1,0 +1,387 @@
+"""What only the PostgreSQL backend has to show: the schema made on open (once, when
+two open at once), the SQLite dialect it answers, the maintained counts in PL/pgSQL,
+a password never shown, and the store's own errors when the server is busy or gone."""
+
+from __future__ import annotations
+
+import asyncio
+import mmap
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from relay.store.backend import backend_for
+from relay.store.errors import StoreBusy, StoreError, StoreTooNew, StoreUnavailable
+from relay.store.postgres import schema
+from relay.store.postgres.bridge import PgAsyncStore, close_pool
+from relay.store.postgres.changes import NotifyFeed
+from relay.store.postgres.connection import open_store, to_pyformat, transaction
+from relay.store.postgres.location import masked, normalize
+from relay.store.settings import get_setting, set_setting
+from tests.pg import Cluster, find_bindir
+
+SECRET = "s3cret-Pw"
+
+
+def _tables(db: Any) -> set[str]:
+    rows = db.execute("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()").fetchall()
+    return {row["tablename"] for row in rows}
+
+
+def test_an_empty_database_gets_the_schema_on_open(pg_cluster: Cluster) -> None:
+    url = pg_cluster.new_database(template=None)
+    try:
+        with pytest.raises(StoreError, match="no smtpplus schema"):
+            open_store(url, create=False)  # a read-only command never creates one
+        db = open_store(url)
+        try:
+            assert schema.current_version(db.raw) == schema.SCHEMA_VERSION
+            assert {"lists", "users", "messages", "events", "settings", "queue_counts"} <= _tables(db)
+            set_setting(db, "contract.x", [1])
+            assert get_setting(db, "contract.x") == [1]
+        finally:
+            db.close()
+    finally:
+        pg_cluster.drop_database(url)
+
+
+def test_two_opens_at_once_migrate_once(pg_cluster: Cluster) -> None:
+    url = pg_cluster.new_database(template=None)
+    start = threading.Barrier(3)
+    opened: list[Any] = []
+    failed: list[BaseException] = []
+
+    def open_one() -> None:
+        start.wait()
+        try:
+            opened.append(open_store(url))
+        except BaseException as exc:  # reported below
+            failed.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(3)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert failed == []
+        db = opened[0]
+        # A second run of any step would have failed ("already exists"); the counts
+        # were seeded once, and each table has one change trigger.
+        assert db.execute("SELECT count(*) FROM queue_counts").fetchone()[0] == 30
+        per_table = db.execute(
+            "SELECT count(*) AS n FROM pg_trigger WHERE tgname = 'smtpplus_notify' GROUP BY tgrelid"
+        ).fetchall()
+        assert per_table and {row["n"] for row in per_table} == {1}
+    finally:
+        for db in opened:
+            db.close()
+        pg_cluster.drop_database(url)
+
+
+def test_the_schema_versions_match_sqlites() -> None:
+    from relay.store.sqlite import schema as sqlite_schema
+
+    assert len(schema.MIGRATIONS) == len(sqlite_schema.MIGRATIONS), "a SQLite migration needs its PostgreSQL twin"
+    names = [name for name, value in vars(schema).items() if name.startswith("V") and value in schema.MIGRATIONS]
+    sqlite_names = [name for name, value in vars(sqlite_schema).items() if name.startswith("V") and value in sqlite_schema.MIGRATIONS]
+    assert names == sqlite_names
+
+
+def test_a_store_from_a_newer_smtpplus_is_refused(pg_url: str) -> None:
+    db = open_store(pg_url)
+    db.execute("UPDATE smtpplus_schema SET version = ?", (schema.SCHEMA_VERSION + 1,))
+    db.close()
+    with pytest.raises(StoreTooNew, match="upgrade smtpplus"):
+        open_store(pg_url)
+
+
+def test_it_answers_the_sqlite_dialect(pg_url: str) -> None:
+    db = open_store(pg_url)
+    try:
+        assert db.dialect == "postgresql"
+        row = db.execute("SELECT '?' AS q, 'a%b' AS pct, ? AS v, ? AS flag -- what? 100%", (7, True)).fetchone()
+        assert (row["q"], row["pct"], row["v"], row["flag"]) == ("?", "a%b", 7, 1)
+        assert (row[0], row["Q"], row.keys()) == ("?", "?", ["q", "pct", "v", "flag"])
+        assert to_pyformat("x = ? AND y LIKE 'a?%' AND z = '%'") == "x = %s AND y LIKE 'a?%%' AND z = '%%'"
+        with transaction(db):
+            new_id = db.execute(
+                "INSERT INTO lists(name, created_at) VALUES (?, ?) RETURNING id", ("Friends", 1.5)
+            ).fetchone()["id"]
+            with transaction(db):  # nested: joins the outer one
+                db.execute("INSERT INTO settings(key, value) VALUES (?, ?)", ("k", "1"))
+        # Names compare as SQLite's NOCASE column does.
+        assert db.execute("SELECT id FROM lists WHERE name = ?", ("FRIENDS",)).fetchone()[0] == new_id
+        assert db.execute("SELECT sum(n) FROM queue_counts").fetchone()[0] == 0  # an int, not a Decimal
+        assert isinstance(db.execute("SELECT created_at FROM lists").fetchone()[0], float)
+        db.execute("BEGIN IMMEDIATE")  # SQLite's lock mode is a plain BEGIN here
+        assert db.in_transaction
+        db.execute("COMMIT")
+    finally:
+        db.close()
+
+
+def test_the_maintained_counts_follow_every_change(pg_url: str) -> None:
+    db = open_store(pg_url)
+    try:
+        list_id = db.execute("INSERT INTO lists(name, created_at) VALUES ('a', 0) RETURNING id").fetchone()[0]
+
+        def add(state: str, priority: int) -> int:
+            return int(db.execute(
+                "INSERT INTO messages(queue_id, list_id, origin, mail_from, size, header_priority, user_priority, "
+                "priority, state, next_attempt_at, created_at, updated_at) "
+                "VALUES (?, ?, 'smtp', 'a@b.example', 1, 3, 3, ?, ?, 0, 0, 0) RETURNING id",
+                (f"q{time.monotonic_ns()}", list_id, priority, state),
+            ).fetchone()[0])
+
+        def counts() -> tuple[dict[tuple[str, int], int], dict[int, int]]:
+            states = {(r[0], r[1]): r[2] for r in db.execute("SELECT state, priority, n FROM queue_counts WHERE n <> 0")}
+            lists = {r[0]: r[1] for r in db.execute("SELECT list_id, n FROM list_queue_counts WHERE n <> 0")}
+            return states, lists
+
+        first, second = add("queued", 1), add("queued", 3)
+        add("sent", 3)
+        assert counts() == ({("queued", 1): 1, ("queued", 3): 1, ("sent", 3): 1}, {list_id: 2})
+        db.execute("UPDATE messages SET state = 'sending' WHERE id = ?", (first,))  # a claim: still counted
+        db.execute("UPDATE messages SET state = 'sent', priority = 2 WHERE id = ?", (second,))
+        assert counts() == ({("sending", 1): 1, ("sent", 2): 1, ("sent", 3): 1}, {list_id: 1})
+        db.execute("DELETE FROM lists WHERE id = ?", (list_id,))  # ON DELETE SET NULL fires the trigger
+        assert counts()[1] == {}
+        db.execute("DELETE FROM messages")
+        assert counts() == ({}, {})
+    finally:
+        db.close()
+
+
+def test_a_held_row_lock_is_store_busy(pg_url: str) -> None:
+    holder, waiter = open_store(pg_url), open_store(pg_url)
+    try:
+        set_setting(holder, "contract.row", 1)
+        waiter.execute("SET lock_timeout = '100ms'")  # the store's own is 10 s
+        with transaction(holder):
+            set_setting(holder, "contract.row", 2)
+            with pytest.raises(StoreBusy, match="busy"):
+                set_setting(waiter, "contract.row", 3)
+    finally:
+        holder.close()
+        waiter.close()
+
+
+def test_the_password_is_masked_wherever_the_location_is_shown(pg_cluster: Cluster) -> None:
+    url = pg_cluster.url("postgres", password=SECRET)
+    assert SECRET not in masked(url) and "smtpplus:***@" in masked(url)
+    assert SECRET not in masked(url.replace(f":{SECRET}@", "@") + f"?password={SECRET}")
+    assert normalize("postgresql:/u@h/db") == "postgresql://u@h/db"  # what pathlib.Path makes of a URL
+    nowhere = f"postgresql://smtpplus:{SECRET}@127.0.0.1:{pg_cluster.port}/no_such_database"
+    with pytest.raises(StoreError) as caught:
+        open_store(nowhere, create=False)
+    assert SECRET not in str(caught.value) and "***" in str(caught.value)
+    db = open_store(pg_cluster.new_database().replace("smtpplus@", f"smtpplus:{SECRET}@"))
+    try:
+        assert SECRET not in repr(db)
+    finally:
+        db.close()
+
+
+@pytest.fixture
+def own_cluster() -> Iterator[Cluster]:
+    """A cluster of this test's own, to stop and start (the session's stays up)."""
+    bindir, source = find_bindir()
+    cluster = Cluster(bindir, source).start()
+    yield cluster
+    cluster.stop()
+
+
+async def test_a_stopped_server_is_store_unavailable_and_stores_come_back(own_cluster: Cluster) -> None:
+    url = own_cluster.url("postgres", password=SECRET)
+    db = open_store(url)
+    feed = NotifyFeed(db)
+    assert feed.changed() is True and feed.listening
+    store = await backend_for(url).async_store(url).open()
+    try:
+        assert await store.run(get_setting, "contract.x", 5) == 5
+        await asyncio.to_thread(own_cluster.halt, "fast")
+
+        with pytest.raises(StoreUnavailable) as caught:
+            get_setting(db, "contract.x")
+        assert SECRET not in str(caught.value) and "\n" not in str(caught.value)
+        with pytest.raises(StoreUnavailable):
+            await store.run(get_setting, "contract.x")
+        with pytest.raises(StoreUnavailable, match="PostgreSQL server is running"):
+            open_store(url)
+        assert feed.changed() is True  # cannot listen: the reader looks for itself
+        assert not feed.listening
+
+        with pytest.raises(StoreUnavailable), transaction(db):  # a unit of work on a dropped connection
+            set_setting(db, "contract.x", 0)
+
+        await asyncio.to_thread(own_cluster.restart)
+        # The plain connection replaces its dropped one at its next statement.
+        set_setting(db, "contract.x", 7)
+        assert get_setting(db, "contract.x") == 7
+        # The async store takes a fresh connection: nothing to do for its callers.
+        await store.run(set_setting, "contract.x", 6)
+        assert await store.run(get_setting, "contract.x") == 6
+        # The feed listens again (within its reconnect interval) and sees commits.
+        assert await asyncio.to_thread(feed.wait, 30) is True
+        deadline = time.monotonic() + 30
+        while not feed.listening and time.monotonic() < deadline:
+            await asyncio.to_thread(feed.wait, 0.2)
+        assert feed.listening
+    finally:
+        await store.close()
+        db.close()
+        close_pool(url)
+
+
+def test_a_dropped_listener_falls_back_and_reconnects(pg_url: str) -> None:
+    db, other = open_store(pg_url), open_store(pg_url)
+    try:
+        feed = NotifyFeed(db)
+        assert feed.changed() is True and feed.listening
+        assert feed.changed() is False
+        other.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'smtpplus-listen'")
+        assert feed.changed() is True  # the listener is gone: something may have been missed
+        set_setting(other, "contract.poke", 1)
+        assert feed.wait(30) is True
+        deadline = time.monotonic() + 30
+        while not feed.listening and time.monotonic() < deadline:
+            feed.wait(0.2)
+        assert feed.listening
+        while feed.changed():  # drain what the reconnect reported
+            pass
+        set_setting(other, "contract.poke", 2)
+        assert feed.changed() is True
+        set_setting(db, "contract.mine", 1)
+        assert feed.changed() is False
+    finally:
+        db.close()
+        other.close()
+
+
+def test_the_cli_takes_a_postgresql_url_and_never_shows_its_password(pg_url: str, cli: Any) -> None:
+    url = pg_url.replace("smtpplus@", f"smtpplus:{SECRET}@")
+    cli.env["SMTPPLUS_DB"] = url
+    created = cli("lists", "add", "friends", check=True)
+    assert "Created list 'friends'" in created.stdout
+    # --db goes through click.Path, which makes postgresql:/… of the URL: still understood.
+    cli.env["SMTPPLUS_DB"] = "/nonexistent/dir/smtpplus.db"
+    rate = cli("queue", "rate", "--db", url, check=True)
+    assert rate.stdout.strip() == "rate: unlimited"
+    backup = cli("store", "backup", "/tmp/never-written.db", "--db", url)
+    assert backup.returncode == 1
+    assert backup.stderr.count("\n") == 1 and "use pg_dump" in backup.stderr and "smtpplus:***@" in backup.stderr
+    recount = cli("store", "recount", "--db", url, check=True)
+    assert "smtpplus:***@" in recount.stdout and "nothing to fix" in recount.stdout
+    db = open_store(pg_url)
+    try:
+        assert db.execute("SELECT name FROM lists").fetchall() == [("friends",)]
+    finally:
+        db.close()
+    for proc in (created, rate, backup, recount):
+        assert SECRET not in proc.stdout + proc.stderr
+
+
+async def test_the_pool_caps_a_process_connections(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from relay.store.postgres import bridge
+
+    monkeypatch.setattr(bridge, "_pool_size", 2)
+    monkeypatch.setattr(bridge, "POOL_WAIT", 0.5)
+    first, second = PgAsyncStore(pg_url), PgAsyncStore(pg_url)
+    await first.open()
+    await second.open()
+    try:
+        with pytest.raises(StoreUnavailable, match="raise store_pool_size"):
+            await PgAsyncStore(pg_url).open()
+        await second.close()
+        third = await PgAsyncStore(pg_url).open()  # the connection given back is taken again
+        assert await third.run(get_setting, "contract.none", 1) == 1
+        await third.close()
+    finally:
+        await first.close()
+        await second.close()
+
+
+def test_a_bulk_load_with_its_own_ids_leaves_the_next_ids_free(pg_url: str) -> None:
+    from relay.store.postgres import dialect
+
+    db = open_store(pg_url)
+    try:
+        with dialect.bulk_load(db), transaction(db):
+            db.executemany("INSERT INTO events(id, at, kind, reason) VALUES (?, 0, 'k', 'r')", [(i,) for i in range(1, 6)])
+        new_id = db.execute("INSERT INTO events(at, kind, reason) VALUES (0, 'k', 'r') RETURNING id").fetchone()[0]
+        assert new_id == 6
+        assert dialect.skip_locked() == " FOR UPDATE SKIP LOCKED"
+        db.execute(
+            "INSERT INTO messages(id, queue_id, origin, mail_from, size, header_priority, user_priority, priority, "
+            "next_attempt_at, created_at, updated_at) VALUES (1, 'q', 'smtp', 'a@b', 4, 3, 3, 3, 0, 0, 0)"
+        )
+        with mmap.mmap(-1, 4) as body:  # a spooled message body, as intake hands it over
+            body.write(b"body")
+            dialect.write_body(db, 1, body)
+        assert db.execute("SELECT data FROM message_bodies").fetchone()[0] == b"body"
+    finally:
+        db.close()
+
+
+def test_one_relay_per_store_by_an_advisory_lock(pg_url: str) -> None:
+    from relay.store.postgres.lock import PgRelayLock, lock_state
+    from relay.store.sqlite.lock import RelayAlreadyRunning
+
+    db = open_store(pg_url)
+    first, second = PgRelayLock(pg_url), PgRelayLock(pg_url)
+    try:
+        assert lock_state(db).held is False
+        first.acquire({"pid": 4242, "host": "a.example", "listen_host": "0.0.0.0", "owner": "relay-a"})
+        assert first.held and lock_state(db).held is True
+        assert lock_state(db).facts["pid"] == 4242
+        with pytest.raises(RelayAlreadyRunning, match=r"pid 4242 on a\.example") as caught:
+            second.acquire({"pid": 1})
+        assert caught.value.owner == "relay-a" and not second.held
+        # The server lets go the instant the holder's connection ends (its process died).
+        db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'smtpplus-relay-lock'")
+        deadline = time.monotonic() + 30
+        while lock_state(db).held and time.monotonic() < deadline:
+            time.sleep(0.05)
+        second.acquire({"pid": 2})
+        assert second.held
+    finally:
+        first.release()
+        second.release()
+        db.close()
+
+
+def test_data_version_changes_when_another_connection_commits(pg_url: str) -> None:
+    from relay.store.postgres import dialect
+
+    db, other = open_store(pg_url), open_store(pg_url)
+    try:
+        first = dialect.data_version(db)
+        assert dialect.data_version(db) == first
+        set_setting(db, "contract.mine", 1)  # its own commit is no change
+        assert dialect.data_version(db) == first
+        set_setting(other, "contract.theirs", 1)
+        second = dialect.data_version(db)
+        assert second != first and dialect.data_version(db) == second
+    finally:
+        db.close()
+        other.close()
+
+
+def test_a_recipients_domain_is_computed_as_on_sqlite(pg_url: str) -> None:
+    db = open_store(pg_url)
+    try:
+        db.execute(
+            "INSERT INTO messages(id, queue_id, origin, mail_from, size, header_priority, user_priority, priority, "
+            "next_attempt_at, created_at, updated_at) VALUES (1, 'q', 'smtp', 'a@b', 1, 3, 3, 3, 0, 0, 0)"
+        )
+        addresses = [("Ann@Example.COM",), ('"x@y"@Dest.example',), ("postmaster",), ("b@Ünï.example",)]
+        db.executemany("INSERT INTO recipients(message_id, address) VALUES (1, ?)", addresses)
+        domains = {row["address"]: row["domain"] for row in db.execute("SELECT address, domain FROM recipients")}
+        # After the LAST '@', ASCII lower case (as SQLite's column and the engine say), '' without one.
+        assert domains == {"Ann@Example.COM": "example.com", '"x@y"@Dest.example': "dest.example", "postmaster": "", "b@Ünï.example": "Ünï.example"}
+    finally:
+        db.close()
