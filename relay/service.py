@@ -123,6 +123,7 @@ NEW_SESSIONS = frozenset({"max_message_size", "session_timeout"})
 RESTART = frozenset({
     "host", "ports", "tls_ports", "strict_ports", "server_name", "data_dir", "tls_cert", "tls_key",
     "tls_reload_interval", "auth_concurrency", "heartbeat_interval", "stale_after", "metrics_listen",
+    "store_pool_size",
 })
 # The delivery engine's copies of its settings: (its attribute, the setting, a factor).
 _ENGINE_SETTINGS = (
@@ -248,6 +249,15 @@ class RelayService:
             await self._teardown()
             raise
 
+    def _size_store_pool(self, size: int) -> None:
+        """PostgreSQL: how many connections this process's stores may hold."""
+        from relay.store.postgres.location import is_postgres  # text only: loads no driver
+
+        if is_postgres(self.store_path):
+            from relay.store.postgres.bridge import set_pool_size
+
+            set_pool_size(size)
+
     def _watch_corruption(self) -> None:
         """Stop the relay when any of its store connections meets SQLITE_CORRUPT."""
         loop = asyncio.get_running_loop()
@@ -289,6 +299,7 @@ class RelayService:
             {"pid": os.getpid(), "host": host, "owner": self.owner, "listen_host": cfg.host, "started_at": time.time()},
         )
         self._watch_corruption()
+        self._size_store_pool(cfg.store_pool_size)
         self._control = await AsyncStore(self.store_path).open()
         acquired = await self._control.run(
             lease.acquire_lease, self.owner, os.getpid(), host, cfg.host, cfg.stale_after, locked=True

@@ -176,6 +176,33 @@ def test_only_the_sqlite_backend_imports_sqlite3() -> None:
     assert offenders == []
 
 
+def test_only_the_postgresql_backend_imports_psycopg() -> None:
+    """psycopg stays behind relay/store/postgres/: everyone else catches the store's
+    own errors, and a SQLite user never loads it."""
+    offenders = [
+        _rel(path)
+        for path in _python_files(*PRODUCT)
+        if not _rel(path).startswith("relay/store/postgres/")
+        and _imports(path) & {"psycopg", "psycopg_pool"}
+    ]
+    assert offenders == []
+
+
+def test_a_sqlite_store_never_loads_psycopg(tmp_path: Path) -> None:
+    code = (
+        "import asyncio, sys\n"
+        "from relay.store import AsyncStore, open_store\n"
+        f"open_store({str(tmp_path / 'a.db')!r}).close()\n"
+        "async def main():\n"
+        f"    async with AsyncStore({str(tmp_path / 'a.db')!r}):\n"
+        "        pass\n"
+        "asyncio.run(main())\n"
+        "print(sorted(m for m in sys.modules if m.startswith('psycopg')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def _catches_sqlite3(node: ast.ExceptHandler) -> bool:
     return node.type is not None and any(
         isinstance(part, ast.Attribute) and isinstance(part.value, ast.Name) and part.value.id == "sqlite3"

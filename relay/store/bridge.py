@@ -52,6 +52,19 @@ class AsyncStore:
     """Runs synchronous store functions on one dedicated connection thread (see the
     module's docstring). ``location`` is what ``--db`` names (a SQLite file)."""
 
+    def __new__(cls, location: str | os.PathLike[str]) -> AsyncStore:
+        # A postgresql:// location gets the PostgreSQL bridge (a subclass: its
+        # connection comes from the process's pool, store_pool_size), whoever
+        # constructs AsyncStore(location).
+        if cls is AsyncStore:
+            from relay.store.postgres.location import is_postgres  # text only: loads no driver
+
+            if is_postgres(location):
+                from relay.store.postgres.bridge import PgAsyncStore
+
+                return super().__new__(PgAsyncStore)
+        return super().__new__(cls)
+
     def __init__(self, location: str | os.PathLike[str]) -> None:
         self.location = location
         self.path = Path(location)

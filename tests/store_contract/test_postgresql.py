@@ -290,7 +290,14 @@ async def test_the_pool_caps_a_process_connections(pg_url: str, monkeypatch: pyt
 
     monkeypatch.setattr(bridge, "_pool_size", 2)
     monkeypatch.setattr(bridge, "POOL_WAIT", 0.5)
-    first, second = PgAsyncStore(pg_url), PgAsyncStore(pg_url)
+    from pathlib import Path
+
+    from relay.store import AsyncStore
+
+    # Whoever makes AsyncStore(location) of a PostgreSQL store gets the pooled bridge,
+    # also from a URL that went through pathlib.Path (click.Path does that to --db).
+    first, second = AsyncStore(pg_url), AsyncStore(Path(pg_url))
+    assert isinstance(first, PgAsyncStore) and isinstance(second, PgAsyncStore) and second.url == pg_url
     await first.open()
     await second.open()
     try:

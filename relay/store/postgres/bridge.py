@@ -38,7 +38,7 @@ from relay.store.postgres.connection import (
     open_store,
     translate,
 )
-from relay.store.postgres.location import masked
+from relay.store.postgres.location import masked, normalize
 
 T = TypeVar("T")
 
@@ -133,7 +133,8 @@ def _usable(db: PgConnection) -> bool:
 class PgAsyncStore(AsyncStore):
     """The async bridge for a PostgreSQL store (see the module's doc)."""
 
-    def __init__(self, location: str) -> None:
+    def __init__(self, location: str | os.PathLike[str]) -> None:
+        location = normalize(location)  # a URL that went through pathlib.Path is whole again
         super().__init__(masked(location))  # .path: for display only, never the password
         self.url = location  # the location as given (with its password: never shown)
         self.location = location
