@@ -227,6 +227,96 @@ class _DataRead:
     bare_line_ends: bool = False  # a bare CR or LF: the line ends are fixed after the read
 
 
+class _DataIntake:
+    """Message data into a spool, a line (:meth:`line`) or a block of whole lines
+    (:meth:`block`) at a time, with the same outcome either way: a block is taken at
+    once unless something in it needs the line-by-line rules (a refusal to decide,
+    which says which limit a message broke first), then it is taken a line at a time."""
+
+    __slots__ = ("spool", "limit", "inflight", "read", "size", "at_line_start", "line_length")
+
+    def __init__(self, spool: Spool, limit: int, inflight: InFlight) -> None:
+        self.spool = spool
+        self.limit = limit
+        self.inflight = inflight
+        self.read = _DataRead()
+        self.size = 0  # octets read, dots included
+        self.at_line_start = True
+        self.line_length = 0  # of the line in progress (a line over the stream limit)
+
+    def line(self, piece: bytes, complete: bool) -> None:
+        """One line (``complete``: it ends with CRLF) or the part of one that arrived."""
+        read = self.read
+        at_line_start, self.at_line_start = self.at_line_start, complete
+        self.size += len(piece)
+        if read.refusal is not None:
+            return
+        if self.limit and self.size > self.limit:
+            self._refuse("size")
+            return
+        if at_line_start and piece[:1] == b".":
+            piece = piece[1:]
+        if b"\0" in piece:
+            self._refuse("nul")
+            return
+        if not self._reserve(len(piece)):
+            return
+        body = len(piece) - 2 if complete else len(piece)
+        if piece.find(b"\r", 0, body) >= 0 or piece.find(b"\n", 0, body) >= 0:
+            read.bare_line_ends = True  # fixed (and measured again) after the read
+        self.line_length += len(piece)
+        if complete:
+            read.longest = max(read.longest, self.line_length)
+            self.line_length = 0
+        self._write(piece)
+
+    def block(self, lines: bytes) -> None:
+        """Whole lines (``lines`` ends with CRLF and starts a line), none of them the
+        end of the data."""
+        read = self.read
+        if read.refusal is not None:
+            self.size += len(lines)
+            return
+        if self.line_length or (self.limit and self.size + len(lines) > self.limit) or b"\0" in lines:
+            for line in lines[:-2].split(b"\r\n"):
+                self.line(line + b"\r\n", True)
+            return
+        self.size += len(lines)
+        if lines[:1] == b".":
+            lines = lines[1:]
+        if b"\r\n." in lines:
+            lines = lines.replace(b"\r\n.", b"\r\n")  # each line loses one leading dot
+        if not self._reserve(len(lines)):
+            return
+        crlf = lines.count(b"\r\n")
+        if lines.count(b"\r") != crlf or lines.count(b"\n") != crlf:
+            read.bare_line_ends = True
+        longest = max(map(len, lines.split(b"\r\n"))) + 2
+        if longest > read.longest:
+            read.longest = longest
+        self._write(lines)
+
+    def _reserve(self, more: int) -> bool:
+        spool = self.spool
+        while spool.size + more > spool.reserved:
+            if not self.inflight.reserve(SPOOL_STEP):
+                self._refuse("budget")
+                return False
+            spool.reserved += SPOOL_STEP
+        return True
+
+    def _write(self, piece: bytes) -> None:
+        try:
+            self.spool.write(piece)
+        except OSError as exc:
+            self.read.error = exc
+            self._refuse("spool")
+
+    def _refuse(self, why: str) -> None:
+        self.read.refusal = why
+        self.spool.discard()
+
+
 # ---------------------------------------------------------------------------
 # The session
 
@@ -782,15 +872,29 @@ class RelaySMTP(SaslCommands):
         the longest CRLF-terminated line. Past a refusal the rest is read and dropped.
 
         Only a line that is exactly ``.`` followed by CRLF, at a line start, ends the
-        data: ``\\n.\\n``, ``\\r.\\r`` and the rest of the smuggling variants are text."""
+        data: ``\\n.\\n``, ``\\r.\\r`` and the rest of the smuggling variants are text.
+
+        Whatever complete lines have already arrived are taken as one block (see
+        :class:`_DataIntake`); a line at a time only while waiting for more."""
         reader = self._reader
-        limit = self.data_size_limit or 0
-        inflight = self.ctx.inflight
-        read = _DataRead()
-        size = 0
-        at_line_start = True
-        line_length = 0
+        intake = _DataIntake(spool, self.data_size_limit or 0, self.ctx.inflight)
+        # What has arrived and is not read yet: asyncio's StreamReader keeps it in
+        # ``_buffer`` (aiosmtpd relies on that too). Without it, a line at a time.
+        arrived: bytearray | None = getattr(reader, "_buffer", None)
         while True:
+            if arrived and intake.at_line_start:
+                if arrived.startswith(b".\r\n"):
+                    await reader.readexactly(3)
+                    return intake.read
+                end = arrived.find(b"\r\n.\r\n")
+                if end >= 0:
+                    data = await reader.readexactly(end + 5)
+                    intake.block(data[: end + 2])
+                    return intake.read
+                last = arrived.rfind(b"\r\n")
+                if last >= 0:
+                    intake.block(await reader.readexactly(last + 2))
+                    continue
             try:
                 piece = await reader.readuntil(b"\r\n")
                 complete = True
@@ -804,43 +908,9 @@ class RelaySMTP(SaslCommands):
             if not piece:
                 self._close()
                 raise asyncio.CancelledError()
-            if at_line_start and complete and piece == b".\r\n":
-                return read
-            at_line_start_before, at_line_start = at_line_start, complete
-            size += len(piece)
-            if read.refusal is not None:
-                continue
-            if limit and size > limit:
-                read.refusal = "size"
-                spool.discard()
-                continue
-            if at_line_start_before and piece[:1] == b".":
-                piece = piece[1:]
-            if b"\0" in piece:
-                read.refusal = "nul"
-                spool.discard()
-                continue
-            while spool.size + len(piece) > spool.reserved:
-                if not inflight.reserve(SPOOL_STEP):
-                    read.refusal = "budget"
-                    spool.discard()
-                    break
-                spool.reserved += SPOOL_STEP
-            if read.refusal is not None:
-                continue
-            body = len(piece) - 2 if complete else len(piece)
-            if piece.find(b"\r", 0, body) >= 0 or piece.find(b"\n", 0, body) >= 0:
-                read.bare_line_ends = True  # fixed (and measured again) after the read
-            line_length += len(piece)
-            if complete:
-                read.longest = max(read.longest, line_length)
-                line_length = 0
-            try:
-                spool.write(piece)
-            except OSError as exc:
-                read.refusal = "spool"
-                read.error = exc
-                spool.discard()
+            if intake.at_line_start and complete and piece == b".\r\n":
+                return intake.read
+            intake.line(piece, complete)
 
     async def _verdict(self, read: _DataRead, spool: Spool, queue_id: str) -> str:
         if read.refusal == "size":
