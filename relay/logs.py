@@ -45,6 +45,7 @@ events_log = logging.getLogger("smtpplus.events")
 # What every LogRecord has: anything else on a record came in through ``extra=``.
 _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "taskName"}
 _FIELD_LIMIT = 2000
+_EVENT_FIELD_SET = frozenset(EVENT_FIELDS)
 
 
 def configure_logging(log_format: str = "text", log_file: Path | None = None, level: int = logging.INFO) -> logging.Handler:
@@ -97,22 +98,28 @@ class ReopeningFileHandler(logging.FileHandler):
 
 
 def fields(record: logging.LogRecord) -> dict[str, Any]:
-    """The ``extra=`` fields of a record, each string cleaned (numbers stay numbers)."""
-    out: dict[str, Any] = {}
+    """The ``extra=`` fields of a record, each string cleaned (numbers stay numbers):
+    the event fields first, in :data:`EVENT_FIELDS` order, then any others by name."""
     attributes = record.__dict__
     # The set difference runs in C: a record has ~25 standard attributes and a line is
     # written per accepted message, so walking them in Python showed in the accept bench.
-    for key in attributes.keys() - _STANDARD:
-        value = attributes[key]
-        if key.startswith("_") or value is None:  # "_…": our own marks
-            continue
+    keys = attributes.keys() - _STANDARD
+    if not keys:
+        return {}
+    out: dict[str, Any] = {}
+    for key in EVENT_FIELDS:
+        if key in keys:
+            _add(out, key, attributes[key])
+    others = keys - _EVENT_FIELD_SET
+    for key in sorted(others) if others else ():
+        if not key.startswith("_"):  # "_…": our own marks
+            _add(out, key, attributes[key])
+    return out
+
+
+def _add(out: dict[str, Any], key: str, value: object) -> None:
+    if value is not None:
         out[key] = value if isinstance(value, bool | int | float) else clean(value, _FIELD_LIMIT)
-    return dict(sorted(out.items(), key=_field_order)) if len(out) > 1 else out
-
-
-def _field_order(item: tuple[str, Any]) -> tuple[int, str]:
-    key = item[0]
-    return (EVENT_FIELDS.index(key), "") if key in EVENT_FIELDS else (len(EVENT_FIELDS), key)
 
 
 _last_second: tuple[int, str] = (-1, "")
@@ -154,16 +161,16 @@ class TextFormatter(logging.Formatter):
 
 def log_events(events: Iterable[NewEvent]) -> None:
     # What ``events_log.log`` does, less its stack walk for the caller (the same frame
-    # every time, looked up once): a line is written per accepted message.
+    # every time, looked up once): a line is written per accepted message. The message
+    # is escaped here, once (the escaping filter sees the mark and leaves it).
     for event in events:
         level = _level(event)
         if not events_log.isEnabledFor(level):
             continue
-        args: tuple[object, ...]
         if event.detail:
-            message, args = "%s %s: %s", (event.kind, event.reason, event.detail)
+            message = clean(f"{event.kind} {event.reason}: {event.detail}")
         else:
-            message, args = "%s %s", (event.kind, event.reason)
+            message = clean(f"{event.kind} {event.reason}")
         extra = {
             "kind": str(event.kind),
             "reason": str(event.reason),
@@ -171,9 +178,10 @@ def log_events(events: Iterable[NewEvent]) -> None:
             "user": event.username,
             "client": event.client,
             "port": event.port,
+            "_smtpplus_escaped": True,
         }
         path, line, function = _caller()
-        events_log.handle(events_log.makeRecord(events_log.name, level, path, line, message, args, None, function, extra))
+        events_log.handle(events_log.makeRecord(events_log.name, level, path, line, message, None, None, function, extra))
 
 
 @functools.cache
@@ -182,9 +190,14 @@ def _caller() -> tuple[str, int, str]:
     return path, line, function
 
 
+_ERROR_REASONS = frozenset({Reason.INTERNAL_ERROR})
+_WARNING_KINDS = frozenset({EventKind.FAILED})
+_WARNING_REASONS = frozenset({Reason.STORE_FULL, Reason.STORE_UNAVAILABLE, Reason.NEXT_HOP_DOWN})
+
+
 def _level(event: NewEvent) -> int:
-    if event.reason == Reason.INTERNAL_ERROR:
+    if event.reason in _ERROR_REASONS:
         return logging.ERROR
-    if event.kind in (EventKind.FAILED,) or event.reason in (Reason.STORE_FULL, Reason.STORE_UNAVAILABLE, Reason.NEXT_HOP_DOWN):
+    if event.kind in _WARNING_KINDS or event.reason in _WARNING_REASONS:
         return logging.WARNING
     return logging.INFO
