@@ -104,6 +104,15 @@ INLINE_HEADER_BYTES = 16 * 1024
 INLINE_DATA_BYTES = 1024 * 1024
 
 _REPLY_UNSAFE = re.compile(r"[^\x20-\x7e]")
+# The fixed positive replies (250 2.1.0 Ok, 354 …): nothing in push() would change or
+# count them, so they skip its checks (three of the four replies of every message).
+_PLAIN_REPLIES = frozenset(
+    value
+    for name, value in vars(Replies).items()
+    if name.isupper() and isinstance(value, str) and "{" not in value and value[:1] in ("2", "3")
+    and "\r\n" not in value and not _REPLY_UNSAFE.search(value)
+    and (has_enhanced_code(value) or value.startswith(("334 ", "354 ")))
+)
 
 # Error limits (Postfix's smtpd_soft/hard_error_limit). A 452 4.5.3 recipient
 # overshoot is a normal client's cue to send the rest later (RFC 5321 4.5.3.1.10), and
@@ -334,6 +343,8 @@ class RelaySMTP(SaslCommands):
         self._recipient_keys: set[str] = set()
         self._rdns: asyncio.Future[str | None] | None = None  # the client's name (ctx.names)
         self._tls_seen: tuple[object, TlsInfo] | None = None  # (transport, what its TLS is): asked once
+        self._idle_deadline = 0.0  # loop time the idle timeout is due (see _reset_timeout)
+        self._timer_due: float | None = None  # loop time the armed timer fires (None: not armed)
         super().__init__(
             _NO_HOOKS,
             data_size_limit=cfg.max_message_size,
@@ -457,6 +468,29 @@ class RelaySMTP(SaslCommands):
         self.recipient_dsn = {}
         self._recipient_keys = set()
 
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        # aiosmtpd cancels and re-creates a timer for every command (four a message).
+        # One timer does the same: it moves the deadline only, and the armed timer,
+        # when it fires before the deadline, re-arms itself for the rest.
+        now = self.loop.time()
+        delay = duration or self._timeout_duration
+        self._idle_deadline = now + delay
+        if self._timer_due is not None and self._timer_due <= self._idle_deadline:
+            return
+        if self._timeout_handle is not None:
+            self._timeout_handle.cancel()
+        self._timer_due = now + delay
+        self._timeout_handle = self.loop.call_later(delay, self._idle_timer)
+
+    def _idle_timer(self) -> None:
+        now = self.loop.time()
+        if now < self._idle_deadline:
+            self._timer_due = self._idle_deadline
+            self._timeout_handle = self.loop.call_later(self._idle_deadline - now, self._idle_timer)
+            return
+        self._timer_due = None
+        self._timeout_cb()
+
     def _timeout_cb(self) -> None:
         # aiosmtpd's version only calls close(): see _close.
         self._event(EventKind.REFUSED, Reason.SESSION_TIMEOUT, f"no complete command for {self.ctx.config.session_timeout:g} s")
@@ -478,6 +512,9 @@ class RelaySMTP(SaslCommands):
     async def push(self, status: AnyStr) -> None:
         if self._limit_reached:
             raise asyncio.CancelledError()  # the session is over: nothing more is said or done
+        if status in _PLAIN_REPLIES:
+            await super().push(status)
+            return
         if isinstance(status, str) and not has_enhanced_code(status) and "\r\n" not in status and not self._exempt(status):
             status = enhanced(status)  # before counting: aiosmtpd's "500 bad syntax" is a 501
         head = status[:3] if isinstance(status, str) else status[:3].decode("ascii", "replace")
