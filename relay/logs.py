@@ -11,6 +11,9 @@ Public API
     own time stamps, and ``journalctl -o cat`` shows the JSON as it was written), or
     ``log_file`` (appended to, reopened by :func:`reopen`). ``smtpplus`` loggers log at
     ``level``; everything else (aiosmtpd's chatty ``mail.log``) at WARNING.
+``set_level(name)``
+    The level of the ``smtpplus`` loggers (``debug``, ``info``, ``warning``, ``error``):
+    the ``log_level`` setting, applied at start and again on SIGHUP.
 ``reopen()``
     Reopen the log file (SIGHUP, after logrotate moved it). Nothing to do on stderr.
 ``log_events(events)``
@@ -65,6 +68,18 @@ def configure_logging(log_format: str = "text", log_file: Path | None = None, le
     # aiosmtpd logs every command at INFO on "mail.log": far too chatty for a relay.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
     return handler
+
+
+def level_number(name: str) -> int:
+    """``"info"`` → ``logging.INFO`` (a ``log_level`` setting, already checked)."""
+    number = logging.getLevelName(name.upper())
+    if not isinstance(number, int):
+        raise ValueError(f"log level {name!r}: use debug, info, warning or error")
+    return number
+
+
+def set_level(name: str) -> None:
+    logging.getLogger("smtpplus").setLevel(level_number(name))
 
 
 def reopen() -> None:
@@ -181,7 +196,7 @@ def log_events(events: Iterable[NewEvent]) -> None:
             "_smtpplus_escaped": True,
         }
         path, line, function = _caller()
-        events_log.handle(events_log.makeRecord(events_log.name, level, path, line, message, None, None, function, extra))
+        events_log.handle(events_log.makeRecord(events_log.name, level, path, line, message, (), None, function, extra))
 
 
 @functools.cache
@@ -190,9 +205,9 @@ def _caller() -> tuple[str, int, str]:
     return path, line, function
 
 
-_ERROR_REASONS = frozenset({Reason.INTERNAL_ERROR})
+_ERROR_REASONS = frozenset({Reason.INTERNAL_ERROR, Reason.CONFIG_RELOAD_FAILED, Reason.TLS_RELOAD_FAILED})
 _WARNING_KINDS = frozenset({EventKind.FAILED})
-_WARNING_REASONS = frozenset({Reason.STORE_FULL, Reason.STORE_UNAVAILABLE, Reason.NEXT_HOP_DOWN})
+_WARNING_REASONS = frozenset({Reason.STORE_FULL, Reason.STORE_UNAVAILABLE, Reason.NEXT_HOP_DOWN, Reason.TLS_REGENERATED})
 
 
 def _level(event: NewEvent) -> int:
