@@ -62,3 +62,4 @@ def test_a_block_unstuffs_each_line_once() -> None:
     intake.block(b"..a\r\n...b\r\nc.\r\n.d\r\n\r\n")
     assert spool.finish() == b".a\r\n..b\r\nc.\r\nd\r\n\r\n"
     assert intake.read.longest == 5 and not intake.read.bare_line_ends
+
