@@ -53,6 +53,7 @@ from relay.store.settings import Keys
 MIB = 1024 * 1024
 ENV_PREFIX = "SMTPPLUS_"
 LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error")
 CONFIG_ENV = "SMTPPLUS_CONFIG"
 _TABLES = ("relay", "delivery")
 
@@ -155,6 +156,7 @@ class RelayConfig:
     # -- Logs --------------------------------------------------------------------
     log_format: str = "text"  # "text" or "json" (one object per line); see relay/logs.py
     log_file: Path | None = None  # None: stderr (journald); a file is reopened on SIGHUP
+    log_level: str = "info"  # the relay's own lines: debug, info (an event line per message), warning or error
     # -- Metrics -------------------------------------------------------------------
     metrics_listen: str | None = None  # "HOST:PORT" or "PORT" (127.0.0.1): /metrics and /healthz
     # /healthz says "delivery stuck" (503) when delivery is not paused, a message has been
@@ -246,6 +248,11 @@ def load_config(
     log_format = values.get("log_format")
     if log_format is not None and log_format not in LOG_FORMATS:
         raise ConfigError(f"log_format {log_format!r} is not a log format: use text or json")
+    log_level = values.get("log_level")
+    if log_level is not None:
+        if log_level.strip().lower() not in LOG_LEVELS:
+            raise ConfigError(f"log_level {log_level!r} is not a log level: use {', '.join(LOG_LEVELS)}")
+        values["log_level"] = log_level.strip().lower()
     postmaster = str(values.get("postmaster_address", "")).strip()
     if postmaster and check_address(postmaster).problem is not None:
         problem = check_address(postmaster).problem

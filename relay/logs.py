@@ -11,6 +11,9 @@ Public API
     own time stamps, and ``journalctl -o cat`` shows the JSON as it was written), or
     ``log_file`` (appended to, reopened by :func:`reopen`). ``smtpplus`` loggers log at
     ``level``; everything else (aiosmtpd's chatty ``mail.log``) at WARNING.
+``set_level(name)``
+    The level of the ``smtpplus`` loggers (``debug``, ``info``, ``warning``, ``error``):
+    the ``log_level`` setting, applied at start and again on SIGHUP.
 ``reopen()``
     Reopen the log file (SIGHUP, after logrotate moved it). Nothing to do on stderr.
 ``log_events(events)``
@@ -45,6 +48,7 @@ events_log = logging.getLogger("smtpplus.events")
 # What every LogRecord has: anything else on a record came in through ``extra=``.
 _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "taskName"}
 _FIELD_LIMIT = 2000
+_EVENT_FIELD_SET = frozenset(EVENT_FIELDS)
 
 
 def configure_logging(log_format: str = "text", log_file: Path | None = None, level: int = logging.INFO) -> logging.Handler:
@@ -64,6 +68,18 @@ def configure_logging(log_format: str = "text", log_file: Path | None = None, le
     # aiosmtpd logs every command at INFO on "mail.log": far too chatty for a relay.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
     return handler
+
+
+def level_number(name: str) -> int:
+    """``"info"`` → ``logging.INFO`` (a ``log_level`` setting, already checked)."""
+    number = logging.getLevelName(name.upper())
+    if not isinstance(number, int):
+        raise ValueError(f"log level {name!r}: use debug, info, warning or error")
+    return number
+
+
+def set_level(name: str) -> None:
+    logging.getLogger("smtpplus").setLevel(level_number(name))
 
 
 def reopen() -> None:
@@ -97,22 +113,31 @@ class ReopeningFileHandler(logging.FileHandler):
 
 
 def fields(record: logging.LogRecord) -> dict[str, Any]:
-    """The ``extra=`` fields of a record, each string cleaned (numbers stay numbers)."""
-    out: dict[str, Any] = {}
+    """The ``extra=`` fields of a record, each string cleaned (numbers stay numbers):
+    the event fields first, in :data:`EVENT_FIELDS` order, then any others by name."""
     attributes = record.__dict__
+    ready = attributes.get("_smtpplus_fields")
+    if ready is not None:  # an event's line (log_events): its fields, cleaned and in order
+        return dict(ready)
     # The set difference runs in C: a record has ~25 standard attributes and a line is
     # written per accepted message, so walking them in Python showed in the accept bench.
-    for key in attributes.keys() - _STANDARD:
-        value = attributes[key]
-        if key.startswith("_") or value is None:  # "_…": our own marks
-            continue
+    keys = attributes.keys() - _STANDARD
+    if not keys:
+        return {}
+    out: dict[str, Any] = {}
+    for key in EVENT_FIELDS:
+        if key in keys:
+            _add(out, key, attributes[key])
+    others = keys - _EVENT_FIELD_SET
+    for key in sorted(others) if others else ():
+        if not key.startswith("_"):  # "_…": our own marks
+            _add(out, key, attributes[key])
+    return out
+
+
+def _add(out: dict[str, Any], key: str, value: object) -> None:
+    if value is not None:
         out[key] = value if isinstance(value, bool | int | float) else clean(value, _FIELD_LIMIT)
-    return dict(sorted(out.items(), key=_field_order)) if len(out) > 1 else out
-
-
-def _field_order(item: tuple[str, Any]) -> tuple[int, str]:
-    key = item[0]
-    return (EVENT_FIELDS.index(key), "") if key in EVENT_FIELDS else (len(EVENT_FIELDS), key)
 
 
 _last_second: tuple[int, str] = (-1, "")
@@ -154,26 +179,33 @@ class TextFormatter(logging.Formatter):
 
 def log_events(events: Iterable[NewEvent]) -> None:
     # What ``events_log.log`` does, less its stack walk for the caller (the same frame
-    # every time, looked up once): a line is written per accepted message.
+    # every time, looked up once): a line is written per accepted message. The message
+    # is escaped here, once (the escaping filter sees the mark and leaves it).
     for event in events:
         level = _level(event)
         if not events_log.isEnabledFor(level):
             continue
-        args: tuple[object, ...]
         if event.detail:
-            message, args = "%s %s: %s", (event.kind, event.reason, event.detail)
+            message = clean(f"{event.kind} {event.reason}: {event.detail}")
         else:
-            message, args = "%s %s", (event.kind, event.reason)
+            message = clean(f"{event.kind} {event.reason}")
+        kind, reason = str(event.kind), str(event.reason)
+        shown: dict[str, Any] = {"kind": kind, "reason": reason}
+        for key, value in (("queue_id", event.queue_id), ("user", event.username), ("client", event.client), ("port", event.port)):
+            if value is not None:
+                shown[key] = value if isinstance(value, bool | int | float) else clean(value, _FIELD_LIMIT)
         extra = {
-            "kind": str(event.kind),
-            "reason": str(event.reason),
+            "kind": kind,
+            "reason": reason,
             "queue_id": event.queue_id,
             "user": event.username,
             "client": event.client,
             "port": event.port,
+            "_smtpplus_escaped": True,
+            "_smtpplus_fields": shown,
         }
         path, line, function = _caller()
-        events_log.handle(events_log.makeRecord(events_log.name, level, path, line, message, args, None, function, extra))
+        events_log.handle(events_log.makeRecord(events_log.name, level, path, line, message, (), None, function, extra))
 
 
 @functools.cache
@@ -182,9 +214,14 @@ def _caller() -> tuple[str, int, str]:
     return path, line, function
 
 
+_ERROR_REASONS = frozenset({Reason.INTERNAL_ERROR, Reason.CONFIG_RELOAD_FAILED, Reason.TLS_RELOAD_FAILED})
+_WARNING_KINDS = frozenset({EventKind.FAILED})
+_WARNING_REASONS = frozenset({Reason.STORE_FULL, Reason.STORE_UNAVAILABLE, Reason.NEXT_HOP_DOWN, Reason.TLS_REGENERATED})
+
+
 def _level(event: NewEvent) -> int:
-    if event.reason == Reason.INTERNAL_ERROR:
+    if event.reason in _ERROR_REASONS:
         return logging.ERROR
-    if event.kind in (EventKind.FAILED,) or event.reason in (Reason.STORE_FULL, Reason.STORE_UNAVAILABLE, Reason.NEXT_HOP_DOWN):
+    if event.kind in _WARNING_KINDS or event.reason in _WARNING_REASONS:
         return logging.WARNING
     return logging.INFO

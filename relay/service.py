@@ -115,7 +115,7 @@ LIVE = frozenset({
     "connect_timeout", "command_timeout", "retention_days", "recipients_per_transaction", "stuck_after",
     "unsubscribe_endpoint",
     "mx_port", "max_connections_per_destination",  # the engine reads them from its config at each use
-    "log_format", "log_file",  # applied by the embedder (the relay command reconfigures its logging)
+    "log_format", "log_file", "log_level",  # applied by the embedder (the relay command reconfigures its logging)
 })
 # Read once when a session starts (aiosmtpd keeps them): open sessions keep the old value.
 NEW_SESSIONS = frozenset({"max_message_size", "session_timeout"})
@@ -321,6 +321,7 @@ class RelayService:
         seeds = {key: getattr(cfg, name) for name, key in RUNTIME_SEEDS.items() if getattr(cfg, name) is not None}
         await self._control.run(publish_start, facts, seeds)
         self.tls_keeper = TlsKeeper(self.tls, self._control, interval=cfg.tls_reload_interval)
+        self.tls_keeper.observers = self.observers  # its events reach the log and metrics too
         await self.tls_keeper.start()
         self.add_reload_hook(self.tls_keeper.reload)
 
@@ -437,8 +438,7 @@ class RelayService:
             new = await asyncio.to_thread(loader)
         except ConfigError as exc:
             detail = f"configuration not reloaded, the previous one stays in use: {exc}"
-            log.error("%s", detail)
-            await self._record(Reason.CONFIG_RELOAD_FAILED, detail)
+            await self._record(Reason.CONFIG_RELOAD_FAILED, detail, logging.ERROR)
             return []
         differs = [f.name for f in dataclasses.fields(RelayConfig) if getattr(old, f.name) != getattr(new, f.name)]
         kept = [name for name in differs if name in RESTART or name in RUNTIME_SEEDS]
@@ -452,10 +452,9 @@ class RelayService:
             detail += f"; needs a restart, kept: {', '.join(restart)}"
         if seeds:
             detail += f"; runtime controls live in the store (smtpplus queue …), kept: {', '.join(seeds)}"
-        log.info("%s", detail)
         if restart or seeds:
             log.warning("config reload: %s", detail.split("; ", 1)[1])
-        await self._record(Reason.CONFIG_RELOADED, detail)
+        await self._record(Reason.CONFIG_RELOADED, detail, logging.INFO)
         return applied
 
     def _apply(self, cfg: RelayConfig) -> None:
@@ -480,12 +479,17 @@ class RelayService:
             if hasattr(engine, "recipients_per_transaction"):
                 engine.recipients_per_transaction = cfg.recipients_per_transaction
 
-    async def _record(self, reason: Reason, detail: str) -> None:
-        """The reload's event (logged above, as the TLS keeper's are), with the setting
-        ``status`` shows that a reload may change."""
+    async def _record(self, reason: Reason, detail: str, level: int) -> None:
+        """The reload's event, with the setting ``status`` shows that a reload may
+        change; then the observers (its log line, metrics) hear of it as of every other
+        event — with none, the line is logged here."""
         assert self._control is not None
         facts = {Keys.ALLOW_PLAIN_AUTH: self.config.allow_plain_auth}
         await self._control.run(record_relay_change, EventKind.RELAY, reason, detail, facts)
+        if self.observers:
+            self._tell([NewEvent(kind=EventKind.RELAY, reason=reason, detail=detail)])
+        else:
+            log.log(level, "%s", detail)
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()

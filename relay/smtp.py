@@ -104,6 +104,15 @@ INLINE_HEADER_BYTES = 16 * 1024
 INLINE_DATA_BYTES = 1024 * 1024
 
 _REPLY_UNSAFE = re.compile(r"[^\x20-\x7e]")
+# The fixed positive replies (250 2.1.0 Ok, 354 …): nothing in push() would change or
+# count them, so they skip its checks (three of the four replies of every message).
+_PLAIN_REPLIES = frozenset(
+    value
+    for name, value in vars(Replies).items()
+    if name.isupper() and isinstance(value, str) and "{" not in value and value[:1] in ("2", "3")
+    and "\r\n" not in value and not _REPLY_UNSAFE.search(value)
+    and (has_enhanced_code(value) or value.startswith(("334 ", "354 ")))
+)
 
 # Error limits (Postfix's smtpd_soft/hard_error_limit). A 452 4.5.3 recipient
 # overshoot is a normal client's cue to send the rest later (RFC 5321 4.5.3.1.10), and
@@ -227,6 +236,96 @@ class _DataRead:
     bare_line_ends: bool = False  # a bare CR or LF: the line ends are fixed after the read
 
 
+class _DataIntake:
+    """Message data into a spool, a line (:meth:`line`) or a block of whole lines
+    (:meth:`block`) at a time, with the same outcome either way: a block is taken at
+    once unless something in it needs the line-by-line rules (a refusal to decide,
+    which says which limit a message broke first), then it is taken a line at a time."""
+
+    __slots__ = ("spool", "limit", "inflight", "read", "size", "at_line_start", "line_length")
+
+    def __init__(self, spool: Spool, limit: int, inflight: InFlight) -> None:
+        self.spool = spool
+        self.limit = limit
+        self.inflight = inflight
+        self.read = _DataRead()
+        self.size = 0  # octets read, dots included
+        self.at_line_start = True
+        self.line_length = 0  # of the line in progress (a line over the stream limit)
+
+    def line(self, piece: bytes, complete: bool) -> None:
+        """One line (``complete``: it ends with CRLF) or the part of one that arrived."""
+        read = self.read
+        at_line_start, self.at_line_start = self.at_line_start, complete
+        self.size += len(piece)
+        if read.refusal is not None:
+            return
+        if self.limit and self.size > self.limit:
+            self._refuse("size")
+            return
+        if at_line_start and piece[:1] == b".":
+            piece = piece[1:]
+        if b"\0" in piece:
+            self._refuse("nul")
+            return
+        if not self._reserve(len(piece)):
+            return
+        body = len(piece) - 2 if complete else len(piece)
+        if piece.find(b"\r", 0, body) >= 0 or piece.find(b"\n", 0, body) >= 0:
+            read.bare_line_ends = True  # fixed (and measured again) after the read
+        self.line_length += len(piece)
+        if complete:
+            read.longest = max(read.longest, self.line_length)
+            self.line_length = 0
+        self._write(piece)
+
+    def block(self, lines: bytes) -> None:
+        """Whole lines (``lines`` ends with CRLF and starts a line), none of them the
+        end of the data."""
+        read = self.read
+        if read.refusal is not None:
+            self.size += len(lines)
+            return
+        if self.line_length or (self.limit and self.size + len(lines) > self.limit) or b"\0" in lines:
+            for line in lines[:-2].split(b"\r\n"):
+                self.line(line + b"\r\n", True)
+            return
+        self.size += len(lines)
+        if lines[:1] == b".":
+            lines = lines[1:]
+        if b"\r\n." in lines:
+            lines = lines.replace(b"\r\n.", b"\r\n")  # each line loses one leading dot
+        if not self._reserve(len(lines)):
+            return
+        crlf = lines.count(b"\r\n")
+        if lines.count(b"\r") != crlf or lines.count(b"\n") != crlf:
+            read.bare_line_ends = True
+        longest = max(map(len, lines.split(b"\r\n"))) + 2
+        if longest > read.longest:
+            read.longest = longest
+        self._write(lines)
+
+    def _reserve(self, more: int) -> bool:
+        spool = self.spool
+        while spool.size + more > spool.reserved:
+            if not self.inflight.reserve(SPOOL_STEP):
+                self._refuse("budget")
+                return False
+            spool.reserved += SPOOL_STEP
+        return True
+
+    def _write(self, piece: bytes) -> None:
+        try:
+            self.spool.write(piece)
+        except OSError as exc:
+            self.read.error = exc
+            self._refuse("spool")
+
+    def _refuse(self, why: str) -> None:
+        self.read.refusal = why
+        self.spool.discard()
+
+
 # ---------------------------------------------------------------------------
 # The session
 
@@ -244,6 +343,8 @@ class RelaySMTP(SaslCommands):
         self._recipient_keys: set[str] = set()
         self._rdns: asyncio.Future[str | None] | None = None  # the client's name (ctx.names)
         self._tls_seen: tuple[object, TlsInfo] | None = None  # (transport, what its TLS is): asked once
+        self._idle_deadline = 0.0  # loop time the idle timeout is due (see _reset_timeout)
+        self._timer_due: float | None = None  # loop time the armed timer fires (None: not armed)
         super().__init__(
             _NO_HOOKS,
             data_size_limit=cfg.max_message_size,
@@ -367,6 +468,29 @@ class RelaySMTP(SaslCommands):
         self.recipient_dsn = {}
         self._recipient_keys = set()
 
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        # aiosmtpd cancels and re-creates a timer for every command (four a message).
+        # One timer does the same: it moves the deadline only, and the armed timer,
+        # when it fires before the deadline, re-arms itself for the rest.
+        now = self.loop.time()
+        delay = duration or self._timeout_duration
+        self._idle_deadline = now + delay
+        if self._timer_due is not None and self._timer_due <= self._idle_deadline:
+            return
+        if self._timeout_handle is not None:
+            self._timeout_handle.cancel()
+        self._timer_due = now + delay
+        self._timeout_handle = self.loop.call_later(delay, self._idle_timer)
+
+    def _idle_timer(self) -> None:
+        now = self.loop.time()
+        if now < self._idle_deadline:
+            self._timer_due = self._idle_deadline
+            self._timeout_handle = self.loop.call_later(self._idle_deadline - now, self._idle_timer)
+            return
+        self._timer_due = None
+        self._timeout_cb()
+
     def _timeout_cb(self) -> None:
         # aiosmtpd's version only calls close(): see _close.
         self._event(EventKind.REFUSED, Reason.SESSION_TIMEOUT, f"no complete command for {self.ctx.config.session_timeout:g} s")
@@ -388,6 +512,9 @@ class RelaySMTP(SaslCommands):
     async def push(self, status: AnyStr) -> None:
         if self._limit_reached:
             raise asyncio.CancelledError()  # the session is over: nothing more is said or done
+        if status in _PLAIN_REPLIES:
+            await super().push(status)
+            return
         if isinstance(status, str) and not has_enhanced_code(status) and "\r\n" not in status and not self._exempt(status):
             status = enhanced(status)  # before counting: aiosmtpd's "500 bad syntax" is a 501
         head = status[:3] if isinstance(status, str) else status[:3].decode("ascii", "replace")
@@ -782,15 +909,29 @@ class RelaySMTP(SaslCommands):
         the longest CRLF-terminated line. Past a refusal the rest is read and dropped.
 
         Only a line that is exactly ``.`` followed by CRLF, at a line start, ends the
-        data: ``\\n.\\n``, ``\\r.\\r`` and the rest of the smuggling variants are text."""
+        data: ``\\n.\\n``, ``\\r.\\r`` and the rest of the smuggling variants are text.
+
+        Whatever complete lines have already arrived are taken as one block (see
+        :class:`_DataIntake`); a line at a time only while waiting for more."""
         reader = self._reader
-        limit = self.data_size_limit or 0
-        inflight = self.ctx.inflight
-        read = _DataRead()
-        size = 0
-        at_line_start = True
-        line_length = 0
+        intake = _DataIntake(spool, self.data_size_limit or 0, self.ctx.inflight)
+        # What has arrived and is not read yet: asyncio's StreamReader keeps it in
+        # ``_buffer`` (aiosmtpd relies on that too). Without it, a line at a time.
+        arrived: bytearray | None = getattr(reader, "_buffer", None)
         while True:
+            if arrived and intake.at_line_start:
+                if arrived.startswith(b".\r\n"):
+                    await reader.readexactly(3)
+                    return intake.read
+                end = arrived.find(b"\r\n.\r\n")
+                if end >= 0:
+                    data = await reader.readexactly(end + 5)
+                    intake.block(data[: end + 2])
+                    return intake.read
+                last = arrived.rfind(b"\r\n")
+                if last >= 0:
+                    intake.block(await reader.readexactly(last + 2))
+                    continue
             try:
                 piece = await reader.readuntil(b"\r\n")
                 complete = True
@@ -804,43 +945,9 @@ class RelaySMTP(SaslCommands):
             if not piece:
                 self._close()
                 raise asyncio.CancelledError()
-            if at_line_start and complete and piece == b".\r\n":
-                return read
-            at_line_start_before, at_line_start = at_line_start, complete
-            size += len(piece)
-            if read.refusal is not None:
-                continue
-            if limit and size > limit:
-                read.refusal = "size"
-                spool.discard()
-                continue
-            if at_line_start_before and piece[:1] == b".":
-                piece = piece[1:]
-            if b"\0" in piece:
-                read.refusal = "nul"
-                spool.discard()
-                continue
-            while spool.size + len(piece) > spool.reserved:
-                if not inflight.reserve(SPOOL_STEP):
-                    read.refusal = "budget"
-                    spool.discard()
-                    break
-                spool.reserved += SPOOL_STEP
-            if read.refusal is not None:
-                continue
-            body = len(piece) - 2 if complete else len(piece)
-            if piece.find(b"\r", 0, body) >= 0 or piece.find(b"\n", 0, body) >= 0:
-                read.bare_line_ends = True  # fixed (and measured again) after the read
-            line_length += len(piece)
-            if complete:
-                read.longest = max(read.longest, line_length)
-                line_length = 0
-            try:
-                spool.write(piece)
-            except OSError as exc:
-                read.refusal = "spool"
-                read.error = exc
-                spool.discard()
+            if intake.at_line_start and complete and piece == b".\r\n":
+                return intake.read
+            intake.line(piece, complete)
 
     async def _verdict(self, read: _DataRead, spool: Spool, queue_id: str) -> str:
         if read.refusal == "size":

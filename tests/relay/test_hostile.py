@@ -249,6 +249,21 @@ async def test_idle_and_trickling_clients_time_out_with_421(seeded: Seeded, tmp_
     assert len(events(seeded.store_path, reason=str(Reason.SESSION_TIMEOUT))) == 2
 
 
+async def test_each_command_moves_the_idle_timeout(seeded: Seeded, tmp_path: Path, tls_files: dict[str, Path]) -> None:
+    """One timer per session, moved by every command: commands more often than the
+    timeout keep the session past several timeouts' worth of time; then silence ends it."""
+    async with running_relay(seeded.store_path, relay_config(tmp_path, tls_files, session_timeout=1.5)) as relay:
+        raw = await Raw.connect(relay.served[0])
+        for _ in range(8):  # 8 x 0.5 s: well past 1.5 s in all
+            assert (await raw.command("NOOP"))[0] == 250
+            await asyncio.sleep(0.5)
+        assert (await raw.reply(seconds=30))[1] == "421 4.4.2 Timeout, closing connection"
+        assert await _ended(raw)
+        await raw.close()
+        await settle(relay)
+    assert len(events(seeded.store_path, reason=str(Reason.SESSION_TIMEOUT))) == 1
+
+
 async def test_a_client_that_never_reads_cannot_pin_a_connection_slot(seeded: Seeded, tmp_path: Path, tls_files: dict[str, Path]) -> None:
     async with running_relay(seeded.store_path, relay_config(tmp_path, tls_files, session_timeout=0.5)) as relay:
         tracker = relay.context.tracker  # type: ignore[union-attr]

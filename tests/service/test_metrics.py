@@ -506,3 +506,22 @@ def test_counting_new_events_reads_each_once_in_bounded_steps_and_starts_again_a
         assert counts == {("relay", "relay-stopped"): 1} and again == last_event_id(db) < after
     finally:
         db.close()
+
+
+async def test_a_reload_is_counted_like_every_other_event(
+    cli: Cli, seeded: Seeded, tmp_path: Path, tls_files: dict[str, Path]
+) -> None:
+    import signal
+
+    toml = relay_toml(tmp_path, tls_files, "max_recipients = 100\n")
+    relay = RelayProcess(cli, tmp_path, "--config", str(toml), "--metrics-listen", "127.0.0.1:0")
+    try:
+        address = relay.wait_ready()["metrics"]
+        toml.write_text(toml.read_text().replace("max_recipients = 100", "max_recipients = 5"))
+        relay.proc.send_signal(signal.SIGHUP)
+        samples = await wait_until(address, lambda s: value(s, "smtpplus_events_total", kind="relay", reason="config-reloaded") >= 1)
+        assert value(samples, "smtpplus_events_total", kind="relay", reason="config-reloaded") == 1
+        assert metric_counts(samples) == event_counts(seeded.store_path)  # every event, the reload's too
+    finally:
+        assert relay.stop() == 0
+    assert sum("config-reloaded" in line for line in relay.output().splitlines()) == 1  # its one log line

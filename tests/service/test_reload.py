@@ -152,3 +152,33 @@ def test_a_new_log_format_applies_without_a_restart(
     assert not lines[0].startswith("{")  # text until the reload
     stopped = [line for line in lines if "relay-stopped" in line]
     assert len(stopped) == 1 and json.loads(stopped[0])["reason"] == "relay-stopped"
+
+
+def test_a_new_log_level_applies_without_a_restart(
+    cli: Cli, seeded: Seeded, tmp_path: Path, tls_files: dict[str, Path]
+) -> None:
+    toml = relay_toml(tmp_path, tls_files, 'log_level = "warning"\n')
+    relay = RelayProcess(cli, tmp_path, "--config", str(toml))
+    try:
+        relay.wait_ready()
+        toml.write_text(toml.read_text().replace('log_level = "warning"', 'log_level = "info"'))
+        assert "(log_level)" in hang_up(relay, seeded.store_path, 1).detail
+    finally:
+        assert relay.stop() == 0
+    output = relay.output()
+    assert "relay-started" not in output  # an info line, while the level was warning
+    assert "relay-stopped" in output  # info again after the reload
+
+
+def test_log_level_comes_from_the_file_the_environment_or_the_flag_and_a_bad_one_is_one_line(
+    cli: Cli, tmp_path: Path
+) -> None:
+    from relay.config import ConfigError, load_config
+
+    assert load_config(None, environ={}).log_level == "info"
+    assert load_config(None, environ={"SMTPPLUS_LOG_LEVEL": "WARNING"}).log_level == "warning"
+    assert load_config(None, {"log_level": "debug"}, environ={"SMTPPLUS_LOG_LEVEL": "error"}).log_level == "debug"
+    with pytest.raises(ConfigError, match="log_level 'loud' is not a log level: use debug, info, warning, error"):
+        load_config(None, environ={"SMTPPLUS_LOG_LEVEL": "loud"})
+    result = cli("relay", "--log-level", "loud", check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
