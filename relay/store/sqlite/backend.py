@@ -20,116 +20,17 @@ from relay.store.connection import Connection
 from relay.store.errors import StoreError
 from relay.store.interfaces import (
     Backend,
-    Campaigns,
     CheckResult,
-    Counts,
-    Directory,
-    DkimKeys,
-    EventLog,
-    Intake,
-    Lease,
     LockState,
-    Queue,
-    ReadModel,
-    Routing,
-    Settings,
-    Subscriptions,
-    Suppressions,
-    Verification,
 )
+from relay.store.operations import SharedOperations
 from relay.store.sqlite import changes, check, db, lock, schema
 
 
-class SqliteBackend:
+class SqliteBackend(SharedOperations):
     """The SQLite implementation of :class:`relay.store.interfaces.Backend`."""
 
     name = "sqlite"
-
-    # The operations are the shared modules of relay.store, imported when first asked
-    # for (opening a store does not load them all; relay.store.dkim loads a DKIM library).
-    @property
-    def settings(self) -> Settings:
-        from relay.store import settings
-
-        return settings
-
-    @property
-    def events(self) -> EventLog:
-        from relay.store import events
-
-        return events
-
-    @property
-    def queue(self) -> Queue:
-        from relay.store import queue
-
-        return queue
-
-    @property
-    def intake(self) -> Intake:
-        from relay.store import intake
-
-        return intake
-
-    @property
-    def counts(self) -> Counts:
-        from relay.store import counts
-
-        return counts
-
-    @property
-    def directory(self) -> Directory:
-        from relay.store import directory
-
-        return directory
-
-    @property
-    def campaigns(self) -> Campaigns:
-        from relay.store import campaigns
-
-        return campaigns
-
-    @property
-    def verification(self) -> Verification:
-        from relay.store import verification
-
-        return verification
-
-    @property
-    def read_model(self) -> ReadModel:
-        from relay.store import views
-
-        return views
-
-    @property
-    def subscriptions(self) -> Subscriptions:
-        from relay.store import subscriptions
-
-        return subscriptions
-
-    @property
-    def suppressions(self) -> Suppressions:
-        from relay.store import suppressions
-
-        return suppressions
-
-    @property
-    def lease(self) -> Lease:
-        from relay.store import lease
-
-        return lease
-
-    @property
-    def dkim(self) -> DkimKeys:
-        from relay.store import dkim
-
-        return dkim
-
-    @property
-    def routing(self) -> Routing:
-        from relay.store import routing
-
-        return routing
 
     def handles(self, location: str | os.PathLike[str]) -> bool:
         # Anything that is not a URL is a file path (postgresql:/… is a URL that
