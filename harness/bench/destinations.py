@@ -46,8 +46,9 @@ SLOW_HOST = "127.0.0.10"
 SLOW_DELAY = 0.5  # seconds the slow destination thinks before each 451
 
 
-def _free_port(hosts: list[str]) -> int:
-    """One port free on every address (MX hosts all listen on the relay's mx_port)."""
+def free_port_on_every(hosts: list[str]) -> int:
+    """One port free on every address (MX hosts all listen on the relay's mx_port;
+    tried a few times: another process may take one meanwhile)."""
     for _ in range(50):
         with socket.socket() as probe:
             probe.bind((hosts[0], 0))
@@ -96,7 +97,7 @@ async def _mx_rig(
 
     logging.getLogger("mail.log").setLevel(logging.WARNING)
     users = await asyncio.to_thread(_prepare_store, store_path, 0, dkim)
-    port = _free_port([*MX_HOSTS, SLOW_HOST])
+    port = free_port_on_every([*MX_HOSTS, SLOW_HOST])
     dns = DnsServer()
     await dns.start()
     sinks = [CaptureSink(host, port, keep_data=False) for host in MX_HOSTS]

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from harness.bench.destinations import free_port_on_every
 from harness.dns import DnsServer
 from harness.sink import CaptureSink
 from relay.delivery import DeliveryEngine
@@ -31,22 +31,6 @@ from relay.store.routing import add_route, destination_rows
 from relay.store.settings import Keys, set_setting
 from relay.store.suppressions import list_suppressions
 from tests.delivery.conftest import enqueue, eventually, fast_config, message, running_engine
-
-
-def free_port_on_loopbacks(hosts: list[str]) -> int:
-    """A port free on every one of ``hosts`` (tried a few times: another test may take one)."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind((hosts[0], 0))
-            port = int(probe.getsockname()[1])
-        try:
-            for host in hosts[1:]:
-                with socket.socket() as other:
-                    other.bind((host, port))
-        except OSError:
-            continue
-        return port
-    raise AssertionError("no port free on every loopback address")
 
 
 class SilentHost:
@@ -129,7 +113,7 @@ HOSTS = [f"127.0.0.{n}" for n in range(2, 10)]
 
 @pytest.fixture
 def mx_port() -> int:
-    return free_port_on_loopbacks(HOSTS)
+    return free_port_on_every(HOSTS)
 
 
 def point_at_mx(db: Any, dns: DnsServer, *, parallel: int = 4) -> None:

@@ -22,9 +22,9 @@ from typing import Any
 import dkim
 import pytest
 
+from harness.bench.destinations import free_port_on_every
 from harness.dns import DnsServer
 from tests.conftest import ROOT
-from tests.delivery.test_mx import free_port_on_loopbacks
 from tests.dkim.conftest import dkimpy_dnsfunc
 
 SENDER_DOMAIN = "news.example"
@@ -77,7 +77,7 @@ def test_an_operator_switches_to_mx_publishes_dkim_and_sends_a_campaign_a_strict
     env = dict(cli.env)
     env.update({"SMTPPLUS_DATA_DIR": str(tmp_path / "data"), "SMTPPLUS_SERVER_NAME": f"relay.{SENDER_DOMAIN}"})
     mx_hosts = sorted(set(RECIPIENTS.values())) + ["127.0.0.4"]
-    mx_port = free_port_on_loopbacks([*mx_hosts, "127.0.0.9"])  # .9: where nothing listens
+    mx_port = free_port_on_every([*mx_hosts, "127.0.0.9"])  # .9: where nothing listens
 
     def smtpplus(*args: str) -> str:
         return str(cli(*args, check=True).stdout)

@@ -17,6 +17,7 @@ import aiosmtplib
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness.bench.destinations import free_port_on_every
 from harness.dns import DnsServer
 from harness.sink import CaptureSink, Chaos
 from relay.metrics import LABEL_VALUES, METRICS, RelayMetrics, parse_listen
@@ -24,7 +25,7 @@ from relay.reasons import EventKind, Reason
 from relay.store import open_store, transaction
 from relay.store.events import NewEvent, count_events_after, last_event_id, record_events
 from tests.conftest import ROOT, Cli
-from tests.delivery.test_mx import HOSTS, free_port_on_loopbacks
+from tests.delivery.test_mx import HOSTS
 from tests.relay.support import PASSWORD, Seeded, client_context, events, message
 from tests.relay.test_cli import RelayProcess
 from tests.service.support import relay_toml
@@ -405,7 +406,7 @@ async def dns() -> AsyncIterator[DnsServer]:
 
 @pytest.fixture
 def mx_port() -> int:
-    return free_port_on_loopbacks(HOSTS)
+    return free_port_on_every(HOSTS)
 
 
 class _Tracker:
