@@ -4,8 +4,11 @@ configuration; every reload is an event."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import hashlib
 import json
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -17,7 +20,8 @@ import pytest
 from relay.config import RUNTIME_SEEDS, RelayConfig
 from relay.service import LIVE, NEW_SESSIONS, RESTART
 from tests.conftest import Cli
-from tests.relay.support import Seeded, client_context, events, smtp_client
+from tests.interop.test_tls import der_fingerprint, install_pair
+from tests.relay.support import Seeded, client_context, events, message, smtp_client
 from tests.relay.test_cli import RelayProcess
 from tests.service.support import relay_toml
 
@@ -182,3 +186,43 @@ def test_log_level_comes_from_the_file_the_environment_or_the_flag_and_a_bad_one
         load_config(None, environ={"SMTPPLUS_LOG_LEVEL": "loud"})
     result = cli("relay", "--log-level", "loud", check=False)
     assert result.returncode != 0 and "Traceback" not in result.stderr
+
+
+def peer_fingerprint(client: aiosmtplib.SMTP) -> str:
+    assert client.transport is not None
+    der = client.transport.get_extra_info("ssl_object").getpeercert(binary_form=True)
+    return hashlib.sha256(der).hexdigest()
+
+
+async def test_sighup_with_a_new_certificate_reaches_new_clients_while_an_open_session_completes(
+    cli: Cli, seeded: Seeded, tmp_path: Path, tls_files: dict[str, Path], tls_ca: Any
+) -> None:
+    pair = {**tls_files, "cert": tmp_path / "cert.pem", "key": tmp_path / "key.pem"}
+    shutil.copyfile(tls_files["cert"], pair["cert"])
+    shutil.copyfile(tls_files["key"], pair["key"])
+    toml = relay_toml(tmp_path, pair, "tls_reload_interval = 0\n")  # no polling: only SIGHUP reloads
+    relay = RelayProcess(cli, tmp_path, "--config", str(toml))
+    try:
+        port = relay.wait_ready()["served"][0]
+        before = await smtp_client(port, tls_files, login="alice")  # mid-transaction across the reload
+        old = peer_fingerprint(before)
+        assert old == der_fingerprint(tls_files["cert"])
+        assert (await before.mail("x@a.example"))[0] == 250
+        assert (await before.rcpt("r@d.example"))[0] == 250
+        install_pair(tls_ca, pair["cert"], pair["key"])
+        event = hang_up(relay, seeded.store_path, 1)
+        assert event.reason == "config-reloaded"  # the configuration is read before the pair
+        deadline = time.monotonic() + 30
+        while not [e for e in events(seeded.store_path) if e.reason == "tls-reloaded"]:
+            assert time.monotonic() < deadline, relay.output()
+            await asyncio.sleep(0.05)
+        after = await smtp_client(port, tls_files)
+        assert peer_fingerprint(after) == der_fingerprint(pair["cert"]) != old
+        await after.quit()
+        # The session opened before the reload finishes its message on the old certificate.
+        assert (await before.data(message("x@a.example")))[0] == 250
+        assert peer_fingerprint(before) == old
+        await before.quit()
+    finally:
+        assert relay.stop() == 0
+    assert [e.reason for e in events(seeded.store_path)].count("accepted") == 1
