@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import hashlib
 import json
+import re
 import shutil
 import signal
 import time
@@ -19,7 +20,7 @@ import pytest
 
 from relay.config import RUNTIME_SEEDS, RelayConfig
 from relay.service import LIVE, NEW_SESSIONS, RESTART
-from tests.conftest import Cli
+from tests.conftest import ROOT, Cli
 from tests.interop.test_tls import der_fingerprint, install_pair
 from tests.relay.support import Seeded, client_context, events, message, smtp_client
 from tests.relay.test_cli import RelayProcess
@@ -226,3 +227,20 @@ async def test_sighup_with_a_new_certificate_reaches_new_clients_while_an_open_s
     finally:
         assert relay.stop() == 0
     assert [e.reason for e in events(seeded.store_path)].count("accepted") == 1
+
+
+def test_the_reload_table_in_the_docs_puts_every_setting_where_the_relay_does() -> None:
+    """docs/production.md's SIGHUP table: every setting in one row, and the rows that say
+    "new sessions", "need a restart" and "seeds only" hold exactly those of relay/service.py."""
+    section = (ROOT / "docs" / "production.md").read_text().split("## Reloading the configuration", 1)[1].split("\n## ", 1)[0]
+    rows: dict[str, set[str]] = {"live": set(), "new": set(), "restart": set(), "seeds": set()}
+    for line in section.splitlines():
+        if not line.startswith("| `"):
+            continue
+        names_cell, effect = (cell.strip() for cell in line.strip().strip("|").split(" | ", 1))
+        group = (
+            "restart" if "need a restart" in effect else "seeds" if effect.startswith("seeds only")
+            else "new" if effect.startswith("new sessions") else "live"
+        )
+        rows[group] |= set(re.findall(r"`([a-z_]+)`", names_cell))
+    assert rows == {"live": set(LIVE), "new": set(NEW_SESSIONS), "restart": set(RESTART), "seeds": set(RUNTIME_SEEDS)}
