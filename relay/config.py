@@ -35,6 +35,7 @@ The TOML file holds the same keys as the dataclass, at the top level or inside a
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import socket
 import tomllib
@@ -281,9 +282,10 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 def _known(path: Path, shown: str, key: str) -> str:
     if key not in _FIELDS:
-        raise ConfigError(
-            f"config file {path}: unknown key {shown!r} — see `relay/config.py` for the settings"
-        )
+        # An installed relay has no relay/config.py to read: name the likely setting.
+        close = difflib.get_close_matches(key, _FIELDS, n=1)
+        fix = f"did you mean {close[0]!r}?" if close else "every setting is in docs/configuration.md"
+        raise ConfigError(f"config file {path}: unknown key {shown!r} — {fix}")
     return key
 
 

@@ -93,7 +93,7 @@ async def test_an_invalid_file_keeps_the_old_configuration_and_says_why_in_one_l
         port = relay.wait_ready()["served"][0]
         broken = [
             ("max_message_size = 2\nheader_size_limit = [", "is not valid TOML"),
-            ("max_message_size = 2\nmax_mesage_size = 3", "unknown key 'max_mesage_size'"),
+            ("max_message_size = 2\nmax_mesage_size = 3", "unknown key 'max_mesage_size' — did you mean 'max_message_size'?"),
             ('max_message_size = "big"', "'big' is not a valid int"),
         ]
         for number, (text, why) in enumerate(broken, start=1):
@@ -244,3 +244,22 @@ def test_the_reload_table_in_the_docs_puts_every_setting_where_the_relay_does() 
         )
         rows[group] |= set(re.findall(r"`([a-z_]+)`", names_cell))
     assert rows == {"live": set(LIVE), "new": set(NEW_SESSIONS), "restart": set(RESTART), "seeds": set(RUNTIME_SEEDS)}
+
+
+@pytest.mark.parametrize(
+    ("text", "fix"),
+    [
+        ("max_mesage_size = 3", "unknown key 'max_mesage_size' — did you mean 'max_message_size'?"),
+        ("[relay]\nprots = 1", "unknown key 'relay.prots' — did you mean 'ports'?"),
+        ("colour = 1", "unknown key 'colour' — every setting is in docs/configuration.md"),
+    ],
+)
+def test_an_unknown_key_names_the_setting_it_most_likely_meant(tmp_path: Path, text: str, fix: str) -> None:
+    """An installed relay has no source tree to look in: the error names the fix itself."""
+    from relay.config import ConfigError, load_config
+
+    toml = tmp_path / "relay.toml"
+    toml.write_text(text + "\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(toml, environ={})
+    assert str(error.value) == f"config file {toml}: {fix}"
