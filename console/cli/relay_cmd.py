@@ -154,10 +154,13 @@ def _configure_logging(config: Any) -> None:
 def _reconfigure_logging(config: Any) -> None:
     """A reload's new log format or file; when the file cannot be opened the old
     handler stays and one line says why."""
+    from relay.logs import set_level
+
     try:
         _configure_logging(config)
     except CliError as exc:
-        log.error("%s", exc)
+        set_level(config.log_level)  # a new level changed in the same reload still applies
+        log.error("%s; the previous log destination stays in use", exc)
 
 
 def _event_loop_runner() -> Any:

@@ -175,6 +175,28 @@ def test_a_new_log_level_applies_without_a_restart(
     assert "relay-stopped" in output  # info again after the reload
 
 
+def test_a_log_file_that_cannot_be_opened_keeps_the_old_destination_and_the_new_level_applies(
+    cli: Cli, seeded: Seeded, tmp_path: Path, tls_files: dict[str, Path]
+) -> None:
+    toml = relay_toml(tmp_path, tls_files, 'log_level = "warning"\n')
+    relay = RelayProcess(cli, tmp_path, "--config", str(toml))
+    missing = tmp_path / "no-such-dir" / "relay.log"
+    try:
+        relay.wait_ready()
+        toml.write_text(
+            toml.read_text().replace('log_level = "warning"', f'log_level = "info"\nlog_file = "{missing}"')
+        )
+        assert "(log_file, log_level)" in hang_up(relay, seeded.store_path, 1).detail
+    finally:
+        assert relay.stop() == 0
+    output = relay.output()
+    [failure] = [line for line in output.splitlines() if "cannot open the log file" in line]
+    assert str(missing) in failure and "the previous log destination stays in use" in failure
+    assert "relay-started" not in output  # an info line, while the level was warning
+    assert "relay-stopped" in output  # still on stderr, at the new level
+    assert not missing.parent.exists()
+
+
 def test_log_level_comes_from_the_file_the_environment_or_the_flag_and_a_bad_one_is_one_line(
     cli: Cli, tmp_path: Path
 ) -> None:
