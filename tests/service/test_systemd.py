@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import socket
 import subprocess
@@ -155,3 +156,17 @@ def _settings(text: str) -> dict[str, list[str]]:
             key, value = line.split("=", 1)
             settings.setdefault(key, []).append(value)
     return settings
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed: the unit is checked by the test above only")
+def test_systemd_analyze_verifies_the_unit_file(tmp_path: Path) -> None:
+    """systemd's own parser accepts every line (an unknown or misspelt setting is an error
+    it prints), with ExecStart pointed at this venv's smtpplus (verify wants it to exist)."""
+    smtpplus = Path(sys.executable).parent / "smtpplus"
+    assert smtpplus.exists()
+    text = (ROOT / "docs" / "systemd" / "smtpplus.service").read_text()
+    assert "/opt/smtpplus/bin/smtpplus" in text
+    unit = tmp_path / "smtpplus.service"
+    unit.write_text(text.replace("/opt/smtpplus/bin/smtpplus", str(smtpplus)))
+    result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stderr.strip() == "", result.stderr
