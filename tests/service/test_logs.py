@@ -4,6 +4,7 @@ and a log file that logrotate can move (SIGHUP reopens it)."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import time
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 import aiosmtplib
 import pytest
 
-from tests.conftest import Cli
+from tests.conftest import ROOT, Cli
 from tests.relay.support import PASSWORD, Raw, Seeded, client_context, message
 from tests.relay.test_cli import RelayProcess
 from tests.service.support import relay_toml
@@ -139,3 +140,42 @@ def test_an_unwritable_log_file_is_a_one_line_error(cli: Cli, tmp_path: Path) ->
     proc = cli("relay", "--log-file", str(tmp_path / "missing" / "relay.log"))
     assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1
     assert "log file" in proc.stderr and "--log-file" in proc.stderr
+
+
+def _section(title: str) -> str:
+    return (ROOT / "docs" / "production.md").read_text().split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def _blocks(text: str, language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", text, flags=re.S)
+
+
+def test_the_documented_json_fields_are_the_ones_the_relay_writes() -> None:
+    """docs/production.md's field table names exactly what JsonFormatter writes, and its
+    example lines are JSON objects with those fields."""
+    from relay.logs import EVENT_FIELDS
+
+    section = _section("Logs")
+    documented = {
+        name
+        for line in section.splitlines() if line.startswith("| `")
+        for name in re.findall(r"`([a-z_]+)`", line.split(" | ", 1)[0])
+    }
+    assert documented == {"time", "level", "logger", "message", "exception", *EVENT_FIELDS}
+    [example] = _blocks(section, "json")
+    for line in example.splitlines():
+        fields = json.loads(line)
+        assert {"time", "level", "logger", "message"} <= fields.keys() <= documented
+
+
+def test_the_documented_relay_toml_loads_with_465_as_implicit_tls(tmp_path: Path) -> None:
+    from relay.config import load_config
+    from relay.metrics import parse_listen
+
+    [example] = _blocks(_section("systemd"), "toml")
+    toml = tmp_path / "relay.toml"
+    toml.write_text(example)
+    config = load_config(toml, environ={})
+    # 465 is implicit TLS ("SSL/TLS" in mail clients): in `ports` it would offer STARTTLS.
+    assert config.ports == "25,587" and config.resolved_tls_ports() == "465"
+    assert parse_listen(str(config.metrics_listen)) == ("127.0.0.1", 9325)
