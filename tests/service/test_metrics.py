@@ -526,3 +526,30 @@ async def test_a_reload_is_counted_like_every_other_event(
     finally:
         assert relay.stop() == 0
     assert sum("config-reloaded" in line for line in relay.output().splitlines()) == 1  # its one log line
+
+
+async def test_healthz_is_503_once_another_relay_holds_the_lease(
+    db: Any, store_path: Path, tmp_path: Path, tls_files: dict[str, Path]
+) -> None:
+    """The liveness half of /healthz: a relay whose lease now names another relay is not
+    healthy (it notices at its next heartbeat and stops)."""
+    from relay.metrics import health
+    from relay.store import AsyncStore
+    from relay.store.settings import Keys, get_setting, set_setting
+    from tests.delivery.conftest import eventually
+    from tests.relay.support import relay_config, running_relay
+
+    config = relay_config(tmp_path, tls_files, heartbeat_interval=0.2)
+    async with running_relay(store_path, config) as service:
+        store = await AsyncStore(store_path).open()
+        try:
+            assert await health(service, store) is None
+            with transaction(db):
+                set_setting(db, Keys.LEASE, {**get_setting(db, Keys.LEASE), "owner": "another-relay"})
+            await eventually(lambda: not service.leased)
+            assert await health(service, store) in (
+                "this relay lost the store's lease to another relay",
+                "the relay is not running (starting or stopping)",  # it already stopped itself
+            )
+        finally:
+            await store.close()
