@@ -39,7 +39,8 @@ log = logging.getLogger("smtpplus.relay")
 @click.option("--strict-ports", is_flag=True, default=None, help="Fail when any port of the spec cannot be bound.")
 @click.option("--next-hop", default=None, metavar="HOST:PORT", help="Seed the next hop (only when the store has none yet).")
 @click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help='Once accepting, write {"pid", "served", "implicit_tls", "not_served", "host"} here as JSON (atomically).')
+              help='Once accepting, write {"pid", "host", "served", "implicit_tls", "not_served", "fingerprint", "store", '
+                   '"metrics"} here as JSON (atomically; "metrics" is the --metrics-listen address, else null).')
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="TOML settings file (default: $SMTPPLUS_CONFIG).")
 @click.option("--check", "check_store", is_flag=True,

@@ -335,8 +335,10 @@ async def test_healthz_is_503_with_the_reason_while_the_store_cannot_be_written(
     toml = relay_toml(tmp_path, tls_files, "heartbeat_interval = 0.2\n")
     relay = RelayProcess(cli, tmp_path, "--config", str(toml), "--metrics-listen", "0")
     try:
-        address = relay.wait_ready()["metrics"]
+        ready = relay.wait_ready()
+        address = ready["metrics"]
         assert address.startswith("127.0.0.1:")  # a bare port listens on loopback
+        assert sorted(ready) == sorted(re.findall(r'"([a-z_]+)"', ready_file_help().split("}")[0]))  # --help names every key
         assert await http_get(address, "/healthz") == (200, "ok\n")
         assert (await http_get(address, "/nowhere"))[0] == 404
         db = open_store(seeded.store_path)
@@ -350,6 +352,13 @@ async def test_healthz_is_503_with_the_reason_while_the_store_cannot_be_written(
             db.close()
     finally:
         assert relay.stop() == 0
+
+
+def ready_file_help() -> str:
+    from console.cli.relay_cmd import relay as relay_command
+
+    [option] = [p for p in relay_command.params if p.name == "ready_file"]
+    return str(option.help)
 
 
 @pytest.mark.parametrize(
