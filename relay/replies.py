@@ -50,6 +50,7 @@ class Replies:
     AUTH_BAD_BASE64 = "501 5.5.2 Cannot decode base64"
     AUTH_BAD_PLAIN = "501 5.5.2 Cannot split PLAIN credentials"
     AUTH_LINE_TOO_LONG = "500 5.5.2 Line too long"
+    AUTH_TEMPORARY_FAILURE = "454 4.7.0 Temporary authentication failure"  # the store is unavailable (RFC 4954 6)
 
     # -- MAIL FROM
     SENDER_OK = "250 2.1.0 Ok"

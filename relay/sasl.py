@@ -11,14 +11,17 @@ import asyncio
 import base64
 import binascii
 import hashlib
+import logging
 from typing import TYPE_CHECKING
 
 from aiosmtpd.smtp import SMTP
 
-from relay.auth import throttle_delay
+from relay.auth import AuthOutcome, throttle_delay
+from relay.display import clean
 from relay.message import shown
 from relay.reasons import EventKind, Reason
 from relay.replies import Replies, reply
+from relay.store import StoreUnavailable
 from relay.store.directory import AuthRecord
 
 if TYPE_CHECKING:
@@ -30,6 +33,8 @@ class Cancelled:
 
 
 CANCELLED = Cancelled()
+
+log = logging.getLogger("smtpplus.relay")
 
 _FAILURE_DETAILS = {
     Reason.AUTH_UNKNOWN_USER: "unknown user",
@@ -178,13 +183,12 @@ class SaslCommands(SMTP):
             await self.push(Replies.TOO_MANY_FAILURES)
             self._close()
             return
-        self._busy = True
-        try:
-            guess = hashlib.blake2b(login + b"\0" + password, digest_size=16).digest()
-            with ctx.limiter.attempt(self.client_ip, username, guess):
-                outcome = await ctx.checker.check(username, password)
-        finally:
-            self._busy = False
+        outcome = await self._checked(login, username, password)
+        if outcome is None:
+            # The store could not be read: the mechanism failed, not the client (RFC 4954
+            # section 6). No failure is counted; the client may try AUTH again.
+            await self.push(Replies.AUTH_TEMPORARY_FAILURE)
+            return
         if not outcome.ok:
             await self._auth_failed(outcome.reason, Replies.BAD_CREDENTIALS, _FAILURE_DETAILS.get(outcome.reason, ""), username=username)
             return
@@ -194,6 +198,23 @@ class SaslCommands(SMTP):
         self.user = outcome.record
         self._event(EventKind.AUTH, Reason.AUTH_OK, "authenticated over TLS" if self._tls_protocol else "authenticated without TLS")
         await self.push(Replies.AUTH_OK)
+
+    async def _checked(self, login: bytes, username: str, password: bytes) -> AuthOutcome | None:
+        """The credential check's outcome, or None when the store is unavailable (down,
+        busy, read-only: the store's own error, logged in one line without a traceback,
+        as the writer logs a failed commit)."""
+        ctx = self.ctx
+        self._busy = True
+        try:
+            guess = hashlib.blake2b(login + b"\0" + password, digest_size=16).digest()
+            with ctx.limiter.attempt(self.client_ip, username, guess):
+                return await ctx.checker.check(username, password)
+        except StoreUnavailable as exc:
+            log.warning("%s: AUTH: the store is unavailable: %s", clean(self.client_ip), clean(exc, 300))
+            self._event(EventKind.AUTH, Reason.STORE_UNAVAILABLE, "the store could not be read to check the credentials")
+            return None
+        finally:
+            self._busy = False
 
     async def _auth_failed(self, reason: Reason, status: str, detail: str, *, username: str | None = None) -> None:
         ctx = self.ctx

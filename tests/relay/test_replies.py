@@ -260,6 +260,32 @@ async def test_store_failure_is_451_without_internals(relay: RelayService, seede
     assert stored_messages(seeded.store_path) == []
 
 
+async def test_auth_while_the_store_cannot_be_read_is_454_and_the_client_may_retry(
+    relay: RelayService, seeded: Seeded, tls_files: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    assert relay._reads is not None
+    # SQLite itself refuses every read on the relay's read connection (SQLITE_AUTH from
+    # an authorizer that answers SQLITE_DENY = 1): the store is unavailable to AUTH.
+    await relay._reads.run(lambda db: db.set_authorizer(lambda *_: 1))
+    raw = await Raw.connect(relay.served[0])
+    await raw.starttls(tls_files)
+    assert await raw.login("alice") == (454, "454 4.7.0 Temporary authentication failure")
+    assert (await raw.command("NOOP"))[0] == 250  # the session goes on
+    await relay._reads.run(lambda db: db.set_authorizer(None))
+    # The client tries again on the same connection, and gets in.
+    token = b64(f"\0alice\0{PASSWORD['alice']}")
+    assert await raw.command(f"AUTH PLAIN {token}") == (235, "235 2.7.0 Authentication successful")
+    await raw.close()
+    await settle(relay)
+    assert [e.kind for e in events(seeded.store_path, reason=str(Reason.STORE_UNAVAILABLE))] == ["auth"]
+    assert events(seeded.store_path, reason=str(Reason.INTERNAL_ERROR)) == []
+    assert events(seeded.store_path, reason=str(Reason.AUTH_BAD_CREDENTIALS)) == []  # not a failed attempt
+    logged = [r.getMessage() for r in caplog.records]
+    assert any("AUTH: the store is unavailable" in line for line in logged)
+    assert not any("session error" in line for line in logged)
+    assert all(r.exc_info is None for r in caplog.records)
+
+
 async def test_recipients_past_100_get_452_each(relay: RelayService, seeded: Seeded, tls_files: dict[str, Path]) -> None:
     raw = await authed_raw(relay, tls_files)
     assert (await raw.command("MAIL FROM:<x@a.example>"))[0] == 250
