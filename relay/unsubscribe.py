@@ -42,7 +42,14 @@ def parse_token(token: str) -> tuple[int, bytes]:
     match = _TOKEN.match(token.strip())
     if match is None:
         raise BadToken("not an unsubscribe token (expected NUMBER.CODE from a List-Unsubscribe header)")
-    return int(match.group(1)), base64.urlsafe_b64decode(match.group(2) + "==")
+    code = match.group(2)
+    token_mac = base64.urlsafe_b64decode(code + "==")
+    # 22 characters carry 132 bits for the MAC's 128: the last one's low 4 bits are
+    # padding the decoder ignores, so 16 spellings would decode to one MAC. Only the
+    # one make_token writes is a token.
+    if base64.urlsafe_b64encode(token_mac).rstrip(b"=").decode("ascii") != code:
+        raise BadToken("not an unsubscribe token this relay issued (its code is not in canonical base64url)")
+    return int(match.group(1)), token_mac
 
 
 def token_matches(secret: bytes, token_mac: bytes, list_id: int, address: str) -> bool:

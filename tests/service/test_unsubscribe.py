@@ -14,9 +14,12 @@ from email.parser import BytesParser
 from email.policy import SMTP as SMTP_POLICY
 from pathlib import Path
 
+import pytest
+
 from harness.sink import CaptureSink, Chaos, SinkRecord
 from relay.store.campaigns import get_campaign
 from relay.store.suppressions import list_suppressions
+from relay.unsubscribe import BadToken, make_token, parse_token
 from tests.conftest import Cli
 from tests.delivery.conftest import eventually
 from tests.relay.support import Seeded, events, rows
@@ -98,6 +101,8 @@ async def test_campaign_headers_unsubscribe_by_cli_and_one_click_post_and_a_5_1_
             token = tokens["leave@d.example"]
             assert await asyncio.to_thread(http, address, "POST", f"/unsubscribe/{token}", one_click) == (200, "unsubscribed\n")
             assert await asyncio.to_thread(http, address, "POST", f"/unsubscribe/{token}", one_click) == (200, "already unsubscribed\n")
+            # Another last character: a different MAC, or the same one spelled with
+            # other padding bits (refused too: only the issued spelling is a token).
             forged = token[:-1] + ("A" if token[-1] != "A" else "B")
             code, text = await asyncio.to_thread(http, address, "POST", f"/unsubscribe/{forged}", one_click)
             assert code == 400 and text.startswith("unsubscribe-bad-token:") and "Traceback" not in text
@@ -124,6 +129,20 @@ async def test_campaign_headers_unsubscribe_by_cli_and_one_click_post_and_a_5_1_
     assert seen.count("recipient-suppressed") == 1
     assert seen.count("campaign-skipped-unsubscribed") == 2
     assert seen.count("campaign-skipped-suppressed") == 1
+
+
+def test_only_the_issued_spelling_of_a_token_is_a_token() -> None:
+    """The code's 22nd character holds 2 bits of the MAC and 4 padding bits that base64
+    decoders ignore: the 15 other characters sharing its 2 bits must not pass as the
+    token (a test forging a token by changing its last character passed 1 time in 4)."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    token = make_token(b"k" * 32, 12, 7, "member@d.example")
+    assert parse_token(token)[0] == 12
+    high = alphabet.index(token[-1]) & 0b110000
+    for other in alphabet[high : high + 16]:
+        if other != token[-1]:
+            with pytest.raises(BadToken):
+                parse_token(token[:-1] + other)
 
 
 async def test_the_unsubscribe_path_is_not_served_unless_enabled(
