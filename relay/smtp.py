@@ -74,6 +74,7 @@ from relay.rules import (
 )
 from relay.sasl import SaslCommands
 from relay.spool import InFlight, Spool, return_big_blocks_to_the_system
+from relay.store import StoreUnavailable
 from relay.store.directory import AuthRecord
 from relay.store.events import NewEvent
 from relay.store.intake import NewMessage, RecipientDsn, new_queue_id
@@ -742,6 +743,9 @@ class RelaySMTP(SaslCommands):
         self._busy = True
         try:
             user = await self._current_user()
+        except StoreUnavailable as exc:  # the user could not be re-read: try again later
+            await self._refuse(Refusal(Replies.STORE_TEMPORARY, Reason.STORE_UNAVAILABLE, f"MAIL: reading the user: {clean(exc, 200)}"))
+            return
         finally:
             self._busy = False
         if user is None:
@@ -969,7 +973,10 @@ class RelaySMTP(SaslCommands):
         """Header policy, priority, then the durable enqueue (the spool starts with
         the Received: header)."""
         assert self.envelope is not None and self.envelope.mail_from is not None
-        user = await self._current_user()
+        try:
+            user = await self._current_user()
+        except StoreUnavailable as exc:
+            return self._refusal_reply(Refusal(Replies.STORE_TEMPORARY, Reason.STORE_UNAVAILABLE, f"DATA: reading the user: {clean(exc, 200)}"))
         if user is None:
             return Replies.AUTH_REQUIRED
         data: bytes | mmap.mmap = spool.finish()

@@ -286,6 +286,23 @@ async def test_auth_while_the_store_cannot_be_read_is_454_and_the_client_may_ret
     assert all(r.exc_info is None for r in caplog.records)
 
 
+async def test_mail_while_the_user_cannot_be_reread_is_451_and_the_client_may_retry(
+    relay: RelayService, seeded: Seeded, tls_files: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    assert relay._reads is not None and relay.checker is not None
+    raw = await authed_raw(relay, tls_files)
+    await relay._reads.run(lambda db: db.set_authorizer(lambda *_: 1))  # every read refused
+    relay.checker._records.clear()  # MAIL re-reads the user now, not after the cache's second
+    assert await raw.command("MAIL FROM:<x@a.example>") == (451, "451 4.3.0 Temporary failure, try again later")
+    await relay._reads.run(lambda db: db.set_authorizer(None))
+    assert (await raw.command("MAIL FROM:<x@a.example>"))[0] == 250  # same session, store back
+    await raw.close()
+    await settle(relay)
+    assert [e.kind for e in events(seeded.store_path, reason=str(Reason.STORE_UNAVAILABLE))] == ["refused"]
+    assert events(seeded.store_path, reason=str(Reason.INTERNAL_ERROR)) == []
+    assert all(r.exc_info is None for r in caplog.records)
+
+
 async def test_recipients_past_100_get_452_each(relay: RelayService, seeded: Seeded, tls_files: dict[str, Path]) -> None:
     raw = await authed_raw(relay, tls_files)
     assert (await raw.command("MAIL FROM:<x@a.example>"))[0] == 250
