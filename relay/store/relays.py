@@ -1,0 +1,214 @@
+"""The live relays of a store: who serves it, and taking over from the dead.
+
+On SQLite one relay serves a store (its lease, :mod:`relay.store.lease`). On
+PostgreSQL any number do: each holds an advisory lock on its own id for its lifetime
+(:mod:`relay.store.postgres.relays`; a relay whose lock is free is dead) and writes a
+heartbeat row for display — host, pid, listen address, ports, TLS certificate
+fingerprint, started, last beat — stamped with the database's clock. The rows are
+settings ``relay.live.<owner>`` (JSON), so both databases hold them without a
+migration.
+
+Public API
+----------
+``beat(db, owner, facts) -> None``
+    Write (or refresh) this relay's heartbeat row.
+``leave(db, owner) -> None``
+    A clean stop: the row goes.
+``live_relays(db) -> list[LiveRelay]``
+    Every live relay, oldest first (on SQLite: the lease's relay when it is alive).
+``reclaim_dead(db) -> Reclaimed``
+    PostgreSQL: put the in-flight messages of every relay whose lock is free back in
+    the queue (at once: the lock is the database's judgement, no clock is involved)
+    and drop dead relays' rows. SQLite: nothing (its one relay reclaims at start).
+``share(total, relays) -> int``
+    A relay's share of a limit that is a total across relays (parallel, rate,
+    connections per destination): ``ceil(total / relays)``, at least 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+PREFIX = "relay.live."
+
+__all__ = ["PREFIX", "LiveRelay", "Reclaimed", "beat", "leave", "live_relays", "now", "reclaim_dead", "share"]
+
+
+@dataclass(frozen=True, slots=True)
+class LiveRelay:
+    owner: str
+    host: str | None = None
+    pid: int | None = None
+    listen_host: str | None = None
+    ports: list[int] = field(default_factory=list)
+    implicit_tls: list[int] = field(default_factory=list)
+    tls_fingerprint: str | None = None
+    started_at: float | None = None
+    beat_at: float | None = None
+    beat_age: float | None = None  # seconds since its last beat, by the database's clock
+
+
+@dataclass(frozen=True, slots=True)
+class Reclaimed:
+    messages: int = 0
+    relays: list[str] = field(default_factory=list)  # the dead relays' owners
+
+
+def _postgres(db: Any) -> bool:
+    return getattr(db, "dialect", "sqlite") == "postgresql"
+
+
+@contextlib.contextmanager
+def _transaction(db: Any) -> Iterator[Any]:
+    if _postgres(db):
+        from relay.store.postgres.connection import transaction as pg_transaction
+
+        with pg_transaction(db):
+            yield db
+    else:
+        from relay.store import transaction
+
+        with transaction(db):
+            yield db
+
+
+def now(db: Any) -> float:
+    """The store's clock: the database server's on PostgreSQL (relays on several hosts
+    agree on ages), this host's on SQLite (one host)."""
+    if _postgres(db):
+        from relay.store.postgres.relays import database_now
+
+        return database_now(db)
+    return time.time()
+
+
+def beat(db: Any, owner: str, facts: dict[str, Any]) -> None:
+    """Write this relay's heartbeat row: ``facts`` (host, pid, listen_host, ports,
+    implicit_tls, tls_fingerprint, started_at) merged into what it wrote before."""
+    with _transaction(db):
+        row = db.execute("SELECT value FROM settings WHERE key = ?", (PREFIX + owner,)).fetchone()
+        value = _load(row[0]) if row else {}
+        value.update(facts)
+        value["beat_at"] = now(db)
+        value.setdefault("started_at", value["beat_at"])
+        db.execute(
+            "INSERT INTO settings(key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (PREFIX + owner, json.dumps(value)),
+        )
+
+
+def leave(db: Any, owner: str) -> None:
+    with _transaction(db):
+        db.execute("DELETE FROM settings WHERE key = ?", (PREFIX + owner,))
+
+
+def _load(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _rows(db: Any) -> dict[str, dict[str, Any]]:
+    rows = db.execute("SELECT key, value FROM settings WHERE key LIKE ?", (PREFIX + "%",)).fetchall()
+    return {str(key)[len(PREFIX):]: _load(value) for key, value in rows}
+
+
+def _relay(owner: str, facts: dict[str, Any], stamp: float) -> LiveRelay:
+    beat_at = facts.get("beat_at")
+    return LiveRelay(
+        owner=owner,
+        host=facts.get("host"),
+        pid=facts.get("pid"),
+        listen_host=facts.get("listen_host"),
+        ports=[int(p) for p in facts.get("ports") or []],
+        implicit_tls=[int(p) for p in facts.get("implicit_tls") or []],
+        tls_fingerprint=facts.get("tls_fingerprint"),
+        started_at=facts.get("started_at"),
+        beat_at=beat_at,
+        beat_age=max(0.0, stamp - float(beat_at)) if beat_at else None,
+    )
+
+
+def live_relays(db: Any) -> list[LiveRelay]:
+    """Every live relay of the store, oldest first."""
+    stamp = now(db)
+    if _postgres(db):
+        from relay.store.postgres.relays import held_keys, key_of
+
+        held = held_keys(db)
+        found = [_relay(owner, facts, stamp) for owner, facts in _rows(db).items() if key_of(owner) in held]
+    else:
+        found = _sqlite_relay(db, stamp)
+    return sorted(found, key=lambda r: (r.started_at or 0.0, r.owner))
+
+
+def _sqlite_relay(db: Any, stamp: float) -> list[LiveRelay]:
+    # One relay: the lease's, with the facts it publishes (as `status` showed it before).
+    from relay.store.lease import relay_status
+
+    status = relay_status(db, now=stamp)
+    if not status.alive or not status.owner:
+        return []
+    mine = _rows(db).get(status.owner, {})
+    return [
+        LiveRelay(
+            owner=status.owner,
+            host=status.host,
+            pid=status.pid,
+            listen_host=status.listen_host,
+            ports=list(status.served),
+            implicit_tls=list(status.implicit_tls),
+            tls_fingerprint=mine.get("tls_fingerprint") or status.tls_fingerprint,
+            started_at=status.started_at,
+            beat_at=stamp - status.heartbeat_age if status.heartbeat_age is not None else None,
+            beat_age=status.heartbeat_age,
+        )
+    ]
+
+
+def reclaim_dead(db: Any) -> Reclaimed:
+    """PostgreSQL: take over the claims of every relay whose lock is free."""
+    if not _postgres(db):
+        return Reclaimed()
+    from relay.store.postgres.relays import held_keys, key_of
+    from relay.store.queue import reclaim_owner
+
+    with _transaction(db):
+        held = held_keys(db)
+        owners = {
+            str(row[0])
+            for row in db.execute(
+                "SELECT DISTINCT lease_owner FROM messages WHERE state = 'sending' AND lease_owner IS NOT NULL"
+            ).fetchall()
+        }
+        dead = sorted(owner for owner in owners | set(_rows(db)) if key_of(owner) not in held)
+        if not dead:
+            return Reclaimed()
+        stamp = now(db)
+        count = 0
+        for owner in dead:
+            if owner in owners:
+                count += reclaim_owner(db, owner, now=stamp)
+            db.execute("DELETE FROM settings WHERE key = ?", (PREFIX + owner,))
+        return Reclaimed(count, dead)
+
+
+def share(total: int | float | None, relays: int) -> Any:
+    """This relay's share of a limit that is a total across ``relays`` live relays:
+    ``ceil(total / relays)`` (at least 1) for counts, ``total / relays`` for rates.
+    ``None`` (no limit) stays ``None``."""
+    if total is None:
+        return None
+    if relays <= 1:
+        return total
+    if isinstance(total, int):
+        return max(1, math.ceil(total / relays))
+    return total / relays
