@@ -224,7 +224,7 @@ class RelayService:
         self._stopped = asyncio.Event()
         self._stopping = False
         self._leased = False
-        self._lock = backend_for(self.store_path).relay_lock(self.store_path)
+        self._lock = backend_for(self.store_path).relay_lock(self.store_path)  # PostgreSQL: one per relay
         self._unwatch: Callable[[], None] | None = None
         self.failure: str | None = None  # why the service stopped by itself (a corrupt store)
         self.running = False

@@ -96,6 +96,8 @@ class RelayStatus:
     stopped_reason: str | None = None  # why the last relay stopped, when it said (a corrupt store)
     # Alive and done starting: its settings and served ports are its own (`status --wait`).
     ready: bool = False
+    # PostgreSQL: every live relay (relay.store.relays.LiveRelay), oldest first.
+    relays: list[Any] = field(default_factory=list)
 
 
 def _read_lease(db: Connection) -> dict[str, Any] | None:
@@ -152,6 +154,8 @@ def acquire_lease(
     ``locked``: the caller holds the store's OS lock (:class:`StoreLock`), so a
     previous relay on this same host is gone whatever its heartbeat says — taken
     over at once (a restart after kill -9 serves at its first try)."""
+    if _many(db):
+        return _relays().acquire_lease(db, owner, pid, host, listen_host, stale_after)
     with transaction(db):
         stamp = time.time() if now is None else now
         previous = _read_lease(db)
@@ -202,6 +206,8 @@ def acquire_lease(
 
 def heartbeat(db: Connection, owner: str, *, now: float | None = None) -> bool:
     """Refresh the heartbeat; False when another relay owns the lease now."""
+    if _many(db):
+        return bool(_relays().heartbeat(db, owner))
     with transaction(db):
         lease = _read_lease(db)
         if not lease or lease.get("owner") != owner or lease.get("stopped_at"):
@@ -213,6 +219,8 @@ def heartbeat(db: Connection, owner: str, *, now: float | None = None) -> bool:
 
 def mark_listening(db: Connection, owner: str, *, now: float | None = None) -> None:
     """The lease's relay has published its settings and ports (no-op when not its lease)."""
+    if _many(db):
+        return _relays().mark_listening(db, owner)
     with transaction(db):
         lease = _read_lease(db)
         if not lease or lease.get("owner") != owner:
@@ -223,6 +231,8 @@ def mark_listening(db: Connection, owner: str, *, now: float | None = None) -> N
 
 def release(db: Connection, owner: str, *, now: float | None = None) -> None:
     """Mark the lease stopped (a clean stop). No-op when someone else owns it."""
+    if _many(db):
+        return _relays().release(db, owner)
     with transaction(db):
         lease = _read_lease(db)
         if not lease or lease.get("owner") != owner:
@@ -231,10 +241,19 @@ def release(db: Connection, owner: str, *, now: float | None = None) -> None:
         _write_lease(db, lease)
 
 
-def relay_status(db: Connection, stale_after: float = DEFAULT_STALE_AFTER, *, now: float | None = None) -> RelayStatus:
-    """What a console, ``status`` or the harness needs to know about the relay."""
-    stamp = time.time() if now is None else now
-    lease = _read_lease(db)
+def _many(db: Connection) -> bool:
+    # Many relays serve one PostgreSQL store (relay.store.relays); one serves a SQLite one.
+    return getattr(db, "dialect", "sqlite") == "postgresql"
+
+
+def _relays() -> Any:
+    from relay.store import relays
+
+    return relays
+
+
+def _status_common(db: Connection) -> dict[str, Any]:
+    """The facts about the serving relay(s) that the store holds, whatever the backend."""
     served, not_served = served_ports(db)
     values = get_settings(
         db,
@@ -255,6 +274,16 @@ def relay_status(db: Connection, stale_after: float = DEFAULT_STALE_AFTER, *, no
         "rate": values.get(Keys.RATE),
         "parallel": values.get(Keys.PARALLEL),
     }
+    return common
+
+
+def relay_status(db: Connection, stale_after: float = DEFAULT_STALE_AFTER, *, now: float | None = None) -> RelayStatus:
+    """What a console, ``status`` or the harness needs to know about the relay."""
+    if _many(db):
+        return _relays().relay_status(db, stale_after, now=now)  # type: ignore[no-any-return]
+    stamp = time.time() if now is None else now
+    lease = _read_lease(db)
+    common = _status_common(db)
     from relay.store.backend import (
         backend_of,  # the backend's own lock (SQLite: a file beside the store)
     )

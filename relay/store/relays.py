@@ -212,3 +212,81 @@ def share(total: int | float | None, relays: int) -> Any:
     if isinstance(total, int):
         return max(1, math.ceil(total / relays))
     return total / relays
+
+
+# ---------------------------------------------------------------------------
+# The lease of many relays (PostgreSQL): what relay.store.lease does for one relay.
+# relay.store.lease dispatches here for a PostgreSQL store, so the relay service
+# calls the same functions on either backend.
+
+
+def acquire_lease(
+    db: Any, owner: str, pid: int, host: str, listen_host: str, stale_after: float, **_: Any
+) -> Any:
+    """Join the store's relays (never refused: any number serve one PostgreSQL store)
+    and take over from any that died. The caller holds its own advisory lock."""
+    from relay.store.lease import Acquired
+
+    beat(db, owner, {"host": host, "pid": pid, "listen_host": listen_host, "stale_after": stale_after})
+    reclaim_dead(db)
+    return Acquired(None, False)
+
+
+def heartbeat(db: Any, owner: str, **_: Any) -> bool:
+    """Refresh this relay's row and take over from relays that died meanwhile.
+    ``False`` when its row is gone: the others found its lock free and took its claims
+    (its lock's connection dropped), so it must stop as a relay taken over does."""
+    with _transaction(db):
+        if db.execute("SELECT 1 FROM settings WHERE key = ?", (PREFIX + owner,)).fetchone() is None:
+            return False
+        beat(db, owner, {})
+    reclaim_dead(db)
+    return True
+
+
+def mark_listening(db: Any, owner: str, **_: Any) -> None:
+    """The relay serves its ports now (called in the transaction that published them:
+    the shared port rows and TLS fingerprint are this relay's at this moment)."""
+    from relay.store.relay_info import implicit_tls_ports, served_ports
+    from relay.store.settings import Keys, get_setting
+
+    served, _not_served = served_ports(db)
+    beat(
+        db,
+        owner,
+        {
+            "ports": served,
+            "implicit_tls": [p for p in implicit_tls_ports(db) if p in served],
+            "tls_fingerprint": get_setting(db, Keys.TLS_FINGERPRINT),
+            "listening_at": now(db),
+        },
+    )
+
+
+def release(db: Any, owner: str, **_: Any) -> None:
+    leave(db, owner)
+
+
+def relay_status(db: Any, stale_after: float, *, now: float | None = None) -> Any:
+    """:func:`relay.store.lease.relay_status` for many relays: alive while any relay is;
+    the oldest named, every one in ``relays``."""
+    from relay.store.lease import RelayStatus, _status_common
+
+    common = _status_common(db)
+    found = live_relays(db)
+    if not found:
+        return RelayStatus(alive=False, liveness="lock", **common)
+    first = found[0]
+    return RelayStatus(
+        alive=True,
+        ready=True,
+        liveness="lock",
+        owner=first.owner,
+        pid=first.pid,
+        host=first.host,
+        listen_host=first.listen_host,
+        heartbeat_age=first.beat_age,
+        started_at=first.started_at,
+        relays=found,
+        **{**common, "served": sorted({p for r in found for p in r.ports}) or common["served"]},
+    )

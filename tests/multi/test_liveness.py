@@ -85,3 +85,26 @@ def test_heartbeats_are_stamped_with_the_databases_clock(pg_url: str) -> None:
 def test_a_limit_that_is_a_total_is_shared_by_the_live_relays() -> None:
     assert share(10, 1) == 10 and share(10, 2) == 5 and share(5, 2) == 3 and share(1, 3) == 1
     assert share(10.0, 4) == 2.5 and share(None, 2) is None
+
+
+def test_the_lease_on_postgresql_admits_every_relay_and_status_lists_them(pg_url: str) -> None:
+    from relay.store import lease
+
+    db = open_store(pg_url)
+    locks = [PgMemberLock(pg_url), PgMemberLock(pg_url)]
+    try:
+        for n, lock in enumerate(locks):
+            owner = f"{n + 1}" * 32
+            lock.acquire({"owner": owner})
+            lease.acquire_lease(db, owner, 100 + n, f"host{n}", "127.0.0.1", 10.0, locked=True)
+            lease.mark_listening(db, owner)
+        status = lease.relay_status(db)
+        assert status.alive and [r.pid for r in status.relays] == [100, 101]
+        assert lease.heartbeat(db, "1" * 32)
+        lease.release(db, "1" * 32)
+        assert not lease.heartbeat(db, "1" * 32)  # its row is gone: it must stop
+        assert [r.pid for r in lease.relay_status(db).relays] == [101]
+    finally:
+        for lock in locks:
+            lock.release()
+        db.close()

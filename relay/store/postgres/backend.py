@@ -87,8 +87,12 @@ class PostgresBackend(SharedOperations):
             db.close()
         return CheckResult(masked(url), True, size // 8192, size, time.monotonic() - began)
 
-    def relay_lock(self, location: str | os.PathLike[str]) -> lock.PgRelayLock:
-        return lock.PgRelayLock(normalize(location))
+    def relay_lock(self, location: str | os.PathLike[str]) -> Any:
+        # Any number of relays serve one PostgreSQL store: each holds a lock on its own id
+        # (relay.store.relays; lock.PgRelayLock is the one-relay lock).
+        from relay.store.postgres.relays import PgMemberLock
+
+        return PgMemberLock(normalize(location))
 
     def lock_state(self, conn: Connection) -> LockState:
         return lock.lock_state(_pg(conn))
