@@ -47,10 +47,12 @@ from relay.dkim import DkimSigner
 from relay.reasons import EventKind, Reason
 from relay.scheduler import HopBackoff, StarvationShare, TokenBucket
 from relay.store import AsyncStore, Connection, StoreError
+from relay.store import relays as relays_module
 from relay.store.backend import backend_for
 from relay.store.dkim import active_keys
 from relay.store.events import NewEvent
 from relay.store.intake import NewMessage, RecipientDsn
+from relay.store.postgres.location import is_postgres
 from relay.store.queue import (
     Claimed,
     DeliverySettings,
@@ -182,6 +184,9 @@ class DeliveryEngine:
         self.system_sender: str | None = None  # From: of bounces (the system sender setting)
         self.counters = EngineCounters()
         self.settings = DeliverySettings()
+        # PostgreSQL: the live relays sharing the store's limits (relay.store.relays).
+        self.relays = 1
+        self._many = is_postgres(self.store_path)
         self.hop: NextHop | None = None
         self.hop_is_self = False
         self.status: tuple[str, str] = ("starting", "")
@@ -319,6 +324,8 @@ class DeliveryEngine:
             reclaim = now - last_reclaim >= max(0.5, min(5.0, self.lease_seconds / 2))
             if reclaim:
                 last_reclaim = now
+                if self._many:
+                    self.relays = await self._store.run(relays_module.live_count)
             promote = next_due is not None and now >= next_due
             full = force or (backlog and budget > 0) or now - last_full >= FULL_ROUND_EVERY
             request = RoundRequest(
@@ -360,8 +367,9 @@ class DeliveryEngine:
             last_full = now if full else last_full
             force = False
             self.counters.reclaimed += result.reclaimed
-            if result.settings is not None and (result.settings != self.settings or self.status[0] == "starting"):
-                force = await self._apply_settings(result.settings)
+            settings = relays_module.shared_settings(result.settings, self.relays) if result.settings else None
+            if settings is not None and (settings != self.settings or self.status[0] == "starting"):
+                force = await self._apply_settings(settings)
             if result.next_due_checked:
                 next_due = result.next_due
             self._launch(result.claimed)
@@ -395,7 +403,7 @@ class DeliveryEngine:
 
     def _share(self) -> int:
         per_destination = int(_setting(self.config, "max_connections_per_destination"))
-        return destination_share(per_destination, self.settings.parallel)
+        return destination_share(relays_module.share(per_destination, self.relays), self.settings.parallel)
 
     def _budget(self, mono: float) -> int:
         if self._stopping or self._hop_name() is None or self.settings.paused:

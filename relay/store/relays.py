@@ -290,3 +290,27 @@ def relay_status(db: Any, stale_after: float, *, now: float | None = None) -> An
         relays=found,
         **{**common, "served": sorted({p for r in found for p in r.ports}) or common["served"]},
     )
+
+
+def live_count(db: Any) -> int:
+    """How many relays share the store's limits now (at least 1: the one asking)."""
+    if not _postgres(db):
+        return 1
+    from relay.store.postgres.relays import held_keys, key_of
+
+    held = held_keys(db)
+    return max(1, sum(1 for owner in _rows(db) if key_of(owner) in held))
+
+
+def shared_settings(settings: Any, relays: int) -> Any:
+    """The delivery settings one of ``relays`` live relays follows: ``parallel`` and
+    ``rate`` are totals across them, so each takes its share (``rate`` 0 is unlimited)."""
+    if relays <= 1:
+        return settings
+    import dataclasses
+
+    return dataclasses.replace(
+        settings,
+        parallel=share(int(settings.parallel), relays),
+        rate=share(float(settings.rate), relays) if settings.rate else settings.rate,
+    )

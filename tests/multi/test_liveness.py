@@ -108,3 +108,27 @@ def test_the_lease_on_postgresql_admits_every_relay_and_status_lists_them(pg_url
         for lock in locks:
             lock.release()
         db.close()
+
+
+def test_delivery_settings_are_shared_by_the_live_relays(pg_url: str) -> None:
+    from relay.store.queue import DeliverySettings
+    from relay.store.relays import live_count, shared_settings
+
+    total = DeliverySettings(parallel=10, rate=20.0)
+    assert shared_settings(total, 1) == total
+    assert (shared_settings(total, 2).parallel, shared_settings(total, 2).rate) == (5, 10.0)
+    assert shared_settings(DeliverySettings(parallel=10, rate=0.0), 3).rate == 0.0  # unlimited stays so
+    db = open_store(pg_url)
+    locks = [PgMemberLock(pg_url) for _ in range(3)]
+    try:
+        assert live_count(db) == 1  # the one asking
+        for n, lock in enumerate(locks):
+            lock.acquire({"owner": f"{n + 4}" * 32})
+            beat(db, f"{n + 4}" * 32, {"host": "h"})
+        assert live_count(db) == 3
+        _kill(db, locks[0])
+        assert live_count(db) == 2
+    finally:
+        for lock in locks:
+            lock.release()
+        db.close()
