@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "suppressions": ("console.cli.bulk:suppressions", "The suppression list: addresses campaigns never send to."),
     "routes": ("console.cli.routes:routes", "Routes: recipient domains sent to a fixed HOST:PORT (MX delivery)."),
     "tls": ("console.cli.relay_cmd:tls", "The relay's TLS certificate."),
-    "store": ("console.cli.store_cmd:store", "The store file: backup, integrity check, recount."),
+    "store": ("console.cli.store_cmd:store", "The store: backup, integrity check, recount, copy between SQLite and PostgreSQL."),
     "send": ("console.cli.send:send", "Send one message, swaks-style, and show the dialogue."),
     "sink": ("console.cli.sink:sink", "Run a capture sink that accepts and records every message."),
     "harness": ("console.cli.harness_cmd:harness", "Scenario runs and benchmarks against a relay."),

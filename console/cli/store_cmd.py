@@ -13,7 +13,7 @@ from console.cli import common
 from console.cli.common import CliError, LazyGroup
 from relay.display import clean
 
-store = LazyGroup(name="store", help="The store file: backup, integrity check, recount.")
+store = LazyGroup(name="store", help="The store: backup, integrity check, recount, copy.")
 
 
 def run_check(source: Path, *, quiet: bool = False) -> Any:
@@ -132,3 +132,52 @@ def recount(as_json: bool, db_path: Path | None) -> None:
     click.echo(f"Fixed {len(fixed)} queue count(s) of {common.shown(source)} ({total:,} messages):")
     for f in fixed:
         click.echo(f"  {f.table} {f.key}: was {f.kept:,}, counted {f.counted:,}")
+
+
+@store.command("copy")
+@click.argument("source")
+@click.argument("destination")
+@common.json_option
+def copy(source: str, destination: str, as_json: bool) -> None:
+    """Copy the store SOURCE into the new, empty store DESTINATION: a SQLite file or a
+    postgresql:// URL either way. Every row, parents before children, in one
+    transaction, with a progress bar on stderr and a count check at the end. Stop the
+    relay on SOURCE first; a DESTINATION holding anything is refused."""
+    from relay.store import lease, open_store, store_errors
+    from relay.store.copy import copy_store, plan, source_counts
+
+    src = open_store(source, create=False)
+    try:
+        with store_errors(source):
+            if lease.relay_status(src).alive:
+                raise CliError(f"a relay is serving {common.shown(source)} — stop it first, so the copy sees every message")
+            dst = open_store(destination)
+            try:
+                total = sum(source_counts(src, plan(src, dst)).values())
+                result = _copy_with_progress(copy_store, src, dst, total, quiet=as_json,
+                                             names=(common.shown(source), common.shown(destination)))
+            finally:
+                dst.close()
+    finally:
+        src.close()
+    if as_json:
+        common.print_json(result)
+        return
+    click.echo(
+        f"Copied {common.shown(source)} to {common.shown(destination)}: {result.rows:,} rows in "
+        f"{len(result.tables)} tables; the counts match ({sum(result.queue.values()):,} messages)."
+    )
+
+
+def _copy_with_progress(copy_store: Any, src: Any, dst: Any, total: int, *, quiet: bool, names: tuple[str, str]) -> Any:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(
+        TextColumn("[bold]copying[/] {task.fields[table]}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=Console(stderr=True), transient=True, disable=quiet or not sys.stderr.isatty(),
+    )
+    task = progress.add_task("rows", total=total, table="")
+    with progress:
+        return copy_store(src, dst, names=names,
+                          progress=lambda table, n: progress.update(task, advance=n, table=table))
