@@ -81,6 +81,9 @@ class RelayConfig:
     # (a test relay on --ports 0 stays on one port); "" = none.
     tls_ports: str | None = None
     strict_ports: bool = False  # any port that cannot be bound is fatal
+    # SO_REUSEPORT (Linux): several relays on one PostgreSQL store share the same ports,
+    # the kernel spreading connections among them. Refused on a SQLite store (one relay).
+    reuse_port: bool = False
     allow_plain_auth: bool = False  # AUTH before STARTTLS (off: 538 5.7.11)
     server_name: str = ""  # EHLO/greeting name and Received: "by"; "" = this host's name
     # -- TLS -------------------------------------------------------------------

@@ -120,12 +120,14 @@ def _family(host: str) -> socket.AddressFamily:
         return infos[0][0]
 
 
-def _listening_socket(family: socket.AddressFamily, host: str, port: int) -> socket.socket:
+def _listening_socket(family: socket.AddressFamily, host: str, port: int, reuse_port: bool = False) -> socket.socket:
     # proto=IPPROTO_TCP so asyncio sets TCP_NODELAY on accepted sockets (Nagle would
     # hold small replies back for 40 ms).
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:  # several relays serve this port: the kernel spreads the connections
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
@@ -150,6 +152,7 @@ async def bind_all(
     tls_factory: Callable[[], asyncio.BaseProtocol] | None = None,
     ssl_context: ssl.SSLContext | None = None,
     handshake_timeout: float = HANDSHAKE_TIMEOUT,
+    reuse_port: bool = False,
 ) -> Listeners:
     """Serve ``factory`` on every port of ``ports`` and ``tls_factory`` with TLS from the
     first byte (``ssl_context``) on every port of ``tls_ports``; report each port that
@@ -167,7 +170,7 @@ async def bind_all(
     try:
         for port, implicit in plan:
             try:
-                sock = _listening_socket(family, host, port)
+                sock = _listening_socket(family, host, port, reuse_port)
             except OSError as exc:
                 listeners.not_served[port] = port_reason(port, exc)
                 if strict:

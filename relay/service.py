@@ -123,7 +123,7 @@ NEW_SESSIONS = frozenset({"max_message_size", "session_timeout"})
 RESTART = frozenset({
     "host", "ports", "tls_ports", "strict_ports", "server_name", "data_dir", "tls_cert", "tls_key",
     "tls_reload_interval", "auth_concurrency", "heartbeat_interval", "stale_after", "metrics_listen",
-    "store_pool_size",
+    "store_pool_size", "reuse_port",
 })
 # The delivery engine's copies of its settings: (its attribute, the setting, a factor).
 _ENGINE_SETTINGS = (
@@ -349,6 +349,7 @@ class RelayService:
             cfg.host,
             ports,
             strict=cfg.strict_ports,
+            reuse_port=cfg.reuse_port,
             connections=cfg.max_connections,
             tls_ports=tls_ports,
             tls_factory=implicit_tls_factory(sessions),

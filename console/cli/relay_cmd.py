@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -37,6 +38,8 @@ log = logging.getLogger("smtpplus.relay")
               "none when --ports is given); 'none' for none.")
 @click.option("--allow-plain-auth", is_flag=True, default=None, help="Allow AUTH before STARTTLS (off by default: 538 5.7.11).")
 @click.option("--strict-ports", is_flag=True, default=None, help="Fail when any port of the spec cannot be bound.")
+@click.option("--reuse-port", is_flag=True, default=None,
+              help="Share the ports with other relays of the same PostgreSQL store on this machine (SO_REUSEPORT).")
 @click.option("--next-hop", default=None, metavar="HOST:PORT", help="Seed the next hop (only when the store has none yet).")
 @click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help='Once accepting, write {"pid", "host", "served", "implicit_tls", "not_served", "fingerprint", "store", '
@@ -62,6 +65,7 @@ def relay(
     tls_ports: str | None,
     allow_plain_auth: bool | None,
     strict_ports: bool | None,
+    reuse_port: bool | None,
     next_hop: str | None,
     ready_file: Path | None,
     config_path: Path | None,
@@ -93,6 +97,7 @@ def relay(
         "tls_ports": tls_ports,
         "allow_plain_auth": allow_plain_auth,
         "strict_ports": strict_ports,
+        "reuse_port": reuse_port,
         "next_hop": next_hop,
         "log_format": log_format,
         "log_file": log_file,
@@ -107,6 +112,7 @@ def relay(
     metrics_address = _metrics_address(config.metrics_listen)
     _configure_logging(config)
     store_path = resolve_db_path(db_path)
+    _check_reuse_port(config.reuse_port, store_path)
     if check_store and store_path.exists():
         from console.cli.store_cmd import check_failure, run_check
 
@@ -123,6 +129,15 @@ def relay(
     code = runner(_serve(store_path, config, ready_file, metrics_address, reload_config))
     sys.exit(code)
 
+
+
+def _check_reuse_port(reuse_port: bool, store_path: Path) -> None:
+    from relay.store.postgres.location import is_postgres  # text only: loads no driver
+
+    if reuse_port and not is_postgres(store_path):
+        raise CliError("--reuse-port needs a PostgreSQL store (--db postgresql://…): one relay serves a SQLite store")
+    if reuse_port and not hasattr(socket, "SO_REUSEPORT"):
+        raise CliError("--reuse-port needs SO_REUSEPORT, which this system lacks — run one relay per port instead")
 
 def _metrics_address(value: str | None) -> tuple[str, int] | None:
     if value is None:
