@@ -10,6 +10,7 @@ clients) the block suggests it first ("port 465, SSL/TLS; or 587, STARTTLS").
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from relay.ports import DEFAULT_SPEC, DEFAULT_TLS_SPEC, format_port_spec, parse_port_spec
 
@@ -42,6 +43,17 @@ class ClientSettings:
     fingerprint_text: str
     username: str
     block: str  # ready to paste into common mail clients
+    # PostgreSQL: every live relay of the store, one line each (relay_line); () on SQLite.
+    relays: tuple[str, ...] = ()
+
+
+def relay_line(member: Any) -> str:
+    """One live relay (relay.store.relays.LiveRelay): who, where, which ports, which
+    certificate — as status, lists show and the console show it."""
+    beat = f", heartbeat {member.beat_age:.1f}s ago" if member.beat_age is not None else ""
+    ports = format_port_spec(member.ports) if member.ports else "no ports yet"
+    return (f"pid {member.pid} on {member.host} ({member.listen_host or '?'}), ports {ports}, "
+            f"TLS {member.tls_fingerprint or '-'}{beat}")
 
 
 def suggested_port(ports: list[int]) -> int | None:
@@ -65,6 +77,7 @@ def client_settings(
     fingerprint: str | None = None,
     username: str | None = None,
     implicit_tls: list[int] | None = None,
+    relays: tuple[str, ...] = (),
 ) -> ClientSettings:
     """Assemble the client settings from what the store says about the relay.
 
@@ -116,6 +129,7 @@ def client_settings(
             fingerprint=fingerprint or None,
             ports_text=ports_text,
         ),
+        relays=relays,
     )
 
 

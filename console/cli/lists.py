@@ -188,6 +188,8 @@ def _print_list(info: Any, settings: Any, users: list[Any]) -> None:
         grid.add_row("Not served", _markup_safe(f"{format_port_spec(ports)}: {reason}"))
     grid.add_row("Encryption", _markup_safe(settings.encryption))
     grid.add_row("Certificate", _markup_safe(settings.fingerprint_text))
+    for n, line in enumerate(settings.relays, 1):
+        grid.add_row(f"Relay {n}", _markup_safe(line))
     console.print("Client settings", style="bold underline")
     console.print(grid)
     console.print()

@@ -417,6 +417,12 @@ def _print_status(current: Any) -> None:
     else:
         age = f"{current.heartbeat_age:.0f}s" if current.heartbeat_age is not None else "?"
         table.add_row("relay", f"not running — no heartbeat for {age} (last pid {current.pid} on {current.host})")
+    if len(current.relays) > 1:
+        table.add_row("relays", f"{len(current.relays)} live on this store (the oldest named above)")
+    from relay.client_settings import relay_line
+
+    for n, member in enumerate(current.relays, 1):
+        table.add_row(f"relay {n}", clean(relay_line(member)))
     if current.listen_host:
         table.add_row("listening on", str(current.listen_host))
     table.add_row("ports served", f"{len(current.served)}" + (f" ({format_port_spec(current.served)})" if current.served else ""))
@@ -468,11 +474,19 @@ def tls_export(out: Path | None, show_fingerprint: bool, as_json: bool, db_path:
     """Print the relay's certificate (PEM) for clients to trust (--cafile).
 
     With --json: {"pem": …, "fingerprint": …} (and "out" when --out wrote the file)."""
+    from relay.store.relays import live_relays
     from relay.store.settings import Keys, get_setting
 
     with open_db(db_path, create=False) as db:
         pem = get_setting(db, Keys.TLS_CERT_PEM)
         fingerprint = get_setting(db, Keys.TLS_FINGERPRINT)
+        # PostgreSQL: every live relay (on SQLite the one relay is the certificate's owner).
+        members = live_relays(db) if getattr(db, "dialect", "sqlite") == "postgresql" else []
+    others = sorted({m.tls_fingerprint for m in members if m.tls_fingerprint} - {fingerprint})
+    if others and not as_json:
+        # Many relays (PostgreSQL), not all with the certificate published last: say so.
+        click.echo(f"note: {len(members)} live relays; this is the certificate published last — others serve "
+                   + ", ".join(others), err=True)
     if not pem:
         raise CliError("no certificate published yet — start the relay once (`smtpplus relay`) on this store")
     if show_fingerprint and not as_json:  # the JSON object carries the fingerprint anyway
@@ -486,6 +500,8 @@ def tls_export(out: Path | None, show_fingerprint: bool, as_json: bool, db_path:
         if not as_json:
             click.echo(f"wrote the relay certificate ({fingerprint}) to {out}", err=True)
     if as_json:
-        print_json({"pem": pem, "fingerprint": fingerprint, **({"out": str(out)} if out is not None else {})})
+        relays = [{"host": m.host, "pid": m.pid, "ports": m.ports, "fingerprint": m.tls_fingerprint} for m in members]
+        print_json({"pem": pem, "fingerprint": fingerprint, **({"out": str(out)} if out is not None else {}),
+                    **({"relays": relays} if relays else {})})
     elif out is None:
         click.echo(pem, nl=not pem.endswith("\n"))

@@ -140,6 +140,8 @@ class ListsScreen(LiveScreen):
         table.add_row("Ports", Text(ports))
         table.add_row("Encryption", Text(settings.encryption))
         table.add_row("Certificate", Text(settings.fingerprint_text))
+        for n, line in enumerate(settings.relays, 1):  # PostgreSQL: every live relay
+            table.add_row(f"Relay {n}", Text(line))
         table.add_row("", Text("y: copy the block for mail clients · v: view it · enter: the list's users", style="dim"))
         return table
 

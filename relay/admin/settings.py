@@ -25,4 +25,15 @@ def gather_client_settings(db: Connection, username: str | None = None) -> Clien
         allow_plain_auth=bool(values.get(Keys.ALLOW_PLAIN_AUTH, False)),
         fingerprint=values.get(Keys.TLS_FINGERPRINT),
         username=username,
+        relays=_relay_lines(db),
     )
+
+
+def _relay_lines(db: Connection) -> tuple[str, ...]:
+    """PostgreSQL: every live relay, one line each (many may serve the store)."""
+    if getattr(db, "dialect", "sqlite") != "postgresql":
+        return ()
+    from relay.client_settings import relay_line
+    from relay.store.relays import live_relays
+
+    return tuple(relay_line(member) for member in live_relays(db))

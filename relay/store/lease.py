@@ -280,7 +280,7 @@ def _status_common(db: Connection) -> dict[str, Any]:
 def relay_status(db: Connection, stale_after: float = DEFAULT_STALE_AFTER, *, now: float | None = None) -> RelayStatus:
     """What a console, ``status`` or the harness needs to know about the relay."""
     if _many(db):
-        return _relays().relay_status(db, stale_after, now=now)  # type: ignore[no-any-return]
+        return _relays().relay_status(db, stale_after, now=now)
     stamp = time.time() if now is None else now
     lease = _read_lease(db)
     common = _status_common(db)
