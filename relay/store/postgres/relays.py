@@ -20,6 +20,7 @@ from typing import Any
 
 import psycopg
 
+from relay.store.errors import StoreError
 from relay.store.postgres.connection import connect, store_errors, translate
 
 # pg_locks shows a bigint advisory key as (classid, objid) = (high, low) 32 bits, objsubid 1.
@@ -74,7 +75,7 @@ class PgMemberLock:
             raise translate(exc, self.location) from None
         if not got or not got[0]:  # only a relay with the same id: never a fresh one
             conn.close()
-            raise RuntimeError(f"relay id {facts['owner']} is in use by another live relay")
+            raise StoreError(f"relay id {facts['owner']} is in use by another live relay — start it again (a new id)")
         self._conn, self.key = conn, key
         self._facts.update(facts)
 
