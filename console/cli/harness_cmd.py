@@ -12,6 +12,7 @@ bench = LazyGroup(
         "priority": ("console.cli.bench_delivery:priority", "Priority-1 probe latency through a throttled campaign."),
         "dkim": ("console.cli.bench_delivery:dkim", "DKIM signing CPU per message, Ed25519 and RSA-2048."),
         "console": ("console.cli.bench_console:console_bench", "Console first paint and refresh cost with 100,000 queued."),
+        "scale": ("console.cli.bench_scale:scale", "Many relays on one PostgreSQL store: accept, delivery, CPU, dequeue."),
     },
     help="Benchmarks: each measures a ratio against a reference run in the same process tree.",
 )

@@ -96,9 +96,10 @@ def fill_store(store: Path, count: int) -> float:
     return time.perf_counter() - started
 
 
-def prepare_store(workdir: Path, name: str = "bench.db") -> tuple[Path, Path, Path]:
+def prepare_store(workdir: Path, name: str = "bench.db", *, location: str | None = None) -> tuple[Path, Path, Path]:
     """A scratch store with one active user and a verified domain, delivery paused, and
-    a certificate pair. Returns (store, cert, key)."""
+    a certificate pair. Returns (store, cert, key). ``location``: that store (a
+    postgresql:// URL) instead of the file ``workdir / name``."""
     from relay.admin import users as user_admin
     from relay.admin import verification as verification_admin
     from relay.store import directory, open_store, transaction
@@ -106,7 +107,7 @@ def prepare_store(workdir: Path, name: str = "bench.db") -> tuple[Path, Path, Pa
     from relay.tls import load_tls
 
     store = workdir / name
-    db = open_store(store)
+    db = open_store(location if location is not None else store)
     try:
         directory.create_list(db, "bench")
         user_admin.create_user(
