@@ -83,11 +83,7 @@ async def relays(
                 f'tls_cert = "{cert}"\ntls_key = "{key}"\ndata_dir = "{where / "data"}"\n'
                 + ("reuse_port = true\n" if port else "")
             )
-            proc = subprocess.Popen(
-                [sys.executable, "-c", "from console.cli import main; main()", "relay", "--config", str(config),
-                 "--db", store, "--ready-file", str(ready)],
-                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )
+            proc = _spawn(config, store, ready, env)
             procs.append(proc)
             served = (await asyncio.to_thread(_wait_ready, proc, ready, f"relay {n + 1}"))["served"]
             if port is None:
@@ -98,13 +94,22 @@ async def relays(
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
         # Waited for without blocking the loop: the capture sink on it answers the relays' QUIT.
-        deadline = time.monotonic() + 30
-        while any(proc.poll() is None for proc in procs) and time.monotonic() < deadline:
+        for _ in range(600):  # 30 s
+            if all(proc.poll() is not None for proc in procs):
+                break
             await asyncio.sleep(0.05)
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def _spawn(config: Path, store: str, ready: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-c", "from console.cli import main; main()", "relay", "--config", str(config),
+         "--db", store, "--ready-file", str(ready)],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
 
 
 def _port_of(where: Path) -> int:
