@@ -203,10 +203,12 @@ def _dequeue_p99(store: str, queued: int, samples: int) -> tuple[float, float]:
 
 def _check_empty(store: str) -> None:
     from relay.store import open_store
+    from relay.store.directory import all_lists
+    from relay.store.intake import count_messages
 
     db = open_store(store)
     try:
-        if db.execute("SELECT count(*) FROM lists").fetchone()[0] or db.execute("SELECT count(*) FROM messages").fetchone()[0]:
+        if all_lists(db) or count_messages(db):
             raise BenchError("the PostgreSQL database is not empty — give the bench a scratch database (createdb …)")
     finally:
         db.close()
