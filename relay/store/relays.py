@@ -52,6 +52,7 @@ class LiveRelay:
     started_at: float | None = None
     beat_at: float | None = None
     beat_age: float | None = None  # seconds since its last beat, by the database's clock
+    listening: bool = False  # it has bound its ports (published them): ready
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +135,7 @@ def _relay(owner: str, facts: dict[str, Any], stamp: float) -> LiveRelay:
         started_at=facts.get("started_at"),
         beat_at=beat_at,
         beat_age=max(0.0, stamp - float(beat_at)) if beat_at else None,
+        listening=bool(facts.get("listening_at")),
     )
 
 
@@ -170,6 +172,7 @@ def _sqlite_relay(db: Any, stamp: float) -> list[LiveRelay]:
             started_at=status.started_at,
             beat_at=stamp - status.heartbeat_age if status.heartbeat_age is not None else None,
             beat_age=status.heartbeat_age,
+            listening=status.ready,
         )
     ]
 
@@ -279,7 +282,7 @@ def relay_status(db: Any, stale_after: float, *, now: float | None = None) -> An
     first = found[0]
     return RelayStatus(
         alive=True,
-        ready=True,
+        ready=any(r.listening for r in found),
         liveness="lock",
         owner=first.owner,
         pid=first.pid,
