@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from relay.store.connection import dialect_of
 from relay.store.errors import StoreError
 
 # Kept by triggers in the destination as the messages arrive.
@@ -103,18 +104,11 @@ def _rows(src: Any, table: str, cols: list[str], key: list[str]) -> Iterator[lis
 
 @contextlib.contextmanager
 def _loading(dst: Any) -> Iterator[None]:
-    # One transaction; on PostgreSQL the identity sequences move past the copied ids.
-    if getattr(dst, "dialect", "sqlite") == "postgresql":
-        from relay.store.postgres.connection import transaction as pg_transaction
-        from relay.store.postgres.dialect import bulk_load
-
-        with pg_transaction(dst), bulk_load(dst):
-            yield
-    else:
-        from relay.store import transaction
-
-        with transaction(dst):
-            yield
+    # One transaction; the dialect's bulk load moves PostgreSQL's identity sequences
+    # past the copied ids (its contract).
+    dialect = dialect_of(dst)
+    with dialect.transaction(dst), dialect.bulk_load(dst):
+        yield
 
 
 def copy_store(src: Any, dst: Any, *, progress: Progress | None = None, names: tuple[str, str] = ("", "")) -> CopyResult:

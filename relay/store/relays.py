@@ -27,13 +27,13 @@ Public API
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+from relay.store.connection import transaction
 
 PREFIX = "relay.live."
 
@@ -65,20 +65,6 @@ def _postgres(db: Any) -> bool:
     return getattr(db, "dialect", "sqlite") == "postgresql"
 
 
-@contextlib.contextmanager
-def _transaction(db: Any) -> Iterator[Any]:
-    if _postgres(db):
-        from relay.store.postgres.connection import transaction as pg_transaction
-
-        with pg_transaction(db):
-            yield db
-    else:
-        from relay.store import transaction
-
-        with transaction(db):
-            yield db
-
-
 def now(db: Any) -> float:
     """The store's clock: the database server's on PostgreSQL (relays on several hosts
     agree on ages), this host's on SQLite (one host)."""
@@ -92,7 +78,7 @@ def now(db: Any) -> float:
 def beat(db: Any, owner: str, facts: dict[str, Any]) -> None:
     """Write this relay's heartbeat row: ``facts`` (host, pid, listen_host, ports,
     implicit_tls, tls_fingerprint, started_at) merged into what it wrote before."""
-    with _transaction(db):
+    with transaction(db):
         row = db.execute("SELECT value FROM settings WHERE key = ?", (PREFIX + owner,)).fetchone()
         value = _load(row[0]) if row else {}
         value.update(facts)
@@ -105,7 +91,7 @@ def beat(db: Any, owner: str, facts: dict[str, Any]) -> None:
 
 
 def leave(db: Any, owner: str) -> None:
-    with _transaction(db):
+    with transaction(db):
         db.execute("DELETE FROM settings WHERE key = ?", (PREFIX + owner,))
 
 
@@ -184,7 +170,7 @@ def reclaim_dead(db: Any) -> Reclaimed:
     from relay.store.postgres.relays import held_keys, key_of
     from relay.store.queue import reclaim_owner
 
-    with _transaction(db):
+    with transaction(db):
         held = held_keys(db)
         owners = {
             str(row[0])
@@ -239,7 +225,7 @@ def heartbeat(db: Any, owner: str, **_: Any) -> bool:
     """Refresh this relay's row and take over from relays that died meanwhile.
     ``False`` when its row is gone: the others found its lock free and took its claims
     (its lock's connection dropped), so it must stop as a relay taken over does."""
-    with _transaction(db):
+    with transaction(db):
         if db.execute("SELECT 1 FROM settings WHERE key = ?", (PREFIX + owner,)).fetchone() is None:
             return False
         beat(db, owner, {})
