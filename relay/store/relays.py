@@ -36,6 +36,7 @@ from typing import Any
 from relay.store.connection import transaction
 
 PREFIX = "relay.live."
+DEFAULT_STALE_AFTER = 10.0  # relay.store.lease's
 
 __all__ = ["PREFIX", "LiveRelay", "Reclaimed", "beat", "leave", "live_relays", "now", "reclaim_dead", "share"]
 
@@ -163,8 +164,12 @@ def _sqlite_relay(db: Any, stamp: float) -> list[LiveRelay]:
     ]
 
 
-def reclaim_dead(db: Any) -> Reclaimed:
-    """PostgreSQL: take over the claims of every relay whose lock is free."""
+def reclaim_dead(db: Any, *, mine: str | None = None) -> Reclaimed:
+    """PostgreSQL: take over the claims of every relay that is dead — its lock is free
+    and its last beat is older than its ``stale_after`` by the database's clock (a
+    relay whose lock connection dropped, a server restart, takes it again at its next
+    beat: it is not dead) — or that holds claims and has no row. ``mine``: the caller,
+    never judged."""
     if not _postgres(db):
         return Reclaimed()
     from relay.store.postgres.relays import held_keys, key_of
@@ -178,16 +183,27 @@ def reclaim_dead(db: Any) -> Reclaimed:
                 "SELECT DISTINCT lease_owner FROM messages WHERE state = 'sending' AND lease_owner IS NOT NULL"
             ).fetchall()
         }
-        dead = sorted(owner for owner in owners | set(_rows(db)) if key_of(owner) not in held)
-        if not dead:
-            return Reclaimed()
+        rows = _rows(db)
         stamp = now(db)
+
+        def dead(owner: str) -> bool:
+            if owner == mine or key_of(owner) in held:
+                return False
+            facts = rows.get(owner)
+            if facts is None:
+                return True
+            limit = float(facts.get("stale_after") or DEFAULT_STALE_AFTER)
+            return stamp - float(facts.get("beat_at") or 0.0) >= limit
+
+        gone = sorted(owner for owner in owners | set(rows) if dead(owner))
+        if not gone:
+            return Reclaimed()
         count = 0
-        for owner in dead:
+        for owner in gone:
             if owner in owners:
                 count += reclaim_owner(db, owner, now=stamp)
             db.execute("DELETE FROM settings WHERE key = ?", (PREFIX + owner,))
-        return Reclaimed(count, dead)
+        return Reclaimed(count, gone)
 
 
 def share(total: int | float | None, relays: int) -> Any:
@@ -217,19 +233,20 @@ def acquire_lease(
     from relay.store.lease import Acquired
 
     beat(db, owner, {"host": host, "pid": pid, "listen_host": listen_host, "stale_after": stale_after})
-    reclaim_dead(db)
+    reclaim_dead(db, mine=owner)
     return Acquired(None, False)
 
 
 def heartbeat(db: Any, owner: str, **_: Any) -> bool:
-    """Refresh this relay's row and take over from relays that died meanwhile.
-    ``False`` when its row is gone: the others found its lock free and took its claims
-    (its lock's connection dropped), so it must stop as a relay taken over does."""
-    with transaction(db):
-        if db.execute("SELECT 1 FROM settings WHERE key = ?", (PREFIX + owner,)).fetchone() is None:
-            return False
-        beat(db, owner, {})
-    reclaim_dead(db)
+    """Hold this relay's lock (taken again when its connection was lost: a server
+    restart), refresh its row and take over from relays that died meanwhile. Always
+    ``True``: a relay declared dead while its lock was lost (the others took its
+    claims: those may be delivered twice, never lost) simply carries on."""
+    from relay.store.postgres.relays import keep
+
+    keep(owner)
+    beat(db, owner, {})
+    reclaim_dead(db, mine=owner)
     return True
 
 

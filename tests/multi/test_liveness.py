@@ -38,7 +38,8 @@ def test_every_live_relay_is_listed_and_a_dead_ones_claims_are_taken_over(pg_url
     try:
         a.acquire({"owner": "a" * 32})
         b.acquire({"owner": "b" * 32})
-        beat(db, "a" * 32, {"host": "one.example", "pid": 11, "ports": [2525], "tls_fingerprint": "sha256:aa"})
+        beat(db, "a" * 32, {"host": "one.example", "pid": 11, "ports": [2525], "tls_fingerprint": "sha256:aa",
+                            "stale_after": 0.5})
         beat(db, "b" * 32, {"host": "two.example", "pid": 22, "ports": [2525, 4650], "tls_fingerprint": "sha256:bb"})
         relays = live_relays(db)
         assert [(r.host, r.pid, r.ports, r.tls_fingerprint) for r in relays] == [
@@ -52,7 +53,10 @@ def test_every_live_relay_is_listed_and_a_dead_ones_claims_are_taken_over(pg_url
 
         _kill(db, a)
         assert [r.host for r in live_relays(db)] == ["two.example"]
-        taken = reclaim_dead(db)
+        # Dead once its lock is free and its last beat is stale_after old (the database's clock).
+        deadline = time.monotonic() + 30
+        while not (taken := reclaim_dead(db)).relays and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert taken.messages == 1 and taken.relays == ["a" * 32]
         states = dict(db.execute("SELECT queue_id, state FROM messages").fetchall())
         assert states == {"Q1": "queued", "Q2": "sending"}
@@ -104,7 +108,6 @@ def test_the_lease_on_postgresql_admits_every_relay_and_status_lists_them(pg_url
         assert status.alive and [r.pid for r in status.relays] == [100, 101]
         assert lease.heartbeat(db, "1" * 32)
         lease.release(db, "1" * 32)
-        assert not lease.heartbeat(db, "1" * 32)  # its row is gone: it must stop
         assert [r.pid for r in lease.relay_status(db).relays] == [101]
     finally:
         for lock in locks:
@@ -133,4 +136,26 @@ def test_delivery_settings_are_shared_by_the_live_relays(pg_url: str) -> None:
     finally:
         for lock in locks:
             lock.release()
+        db.close()
+
+
+def test_a_relay_whose_lock_connection_dropped_takes_its_lock_again_and_is_not_dead(pg_url: str) -> None:
+    from relay.store import lease
+
+    db = open_store(pg_url)
+    mine, other = PgMemberLock(pg_url), PgMemberLock(pg_url)
+    try:
+        mine.acquire({"owner": "d" * 32})
+        other.acquire({"owner": "e" * 32})
+        lease.acquire_lease(db, "d" * 32, 1, "h", "127.0.0.1", 10.0)
+        lease.acquire_lease(db, "e" * 32, 2, "h", "127.0.0.1", 10.0)
+        _sending(db, "Q9", "d" * 32)
+        _kill(db, mine)  # a server restart, as far as this lock knows
+        assert reclaim_dead(db).messages == 0  # its beat is fresh: not dead
+        assert lease.heartbeat(db, "d" * 32)  # the beat takes the lock again
+        assert sorted(r.pid for r in live_relays(db)) == [1, 2]
+        assert reclaim_dead(db).messages == 0
+    finally:
+        mine.release()
+        other.release()
         db.close()

@@ -1,20 +1,30 @@
 """One relay per store (through the backend's ``Lease`` interface): the lease is taken,
 refused to a second relay while the first is alive, taken over once its heartbeat
 went stale (recorded), and released. The relay's OS-level lock is the backend's own
-(SQLite: tests/relay/test_lease.py)."""
+(SQLite: tests/relay/test_lease.py).
+
+One relay per store is SQLite's rule: on PostgreSQL the same interface admits any
+number of relays (relay.store.relays; tested in tests/multi/test_liveness.py), so these
+run on SQLite."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from relay.reasons import Reason
 from relay.store.errors import RelayAlreadyRunning
-from tests.store_contract.conftest import ops
+from tests.store_contract.conftest import BACKENDS, Case, ops
 
 T0 = 1_800_000_000.0
 HOST = "relay-host.example"  # not this host: only the heartbeat decides here
+
+
+@pytest.fixture
+def backend(tmp_path: Path) -> Case:
+    return BACKENDS["sqlite"](tmp_path)
 
 
 def test_a_fresh_lease_refuses_a_second_relay_and_a_stale_one_is_taken_over(db: Any) -> None:

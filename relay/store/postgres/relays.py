@@ -52,6 +52,17 @@ def database_now(db: Any) -> float:
     return float(row[0])
 
 
+# This process's relays' locks, by owner: the heartbeat (on a store thread) keeps them.
+_MINE: dict[str, PgMemberLock] = {}
+
+
+def keep(owner: str) -> None:
+    """Keep the lock of this process's relay ``owner`` (no-op for another process's)."""
+    lock = _MINE.get(owner)
+    if lock is not None:
+        lock.keep()
+
+
 class PgMemberLock:
     """A relay's lock on its own id (a :class:`relay.store.interfaces.RelayLock`):
     any number of relays hold one each. ``facts`` must name the relay's ``owner``."""
@@ -78,12 +89,36 @@ class PgMemberLock:
             raise StoreError(f"relay id {facts['owner']} is in use by another live relay — start it again (a new id)")
         self._conn, self.key = conn, key
         self._facts.update(facts)
+        _MINE[str(facts["owner"])] = self
 
     def note(self, **facts: Any) -> None:
         # Readers learn about live relays from their heartbeat rows (relay.store.relays).
         self._facts.update(facts)
 
+    def keep(self) -> None:
+        """Still hold the lock: when its connection was lost (a server restart), take
+        it again on a new one. A failure is the store's error (the next beat retries)."""
+        conn = self._conn
+        if conn is None or self.key is None:
+            return
+        try:
+            conn.execute("SELECT 1")
+            return
+        except psycopg.Error:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
+        try:
+            fresh = connect(self.location, application_name="smtpplus-relay")
+            got = fresh.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()
+        except psycopg.Error as exc:
+            raise translate(exc, self.location) from None
+        if not got or not got[0]:
+            fresh.close()
+            raise StoreError("this relay's lock is held by another session — restart the relay")
+        self._conn = fresh
+
     def release(self) -> None:
+        _MINE.pop(str(self._facts.get("owner")), None)
         conn, self._conn = self._conn, None
         if conn is not None:
             with contextlib.suppress(psycopg.Error):
