@@ -71,6 +71,8 @@ async def relays(
     """``count`` relay processes on ``store``; with ``port``, all on it (--reuse-port).
     Yields their pids (ports: ``port``, or the one ephemeral port of a single relay)."""
     procs: list[subprocess.Popen[bytes]] = []
+    if count > 1 and port is None:
+        port = _free_port()  # several relays share one port (--reuse-port)
     env = dict(os.environ, SMTPPLUS_EVENT_LOOP=loop)
     env.pop("SMTPPLUS_CONFIG", None)
     try:
