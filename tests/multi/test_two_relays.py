@@ -194,14 +194,15 @@ async def test_kill_9_of_one_relay_under_load_loses_nothing_and_the_other_takes_
             loads = [asyncio.create_task(send_load(port, n * 100_000, accepted, stop, connections=2))
                      for n, port in enumerate(ports)]
             await eventually(lambda: len(accepted) >= 60 and len(sink.messages) >= 5, within=60, every=0.01)
+            os.kill(victim.proc.pid, signal.SIGKILL)
+            killed_at = store.execute("SELECT extract(epoch FROM clock_timestamp())::float8").fetchone()[0]
+            victim.proc.wait(10)
+            # What it held when it died (nothing takes it over before its beat is stale_after old).
             in_flight = store.execute(
                 "SELECT count(*) FROM messages WHERE state = 'sending' AND lease_owner IN "
                 "(SELECT substr(key, 12) FROM settings WHERE key LIKE 'relay.live.%' AND value LIKE ?)",
                 (f'%"pid": {victim.proc.pid},%',),
             ).fetchone()[0]
-            os.kill(victim.proc.pid, signal.SIGKILL)
-            killed_at = store.execute("SELECT extract(epoch FROM clock_timestamp())::float8").fetchone()[0]
-            victim.proc.wait(10)
             stop.set()
             await asyncio.gather(*loads)
             await sink.wait_until(functools.partial(_all_of, set(accepted)), within=120)
