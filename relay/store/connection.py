@@ -99,6 +99,12 @@ class Dialect(Protocol):
         all of it at once."""
         ...
 
+    def rows_per_insert(self) -> int:
+        """How many rows one ``INSERT … VALUES`` of a group commit carries: 1 where a
+        statement costs no round trip (SQLite, in-process: a statement per row), a
+        few hundred where each statement is one (PostgreSQL)."""
+        ...
+
     def skip_locked(self) -> str:
         """SQL appended to the ``SELECT`` that picks rows to claim: ``""`` where the
         write lock is the whole database (SQLite), ``" FOR UPDATE SKIP LOCKED"`` where

@@ -3,11 +3,13 @@ writer), campaign expansion and system mail (bounces, verification codes)."""
 
 from __future__ import annotations
 
+import functools
 import mmap
 import secrets
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from relay.reasons import EventKind, Reason
 from relay.store.connection import Connection, dialect_of, insert_id, transaction
@@ -79,7 +81,10 @@ def insert_messages(db: Connection, messages: Sequence[NewMessage], *, now: floa
     transaction (joins the caller's transaction when there is one)."""
     stamp = time.time() if now is None else now
     out: list[Queued] = []
+    rows_per_insert = dialect_of(db).rows_per_insert()
     with transaction(db):
+        if rows_per_insert > 1:
+            return _insert_grouped(db, messages, stamp, rows_per_insert)
         for m in messages:
             message_id = insert_id(
                 db,
@@ -115,6 +120,105 @@ def insert_messages(db: Connection, messages: Sequence[NewMessage], *, now: floa
             )
             out.append(Queued(message_id, m.queue_id))
     return out
+
+
+# The grouped path (a database where a statement is a round trip): each table's rows
+# of the whole group in a few multi-row INSERTs. Same rows, same values as above.
+_MESSAGE_COLUMNS = (
+    "queue_id, list_id, list_name, user_id, username, origin, campaign_id, mail_from, header_from, subject, size, "
+    "header_priority, user_priority, priority, state, next_attempt_at, client, port, created_at, updated_at, "
+    "mail_auth, body_type, smtputf8, size_declared, dsn_ret, dsn_envid"
+)
+_EVENT_COLUMNS = "at, kind, reason, username, list_id, client, port, message_id, queue_id, detail"
+# PostgreSQL takes at most 65,535 parameters per statement; bodies are also bounded
+# in bytes per statement, so a group of big messages is never all in one buffer.
+MAX_PARAMETERS = 60_000
+BODY_BYTES_PER_INSERT = 4 << 20
+
+
+def _insert_grouped(db: Connection, messages: Sequence[NewMessage], stamp: float, rows_per_insert: int) -> list[Queued]:
+    ids: dict[str, int] = {}
+    message_rows = [_message_row(m, stamp) for m in messages]
+    for chunk in _chunks(message_rows, rows_per_insert, 26):
+        # RETURNING's order is not promised to be the VALUES' order: match by queue id.
+        for row in _insert_rows(db, "messages", _MESSAGE_COLUMNS, 26, chunk, " RETURNING id, queue_id"):
+            ids[row[1]] = int(row[0])
+    out = [Queued(ids[m.queue_id], m.queue_id) for m in messages]
+    _insert_bodies(db, [(q.message_id, m.data) for q, m in zip(out, messages, strict=True)], rows_per_insert)
+    recipient_rows = []
+    for q, m in zip(out, messages, strict=True):
+        dsn = m.recipient_dsn or {}
+        recipient_rows.extend((q.message_id, r, *_dsn_row(dsn.get(r))) for r in m.recipients)
+    for chunk in _chunks(recipient_rows, rows_per_insert, 4):
+        _insert_rows(db, "recipients", "message_id, address, dsn_notify, dsn_orcpt", 4, chunk, " ON CONFLICT DO NOTHING")
+    event_rows = [_event_row(m, q.message_id, stamp) for q, m in zip(out, messages, strict=True)]
+    for chunk in _chunks(event_rows, rows_per_insert, 10):
+        _insert_rows(db, "events", _EVENT_COLUMNS, 10, chunk)
+    return out
+
+
+def _message_row(m: NewMessage, stamp: float) -> tuple[object, ...]:
+    return (
+        m.queue_id, m.list_id, m.list_name, m.user_id, m.username, m.origin, m.campaign_id,
+        m.mail_from, m.header_from, m.subject, len(m.data), m.header_priority, m.user_priority,
+        m.priority, m.state, m.not_before if m.not_before is not None else stamp,
+        m.client, m.port, stamp, stamp, m.mail_auth, m.body_type, int(bool(m.smtputf8)),
+        m.size_declared, m.dsn_ret, m.dsn_envid,
+    )
+
+
+def _event_row(m: NewMessage, message_id: int, stamp: float) -> tuple[object, ...]:
+    return (
+        stamp, str(EventKind.QUEUED), str(Reason.ACCEPTED), m.username, m.list_id, m.client, m.port,
+        message_id, m.queue_id,
+        f"{m.origin} from {m.mail_from or '<>'} to {len(m.recipients)} recipient(s), "
+        f"priority {m.priority} (header {m.header_priority}, user {m.user_priority})",
+    )
+
+
+def _chunks(rows: list[tuple[object, ...]], rows_per_insert: int, width: int) -> list[list[tuple[object, ...]]]:
+    size = max(1, min(rows_per_insert, MAX_PARAMETERS // width))
+    return [rows[i : i + size] for i in range(0, len(rows), size)]
+
+
+def _insert_rows(
+    db: Connection, table: str, columns: str, width: int, rows: Sequence[tuple[object, ...]], tail: str = ""
+) -> list[Any]:
+    """One ``INSERT … VALUES (…), (…), …`` of ``rows``; what its ``tail`` returns."""
+    cursor = db.execute(_insert_sql(table, columns, width, len(rows), tail), [v for row in rows for v in row])
+    return cursor.fetchall() if tail.startswith(" RETURNING") else []
+
+
+@functools.lru_cache(maxsize=256)
+def _insert_sql(table: str, columns: str, width: int, count: int, tail: str) -> str:
+    # The same text object each time: the connection's own caches of it (placeholder
+    # rewriting, prepared statements) then hash it once.
+    values = ", ".join(["(" + ", ".join("?" * width) + ")"] * count)
+    return f"INSERT INTO {table}({columns}) VALUES {values}{tail}"
+
+
+def _insert_bodies(db: Connection, bodies: list[tuple[int, bytes | mmap.mmap]], rows_per_insert: int) -> None:
+    """Bodies a few MB per statement; a bigger one on its own (the dialect's way)."""
+    group: list[tuple[object, ...]] = []
+    views: list[memoryview] = []
+    size = 0
+    try:
+        for message_id, data in bodies:
+            if len(data) > BODY_BYTES_PER_INSERT:
+                dialect_of(db).write_body(db, message_id, data)
+                continue
+            if group and (size + len(data) > BODY_BYTES_PER_INSERT or len(group) >= rows_per_insert):
+                _insert_rows(db, "message_bodies", "message_id, data", 2, group)
+                group, size = [], 0
+            view = memoryview(data)  # the driver sends a view as BYTEA without a copy of its own
+            views.append(view)
+            group.append((message_id, view))
+            size += len(data)
+        if group:
+            _insert_rows(db, "message_bodies", "message_id, data", 2, group)
+    finally:
+        for view in views:
+            view.release()
 
 
 def _dsn_row(dsn: RecipientDsn | None) -> tuple[str | None, str | None]:

@@ -10,7 +10,7 @@ from typing import Any
 
 from relay.store.postgres.connection import transaction
 
-__all__ = ["bulk_load", "data_version", "skip_locked", "transaction", "write_body"]
+__all__ = ["bulk_load", "data_version", "rows_per_insert", "skip_locked", "transaction", "write_body"]
 
 
 def data_version(db: Any) -> int | None:
@@ -55,3 +55,9 @@ def bulk_load(db: Any) -> Iterator[None]:
         yield
     finally:
         db.execute(_RESYNC_IDS)
+
+
+def rows_per_insert() -> int:
+    # Each statement is a round trip to the server: a group commit's rows go in a few
+    # multi-row INSERTs (measured: 3 round trips and 4 trigger calls per message before).
+    return 500

@@ -218,7 +218,14 @@ ALTER TABLE recipients ADD COLUMN dsn_orcpt TEXT;
 """
 
 # The maintained counts (see the SQLite step): the same tables, kept by PL/pgSQL
-# row triggers in the transaction of every change to ``messages``.
+# triggers in the transaction of every change to ``messages``. An INSERT or a DELETE
+# is counted once per statement from its transition table (a group commit inserts
+# its messages in one statement: one aggregate instead of a trigger call and two
+# UPDATEs per row). An UPDATE stays a row trigger: its WHEN clause skips, without a
+# call, the many updates that change neither state, priority nor list (leases,
+# attempts, replies), where a statement trigger would capture every updated row.
+# The count rows are locked in key order first, so two relays' commits queue on
+# them rather than deadlock.
 V4_COUNTS = """
 CREATE TABLE queue_counts (
     state    TEXT NOT NULL,
@@ -251,8 +258,25 @@ BEGIN
     END IF;
     RETURN NULL;
 END $$;
-CREATE TRIGGER queue_counts_insert_delete AFTER INSERT OR DELETE ON messages
-FOR EACH ROW EXECUTE FUNCTION smtpplus_queue_counts();
+-- One INSERT or DELETE statement's rows (changed_rows), counted in (or out) at once.
+CREATE FUNCTION smtpplus_queue_counts_of_statement() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    sign integer := CASE WHEN TG_OP = 'INSERT' THEN 1 ELSE -1 END;
+BEGIN
+    PERFORM 1 FROM queue_counts c
+    WHERE (c.state, c.priority) IN (SELECT state, priority FROM changed_rows)
+    ORDER BY c.state, c.priority FOR UPDATE;
+    UPDATE queue_counts c SET n = c.n + sign * d.n
+    FROM (SELECT state, priority, count(*) AS n FROM changed_rows GROUP BY state, priority) d
+    WHERE c.state = d.state AND c.priority = d.priority;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER queue_counts_insert AFTER INSERT ON messages
+REFERENCING NEW TABLE AS changed_rows
+FOR EACH STATEMENT EXECUTE FUNCTION smtpplus_queue_counts_of_statement();
+CREATE TRIGGER queue_counts_delete AFTER DELETE ON messages
+REFERENCING OLD TABLE AS changed_rows
+FOR EACH STATEMENT EXECUTE FUNCTION smtpplus_queue_counts_of_statement();
 CREATE TRIGGER queue_counts_update AFTER UPDATE ON messages
 FOR EACH ROW WHEN (OLD.state IS DISTINCT FROM NEW.state OR OLD.priority IS DISTINCT FROM NEW.priority)
 EXECUTE FUNCTION smtpplus_queue_counts();
@@ -281,8 +305,32 @@ BEGIN
     END IF;
     RETURN NULL;
 END $$;
-CREATE TRIGGER list_queue_counts_insert_delete AFTER INSERT OR DELETE ON messages
-FOR EACH ROW EXECUTE FUNCTION smtpplus_list_queue_counts();
+CREATE FUNCTION smtpplus_list_queue_counts_of_statement() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO list_queue_counts AS c (list_id, n)
+        SELECT list_id, count(*) FROM changed_rows
+        WHERE list_id IS NOT NULL AND state IN ('queued', 'deferred', 'sending', 'held')
+        GROUP BY list_id ORDER BY list_id
+        ON CONFLICT (list_id) DO UPDATE SET n = c.n + excluded.n;
+    ELSE
+        PERFORM 1 FROM list_queue_counts c
+        WHERE c.list_id IN (SELECT list_id FROM changed_rows WHERE state IN ('queued', 'deferred', 'sending', 'held'))
+        ORDER BY c.list_id FOR UPDATE;
+        UPDATE list_queue_counts c SET n = c.n - d.n
+        FROM (SELECT list_id, count(*) AS n FROM changed_rows
+              WHERE list_id IS NOT NULL AND state IN ('queued', 'deferred', 'sending', 'held')
+              GROUP BY list_id) d
+        WHERE c.list_id = d.list_id;
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER list_queue_counts_insert AFTER INSERT ON messages
+REFERENCING NEW TABLE AS changed_rows
+FOR EACH STATEMENT EXECUTE FUNCTION smtpplus_list_queue_counts_of_statement();
+CREATE TRIGGER list_queue_counts_delete AFTER DELETE ON messages
+REFERENCING OLD TABLE AS changed_rows
+FOR EACH STATEMENT EXECUTE FUNCTION smtpplus_list_queue_counts_of_statement();
 -- A deleted list sets list_id to NULL through its foreign key, which fires this too.
 CREATE TRIGGER list_queue_counts_update AFTER UPDATE ON messages
 FOR EACH ROW WHEN (OLD.list_id IS DISTINCT FROM NEW.list_id OR OLD.state IS DISTINCT FROM NEW.state)

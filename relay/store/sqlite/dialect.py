@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from relay.store.connection import Connection
 from relay.store.sqlite.db import data_version, transaction
 
-__all__ = ["BODY_CHUNK", "bulk_load", "data_version", "skip_locked", "transaction", "write_body"]
+__all__ = ["BODY_CHUNK", "bulk_load", "data_version", "rows_per_insert", "skip_locked", "transaction", "write_body"]
 
 # Bodies over this size are written in pieces of this size. Bound whole, a body is
 # copied by SQLite (SQLITE_TRANSIENT) and that copy stays with the cached statement
@@ -49,3 +49,9 @@ def bulk_load(db: Connection) -> Iterator[None]:
         yield
     finally:
         db.execute(f"PRAGMA cache_size = {cache}")
+
+
+def rows_per_insert() -> int:
+    # In-process: a statement per row costs no round trip and keeps the statement
+    # cache to one entry per INSERT (the path measured fastest; unchanged).
+    return 1
