@@ -1,0 +1,66 @@
+"""One group commit of many messages, on every backend: what each message gets
+(its id, body, recipients, ``queued`` event) and the maintained counts are the same
+whether the backend writes a statement per row (SQLite) or multi-row INSERTs
+(PostgreSQL: more rows than one INSERT carries, more body bytes than one carries)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from relay.store import intake
+from relay.store.intake import NewMessage, RecipientDsn
+from tests.store_contract.conftest import ops
+
+SENDER = "news@example.com"
+
+
+def _group(db: Any) -> list[NewMessage]:
+    lists = [ops(db).directory.create_list(db, name) for name in ("alpha", "beta")]
+    out = []
+    for n in range(1203):  # over two full INSERTs of the grouped path
+        target = lists[n % 3] if n % 3 < 2 else None
+        priority = 1 + n % 5
+        size = intake.BODY_BYTES_PER_INSERT + 10 if n == 7 else (1 << 20 if n % 300 == 1 else 64)
+        body = (f"Subject: m{n}\r\n\r\n".encode() + bytes([65 + n % 26]) * size)
+        recipients = [f"r{n}@example.net", f"R{n}@example.net", f"r{n}@example.net"] if n % 100 == 0 else [f"r{n}@example.net"]
+        out.append(NewMessage(
+            mail_from=SENDER, recipients=recipients, data=body, priority=priority, header_priority=priority,
+            user_priority=priority, subject=f"m{n}", state="held" if n % 7 == 0 else "queued",
+            list_id=target.id if target else None, list_name=target.name if target else None,
+            recipient_dsn={f"r{n}@example.net": RecipientDsn(notify="SUCCESS,FAILURE", orcpt=f"rfc822;r{n}@example.net")},
+        ))
+    return out
+
+
+def test_a_big_group_commit_gives_each_message_its_own_rows(db: Any) -> None:
+    messages = _group(db)
+    queued = ops(db).intake.insert_messages(db, messages, now=1000.0)
+
+    assert [q.queue_id for q in queued] == [m.queue_id for m in messages]
+    by_id = {r[0]: r for r in db.execute("SELECT id, queue_id, size, priority, state, list_id FROM messages")}
+    assert len(by_id) == len(messages)
+    for q, m in zip(queued, messages, strict=True):
+        row = by_id[q.message_id]
+        assert (row[1], row[2], row[3], row[4], row[5]) == (m.queue_id, len(m.data), m.priority, m.state, m.list_id)
+    for n in (0, 1, 7, 8, 1202):
+        body = db.execute("SELECT data FROM message_bodies WHERE message_id = ?", (queued[n].message_id,)).fetchone()[0]
+        assert bytes(body) == messages[n].data
+    recipients = db.execute(
+        "SELECT address, dsn_notify, dsn_orcpt FROM recipients WHERE message_id = ? ORDER BY address",
+        (queued[100].message_id,),
+    ).fetchall()
+    assert [tuple(r) for r in recipients] == [
+        ("R100@example.net", None, None), ("r100@example.net", "SUCCESS,FAILURE", "rfc822;r100@example.net"),
+    ]
+    assert db.execute("SELECT count(*) FROM recipients").fetchone()[0] == len(messages) + 13  # one more each for 0, 100, …, 1200
+    events = db.execute("SELECT message_id, queue_id, at FROM events WHERE kind = 'queued'").fetchall()
+    assert sorted((e[0], e[1], e[2]) for e in events) == sorted((q.message_id, q.queue_id, 1000.0) for q in queued)
+    assert ops(db).counts.differences(db) == []
+
+
+def test_deleting_many_messages_at_once_keeps_the_counts(db: Any) -> None:
+    ops(db).intake.insert_messages(db, _group(db)[:400])
+    db.execute("DELETE FROM messages WHERE priority IN (2, 4) OR list_id IS NULL")
+    assert ops(db).counts.differences(db) == []
+    db.execute("DELETE FROM messages")
+    assert ops(db).counts.differences(db) == []
