@@ -17,7 +17,7 @@ from harness.bench.loadgen import LoadSpec, make_message, run_load
 from harness.bench.report import BenchReport, Measurement, Run
 from harness.sink import CaptureSink
 
-BENCHES = ("accept", "e2e", "priority", "console", "dkim")
+BENCHES = ("accept", "e2e", "priority", "console", "dkim", "scale")
 
 
 def _report() -> BenchReport:
