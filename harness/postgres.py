@@ -188,7 +188,7 @@ class Cluster:
         with store_errors(self.url()):
             conn = connect(self.url())
             try:
-                conn.execute(sql)  # type: ignore[arg-type]
+                conn.execute(sql)
             finally:
                 conn.close()
 

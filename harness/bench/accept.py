@@ -88,7 +88,7 @@ _FILL = (
 )
 
 
-def fill_store(store: Path, count: int) -> float:
+def fill_store(store: Path | str, count: int) -> float:
     """Queue ``count`` bench messages into ``store`` (a child process: one transaction,
     rows from generators); returns the seconds it took."""
     started = time.perf_counter()

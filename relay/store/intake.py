@@ -145,7 +145,7 @@ def _insert_grouped(db: Connection, messages: Sequence[NewMessage], stamp: float
             ids[row[1]] = int(row[0])
     out = [Queued(ids[m.queue_id], m.queue_id) for m in messages]
     _insert_bodies(db, [(q.message_id, m.data) for q, m in zip(out, messages, strict=True)], rows_per_insert)
-    recipient_rows = []
+    recipient_rows: list[tuple[object, ...]] = []
     for q, m in zip(out, messages, strict=True):
         dsn = m.recipient_dsn or {}
         recipient_rows.extend((q.message_id, r, *_dsn_row(dsn.get(r))) for r in m.recipients)
