@@ -105,6 +105,14 @@ class Dialect(Protocol):
         few hundred where each statement is one (PostgreSQL)."""
         ...
 
+    def insert_rows(
+        self, db: Connection, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], tail: str = ""
+    ) -> list[Any]:
+        """Insert ``rows`` (values in ``columns``' order) into ``table`` in as few
+        statements as the database likes; ``tail`` is SQL after the rows (``ON
+        CONFLICT …``, ``RETURNING …``); returns what a ``RETURNING`` gave."""
+        ...
+
     def skip_locked(self) -> str:
         """SQL appended to the ``SELECT`` that picks rows to claim: ``""`` where the
         write lock is the whole database (SQLite), ``" FOR UPDATE SKIP LOCKED"`` where

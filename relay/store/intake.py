@@ -3,13 +3,11 @@ writer), campaign expansion and system mail (bounces, verification codes)."""
 
 from __future__ import annotations
 
-import functools
 import mmap
 import secrets
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from relay.reasons import EventKind, Reason
 from relay.store.connection import Connection, dialect_of, insert_id, transaction
@@ -123,25 +121,28 @@ def insert_messages(db: Connection, messages: Sequence[NewMessage], *, now: floa
 
 
 # The grouped path (a database where a statement is a round trip): each table's rows
-# of the whole group in a few multi-row INSERTs. Same rows, same values as above.
+# of the whole group in one statement (the dialect's ``insert_rows``) per
+# ``rows_per_insert`` rows. Same rows, same values as above.
 _MESSAGE_COLUMNS = (
-    "queue_id, list_id, list_name, user_id, username, origin, campaign_id, mail_from, header_from, subject, size, "
-    "header_priority, user_priority, priority, state, next_attempt_at, client, port, created_at, updated_at, "
-    "mail_auth, body_type, smtputf8, size_declared, dsn_ret, dsn_envid"
+    "queue_id", "list_id", "list_name", "user_id", "username", "origin", "campaign_id", "mail_from", "header_from",
+    "subject", "size", "header_priority", "user_priority", "priority", "state", "next_attempt_at", "client", "port",
+    "created_at", "updated_at", "mail_auth", "body_type", "smtputf8", "size_declared", "dsn_ret", "dsn_envid",
 )
-_EVENT_COLUMNS = "at, kind, reason, username, list_id, client, port, message_id, queue_id, detail"
-# PostgreSQL takes at most 65,535 parameters per statement; bodies are also bounded
-# in bytes per statement, so a group of big messages is never all in one buffer.
-MAX_PARAMETERS = 60_000
+_RECIPIENT_COLUMNS = ("message_id", "address", "dsn_notify", "dsn_orcpt")
+_EVENT_COLUMNS = ("at", "kind", "reason", "username", "list_id", "client", "port", "message_id", "queue_id", "detail")
+# Bodies are also bounded in bytes per statement: a group of big messages is never
+# all in one buffer.
 BODY_BYTES_PER_INSERT = 4 << 20
+_BODY_COLUMNS = ("message_id", "data")
 
 
 def _insert_grouped(db: Connection, messages: Sequence[NewMessage], stamp: float, rows_per_insert: int) -> list[Queued]:
+    dialect = dialect_of(db)
     ids: dict[str, int] = {}
     message_rows = [_message_row(m, stamp) for m in messages]
-    for chunk in _chunks(message_rows, rows_per_insert, 26):
-        # RETURNING's order is not promised to be the VALUES' order: match by queue id.
-        for row in _insert_rows(db, "messages", _MESSAGE_COLUMNS, 26, chunk, " RETURNING id, queue_id"):
+    for chunk in _chunks(message_rows, rows_per_insert):
+        # RETURNING's order is not promised to be the rows' order: match by queue id.
+        for row in dialect.insert_rows(db, "messages", _MESSAGE_COLUMNS, chunk, "RETURNING id, queue_id"):
             ids[row[1]] = int(row[0])
     out = [Queued(ids[m.queue_id], m.queue_id) for m in messages]
     _insert_bodies(db, [(q.message_id, m.data) for q, m in zip(out, messages, strict=True)], rows_per_insert)
@@ -149,11 +150,11 @@ def _insert_grouped(db: Connection, messages: Sequence[NewMessage], stamp: float
     for q, m in zip(out, messages, strict=True):
         dsn = m.recipient_dsn or {}
         recipient_rows.extend((q.message_id, r, *_dsn_row(dsn.get(r))) for r in m.recipients)
-    for chunk in _chunks(recipient_rows, rows_per_insert, 4):
-        _insert_rows(db, "recipients", "message_id, address, dsn_notify, dsn_orcpt", 4, chunk, " ON CONFLICT DO NOTHING")
+    for chunk in _chunks(recipient_rows, rows_per_insert):
+        dialect.insert_rows(db, "recipients", _RECIPIENT_COLUMNS, chunk, "ON CONFLICT DO NOTHING")
     event_rows = [_event_row(m, q.message_id, stamp) for q, m in zip(out, messages, strict=True)]
-    for chunk in _chunks(event_rows, rows_per_insert, 10):
-        _insert_rows(db, "events", _EVENT_COLUMNS, 10, chunk)
+    for chunk in _chunks(event_rows, rows_per_insert):
+        dialect.insert_rows(db, "events", _EVENT_COLUMNS, chunk)
     return out
 
 
@@ -176,25 +177,8 @@ def _event_row(m: NewMessage, message_id: int, stamp: float) -> tuple[object, ..
     )
 
 
-def _chunks(rows: list[tuple[object, ...]], rows_per_insert: int, width: int) -> list[list[tuple[object, ...]]]:
-    size = max(1, min(rows_per_insert, MAX_PARAMETERS // width))
+def _chunks(rows: list[tuple[object, ...]], size: int) -> list[list[tuple[object, ...]]]:
     return [rows[i : i + size] for i in range(0, len(rows), size)]
-
-
-def _insert_rows(
-    db: Connection, table: str, columns: str, width: int, rows: Sequence[tuple[object, ...]], tail: str = ""
-) -> list[Any]:
-    """One ``INSERT … VALUES (…), (…), …`` of ``rows``; what its ``tail`` returns."""
-    cursor = db.execute(_insert_sql(table, columns, width, len(rows), tail), [v for row in rows for v in row])
-    return cursor.fetchall() if tail.startswith(" RETURNING") else []
-
-
-@functools.lru_cache(maxsize=256)
-def _insert_sql(table: str, columns: str, width: int, count: int, tail: str) -> str:
-    # The same text object each time: the connection's own caches of it (placeholder
-    # rewriting, prepared statements) then hash it once.
-    values = ", ".join(["(" + ", ".join("?" * width) + ")"] * count)
-    return f"INSERT INTO {table}({columns}) VALUES {values}{tail}"
 
 
 def _insert_bodies(db: Connection, bodies: list[tuple[int, bytes | mmap.mmap]], rows_per_insert: int) -> None:
@@ -208,14 +192,14 @@ def _insert_bodies(db: Connection, bodies: list[tuple[int, bytes | mmap.mmap]], 
                 dialect_of(db).write_body(db, message_id, data)
                 continue
             if group and (size + len(data) > BODY_BYTES_PER_INSERT or len(group) >= rows_per_insert):
-                _insert_rows(db, "message_bodies", "message_id, data", 2, group)
+                dialect_of(db).insert_rows(db, "message_bodies", _BODY_COLUMNS, group)
                 group, size = [], 0
             view = memoryview(data)  # the driver sends a view as BYTEA without a copy of its own
             views.append(view)
             group.append((message_id, view))
             size += len(data)
         if group:
-            _insert_rows(db, "message_bodies", "message_id, data", 2, group)
+            dialect_of(db).insert_rows(db, "message_bodies", _BODY_COLUMNS, group)
     finally:
         for view in views:
             view.release()

@@ -64,3 +64,17 @@ def test_deleting_many_messages_at_once_keeps_the_counts(db: Any) -> None:
     assert ops(db).counts.differences(db) == []
     db.execute("DELETE FROM messages")
     assert ops(db).counts.differences(db) == []
+
+
+def test_the_dialect_inserts_rows_with_a_tail(db: Any) -> None:
+    from relay.store.connection import dialect_of
+
+    insert = dialect_of(db).insert_rows
+    assert insert(db, "settings", ("key", "value"), []) == []
+    assert insert(db, "settings", ("key", "value"), [("a", "1"), ("b", "2")]) == []
+    assert insert(db, "settings", ("key", "value"), [("a", "9"), ("c", "3")], "ON CONFLICT DO NOTHING") == []
+    returned = insert(db, "lists", ("name", "created_at"), [("x", 1.0), ("y", 2.0)], "RETURNING id, name")
+    assert sorted(r[1] for r in returned) == ["x", "y"] and all(isinstance(r[0], int) for r in returned)
+    assert [tuple(r) for r in db.execute("SELECT key, value FROM settings WHERE key IN ('a', 'b', 'c') ORDER BY key")] == [
+        ("a", "1"), ("b", "2"), ("c", "3"),
+    ]

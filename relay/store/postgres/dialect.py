@@ -4,13 +4,14 @@ modules (``relay.store.connection.Dialect``; this module satisfies it)."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import mmap
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from relay.store.postgres.connection import transaction
 
-__all__ = ["bulk_load", "data_version", "rows_per_insert", "skip_locked", "transaction", "write_body"]
+__all__ = ["bulk_load", "data_version", "insert_rows", "rows_per_insert", "skip_locked", "transaction", "write_body"]
 
 
 def data_version(db: Any) -> int | None:
@@ -61,3 +62,38 @@ def rows_per_insert() -> int:
     # Each statement is a round trip to the server: a group commit's rows go in a few
     # multi-row INSERTs (measured: 3 round trips and 4 trigger calls per message before).
     return 500
+
+
+def insert_rows(db: Any, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], tail: str = "") -> list[Any]:
+    # One array per column, unnested: the statement's text is the same whatever the
+    # number of rows (psycopg parses and caches it once, the server prepares it once),
+    # where a VALUES list of N rows is a new text of 26·N placeholders each time
+    # (measured: psycopg's parsing of those was half the group commit's CPU).
+    if not rows:
+        return []
+    types = _column_types(db, table)
+    sql = _unnest_sql(table, tuple(columns), tuple(types[c] for c in columns), tail)
+    cursor = db.execute(sql, [list(values) for values in zip(*rows, strict=True)])
+    return list(cursor.fetchall()) if "RETURNING" in tail.upper() else []
+
+
+_TYPES: dict[str, dict[str, str]] = {}
+
+
+def _column_types(db: Any, table: str) -> dict[str, str]:
+    # The same in every store of this schema version: looked up once per process.
+    found = _TYPES.get(table)
+    if found is None:
+        rows = db.execute(
+            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+            "WHERE attrelid = ?::regclass AND attnum > 0 AND NOT attisdropped",
+            (table,),
+        ).fetchall()
+        found = _TYPES[table] = {name: kind for name, kind in rows}
+    return found
+
+
+@functools.lru_cache(maxsize=64)
+def _unnest_sql(table: str, columns: tuple[str, ...], types: tuple[str, ...], tail: str) -> str:
+    arrays = ", ".join(f"?::{kind}[]" for kind in types)
+    return f"INSERT INTO {table}({', '.join(columns)}) SELECT * FROM unnest({arrays}) {tail}".rstrip()
