@@ -23,6 +23,7 @@ import itertools
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -211,3 +212,24 @@ class Cluster:
         name = url.rsplit("/", 1)[1]
         with contextlib.suppress(Exception):
             self.admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@contextlib.contextmanager
+def private_database(name: str = "bench") -> Iterator[tuple[str, str]]:
+    """A private server (fsync on) with one empty database: (its URL, where the server
+    comes from). Stopped and removed on leaving, also after a SIGTERM (a timeout's),
+    which unwinds like Ctrl-C. Raises :class:`NoServer` with one line on failure."""
+    bindir, source = find_bindir()
+    cluster = Cluster(bindir, source, fsync=True)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        cluster.start()
+        cluster.admin(f"CREATE DATABASE {name}")
+        yield cluster.url(name), source
+    finally:
+        cluster.stop()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
