@@ -100,9 +100,9 @@ class Dialect(Protocol):
         ...
 
     def rows_per_insert(self) -> int:
-        """How many rows one ``INSERT … VALUES`` of a group commit carries: 1 where a
-        statement costs no round trip (SQLite, in-process: a statement per row), a
-        few hundred where each statement is one (PostgreSQL)."""
+        """How many rows a group commit hands :meth:`insert_rows` at once: 1 where a
+        statement costs no round trip (SQLite, in-process: intake keeps its statement
+        per row), a few hundred where each statement is one (PostgreSQL)."""
         ...
 
     def insert_rows(

@@ -194,7 +194,7 @@ def _insert_bodies(db: Connection, bodies: list[tuple[int, bytes | mmap.mmap]], 
             if group and (size + len(data) > BODY_BYTES_PER_INSERT or len(group) >= rows_per_insert):
                 dialect_of(db).insert_rows(db, "message_bodies", _BODY_COLUMNS, group)
                 group, size = [], 0
-            view = memoryview(data)  # the driver sends a view as BYTEA without a copy of its own
+            view = memoryview(data)  # no copy here: the driver reads the view as it encodes
             views.append(view)
             group.append((message_id, view))
             size += len(data)
