@@ -129,12 +129,17 @@ async def test_kill_9_mid_delivery_never_loses_an_accepted_message(cli: Any, db:
             before_sink, before_accepted = len(sink.messages), len(accepted)
             errors: list[str] = []
             load = asyncio.create_task(send_load(port, cycle * 100_000, accepted, stop, errors=errors))
-            # Kill once this relay is both accepting and delivering.
-            await sink.wait_until(functools.partial(_grew_by, before_sink, 25), within=30)
             try:
+                # Kill once this relay is both accepting and delivering.
+                await sink.wait_until(functools.partial(_grew_by, before_sink, 25), within=30)
                 await eventually(functools.partial(_grew_by, before_accepted, 40, accepted), within=30, every=0.01)
-            except AssertionError as exc:
-                raise AssertionError(f"cycle {cycle}: load errors {errors[-5:]!r}") from exc
+            except BaseException as exc:  # a failed cycle leaves no relay running behind it
+                proc.kill()
+                stop.set()
+                await load
+                if isinstance(exc, AssertionError):
+                    raise AssertionError(f"cycle {cycle}: load errors {errors[-5:]!r}") from exc
+                raise
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
             kills += 1
