@@ -63,9 +63,9 @@ async def test_views_show_in_flight_deferred_held_and_campaigns(seeded_store: Pa
         assert row_keys(app.screen.table("destinations")) == ["example.net"]  # the seeded mail's recipients
         await pilot.press("right_square_bracket")
         await wait_for(pilot, lambda: app.screen.data.request.view == "campaigns")
-        # The table lays new rows out on its next idle pass: wait for them to be painted.
-        await wait_for(pilot, lambda: "Autumn sale" in screen_text(app))
-        assert "starts in 30m00s" in screen_text(app)
+        # The table lays new rows out on its next idle passes (the rows, then the widths
+        # of their columns: a loaded run painted "starts i" in between): wait for both.
+        await wait_for(pilot, lambda: "Autumn sale" in screen_text(app) and "starts in 30m00s" in screen_text(app))
         await pilot.press("left_square_bracket", "left_square_bracket")
         await wait_for(pilot, lambda: app.screen.data.request.view == "held")
         assert "451 4.7.1" not in screen_text(app)
