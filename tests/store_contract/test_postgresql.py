@@ -334,29 +334,39 @@ def test_a_bulk_load_with_its_own_ids_leaves_the_next_ids_free(pg_url: str) -> N
         db.close()
 
 
-def test_one_relay_per_store_by_an_advisory_lock(pg_url: str) -> None:
-    from relay.store.postgres.lock import PgRelayLock, lock_state
-    from relay.store.sqlite.lock import RelayAlreadyRunning
+def test_each_relay_holds_an_advisory_lock_on_its_own_id(pg_url: str) -> None:
+    from relay.store.backend import backend_of
+    from relay.store.postgres.relays import PgMemberLock
+    from relay.store.relays import beat
 
     db = open_store(pg_url)
-    first, second = PgRelayLock(pg_url), PgRelayLock(pg_url)
+    first, again, second = PgMemberLock(pg_url), PgMemberLock(pg_url), PgMemberLock(pg_url)
+    backend = backend_of(db)
     try:
-        assert lock_state(db).held is False
-        first.acquire({"pid": 4242, "host": "a.example", "listen_host": "0.0.0.0", "owner": "relay-a"})
-        assert first.held and lock_state(db).held is True
-        assert lock_state(db).facts["pid"] == 4242
-        with pytest.raises(RelayAlreadyRunning, match=r"pid 4242 on a\.example") as caught:
-            second.acquire({"pid": 1})
-        assert caught.value.owner == "relay-a" and not second.held
+        assert backend.lock_state(db).held is False
+        first.acquire({"owner": "a" * 32})
+        beat(db, "a" * 32, {"pid": 4242, "host": "a.example", "listen_host": "0.0.0.0"})
+        state = backend.lock_state(db)
+        assert first.held and state.held is True
+        assert (state.facts["pid"], state.facts["host"], state.facts["owner"]) == (4242, "a.example", "a" * 32)
+        with pytest.raises(StoreError, match="relay id a{32} is in use by another live relay"):
+            again.acquire({"owner": "a" * 32})  # the same id twice: never a fresh relay
+        assert not again.held
+        second.acquire({"owner": "b" * 32})  # another relay on the same store: welcome
+        beat(db, "b" * 32, {"pid": 4343, "host": "b.example"})
+        assert backend.lock_state(db).facts["relays"] == 2
         # The server lets go the instant the holder's connection ends (its process died).
-        db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'smtpplus-relay-lock'")
+        assert first._conn is not None
+        db.execute("SELECT pg_terminate_backend(?)", (first._conn.info.backend_pid,))
         deadline = time.monotonic() + 30
-        while lock_state(db).held and time.monotonic() < deadline:
+        while backend.lock_state(db).facts.get("relays") != 1 and time.monotonic() < deadline:
             time.sleep(0.05)
-        second.acquire({"pid": 2})
-        assert second.held
+        assert backend.lock_state(db).facts["pid"] == 4343
+        again.acquire({"owner": "a" * 32})  # its id is free again
+        assert again.held
     finally:
         first.release()
+        again.release()
         second.release()
         db.close()
 

@@ -26,7 +26,7 @@ from relay.store.interfaces import (
     LockState,
 )
 from relay.store.operations import SharedOperations
-from relay.store.postgres import lock, schema
+from relay.store.postgres import schema
 from relay.store.postgres.bridge import PgAsyncStore
 from relay.store.postgres.changes import AsyncNotifyFeed, NotifyFeed
 from relay.store.postgres.connection import PgConnection, open_store, transaction, translate
@@ -89,13 +89,24 @@ class PostgresBackend(SharedOperations):
 
     def relay_lock(self, location: str | os.PathLike[str]) -> Any:
         # Any number of relays serve one PostgreSQL store: each holds a lock on its own id
-        # (relay.store.relays; lock.PgRelayLock is the one-relay lock).
+        # (relay.store.postgres.relays; relay.store.relays lists the live ones).
         from relay.store.postgres.relays import PgMemberLock
 
         return PgMemberLock(normalize(location))
 
     def lock_state(self, conn: Connection) -> LockState:
-        return lock.lock_state(_pg(conn))
+        # Held while any relay holds the advisory lock on its own id; the facts are the
+        # oldest live relay's heartbeat row (relay.store.lease.relay_status reads the
+        # same rows through relay.store.relays for PostgreSQL).
+        from relay.store.relays import live_relays
+
+        found = live_relays(_pg(conn))
+        if not found:
+            return LockState(False)
+        first = found[0]
+        return LockState(True, {"owner": first.owner, "pid": first.pid, "host": first.host,
+                                "listen_host": first.listen_host, "started_at": first.started_at,
+                                "relays": len(found)})
 
 
 def _pg(conn: Connection) -> PgConnection:

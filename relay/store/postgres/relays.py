@@ -9,8 +9,8 @@ database's own judgement: no clock of any relay is consulted. :func:`held_keys` 
 :mod:`relay.store.relays` turns that into the list of live relays and reclaims the
 in-flight messages of dead ones.
 
-The keys are 60-bit numbers, so they never meet the one-relay lock's key
-(:data:`relay.store.postgres.lock.RELAY_LOCK`, above 2**62).
+The keys are 60-bit numbers, so they never meet the migrations' advisory lock
+(:data:`relay.store.postgres.schema.MIGRATION_LOCK`, above 2**62).
 """
 
 from __future__ import annotations
