@@ -1,11 +1,13 @@
 """A relay on a PostgreSQL store, as a real subprocess: it makes the schema in an
 empty database, accepts mail, answers 4xx while the server is down (454 4.7.0 to AUTH,
 451 4.3.0 to a message) and takes mail again once it is back — every message that got
-250 is in the store, no other."""
+250 is in the store, no other. Also with four MTAs sending while the server stops
+(fast, or immediate: a crash) and starts again."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
@@ -14,8 +16,10 @@ import smtplib
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +49,21 @@ def _send(port: int, username: str, password: str, n: int) -> int:
     return 250
 
 
-def test_a_relay_on_postgresql_survives_a_server_restart(own_cluster: Cluster, tmp_path: Path) -> None:
-    url = own_cluster.new_database(template=None)  # empty: the first command makes the schema
+@dataclass
+class _Served:
+    url: str
+    port: int
+    user: str
+    password: str
+    relay: subprocess.Popen[str]
+    output: str = ""
+
+
+@contextlib.contextmanager
+def _relay_on_a_new_store(cluster: Cluster, tmp_path: Path) -> Iterator[_Served]:
+    """A relay subprocess on an empty database of ``cluster`` (its first command makes
+    the schema), with one active user; stopped on leaving, its output kept."""
+    url = cluster.new_database(template=None)
     env = dict(os.environ, SMTPPLUS_DB=url, HOME=str(tmp_path), SMTPPLUS_DATA_DIR=str(tmp_path), NO_COLOR="1")
     env.pop("SMTPPLUS_CONFIG", None)
     cli = Cli(tmp_path / "unused.db", env)
@@ -62,45 +79,146 @@ def test_a_relay_on_postgresql_survives_a_server_restart(own_cluster: Cluster, t
          "--allow-plain-auth", "--ready-file", str(ready)],
         env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
+    served = _Served(url, 0, "friends-1", password.group(1), relay)
     try:
         deadline = time.monotonic() + 60
         while not ready.exists() and relay.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert ready.exists(), "the relay did not start"
         facts: dict[str, Any] = json.loads(ready.read_text())
-        port = int(facts["served"][0])
-        user = "friends-1"
+        served.port = int(facts["served"][0])
+        yield served
+    finally:
+        relay.send_signal(signal.SIGTERM)
+        try:
+            served.output, _ = relay.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            relay.kill()
+            served.output, _ = relay.communicate()
 
-        codes = {1: _send(port, user, password.group(1), 1)}
+
+def test_a_relay_on_postgresql_survives_a_server_restart(own_cluster: Cluster, tmp_path: Path) -> None:
+    with _relay_on_a_new_store(own_cluster, tmp_path) as served:
+        port, user, password = served.port, served.user, served.password
+        codes = {1: _send(port, user, password, 1)}
         own_cluster.halt("fast")
-        codes[2] = _send(port, user, password.group(1), 2)
+        codes[2] = _send(port, user, password, 2)
         own_cluster.restart()
         n = 3
         deadline = time.monotonic() + 60
-        while (code := _send(port, user, password.group(1), n)) != 250 and time.monotonic() < deadline:
+        while (code := _send(port, user, password, n)) != 250 and time.monotonic() < deadline:
             codes[n] = code
             n += 1
             time.sleep(0.2)
         codes[n] = code
-        codes[n + 1] = _send(port, user, password.group(1), n + 1)
+        codes[n + 1] = _send(port, user, password, n + 1)
 
         # The server is down at login: AUTH's temporary failure (RFC 4954 section 6).
         assert codes[1] == 250 and codes[2] == 454 and codes[n] == 250 and codes[n + 1] == 250
-        assert relay.poll() is None, "the relay stopped on the outage"
+        assert served.relay.poll() is None, "the relay stopped on the outage"
         accepted = sorted(f"m{i}" for i, c in codes.items() if c == 250)
-        db = open_store(url)
-        try:
-            stored = sorted(row[0] for row in db.execute("SELECT subject FROM messages").fetchall())
-        finally:
-            db.close()
-        assert stored == accepted  # nothing acknowledged is lost, nothing refused was kept
+        assert _stored_subjects(served.url) == accepted  # nothing acknowledged is lost, nothing refused was kept
+
+
+def _stored_subjects(url: str) -> list[str]:
+    db = open_store(url)
+    try:
+        return sorted(row[0] for row in db.execute("SELECT subject FROM messages WHERE origin = 'smtp'").fetchall())
     finally:
-        relay.send_signal(signal.SIGTERM)
+        db.close()
+
+
+class _Mta(threading.Thread):
+    """One sending MTA: message after message, each on a connection of its own; a 4xx
+    or a dropped connection is tried again shortly (as an MTA's queue would, sooner),
+    a 5xx is a failure. ``attempts`` is every try's (subject, code)."""
+
+    def __init__(self, served: _Served, name: str, stop: threading.Event) -> None:
+        super().__init__(name=name, daemon=True)
+        self.served, self.stop = served, stop
+        self.attempts: list[tuple[str, int]] = []
+
+    def run(self) -> None:
+        n = 0
+        while not self.stop.is_set():
+            n += 1
+            subject = f"{self.name}-{n}"
+            deadline = time.monotonic() + 300
+            while True:
+                code = _try(self.served, subject)
+                self.attempts.append((subject, code))
+                if code == 250 or code >= 500 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            if code != 250:
+                return
+
+    def accepted(self) -> list[str]:
+        return [subject for subject, code in list(self.attempts) if code == 250]
+
+
+def _try(served: _Served, subject: str) -> int:
+    """The code one delivery attempt of ``subject`` ended with (421: the connection
+    dropped). The client waits minutes for a reply, as an MTA does (RFC 5321 4.5.3.2:
+    5 minutes a command, 10 after the data): while the server is down the relay
+    answers its 4xx only once its store gave up waiting for a connection."""
+    try:
+        with smtplib.SMTP("127.0.0.1", served.port, timeout=300) as client:
+            client.login(served.user, served.password)
+            client.sendmail("a@example.com", ["x@dest.example"], f"From: a@example.com\r\nSubject: {subject}\r\n\r\nbody\r\n")
+    except smtplib.SMTPRecipientsRefused as exc:
+        return min(int(code) for code, _ in exc.recipients.values())
+    except smtplib.SMTPResponseException as exc:
+        return int(exc.smtp_code)
+    except (smtplib.SMTPServerDisconnected, OSError):
+        return 421
+    return 250
+
+
+def _until(condition: Any, within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {within:.0f} s"
+        time.sleep(0.05)
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
+def test_a_server_restart_under_load_loses_no_acknowledged_message(own_cluster: Cluster, tmp_path: Path, mode: str) -> None:
+    """Four MTAs send while PostgreSQL stops (``pg_ctl stop -m fast``, or ``immediate``:
+    a crash, recovered at start) and starts again: each sees 4xx meanwhile and tries
+    again; afterwards every message that got 250 is in the store, a message stored
+    twice is one whose earlier try failed (its COMMIT's answer lost), and the relay
+    kept running."""
+    with _relay_on_a_new_store(own_cluster, tmp_path) as served:
+        stop = threading.Event()
+        mtas = [_Mta(served, f"mta{i}", stop) for i in range(4)]
         try:
-            relay.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            relay.kill()
-            relay.communicate()
+            for mta in mtas:
+                mta.start()
+            _until(lambda: all(len(m.accepted()) >= 2 for m in mtas), 120, "every MTA sending")
+            own_cluster.halt(mode)
+            # The outage is seen by the load (a 4xx or a dropped connection) before the server returns.
+            _until(lambda: any(code != 250 for m in mtas for _, code in list(m.attempts)), 240, "a 4xx while down")
+            before = sum(len(m.accepted()) for m in mtas)
+            own_cluster.restart()
+            _until(lambda: sum(len(m.accepted()) for m in mtas) >= before + 8, 120, "mail accepted again")
+        finally:
+            stop.set()
+            for mta in mtas:
+                mta.join(timeout=180)
+        assert served.relay.poll() is None, "the relay stopped on the outage"
+        attempts = [a for m in mtas for a in m.attempts]
+        assert not [a for a in attempts if a[1] >= 500], "a permanent refusal under an outage"
+        assert all(m.attempts[-1][1] == 250 for m in mtas), "an MTA gave up: its last message never got 250"
+        accepted = {subject for subject, code in attempts if code == 250}
+        failed = {subject for subject, code in attempts if code != 250}
+        assert failed, "the load never met the outage"
+        stored = _stored_subjects(served.url)
+        assert accepted <= set(stored)  # nothing acknowledged is lost
+        assert set(stored) <= accepted  # every stored message was acknowledged in the end
+        twice = {subject for subject in stored if stored.count(subject) > 1}
+        assert twice <= failed  # a duplicate only where an earlier try's answer was lost
 
 
 class _RawSession:
@@ -128,32 +246,10 @@ class _RawSession:
 
 
 def test_auth_while_the_server_is_down_is_454_and_the_session_may_retry(own_cluster: Cluster, tmp_path: Path) -> None:
-    url = own_cluster.new_database(template=None)
-    env = dict(os.environ, SMTPPLUS_DB=url, HOME=str(tmp_path), SMTPPLUS_DATA_DIR=str(tmp_path), NO_COLOR="1")
-    env.pop("SMTPPLUS_CONFIG", None)
-    cli = Cli(tmp_path / "unused.db", env)
-    cli("lists", "add", "friends", check=True)
-    added = cli("users", "add", "--list", "friends", "--active", "--domains", "example.com", check=True)
-    password = re.search(r"Password: (\S+)", added.stdout)
-    assert password is not None
-    plain = "AUTH PLAIN " + base64.b64encode(f"\0friends-1\0{password.group(1)}".encode()).decode()
-
-    ready = tmp_path / "ready.json"
-    relay = subprocess.Popen(
-        [sys.executable, "-c", "from console.cli import main; main()", "relay", "--host", "127.0.0.1", "--ports", "0",
-         "--allow-plain-auth", "--ready-file", str(ready)],
-        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    output = ""
-    try:
-        deadline = time.monotonic() + 60
-        while not ready.exists() and relay.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert ready.exists(), "the relay did not start"
-        port = int(json.loads(ready.read_text())["served"][0])
-
+    with _relay_on_a_new_store(own_cluster, tmp_path) as served:
+        plain = "AUTH PLAIN " + base64.b64encode(f"\0{served.user}\0{served.password}".encode()).decode()
         own_cluster.halt("fast")
-        session = _RawSession(port)
+        session = _RawSession(served.port)
         try:
             assert session.command("EHLO client.test")[0] == 250
             assert session.command(plain) == (454, "454 4.7.0 Temporary authentication failure")
@@ -167,14 +263,7 @@ def test_auth_while_the_server_is_down_is_454_and_the_session_may_retry(own_clus
             assert session.command("QUIT")[0] == 221
         finally:
             session.close()
-        assert relay.poll() is None, "the relay stopped on the outage"
-    finally:
-        relay.send_signal(signal.SIGTERM)
-        try:
-            output, _ = relay.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            relay.kill()
-            output, _ = relay.communicate()
+        assert served.relay.poll() is None, "the relay stopped on the outage"
     # One line about the outage, never a traceback or a "session error".
-    assert "AUTH: the store is unavailable" in output
-    assert "session error" not in output and "Traceback" not in output
+    assert "AUTH: the store is unavailable" in served.output
+    assert "session error" not in served.output and "Traceback" not in served.output
