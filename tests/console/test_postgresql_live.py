@@ -87,3 +87,36 @@ async def test_the_console_polls_while_its_listener_is_gone_and_listens_again(
     finally:
         pg_cluster.admin(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
         db.close()
+
+
+async def test_the_lists_screen_names_every_live_relay_and_a_leaving_one_goes(pg_url: str, make_app) -> None:
+    from relay.store.postgres.relays import PgMemberLock
+    from relay.store.relays import beat, leave
+
+    db = open_store(pg_url)
+    locks = [PgMemberLock(pg_url), PgMemberLock(pg_url)]
+    app = make_app(pg_url, poll_interval=0.05)
+    app.watcher.tick_interval = 3600.0
+    try:
+        for lock, (owner, host, port, fingerprint) in zip(locks, [
+            ("a" * 32, "one.example", 2525, "sha256:0a"), ("b" * 32, "two.example", 2526, "sha256:0b"),
+        ], strict=True):
+            lock.acquire({"owner": owner})
+            beat(db, owner, {"host": host, "pid": port, "listen_host": "0.0.0.0", "ports": [port],
+                             "tls_fingerprint": fingerprint})
+        async with app.run_test(size=(140, 40)) as pilot:
+            await _opened(pilot, db)
+            await pilot.press("2")
+            await wait_for(pilot, lambda: type(app.screen).__name__ == "ListsScreen" and app.screen.snapshots_applied > 0)
+            await wait_for(pilot, lambda: "Relay 2" in screen_text(app))
+            text = screen_text(app)
+            assert "pid 2525 on one.example (0.0.0.0), ports 2525, TLS sha256:0a" in text
+            assert "pid 2526 on two.example (0.0.0.0), ports 2526, TLS sha256:0b" in text
+            # A clean stop deletes its row: that commit's notification refreshes the screen.
+            await asyncio.to_thread(leave, db, "a" * 32)
+            await wait_for(pilot, lambda: "Relay 2" not in screen_text(app))
+            assert "one.example" not in screen_text(app) and "two.example" in screen_text(app)
+    finally:
+        for lock in locks:
+            lock.release()
+        db.close()
