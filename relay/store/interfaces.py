@@ -622,21 +622,25 @@ class Routing(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class LockState:
-    """What a probe of the relay lock found."""
+    """What a probe of the relay lock found (PostgreSQL: whether any relay holds its
+    own, and the oldest live relay's facts)."""
 
     held: bool | None  # None: no lock to probe (never served by a relay that locks)
     facts: dict[str, Any] = field(default_factory=dict)  # what the holder wrote: pid, host, state
 
 
 class RelayLock(Protocol):
-    """One relay per store: held by the relay from start to stop, dropped by the
-    operating system (or the server) the instant its process dies."""
+    """A relay's lock: held by the relay from start to stop, dropped by the operating
+    system (or the server) the instant its process dies. One per store on SQLite; on
+    PostgreSQL each relay holds one on its own id (relay.store.postgres.relays)."""
 
     @property
     def held(self) -> bool: ...
 
     def acquire(self, facts: dict[str, Any]) -> None:
-        """Take it or raise :class:`relay.store.errors.RelayAlreadyRunning` naming the holder."""
+        """Take it or raise: :class:`relay.store.errors.RelayAlreadyRunning` naming the
+        holder (SQLite), a :class:`relay.store.errors.StoreError` when the relay's own id
+        is in use (PostgreSQL)."""
         ...
 
     def note(self, **facts: Any) -> None:
