@@ -262,6 +262,36 @@ def test_a_dropped_listener_falls_back_and_reconnects(pg_url: str) -> None:
         other.close()
 
 
+async def test_the_engines_feed_falls_back_when_its_listener_drops_and_listens_again(pg_url: str) -> None:
+    # The delivery engine's feed (async, on the event loop): the twin of the test above.
+    from relay.store.postgres.changes import AsyncNotifyFeed
+
+    other = open_store(pg_url)
+    store = await PgAsyncStore(pg_url).open()
+    try:
+        feed = AsyncNotifyFeed(store)
+        assert await feed.changed() is True and feed.listening
+        assert await feed.changed() is False
+        other.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'smtpplus-listen'")
+        assert await feed.changed() is True  # the listener is gone: something may have been missed
+        await asyncio.to_thread(set_setting, other, "contract.poke", 1)
+        assert await feed.wait(30) is True
+        deadline = time.monotonic() + 30
+        while not feed.listening and time.monotonic() < deadline:
+            await feed.wait(0.2)
+        assert feed.listening
+        while await feed.changed():  # drain what the reconnect reported
+            pass
+        await asyncio.to_thread(set_setting, other, "contract.poke", 2)
+        assert await feed.changed() is True
+        await store.run(set_setting, "contract.mine", 1)
+        assert await feed.changed() is False
+        await feed.close()
+    finally:
+        await store.close()
+        other.close()
+
+
 def test_the_cli_takes_a_postgresql_url_and_never_shows_its_password(pg_url: str, cli: Any) -> None:
     url = pg_url.replace("smtpplus@", f"smtpplus:{SECRET}@")
     cli.env["SMTPPLUS_DB"] = url
