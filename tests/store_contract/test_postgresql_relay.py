@@ -267,3 +267,60 @@ def test_auth_while_the_server_is_down_is_454_and_the_session_may_retry(own_clus
     # One line about the outage, never a traceback or a "session error".
     assert "AUTH: the store is unavailable" in served.output
     assert "session error" not in served.output and "Traceback" not in served.output
+
+
+def _timed(session: _RawSession, line: str) -> tuple[tuple[int, str], float]:
+    started = time.monotonic()
+    answer = session.command(line)
+    return answer, time.monotonic() - started
+
+
+# A reply that needs the store comes within the store's outage bound (OUTAGE_WAIT, 3 s)
+# while the server is down: asserted with a wide margin, far below the 30 s a busy pool
+# is waited for (and a client's patience for a reply).
+_PROMPT = 10.0
+
+
+def test_an_outage_is_answered_within_seconds_and_the_server_back_takes_mail(own_cluster: Cluster, tmp_path: Path) -> None:
+    """With the server down, every command that needs the store is answered 4xx
+    promptly — the first after the drop and each one after it (a fresh connection the
+    pool cannot make) — never after the pool's 30 s wait for a busy pool; once the
+    server is back the same relay takes mail again (250 only after COMMIT: the
+    message is in the store)."""
+    with _relay_on_a_new_store(own_cluster, tmp_path) as served:
+        plain = "AUTH PLAIN " + base64.b64encode(f"\0{served.user}\0{served.password}".encode()).decode()
+        assert _send(served.port, served.user, served.password, 1) == 250
+        authed = _RawSession(served.port)  # signed in while the server is up
+        fresh = _RawSession(served.port)
+        try:
+            assert authed.command("EHLO client.test")[0] == 250
+            assert authed.command(plain)[0] == 235
+            assert fresh.command("EHLO client.test")[0] == 250
+            own_cluster.halt("fast")
+            slowest = 0.0
+            for _ in range(3):  # each try meets the outage again: none waits for the pool
+                answer, took = _timed(fresh, plain)
+                assert answer == (454, "454 4.7.0 Temporary authentication failure"), answer
+                slowest = max(slowest, took)
+            for _ in range(3):  # a signed-in session: MAIL re-reads the user from the store
+                answer, took = _timed(authed, "MAIL FROM:<a@example.com>")
+                assert answer[0] == 451 and answer[1].startswith("451 4.3.0"), answer
+                slowest = max(slowest, took)
+            assert slowest < _PROMPT, f"a reply during the outage took {slowest:.1f} s"
+            assert authed.command("RSET")[0] == 250  # the sessions go on
+            own_cluster.restart()
+            deadline = time.monotonic() + 60
+            while (answer := fresh.command(plain))[0] == 454 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert answer[0] == 235, answer
+            assert authed.command("MAIL FROM:<a@example.com>")[0] == 250
+            assert authed.command("RCPT TO:<x@dest.example>")[0] == 250
+            assert authed.command("DATA")[0] == 354
+            answer = authed.command("From: a@example.com\r\nSubject: m2\r\n\r\nbody 2\r\n.")
+            assert answer[0] == 250, answer
+            assert authed.command("QUIT")[0] == 221
+        finally:
+            authed.close()
+            fresh.close()
+        assert served.relay.poll() is None, "the relay stopped on the outage"
+        assert _stored_subjects(served.url) == ["m1", "m2"]

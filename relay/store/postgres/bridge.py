@@ -13,6 +13,13 @@ connection the server dropped (a restart) is given back — the pool throws it a
 and the next statement takes a fresh one: that call's caller got ``StoreUnavailable``
 (a relay answers ``451 4.3.0``), the next one works again. Nothing acknowledged is
 lost: a unit of work either committed before its ``250`` or not at all.
+
+An outage answers promptly (:func:`checkout`): a store that needs a connection the
+pool must *make* gives up as soon as the pool has failed to connect, and after
+:data:`OUTAGE_WAIT` at most — never the :data:`POOL_WAIT` a merely busy pool (every
+connection in use, the server up) is given. The pool itself gives up a reconnection
+after :data:`RECONNECT_GIVE_UP`, so no attempt backs off for minutes and the first
+call after the server is back connects at once.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import contextlib
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -47,9 +55,23 @@ T = TypeVar("T")
 #: default, 4 relays hold at most 4 × (10 + 2) = 48 of PostgreSQL's default
 #: max_connections=100, leaving room for consoles and CLI calls (one each).
 DEFAULT_POOL_SIZE = 10
-POOL_WAIT = 30.0  # seconds a store waits for a free pooled connection
+POOL_WAIT = 30.0  # seconds a store waits for a free pooled connection (the pool busy)
+#: Seconds a store waits for a connection the pool must make (a free slot, no idle
+#: connection) before it says the server is unavailable. A local or LAN server
+#: accepts a connection in milliseconds, so 3 s is an outage (a host that does not
+#: answer: the connect timeout is longer), and 3 s is well inside any SMTP client's
+#: patience for a reply (RFC 5321 4.5.3.2: minutes; real clients give up after
+#: 30-60 s and send again — duplicates), so the client gets its 4xx, not a timeout.
+#: A refused connection is answered sooner: at the pool's first failed attempt.
+OUTAGE_WAIT = 3.0
+#: Seconds the pool tries to replace a lost connection before it gives up (and frees
+#: the slot): its retries back off exponentially, so a long deadline would leave
+#: slots waiting minutes for their next attempt after the server is back.
+RECONNECT_GIVE_UP = OUTAGE_WAIT
+_WAIT_STEP = 0.25  # seconds between looks at the pool while waiting for a connection
 
 _pools: dict[str, ConnectionPool[Any]] = {}
+_in_use: dict[str, int] = {}  # connections checked out of each pool (under _pools_lock)
 _pools_lock = threading.Lock()
 _pool_size = int(os.environ.get("SMTPPLUS_STORE_POOL_SIZE", "0") or 0) or DEFAULT_POOL_SIZE
 _migrated: set[str] = set()
@@ -73,6 +95,10 @@ def pool_for(location: str) -> ConnectionPool[Any]:
                 max_size=_pool_size,
                 open=True,
                 timeout=POOL_WAIT,
+                reconnect_timeout=RECONNECT_GIVE_UP,
+                # An idle connection is tried before it is handed out: after a restart
+                # the idle ones are dead, and a store must not get one (and a 4xx).
+                check=ConnectionPool.check_connection,
                 name="smtpplus",
                 configure=configure,
                 kwargs={
@@ -83,13 +109,68 @@ def pool_for(location: str) -> ConnectionPool[Any]:
                 },
             )
             _pools[location] = pool
+            _in_use[location] = 0
         return pool
+
+
+def checkout(location: str) -> psycopg.Connection[Any]:
+    """A connection from this process's pool for ``location``, or StoreUnavailable.
+
+    A busy pool (every connection checked out, the server up) is waited for up to
+    :data:`POOL_WAIT`. A pool with room that cannot hand one out is making one: if an
+    attempt fails meanwhile (refused, the server shutting down or starting) or none
+    succeeds within :data:`OUTAGE_WAIT`, the server is unavailable — the caller
+    answers its 4xx now, not when a client has long given up."""
+    pool = pool_for(location)
+    started = time.monotonic()
+    failures = _connect_failures(pool)
+    while True:
+        try:
+            raw = pool.getconn(timeout=_WAIT_STEP)
+        except PoolTimeout:
+            waited = time.monotonic() - started
+            with _pools_lock:
+                busy = _in_use.get(location, 0) >= pool.max_size
+            if _connect_failures(pool) > failures or (waited >= OUTAGE_WAIT and not busy):
+                raise StoreUnavailable(
+                    f"store {masked(location)} is unavailable (no connection to the server) "
+                    "— check that the PostgreSQL server is running and --db is right"
+                ) from None
+            if waited >= POOL_WAIT:
+                raise StoreUnavailable(
+                    f"store {masked(location)}: no free connection in the pool after {POOL_WAIT:.0f} s — "
+                    "raise store_pool_size (and the server's max_connections)"
+                ) from None
+            continue
+        except psycopg.Error as exc:
+            raise translate(exc, location) from None
+        with _pools_lock:
+            _in_use[location] = _in_use.get(location, 0) + 1
+        return raw
+
+
+def give_back(location: str, raw: psycopg.Connection[Any]) -> None:
+    """Return a connection :func:`checkout` gave (a broken one the pool throws away)."""
+    with _pools_lock:
+        pool = _pools.get(location)
+        if location in _in_use:
+            _in_use[location] = max(0, _in_use[location] - 1)
+    if pool is None:  # the pool was closed meanwhile
+        raw.close()
+        return
+    pool.putconn(raw)
+
+
+def _connect_failures(pool: ConnectionPool[Any]) -> int:
+    """How many times the pool has failed to connect (psycopg-pool's own count)."""
+    return int(pool.get_stats().get("connections_errors", 0))
 
 
 def close_pool(location: str) -> None:
     """Close this process's pool for ``location`` (its connections end)."""
     with _pools_lock:
         pool = _pools.pop(location, None)
+        _in_use.pop(location, None)
         _migrated.discard(location)
     if pool is not None:
         with contextlib.suppress(Exception):
@@ -100,6 +181,7 @@ def close_pools() -> None:
     with _pools_lock:
         pools = list(_pools.values())
         _pools.clear()
+        _in_use.clear()
         _migrated.clear()
     for pool in pools:
         with contextlib.suppress(Exception):
@@ -112,17 +194,10 @@ def open_pooled(location: str) -> PgConnection:
     if location not in _migrated:
         open_store(location).close()  # one plain connection: errors come out as for the CLI
         _migrated.add(location)
-    pool = pool_for(location)
-    try:
-        raw = pool.getconn()
-    except PoolTimeout:
-        raise StoreUnavailable(
-            f"store {masked(location)}: no free connection in the pool after {POOL_WAIT:.0f} s — "
-            "raise store_pool_size (and the server's max_connections)"
-        ) from None
-    except psycopg.Error as exc:
-        raise translate(exc, location) from None
-    return PgConnection(raw, location, release=pool.putconn, reopen=lambda: pool.getconn())
+    raw = checkout(location)
+    return PgConnection(
+        raw, location, release=lambda conn: give_back(location, conn), reopen=lambda: checkout(location)
+    )
 
 
 def _usable(db: PgConnection) -> bool:
@@ -192,4 +267,14 @@ class PgAsyncStore(AsyncStore):
         return await self.open()
 
 
-__all__ = ["DEFAULT_POOL_SIZE", "PgAsyncStore", "close_pool", "close_pools", "open_pooled", "pool_for", "set_pool_size"]
+__all__ = [
+    "DEFAULT_POOL_SIZE",
+    "PgAsyncStore",
+    "checkout",
+    "close_pool",
+    "close_pools",
+    "give_back",
+    "open_pooled",
+    "pool_for",
+    "set_pool_size",
+]

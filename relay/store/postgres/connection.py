@@ -271,6 +271,7 @@ class PgConnection:
         self.location = location
         self._release = release  # gives a pooled connection back instead of closing it
         self._reopen = reopen or (lambda: connect(location))
+        self._held = True  # self.raw is ours to give back (not yet released)
         self._explicit = False  # inside a BEGIN … COMMIT/ROLLBACK of the caller's
         self.feeds: list[Any] = []  # change feeds listening for this connection
         self._listening: psycopg.Connection[Any] | None = None  # the raw one LISTENing
@@ -295,16 +296,18 @@ class PgConnection:
     def _replace(self) -> None:
         """A fresh connection for the dropped one (given back to the pool, which
         throws it away, or closed)."""
-        old = self.raw
-        with contextlib.suppress(psycopg.Error):
-            if self._release is not None:
-                self._release(old)
-            else:
-                old.close()
+        if self._held:  # once: a failed reopen leaves the dropped one, already given back
+            self._held = False
+            with contextlib.suppress(psycopg.Error):
+                if self._release is not None:
+                    self._release(self.raw)
+                else:
+                    self.raw.close()
         try:
-            self.raw = self._reopen()
+            self.raw = self._reopen()  # a pool's says "unavailable" within seconds (bridge.checkout)
         except psycopg.Error as exc:
             raise translate(exc, self.location) from None
+        self._held = True
 
     def _ready(self, word: str) -> bool:
         """Before a statement: replace a dropped connection where that is safe.
@@ -392,8 +395,9 @@ class PgConnection:
         for feed in feeds:
             feed.close()
         release, self._release = self._release, None
+        held, self._held = self._held, False
         with contextlib.suppress(psycopg.Error):
-            if release is not None:
+            if release is not None and held:
                 release(self.raw)  # the pool rolls back, or drops a broken one
             else:
                 self.raw.close()
