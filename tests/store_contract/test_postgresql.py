@@ -210,6 +210,18 @@ async def test_a_stopped_server_is_store_unavailable_and_stores_come_back(own_cl
         assert SECRET not in str(caught.value) and "\n" not in str(caught.value)
         with pytest.raises(StoreUnavailable):
             await store.run(get_setting, "contract.x")
+        # Each later call needs a connection the pool cannot make: it says so within
+        # the outage bound (OUTAGE_WAIT, 3 s; a wide margin here), never after the
+        # 30 s a busy pool is waited for. So does a store opened meanwhile.
+        for _ in range(3):
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable, match="PostgreSQL server is running"):
+                await store.run(get_setting, "contract.x")
+            assert time.monotonic() - started < 10
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="PostgreSQL server is running"):
+            await PgAsyncStore(url).open()
+        assert time.monotonic() - started < 10
         with pytest.raises(StoreUnavailable, match="PostgreSQL server is running"):
             open_store(url)
         assert feed.changed() is True  # cannot listen: the reader looks for itself
@@ -340,6 +352,28 @@ async def test_the_pool_caps_a_process_connections(pg_url: str, monkeypatch: pyt
     finally:
         await first.close()
         await second.close()
+
+
+async def test_a_busy_pool_is_waited_for_beyond_the_outage_bound(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every connection in use, the server up: a store waits for one to come back
+    (up to POOL_WAIT) — longer than an outage is given (OUTAGE_WAIT) — and gets it."""
+    from relay.store.postgres import bridge
+
+    monkeypatch.setattr(bridge, "_pool_size", 1)
+    holder = await PgAsyncStore(pg_url).open()
+    waiting = asyncio.ensure_future(PgAsyncStore(pg_url).open())
+    try:
+        await asyncio.sleep(bridge.OUTAGE_WAIT + 1.5)  # past the outage bound, well inside POOL_WAIT
+        assert not waiting.done()
+        await holder.close()
+        second = await asyncio.wait_for(waiting, 20)
+        assert await second.run(get_setting, "contract.none", 1) == 1
+        await second.close()
+    finally:
+        await holder.close()
+        if not waiting.done():
+            waiting.cancel()
+        close_pool(pg_url)
 
 
 def test_a_bulk_load_with_its_own_ids_leaves_the_next_ids_free(pg_url: str) -> None:
