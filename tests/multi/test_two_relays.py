@@ -203,6 +203,11 @@ async def test_kill_9_of_one_relay_under_load_loses_nothing_and_the_other_takes_
                 "(SELECT substr(key, 12) FROM settings WHERE key LIKE 'relay.live.%' AND value LIKE ?)",
                 (f'%"pid": {victim.proc.pid},%',),
             ).fetchone()[0]
+            # Its heartbeat row as it died (the list of live relays leaves it out now its
+            # lock is free): its last beat, stamped with the database's clock.
+            rows = [json.loads(value) for (value,) in store.execute(
+                "SELECT value FROM settings WHERE key LIKE 'relay.live.%'").fetchall()]
+            last_beat = next((float(r["beat_at"]) for r in rows if r.get("pid") == victim.proc.pid), None)
             stop.set()
             await asyncio.gather(*loads)
             await sink.wait_until(functools.partial(_all_of, set(accepted)), within=120)
@@ -215,8 +220,16 @@ async def test_kill_9_of_one_relay_under_load_loses_nothing_and_the_other_takes_
         seen = Counter(r.message_id for r in sink.messages if r.message_id in accepted)
     assert in_flight > 0, "the victim held no claims when it was killed"
     assert len(reclaimed) >= in_flight
-    # Taken over by the database's clock within stale_after + 5 s (leases are 120 s).
-    assert max(at for (at,) in reclaimed) - killed_at < STALE_AFTER + 5
+    # Taken over by the database's clock within stale_after + 5 s (leases are 120 s):
+    # the reclaim events and the heartbeats are both stamped with the server's now(),
+    # so this measures from the victim's last beat (at or before the kill) to the last
+    # of its claims back in the queue — never the test's clock. Not before it was dead:
+    # stale_after after its last beat.
+    assert last_beat is not None, "the victim had no heartbeat row"
+    assert last_beat <= killed_at
+    taken_over = [at - last_beat for (at,) in reclaimed]
+    assert min(taken_over) >= STALE_AFTER, taken_over
+    assert max(taken_over) < STALE_AFTER + 5, taken_over
     assert set(seen) == set(accepted)  # nothing acknowledged lost; duplicates only from in-flight mail
     assert sum(n - 1 for n in seen.values()) <= in_flight
 
