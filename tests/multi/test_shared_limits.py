@@ -1,0 +1,113 @@
+"""Limits that are totals across the relays of one PostgreSQL store, seen from outside:
+two ``smtpplus relay`` subprocesses delivering in MX mode through a route to one slow
+capture sink never hold more connections to that destination at once than
+``max_connections_per_destination`` — the sink counts them — and the connection pools
+of four relays, a console and a CLI call fit PostgreSQL's default ``max_connections``,
+counted in ``pg_stat_activity``."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from harness.sink import CaptureSink, SinkRecord
+from relay.store import open_store
+from relay.store import queue as q
+from relay.store.intake import insert_messages
+from relay.store.routing import add_route
+from relay.store.settings import Keys, set_setting
+from tests.delivery.conftest import message
+from tests.multi.test_two_relays import Relay, _env, _status
+
+PER_DESTINATION = 4  # a total across the relays: 2 each while two are live
+# How long an engine may go on with the relay count it saw last (it counts the live
+# relays every min(5 s, lease / 2): relay/delivery/engine.py), plus a margin.
+RECOUNT = 5.0 + 3.0
+
+
+class CountingSink(CaptureSink):
+    """A capture sink that counts the connections it holds at once (``most_open``);
+    each message takes 0.4 s to accept, so the relays always want more connections."""
+
+    def __init__(self) -> None:
+        super().__init__(port=0, keep_data=False)
+        self.open = 0
+        self.most_open = 0
+
+    async def start(self) -> int:
+        port = await super().start()
+        assert self._server is not None
+        self._server.close()  # listen again on its port, with a protocol that counts
+        await self._server.wait_closed()
+        outer = self
+        made = self._protocols
+
+        class Counting(SMTP):
+            def connection_made(self, transport: Any) -> None:
+                outer.open += 1
+                outer.most_open = max(outer.most_open, outer.open)
+                super().connection_made(transport)
+
+            def connection_lost(self, error: Exception | None) -> None:
+                outer.open -= 1
+                super().connection_lost(error)
+
+        handler = _Recording(self)
+
+        def factory() -> SMTP:
+            protocol = Counting(handler, data_size_limit=None, decode_data=False, hostname="dest.test")
+            made.add(protocol)
+            return protocol
+
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(factory, host=self.host, port=port, reuse_address=True)
+        return port
+
+    async def record(self, envelope: Envelope, session: Session) -> SinkRecord:
+        await asyncio.sleep(0.4)
+        return await super().record(envelope, session)
+
+
+class _Recording:
+    def __init__(self, sink: CountingSink) -> None:
+        self.sink = sink
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        await self.sink.record(envelope, session)
+        return "250 2.0.0 Ok"
+
+
+async def test_connections_per_destination_are_a_total_across_relays(pg_url: str, tmp_path: Path) -> None:
+    env = _env(pg_url, tmp_path)
+    env["SMTPPLUS_MAX_CONNECTIONS_PER_DESTINATION"] = str(PER_DESTINATION)
+    db = open_store(pg_url)
+    try:
+        set_setting(db, Keys.PAUSED, True)
+        q.set_parallel(db, 20)  # far above: only the per-destination limit binds
+        async with CountingSink() as sink:
+            q.set_next_hop(db, "mx")  # the store's value wins over the relays' --next-hop
+            add_route(db, "dest.test", "127.0.0.1", sink.port)  # MX mode, routed: no DNS needed
+            insert_messages(db, [message(n, to=[f"r{n}@dest.test"]) for n in range(40)])
+            one, two = Relay(env, tmp_path, "one", sink.port), Relay(env, tmp_path, "two", sink.port)
+            try:
+                await one.ready()
+                await two.ready()
+                deadline = asyncio.get_running_loop().time() + 30
+                while len((await _status(env)).get("relays") or []) < 2:
+                    assert asyncio.get_running_loop().time() < deadline, "the two relays are not both listed"
+                    await asyncio.sleep(0.2)
+                await asyncio.sleep(RECOUNT)  # each engine has counted both relays
+                set_setting(db, Keys.PAUSED, False)
+                records = await sink.wait_for(40, within=120)
+            finally:
+                codes = [await one.stop(), await two.stop()]
+        assert codes == [0, 0]
+        assert sorted(r.subject or "" for r in records) == sorted(f"m{n} p3" for n in range(40))
+        # Each relay alone may hold 4; together they hold at most 4, and more than one
+        # relay's share (2) shows both were delivering at once.
+        assert 2 < sink.most_open <= PER_DESTINATION, sink.most_open
+    finally:
+        db.close()
