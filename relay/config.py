@@ -141,7 +141,7 @@ class RelayConfig:
     shutdown_grace: float = 10.0  # sessions in progress get this long on stop
     # -- Store -------------------------------------------------------------------
     # PostgreSQL (--db postgresql://…): connections one relay process may hold at once.
-    # 4 relays × (10 + 2 listening) = 48 of the server's default max_connections=100.
+    # 4 relays × (10 + 2 listening + 1 advisory lock) = 52 of the server's default max_connections=100.
     store_pool_size: int = 10
     # -- Delivery (read by relay.delivery / relay.scheduler) ----------------------
     retry_base: float = 60.0  # first retry after ~this long, doubling

@@ -51,9 +51,10 @@ from relay.store.postgres.location import masked, normalize
 T = TypeVar("T")
 
 #: Connections one relay process may hold at once (its stores: control, reads,
-#: writes, metrics, delivery; the change feeds listen on one more each). With the
-#: default, 4 relays hold at most 4 × (10 + 2) = 48 of PostgreSQL's default
-#: max_connections=100, leaving room for consoles and CLI calls (one each).
+#: writes, metrics, delivery; the change feeds listen on one more each, its advisory
+#: lock holds one more). With the default, 4 relays hold at most 4 × (10 + 2 + 1) = 52
+#: of PostgreSQL's default max_connections=100, leaving room for consoles and CLI
+#: calls (one each; tests/multi/test_shared_limits.py counts them).
 DEFAULT_POOL_SIZE = 10
 POOL_WAIT = 30.0  # seconds a store waits for a free pooled connection (the pool busy)
 #: Seconds a store waits for a connection the pool must make (a free slot, no idle
