@@ -364,7 +364,7 @@ async def test_a_busy_pool_is_waited_for_beyond_the_outage_bound(pg_url: str, mo
     waiting = asyncio.ensure_future(PgAsyncStore(pg_url).open())
     try:
         await asyncio.sleep(bridge.OUTAGE_WAIT + 1.5)  # past the outage bound, well inside POOL_WAIT
-        assert not waiting.done()
+        assert not waiting.done(), waiting.exception()  # still waiting: no "unavailable"
         await holder.close()
         second = await asyncio.wait_for(waiting, 20)
         assert await second.run(get_setting, "contract.none", 1) == 1

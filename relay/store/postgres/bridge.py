@@ -25,6 +25,7 @@ call after the server is back connects at once.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import queue
 import threading
@@ -70,6 +71,11 @@ OUTAGE_WAIT = 3.0
 #: slots waiting minutes for their next attempt after the server is back.
 RECONNECT_GIVE_UP = OUTAGE_WAIT
 _WAIT_STEP = 0.25  # seconds between looks at the pool while waiting for a connection
+
+# The pool's own warnings (each failed attempt, each broken connection thrown away:
+# several a second during an outage, in the driver's raw words) repeat what every
+# store call that fails already says in the relay's (StoreUnavailable, masked, one line).
+logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 
 _pools: dict[str, ConnectionPool[Any]] = {}
 _in_use: dict[str, int] = {}  # connections checked out of each pool (under _pools_lock)
