@@ -290,8 +290,9 @@ _PROMPT = 10.0
 
 def test_an_outage_is_answered_within_seconds_and_the_server_back_takes_mail(own_cluster: Cluster, tmp_path: Path) -> None:
     """With the server down, every command that needs the store is answered 4xx
-    promptly — the first after the drop and each one after it (a fresh connection the
-    pool cannot make) — never after the pool's 30 s wait for a busy pool; once the
+    promptly — the end of DATA (the group commit), AUTH, MAIL; the first after the drop
+    and each one after it (a fresh connection the pool cannot make) — never after the
+    pool's 30 s wait for a busy pool; once the
     server is back the same relay takes mail again (250 only after COMMIT: the
     message is in the store)."""
     with _relay_on_a_new_store(own_cluster, tmp_path) as served:
@@ -299,12 +300,23 @@ def test_an_outage_is_answered_within_seconds_and_the_server_back_takes_mail(own
         assert _send(served.port, served.user, served.password, 1) == 250
         authed = _RawSession(served.port)  # signed in while the server is up
         fresh = _RawSession(served.port)
+        sending = [_RawSession(served.port) for _ in range(2)]  # at DATA when the server stops
         try:
             assert authed.command("EHLO client.test")[0] == 250
             assert authed.command(plain)[0] == 235
             assert fresh.command("EHLO client.test")[0] == 250
+            for session in sending:
+                assert session.command("EHLO client.test")[0] == 250
+                assert session.command(plain)[0] == 235
+                assert session.command("MAIL FROM:<a@example.com>")[0] == 250
+                assert session.command("RCPT TO:<x@dest.example>")[0] == 250
+                assert session.command("DATA")[0] == 354
             own_cluster.halt("fast")
             slowest = 0.0
+            for n, session in enumerate(sending):  # the group commit's first write, then its next
+                answer, took = _timed(session, f"From: a@example.com\r\nSubject: lost{n}\r\n\r\nbody\r\n.")
+                assert answer[0] == 451 and answer[1].startswith("451 4.3.0"), answer
+                slowest = max(slowest, took)
             for _ in range(3):  # each try meets the outage again: none waits for the pool
                 answer, took = _timed(fresh, plain)
                 assert answer == (454, "454 4.7.0 Temporary authentication failure"), answer
@@ -328,7 +340,7 @@ def test_an_outage_is_answered_within_seconds_and_the_server_back_takes_mail(own
             assert answer[0] == 250, answer
             assert authed.command("QUIT")[0] == 221
         finally:
-            authed.close()
-            fresh.close()
+            for session in (authed, fresh, *sending):
+                session.close()
         assert served.relay.poll() is None, "the relay stopped on the outage"
-        assert _stored_subjects(served.url) == ["m1", "m2"]
+        assert _stored_subjects(served.url) == ["m1", "m2"]  # nothing refused was kept
