@@ -1,6 +1,7 @@
 """Maintained counts of the queue: per state and priority, and per list.
 
-Triggers on ``messages`` (``V4_COUNTS`` in schema.py) keep ``queue_counts`` and
+Triggers on ``messages`` (``V4_COUNTS`` in schema.py; in shards on PostgreSQL since
+``V9_COUNT_SHARDS``, summed when read) keep ``queue_counts`` and
 ``list_queue_counts`` in the same transaction as every insert, state or priority
 change and delete, whoever writes it. Reading them costs a few rows whatever the
 queue's size; :func:`recount` checks them against a full count of ``messages`` and
@@ -24,7 +25,8 @@ _ACTIVE_SQL = ", ".join(f"'{s}'" for s in ACTIVE_STATES)
 def state_counts(db: Connection) -> dict[tuple[str, int], int]:
     """Messages per (state, priority), every pair present (30 rows read)."""
     out = {(s, p): 0 for s in STATES for p in PRIORITIES}
-    for state, priority, n in db.execute("SELECT state, priority, n FROM queue_counts"):
+    # Summed per key: on PostgreSQL each writing connection counts in its own shard (V9).
+    for state, priority, n in db.execute("SELECT state, priority, sum(n) FROM queue_counts GROUP BY state, priority"):
         out[(state, priority)] = int(n)
     return out
 
@@ -32,7 +34,10 @@ def state_counts(db: Connection) -> dict[tuple[str, int], int]:
 def list_queued(db: Connection) -> dict[int, int]:
     """Messages still to deliver (queued, deferred, in flight or held) per list id;
     lists with none are left out."""
-    return {int(k): int(n) for k, n in db.execute("SELECT list_id, n FROM list_queue_counts WHERE n != 0")}
+    return {
+        int(k): int(n)
+        for k, n in db.execute("SELECT list_id, sum(n) FROM list_queue_counts GROUP BY list_id HAVING sum(n) != 0")
+    }
 
 
 def oldest_waiting(db: Connection, priority: int) -> float | None:
@@ -123,10 +128,10 @@ def recount(db: Connection) -> list[CountFix]:
         counted, counted_lists = _recount_states(db), _recount_lists(db)
         fixes = _compare(db, counted, counted_lists)
         if fixes:
+            # Every shard's rows go; one row per key (PostgreSQL: shard 0) holds the count.
+            db.execute("DELETE FROM queue_counts")
             db.executemany(
-                "INSERT INTO queue_counts(state, priority, n) VALUES (?, ?, ?) "
-                "ON CONFLICT(state, priority) DO UPDATE SET n = excluded.n",
-                [(s, p, n) for (s, p), n in counted.items()],
+                "INSERT INTO queue_counts(state, priority, n) VALUES (?, ?, ?)", [(s, p, n) for (s, p), n in counted.items()]
             )
             db.execute("DELETE FROM list_queue_counts")
             db.executemany("INSERT INTO list_queue_counts(list_id, n) VALUES (?, ?)", list(counted_lists.items()))

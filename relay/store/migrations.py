@@ -37,6 +37,7 @@ VERSIONS: list[Version] = [
     Version(6, "DKIM keys: dkim_keys, one active key per domain"),
     Version(7, "MX delivery: recipients.domain (generated), routes, destinations"),
     Version(8, "recipients.domain after the last @, ASCII lower case (the generated column re-created)"),
+    Version(9, "maintained counts in shards, one per writing connection (PostgreSQL; SQLite keeps one row per key)"),
 ]
 SCHEMA_VERSION = len(VERSIONS)
 

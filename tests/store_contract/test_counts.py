@@ -201,8 +201,11 @@ def test_recount_repairs_and_reports_a_wrong_count(db: Any) -> None:
     alpha = ops(db).directory.create_list(db, "alpha")
     ops(db).intake.insert_messages(db, [new_message(1, 2, alpha), new_message(2, 2, alpha)])
     assert ops(db).counts.recount(db) == []
-    db.execute("UPDATE queue_counts SET n = 99 WHERE state = 'queued' AND priority = 2")
-    db.execute("UPDATE list_queue_counts SET n = 5")
+    # One row per key says the wrong count (PostgreSQL keeps a key's count in shards).
+    db.execute("DELETE FROM queue_counts WHERE state = 'queued' AND priority = 2")
+    db.execute("INSERT INTO queue_counts(state, priority, n) VALUES ('queued', 2, 99)")
+    db.execute("DELETE FROM list_queue_counts")
+    db.execute("INSERT INTO list_queue_counts(list_id, n) VALUES (?, 5)", (alpha.id,))
     fixes = ops(db).counts.recount(db)
     assert {(f.table, f.key, f.kept, f.counted) for f in fixes} == {
         ("queue_counts", "queued/2", 99, 2), ("list_queue_counts", f"list {alpha.id}", 5, 2),

@@ -138,8 +138,12 @@ def test_the_maintained_counts_follow_every_change(pg_url: str) -> None:
             ).fetchone()[0])
 
         def counts() -> tuple[dict[tuple[str, int], int], dict[int, int]]:
-            states = {(r[0], r[1]): r[2] for r in db.execute("SELECT state, priority, n FROM queue_counts WHERE n <> 0")}
-            lists = {r[0]: r[1] for r in db.execute("SELECT list_id, n FROM list_queue_counts WHERE n <> 0")}
+            states = {(r[0], r[1]): r[2] for r in db.execute(
+                "SELECT state, priority, sum(n) FROM queue_counts GROUP BY state, priority HAVING sum(n) <> 0"
+            )}
+            lists = {r[0]: r[1] for r in db.execute(
+                "SELECT list_id, sum(n) FROM list_queue_counts GROUP BY list_id HAVING sum(n) <> 0"
+            )}
             return states, lists
 
         first, second = add("queued", 1), add("queued", 3)
@@ -466,3 +470,121 @@ def test_a_recipients_domain_is_computed_as_on_sqlite(pg_url: str) -> None:
         assert domains == {"Ann@Example.COM": "example.com", '"x@y"@Dest.example': "dest.example", "postmaster": "", "b@Ünï.example": "Ünï.example"}
     finally:
         db.close()
+
+
+def _message_row(db: Any, list_id: int | None = None, state: str = "queued") -> int:
+    return int(db.execute(
+        "INSERT INTO messages(queue_id, list_id, origin, mail_from, size, header_priority, user_priority, "
+        "priority, state, next_attempt_at, created_at, updated_at) "
+        "VALUES (?, ?, 'smtp', 'a@b.example', 1, 3, 3, 3, ?, 0, 0, 0) RETURNING id",
+        (f"q{time.monotonic_ns()}", list_id, state),
+    ).fetchone()[0])
+
+
+def test_two_connections_count_without_waiting_for_each_other(pg_url: str) -> None:
+    # Each writing connection counts in its own shard: a transaction that has queued a
+    # message (and so changed the counts) does not hold up another connection's.
+    from relay.store import counts
+
+    first, second = open_store(pg_url), open_store(pg_url)
+    try:
+        list_id = first.execute("INSERT INTO lists(name, created_at) VALUES ('a', 0) RETURNING id").fetchone()[0]
+        second.execute("SET lock_timeout = '3s'")  # waiting on the first's rows would be StoreBusy
+        with transaction(first):
+            _message_row(first, list_id)
+            with transaction(second):
+                _message_row(second, list_id)
+                second.execute("UPDATE messages SET state = 'sending' WHERE list_id = ? AND state = 'queued'", (list_id,))
+        shards = first.execute("SELECT count(DISTINCT shard) FROM queue_counts WHERE n <> 0").fetchone()[0]
+        assert shards == 2
+        assert counts.state_counts(first)[("queued", 3)] == 1 and counts.state_counts(first)[("sending", 3)] == 1
+        assert counts.list_queued(first) == {list_id: 2}
+        assert counts.differences(first) == []
+    finally:
+        first.close()
+        second.close()
+
+
+def test_counts_stay_right_with_writes_from_several_connections_at_once(pg_url: str) -> None:
+    from relay.store import counts
+
+    setup = open_store(pg_url)
+    list_id = setup.execute("INSERT INTO lists(name, created_at) VALUES ('a', 0) RETURNING id").fetchone()[0]
+    errors: list[BaseException] = []
+
+    def writer(n: int) -> None:
+        db = open_store(pg_url)
+        try:
+            for i in range(40):
+                with transaction(db):
+                    ids = [_message_row(db, list_id if i % 2 else None) for _ in range(3)]
+                    db.execute("UPDATE messages SET state = 'sending' WHERE id = ?", (ids[0],))
+                    db.execute("UPDATE messages SET state = 'sent' WHERE id = ?", (ids[1],))
+                    if n % 2:
+                        db.execute("DELETE FROM messages WHERE id = ?", (ids[2],))
+        except BaseException as exc:  # reported below: a thread's failure must fail the test
+            errors.append(exc)
+        finally:
+            db.close()
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        assert errors == []
+        assert counts.differences(setup) == []
+        total = sum(counts.state_counts(setup).values())
+        assert total == setup.execute("SELECT count(*) FROM messages").fetchone()[0] == 4 * 40 * 3 - 2 * 40
+        assert setup.execute("SELECT count(DISTINCT shard) FROM queue_counts WHERE n <> 0").fetchone()[0] >= 2
+        assert counts.recount(setup) == []
+    finally:
+        setup.close()
+
+
+def _listener(pg_url: str) -> Any:
+    import psycopg
+
+    conn = psycopg.connect(normalize(pg_url), autocommit=True)
+    conn.execute(f"LISTEN {schema.NOTIFY_CHANNEL}")
+    return conn
+
+
+def _heard(listener: Any) -> list[int]:
+    listener.execute("SELECT 1")  # what was sent before this has arrived
+    return [n.pid for n in listener.notifies(timeout=0)]
+
+
+def test_a_writing_commit_is_announced_once_after_it(pg_url: str) -> None:
+    # The adapter announces its own commits (outside the writing transaction, whose
+    # COMMIT then takes no notify lock); a write by any other client (psql) is
+    # announced by the tables' trigger as before.
+    import psycopg
+
+    listener = _listener(pg_url)
+    db = open_store(pg_url)
+    try:
+        with transaction(db):
+            db.execute("INSERT INTO settings(key, value) VALUES ('a', '1')")
+            db.execute("INSERT INTO settings(key, value) VALUES ('b', '1')")
+            assert _heard(listener) == []  # nothing before the COMMIT
+        assert _heard(listener) == [db.backend_pid]
+        db.execute("UPDATE settings SET value = '2' WHERE key = 'a'")  # a write outside a transaction
+        assert _heard(listener) == [db.backend_pid]
+        with transaction(db):
+            db.execute("SELECT * FROM settings").fetchall()
+            db.execute("UPDATE settings SET value = '3' WHERE key = 'nothing-here'")
+        db.execute("DELETE FROM settings WHERE key = 'nothing-here'")
+        assert _heard(listener) == []  # nothing changed: nothing to tell
+        with pytest.raises(RuntimeError), transaction(db):
+            db.execute("INSERT INTO settings(key, value) VALUES ('c', '1')")
+            raise RuntimeError("rolled back")
+        assert _heard(listener) == []
+        assert db.notified == 2
+        with psycopg.connect(normalize(pg_url), autocommit=True) as other:  # not our adapter: the trigger tells
+            other.execute("INSERT INTO settings(key, value) VALUES ('d', '1')")
+            assert _heard(listener) == [other.info.backend_pid]
+    finally:
+        db.close()
+        listener.close()

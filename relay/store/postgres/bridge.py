@@ -41,7 +41,7 @@ from relay.store.bridge import AsyncStore, _Job, _serve
 from relay.store.errors import StoreError, StoreUnavailable
 from relay.store.postgres.connection import (
     CONNECT_TIMEOUT,
-    LOCK_TIMEOUT_MS,
+    SESSION_OPTIONS,
     PgConnection,
     configure,
     open_store,
@@ -112,7 +112,7 @@ def pool_for(location: str) -> ConnectionPool[Any]:
                     "autocommit": True,
                     "connect_timeout": CONNECT_TIMEOUT,
                     "application_name": "smtpplus",
-                    "options": f"-c synchronous_commit=on -c lock_timeout={LOCK_TIMEOUT_MS}",
+                    "options": SESSION_OPTIONS,
                 },
             )
             _pools[location] = pool

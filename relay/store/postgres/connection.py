@@ -45,6 +45,14 @@ from relay.store.postgres.location import database_name, masked, normalize, scru
 CONNECT_TIMEOUT = 10  # seconds to reach the server before "unavailable"
 # A writer waits this long for a row lock before StoreBusy (SQLite: busy_timeout).
 LOCK_TIMEOUT_MS = 10_000
+# Every session of ours: durable commits (synchronous_commit=on: a COMMIT returns once
+# the WAL is on disk, so a 250 after it is a promise kept — the server's default,
+# stated in case it is not), a bounded wait for locks, and the change feed's
+# notification sent by this adapter after a writing COMMIT (smtpplus.notify, read by
+# the tables' notify trigger: see schema.NOTIFY_AFTER_COMMIT).
+SESSION_OPTIONS = (
+    f"-c synchronous_commit=on -c lock_timeout={LOCK_TIMEOUT_MS} -c {schema.NOTIFY_SETTING}={schema.NOTIFY_AFTER_COMMIT}"
+)
 
 __all__ = [
     "PgConnection",
@@ -178,8 +186,12 @@ def to_pyformat(sql: str, named: bool = False) -> str:
 
 
 _BEGIN_WORDS = ("BEGIN IMMEDIATE", "BEGIN DEFERRED", "BEGIN EXCLUSIVE")
+# Statements that change rows (their rowcount says how many): a transaction with one
+# that changed something is announced on the change channel after its COMMIT.
+_WRITES = frozenset({"INSERT", "UPDATE", "DELETE", "MERGE", "TRUNCATE", "COPY"})
 _BEGINS = frozenset({"BEGIN", "START"})
 _ENDS = frozenset({"COMMIT", "ROLLBACK", "END", "ABORT"})
+_COMMITS = frozenset({"COMMIT", "END"})
 
 
 def _first_word(sql: str) -> str:
@@ -273,6 +285,8 @@ class PgConnection:
         self._reopen = reopen or (lambda: connect(location))
         self._held = True  # self.raw is ours to give back (not yet released)
         self._explicit = False  # inside a BEGIN … COMMIT/ROLLBACK of the caller's
+        self._wrote = False  # the transaction under way changed rows: announce its COMMIT
+        self.notified = 0  # change notifications this connection sent (tests, benchmarks)
         self.feeds: list[Any] = []  # change feeds listening for this connection
         self._listening: psycopg.Connection[Any] | None = None  # the raw one LISTENing
         self._version = 0
@@ -332,29 +346,68 @@ class PgConnection:
         if not self._ready(word):
             return self.raw.execute("SELECT 1")
         try:
-            if not parameters:
+            if word in _COMMITS and self._wrote and self._explicit:
+                cursor = self._commit_and_notify()
+            elif not parameters:
                 cursor = self.raw.execute(_statement(sql))
             elif isinstance(parameters, Mapping):
                 cursor = self.raw.execute(to_pyformat(sql, named=True), dict(parameters))
             else:
                 cursor = self.raw.execute(to_pyformat(sql), tuple(parameters))
+            if word in _WRITES and cursor.rowcount != 0:
+                self._changed()
         except psycopg.Error as exc:
             if word in _ENDS:
-                self._explicit = False
+                self._explicit = self._wrote = False
             raise translate(exc, self.location) from None
         if word in _BEGINS:
             self._explicit = True
+            self._wrote = False
         elif word in _ENDS:
-            self._explicit = False
+            self._explicit = self._wrote = False
         return cursor
 
     def executemany(self, sql: str, seq_of_parameters: Iterable[Sequence[Any]], /) -> psycopg.Cursor[Any]:
         self._ready("")
         cursor = self.raw.cursor()
+        rows = [tuple(p) for p in seq_of_parameters]
         try:
-            cursor.executemany(to_pyformat(sql), [tuple(p) for p in seq_of_parameters])
+            cursor.executemany(to_pyformat(sql), rows)
+            if rows and _first_word(sql) in _WRITES and cursor.rowcount != 0:
+                self._changed()
         except psycopg.Error as exc:
             raise translate(exc, self.location) from None
+        return cursor
+
+    # -- the change feed's notifications ---------------------------------------------
+    #
+    # A NOTIFY inside the writing transaction makes its COMMIT take PostgreSQL's
+    # database-wide notify lock and hold it through the WAL flush: every notifying
+    # commit of every relay then waits for the one before (measured with two relays:
+    # Lock:object waits on COMMIT). So this adapter's sessions (smtpplus.notify, see
+    # SESSION_OPTIONS) are not announced by the tables' trigger: the adapter sends the
+    # notification itself right after a COMMIT that changed rows (or after a write
+    # outside a transaction), in a transaction of its own that changes nothing durable
+    # and so need not wait for a flush. Listeners still hear of a commit before the
+    # writer's call returns, stamped with this connection's pid as before.
+
+    def _changed(self) -> None:
+        if self._explicit and self.raw.info.transaction_status != TransactionStatus.IDLE:
+            self._wrote = True  # told after its COMMIT
+        else:
+            self._notify()
+
+    def _notify(self) -> None:
+        self.raw.execute(schema.NOTIFY_NOW)
+        self.notified += 1
+
+    def _commit_and_notify(self) -> psycopg.Cursor[Any]:
+        """COMMIT, then the notification, in one round trip (a pipeline: the
+        notification is not sent when the COMMIT fails)."""
+        with self.raw.pipeline():
+            cursor = self.raw.execute("COMMIT")
+            self.raw.execute(schema.NOTIFY_NOW)
+        self.notified += 1
         return cursor
 
     def data_version(self) -> int:
@@ -445,9 +498,7 @@ def connect(location: str, *, application_name: str = "smtpplus") -> psycopg.Con
         autocommit=True,
         connect_timeout=CONNECT_TIMEOUT,
         application_name=application_name,
-        # synchronous_commit=on: a COMMIT returns once the WAL is on disk, so a 250
-        # after it is a promise kept (the server's default, stated in case it is not).
-        options=f"-c synchronous_commit=on -c lock_timeout={LOCK_TIMEOUT_MS}",
+        options=SESSION_OPTIONS,
     )
     configure(conn)
     return conn

@@ -30,6 +30,18 @@ if TYPE_CHECKING:
     import psycopg
 
 NOTIFY_CHANNEL = "smtpplus_changes"
+# A session whose setting NOTIFY_SETTING is NOTIFY_AFTER_COMMIT (every session of
+# relay.store.postgres.connection) is not announced by the tables' trigger: it sends
+# NOTIFY_NOW itself after each COMMIT that changed rows, outside the writing
+# transaction (see PgConnection._commit_and_notify). Any other writer (psql, an older
+# tool) is announced by the trigger, at its COMMIT, as before. NOTIFY_NOW is a
+# transaction of its own: it writes nothing that must survive a crash, so it does not
+# wait for a WAL flush while it holds the server's notify lock.
+NOTIFY_SETTING = "smtpplus.notify"
+NOTIFY_AFTER_COMMIT = "after_commit"
+NOTIFY_NOW = (
+    f"SELECT set_config('synchronous_commit', 'off', true), pg_notify('{NOTIFY_CHANNEL}', pg_backend_pid()::text)"
+)
 # pg_advisory_xact_lock key of the migration: any fixed bigint of our own.
 MIGRATION_LOCK = 0x736D7470706C7573 & 0x7FFFFFFFFFFFFFFF  # "smtpplus"
 
@@ -410,18 +422,116 @@ ALTER TABLE recipients ADD COLUMN domain TEXT GENERATED ALWAYS AS (
 ) STORED;
 """
 
+# The maintained counts in shards: every writing connection adds to the rows of its own
+# shard, so two relays' commits never wait for each other on one count row held until
+# the other's WAL flush (measured with two relays: most of a commit's time was a
+# Lock:transactionid wait on the count rows). A connection takes its shard from a
+# sequence the first time it counts (consecutive connections get different shards;
+# kept for the session); readers sum the shards (relay.store.counts). The rows of each
+# shard are upserted in key order, so two connections of one shard queue, never
+# deadlock. ``store recount`` writes shard 0 afresh.
+V9_COUNT_SHARDS = """
+ALTER TABLE queue_counts ADD COLUMN shard INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE queue_counts DROP CONSTRAINT queue_counts_pkey;
+ALTER TABLE queue_counts ADD PRIMARY KEY (state, priority, shard);
+ALTER TABLE list_queue_counts ADD COLUMN shard INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE list_queue_counts DROP CONSTRAINT list_queue_counts_pkey;
+ALTER TABLE list_queue_counts ADD PRIMARY KEY (list_id, shard);
+CREATE SEQUENCE smtpplus_count_shards;
+
+-- This connection's shard (16 of them: a few rows per key to sum when reading).
+CREATE FUNCTION smtpplus_count_shard() RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    found text := current_setting('smtpplus.count_shard', true);
+BEGIN
+    IF found IS NULL OR found = '' THEN
+        found := (nextval('smtpplus_count_shards') % 16)::text;
+        PERFORM set_config('smtpplus.count_shard', found, false);
+    END IF;
+    RETURN found::integer;
+END $$;
+
+CREATE OR REPLACE FUNCTION smtpplus_queue_counts() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    my_shard integer := smtpplus_count_shard();
+BEGIN
+    IF TG_OP <> 'INSERT' THEN
+        INSERT INTO queue_counts AS c (state, priority, shard, n) VALUES (OLD.state, OLD.priority, my_shard, -1)
+        ON CONFLICT (state, priority, shard) DO UPDATE SET n = c.n - 1;
+    END IF;
+    IF TG_OP <> 'DELETE' THEN
+        INSERT INTO queue_counts AS c (state, priority, shard, n) VALUES (NEW.state, NEW.priority, my_shard, 1)
+        ON CONFLICT (state, priority, shard) DO UPDATE SET n = c.n + 1;
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE FUNCTION smtpplus_queue_counts_of_statement() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    sign integer := CASE WHEN TG_OP = 'INSERT' THEN 1 ELSE -1 END;
+    my_shard integer := smtpplus_count_shard();
+BEGIN
+    INSERT INTO queue_counts AS c (state, priority, shard, n)
+    SELECT state, priority, my_shard, sign * count(*) FROM changed_rows
+    GROUP BY state, priority ORDER BY state, priority
+    ON CONFLICT (state, priority, shard) DO UPDATE SET n = c.n + excluded.n;
+    RETURN NULL;
+END $$;
+
+CREATE OR REPLACE FUNCTION smtpplus_list_queue_counts() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    old_counted boolean := false;
+    new_counted boolean := false;
+    my_shard integer;
+BEGIN
+    IF TG_OP <> 'INSERT' THEN
+        old_counted := OLD.list_id IS NOT NULL AND OLD.state IN ('queued', 'deferred', 'sending', 'held');
+    END IF;
+    IF TG_OP <> 'DELETE' THEN
+        new_counted := NEW.list_id IS NOT NULL AND NEW.state IN ('queued', 'deferred', 'sending', 'held');
+    END IF;
+    IF old_counted AND new_counted AND OLD.list_id = NEW.list_id THEN
+        RETURN NULL;  -- a claim or a retry: still counted, same list
+    END IF;
+    my_shard := smtpplus_count_shard();
+    IF old_counted THEN
+        INSERT INTO list_queue_counts AS c (list_id, shard, n) VALUES (OLD.list_id, my_shard, -1)
+        ON CONFLICT (list_id, shard) DO UPDATE SET n = c.n - 1;
+    END IF;
+    IF new_counted THEN
+        INSERT INTO list_queue_counts AS c (list_id, shard, n) VALUES (NEW.list_id, my_shard, 1)
+        ON CONFLICT (list_id, shard) DO UPDATE SET n = c.n + 1;
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE FUNCTION smtpplus_list_queue_counts_of_statement() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    sign integer := CASE WHEN TG_OP = 'INSERT' THEN 1 ELSE -1 END;
+    my_shard integer := smtpplus_count_shard();
+BEGIN
+    INSERT INTO list_queue_counts AS c (list_id, shard, n)
+    SELECT list_id, my_shard, sign * count(*) FROM changed_rows
+    WHERE list_id IS NOT NULL AND state IN ('queued', 'deferred', 'sending', 'held')
+    GROUP BY list_id ORDER BY list_id
+    ON CONFLICT (list_id, shard) DO UPDATE SET n = c.n + excluded.n;
+    RETURN NULL;
+END $$;
+"""
+
 MIGRATIONS: list[str] = [
     V1_DIRECTORY, V2_QUEUE, V3_ENVELOPE_PARAMETERS, V4_COUNTS, V5_BULK_SENDER, V6_DKIM_KEYS, V7_DESTINATIONS,
-    V8_RECIPIENT_DOMAIN,
+    V8_RECIPIENT_DOMAIN, V9_COUNT_SHARDS,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # After any migration: every table NOTIFYs the change channel once per writing
-# statement (PostgreSQL folds repeats within a transaction and sends at COMMIT).
+# statement (PostgreSQL folds repeats within a transaction and sends at COMMIT) —
+# unless the session sends its notifications itself, after COMMIT (NOTIFY_SETTING).
 _NOTIFY_EVERY_TABLE = f"""
 CREATE OR REPLACE FUNCTION smtpplus_notify() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_notify('{NOTIFY_CHANNEL}', pg_backend_pid()::text);
+    IF current_setting('{NOTIFY_SETTING}', true) IS DISTINCT FROM '{NOTIFY_AFTER_COMMIT}' THEN
+        PERFORM pg_notify('{NOTIFY_CHANNEL}', pg_backend_pid()::text);
+    END IF;
     RETURN NULL;
 END $$;
 DO $$

@@ -363,9 +363,17 @@ ALTER TABLE recipients DROP COLUMN domain;
 ALTER TABLE recipients ADD COLUMN domain TEXT GENERATED ALWAYS AS (CASE WHEN instr(address, '@') = 0 THEN '' ELSE lower(substr(address, length(rtrim(address, replace(address, '@', ''))) + 1)) END) VIRTUAL;
 """
 
+# Counts in shards (PostgreSQL, where several relays write at once: each writing
+# connection its own rows). SQLite has one writer at a time: its counts keep one row
+# per key — readers sum per key on both backends, so the same reads work on either —
+# and this step only keeps the version numbers one list.
+V9_COUNT_SHARDS = """
+SELECT 1;
+"""
+
 MIGRATIONS: list[str] = [
     V1_DIRECTORY, V2_QUEUE, V3_ENVELOPE_PARAMETERS, V4_COUNTS, V5_BULK_SENDER, V6_DKIM_KEYS, V7_DESTINATIONS,
-    V8_RECIPIENT_DOMAIN,
+    V8_RECIPIENT_DOMAIN, V9_COUNT_SHARDS,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
