@@ -62,6 +62,9 @@ def classify(exc: BaseException) -> WriteFailed:
 
 def commit_batch(db: Connection, messages: Sequence[NewMessage], events: Sequence[NewEvent]) -> list[Queued]:
     """One transaction: the messages (bodies, recipients, queued events) and the events."""
+    if not events:
+        # insert_messages is one transaction by itself (PostgreSQL: one statement).
+        return insert_messages(db, messages) if messages else []
     with transaction(db):
         queued = insert_messages(db, messages) if messages else []
         if events:

@@ -113,6 +113,13 @@ class Dialect(Protocol):
         CONFLICT …``, ``RETURNING …``); returns what a ``RETURNING`` gave."""
         ...
 
+    def insert_group(self, db: Connection, group: Any) -> dict[str, int] | None:
+        """A group commit's new messages (a :class:`relay.store.intake.GroupRows`) in
+        one statement — its own transaction, or part of the caller's — returning each
+        queue id's message id; None where the database gains nothing by it (SQLite:
+        in-process statements, no round trips to save)."""
+        ...
+
     def skip_locked(self) -> str:
         """SQL appended to the ``SELECT`` that picks rows to claim: ``""`` where the
         write lock is the whole database (SQLite), ``" FOR UPDATE SKIP LOCKED"`` where

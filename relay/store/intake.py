@@ -80,6 +80,10 @@ def insert_messages(db: Connection, messages: Sequence[NewMessage], *, now: floa
     stamp = time.time() if now is None else now
     out: list[Queued] = []
     rows_per_insert = dialect_of(db).rows_per_insert()
+    if rows_per_insert > 1 and messages and len(messages) <= rows_per_insert:
+        at_once = _insert_at_once(db, messages, stamp)
+        if at_once is not None:
+            return at_once
     with transaction(db):
         if rows_per_insert > 1:
             return _insert_grouped(db, messages, stamp, rows_per_insert)
@@ -123,13 +127,13 @@ def insert_messages(db: Connection, messages: Sequence[NewMessage], *, now: floa
 # The grouped path (a database where a statement is a round trip): each table's rows
 # of the whole group in one statement (the dialect's ``insert_rows``) per
 # ``rows_per_insert`` rows. Same rows, same values as above.
-_MESSAGE_COLUMNS = (
+MESSAGE_COLUMNS = _MESSAGE_COLUMNS = (
     "queue_id", "list_id", "list_name", "user_id", "username", "origin", "campaign_id", "mail_from", "header_from",
     "subject", "size", "header_priority", "user_priority", "priority", "state", "next_attempt_at", "client", "port",
     "created_at", "updated_at", "mail_auth", "body_type", "smtputf8", "size_declared", "dsn_ret", "dsn_envid",
 )
 _RECIPIENT_COLUMNS = ("message_id", "address", "dsn_notify", "dsn_orcpt")
-_EVENT_COLUMNS = ("at", "kind", "reason", "username", "list_id", "client", "port", "message_id", "queue_id", "detail")
+EVENT_COLUMNS = _EVENT_COLUMNS = ("at", "kind", "reason", "username", "list_id", "client", "port", "message_id", "queue_id", "detail")
 # Bodies are also bounded in bytes per statement: a group of big messages is never
 # all in one buffer.
 BODY_BYTES_PER_INSERT = 4 << 20
@@ -158,6 +162,42 @@ def _insert_grouped(db: Connection, messages: Sequence[NewMessage], stamp: float
     return out
 
 
+def _insert_at_once(db: Connection, messages: Sequence[NewMessage], stamp: float) -> list[Queued] | None:
+    """The whole group in one statement where the dialect has one (PostgreSQL: a
+    round trip, and its own transaction when the caller has none), rows keyed by
+    queue id; None: the dialect has none, or the bodies are too big for one."""
+    if sum(len(m.data) for m in messages) > BODY_BYTES_PER_INSERT:
+        return None
+    recipients: list[tuple[object, ...]] = []
+    for m in messages:
+        dsn = m.recipient_dsn or {}
+        recipients.extend((m.queue_id, r, *_dsn_row(dsn.get(r))) for r in m.recipients)
+    group = GroupRows(
+        messages=[_message_row(m, stamp) for m in messages],
+        bodies=[(m.queue_id, m.data) for m in messages],
+        recipients=recipients,
+        events=[_event_row(m, None, stamp) for m in messages],
+    )
+    ids = dialect_of(db).insert_group(db, group)
+    if ids is None:
+        return None
+    return [Queued(ids[m.queue_id], m.queue_id) for m in messages]
+
+
+@dataclass(slots=True)
+class GroupRows:
+    """A group of new messages for :meth:`Dialect.insert_group`: each table's rows,
+    the message's id left out (the database gives it), tied by queue id instead —
+    ``messages`` in ``MESSAGE_COLUMNS``' order, ``bodies`` (queue id, data),
+    ``recipients`` (queue id, address, dsn_notify, dsn_orcpt), ``events``
+    (``EVENT_COLUMNS`` without message_id)."""
+
+    messages: list[tuple[object, ...]]
+    bodies: list[tuple[str, bytes | mmap.mmap]]
+    recipients: list[tuple[object, ...]]
+    events: list[tuple[object, ...]]
+
+
 def _message_row(m: NewMessage, stamp: float) -> tuple[object, ...]:
     return (
         m.queue_id, m.list_id, m.list_name, m.user_id, m.username, m.origin, m.campaign_id,
@@ -168,10 +208,11 @@ def _message_row(m: NewMessage, stamp: float) -> tuple[object, ...]:
     )
 
 
-def _event_row(m: NewMessage, message_id: int, stamp: float) -> tuple[object, ...]:
+def _event_row(m: NewMessage, message_id: int | None, stamp: float) -> tuple[object, ...]:
+    """The ``queued`` event's values (``message_id`` None: left out, for insert_group)."""
     return (
         stamp, str(EventKind.QUEUED), str(Reason.ACCEPTED), m.username, m.list_id, m.client, m.port,
-        message_id, m.queue_id,
+        *(() if message_id is None else (message_id,)), m.queue_id,
         f"{m.origin} from {m.mail_from or '<>'} to {len(m.recipients)} recipient(s), "
         f"priority {m.priority} (header {m.header_priority}, user {m.user_priority})",
     )

@@ -78,3 +78,45 @@ def test_the_dialect_inserts_rows_with_a_tail(db: Any) -> None:
     assert [tuple(r) for r in db.execute("SELECT key, value FROM settings WHERE key IN ('a', 'b', 'c') ORDER BY key")] == [
         ("a", "1"), ("b", "2"), ("c", "3"),
     ]
+
+
+def test_a_small_group_commit_gives_each_message_its_own_rows(db: Any) -> None:
+    # A group that fits one statement (PostgreSQL writes it in one round trip).
+    messages = [m for m in _group(db)[:60] if len(m.data) < 1000][:40]
+    told = getattr(db, "notified", 0)
+    queued = ops(db).intake.insert_messages(db, messages, now=1000.0)
+    if db.dialect == "postgresql":
+        assert db.notified == told + 1  # one statement, one commit, announced once
+    assert [q.queue_id for q in queued] == [m.queue_id for m in messages]
+    assert [q.message_id for q in queued] == sorted(q.message_id for q in queued)  # ids in the group's order
+    for q, m in zip(queued, messages, strict=True):
+        row = db.execute("SELECT queue_id, size, state, list_id FROM messages WHERE id = ?", (q.message_id,)).fetchone()
+        assert tuple(row) == (m.queue_id, len(m.data), m.state, m.list_id)
+        body = db.execute("SELECT data FROM message_bodies WHERE message_id = ?", (q.message_id,)).fetchone()[0]
+        assert bytes(body) == m.data
+        recipients = db.execute(
+            "SELECT address, dsn_notify FROM recipients WHERE message_id = ? ORDER BY address", (q.message_id,)
+        ).fetchall()
+        assert sorted(set(m.recipients)) == [r[0] for r in recipients]
+    events = db.execute("SELECT message_id, queue_id, at FROM events WHERE kind = 'queued' ORDER BY id").fetchall()
+    assert [(e[0], e[1], e[2]) for e in events] == [(q.message_id, q.queue_id, 1000.0) for q in queued]
+    assert ops(db).counts.differences(db) == []
+
+
+def test_a_group_that_fails_writes_nothing_and_the_store_goes_on(db: Any) -> None:
+    from relay.store.errors import StoreError
+
+    first = _group(db)[:3]
+    ops(db).intake.insert_messages(db, first)
+    again = [NewMessage(mail_from=SENDER, recipients=["a@example.net"], data=b"x"), first[1]]  # a queue id taken
+    try:
+        ops(db).intake.insert_messages(db, again)
+    except StoreError:
+        pass
+    else:
+        raise AssertionError("a taken queue id was accepted")
+    assert not db.in_transaction
+    assert db.execute("SELECT count(*) FROM messages").fetchone()[0] == 3
+    ops(db).intake.insert_messages(db, [NewMessage(mail_from=SENDER, recipients=["b@example.net"], data=b"y")])
+    assert db.execute("SELECT count(*) FROM messages").fetchone()[0] == 4
+    assert ops(db).counts.differences(db) == []

@@ -379,6 +379,31 @@ class PgConnection:
             raise translate(exc, self.location) from None
         return cursor
 
+    def write(self, sql: str, parameters: Sequence[Any], /) -> list[Any]:
+        """One writing statement, its rows returned. Outside a transaction it is a
+        transaction of its own, sent with its COMMIT and the change notification in
+        one round trip (a pipeline; BEGIN and COMMIT are explicit because a
+        pipeline's statements share one transaction until it ends)."""
+        self._ready("")
+        try:
+            if self._explicit:
+                rows = list(self.raw.execute(to_pyformat(sql), tuple(parameters)).fetchall())
+                self._wrote = True
+                return rows
+            with self.raw.pipeline():
+                self.raw.execute("BEGIN")
+                cursor = self.raw.execute(to_pyformat(sql), tuple(parameters))
+                self.raw.execute("COMMIT")
+                self.raw.execute(schema.NOTIFY_NOW)
+            self.notified += 1
+            return list(cursor.fetchall())
+        except psycopg.Error as exc:
+            if not self._explicit and self.raw.info.transaction_status == TransactionStatus.INERROR:
+                # The failed statement left the pipeline's BEGIN open: end it here.
+                with contextlib.suppress(psycopg.Error):
+                    self.raw.execute("ROLLBACK")
+            raise translate(exc, self.location) from None
+
     # -- the change feed's notifications ---------------------------------------------
     #
     # A NOTIFY inside the writing transaction makes its COMMIT take PostgreSQL's

@@ -11,7 +11,7 @@ from typing import Any
 
 from relay.store.postgres.connection import transaction
 
-__all__ = ["bulk_load", "data_version", "insert_rows", "rows_per_insert", "skip_locked", "transaction", "write_body"]
+__all__ = ["bulk_load", "data_version", "insert_group", "insert_rows", "rows_per_insert", "skip_locked", "transaction", "write_body"]
 
 
 def data_version(db: Any) -> int | None:
@@ -75,6 +75,77 @@ def insert_rows(db: Any, table: str, columns: Sequence[str], rows: Sequence[Sequ
     sql = _unnest_sql(table, tuple(columns), tuple(types[c] for c in columns), tail)
     cursor = db.execute(sql, [list(values) for values in zip(*rows, strict=True)])
     return list(cursor.fetchall()) if "RETURNING" in tail.upper() else []
+
+
+def insert_group(db: Any, group: Any) -> dict[str, int] | None:
+    # The group's messages, bodies, recipients and queued events in ONE statement
+    # (data-modifying WITHs, each table's rows unnested from one array per column):
+    # one round trip where the tables one by one take six with BEGIN and COMMIT (on a
+    # loopback connection each costs the relay ~80-100 us of CPU: measured, the group
+    # commit's fixed cost, paid twice as often per message when two relays split the
+    # sessions). Outside a transaction it is its own, announced in the same round
+    # trip (PgConnection.write).
+    from relay.store.intake import EVENT_COLUMNS, MESSAGE_COLUMNS
+
+    sql = _group_sql(db)
+    event_columns = [c for c in EVENT_COLUMNS if c != "message_id"]
+    views = [memoryview(data) for _, data in group.bodies]
+    try:
+        parameters = [
+            *_columns(group.messages, len(MESSAGE_COLUMNS)),
+            [queue_id for queue_id, _ in group.bodies], views,
+            *_columns(group.recipients, 4),
+            *_columns(group.events, len(event_columns)),
+        ]
+        rows = db.write(sql, parameters)
+    finally:
+        for view in views:
+            view.release()
+    return {row[1]: int(row[0]) for row in rows}
+
+
+def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
+    if not rows:
+        return [[] for _ in range(width)]
+    return [list(values) for values in zip(*rows, strict=True)]
+
+
+_GROUP_SQL: list[str] = []
+
+
+def _group_sql(db: Any) -> str:
+    if _GROUP_SQL:
+        return _GROUP_SQL[0]
+    from relay.store.intake import EVENT_COLUMNS, MESSAGE_COLUMNS
+
+    def arrays(table: str, columns: Sequence[str]) -> str:
+        types = _column_types(db, table)
+        return ", ".join(f"?::{types[c]}[]" for c in columns)
+
+    def names(columns: Sequence[str]) -> str:
+        return ", ".join(columns)
+
+    recipient_columns = ("address", "dsn_notify", "dsn_orcpt")
+    event_columns = [c for c in EVENT_COLUMNS if c != "message_id"]
+    # Recipients and events keep the group's order (ORDER BY the unnested row number):
+    # ids as the table-by-table path gives them.
+    sql = (
+        f"WITH m AS (INSERT INTO messages({names(MESSAGE_COLUMNS)}) SELECT * FROM unnest({arrays('messages', MESSAGE_COLUMNS)}) "
+        "RETURNING id, queue_id), "
+        "b AS (INSERT INTO message_bodies(message_id, data) SELECT m.id, u.data FROM "
+        f"unnest(?::text[], {arrays('message_bodies', ['data'])}) AS u(queue_id, data) JOIN m USING (queue_id)), "
+        f"r AS (INSERT INTO recipients(message_id, {names(recipient_columns)}) "
+        f"SELECT m.id, {', '.join('u.' + c for c in recipient_columns)} FROM "
+        f"unnest(?::text[], {arrays('recipients', recipient_columns)}) WITH ORDINALITY AS u(queue_id, {names(recipient_columns)}, n) "
+        "JOIN m USING (queue_id) ORDER BY u.n ON CONFLICT DO NOTHING), "
+        f"e AS (INSERT INTO events({names(EVENT_COLUMNS)}) "
+        f"SELECT {', '.join('m.id' if c == 'message_id' else 'u.' + c for c in EVENT_COLUMNS)} FROM "
+        f"unnest({arrays('events', event_columns)}) WITH ORDINALITY AS u({names(event_columns)}, n) "
+        "JOIN m USING (queue_id) ORDER BY u.n) "
+        "SELECT id, queue_id FROM m"
+    )
+    _GROUP_SQL.append(sql)
+    return sql
 
 
 _TYPES: dict[str, dict[str, str]] = {}
