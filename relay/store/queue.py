@@ -331,6 +331,9 @@ class RoundRequest:
     oldest_lower: bool = False  # spend one claim on the oldest lower-priority message
     events: list[NewEvent] = field(default_factory=list)  # the engine's own (next hop down, …)
     seen_version: int | None = None
+    # False: the caller needs no ``RoundResult.version`` (the engine follows its change
+    # feed instead: on PostgreSQL the version costs a round trip per round).
+    versioned: bool = True
     force: bool = False
     # MX delivery: destinations that cannot take a delivery now (backing off, or at
     # their connection share); a message whose pending recipients are all in them is
@@ -372,7 +375,7 @@ def dispatch_round(db: Connection, req: RoundRequest) -> RoundResult:
     Returns quickly without a transaction when nothing changed since
     ``req.seen_version`` and the engine has nothing to write (``force`` overrides).
     """
-    version = dialect_of(db).data_version(db)
+    version = dialect_of(db).data_version(db) if req.versioned or req.seen_version is not None else None
     if req.idle and req.seen_version is not None and version == req.seen_version:
         return RoundResult(version=version, skipped=True)
     result = RoundResult(version=version, skipped=False)
