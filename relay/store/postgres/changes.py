@@ -1,9 +1,10 @@
 """The PostgreSQL change feed: LISTEN/NOTIFY behind the store's two feed protocols
 (:class:`relay.store.changes.SyncChangeFeed` and ``ChangeFeed``).
 
-Every table's statement trigger NOTIFYs ``smtpplus_changes`` (see
-:mod:`relay.store.postgres.schema`); PostgreSQL sends it at COMMIT, once per
-transaction, stamped with the writer's backend pid. A feed listens on a connection
+Every commit that changed rows is announced on ``smtpplus_changes``, stamped with the
+writer's backend pid: by smtpplus's own connections right after their COMMIT
+(:class:`relay.store.postgres.connection.PgConnection`), by any other client through
+the tables' statement trigger (see :mod:`relay.store.postgres.schema`). A feed listens on a connection
 of its own and ignores notifications from the connection it watches for (its own
 commits do not count, as with SQLite's ``data_version``).
 

@@ -14,7 +14,8 @@ gets a plain one: names stay unique as typed but compare case-sensitively);
 
 Every table also gets a statement trigger that NOTIFYs ``smtpplus_changes`` with
 the writer's backend pid (PostgreSQL delivers it at COMMIT, once per transaction):
-that is the change feed (:mod:`relay.store.postgres.changes`).
+that is the change feed (:mod:`relay.store.postgres.changes`) for other clients;
+smtpplus's own sessions send it themselves after COMMIT (NOTIFY_SETTING).
 
 Migrations run on open, in one transaction holding ``pg_advisory_xact_lock``, so two
 processes opening an empty database at once migrate it once.
