@@ -37,6 +37,7 @@ VERSIONS: list[Version] = [
     Version(6, "DKIM keys: dkim_keys, one active key per domain"),
     Version(7, "MX delivery: recipients.domain (generated), routes, destinations"),
     Version(8, "recipients.domain after the last @, ASCII lower case (the generated column re-created)"),
+    Version(9, "PostgreSQL: messages vacuumed after a fixed number of changed rows, indexes included (SQLite: nothing)"),
 ]
 SCHEMA_VERSION = len(VERSIONS)
 

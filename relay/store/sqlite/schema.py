@@ -363,9 +363,14 @@ ALTER TABLE recipients DROP COLUMN domain;
 ALTER TABLE recipients ADD COLUMN domain TEXT GENERATED ALWAYS AS (CASE WHEN instr(address, '@') = 0 THEN '' ELSE lower(substr(address, length(rtrim(address, replace(address, '@', ''))) + 1)) END) VIRTUAL;
 """
 
+# PostgreSQL's step tunes its autovacuum for the messages table. SQLite has nothing to
+# tune: a changed row's index entries are replaced in place, none is left for a claim
+# to step over.
+V9_VACUUM_MESSAGES = ""
+
 MIGRATIONS: list[str] = [
     V1_DIRECTORY, V2_QUEUE, V3_ENVELOPE_PARAMETERS, V4_COUNTS, V5_BULK_SENDER, V6_DKIM_KEYS, V7_DESTINATIONS,
-    V8_RECIPIENT_DOMAIN,
+    V8_RECIPIENT_DOMAIN, V9_VACUUM_MESSAGES,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
