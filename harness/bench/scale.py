@@ -234,6 +234,7 @@ def _dequeue(store: str, queued: int, seconds: float, *, warmup: int = DEQUEUE_W
         fill = time.perf_counter() - began
         hop = "127.0.0.1:9"
         q.set_next_hop(db, hop)
+        q.set_paused(db, False)  # the delivery runs before paused it: a paused round claims nothing
         times: list[float] = []
         pending: list[q.Claimed] = []
         delivered = pruned = 0

@@ -366,7 +366,9 @@ ALTER TABLE recipients ADD COLUMN domain TEXT GENERATED ALWAYS AS (CASE WHEN ins
 # PostgreSQL's step tunes its autovacuum for the messages table. SQLite has nothing to
 # tune: a changed row's index entries are replaced in place, none is left for a claim
 # to step over.
-V9_VACUUM_MESSAGES = ""
+V9_VACUUM_MESSAGES = """
+-- Nothing to do on SQLite (PostgreSQL: autovacuum settings of messages).
+"""
 
 MIGRATIONS: list[str] = [
     V1_DIRECTORY, V2_QUEUE, V3_ENVELOPE_PARAMETERS, V4_COUNTS, V5_BULK_SENDER, V6_DKIM_KEYS, V7_DESTINATIONS,
