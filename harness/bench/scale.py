@@ -323,6 +323,6 @@ async def run_scale(pg: str, params: ScaleParams, workdir: Path | None = None) -
         ))
         report.figure(f"dequeue p50 with {params.queued:,} queued (PostgreSQL)", round(_percentile(dq.rounds, 0.5), 3), "ms")
         report.figure(f"dequeue p99 with {params.queued:,} queued (PostgreSQL)", round(_percentile(dq.rounds, 0.99), 3), "ms",
-                      at_most=2.0, about="one engine round: the previous message settled as delivered, the next claimed, "
-                      "commit; mixed priorities, delivered mail pruned")
+                      at_most=2.0, about="the engine's claim round (one message, housekeeping, attempt event, commit) "
+                      "while untimed rounds deliver and prune; mixed priorities")
         return report
