@@ -63,7 +63,7 @@ def bulk_load(db: Any) -> Iterator[None]:
 def load_rows(db: Any, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     # COPY: the rows stream to the server in one statement (a statement per row, as
     # executemany sends them, fires every statement trigger once per row: measured,
-    # 1,000,000 messages did not go in within 15 minutes). The statement triggers
+    # 1,000,000 messages had not gone in after 14 minutes). The statement triggers
     # (maintained counts, change notice) see all the rows at once.
     try:
         with db.raw.cursor() as cursor, cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
