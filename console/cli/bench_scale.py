@@ -16,19 +16,24 @@ from console.cli.common import CliError, json_option
 @click.option("--connections", type=click.IntRange(1, 1024), default=16, show_default=True, help="Client connections.")
 @click.option("--messages", type=click.IntRange(1), default=3000, show_default=True, help="Messages per accept run (upper bound).")
 @click.option("--seconds", type=click.FloatRange(0.5), default=10.0, show_default=True, help="Seconds per accept run (upper bound).")
-@click.option("--queued", type=click.IntRange(1000), default=100_000, show_default=True,
-              help="Messages queued for the dequeue p99 (the issue's target is for 1,000,000).")
+@click.option("--queued", type=click.IntRange(1000), default=1_000_000, show_default=True,
+              help="Messages queued (a bulk load) for the dequeue p99; the figure's label names the count.")
+@click.option("--dequeue-seconds", type=click.FloatRange(1.0), default=60.0, show_default=True,
+              help="Seconds of claim rounds timed against the queue while it drains (autovacuum looks once a minute).")
 @click.option("--loop", "loop_name", type=click.Choice(["uvloop", "asyncio"]), default=DEFAULT_LOOP, show_default=True,
               help="Event loop for the relays and the load generator.")
-@click.option("--quick", is_flag=True, help="A smoke run (4 connections, 300 messages per run, 5,000 queued).")
+@click.option("--quick", is_flag=True,
+              help="A smoke run (4 connections, 300 messages per run, at most 5,000 queued, 3 s of claim rounds).")
 @check_option
 @json_option
-def scale(pg_url: str | None, connections: int, messages: int, seconds: float, queued: int, loop_name: str, quick: bool,
-          check: bool, as_json: bool) -> None:
+def scale(pg_url: str | None, connections: int, messages: int, seconds: float, queued: int, dequeue_seconds: float,
+          loop_name: str, quick: bool, check: bool, as_json: bool) -> None:
     """Many relays on one PostgreSQL store, in one run: accept rate into PostgreSQL as a
     ratio of SQLite (target ≥ 0.6); delivered rate with two relays as a ratio of one
     (≥ 0.9; the CPU split is shown); server CPU per accepted message, two relays sharing
-    a port over one (≤ 1.1); dequeue p99 with --queued messages on PostgreSQL (≤ 2 ms)."""
+    a port over one (≤ 1.1); dequeue p99 with --queued messages on PostgreSQL (≤ 2 ms):
+    the engine's claim round (claim + commit) while the queue drains and delivered mail
+    is pruned, so the dead rows a claim walks past are part of the time."""
     import logging
 
     from harness.bench.scale import ScaleParams, run_scale
@@ -37,9 +42,11 @@ def scale(pg_url: str | None, connections: int, messages: int, seconds: float, q
     if pg_url is not None and not is_postgres(pg_url):
         raise CliError(f"--pg {pg_url!r} is not a postgresql:// URL — give an empty scratch database")
     logging.getLogger("mail.log").setLevel(logging.ERROR)
-    params = ScaleParams(connections=connections, messages=messages, seconds=seconds, queued=queued, loop=loop_name)
-    if quick:
-        params.connections, params.messages, params.queued, params.samples = min(connections, 4), min(messages, 300), 5000, 100
+    params = ScaleParams(connections=connections, messages=messages, seconds=seconds, queued=queued,
+                         dequeue_seconds=dequeue_seconds, loop=loop_name)
+    if quick:  # never a million: the tests run it
+        params.connections, params.messages = min(connections, 4), min(messages, 300)
+        params.queued, params.dequeue_seconds = min(queued, 5000), min(dequeue_seconds, 3.0)
     if pg_url is not None:
         show_report(run_on_loop(run_scale(pg_url, params), loop_name), as_json=as_json, check=check)
         return

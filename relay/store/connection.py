@@ -126,6 +126,12 @@ class Dialect(Protocol):
         it is per row (PostgreSQL)."""
         ...
 
+    def load_rows(self, db: Connection, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+        """Bulk-load ``rows`` (values in ``columns``' order, any number, from a
+        generator) into ``table``, inside :meth:`bulk_load`'s transaction: the
+        database's fastest way (SQLite: ``executemany``; PostgreSQL: ``COPY``)."""
+        ...
+
     def bulk_load(self, db: Connection) -> AbstractContextManager[None]:
         """Around a very large write transaction (benchmarks' bulk queueing): whatever
         makes it fast (SQLite: a big page cache). The bulk load writes message ids

@@ -38,6 +38,7 @@ VERSIONS: list[Version] = [
     Version(7, "MX delivery: recipients.domain (generated), routes, destinations"),
     Version(8, "recipients.domain after the last @, ASCII lower case (the generated column re-created)"),
     Version(9, "maintained counts in shards, one per writing connection (PostgreSQL; SQLite keeps one row per key)"),
+    Version(10, "PostgreSQL: messages vacuumed after a fixed number of changed rows, indexes included (SQLite: nothing)"),
 ]
 SCHEMA_VERSION = len(VERSIONS)
 

@@ -21,8 +21,25 @@ def _quick(cli: Any, *args: str) -> dict[str, Any]:
 
 
 def test_scale_bench_quick_run_on_a_private_server(cli: Any) -> None:
-    report = _quick(cli)
+    # --queued and --dequeue-seconds given: the figures' labels name the count, and a
+    # quick run keeps to them (never the default million).
+    report = _quick(cli, "--queued", "2000", "--dequeue-seconds", "1")
     assert report["parameters"]["postgresql"].startswith("a private server, fsync on")
+    assert report["parameters"]["queued"] == 2000 and report["parameters"]["dequeue_seconds"] == 1.0
+    runs = {r["label"]: r for r in report["runs"]}
+    assert runs["fill: 2,000 queued (bulk load, PostgreSQL)"]["messages"] == 2000
+    rounds = runs["dequeue rounds with 2,000 queued (PostgreSQL)"]
+    # The timed claim rounds (warm-up left out) and the delivered mail between them.
+    assert rounds["messages"] >= 100 and rounds["delivered"] > rounds["messages"]
+    figures = {f["name"]: f for f in report["figures"]}
+    p99 = figures["dequeue p99 with 2,000 queued (PostgreSQL)"]
+    assert p99["value"] > 0 and p99["target"] == "≤ 2 ms"
+    assert figures["dequeue p50 with 2,000 queued (PostgreSQL)"]["value"] <= p99["value"]
+
+
+def test_scale_bench_defaults_to_a_million_queued(cli: Any) -> None:
+    proc = cli("harness", "bench", "scale", "--help")
+    assert proc.returncode == 0 and "1000000" in proc.stdout and "--dequeue-seconds" in proc.stdout
 
 
 def test_scale_bench_refuses_what_is_not_a_postgresql_url(cli: Any, tmp_path: Any) -> None:

@@ -226,3 +226,21 @@ def test_a_due_retry_is_ready_for_any_claim_and_goes_before_lower_priority_mail(
     assert result.next_due_checked and result.next_due is None  # nothing deferred is left
 
 
+
+
+def test_a_bulk_queueing_streams_whole_messages_that_claims_and_intake_carry_on_from(db: Any) -> None:
+    # The dialect's load_rows (SQLite executemany, PostgreSQL COPY): every message with
+    # its body and recipient, the counts right, priority order for the claim, and the
+    # next message taken in normally gets a new id.
+    from relay.store.bulk import queue_bulk
+    from relay.store.counts import state_counts
+
+    assert queue_bulk(db, 1203, priorities=(3, 1, 2)) == 1203
+    counts = state_counts(db)
+    assert {p: counts.get(("queued", p), 0) for p in (1, 2, 3)} == {1: 401, 2: 401, 3: 401}
+    claimed = claim(db, "a", 3)
+    assert [c.priority for c in claimed] == [1, 1, 1] and [c.id for c in claimed] == sorted(c.id for c in claimed)
+    assert all(c.data.startswith(b"From: bench@") and len(c.recipients) == 1 for c in claimed)
+    assert claimed[0].recipients[0] in claimed[0].data.decode()
+    later = enqueue(db, [message(0, priority=1)])[0]
+    assert later.message_id > max(c.id for c in claimed) and later.message_id > 1203

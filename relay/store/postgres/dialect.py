@@ -6,12 +6,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import mmap
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from relay.store.postgres.connection import transaction
+import psycopg
 
-__all__ = ["bulk_load", "data_version", "insert_group", "insert_rows", "rows_per_insert", "skip_locked", "transaction", "write_body"]
+from relay.store.postgres.connection import transaction, translate
+
+__all__ = ["bulk_load", "data_version", "insert_group", "insert_rows", "load_rows", "rows_per_insert", "skip_locked", "transaction", "write_body"]
 
 
 def data_version(db: Any) -> int | None:
@@ -56,6 +58,19 @@ def bulk_load(db: Any) -> Iterator[None]:
         yield
     finally:
         db.execute(_RESYNC_IDS)
+
+
+def load_rows(db: Any, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    # COPY: the rows stream to the server in one statement (a statement per row, as
+    # executemany sends them, fires every statement trigger once per row: measured,
+    # 1,000,000 messages had not gone in after 14 minutes). The statement triggers
+    # (maintained counts, change notice) see all the rows at once.
+    try:
+        with db.raw.cursor() as cursor, cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+    except psycopg.Error as exc:
+        raise translate(exc, db.location) from None
 
 
 def rows_per_insert() -> int:

@@ -371,9 +371,16 @@ V9_COUNT_SHARDS = """
 SELECT 1;
 """
 
+# PostgreSQL's step tunes its autovacuum for the messages table. SQLite has nothing to
+# tune: a changed row's index entries are replaced in place, none is left for a claim
+# to step over.
+V10_VACUUM_MESSAGES = """
+-- Nothing to do on SQLite (PostgreSQL: autovacuum settings of messages).
+"""
+
 MIGRATIONS: list[str] = [
     V1_DIRECTORY, V2_QUEUE, V3_ENVELOPE_PARAMETERS, V4_COUNTS, V5_BULK_SENDER, V6_DKIM_KEYS, V7_DESTINATIONS,
-    V8_RECIPIENT_DOMAIN, V9_COUNT_SHARDS,
+    V8_RECIPIENT_DOMAIN, V9_COUNT_SHARDS, V10_VACUUM_MESSAGES,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
