@@ -13,6 +13,13 @@ backdating included) to notAfter, SANs for the server name. A generated pair tha
 lacks serverAuth, is valid longer or expires within 30 days is made anew at start
 (``TlsMaterial.regenerated`` says why).
 
+Relays started at once on one data dir (``--reuse-port``) must end with one pair
+they all serve: checking, making and loading the generated pair happen under an
+exclusive lock on ``<data_dir>/tls/.relay-cert.lock``, and each file is written to a
+temporary name then renamed into place, so no start ever loads half a pair or a
+certificate with another start's key. A pair left mismatched (a generation cut off
+between its two renames) is made anew at the next start.
+
 ``TlsKeeper`` keeps a configured pair current without a restart: it polls the files'
 change stamps (and reloads on :meth:`TlsKeeper.reload`, which the service calls on
 SIGHUP); a good new pair is loaded into the same ``SSLContext`` (new connections get
@@ -26,11 +33,13 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
+import fcntl
 import ipaddress
 import logging
 import os
 import ssl
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,6 +54,7 @@ log = logging.getLogger("smtpplus.tls")
 
 SELF_SIGNED_CERT = "relay-cert.pem"
 SELF_SIGNED_KEY = "relay-key.pem"
+GENERATION_LOCK = ".relay-cert.lock"
 MAX_VALIDITY = dt.timedelta(days=825)  # notAfter - notBefore, backdating included
 BACKDATE = dt.timedelta(minutes=5)  # clients with a slightly slow clock still accept it
 RENEW_BEFORE = dt.timedelta(days=30)
@@ -83,23 +93,47 @@ def load_tls(
     """The configured pair, else the self-signed pair in ``data_dir`` (made if missing)."""
     if (cert is None) != (key is None):
         raise TlsError("set both tls_cert and tls_key (or neither, for a self-signed certificate)")
-    self_signed = cert is None
     if cert is None or key is None:
         directory = Path(data_dir) / "tls"
-        cert, key = directory / SELF_SIGNED_CERT, directory / SELF_SIGNED_KEY
-        regenerated = None
-        if not (cert.exists() and key.exists()):
-            _generate_self_signed(cert, key, server_name)
-        else:
-            regenerated = unfit_reason(cert, server_name=server_name)
-            if regenerated is not None:
-                _generate_self_signed(cert, key, server_name)
-        context = server_context(cert, key)
-        leaf = _leaf_pem(cert)
-        return TlsMaterial(context, leaf, fingerprint_of(leaf), cert, key, True, regenerated)
+        with _generation_lock(directory):
+            return _generated_pair(directory, server_name)
     context = server_context(cert, key)
     leaf = _leaf_pem(cert)
-    return TlsMaterial(context, leaf, fingerprint_of(leaf), cert, key, self_signed)
+    return TlsMaterial(context, leaf, fingerprint_of(leaf), cert, key, False)
+
+
+def _generated_pair(directory: Path, server_name: str) -> TlsMaterial:
+    """The self-signed pair in ``directory``, made (anew) when missing or unfit.
+    Called under the generation lock: the check, the write and the load see one pair."""
+    cert, key = directory / SELF_SIGNED_CERT, directory / SELF_SIGNED_KEY
+    regenerated = None
+    if not (cert.exists() and key.exists()):
+        _generate_self_signed(cert, key, server_name)
+    else:
+        regenerated = unfit_reason(cert, server_name=server_name) or mismatch_reason(cert, key)
+        if regenerated is not None:
+            _generate_self_signed(cert, key, server_name)
+    context = server_context(cert, key)
+    leaf = _leaf_pem(cert)
+    return TlsMaterial(context, leaf, fingerprint_of(leaf), cert, key, True, regenerated)
+
+
+@contextlib.contextmanager
+def _generation_lock(directory: Path) -> Iterator[None]:
+    """Hold the exclusive lock on the generated pair (see the module doc). A data dir
+    where the lock file cannot be made (read-only) is used without it: nothing can be
+    generated there anyway, and generating then fails naming the directory."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(directory / GENERATION_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # a start generating holds it for well under a second
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def unfit_reason(cert_path: Path, now: dt.datetime | None = None, *, server_name: str | None = None) -> str | None:
@@ -128,6 +162,25 @@ def unfit_reason(cert_path: Path, now: dt.datetime | None = None, *, server_name
         return f"it expires within 30 days ({cert.not_valid_after_utc:%Y-%m-%d})"
     if server_name and server_name != "localhost" and server_name not in _san_values(cert):
         return f"it does not name the server name {server_name!r}"
+    return None
+
+
+def mismatch_reason(cert_path: Path, key_path: Path) -> str | None:
+    """Why a generated pair's key is unusable with its certificate, else None. An
+    unreadable file is not a reason here: :func:`server_context` names it and the fix."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        cert = x509.load_pem_x509_certificate(Path(cert_path).read_bytes())
+        key = serialization.load_pem_private_key(Path(key_path).read_bytes(), password=None)
+    except OSError:
+        return None
+    except (ValueError, TypeError) as exc:
+        return f"its key cannot be read ({exc})"
+    der = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if cert.public_key().public_bytes(*der) != key.public_key().public_bytes(*der):
+        return "the certificate does not match its key (a generation was cut off)"
     return None
 
 
@@ -228,6 +281,8 @@ def _generate_self_signed(cert_path: Path, key_path: Path, server_name: str) -> 
         key_bytes = key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
+        # Each file whole or not at all; a cut between the two renames leaves a
+        # mismatched pair, which the next start (under the lock) makes anew.
         _write_atomic(key_path, key_bytes, mode=0o600)
         _write_atomic(cert_path, certificate.public_bytes(serialization.Encoding.PEM), mode=0o644)
     except OSError as exc:
@@ -238,14 +293,19 @@ def _generate_self_signed(cert_path: Path, key_path: Path, server_name: str) -> 
 
 
 def _write_atomic(path: Path, data: bytes, *, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    # A name of its own (mkstemp), so no other writer's temporary file is ever reused.
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        with os.fdopen(fd, "wb") as file:
+            os.fchmod(file.fileno(), mode)
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(name, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(name)
+        raise
 
 
 # ---------------------------------------------------------------------------

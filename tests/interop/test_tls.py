@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
+import multiprocessing
 import shutil
 import smtplib
 import ssl
@@ -22,7 +23,15 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from relay.reasons import EventKind, Reason
 from relay.store.events import find_events
 from relay.store.settings import Keys, get_setting
-from relay.tls import SELF_SIGNED_CERT, SELF_SIGNED_KEY, load_tls, unfit_reason
+from relay.tls import (
+    GENERATION_LOCK,
+    SELF_SIGNED_CERT,
+    SELF_SIGNED_KEY,
+    fingerprint_of,
+    load_tls,
+    mismatch_reason,
+    unfit_reason,
+)
 from tests.delivery.conftest import eventually
 from tests.relay.support import relay_config, running_relay
 
@@ -95,6 +104,62 @@ async def test_an_unfit_generated_pair_is_made_anew_at_start_with_an_event(
     [event] = find_events(db, reason=str(Reason.TLS_REGENERATED), limit=5)
     assert why in event.detail and fingerprint in event.detail
     assert get_setting(db, Keys.TLS_FINGERPRINT) == fingerprint
+
+
+STARTS = 6  # relays started at once on one data dir (``--reuse-port``)
+
+
+def start_at_once(barrier: Any, data_dir: str) -> tuple[str, str | None]:
+    """One relay start in a process of its own: load (or make) the generated pair the
+    moment every other start is ready too. Its context loaded, so its key matched."""
+    barrier.wait(timeout=60)
+    material = load_tls(None, None, Path(data_dir), "relay.example.com")
+    return material.fingerprint, material.regenerated
+
+
+def starts_at_once(data_dir: Path) -> list[tuple[str, str | None]]:
+    context = multiprocessing.get_context("spawn")  # real processes, as two relay commands are
+    with context.Manager() as manager, context.Pool(STARTS) as pool:
+        barrier = manager.Barrier(STARTS)
+        return pool.starmap(start_at_once, [(barrier, str(data_dir))] * STARTS)
+
+
+def assert_one_consistent_pair(directory: Path, fingerprints: set[str]) -> None:
+    cert, key = directory / SELF_SIGNED_CERT, directory / SELF_SIGNED_KEY
+    assert fingerprints == {fingerprint_of(cert.read_text())}  # every start serves the pair on disk
+    assert mismatch_reason(cert, key) is None and unfit_reason(cert) is None
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert {p.name for p in directory.iterdir()} == {SELF_SIGNED_CERT, SELF_SIGNED_KEY, GENERATION_LOCK}
+
+
+def test_relays_started_at_once_on_an_empty_data_dir_all_serve_one_generated_pair(tmp_path: Path) -> None:
+    results = starts_at_once(tmp_path)
+    assert_one_consistent_pair(tmp_path / "tls", {fingerprint for fingerprint, _ in results})
+    assert [why for _, why in results] == [None] * STARTS  # a first pair is made, not made anew
+
+
+def test_relays_started_at_once_make_an_unfit_pair_anew_once(tmp_path: Path) -> None:
+    write_old_pair(tmp_path / "tls", days=3650, server_auth=False)
+    old = fingerprint_of((tmp_path / "tls" / SELF_SIGNED_CERT).read_text())
+    results = starts_at_once(tmp_path)
+    fingerprints = {fingerprint for fingerprint, _ in results}
+    assert old not in fingerprints
+    assert_one_consistent_pair(tmp_path / "tls", fingerprints)
+    # One start made it anew (and records the event); the others found it made.
+    [why] = [why for _, why in results if why is not None]
+    assert "no extendedKeyUsage serverAuth" in why
+
+
+def test_a_generated_pair_whose_key_does_not_match_is_made_anew(tmp_path: Path) -> None:
+    first = load_tls(None, None, tmp_path, "relay.example.com")
+    # A generation cut off between its two renames: another key beside the certificate.
+    other = ec.generate_private_key(ec.SECP256R1())
+    first.key_path.write_bytes(
+        other.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    again = load_tls(None, None, tmp_path, "relay.example.com")
+    assert again.fingerprint != first.fingerprint and "does not match its key" in str(again.regenerated)
+    assert mismatch_reason(again.cert_path, again.key_path) is None
 
 
 def peer_fingerprint(client: smtplib.SMTP) -> str:

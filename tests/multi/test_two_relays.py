@@ -130,6 +130,8 @@ async def test_mail_accepted_by_either_relay_is_delivered_exactly_once_and_both_
             status = await _status(env)
             assert status["alive"] and sorted(r["pid"] for r in status["relays"]) == sorted([one.proc.pid, two.proc.pid])
             assert all(r["tls_fingerprint"] for r in status["relays"])
+            # One data dir: one generated pair, served by both (they generate it at once).
+            assert len({r["tls_fingerprint"] for r in status["relays"]}) == 1
             assert sorted(p for r in status["relays"] for p in r["ports"]) == sorted(ports)
             exported = json.loads((await _cli(env, "tls", "export", "--json")).stdout)
             assert len(exported["relays"]) == 2
