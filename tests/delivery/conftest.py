@@ -10,9 +10,10 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
+from aiosmtpd.smtp import SMTP
 
 from harness.sink import CaptureSink
 from relay.config import RelayConfig
@@ -106,3 +107,25 @@ def point_at(db: sqlite3.Connection, capture: CaptureSink, *, parallel: int = 1,
     q.set_parallel(db, parallel)
     if paused:
         q.set_paused(db, True)
+
+
+class ConnectionCounter(Protocol):
+    open: int
+    most_open: int
+
+
+def counting_smtp(counter: ConnectionCounter) -> type[SMTP]:
+    """An aiosmtpd ``SMTP`` class whose connections count themselves on ``counter``
+    (``open`` now, ``most_open`` at once): what a destination sees of a relay's limits."""
+
+    class Counting(SMTP):
+        def connection_made(self, transport: Any) -> None:
+            counter.open += 1
+            counter.most_open = max(counter.most_open, counter.open)
+            super().connection_made(transport)
+
+        def connection_lost(self, error: Exception | None) -> None:
+            counter.open -= 1
+            super().connection_lost(error)
+
+    return Counting

@@ -30,7 +30,14 @@ from relay.store import queue as q
 from relay.store.routing import add_route, destination_rows
 from relay.store.settings import Keys, set_setting
 from relay.store.suppressions import list_suppressions
-from tests.delivery.conftest import enqueue, eventually, fast_config, message, running_engine
+from tests.delivery.conftest import (
+    counting_smtp,
+    enqueue,
+    eventually,
+    fast_config,
+    message,
+    running_engine,
+)
 
 
 class SilentHost:
@@ -80,15 +87,7 @@ class SlowDeferringHost:
         loop = asyncio.get_running_loop()
         outer = self
 
-        class Counting(SMTP):
-            def connection_made(self, transport: Any) -> None:
-                outer.open += 1
-                outer.most_open = max(outer.most_open, outer.open)
-                super().connection_made(transport)
-
-            def connection_lost(self, error: Exception | None) -> None:
-                outer.open -= 1
-                super().connection_lost(error)
+        Counting = counting_smtp(outer)
 
         self._server = await loop.create_server(
             lambda: Counting(self, hostname="slow.mx.test"), host=self.host, port=self.port, reuse_address=True,

@@ -22,7 +22,7 @@ from relay.store import queue as q
 from relay.store.intake import insert_messages
 from relay.store.routing import add_route
 from relay.store.settings import Keys, set_setting
-from tests.delivery.conftest import message
+from tests.delivery.conftest import counting_smtp, message
 from tests.delivery.test_crash import PASSWORD, send_load
 from tests.multi.test_two_relays import Relay, _env, _status
 
@@ -49,15 +49,7 @@ class CountingSink(CaptureSink):
         outer = self
         made = self._protocols
 
-        class Counting(SMTP):
-            def connection_made(self, transport: Any) -> None:
-                outer.open += 1
-                outer.most_open = max(outer.most_open, outer.open)
-                super().connection_made(transport)
-
-            def connection_lost(self, error: Exception | None) -> None:
-                outer.open -= 1
-                super().connection_lost(error)
+        Counting = counting_smtp(outer)
 
         handler = _Recording(self)
 
