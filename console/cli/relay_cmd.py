@@ -36,6 +36,8 @@ log = logging.getLogger("smtpplus.relay")
 @click.option("--tls-ports", default=None, metavar="SPEC",
               help="Implicit-TLS (SSL/TLS, RFC 8314) port spec, e.g. 465 (the default with the default --ports; "
               "none when --ports is given); 'none' for none.")
+@click.option("--server-name", default=None, metavar="NAME",
+              help="The relay's name in the greeting, EHLO, Received: and its own mail (default: this host's name).")
 @click.option("--allow-plain-auth", is_flag=True, default=None, help="Allow AUTH before STARTTLS (off by default: 538 5.7.11).")
 @click.option("--strict-ports", is_flag=True, default=None, help="Fail when any port of the spec cannot be bound.")
 @click.option("--reuse-port", is_flag=True, default=None,
@@ -63,6 +65,7 @@ def relay(
     host: str | None,
     ports: str | None,
     tls_ports: str | None,
+    server_name: str | None,
     allow_plain_auth: bool | None,
     strict_ports: bool | None,
     reuse_port: bool | None,
@@ -95,6 +98,7 @@ def relay(
         "host": host,
         "ports": ports,
         "tls_ports": tls_ports,
+        "server_name": server_name,
         "allow_plain_auth": allow_plain_auth,
         "strict_ports": strict_ports,
         "reuse_port": reuse_port,

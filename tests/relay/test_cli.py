@@ -143,6 +143,21 @@ def test_status_and_tls_export_without_a_relay(cli: Cli) -> None:
     assert export.returncode == 1 and "start the relay once" in export.stderr
 
 
+def test_server_name_flag_names_the_relay_in_its_greeting_and_ehlo(cli: Cli, seeded: Seeded, tmp_path: Path) -> None:
+    relay = RelayProcess(cli, tmp_path, "--ports", "0", "--server-name", "mx.flag.example")
+    try:
+        port = relay.wait_ready()["served"][0]
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            stream = raw.makefile("rb")
+            greeting = stream.readline().decode()
+            raw.sendall(b"EHLO client.example\r\n")
+            ehlo = stream.readline().decode()
+            raw.sendall(b"QUIT\r\n")
+        assert greeting.startswith("220 mx.flag.example ") and ehlo.startswith("250-mx.flag.example"), (greeting, ehlo)
+    finally:
+        assert relay.stop() == 0
+
+
 def test_sigint_also_stops_cleanly(cli: Cli, seeded: Seeded, tmp_path: Path) -> None:
     relay = RelayProcess(cli, tmp_path, "--ports", "0", "--next-hop", "127.0.0.1:9")
     relay.wait_ready()
