@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from textual.binding import Binding
 from textual.widgets import DataTable
-from textual.widgets.data_table import RowDoesNotExist
+from textual.widgets.data_table import RowDoesNotExist, RowKey
 
 
 class KeyedTable(DataTable[Any]):
@@ -27,6 +27,20 @@ class KeyedTable(DataTable[Any]):
         kwargs.setdefault("zebra_stripes", False)
         super().__init__(**kwargs)
         self._column_specs = list(columns)
+        self._rendered_widths: list[int] = []
+
+    def _update_dimensions(self, new_rows: Iterable[RowKey]) -> None:
+        # Textual (8.2) caches rendered cells by the table's update count, not by the
+        # widths of their columns: a row painted before the idle pass that measured it
+        # (a busy console paints first) kept its cells cut to the old width ("While p")
+        # until something else changed. New widths, cells rendered anew.
+        super()._update_dimensions(new_rows)
+        widths = [column.content_width for column in self.ordered_columns]
+        if widths != self._rendered_widths:
+            self._rendered_widths = widths
+            self._update_count += 1
+            self._clear_caches()
+            self.refresh()
 
     def on_mount(self) -> None:
         for key, label, width in self._column_specs:

@@ -135,3 +135,26 @@ async def test_keyed_table_updates_by_key_and_keeps_the_cursor() -> None:
         table.sync([(k, [k, "x"]) for k in "zbdef"])  # the cursor's row is gone: same position
         await pilot.pause()
         assert table.cursor_row == 2
+
+
+class AutoWidthApp(App[None]):
+    CSS = "KeyedTable { width: 1fr; height: 1fr; }"
+
+    def compose(self) -> ComposeResult:
+        yield KeyedTable([("k", "Key", 4), ("s", "Subject", None)])
+
+
+async def test_a_row_painted_before_its_columns_are_measured_is_painted_again_at_the_new_width() -> None:
+    # A busy console can paint a new row before the table's idle pass has measured its
+    # columns; the cells painted then (cut to the old width) must not stay on screen.
+    app = AutoWidthApp()
+    async with app.run_test(size=(60, 8)) as pilot:
+        table = app.query_one(KeyedTable)
+        table.sync([("a", ["a", "x"])])
+        await pilot.pause()
+        table.sync([("a", ["a", "x"]), ("b", ["b", "While polling"])])
+        early = table.render_line(2).text  # painted now: the Subject column still 7 wide
+        assert "While p" in early and "While polling" not in early
+        await pilot.pause()  # the idle pass measures the new row
+        assert table.columns["s"].content_width == len("While polling")
+        assert "While polling" in table.render_line(2).text
