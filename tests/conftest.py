@@ -6,12 +6,13 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from harness.dns import DnsServer
 from relay.store import open_store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -119,3 +120,12 @@ def pg_url(pg_cluster: Any) -> Iterator[str]:
 
     close_pool(url)
     pg_cluster.drop_database(url)
+
+
+@pytest.fixture
+async def dns() -> AsyncIterator[DnsServer]:
+    """A real authoritative DNS server on 127.0.0.1 (harness.dns), empty until a test adds records."""
+    server = DnsServer()
+    await server.start()
+    yield server
+    await server.stop()

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -97,14 +96,6 @@ class SlowDeferringHost:
         self._server.close()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._server.wait_closed(), 5)
-
-
-@pytest.fixture
-async def dns() -> AsyncIterator[DnsServer]:
-    server = DnsServer()
-    await server.start()
-    yield server
-    await server.stop()
 
 
 HOSTS = [f"127.0.0.{n}" for n in range(2, 10)]

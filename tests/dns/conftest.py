@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 
 from harness.dns import DnsServer
@@ -23,11 +21,8 @@ class Clock:
 
 
 @pytest.fixture
-async def dns_server() -> AsyncIterator[DnsServer]:
-    server = DnsServer()
-    await server.start()
-    yield server
-    await server.stop()
+def dns_server(dns: DnsServer) -> DnsServer:
+    return dns  # tests/conftest.py's server
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import re
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -403,14 +402,6 @@ async def test_healthz_says_delivery_is_stuck_until_a_next_hop_takes_the_mail(
             assert len(await sink.wait_for(1)) == 1
     finally:
         assert relay.stop() == 0
-
-
-@pytest.fixture
-async def dns() -> AsyncIterator[DnsServer]:
-    server = DnsServer()
-    await server.start()
-    yield server
-    await server.stop()
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ import pytest
 
 from relay.store.backend import backend_named, backend_of
 from relay.store.interfaces import Backend
+from tests.pg import Cluster, find_bindir
 
 
 @dataclass
@@ -84,3 +85,12 @@ def db(conn: Any) -> Any:
 def ops(db: Any) -> Backend:
     """The backend ``db`` belongs to: its interfaces are what the tests call."""
     return backend_of(db)
+
+
+@pytest.fixture
+def own_cluster() -> Iterator[Cluster]:
+    """A cluster of this test's own, to stop and start (the session's stays up)."""
+    bindir, source = find_bindir()
+    cluster = Cluster(bindir, source).start()
+    yield cluster
+    cluster.stop()

@@ -8,7 +8,6 @@ import asyncio
 import mmap
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,7 +20,7 @@ from relay.store.postgres.changes import NotifyFeed
 from relay.store.postgres.connection import open_store, to_pyformat, transaction
 from relay.store.postgres.location import masked, normalize
 from relay.store.settings import get_setting, set_setting
-from tests.pg import Cluster, find_bindir
+from tests.pg import Cluster
 
 SECRET = "s3cret-Pw"
 
@@ -188,15 +187,6 @@ def test_the_password_is_masked_wherever_the_location_is_shown(pg_cluster: Clust
         assert SECRET not in repr(db)
     finally:
         db.close()
-
-
-@pytest.fixture
-def own_cluster() -> Iterator[Cluster]:
-    """A cluster of this test's own, to stop and start (the session's stays up)."""
-    bindir, source = find_bindir()
-    cluster = Cluster(bindir, source).start()
-    yield cluster
-    cluster.stop()
 
 
 async def test_a_stopped_server_is_store_unavailable_and_stores_come_back(own_cluster: Cluster) -> None:

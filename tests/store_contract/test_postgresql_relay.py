@@ -27,15 +27,7 @@ import pytest
 
 from relay.store.postgres.connection import open_store
 from tests.conftest import ROOT, Cli
-from tests.pg import Cluster, find_bindir
-
-
-@pytest.fixture
-def own_cluster() -> Iterator[Cluster]:
-    bindir, source = find_bindir()
-    cluster = Cluster(bindir, source).start()
-    yield cluster
-    cluster.stop()
+from tests.pg import Cluster
 
 
 def _send(port: int, username: str, password: str, n: int) -> int:
