@@ -216,3 +216,22 @@ def test_a_postgresql_location_without_its_backend_is_one_line_naming_it() -> No
     with pytest.raises(StoreUnavailable, match="mysql:// is no kind of store"):
         open_store("mysql://db.example/smtpplus")
     assert backend_for("relative/path.db").name == "sqlite"
+
+
+def test_a_failed_commit_leaves_no_open_transaction_behind(store_path: Path) -> None:
+    # A deferred constraint fails at COMMIT, and SQLite keeps the transaction open: the
+    # next transaction must not join it (its writes would never be committed).
+    db = open_store(store_path)
+    other = open_store(store_path, create=False)
+    try:
+        db.execute("CREATE TABLE scratch_parent(id INTEGER PRIMARY KEY)")
+        db.execute("CREATE TABLE scratch_child(n INTEGER REFERENCES scratch_parent(id) DEFERRABLE INITIALLY DEFERRED)")
+        with pytest.raises(StoreError), transaction(db):
+            db.execute("INSERT INTO scratch_child(n) VALUES (42)")
+        assert not db.in_transaction
+        with transaction(db):
+            db.execute("INSERT INTO scratch_parent(id) VALUES (7)")
+        assert [r[0] for r in other.execute("SELECT id FROM scratch_parent")] == [7]
+    finally:
+        db.close()
+        other.close()

@@ -235,6 +235,21 @@ def _same_path(a: Path, b: Path) -> bool:
         return False
 
 
+def begin_nowait(db: Connection) -> bool:
+    """``BEGIN IMMEDIATE`` now or not at all: False (nothing begun) when another
+    connection holds the write lock. For a caller that must not wait — the relay's
+    event loop, which then hands the work to the store thread, where waiting on
+    busy_timeout is fine."""
+    db.execute("PRAGMA busy_timeout = 0")
+    try:
+        db.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError:  # SQLITE_BUSY: another connection writes
+        return False
+    finally:
+        db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    return True
+
+
 @contextlib.contextmanager
 def transaction(db: Connection, *, immediate: bool = True) -> Iterator[Connection]:
     """One write transaction; ``BEGIN IMMEDIATE`` so writers queue on busy_timeout
@@ -258,7 +273,15 @@ def transaction(db: Connection, *, immediate: bool = True) -> Iterator[Connectio
                 db.execute("ROLLBACK")
             raise
         else:
-            db.execute("COMMIT")
+            try:
+                db.execute("COMMIT")
+            except BaseException:
+                # A failed COMMIT (a deferred constraint, SQLITE_BUSY) may leave the
+                # transaction open: every later "transaction" would join it and never
+                # commit — writes that seem to succeed and vanish.
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
 
 
 def backup(db: Connection, target: str | os.PathLike[str]) -> None:
