@@ -60,6 +60,7 @@ from relay.store.queue import (
     RecipientResult,
     RoundRequest,
     RoundResult,
+    delivery_settings,
     dispatch_round,
     prune,
     publish_status,
@@ -142,6 +143,7 @@ class EngineCounters:
     bounced: int = 0
     hop_failures: int = 0
     rounds: int = 0
+    held_back_looks: int = 0  # commits met while delivery is held back: a look at the controls, no round
     reclaimed: int = 0
     connections_opened: int = 0
 
@@ -190,6 +192,7 @@ class DeliveryEngine:
         self.system_sender: str | None = None  # From: of bounces (the system sender setting)
         self.counters = EngineCounters()
         self.settings = DeliverySettings()
+        self._stored_settings: DeliverySettings | None = None  # as the last round read them
         # PostgreSQL: the live relays sharing the store's limits (relay.store.relays).
         self.relays = 1
         self._many = is_postgres(self.store_path)
@@ -354,7 +357,7 @@ class DeliveryEngine:
             events = request.events = self._take_events()
             if self.mx and full and now - self._routes_read >= ROUTES_REFRESH:
                 await self._read_routes(now)
-            if request.idle and (self._slots_full() or not await self._changed()):
+            if request.idle and (self._slots_full() or not await self._changed() or await self._still_held_back()):
                 # Nothing to write and nobody committed: no round (one cheap look).
                 # PostgreSQL, every slot busy: nothing another process wrote could
                 # start a delivery now, so its commits wait (unread) for the round
@@ -378,6 +381,7 @@ class DeliveryEngine:
             last_full = now if full else last_full
             force = False
             self.counters.reclaimed += result.reclaimed
+            self._stored_settings = result.settings or self._stored_settings
             settings = relays_module.shared_settings(result.settings, self.relays) if result.settings else None
             if settings is not None and (settings != self.settings or self.status[0] == "starting"):
                 force = await self._apply_settings(settings)
@@ -401,6 +405,20 @@ class DeliveryEngine:
             return await self._changes.changed()
         except StoreError:
             return True
+
+    async def _still_held_back(self) -> bool:
+        """Delivery is paused (or has no next hop) and the controls are as the last
+        round read them: a commit meanwhile (new mail, on a busy relay one per group
+        commit) cannot start a delivery, so one look at the controls instead of a
+        round. Any change to them gets its round."""
+        if not self._held_back() or self._stored_settings is None:
+            return False
+        try:
+            unchanged = await self._store.run_quick(delivery_settings) == self._stored_settings
+        except StoreError:
+            return False
+        self.counters.held_back_looks += unchanged
+        return unchanged
 
     def _slots_full(self) -> bool:
         return self._many and not self._stopping and len(self._flights) >= max(1, self.settings.parallel)

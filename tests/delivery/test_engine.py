@@ -314,3 +314,18 @@ async def test_mail_outlives_its_deleted_list_and_user(db: Any, store_path: Path
     assert record.subject == "m1 p3"
     detail = q.message_detail(db, row.queue_id).message
     assert (detail.state, detail.list_id, detail.list_name, detail.username) == ("sent", None, "gone", "gone-user")
+
+
+async def test_commits_while_paused_cost_a_look_at_the_controls_not_a_round(db: Any, store_path: Path, sink: CaptureSink) -> None:
+    point_at(db, sink, parallel=1, paused=True)
+    async with running_engine(store_path) as engine:
+        await eventually(lambda: (get_setting(db, Keys.STATUS) or {}).get("state") == "paused")
+        for n in range(200):  # one commit each, as a busy relay's group commits come
+            enqueue(db, [message(n)])
+            if engine.counters.held_back_looks >= 3:
+                break
+            await asyncio.sleep(0.01)
+        assert engine.counters.held_back_looks >= 3
+        assert engine.counters.dispatched == 0 and sink.messages == []
+        q.set_paused(db, False)  # a change of the controls gets its round
+        await sink.wait_for(n + 1)
