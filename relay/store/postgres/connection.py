@@ -380,11 +380,12 @@ class PgConnection:
         return cursor
 
     def write(self, sql: str, parameters: Sequence[Any], /) -> list[Any]:
-        """One writing statement, its rows returned: outside a transaction it is a
-        transaction of its own (one round trip), then announced (one more)."""
+        """One writing statement in psycopg's own placeholders (``%s``; ``%b``: a
+        parameter sent in binary format), its rows returned: outside a transaction it
+        is a transaction of its own (one round trip), then announced (one more)."""
         self._ready("")
         try:
-            rows = list(self.raw.execute(to_pyformat(sql), tuple(parameters)).fetchall())
+            rows = list(self.raw.execute(sql, tuple(parameters)).fetchall())
             self._changed()
         except psycopg.Error as exc:
             raise translate(exc, self.location) from None
