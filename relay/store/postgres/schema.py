@@ -33,16 +33,21 @@ if TYPE_CHECKING:
 NOTIFY_CHANNEL = "smtpplus_changes"
 # A session whose setting NOTIFY_SETTING is NOTIFY_AFTER_COMMIT (every session of
 # relay.store.postgres.connection) is not announced by the tables' trigger: it sends
-# NOTIFY_NOW itself after each COMMIT that changed rows, outside the writing
+# notify_now() itself after each COMMIT that changed rows, outside the writing
 # transaction (see PgConnection._commit_and_notify). Any other writer (psql, an older
-# tool) is announced by the trigger, at its COMMIT, as before. NOTIFY_NOW is a
+# tool) is announced by the trigger, at its COMMIT, as before. notify_now() is a
 # transaction of its own: it writes nothing that must survive a crash, so it does not
 # wait for a WAL flush while it holds the server's notify lock.
 NOTIFY_SETTING = "smtpplus.notify"
 NOTIFY_AFTER_COMMIT = "after_commit"
-NOTIFY_NOW = (
-    f"SELECT set_config('synchronous_commit', 'off', true), pg_notify('{NOTIFY_CHANNEL}', pg_backend_pid()::text)"
-)
+
+
+def notify_now(backend_pid: int) -> bytes:
+    """The notification of a session whose pid is ``backend_pid``: two statements of
+    one simple query (one implicit transaction of their own, no rows back)."""
+    return f"SET LOCAL synchronous_commit = off; NOTIFY {NOTIFY_CHANNEL}, '{int(backend_pid)}'".encode()
+
+
 # pg_advisory_xact_lock key of the migration: any fixed bigint of our own.
 MIGRATION_LOCK = 0x736D7470706C7573 & 0x7FFFFFFFFFFFFFFF  # "smtpplus"
 
