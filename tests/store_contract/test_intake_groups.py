@@ -120,3 +120,49 @@ def test_a_group_that_fails_writes_nothing_and_the_store_goes_on(db: Any) -> Non
     ops(db).intake.insert_messages(db, [NewMessage(mail_from=SENDER, recipients=["b@example.net"], data=b"y")])
     assert db.execute("SELECT count(*) FROM messages").fetchone()[0] == 4
     assert ops(db).counts.differences(db) == []
+
+
+def test_a_group_commit_keeps_every_value_as_given(db: Any) -> None:
+    # PostgreSQL sends a group's rows as JSON text: quotes, backslashes, control
+    # characters, non-ASCII text, NULLs and a time's every digit come back the same.
+    lists = ops(db).directory.create_list(db, "odd \"list\" \\ ünï")
+    tricky = "q\"uo'te \\ back\\\\slash\nline\ttab \x01 ü 中文 😀 %s ? $1 ::text"
+    stamp = 1764536563.1234567
+    messages = [
+        NewMessage(
+            mail_from="ünï@exämple.com", recipients=["😀@example.net", "b'c@example.net"], data=b"\x00\xff\r\n" * 5,
+            subject=tricky, header_from=tricky, list_id=lists.id, list_name=lists.name, username=tricky,
+            client=None, port=None, mail_auth="<>", body_type="8BITMIME", smtputf8=True, size_declared=12345678901,
+            dsn_ret="HDRS", dsn_envid="id+2B\\x", priority=5, header_priority=1, user_priority=4,
+            recipient_dsn={"b'c@example.net": RecipientDsn(notify="NEVER", orcpt="rfc822;b'c+2B@example.net")},
+        ),
+        NewMessage(mail_from="", recipients=["plain@example.net"], data=b"", origin="system"),
+    ]
+    queued = ops(db).intake.insert_messages(db, messages, now=stamp)
+    columns = (
+        "mail_from, subject, header_from, list_id, list_name, username, client, port, mail_auth, body_type, "
+        "smtputf8, size_declared, dsn_ret, dsn_envid, priority, header_priority, user_priority, origin, size, "
+        "created_at, next_attempt_at"
+    )
+    for q, m in zip(queued, messages, strict=True):
+        row = db.execute(f"SELECT {columns} FROM messages WHERE id = ?", (q.message_id,)).fetchone()
+        assert tuple(row) == (
+            m.mail_from, m.subject, m.header_from, m.list_id, m.list_name, m.username, m.client, m.port, m.mail_auth,
+            m.body_type, int(m.smtputf8), m.size_declared, m.dsn_ret, m.dsn_envid, m.priority, m.header_priority,
+            m.user_priority, m.origin, len(m.data), stamp, stamp,
+        )
+        body = db.execute("SELECT data FROM message_bodies WHERE message_id = ?", (q.message_id,)).fetchone()[0]
+        assert bytes(body) == m.data
+        recipients = db.execute(
+            "SELECT address, dsn_notify, dsn_orcpt FROM recipients WHERE message_id = ? ORDER BY address",
+            (q.message_id,),
+        ).fetchall()
+        dsn = m.recipient_dsn or {}
+        assert sorted(tuple(r) for r in recipients) == sorted(
+            (a, dsn[a].notify if a in dsn else None, dsn[a].orcpt if a in dsn else None) for a in m.recipients
+        )
+        event = db.execute(
+            "SELECT at, username, list_id, client, port, queue_id FROM events WHERE kind = 'queued' AND message_id = ?",
+            (q.message_id,),
+        ).fetchone()
+        assert tuple(event) == (stamp, m.username, m.list_id, m.client, m.port, m.queue_id)
