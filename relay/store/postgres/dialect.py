@@ -137,7 +137,9 @@ def _group_sql(db: Any) -> str:
 
     def rows(table: str, columns: Sequence[str]) -> str:
         """The rows of one JSON parameter (arrays of values in ``columns``' order),
-        each value as the table's type, and each row's position ``n``."""
+        each value as the table's type (text for a column the table has not: the
+        recipients' queue id), and each row's position ``n``. Values are JSON
+        strings, numbers and nulls (flags are 0/1 in the rows already)."""
         types = _column_types(db, table)
         values = ", ".join(f"(j->>{i})::{types.get(c, 'text')} AS {c}" for i, c in enumerate(columns))
         return f"(SELECT {values}, n FROM json_array_elements(%s::json) WITH ORDINALITY AS x(j, n))"
