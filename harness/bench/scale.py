@@ -247,7 +247,7 @@ def _dequeue(store: str, queued: int, seconds: float, *, warmup: int = DEQUEUE_W
             reclaim = began - last_reclaim >= 1.0
             result = q.dispatch_round(db, q.RoundRequest(
                 owner="bench-dequeue", lease_seconds=60, budget=1, hop=hop, reclaim_expired=reclaim, promote_due=True,
-                force=True,
+                force=True, versioned=False,  # as the engine's rounds: it follows the change feed instead
             ))
             times.append((time.perf_counter() - began) * 1000)
             last_reclaim = began if reclaim else last_reclaim
@@ -256,6 +256,7 @@ def _dequeue(store: str, queued: int, seconds: float, *, warmup: int = DEQUEUE_W
             outcomes = _delivered(pending + result.claimed)
             pending = q.dispatch_round(db, q.RoundRequest(
                 owner="bench-dequeue", lease_seconds=60, budget=churn, hop=hop, outcomes=outcomes, force=True,
+                versioned=False,
             )).claimed
             delivered += len(outcomes)
             if time.perf_counter() - last_prune >= PRUNE_EVERY:

@@ -27,6 +27,7 @@ import importlib
 import mmap
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 __all__ = [
@@ -34,7 +35,9 @@ __all__ = [
     "Connection",
     "Cursor",
     "Dialect",
+    "Result",
     "Row",
+    "Statement",
     "dialect_of",
     "insert_id",
     "transaction",
@@ -44,6 +47,19 @@ __all__ = [
 # modules unpack rows into dataclasses: ListInfo(*row)). sqlite3.Row does; so must the
 # PostgreSQL adapter's (a tuple subclass that also looks names up).
 Row = Any
+
+
+# One statement of a batch (Dialect.batch): SQL with ``?`` placeholders and its values.
+Statement = tuple[str, Sequence[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What one statement of a batch gave: its rows (none for a plain write) and how
+    many rows it changed."""
+
+    rows: list[Any]
+    rowcount: int
 
 
 class Cursor(Protocol):
@@ -86,6 +102,22 @@ class Dialect(Protocol):
     def transaction(self, db: Connection, *, immediate: bool = True) -> AbstractContextManager[Connection]:
         """One write transaction; nested use joins the outer one. ``immediate``: take
         the write lock at once (``False``: a transaction that writes only scratch tables)."""
+        ...
+
+    def lease_transaction(self, db: Connection) -> AbstractContextManager[Connection]:
+        """One transaction of the delivery engine's round (claims, leases, outcomes),
+        whose COMMIT need not wait for the disk where the database makes that a
+        choice (PostgreSQL: ``synchronous_commit = off`` for it alone; SQLite: a plain
+        :meth:`transaction`). Safe because every write of a round may be lost without
+        losing mail: see ``relay.store.queue.dispatch_round``. Nested use joins the
+        outer transaction (as durable as that one is)."""
+        ...
+
+    def batch(self, db: Connection, statements: Sequence[Statement], *, commit: bool = False) -> list[Result]:
+        """Run ``statements`` in order (one round trip where each statement would be
+        one: PostgreSQL) and give each one's :class:`Result`. ``commit``: inside a
+        :meth:`lease_transaction` nothing follows them, so its COMMIT may go in the
+        same round trip (the transaction's end then has nothing left to commit)."""
         ...
 
     def data_version(self, db: Connection) -> int | None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from relay.display import clean
 from relay.reasons import EventKind, Reason
-from relay.store.connection import Connection, Row, dialect_of, insert_id
+from relay.store.connection import Connection, Row, Statement, dialect_of, insert_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +59,15 @@ def record_event(db: Connection, event: NewEvent) -> int:
 
 
 _INSERT_COLUMNS = ("at", "kind", "reason", "username", "list_id", "client", "port", "message_id", "queue_id", "detail")
+
+
+_INSERT_ONE = f"INSERT INTO events({', '.join(_INSERT_COLUMNS)}) VALUES ({', '.join('?' * len(_INSERT_COLUMNS))})"
+
+
+def event_statements(events: Iterable[NewEvent]) -> list[Statement]:
+    """The INSERTs that record ``events``, for a batch (``Dialect.batch``: one round
+    trip for all of them with the statements around them)."""
+    return [(_INSERT_ONE, _values(e)) for e in events]
 
 
 def record_events(db: Connection, events: Iterable[NewEvent]) -> None:

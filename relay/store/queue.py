@@ -25,14 +25,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from relay.reasons import EventKind, Reason
-from relay.store.connection import Connection, Row, dialect_of, transaction
+from relay.store.connection import Connection, Row, Statement, dialect_of, transaction
 from relay.store.counts import oldest_waiting, state_counts
 from relay.store.errors import InvalidInput, NotFound
-from relay.store.events import Event, NewEvent, events_for_message, record_event, record_events
+from relay.store.events import (
+    Event,
+    NewEvent,
+    event_statements,
+    events_for_message,
+    record_event,
+    record_events,
+)
 from relay.store.intake import NewMessage, RecipientDsn, insert_messages
 from relay.store.lease import relay_status
 from relay.store.routing import DestinationState, record_destinations
-from relay.store.settings import Keys, get_settings, set_setting
+from relay.store.settings import Keys, get_settings, set_setting, settings_from, settings_query
 from relay.store.suppressions import suppress_hard_bounces
 
 ACTIVE_STATES = ("queued", "sending", "deferred", "held")
@@ -83,7 +90,10 @@ _SETTING_KEYS = [
 
 def delivery_settings(db: Connection) -> DeliverySettings:
     """The current runtime controls, with defaults for those never set."""
-    raw = get_settings(db, _SETTING_KEYS)
+    return _settings_of(get_settings(db, _SETTING_KEYS))
+
+
+def _settings_of(raw: dict[str, Any]) -> DeliverySettings:
 
     def num(key: str, default: float) -> float:
         try:
@@ -374,12 +384,30 @@ def dispatch_round(db: Connection, req: RoundRequest) -> RoundResult:
 
     Returns quickly without a transaction when nothing changed since
     ``req.seen_version`` and the engine has nothing to write (``force`` overrides).
+
+    The transaction is a lease transaction (``Dialect.lease_transaction``): on
+    PostgreSQL its COMMIT does not wait for the WAL flush, so a server crash may lose
+    the last rounds' commits (never a part of one: the database comes back as it was
+    a moment before). No mail is lost with them: every message acknowledged with 250
+    was committed durably by intake before, and a round only moves it between
+    states. A lost claim leaves the message ready (or its earlier lease expires and
+    it is reclaimed): it is delivered again, at least once as always. A lost "sent"
+    outcome puts a delivered message back in flight: delivered twice, as after a
+    relay killed between its delivery and its outcome. A lost "deferred" or "failed"
+    outcome (with its bounce, in the same transaction) is retried and decided
+    again. Any later durable commit (intake's, an operator's) flushes the rounds
+    before it too. Intake and operator actions keep durable commits.
+
+    Statements go in batches (``Dialect.batch``: on PostgreSQL a batch is one round
+    trip): the reads and writes the round can send before it knows anything, the
+    claim, what the claimed messages need, and the round's events with its COMMIT.
     """
     version = dialect_of(db).data_version(db) if req.versioned or req.seen_version is not None else None
     if req.idle and req.seen_version is not None and version == req.seen_version:
         return RoundResult(version=version, skipped=True)
     result = RoundResult(version=version, skipped=False)
-    with transaction(db):
+    dialect = dialect_of(db)
+    with dialect.lease_transaction(db):
         # "Ready" is decided here, so the clock is read here: once the write lock is
         # held, every commit before this one is visible, and each committed message
         # was stamped (next_attempt_at) before its commit, so before this moment. A
@@ -387,16 +415,23 @@ def dispatch_round(db: Connection, req: RoundRequest) -> RoundResult:
         # the lock) would pass over mail committed meanwhile and let lower-priority
         # mail start first.
         now = time.time() if req.now is None else req.now
-        settings = delivery_settings(db)
+        # Outcomes and renewals go before the housekeeping (a lease settled or renewed
+        # is not reclaimed); without them it goes in the first batch.
+        early = not req.outcomes and not req.renew
+        reclaim = [_reclaim_statement(_EXPIRED, (now,), now)] if req.reclaim_expired else []
+        promote_early = early and req.promote_due
+        first: list[Statement] = [settings_query(_SETTING_KEYS), (_CAMPAIGNS_TO_FOLLOW, ())]
+        first += event_statements(req.events)
+        if early:
+            first += reclaim + ([_promote_statement(now)] if promote_early else [])
+        answers = dialect.batch(db, first)
+        settings = _settings_of(settings_from(answers[0].rows))
         result.settings = settings
-        if req.events:
-            record_events(db, req.events)
+        campaigns = answers[1].rows
         _settle(db, req.owner, req.outcomes, now)
         record_destinations(db, req.destinations, now)
         if req.renew:
             _renew(db, req.owner, req.renew, now + req.lease_seconds)
-        if req.reclaim_expired:
-            result.reclaimed = _reclaim(db, "state = 'sending' AND lease_until < ?", (now,), now, "lease expired")
         budget = req.budget
         if settings.paused or not settings.next_hop or settings.next_hop != req.hop:
             budget = 0
@@ -404,19 +439,39 @@ def dispatch_round(db: Connection, req: RoundRequest) -> RoundResult:
         # transaction (one range scan of the deferred index), so a due higher-priority
         # retry is never passed over for lower-priority mail.
         promote = req.promote_due or budget > 0
-        if promote:
-            db.execute(
-                "UPDATE messages SET state = 'queued', updated_at = ? WHERE state = 'deferred' AND next_attempt_at <= ?",
-                (now, now),
-            )
+        late = ([] if early else reclaim) + ([_promote_statement(now)] if promote and not promote_early else [])
+        if late:
+            answers += dialect.batch(db, late)
+        reclaimed = answers[len(first) if not early else 2 + len(req.events)].rows if reclaim else []
+        result.reclaimed = len(reclaimed)
         if budget > 0:
             result.claimed = _claim(db, req, budget, now)
-        _follow_campaigns(db, result.claimed, budget, now)
-        if promote or any(o.state == "deferred" for o in req.outcomes) or req.force:
-            row = db.execute("SELECT min(next_attempt_at) FROM messages WHERE state = 'deferred'").fetchone()
-            result.next_due = row[0]
+        last = event_statements(_reclaim_events(reclaimed, now, "lease expired"))
+        last += event_statements(_attempt_events(result.claimed, req.hop, now))
+        last += _follow_campaigns(db, campaigns, result.claimed, budget, now)
+        next_due = promote or any(o.state == "deferred" for o in req.outcomes) or req.force
+        if next_due:
+            last.append(("SELECT min(next_attempt_at) FROM messages WHERE state = 'deferred'", ()))
+        # Nothing follows in the transaction: its COMMIT may go with them.
+        answers = dialect.batch(db, last, commit=True)
+        if next_due:
+            result.next_due = answers[-1].rows[0][0]
             result.next_due_checked = True
     return result
+
+
+_EXPIRED = "state = 'sending' AND lease_until < ?"
+_CAMPAIGNS_TO_FOLLOW = (
+    "SELECT id, priority, state, list_id FROM campaigns "
+    "WHERE state = 'sending' OR (state = 'paused' AND paused_reason = 'priority')"
+)
+
+
+def _promote_statement(now: float) -> Statement:
+    return (
+        "UPDATE messages SET state = 'queued', updated_at = ? WHERE state = 'deferred' AND next_attempt_at <= ?",
+        (now, now),
+    )
 
 
 _CLAIM_RETURNING = (
@@ -460,23 +515,32 @@ def _claim(db: Connection, req: RoundRequest, budget: int, now: float) -> list[C
     }
     marks = ",".join("?" * len(by_id))
     ids = list(by_id)
-    for message_id, data in db.execute(f"SELECT message_id, data FROM message_bodies WHERE message_id IN ({marks})", ids):
-        by_id[message_id].data = bytes(data)
-    for message_id, address, notify, orcpt in db.execute(
-        f"SELECT message_id, address, dsn_notify, dsn_orcpt FROM recipients WHERE message_id IN ({marks}) "
-        "AND state IN ('queued', 'deferred') ORDER BY message_id, address",
-        ids,
-    ):
-        by_id[message_id].recipients.append(address)
-        if notify is not None or orcpt is not None:
-            by_id[message_id].recipient_dsn[address] = RecipientDsn(notify, orcpt)
     retried = [i for i, m in by_id.items() if m.attempts > 1]
+    # What the attempts need, in one batch: bodies, recipients still to deliver, and
+    # for retries how many recipients an earlier attempt delivered.
+    details: list[Statement] = [
+        (f"SELECT message_id, data FROM message_bodies WHERE message_id IN ({marks})", ids),
+        (
+            f"SELECT message_id, address, dsn_notify, dsn_orcpt FROM recipients WHERE message_id IN ({marks}) "
+            "AND state IN ('queued', 'deferred') ORDER BY message_id, address",
+            ids,
+        ),
+    ]
     if retried:
-        for message_id, n in db.execute(
+        details.append((
             f"SELECT message_id, count(*) FROM recipients WHERE message_id IN ({','.join('?' * len(retried))}) "
             "AND state = 'sent' GROUP BY message_id",
             retried,
-        ):
+        ))
+    answers = dialect_of(db).batch(db, details)
+    for message_id, data in answers[0].rows:
+        by_id[message_id].data = bytes(data)
+    for message_id, address, notify, orcpt in answers[1].rows:
+        by_id[message_id].recipients.append(address)
+        if notify is not None or orcpt is not None:
+            by_id[message_id].recipient_dsn[address] = RecipientDsn(notify, orcpt)
+    if retried:
+        for message_id, n in answers[2].rows:
             by_id[message_id].delivered_before = n
     # The oldest-lower pick (if any) goes first: it was chosen to run now.
     claimed = sorted(by_id.values(), key=lambda m: (m.priority, m.id))
@@ -484,19 +548,19 @@ def _claim(db: Connection, req: RoundRequest, budget: int, now: float) -> list[C
         first = by_id[rows[0][0]]
         claimed.remove(first)
         claimed.insert(0, first)
-    record_events(
-        db,
-        [
-            NewEvent(
-                EventKind.DELIVERY, Reason.DELIVERY_ATTEMPT, username=m.username, list_id=m.list_id,
-                message_id=m.id, queue_id=m.queue_id, at=now,
-                detail=f"attempt {m.attempts} to {req.hop}, priority {m.priority}, "
-                f"{len(m.recipients)} recipient(s)" + (f", campaign {m.campaign_id}" if m.campaign_id else ""),
-            )
-            for m in claimed
-        ],
-    )
     return claimed
+
+
+def _attempt_events(claimed: Sequence[Claimed], hop: str | None, now: float) -> list[NewEvent]:
+    return [
+        NewEvent(
+            EventKind.DELIVERY, Reason.DELIVERY_ATTEMPT, username=m.username, list_id=m.list_id,
+            message_id=m.id, queue_id=m.queue_id, at=now,
+            detail=f"attempt {m.attempts} to {hop}, priority {m.priority}, "
+            f"{len(m.recipients)} recipient(s)" + (f", campaign {m.campaign_id}" if m.campaign_id else ""),
+        )
+        for m in claimed
+    ]
 
 
 def _skip_destinations(domains: Sequence[str]) -> tuple[str, list[str]]:
@@ -601,22 +665,27 @@ def _settle(db: Connection, owner: str, outcomes: Sequence[Outcome], now: float)
 
 
 def _reclaim(db: Connection, where: str, args: tuple[Any, ...], now: float, why: str) -> int:
-    rows = db.execute(
+    rows = db.execute(*_reclaim_statement(where, args, now)).fetchall()
+    record_events(db, _reclaim_events(rows, now, why))
+    return len(rows)
+
+
+def _reclaim_statement(where: str, args: tuple[Any, ...], now: float) -> Statement:
+    return (
         "UPDATE messages SET state = 'queued', lease_owner = NULL, lease_until = NULL, updated_at = ? "
         f"WHERE {where} RETURNING id, queue_id, username, list_id",
         (now, *args),
-    ).fetchall()
-    record_events(
-        db,
-        [
-            NewEvent(
-                EventKind.DELIVERY, Reason.LEASE_RECLAIMED, username=r[2], list_id=r[3],
-                message_id=r[0], queue_id=r[1], at=now, detail=f"back in the queue: {why}",
-            )
-            for r in rows
-        ],
     )
-    return len(rows)
+
+
+def _reclaim_events(rows: Sequence[Row], now: float, why: str) -> list[NewEvent]:
+    return [
+        NewEvent(
+            EventKind.DELIVERY, Reason.LEASE_RECLAIMED, username=r[2], list_id=r[3],
+            message_id=r[0], queue_id=r[1], at=now, detail=f"back in the queue: {why}",
+        )
+        for r in rows
+    ]
 
 
 def reclaim_owner(db: Connection, owner: str, *, now: float | None = None) -> int:
@@ -642,25 +711,24 @@ def reclaim_expired(db: Connection, *, now: float | None = None) -> int:
     """Put messages whose lease ran out back in the queue."""
     stamp = time.time() if now is None else now
     with transaction(db):
-        return _reclaim(db, "state = 'sending' AND lease_until < ?", (stamp,), stamp, "lease expired")
+        return _reclaim(db, _EXPIRED, (stamp,), stamp, "lease expired")
 
 
 # ---------------------------------------------------------------------------
 # Campaign preemption (decided where the claims are made, so events line up)
 
 
-def _follow_campaigns(db: Connection, claimed: Sequence[Claimed], budget: int, now: float) -> None:
+def _follow_campaigns(
+    db: Connection, campaigns: Sequence[Row], claimed: Sequence[Claimed], budget: int, now: float
+) -> list[Statement]:
     """A sending campaign is paused ("priority traffic") when a higher-priority
     message is dispatched while it still has ready messages, and resumes when the
-    bandwidth comes back to its priority (or nothing is ready at all)."""
+    bandwidth comes back to its priority (or nothing is ready at all). ``campaigns``:
+    those sending or paused for priority (read at the start of the round). Returns
+    the writes (state changes, events) for the round's last batch."""
     if not claimed and budget == 0:
-        return
-    campaigns = db.execute(
-        "SELECT id, priority, state, list_id FROM campaigns "
-        "WHERE state = 'sending' OR (state = 'paused' AND paused_reason = 'priority')"
-    ).fetchall()
-    if not campaigns:
-        return
+        return []
+    writes: list[Statement] = []
     events: list[NewEvent] = []
     top = min((m.priority for m in claimed), default=None)
     for campaign_id, priority, state, list_id in campaigns:
@@ -673,8 +741,8 @@ def _follow_campaigns(db: Connection, claimed: Sequence[Claimed], budget: int, n
             ).fetchone()
             if ready is not None:
                 first = next(m for m in claimed if m.priority == top)
-                db.execute(
-                    "UPDATE campaigns SET state = 'paused', paused_reason = 'priority' WHERE id = ?", (campaign_id,)
+                writes.append(
+                    ("UPDATE campaigns SET state = 'paused', paused_reason = 'priority' WHERE id = ?", (campaign_id,))
                 )
                 events.append(
                     NewEvent(
@@ -685,15 +753,14 @@ def _follow_campaigns(db: Connection, claimed: Sequence[Claimed], budget: int, n
                 )
                 state = "paused"
         if state == "paused" and progress:
-            db.execute("UPDATE campaigns SET state = 'sending', paused_reason = NULL WHERE id = ?", (campaign_id,))
+            writes.append(("UPDATE campaigns SET state = 'sending', paused_reason = NULL WHERE id = ?", (campaign_id,)))
             events.append(
                 NewEvent(
                     EventKind.CAMPAIGN, Reason.CAMPAIGN_RESUMED, list_id=list_id, at=now,
                     detail=f"campaign {campaign_id} resumed: no higher-priority mail ready",
                 )
             )
-    if events:
-        record_events(db, events)
+    return writes + event_statements(events)
 
 
 # ---------------------------------------------------------------------------

@@ -4,9 +4,10 @@ relay-published facts (TLS fingerprint, served ports). Values are JSON."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from relay.store.connection import Connection
+from relay.store.connection import Connection, Row, Statement
 
 
 def get_setting(db: Connection, key: str, default: Any = None) -> Any:
@@ -18,8 +19,16 @@ def get_settings(db: Connection, keys: list[str] | None = None) -> dict[str, Any
     if keys is None:
         rows = db.execute("SELECT key, value FROM settings").fetchall()
     else:
-        marks = ",".join("?" * len(keys))
-        rows = db.execute(f"SELECT key, value FROM settings WHERE key IN ({marks})", keys).fetchall()
+        rows = db.execute(*settings_query(keys)).fetchall()
+    return settings_from(rows)
+
+
+def settings_query(keys: Sequence[str]) -> Statement:
+    """The read of ``keys`` as a statement (for a batch); :func:`settings_from` reads its rows."""
+    return f"SELECT key, value FROM settings WHERE key IN ({','.join('?' * len(keys))})", list(keys)
+
+
+def settings_from(rows: Iterable[Row]) -> dict[str, Any]:
     return {row[0]: json.loads(row[1]) for row in rows}
 
 

@@ -12,9 +12,19 @@ from typing import Any
 
 import psycopg
 
-from relay.store.postgres.connection import transaction, translate
+from relay.store.connection import Result, Statement
+from relay.store.postgres.connection import lease_transaction, transaction, translate
 
-__all__ = ["bulk_load", "data_version", "insert_group", "insert_rows", "load_rows", "rows_per_insert", "skip_locked", "transaction", "write_body"]
+__all__ = [
+    "batch", "bulk_load", "data_version", "insert_group", "insert_rows", "lease_transaction", "load_rows",
+    "rows_per_insert", "skip_locked", "transaction", "write_body",
+]
+
+
+def batch(db: Any, statements: Sequence[Statement], *, commit: bool = False) -> list[Result]:
+    # Each statement alone is a round trip to the server: all of them in one
+    # (PgConnection.batch).
+    return list(db.batch(statements, commit=commit))
 
 
 def data_version(db: Any) -> int | None:

@@ -48,6 +48,10 @@ def notify_now(backend_pid: int) -> bytes:
     return f"SET LOCAL synchronous_commit = off; NOTIFY {NOTIFY_CHANNEL}, '{int(backend_pid)}'".encode()
 
 
+# The notification sent inside a transaction whose COMMIT does not wait for the WAL
+# flush (a lease transaction, PgConnection.begin_lease): it holds the notify lock for
+# a moment only, so it goes with the COMMIT in one round trip.
+NOTIFY_IN_TRANSACTION = f"SELECT pg_notify('{NOTIFY_CHANNEL}', pg_backend_pid()::text)"
 # pg_advisory_xact_lock key of the migration: any fixed bigint of our own.
 MIGRATION_LOCK = 0x736D7470706C7573 & 0x7FFFFFFFFFFFFFFF  # "smtpplus"
 

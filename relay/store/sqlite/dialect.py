@@ -9,10 +9,13 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from relay.store.connection import Connection
+from relay.store.connection import Connection, Result, Statement
 from relay.store.sqlite.db import data_version, transaction
 
-__all__ = ["BODY_CHUNK", "bulk_load", "data_version", "insert_group", "insert_rows", "load_rows", "rows_per_insert", "skip_locked", "transaction", "write_body"]
+__all__ = [
+    "BODY_CHUNK", "batch", "bulk_load", "data_version", "insert_group", "insert_rows", "lease_transaction", "load_rows",
+    "rows_per_insert", "skip_locked", "transaction", "write_body",
+]
 
 # Bodies over this size are written in pieces of this size. Bound whole, a body is
 # copied by SQLite (SQLITE_TRANSIENT) and that copy stays with the cached statement
@@ -32,6 +35,22 @@ def write_body(db: Connection, message_id: int, data: bytes | mmap.mmap) -> None
         for start in range(0, size, BODY_CHUNK):
             with view[start : start + BODY_CHUNK] as piece:
                 blob.write(piece)
+
+
+def lease_transaction(db: Connection) -> contextlib.AbstractContextManager[Connection]:
+    # SQLite's durability is the store's (synchronous = FULL): one kind of commit.
+    return transaction(db)
+
+
+def batch(db: Connection, statements: Sequence[Statement], *, commit: bool = False) -> list[Result]:
+    # In-process: a statement costs no round trip, so one after another (the
+    # transaction's end commits, as always).
+    results: list[Result] = []
+    for sql, parameters in statements:
+        cursor = db.execute(sql, parameters)
+        rows = cursor.fetchall()  # before rowcount: an UPDATE … RETURNING counts as it is read
+        results.append(Result(rows, cursor.rowcount))
+    return results
 
 
 def skip_locked() -> str:
