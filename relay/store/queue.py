@@ -18,6 +18,7 @@ For operators (CLI, console): :func:`hold`, :func:`release`, :func:`retry`,
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 import time
 from collections.abc import Iterable, Sequence
@@ -418,13 +419,22 @@ def dispatch_round(db: Connection, req: RoundRequest) -> RoundResult:
         # Outcomes and renewals go before the housekeeping (a lease settled or renewed
         # is not reclaimed); without them it goes in the first batch.
         early = not req.outcomes and not req.renew
+        # …and so does the claim, when nothing else it waits for is to come: it then
+        # checks the controls itself (_CONTROLS), since they are read in the same batch.
+        eager = early and req.budget > 0 and bool(req.hop) and not req.oldest_lower
         reclaim = [_reclaim_statement(_EXPIRED, (now,), now)] if req.reclaim_expired else []
-        promote_early = early and req.promote_due
         first: list[Statement] = [settings_query(_SETTING_KEYS), (_CAMPAIGNS_TO_FOLLOW, ())]
         first += event_statements(req.events)
         if early:
-            first += reclaim + ([_promote_statement(now)] if promote_early else [])
+            first += reclaim
+            if req.promote_due:
+                first.append(_promote_statement(now))
+            elif eager:  # promoted as a claiming round would (below): when the controls allow a claim
+                first.append(_promote_statement(now, _controls(req.hop)))
+            if eager:
+                first.append(_claim_statement(db, req, req.budget, now, _controls(req.hop)))
         answers = dialect.batch(db, first)
+        stored = {row[0]: row[1] for row in answers[0].rows}
         settings = _settings_of(settings_from(answers[0].rows))
         result.settings = settings
         campaigns = answers[1].rows
@@ -435,16 +445,27 @@ def dispatch_round(db: Connection, req: RoundRequest) -> RoundResult:
         budget = req.budget
         if settings.paused or not settings.next_hop or settings.next_hop != req.hop:
             budget = 0
+        claimed_rows: list[Row] = []
+        if eager and (answers[-1].rows or _controls_allow(stored, req.hop)):
+            # The claim ran with the controls as its own statement saw them (an
+            # operator's change between two statements of a batch counts as before or
+            # after the round, as it would between two rounds).
+            claimed_rows, budget, eager_done = answers[-1].rows, req.budget, True
+        else:
+            eager_done = False
         # Deferred mail whose time has come is ready too: promote it in the claiming
         # transaction (one range scan of the deferred index), so a due higher-priority
         # retry is never passed over for lower-priority mail.
         promote = req.promote_due or budget > 0
-        late = ([] if early else reclaim) + ([_promote_statement(now)] if promote and not promote_early else [])
+        promoted = (early and req.promote_due) or eager_done
+        late = ([] if early else reclaim) + ([_promote_statement(now)] if promote and not promoted else [])
         if late:
             answers += dialect.batch(db, late)
         reclaimed = answers[len(first) if not early else 2 + len(req.events)].rows if reclaim else []
         result.reclaimed = len(reclaimed)
-        if budget > 0:
+        if eager_done:
+            result.claimed = _claimed(db, req, claimed_rows)
+        elif budget > 0:
             result.claimed = _claim(db, req, budget, now)
         last = event_statements(_reclaim_events(reclaimed, now, "lease expired"))
         last += event_statements(_attempt_events(result.claimed, req.hop, now))
@@ -467,11 +488,29 @@ _CAMPAIGNS_TO_FOLLOW = (
 )
 
 
-def _promote_statement(now: float) -> Statement:
+def _promote_statement(now: float, controls: Statement = ("", ())) -> Statement:
     return (
-        "UPDATE messages SET state = 'queued', updated_at = ? WHERE state = 'deferred' AND next_attempt_at <= ?",
-        (now, now),
+        f"UPDATE messages SET state = 'queued', updated_at = ? WHERE state = 'deferred' AND next_attempt_at <= ?{controls[0]}",
+        (now, now, *controls[1]),
     )
+
+
+def _controls(hop: str | None) -> Statement:
+    """A claim's extra condition when it goes in one batch with the read of the
+    controls: delivery not paused and the next hop setting still ``hop`` — stricter
+    than :func:`_settings_of` reads them (a value it also reads as "not paused" but
+    not stored as ``false`` fails it: then the round claims after the read, as
+    before; :func:`_controls_allow` tells)."""
+    return (
+        " AND NOT EXISTS (SELECT 1 FROM settings WHERE key = ? AND value <> 'false')"
+        " AND EXISTS (SELECT 1 FROM settings WHERE key = ? AND value = ?)",
+        (Keys.PAUSED, Keys.NEXT_HOP, json.dumps(hop)),
+    )
+
+
+def _controls_allow(stored: dict[str, Any], hop: str | None) -> bool:
+    """What :func:`_controls` says of the settings' stored values (``stored``: key → JSON text)."""
+    return stored.get(Keys.PAUSED, "false") == "false" and stored.get(Keys.NEXT_HOP) == json.dumps(hop)
 
 
 _CLAIM_RETURNING = (
@@ -494,16 +533,28 @@ def _claim(db: Connection, req: RoundRequest, budget: int, now: float) -> list[C
             ).fetchall()
             budget -= len(rows)
     if budget > 0:
-        skip, skip_args = _skip_destinations(req.skip_destinations)
-        # Where locks are per row (PostgreSQL), the inner SELECT skips rows another
-        # relay process is claiming right now (the dialect's FOR UPDATE SKIP LOCKED).
-        rows += db.execute(
-            "UPDATE messages SET state = 'sending', lease_owner = ?, lease_until = ?, "
-            "attempts = attempts + 1, updated_at = ? WHERE id IN ("
-            f"SELECT id FROM messages WHERE state = 'queued' AND next_attempt_at <= ?{skip} "
-            f"ORDER BY priority, id LIMIT ?{dialect_of(db).skip_locked()}) " + _CLAIM_RETURNING,
-            (req.owner, lease_until, now, now, *skip_args, budget),
-        ).fetchall()
+        rows += db.execute(*_claim_statement(db, req, budget, now)).fetchall()
+    return _claimed(db, req, rows)
+
+
+def _claim_statement(
+    db: Connection, req: RoundRequest, budget: int, now: float, controls: Statement = ("", ())
+) -> Statement:
+    """The claim of up to ``budget`` ready messages in (priority, id) order."""
+    skip, skip_args = _skip_destinations(req.skip_destinations)
+    # Where locks are per row (PostgreSQL), the inner SELECT skips rows another
+    # relay process is claiming right now (the dialect's FOR UPDATE SKIP LOCKED).
+    return (
+        "UPDATE messages SET state = 'sending', lease_owner = ?, lease_until = ?, "
+        "attempts = attempts + 1, updated_at = ? WHERE id IN ("
+        f"SELECT id FROM messages WHERE state = 'queued' AND next_attempt_at <= ?{skip}{controls[0]} "
+        f"ORDER BY priority, id LIMIT ?{dialect_of(db).skip_locked()}) " + _CLAIM_RETURNING,
+        (req.owner, now + req.lease_seconds, now, now, *skip_args, *controls[1], budget),
+    )
+
+
+def _claimed(db: Connection, req: RoundRequest, rows: list[Row]) -> list[Claimed]:
+    """The claimed messages with what their attempts need (one batch of reads)."""
     if not rows:
         return []
     by_id = {
