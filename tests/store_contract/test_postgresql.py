@@ -578,3 +578,85 @@ def test_a_writing_commit_is_announced_once_after_it(pg_url: str) -> None:
     finally:
         db.close()
         listener.close()
+
+
+def _round_trips(db: Any, action: Any) -> tuple[Any, list[str]]:
+    """``action()``'s result and the queries it sent, from libpq's own trace of the
+    protocol: a simple query (Query) or an extended one (its Sync) is one round trip."""
+    import tempfile
+
+    from psycopg import pq
+
+    with tempfile.TemporaryFile("w+") as trace:
+        db.raw.pgconn.trace(trace.fileno())
+        db.raw.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
+        try:
+            result = action()
+        finally:
+            db.raw.pgconn.untrace()
+        trace.seek(0)
+        sent = [line.split("\t") for line in trace.read().splitlines()]
+    return result, [f[3].strip() if f[2].startswith("Query") else "Sync" for f in sent if f[0] == "F" and f[2].split()[0] in ("Query", "Sync")]
+
+
+def test_a_claim_round_is_three_round_trips_and_its_commit_does_not_wait_for_the_wal_flush(pg_url: str) -> None:
+    # The engine's claim round (one message, expired leases reclaimed, due retries
+    # promoted, its attempt event, COMMIT): the first batch reads the controls and
+    # claims, the second reads what the attempt needs, the third records the event
+    # and commits — announced inside the transaction, whose COMMIT skips the flush.
+    from relay.store import queue as q
+    from relay.store.bulk import queue_bulk
+
+    listener = _listener(pg_url)
+    db = open_store(pg_url)
+    try:
+        queue_bulk(db, 50)
+        q.set_next_hop(db, "127.0.0.1:9")
+        request = q.RoundRequest(owner="o", lease_seconds=60, budget=1, hop="127.0.0.1:9", reclaim_expired=True,
+                                 promote_due=True, force=True, versioned=False)
+        _heard(listener)
+        for _ in range(3):  # the statements are prepared on first use: the same round trips after
+            result, queries = _round_trips(db, lambda: q.dispatch_round(db, request))
+            assert len(result.claimed) == 1 and result.claimed[0].data
+            assert len(queries) == 3, queries
+            assert queries[0].startswith('"BEGIN; SET LOCAL synchronous_commit = off; ')
+            assert queries[-1].endswith('; COMMIT"') and "pg_notify" in queries[-1]
+            assert _heard(listener) == [db.backend_pid]
+        with transaction(db):  # every other transaction keeps the durable commit
+            assert db.execute("SELECT current_setting('synchronous_commit')").fetchone()[0] == "on"
+    finally:
+        db.close()
+        listener.close()
+
+
+def test_a_batch_binds_values_as_the_driver_does_and_a_failed_one_rolls_back(pg_url: str) -> None:
+    from relay.store.errors import Conflict
+    from relay.store.postgres.connection import lease_transaction
+    from relay.store.postgres.dialect import batch
+
+    db = open_store(pg_url)
+    try:
+        odd = "it's 100% \\ ? $1 %s \u00e9\u4e2d \x01"
+        values = [odd, None, 1.0000000000000002, -7, 2**40, 1732999999.123456]
+        for _ in range(2):  # PREPAREd the first time, EXECUTEd the second
+            [echo, count] = batch(db, [
+                ("SELECT ?::text, ?::text, ?::float8, ?::int, ?::bigint, ?::float8, 'a ? b %'", values),
+                ("SELECT count(*) FROM unnest(?::text[])", [["x", None, "y'z"]]),
+            ])
+            assert list(echo.rows[0]) == [*values, "a ? b %"] and count.rows[0][0] == 3
+        with lease_transaction(db):
+            [sync] = batch(db, [("SELECT current_setting('synchronous_commit')", [])])
+            assert sync.rows[0][0] == "off"
+        assert db.execute("SELECT current_setting('synchronous_commit')").fetchone()[0] == "on"
+        insert = "INSERT INTO settings(key, value) VALUES (?, ?)"
+        with pytest.raises(Conflict), lease_transaction(db):
+            assert batch(db, [(insert, ["k1", "1"])])[0].rowcount == 1
+            batch(db, [(insert, ["k2", "1"]), (insert, ["k1", "2"])], commit=True)  # a duplicate key
+        assert not db.in_transaction
+        assert db.execute("SELECT count(*) FROM settings WHERE key IN ('k1', 'k2')").fetchone()[0] == 0
+        with lease_transaction(db):
+            batch(db, [(insert, ["k1", "1"]), (insert, ["k2", "2"])], commit=True)
+        assert not db.in_transaction
+        assert db.execute("SELECT count(*) FROM settings WHERE key IN ('k1', 'k2')").fetchone()[0] == 2
+    finally:
+        db.close()

@@ -90,6 +90,66 @@ def test_paused_or_a_changed_next_hop_claims_nothing(db: Any) -> None:
     assert len(claim(db, "a", 5)) == 1
 
 
+def test_a_pause_stored_in_another_form_stops_claims_and_promotions_as_a_pause(db: Any) -> None:
+    # The claim may go in one batch with the read of the controls (PostgreSQL: one
+    # round trip), checking them in its own WHERE: a value the controls read as
+    # "paused" must stop it, and one they read as "not paused" must not.
+    from relay.store.settings import Keys, set_setting
+
+    [first, second] = enqueue(db, [message(1), message(2)])
+    [m] = claim(db, "a", 1)
+    due = time.time() - 1
+    outcome = q.Outcome(m, "deferred", Reason.DEFERRED_4XX, "451 later", [q.RecipientResult(m.recipients[0], "deferred", "451 later")], due)
+    ops(db).queue.dispatch_round(db, q.RoundRequest(owner="a", lease_seconds=60, budget=0, hop=HOP, outcomes=[outcome], force=True))
+    set_setting(db, Keys.PAUSED, 1)  # truthy, not `true`
+    woken = q.RoundRequest(owner="a", lease_seconds=60, budget=5, hop=HOP)  # promotes only when it may claim
+    assert ops(db).queue.dispatch_round(db, woken).claimed == []
+    assert ops(db).queue.message_detail(db, first.queue_id).message.state == "deferred"
+    set_setting(db, Keys.PAUSED, 0)  # falsy, not `false`
+    claimed = ops(db).queue.dispatch_round(db, q.RoundRequest(owner="a", lease_seconds=60, budget=5, hop=HOP)).claimed
+    assert [c.id for c in claimed] == [first.message_id, second.message_id]
+
+
+def test_a_round_settles_outcomes_and_renews_before_it_reclaims(db: Any) -> None:
+    # An attempt that ends (or a lease renewed) in the round that reclaims expired
+    # leases is its owner's: settled or renewed, never reclaimed in the same round.
+    enqueue(db, [message(1), message(2), message(3)])
+    [done, kept] = claim(db, "a", 2, lease=0.01)
+    time.sleep(0.05)
+    outcome = q.Outcome(done, "deferred", Reason.DEFERRED_4XX, "451 later", [q.RecipientResult(done.recipients[0], "deferred", "451 later")], time.time() + 60)
+    result = ops(db).queue.dispatch_round(db, q.RoundRequest(
+        owner="a", lease_seconds=60, budget=1, hop=HOP, outcomes=[outcome], renew=[kept.id], reclaim_expired=True, force=True,
+    ))
+    assert result.reclaimed == 0 and len(result.claimed) == 1
+    assert ops(db).queue.message_detail(db, done.queue_id).message.state == "deferred"
+    assert ops(db).queue.message_detail(db, kept.queue_id).message.state == "sending"
+    details = [e.detail for e in ops(db).events.find_events(db, reason=str(Reason.DEFERRED_4XX))]
+    assert details and not any("lease lost" in d for d in details)
+
+
+def test_a_claim_round_reclaims_promotes_and_claims_in_priority_order_with_its_events(db: Any) -> None:
+    # One round: the expired lease reclaimed, the due retry promoted (not asked for:
+    # the round may claim), both claimed before lower-priority mail; the events in
+    # that order (reclaimed, then the attempts).
+    lost, retry, low = enqueue(db, [message(1, priority=2), message(2, priority=1), message(3, priority=4)])
+    claim(db, "dead", 1, lease=0.01)  # takes `retry` (priority 1)
+    [again] = claim(db, "a", 1)  # takes `lost`
+    assert again.id == lost.message_id
+    outcome = q.Outcome(again, "deferred", Reason.DEFERRED_4XX, "451", [q.RecipientResult(again.recipients[0], "deferred", "451")], time.time() - 1)
+    ops(db).queue.dispatch_round(db, q.RoundRequest(owner="a", lease_seconds=60, budget=0, hop=HOP, outcomes=[outcome], force=True))
+    time.sleep(0.05)
+    result = ops(db).queue.dispatch_round(db, q.RoundRequest(owner="b", lease_seconds=60, budget=3, hop=HOP, reclaim_expired=True))
+    assert result.reclaimed == 1
+    assert [c.id for c in result.claimed] == [retry.message_id, lost.message_id, low.message_id]
+    assert result.next_due_checked and result.next_due is None
+    events = ops(db).events.find_events(db, kind=str(EventKind.DELIVERY), limit=100)[::-1]  # oldest first
+    last = [(e.reason, e.message_id) for e in events][-4:]
+    assert last == [
+        (str(Reason.LEASE_RECLAIMED), retry.message_id), (str(Reason.DELIVERY_ATTEMPT), retry.message_id),
+        (str(Reason.DELIVERY_ATTEMPT), lost.message_id), (str(Reason.DELIVERY_ATTEMPT), low.message_id),
+    ]
+
+
 def test_an_idle_round_is_skipped_until_another_connection_commits(backend: Case, db: Any) -> None:
     ops(db).queue.set_next_hop(db, HOP)
     first = ops(db).queue.dispatch_round(db, q.RoundRequest(owner="a", lease_seconds=60, budget=1, hop=HOP, force=True))

@@ -23,6 +23,7 @@ import contextlib
 import functools
 import itertools
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -190,6 +191,13 @@ def to_pyformat(sql: str, named: bool = False) -> str:
     return "".join(out)
 
 
+def to_numbered(sql: str) -> str:
+    """``?`` placeholders as ``$1``, ``$2``, … for ``PREPARE`` (a literal ``%`` doubled,
+    as :func:`to_pyformat` does: the text goes through psycopg's formatting too)."""
+    numbers = itertools.count(1)
+    return re.sub(r"%%|%s", lambda m: "%%" if m.group() == "%%" else f"${next(numbers)}", to_pyformat(sql))
+
+
 _BEGIN_WORDS = ("BEGIN IMMEDIATE", "BEGIN DEFERRED", "BEGIN EXCLUSIVE")
 # Statements that change rows (their rowcount says how many): a transaction with one
 # that changed something is announced on the change channel after its COMMIT.
@@ -261,6 +269,12 @@ def store_errors(location: str | None = None) -> Iterator[None]:
 
 
 _VERSIONS = itertools.count(1)
+# Names of the statements batches prepare (PREPARE … / EXECUTE …): unique in the
+# process, so a name is never prepared twice on one server session.
+_PREPARED_NAMES = itertools.count(1)
+# At most this many prepared per connection (texts with a list of n values differ
+# per n): the ones after go unprepared.
+MAX_PREPARED = 200
 
 
 class PgConnection:
@@ -299,6 +313,10 @@ class PgConnection:
         # go with its first statement; and whether its COMMIT skips the WAL flush.
         self._opening: list[str] = []
         self._relaxed = False
+        # The batches' statements prepared on the server session (their text → name),
+        # and the raw connection that session is.
+        self._prepared: dict[str, str] = {}
+        self._prepared_on: psycopg.Connection[Any] | None = None
 
     def __repr__(self) -> str:
         return f"<PgConnection {masked(self.location)}>"
@@ -493,10 +511,25 @@ class PgConnection:
             self._replace()
         elif not opening:
             self._ready("")
+        if self._prepared_on is not self.raw:  # a new server session: nothing prepared there
+            self._prepared, self._prepared_on = {}, self.raw
         parts = list(opening)
         values: list[Any] = []
+        kept: list[int] = []  # which parts answer a statement (not an opening, PREPARE, ending)
+        fresh: list[str] = []
         for sql, parameters in statements:
-            parts.append(to_pyformat(sql))
+            name = self._prepared.get(sql)
+            if name is None and len(self._prepared) < MAX_PREPARED:
+                # Planned once per session, as psycopg's own prepared statements: a
+                # statement of the simple protocol is planned anew each time.
+                name = self._prepared[sql] = f"smtpplus_b{next(_PREPARED_NAMES)}"
+                fresh.append(sql)
+                parts.append(f"PREPARE {name} AS {to_numbered(sql)}")
+            kept.append(len(parts))
+            if name is None:
+                parts.append(to_pyformat(sql))
+            else:
+                parts.append(f"EXECUTE {name}({', '.join(['%s'] * len(parameters))})" if parameters else f"EXECUTE {name}")
             values.extend(parameters)
         writes = any(_first_word(sql) in _WRITES for sql, _ in statements)
         ending: list[str] = []
@@ -510,14 +543,17 @@ class PgConnection:
         status = ""
         try:
             cursor.execute("; ".join(parts + ending), values)
+            answering = set(kept)
             for index in range(len(parts) + len(ending)):
                 if index and not cursor.nextset():
                     break
-                if len(opening) <= index < len(parts):
+                if index in answering:
                     rows = list(cursor.fetchall()) if cursor.description is not None else []
                     results.append(Result(rows, cursor.rowcount))
                 status = cursor.statusmessage or ""
         except psycopg.Error as exc:
+            for sql in fresh:  # prepared or not, they are prepared anew (new names) next time
+                self._prepared.pop(sql, None)
             if ending:
                 self._end()
             raise translate(exc, self.location) from None
