@@ -39,7 +39,7 @@ from relay.store.events import (
 )
 from relay.store.intake import NewMessage, RecipientDsn, insert_messages
 from relay.store.lease import relay_status
-from relay.store.routing import DestinationState, record_destinations
+from relay.store.routing import DestinationState, destination_statements
 from relay.store.settings import Keys, get_settings, set_setting, settings_from, settings_query
 from relay.store.suppressions import suppress_hard_bounces
 
@@ -417,7 +417,7 @@ def dispatch_round(db: Connection, req: RoundRequest) -> RoundResult:
         # mail start first.
         now = time.time() if req.now is None else req.now
         # Outcomes and renewals go before the housekeeping (a lease settled or renewed
-        # is not reclaimed); without them it goes in the first batch.
+        # is not reclaimed); without them it goes in the first batch…
         early = not req.outcomes and not req.renew
         # …and so does the claim, when nothing else it waits for is to come: it then
         # checks the controls itself (_CONTROLS), since they are read in the same batch.
@@ -425,49 +425,63 @@ def dispatch_round(db: Connection, req: RoundRequest) -> RoundResult:
         reclaim = [_reclaim_statement(_EXPIRED, (now,), now)] if req.reclaim_expired else []
         first: list[Statement] = [settings_query(_SETTING_KEYS), (_CAMPAIGNS_TO_FOLLOW, ())]
         first += event_statements(req.events)
+        settled_at = len(first)
+        first += [_settle_statement(req.owner, o, now) for o in req.outcomes]
+        first += destination_statements(req.destinations, now)
+        first += _renew_statements(req.owner, req.renew, now + req.lease_seconds)
+        reclaim_at = claim_at = None  # where their answers are (in the first batch, then the second)
         if early:
+            reclaim_at = len(first) if reclaim else None
             first += reclaim
             if req.promote_due:
                 first.append(_promote_statement(now))
             elif eager:  # promoted as a claiming round would (below): when the controls allow a claim
                 first.append(_promote_statement(now, _controls(req.hop)))
             if eager:
+                claim_at = len(first)
                 first.append(_claim_statement(db, req, req.budget, now, _controls(req.hop)))
         answers = dialect.batch(db, first)
         stored = {row[0]: row[1] for row in answers[0].rows}
         settings = _settings_of(settings_from(answers[0].rows))
         result.settings = settings
         campaigns = answers[1].rows
-        _settle(db, req.owner, req.outcomes, now)
-        record_destinations(db, req.destinations, now)
-        if req.renew:
-            _renew(db, req.owner, req.renew, now + req.lease_seconds)
+        owned = [answers[settled_at + n].rowcount == 1 for n in range(len(req.outcomes))]
+        then, settled_events = _settled(db, req.outcomes, owned, now)
         budget = req.budget
         if settings.paused or not settings.next_hop or settings.next_hop != req.hop:
             budget = 0
-        claimed_rows: list[Row] = []
-        if eager and (answers[-1].rows or _controls_allow(stored, req.hop)):
+        if claim_at is not None and (answers[claim_at].rows or _controls_allow(stored, req.hop)):
             # The claim ran with the controls as its own statement saw them (an
             # operator's change between two statements of a batch counts as before or
             # after the round, as it would between two rounds).
-            claimed_rows, budget, eager_done = answers[-1].rows, req.budget, True
+            budget = req.budget
         else:
-            eager_done = False
+            claim_at = None  # the controls' stored form is not the claim's: claimed below, as before
         # Deferred mail whose time has come is ready too: promote it in the claiming
         # transaction (one range scan of the deferred index), so a due higher-priority
         # retry is never passed over for lower-priority mail.
         promote = req.promote_due or budget > 0
-        promoted = (early and req.promote_due) or eager_done
-        late = ([] if early else reclaim) + ([_promote_statement(now)] if promote and not promoted else [])
+        promoted = (early and req.promote_due) or claim_at is not None
+        late = list(then)
+        if reclaim and not early:
+            reclaim_at = len(answers) + len(late)
+            late += reclaim
+        if promote and not promoted:
+            late.append(_promote_statement(now))
+        # The claim goes with them where it needs no reads of its own first.
+        if budget > 0 and claim_at is None and not req.oldest_lower:
+            claim_at = len(answers) + len(late)
+            late.append(_claim_statement(db, req, budget, now))
         if late:
             answers += dialect.batch(db, late)
-        reclaimed = answers[len(first) if not early else 2 + len(req.events)].rows if reclaim else []
+        reclaimed = answers[reclaim_at].rows if reclaim_at is not None else []
         result.reclaimed = len(reclaimed)
-        if eager_done:
-            result.claimed = _claimed(db, req, claimed_rows)
+        if claim_at is not None:
+            result.claimed = _claimed(db, req, answers[claim_at].rows)
         elif budget > 0:
             result.claimed = _claim(db, req, budget, now)
-        last = event_statements(_reclaim_events(reclaimed, now, "lease expired"))
+        last = event_statements(settled_events)
+        last += event_statements(_reclaim_events(reclaimed, now, "lease expired"))
         last += event_statements(_attempt_events(result.claimed, req.hop, now))
         last += _follow_campaigns(db, campaigns, result.claimed, budget, now)
         next_due = promote or any(o.state == "deferred" for o in req.outcomes) or req.force
@@ -644,53 +658,63 @@ def _oldest_lower_ready(db: Connection, now: float) -> int | None:
     return min(message_id for _priority, message_id in heads[1:])
 
 
-def _renew(db: Connection, owner: str, ids: Sequence[int], until: float) -> None:
-    db.executemany(
-        "UPDATE messages SET lease_until = ? WHERE id = ? AND state = 'sending' AND lease_owner = ?",
-        [(until, i, owner) for i in ids],
-    )
+def _renew_statements(owner: str, ids: Sequence[int], until: float) -> list[Statement]:
+    return [("UPDATE messages SET lease_until = ? WHERE id = ? AND state = 'sending' AND lease_owner = ?", (until, i, owner))
+            for i in ids]
 
 
 _OUTCOME_EVENT = {"sent": EventKind.SENT, "deferred": EventKind.DEFERRED, "failed": EventKind.FAILED}
 
 
-def _settle(db: Connection, owner: str, outcomes: Sequence[Outcome], now: float) -> None:
+def _settle_statement(owner: str, o: Outcome, now: float) -> Statement:
+    """The message's new state after an attempt: one row changed when the outcome
+    counts (a "sent" always does; the others only while the lease is still ``owner``'s)."""
+    m = o.message
+    reply = o.reply[:1000]
+    if o.state == "sent":
+        # Delivered is delivered, even if the lease was lost meanwhile: never send twice on purpose.
+        return (
+            "UPDATE messages SET state = 'sent', lease_owner = NULL, lease_until = NULL, last_reply = ?, "
+            "finished_at = ?, updated_at = ? WHERE id = ? AND state != 'sent'",
+            (reply, now, now, m.id),
+        )
+    if o.state == "deferred":
+        return (
+            "UPDATE messages SET state = 'deferred', lease_owner = NULL, lease_until = NULL, last_reply = ?, "
+            "next_attempt_at = ?, updated_at = ? WHERE id = ? AND state = 'sending' AND lease_owner = ?",
+            (reply, o.next_attempt_at if o.next_attempt_at is not None else now, now, m.id, owner),
+        )
+    return (
+        "UPDATE messages SET state = 'failed', lease_owner = NULL, lease_until = NULL, last_reply = ?, "
+        "finished_at = ?, updated_at = ? WHERE id = ? AND state = 'sending' AND lease_owner = ?",
+        (reply, now, now, m.id, owner),
+    )
+
+
+def _settled(
+    db: Connection, outcomes: Sequence[Outcome], owned: Sequence[bool], now: float
+) -> tuple[list[Statement], list[NewEvent]]:
+    """After :func:`_settle_statement` of each outcome (``owned``: it changed its
+    row): the recipients' states (statements for the next batch) and the events, in
+    order; hard bounces suppressed and bounce notices queued here (rare: one at a time)."""
+    statements: list[Statement] = []
     events: list[NewEvent] = []
-    for o in outcomes:
+    for o, mine in zip(outcomes, owned, strict=True):
         m = o.message
         reply = o.reply[:1000]
-        if o.state == "sent":
-            # Delivered is delivered, even if the lease was lost meanwhile: never send twice on purpose.
-            cur = db.execute(
-                "UPDATE messages SET state = 'sent', lease_owner = NULL, lease_until = NULL, last_reply = ?, "
-                "finished_at = ?, updated_at = ? WHERE id = ? AND state != 'sent'",
-                (reply, now, now, m.id),
-            )
-        elif o.state == "deferred":
-            cur = db.execute(
-                "UPDATE messages SET state = 'deferred', lease_owner = NULL, lease_until = NULL, last_reply = ?, "
-                "next_attempt_at = ?, updated_at = ? WHERE id = ? AND state = 'sending' AND lease_owner = ?",
-                (reply, o.next_attempt_at if o.next_attempt_at is not None else now, now, m.id, owner),
-            )
-        else:
-            cur = db.execute(
-                "UPDATE messages SET state = 'failed', lease_owner = NULL, lease_until = NULL, last_reply = ?, "
-                "finished_at = ?, updated_at = ? WHERE id = ? AND state = 'sending' AND lease_owner = ?",
-                (reply, now, now, m.id, owner),
-            )
-        owned = cur.rowcount == 1
-        if o.recipients and (owned or o.state == "sent"):
-            db.executemany(
-                "UPDATE recipients SET state = ?, last_reply = ? WHERE message_id = ? AND address = ?",
-                [(r.state, r.reply[:1000], m.id, r.address) for r in o.recipients],
-            )
+        if o.recipients and (mine or o.state == "sent"):
+            statements += [
+                ("UPDATE recipients SET state = ?, last_reply = ? WHERE message_id = ? AND address = ?",
+                 (r.state, r.reply[:1000], m.id, r.address))
+                for r in o.recipients
+            ]
         failed = [(r.address, r.reply) for r in o.recipients if r.state == "failed" and r.judged]
         suppressed: list[NewEvent] = []
-        if failed and (owned or o.state == "sent"):
+        if failed and (mine or o.state == "sent"):
             # A server's 5.1.x refusal: the address does not exist; campaigns skip it from now on.
             suppressed = suppress_hard_bounces(db, failed, list_id=m.list_id, queue_id=m.queue_id, message_id=m.id, now=now)
         detail = o.detail or reply
-        if not owned and o.state != "sent":
+        if not mine and o.state != "sent":
             detail += " (lease lost: another attempt owns the message now)"
         events.append(
             NewEvent(
@@ -699,7 +723,7 @@ def _settle(db: Connection, owner: str, outcomes: Sequence[Outcome], now: float)
             )
         )
         events += suppressed
-        if o.bounce is not None and owned and m.mail_from:
+        if o.bounce is not None and mine and m.mail_from:
             # The notice belongs to the user whose message failed: filtering events by
             # that user finds the notice's own delivery attempts too.
             o.bounce.username = o.bounce.username or m.username
@@ -711,8 +735,7 @@ def _settle(db: Connection, owner: str, outcomes: Sequence[Outcome], now: float)
                     detail=f"delivery status notification {queued[0].queue_id} to {m.mail_from}",
                 )
             )
-    if events:
-        record_events(db, events)
+    return statements, events
 
 
 def _reclaim(db: Connection, where: str, args: tuple[Any, ...], now: float, why: str) -> int:

@@ -13,9 +13,11 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from relay.reasons import EventKind, Reason
 from relay.store import Connection, InvalidInput, NotFound, transaction
+from relay.store.connection import Statement
 from relay.store.events import NewEvent, record_event
 
 ACTIVE_STATES = ("queued", "sending", "deferred", "held")
@@ -107,16 +109,24 @@ def record_destinations(db: Connection, states: Sequence[DestinationState], now:
     """Upsert the engine's view of these destinations (inside the caller's transaction)."""
     if not states:
         return
-    db.executemany(
-        "INSERT INTO destinations(domain, in_flight, last_reply, last_at, backoff_until, failures, updated_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (domain) DO UPDATE SET in_flight = excluded.in_flight, "
-        "last_reply = excluded.last_reply, last_at = excluded.last_at, backoff_until = excluded.backoff_until, "
-        "failures = excluded.failures, updated_at = excluded.updated_at",
-        [
-            (s.domain, s.in_flight, (s.last_reply or "")[:1000] or None, s.last_at, s.backoff_until, s.failures, now)
-            for s in states
-        ],
-    )
+    db.executemany(_UPSERT_DESTINATION, [_destination_row(s, now) for s in states])
+
+
+def destination_statements(states: Sequence[DestinationState], now: float) -> list[Statement]:
+    """:func:`record_destinations` as statements, for a batch (``Dialect.batch``)."""
+    return [(_UPSERT_DESTINATION, _destination_row(s, now)) for s in states]
+
+
+_UPSERT_DESTINATION = (
+    "INSERT INTO destinations(domain, in_flight, last_reply, last_at, backoff_until, failures, updated_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (domain) DO UPDATE SET in_flight = excluded.in_flight, "
+    "last_reply = excluded.last_reply, last_at = excluded.last_at, backoff_until = excluded.backoff_until, "
+    "failures = excluded.failures, updated_at = excluded.updated_at"
+)
+
+
+def _destination_row(s: DestinationState, now: float) -> tuple[Any, ...]:
+    return (s.domain, s.in_flight, (s.last_reply or "")[:1000] or None, s.last_at, s.backoff_until, s.failures, now)
 
 
 @dataclass(frozen=True, slots=True)
