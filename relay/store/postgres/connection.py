@@ -346,6 +346,7 @@ class PgConnection:
                     self._release(self.raw)
                 else:
                     self.raw.close()
+        self._prepared, self._prepared_on = {}, None  # a new session has none of the old one's
         try:
             self.raw = self._reopen()  # a pool's says "unavailable" within seconds (bridge.checkout)
         except psycopg.Error as exc:
