@@ -106,11 +106,16 @@ def _row_class(names: tuple[str, ...]) -> type[Row]:
     return type("Row", (Row,), {"__slots__": (), "_names": names, "_index": index})
 
 
+_ROWS = (psycopg.pq.ExecStatus.TUPLES_OK, psycopg.pq.ExecStatus.SINGLE_TUPLE)
+
+
 def _row_factory(cursor: Any) -> Any:
-    description = cursor.description
-    if description is None:
+    # The names straight from the result: ``cursor.description`` builds a Column object
+    # per column for every result (measured: a tenth of a claim round's client CPU).
+    result = cursor.pgresult
+    if result is None or result.status not in _ROWS:  # a command's result, or a COPY's
         return tuple
-    return _row_class(tuple(column.name for column in description))
+    return _row_class(tuple(bytes(result.fname(i)).decode() for i in range(result.nfields)))
 
 
 # -- types: what SQLite gives back, PostgreSQL gives back ----------------------------
@@ -549,7 +554,8 @@ class PgConnection:
                 if index and not cursor.nextset():
                     break
                 if index in answering:
-                    rows = list(cursor.fetchall()) if cursor.description is not None else []
+                    result = cursor.pgresult
+                    rows = list(cursor.fetchall()) if result is not None and result.status in _ROWS else []
                     results.append(Result(rows, cursor.rowcount))
                 status = cursor.statusmessage or ""
         except psycopg.Error as exc:
