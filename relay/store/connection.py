@@ -120,6 +120,14 @@ class Dialect(Protocol):
         same round trip (the transaction's end then has nothing left to commit)."""
         ...
 
+    def claim_reads(self, claim: str) -> str:
+        """The claim (``UPDATE messages … RETURNING`` the claim's columns) as one
+        statement that also gives each claimed message's body, its recipients still to
+        deliver (addresses, DSN NOTIFY and ORCPT, three arrays in address order) and,
+        for a retry, how many recipients an earlier attempt delivered — or ``""`` where
+        reading them after the claim costs nothing (SQLite)."""
+        ...
+
     def data_version(self, db: Connection) -> int | None:
         """A number that changes when *another* connection commits (SQLite:
         ``PRAGMA data_version``), or None when the database has none to give: then a

@@ -563,17 +563,22 @@ def _claim_statement(
     # with an unknown LIMIT it guesses a tenth of the queue and picks a hash join over
     # every message (measured, 1,000,000 queued: 290 ms); with the number in the text
     # the generic plan is the index walk, and the claim is not planned anew each round.
-    return (
+    claim = (
         "UPDATE messages SET state = 'sending', lease_owner = ?, lease_until = ?, "
         "attempts = attempts + 1, updated_at = ? WHERE id IN ("
         f"SELECT id FROM messages WHERE state = 'queued' AND next_attempt_at <= ?{skip}{controls[0]} "
-        f"ORDER BY priority, id LIMIT {int(budget)}{dialect_of(db).skip_locked()}) " + _CLAIM_RETURNING,
-        (req.owner, now + req.lease_seconds, now, now, *skip_args, *controls[1]),
+        f"ORDER BY priority, id LIMIT {int(budget)}{dialect_of(db).skip_locked()}) " + _CLAIM_RETURNING
     )
+    # Where a read is a round trip (PostgreSQL), the claim brings what the attempts need.
+    return dialect_of(db).claim_reads(claim) or claim, (req.owner, now + req.lease_seconds, now, now, *skip_args, *controls[1])
+
+
+_CLAIM_COLUMNS = 16  # what _CLAIM_RETURNING gives; claim_reads' rows have five more
 
 
 def _claimed(db: Connection, req: RoundRequest, rows: list[Row]) -> list[Claimed]:
-    """The claimed messages with what their attempts need (one batch of reads)."""
+    """The claimed messages with what their attempts need: from the claim's own rows
+    (``Dialect.claim_reads``), or else read in one batch."""
     if not rows:
         return []
     by_id = {
@@ -583,6 +588,31 @@ def _claimed(db: Connection, req: RoundRequest, rows: list[Row]) -> list[Claimed
         )
         for r in rows
     }
+    bare = []
+    for r in rows:
+        if len(r) == _CLAIM_COLUMNS:
+            bare.append(r[0])
+            continue
+        m = by_id[r[0]]
+        data, addresses, notifies, orcpts, delivered = r[_CLAIM_COLUMNS:]
+        m.data = bytes(data) if data is not None else b""
+        for address, notify, orcpt in zip(addresses or [], notifies or [], orcpts or [], strict=True):
+            m.recipients.append(address)
+            if notify is not None or orcpt is not None:
+                m.recipient_dsn[address] = RecipientDsn(notify, orcpt)
+        m.delivered_before = int(delivered)
+    if bare:
+        _read_details(db, {i: by_id[i] for i in bare})
+    # The oldest-lower pick (if any) goes first: it was chosen to run now.
+    claimed = sorted(by_id.values(), key=lambda m: (m.priority, m.id))
+    if req.oldest_lower and rows and rows[0][0] in by_id:
+        first = by_id[rows[0][0]]
+        claimed.remove(first)
+        claimed.insert(0, first)
+    return claimed
+
+
+def _read_details(db: Connection, by_id: dict[int, Claimed]) -> None:
     marks = ",".join("?" * len(by_id))
     ids = list(by_id)
     retried = [i for i, m in by_id.items() if m.attempts > 1]
@@ -612,13 +642,6 @@ def _claimed(db: Connection, req: RoundRequest, rows: list[Row]) -> list[Claimed
     if retried:
         for message_id, n in answers[2].rows:
             by_id[message_id].delivered_before = n
-    # The oldest-lower pick (if any) goes first: it was chosen to run now.
-    claimed = sorted(by_id.values(), key=lambda m: (m.priority, m.id))
-    if req.oldest_lower and rows and rows[0][0] in by_id:
-        first = by_id[rows[0][0]]
-        claimed.remove(first)
-        claimed.insert(0, first)
-    return claimed
 
 
 def _attempt_events(claimed: Sequence[Claimed], hop: str | None, now: float) -> list[NewEvent]:

@@ -599,11 +599,11 @@ def _round_trips(db: Any, action: Any) -> tuple[Any, list[str]]:
     return result, [f[3].strip() if f[2].startswith("Query") else "Sync" for f in sent if f[0] == "F" and f[2].split()[0] in ("Query", "Sync")]
 
 
-def test_a_claim_round_is_three_round_trips_and_its_commit_does_not_wait_for_the_wal_flush(pg_url: str) -> None:
+def test_a_claim_round_is_two_round_trips_and_its_commit_does_not_wait_for_the_wal_flush(pg_url: str) -> None:
     # The engine's claim round (one message, expired leases reclaimed, due retries
     # promoted, its attempt event, COMMIT): the first batch reads the controls and
-    # claims, the second reads what the attempt needs, the third records the event
-    # and commits — announced inside the transaction, whose COMMIT skips the flush.
+    # claims (with the body and recipients), the second records the event and
+    # commits — announced inside the transaction, whose COMMIT skips the flush.
     from relay.store import queue as q
     from relay.store.bulk import queue_bulk
 
@@ -618,7 +618,7 @@ def test_a_claim_round_is_three_round_trips_and_its_commit_does_not_wait_for_the
         for _ in range(3):  # the statements are prepared on first use: the same round trips after
             result, queries = _round_trips(db, lambda: q.dispatch_round(db, request))
             assert len(result.claimed) == 1 and result.claimed[0].data
-            assert len(queries) == 3, queries
+            assert len(queries) == 2, queries
             assert queries[0].startswith('"BEGIN; SET LOCAL synchronous_commit = off; ')
             assert queries[-1].endswith('; COMMIT"') and "pg_notify" in queries[-1]
             assert _heard(listener) == [db.backend_pid]

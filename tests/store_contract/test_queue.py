@@ -90,6 +90,30 @@ def test_paused_or_a_changed_next_hop_claims_nothing(db: Any) -> None:
     assert len(claim(db, "a", 5)) == 1
 
 
+def test_a_claim_carries_the_body_the_recipients_left_and_their_dsn_also_on_a_retry(db: Any) -> None:
+    # What an attempt needs comes with the claim (PostgreSQL: in the claim's own
+    # statement; SQLite: read after it), also for the oldest-lower pick claimed apart.
+    from relay.store.intake import RecipientDsn
+
+    dsn = {"b@example.net": RecipientDsn(notify="SUCCESS,FAILURE", orcpt="rfc822;b@example.net")}
+    first = message(1, to=["c@example.net", "a@example.net", "b@example.net"])
+    first.recipient_dsn = dsn
+    [queued, low] = enqueue(db, [first, message(2, priority=5)])
+    [m] = claim(db, "a", 1)
+    assert (m.id, m.recipients, m.recipient_dsn, m.delivered_before) == (
+        queued.message_id, ["a@example.net", "b@example.net", "c@example.net"], dsn, 0)
+    assert m.data == first.data
+    results = [q.RecipientResult("a@example.net", "sent", "250 ok"), q.RecipientResult("b@example.net", "deferred", "451"),
+               q.RecipientResult("c@example.net", "deferred", "451")]
+    outcome = q.Outcome(m, "deferred", Reason.DEFERRED_4XX, "451", results, time.time() - 1)
+    ops(db).queue.dispatch_round(db, q.RoundRequest(owner="a", lease_seconds=60, budget=0, hop=HOP, outcomes=[outcome], force=True))
+    again = claim(db, "a", 2, promote_due=True, oldest_lower=True)
+    assert [c.id for c in again] == [low.message_id, queued.message_id]  # the oldest lower one first
+    assert (again[1].recipients, again[1].recipient_dsn, again[1].delivered_before, again[1].attempts) == (
+        ["b@example.net", "c@example.net"], dsn, 1, 2)
+    assert again[0].recipients == ["rcpt2@example.net"] and again[0].data.startswith(b"From: ")
+
+
 def test_a_pause_stored_in_another_form_stops_claims_and_promotions_as_a_pause(db: Any) -> None:
     # The claim may go in one batch with the read of the controls (PostgreSQL: one
     # round trip), checking them in its own WHERE: a value the controls read as

@@ -16,7 +16,7 @@ from relay.store.connection import Result, Statement
 from relay.store.postgres.connection import lease_transaction, transaction, translate
 
 __all__ = [
-    "batch", "bulk_load", "data_version", "insert_group", "insert_rows", "lease_transaction", "load_rows",
+    "batch", "bulk_load", "claim_reads", "data_version", "insert_group", "insert_rows", "lease_transaction", "load_rows",
     "rows_per_insert", "skip_locked", "transaction", "write_body",
 ]
 
@@ -37,6 +37,20 @@ def write_body(db: Any, message_id: int, data: bytes | mmap.mmap) -> None:
     # psycopg sends a memoryview as BYTEA without copying it into a bytes first.
     with memoryview(data) as view:
         db.execute("INSERT INTO message_bodies(message_id, data) VALUES (?, ?)", (message_id, view))
+
+
+def claim_reads(claim: str) -> str:
+    # One round trip for the claim and what its attempts need: the claim as a
+    # data-modifying WITH, the body and recipients joined to what it returned.
+    return (
+        f"WITH claimed AS ({claim}) SELECT claimed.*, b.data, r.addresses, r.notifies, r.orcpts, "
+        "CASE WHEN claimed.attempts > 1 THEN (SELECT count(*) FROM recipients s "
+        "WHERE s.message_id = claimed.id AND s.state = 'sent') ELSE 0 END "
+        "FROM claimed LEFT JOIN message_bodies b ON b.message_id = claimed.id "
+        "LEFT JOIN LATERAL (SELECT array_agg(address ORDER BY address) AS addresses, "
+        "array_agg(dsn_notify ORDER BY address) AS notifies, array_agg(dsn_orcpt ORDER BY address) AS orcpts "
+        "FROM recipients WHERE message_id = claimed.id AND state IN ('queued', 'deferred')) r ON true"
+    )
 
 
 def skip_locked() -> str:
