@@ -660,3 +660,24 @@ def test_a_batch_binds_values_as_the_driver_does_and_a_failed_one_rolls_back(pg_
         assert db.execute("SELECT count(*) FROM settings WHERE key IN ('k1', 'k2')").fetchone()[0] == 2
     finally:
         db.close()
+
+
+def test_batches_survive_psycopg_deallocating_every_prepared_statement(pg_url: str) -> None:
+    # psycopg prepares a statement run five times, and after a ROLLBACK (or a DROP,
+    # an ALTER) sends DEALLOCATE ALL: the batches' own prepared statements go too, and
+    # the next batch must prepare them again rather than EXECUTE what is gone.
+    from relay.store.postgres.dialect import batch
+
+    db = open_store(pg_url)
+    try:
+        statement = ("SELECT count(*) FROM settings WHERE key = ?", ["x"])
+        for _ in range(2):
+            for _ in range(6):  # psycopg's prepare_threshold is 5
+                db.execute("SELECT value FROM settings WHERE key = ?", ("x",)).fetchall()
+            assert batch(db, [statement])[0].rows[0][0] == 0
+            with pytest.raises(RuntimeError), transaction(db):
+                db.execute("INSERT INTO settings(key, value) VALUES ('y', '1')")
+                raise RuntimeError("rolled back: psycopg deallocates all")
+            assert batch(db, [statement])[0].rows[0][0] == 0
+    finally:
+        db.close()

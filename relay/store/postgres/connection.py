@@ -277,6 +277,9 @@ _VERSIONS = itertools.count(1)
 # Names of the statements batches prepare (PREPARE … / EXECUTE …): unique in the
 # process, so a name is never prepared twice on one server session.
 _PREPARED_NAMES = itertools.count(1)
+# Command tags after which psycopg forgets its own prepared statements and sends
+# DEALLOCATE ALL (psycopg's PrepareManager): ours may be gone too.
+_DEALLOCATING = re.compile(r"^(?:DROP|ALTER|ROLLBACK|DISCARD ALL|DEALLOCATE ALL)\b")
 # At most this many prepared per connection (texts with a list of n values differ
 # per n): the ones after go unprepared.
 MAX_PREPARED = 200
@@ -322,6 +325,7 @@ class PgConnection:
         # and the raw connection that session is.
         self._prepared: dict[str, str] = {}
         self._prepared_on: psycopg.Connection[Any] | None = None
+        self._prepared_doubt = False  # psycopg may have deallocated them all since
 
     def __repr__(self) -> str:
         return f"<PgConnection {masked(self.location)}>"
@@ -405,6 +409,8 @@ class PgConnection:
             self._wrote = False
         elif word in _ENDS:
             self._end()
+        if _DEALLOCATING.match(cursor.statusmessage or ""):
+            self._prepared_doubt = True
         return cursor
 
     def _end(self) -> None:
@@ -507,6 +513,20 @@ class PgConnection:
             self._end()
             raise translate(exc, self.location) from None
 
+    def _recheck_prepared(self) -> None:
+        """Keep only the prepared statements the session still has: after a ROLLBACK
+        (or a DROP, an ALTER) psycopg sends DEALLOCATE ALL when it had prepared any of
+        its own. One round trip, only after such a command."""
+        try:
+            live = {
+                row[0] for row in self.raw.execute(
+                    "SELECT name FROM pg_prepared_statements WHERE name LIKE 'smtpplus\\_b%'"
+                ).fetchall()
+            }
+        except psycopg.Error as exc:
+            raise translate(exc, self.location) from None
+        self._prepared = {sql: name for sql, name in self._prepared.items() if name in live}
+
     def batch(self, statements: Sequence[Statement], *, commit: bool = False) -> list[Result]:
         """``statements`` in one round trip: one simple-protocol query of them all,
         their values bound here (psycopg's client-side binding), with the held-back
@@ -519,6 +539,9 @@ class PgConnection:
             self._ready("")
         if self._prepared_on is not self.raw:  # a new server session: nothing prepared there
             self._prepared, self._prepared_on = {}, self.raw
+        elif self._prepared_doubt and self._prepared:
+            self._recheck_prepared()
+        self._prepared_doubt = False
         parts = list(opening)
         values: list[Any] = []
         kept: list[int] = []  # which parts answer a statement (not an opening, PREPARE, ending)
@@ -558,6 +581,8 @@ class PgConnection:
                     rows = list(cursor.fetchall()) if result is not None and result.status in _ROWS else []
                     results.append(Result(rows, cursor.rowcount))
                 status = cursor.statusmessage or ""
+                if _DEALLOCATING.match(status):
+                    self._prepared_doubt = True
         except psycopg.Error as exc:
             for sql in fresh:  # prepared or not, they are prepared anew (new names) next time
                 self._prepared.pop(sql, None)
