@@ -586,6 +586,8 @@ class PgConnection:
         except psycopg.Error as exc:
             for sql in fresh:  # prepared or not, they are prepared anew (new names) next time
                 self._prepared.pop(sql, None)
+            if exc.sqlstate == "26000":  # one of ours is gone all the same: prepare them all anew
+                self._prepared = {}
             if ending:
                 self._end()
             raise translate(exc, self.location) from None
