@@ -95,7 +95,6 @@ class Row(tuple):
 
 
 @functools.lru_cache(maxsize=512)
-@functools.lru_cache(maxsize=512)
 def _row_class(names: tuple[str, ...]) -> type[Row]:
     # One class per column list, made once: psycopg asks for a row factory on every
     # statement, and building a class each time was ~10% of a group commit's CPU.
