@@ -40,10 +40,6 @@ MAX_BATCH = 512
 # data (a mapped file the store reads once) as soon as it is durable, instead of 32
 # big messages staying mapped until one commit of them all ends.
 BIG_MESSAGE = 1024 * 1024
-# A batch up to this size may be written on the event loop itself, only its COMMIT on
-# a thread (AsyncStore.run_committed: no GIL tug-of-war with the store thread for
-# every statement); a bigger one would keep the loop from its sessions too long.
-INLINE_BYTES = 512 * 1024
 
 
 class WriteFailed(Exception):
@@ -165,11 +161,7 @@ class StoreWriter:
         events, self._events = self._events, []
         started = time.perf_counter()
         try:
-            messages = [m for m, _ in batch]
-            if sum(len(m.data) for m in messages) <= INLINE_BYTES:
-                queued = await self._store.run_committed(commit_batch, messages, events)
-            else:
-                queued = await self._store.run(commit_batch, messages, events)
+            queued = await self._store.run(commit_batch, [m for m, _ in batch], events)
         except Exception as exc:  # the store failed: answer every waiting session
             self.failures += 1
             log.error("store write failed (%d message(s), %d event(s)): %s", len(batch), len(events), exc)

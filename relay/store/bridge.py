@@ -9,12 +9,9 @@ errors into the store's own (:mod:`relay.store.errors`). When a store turns out 
 corrupt, the listeners registered with :func:`on_corruption` hear it (the relay stops
 rather than answer 451 to every client for ever).
 
-Two shortcuts spare the relay's busy event loop the hand-off where a backend allows
-it (SQLite; on PostgreSQL both are ``run``): ``run_quick`` runs a short look on the
-caller's thread when the connection is free, and ``run_committed`` runs a write there
-too and hands only its COMMIT — the disk flush — to a thread. Why: the store thread
-must win the GIL back from the loop after every statement it steps (the driver lets
-go of the GIL around each), and under load that costs more than the statements.
+``run_quick`` spares a short look (say, ``PRAGMA data_version``) the hand-off: it runs
+on the caller's thread when the connection is free this instant (SQLite; on PostgreSQL
+it is ``run``).
 """
 
 from __future__ import annotations
@@ -80,10 +77,8 @@ class AsyncStore:
         self._db: Connection | None = None
         self._backend: Backend | None = None
         # Whoever uses the connection holds this: the store thread for each job, the
-        # caller's thread in run_quick / run_committed, the commit thread until its
-        # COMMIT ends.
+        # caller's thread in run_quick.
         self._held = threading.Lock()
-        self._commits: queue.SimpleQueue[_Commit | None] | None = None
 
     async def open(self) -> AsyncStore:
         # Opening (and migrating) happens on the store's thread, off the loop.
@@ -99,11 +94,6 @@ class AsyncStore:
         except BaseException:
             self._stop_thread()
             raise
-        if hasattr(self._backend, "begin_nowait"):
-            commits: queue.SimpleQueue[_Commit | None] = queue.SimpleQueue()
-            name = f"smtpplus-commit-{self.path.name}"
-            threading.Thread(target=_commit, args=(commits,), name=name, daemon=True).start()
-            self._commits = commits
         return self
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -135,40 +125,6 @@ class AsyncStore:
         finally:
             self._held.release()
 
-    async def run_committed(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(db, *args)`` in one transaction, committed (durably) when this returns.
-
-        When the connection and the store's write lock are free this instant, ``fn``
-        runs on the caller's thread (it must be CPU only: rows into pages in memory)
-        and only the COMMIT goes to the commit thread. Otherwise — or when ``fn`` or
-        the COMMIT fails there — the whole of it runs as ``run(fn, *args)``, where
-        ``fn`` makes its own transaction and a failure comes out as ``run`` gives it:
-        nothing of a failed try stays (rolled back), so the second try is the only one.
-        """
-        db, begin = self._db, getattr(self._backend, "begin_nowait", None)
-        if db is None or begin is None or self._commits is None or not self._held.acquire(blocking=False):
-            return await self.run(fn, *args)
-        try:
-            begun = not db.in_transaction and begin(db)
-        except Exception:
-            begun = False
-        if not begun:
-            self._held.release()
-            return await self.run(fn, *args)
-        try:
-            result = fn(db, *args)
-        except Exception:
-            _roll_back(db)
-            self._held.release()
-            return await self.run(fn, *args)
-        committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._commits.put((committed, db, self._held))  # the commit thread releases _held
-        try:
-            await asyncio.shield(committed)
-        except StoreError:
-            return await self.run(fn, *args)
-        return result
-
     def _store_error(self, exc: Exception) -> Exception:
         """``exc`` as ``run`` lets it out: the store's own error, or the caller's."""
         if isinstance(exc, StoreError):
@@ -197,9 +153,6 @@ class AsyncStore:
         self._stop_thread()
 
     def _stop_thread(self) -> None:
-        if self._commits is not None:
-            self._commits.put(None)
-            self._commits = None
         if self._jobs is not None:
             self._jobs.put(None)  # the thread ends after the jobs before this one
         self._jobs = self._thread = None
@@ -212,7 +165,6 @@ class AsyncStore:
 
 
 _Job = tuple["asyncio.Future[Any]", Callable[..., Any], tuple[Any, ...], dict[str, Any]]
-_Commit = tuple["asyncio.Future[None]", "Connection", threading.Lock]
 
 
 def _serve(jobs: queue.SimpleQueue[_Job | None], held: threading.Lock | None = None) -> None:
@@ -227,31 +179,6 @@ def _serve(jobs: queue.SimpleQueue[_Job | None], held: threading.Lock | None = N
             _settle(future, None, exc)
         else:
             _settle(future, result, None)
-
-
-def _commit(commits: queue.SimpleQueue[_Commit | None]) -> None:
-    """The commit thread: COMMIT what run_committed began, then free the connection.
-    A failed COMMIT is rolled back (nothing of it stays) and reported as a StoreError:
-    run_committed then does the whole write again on the store thread."""
-    while (job := commits.get()) is not None:
-        future, db, held = job
-        failure: BaseException | None = None
-        try:
-            db.execute("COMMIT")
-        except Exception as exc:
-            _roll_back(db)
-            failure = StoreError(f"commit failed: {exc}")
-        finally:
-            held.release()
-        _settle(future, None, failure)
-
-
-def _roll_back(db: Connection) -> None:
-    # SQLite rolls back by itself on some errors (SQLITE_FULL, IOERR): then there is
-    # nothing left to roll back.
-    with contextlib.suppress(Exception):
-        if db.in_transaction:
-            db.execute("ROLLBACK")
 
 
 def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:

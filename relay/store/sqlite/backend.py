@@ -51,11 +51,6 @@ class SqliteBackend(SharedOperations):
     def async_store(self, location: str | os.PathLike[str]) -> AsyncStore:
         return AsyncStore(location)
 
-    def begin_nowait(self, conn: Connection) -> bool:
-        # Optional (the bridge looks for it): lets the relay's loop write without a
-        # thread hand-off when the connection and the write lock are free.
-        return db.begin_nowait(conn)
-
     def change_feed(self, conn: Connection) -> SyncChangeFeed:
         return changes.change_feed(conn)
 

@@ -235,21 +235,6 @@ def _same_path(a: Path, b: Path) -> bool:
         return False
 
 
-def begin_nowait(db: Connection) -> bool:
-    """``BEGIN IMMEDIATE`` now or not at all: False (nothing begun) when another
-    connection holds the write lock. For a caller that must not wait — the relay's
-    event loop, which then hands the work to the store thread, where waiting on
-    busy_timeout is fine."""
-    db.execute("PRAGMA busy_timeout = 0")
-    try:
-        db.execute("BEGIN IMMEDIATE")
-    except sqlite3.OperationalError:  # SQLITE_BUSY: another connection writes
-        return False
-    finally:
-        db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    return True
-
-
 @contextlib.contextmanager
 def transaction(db: Connection, *, immediate: bool = True) -> Iterator[Connection]:
     """One write transaction; ``BEGIN IMMEDIATE`` so writers queue on busy_timeout
