@@ -14,7 +14,7 @@ from console.cli.common import CliError, json_option
               help="An empty scratch PostgreSQL database (postgresql://…): the bench fills it. Default: a private "
               "server started here (the machine's PostgreSQL, else the pgserver wheel), fsync on, removed after.")
 @click.option("--connections", type=click.IntRange(1, 1024), default=16, show_default=True, help="Client connections.")
-@click.option("--messages", type=click.IntRange(1), default=3000, show_default=True, help="Messages per accept run (upper bound).")
+@click.option("--messages", type=click.IntRange(1), default=10_000, show_default=True, help="Messages per accept run (upper bound).")
 @click.option("--seconds", type=click.FloatRange(0.5), default=10.0, show_default=True, help="Seconds per accept run (upper bound).")
 @click.option("--queued", type=click.IntRange(1000), default=1_000_000, show_default=True,
               help="Messages queued (a bulk load) for the dequeue p99; the figure's label names the count.")
