@@ -71,6 +71,7 @@ OUTAGE_WAIT = 3.0
 #: slots waiting minutes for their next attempt after the server is back.
 RECONNECT_GIVE_UP = OUTAGE_WAIT
 _WAIT_STEP = 0.25  # seconds between looks at the pool while waiting for a connection
+_IDLE_LOOK = 0.05  # seconds of a last look for a connection given back, before "unavailable"
 
 # The pool's own warnings (each failed attempt, each broken connection thrown away:
 # several a second during an outage, in the driver's raw words) repeat what every
@@ -139,16 +140,23 @@ def checkout(location: str) -> psycopg.Connection[Any]:
             with _pools_lock:
                 busy = _in_use.get(location, 0) >= pool.max_size
             if _connect_failures(pool) > failures or (waited >= OUTAGE_WAIT and not busy):
-                raise StoreUnavailable(
-                    f"store {masked(location)} is unavailable (no connection to the server) "
-                    "— check that the PostgreSQL server is running and --db is right"
-                ) from None
-            if waited >= POOL_WAIT:
+                # A connection given back between the timeout and the look at _in_use
+                # waits in the pool: the pool had room because it had one, not because
+                # the server is gone.
+                given_back = _idle_one(pool)
+                if given_back is None:
+                    raise StoreUnavailable(
+                        f"store {masked(location)} is unavailable (no connection to the server) "
+                        "— check that the PostgreSQL server is running and --db is right"
+                    ) from None
+                raw = given_back
+            elif waited >= POOL_WAIT:
                 raise StoreUnavailable(
                     f"store {masked(location)}: no free connection in the pool after {POOL_WAIT:.0f} s — "
                     "raise store_pool_size (and the server's max_connections)"
                 ) from None
-            continue
+            else:
+                continue
         except psycopg.Error as exc:
             raise translate(exc, location) from None
         with _pools_lock:
@@ -156,16 +164,29 @@ def checkout(location: str) -> psycopg.Connection[Any]:
         return raw
 
 
+def _idle_one(pool: ConnectionPool[Any]) -> psycopg.Connection[Any] | None:
+    """A connection the pool holds ready right now, or None."""
+    try:
+        return pool.getconn(timeout=_IDLE_LOOK)
+    except PoolTimeout:
+        return None
+
+
 def give_back(location: str, raw: psycopg.Connection[Any]) -> None:
     """Return a connection :func:`checkout` gave (a broken one the pool throws away)."""
     with _pools_lock:
         pool = _pools.get(location)
-        if location in _in_use:
-            _in_use[location] = max(0, _in_use[location] - 1)
-    if pool is None:  # the pool was closed meanwhile
-        raw.close()
-        return
-    pool.putconn(raw)
+    try:
+        if pool is None:  # the pool was closed meanwhile
+            raw.close()
+        else:
+            pool.putconn(raw)
+    finally:
+        # Counted as in use until the pool has it back: a waiter that looks meanwhile
+        # sees a busy pool, not one with room that cannot connect.
+        with _pools_lock:
+            if location in _in_use:
+                _in_use[location] = max(0, _in_use[location] - 1)
 
 
 def _connect_failures(pool: ConnectionPool[Any]) -> int:
