@@ -414,7 +414,7 @@ class DeliveryEngine:
         if not self._held_back() or self._stored_settings is None:
             return False
         try:
-            unchanged = await self._store.run_quick(delivery_settings) == self._stored_settings
+            unchanged = await self._store.run(delivery_settings) == self._stored_settings
         except StoreError:
             return False
         self.counters.held_back_looks += unchanged

@@ -8,10 +8,6 @@ backend that ``location`` names opens the connection and translates its driver's
 errors into the store's own (:mod:`relay.store.errors`). When a store turns out to be
 corrupt, the listeners registered with :func:`on_corruption` hear it (the relay stops
 rather than answer 451 to every client for ever).
-
-``run_quick`` spares a short look (say, ``PRAGMA data_version``) the hand-off: it runs
-on the caller's thread when the connection is free this instant (SQLite; on PostgreSQL
-it is ``run``).
 """
 
 from __future__ import annotations
@@ -76,14 +72,11 @@ class AsyncStore:
         self._thread: threading.Thread | None = None
         self._db: Connection | None = None
         self._backend: Backend | None = None
-        # Whoever uses the connection holds this: the store thread for each job, the
-        # caller's thread in run_quick.
-        self._held = threading.Lock()
 
     async def open(self) -> AsyncStore:
         # Opening (and migrating) happens on the store's thread, off the loop.
         jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        thread = threading.Thread(target=_serve, args=(jobs, self._held), name=f"smtpplus-store-{self.path.name}", daemon=True)
+        thread = threading.Thread(target=_serve, args=(jobs,), name=f"smtpplus-store-{self.path.name}", daemon=True)
         thread.start()
         self._jobs, self._thread = jobs, thread
         from relay.store.backend import backend_for
@@ -102,41 +95,18 @@ class AsyncStore:
             raise StoreError("store is not open")
         try:
             return await self._submit(fn, db, *args, **kwargs)
+        except StoreError as exc:  # translated already (by an outermost transaction)
+            if isinstance(exc, StoreCorrupt):
+                _tell_corruption(self.path, exc)
+            raise
         except Exception as exc:
-            mine = self._store_error(exc)
-            if mine is exc:  # translated already (by an outermost transaction), or the caller's own
-                raise
-            raise mine from exc
-
-    async def run_quick(self, fn: Callable[..., T], *args: Any) -> T:
-        """``run(fn, *args)``, but on the caller's thread when the connection is free
-        this instant: for a look that takes microseconds and never waits (say,
-        ``PRAGMA data_version``). Otherwise, as ``run``."""
-        db = self._db
-        if db is None or not self._held.acquire(blocking=False):
-            return await self.run(fn, *args)
-        try:
-            return fn(db, *args)
-        except Exception as exc:
-            mine = self._store_error(exc)
-            if mine is exc:
-                raise
-            raise mine from exc
-        finally:
-            self._held.release()
-
-    def _store_error(self, exc: Exception) -> Exception:
-        """``exc`` as ``run`` lets it out: the store's own error, or the caller's."""
-        if isinstance(exc, StoreError):
-            mine: Exception | None = exc
-        else:
             assert self._backend is not None
             mine = self._backend.store_error_for(exc, self.location)
-        if mine is None:
-            return exc
-        if isinstance(mine, StoreCorrupt):
-            _tell_corruption(self.path, exc)
-        return mine
+            if mine is None:  # not a store error: the caller's own
+                raise
+            if isinstance(mine, StoreCorrupt):
+                _tell_corruption(self.path, exc)
+            raise mine from exc
 
     def _submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> asyncio.Future[T]:
         if self._jobs is None:
@@ -167,14 +137,12 @@ class AsyncStore:
 _Job = tuple["asyncio.Future[Any]", Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 
 
-def _serve(jobs: queue.SimpleQueue[_Job | None], held: threading.Lock | None = None) -> None:
-    """The store thread: run each job (holding the connection), hand its outcome back
-    to the job's loop."""
+def _serve(jobs: queue.SimpleQueue[_Job | None]) -> None:
+    """The store thread: run each job, hand its outcome back to the job's loop."""
     while (job := jobs.get()) is not None:
         future, fn, args, kwargs = job
         try:
-            with held or contextlib.nullcontext():
-                result = fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
         except BaseException as exc:  # handed back to the caller, whatever it is
             _settle(future, None, exc)
         else:

@@ -52,11 +52,24 @@ def relay_env(cli: Any, tmp_path: Path) -> dict[str, str]:
 
 def spawn_relay(env: dict[str, str], ready: Path, sink_port: int) -> subprocess.Popen[bytes]:
     ready.unlink(missing_ok=True)
-    return subprocess.Popen(
-        [sys.executable, "-c", "from console.cli import main; main()", "relay", "--host", "127.0.0.1", "--ports", "0",
-         "--allow-plain-auth", "--next-hop", f"127.0.0.1:{sink_port}", "--ready-file", str(ready)],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
+    # The relay's log goes to a file: a pipe nobody reads while it runs fills up (64 KB,
+    # a few hundred messages' log lines) and then blocks the relay's loop on a write —
+    # greetings time out and connections drop.
+    with open(said_file(ready), "ab") as said:
+        return subprocess.Popen(
+            [sys.executable, "-c", "from console.cli import main; main()", "relay", "--host", "127.0.0.1", "--ports", "0",
+             "--allow-plain-auth", "--next-hop", f"127.0.0.1:{sink_port}", "--ready-file", str(ready)],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=said,
+        )
+
+
+def said_file(ready: Path) -> Path:
+    return ready.with_name("relay-stderr.log")
+
+
+def relay_said(ready: Path) -> str:
+    """The end of what the relays of this test wrote to stderr."""
+    return said_file(ready).read_text(errors="replace")[-3000:] if said_file(ready).exists() else ""
 
 
 def ready_port(ready: Path) -> int | None:
@@ -71,7 +84,7 @@ async def start_relay(env: dict[str, str], ready: Path, sink_port: int) -> tuple
     deadline = time.monotonic() + 20
     while (port := ready_port(ready)) is None:
         if proc.poll() is not None:
-            raise AssertionError(f"relay exited ({proc.returncode}): {proc.stderr.read().decode() if proc.stderr else ''}")
+            raise AssertionError(f"relay exited ({proc.returncode}): {relay_said(ready)}")
         assert time.monotonic() < deadline, "relay did not become ready"
         await asyncio.sleep(0.05)
     return proc, port
@@ -138,7 +151,7 @@ async def test_kill_9_mid_delivery_never_loses_an_accepted_message(cli: Any, db:
                 stop.set()
                 await load
                 if isinstance(exc, AssertionError):
-                    raise AssertionError(f"cycle {cycle}: load errors {errors[-5:]!r}") from exc
+                    raise AssertionError(f"cycle {cycle}: load errors {errors[-5:]!r}; the relays said: {relay_said(ready)}") from exc
                 raise
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)

@@ -462,7 +462,8 @@ def spawn_relay(env: dict[str, str], ready: Path, mx_port: int) -> Any:
     return subprocess.Popen(
         [sys.executable, "-c", "from console.cli import main; main()", "relay", "--host", "127.0.0.1", "--ports", "0",
          "--mx-port", str(mx_port), "--ready-file", str(ready)],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        # Not a pipe: one nobody reads while the relay runs fills and blocks its loop.
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
 
 

@@ -43,8 +43,7 @@ class DataVersionFeed:
 
 class AsyncDataVersionFeed:
     """SQLite, async: ``PRAGMA data_version`` on an :class:`AsyncStore`'s own
-    connection (on the caller's thread when that connection is free), so that store's
-    commits do not count."""
+    connection (one thread hand-off per look), so that store's commits do not count."""
 
     def __init__(self, store: AsyncStore, *, poll: float = DEFAULT_POLL) -> None:
         self._store = store
@@ -52,7 +51,7 @@ class AsyncDataVersionFeed:
         self._seen: int | None = None
 
     async def changed(self) -> bool:
-        version = await self._store.run_quick(data_version)  # microseconds: no hand-off when the connection is free
+        version = await self._store.run(data_version)
         if version == self._seen:
             return False
         self._seen = version
