@@ -67,8 +67,7 @@ def commit_batch(db: Connection, messages: Sequence[NewMessage], events: Sequenc
         return insert_messages(db, messages) if messages else []
     with transaction(db):
         queued = insert_messages(db, messages) if messages else []
-        if events:
-            record_events(db, events)
+        record_events(db, events)
     return queued
 
 

@@ -58,10 +58,10 @@ def record_event(db: Connection, event: NewEvent) -> int:
     )
 
 
-_INSERT_COLUMNS = ("at", "kind", "reason", "username", "list_id", "client", "port", "message_id", "queue_id", "detail")
+EVENT_COLUMNS = ("at", "kind", "reason", "username", "list_id", "client", "port", "message_id", "queue_id", "detail")
 
 
-_INSERT_ONE = f"INSERT INTO events({', '.join(_INSERT_COLUMNS)}) VALUES ({', '.join('?' * len(_INSERT_COLUMNS))})"
+_INSERT_ONE = f"INSERT INTO events({', '.join(EVENT_COLUMNS)}) VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"
 
 
 def event_statements(events: Iterable[NewEvent]) -> list[Statement]:
@@ -77,15 +77,12 @@ def record_events(db: Connection, events: Iterable[NewEvent]) -> None:
     if per <= 1 or len(rows) <= 1:
         # In-process (SQLite), one prepared statement for every row costs no round trip;
         # and one row alone is cheaper as a plain INSERT than unnested (measured).
-        db.executemany(
-            f"INSERT INTO events({', '.join(_INSERT_COLUMNS)}) VALUES ({', '.join('?' * len(_INSERT_COLUMNS))})",
-            rows,
-        )
+        db.executemany(_INSERT_ONE, rows)
         return
     # Each statement is a round trip (PostgreSQL): the rows in one statement per
     # ``per`` rows, as intake's group commit writes its events.
     for start in range(0, len(rows), per):
-        dialect.insert_rows(db, "events", _INSERT_COLUMNS, rows[start:start + per])
+        dialect.insert_rows(db, "events", EVENT_COLUMNS, rows[start:start + per])
 
 
 def _values(e: NewEvent) -> tuple[object, ...]:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from relay.reasons import EventKind, Reason
 from relay.store.connection import Connection, dialect_of, insert_id, transaction
+from relay.store.events import EVENT_COLUMNS
 
 _BASE32_PAIRS = [a + b for a in "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567" for b in "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"]
 
@@ -127,13 +128,12 @@ def insert_messages(db: Connection, messages: Sequence[NewMessage], *, now: floa
 # The grouped path (a database where a statement is a round trip): each table's rows
 # of the whole group in one statement (the dialect's ``insert_rows``) per
 # ``rows_per_insert`` rows. Same rows, same values as above.
-MESSAGE_COLUMNS = _MESSAGE_COLUMNS = (
+MESSAGE_COLUMNS = (
     "queue_id", "list_id", "list_name", "user_id", "username", "origin", "campaign_id", "mail_from", "header_from",
     "subject", "size", "header_priority", "user_priority", "priority", "state", "next_attempt_at", "client", "port",
     "created_at", "updated_at", "mail_auth", "body_type", "smtputf8", "size_declared", "dsn_ret", "dsn_envid",
 )
 _RECIPIENT_COLUMNS = ("message_id", "address", "dsn_notify", "dsn_orcpt")
-EVENT_COLUMNS = _EVENT_COLUMNS = ("at", "kind", "reason", "username", "list_id", "client", "port", "message_id", "queue_id", "detail")
 # Bodies are also bounded in bytes per statement: a group of big messages is never
 # all in one buffer.
 BODY_BYTES_PER_INSERT = 4 << 20
@@ -146,7 +146,7 @@ def _insert_grouped(db: Connection, messages: Sequence[NewMessage], stamp: float
     message_rows = [_message_row(m, stamp) for m in messages]
     for chunk in _chunks(message_rows, rows_per_insert):
         # RETURNING's order is not promised to be the rows' order: match by queue id.
-        for row in dialect.insert_rows(db, "messages", _MESSAGE_COLUMNS, chunk, "RETURNING id, queue_id"):
+        for row in dialect.insert_rows(db, "messages", MESSAGE_COLUMNS, chunk, "RETURNING id, queue_id"):
             ids[row[1]] = int(row[0])
     out = [Queued(ids[m.queue_id], m.queue_id) for m in messages]
     _insert_bodies(db, [(q.message_id, m.data) for q, m in zip(out, messages, strict=True)], rows_per_insert)
@@ -158,7 +158,7 @@ def _insert_grouped(db: Connection, messages: Sequence[NewMessage], stamp: float
         dialect.insert_rows(db, "recipients", _RECIPIENT_COLUMNS, chunk, "ON CONFLICT DO NOTHING")
     event_rows = [_event_row(m, q.message_id, stamp) for q, m in zip(out, messages, strict=True)]
     for chunk in _chunks(event_rows, rows_per_insert):
-        dialect.insert_rows(db, "events", _EVENT_COLUMNS, chunk)
+        dialect.insert_rows(db, "events", EVENT_COLUMNS, chunk)
     return out
 
 

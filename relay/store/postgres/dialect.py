@@ -157,7 +157,8 @@ def _group_sql(db: Any) -> str:
     """The statement :func:`insert_group` sends, in psycopg's placeholders (%s, %b)."""
     if _GROUP_SQL:
         return _GROUP_SQL[0]
-    from relay.store.intake import EVENT_COLUMNS, MESSAGE_COLUMNS
+    from relay.store.events import EVENT_COLUMNS
+    from relay.store.intake import MESSAGE_COLUMNS
 
     def rows(table: str, columns: Sequence[str]) -> str:
         """The rows of one JSON parameter (arrays of values in ``columns``' order),
