@@ -207,9 +207,9 @@ async def _measure(
         return await run_load(spec(messages, seconds))
 
     await load(params.warmup_messages, 10.0)
-    cpu_before = cpu_seconds(pid)
+    cpu_before, client_before = cpu_seconds(pid), cpu_seconds(os.getpid())
     result = await load(params.messages, params.seconds)
-    cpu_after = cpu_seconds(pid)
+    cpu_after, client_after = cpu_seconds(pid), cpu_seconds(os.getpid())
     extra: dict[str, Any] = {
         "p50_ms": round(result.percentile(0.5) * 1000, 2),
         "p99_ms": round(result.percentile(0.99) * 1000, 2),
@@ -218,6 +218,10 @@ async def _measure(
     if cpu_before is not None and cpu_after is not None and result.sent:
         # The server's own CPU per message: steadier than rates on a shared machine.
         extra["server_cpu_us_per_msg"] = round((cpu_after - cpu_before) / result.sent * 1e6, 1)
+    if client_before is not None and client_after is not None and result.sent:
+        # The load generator's (this process): the two share the machine's cores, so
+        # a server that makes its client work harder per message is slower too.
+        extra["client_cpu_us_per_msg"] = round((client_after - client_before) / result.sent * 1e6, 1)
     if result.errors:
         extra["errors"] = dict(result.errors.most_common(5))
     return Measurement(label, result.sent, result.seconds, result.failed, extra)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import mmap
 import secrets
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -13,15 +14,44 @@ from relay.reasons import EventKind, Reason
 from relay.store.connection import Connection, dialect_of, insert_id, transaction
 from relay.store.events import EVENT_COLUMNS
 
-_BASE32_PAIRS = [a + b for a in "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567" for b in "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"]
+# Base32's 32 characters in ASCII order, so that ids compare (bytewise, as the
+# stores' indexes do) in the order of the numbers they encode.
+_ALPHABET = "234567ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]
+_TIME_BITS = 34  # microseconds: the time part starts again at 0 every 4.8 hours
+_TIME_MASK = (1 << _TIME_BITS) - 1
+_RANDOM_BITS = 60 - _TIME_BITS
+_last_time = 0
+_time_lock = threading.Lock()
 
 
 def new_queue_id() -> str:
-    """12 characters of base32 randomness (60 bits): unique across relays and nodes.
-    (What ``b32encode(token_bytes(10))[:12]`` gives, at a fifth of its cost: one is
-    made per accepted message.)"""
-    n = secrets.randbits(60)
-    pairs = _BASE32_PAIRS
+    """12 characters of base32 (60 bits): the time in microseconds, modulo 4.8 hours
+    (34 bits), then 26 random bits. Ids made close together sort together.
+
+    Why: the stores keep a unique index on the queue id. Fully random ids put each
+    new one on a random page of that index, so a group commit of ten messages wrote
+    about ten index pages (SQLite: to the WAL, read back in as the store grew). Ids
+    made in the same moment now land on the same page — after the wrap too, since
+    the mail of earlier rounds spreads thinly over the whole range.
+
+    Unique: within a process the time part only ever grows (a clock that stands
+    still or steps back gets the last value + 1). An id can match one already
+    stored only if it has the same time part and the same random bits: the same
+    odds as 60 random bits (one in 2^60 per stored id). Two processes making ids at
+    the same moment (relays sharing a PostgreSQL store) clash on the same
+    microsecond with the same 26 random bits: at 5,000 messages a second on each of
+    two relays, about once a month; the clash costs that one message a 451 (the
+    unique index refuses it) and its client sends it again. About 1 µs each."""
+    global _last_time
+    with _time_lock:
+        now = time.time_ns() // 1000 & _TIME_MASK
+        # Ahead of the clock only while ids come faster than one a microsecond.
+        if now <= _last_time and _last_time - now < 1 << (_TIME_BITS - 1):
+            now = _last_time + 1 & _TIME_MASK
+        _last_time = now
+    n = now << _RANDOM_BITS | secrets.randbits(_RANDOM_BITS)
+    pairs = _PAIRS
     return (
         pairs[n >> 50] + pairs[(n >> 40) & 1023] + pairs[(n >> 30) & 1023]
         + pairs[(n >> 20) & 1023] + pairs[(n >> 10) & 1023] + pairs[n & 1023]
