@@ -541,9 +541,35 @@ ALTER TABLE messages SET (
 );
 """
 
+# The engine's round, found cheaper (measured with 1,000,000 queued while the queue
+# drains; docs/many-relays.md, "Dequeue with 1,000,000 queued"):
+# - Expired leases by their time: the reclaim (``state = 'sending' AND lease_until <
+#   now``, every few seconds in each relay's round) walked messages_dispatch over every
+#   'sending' entry, and each message that was ever claimed left one there, dead, until
+#   a vacuum: 200–1,800 index pages a reclaim by the end of a minute's draining. In its
+#   own index, ordered by the lease's end, it reads only leases already over: live
+#   claims end in the future, and the dead entries of delivered messages would have to
+#   be older than a lease and still not vacuumed.
+# - The list count's trigger no longer runs where it changes nothing: a claim, a retry
+#   (counted before and after, the same list) and every change of a message without a
+#   list; the WHEN clause is tested without calling the function (measured: 12 µs of
+#   the 54 µs the two count triggers took per state change).
+V11_CHEAPER_ROUND = """
+CREATE INDEX messages_leases ON messages(lease_until) WHERE state = 'sending';
+
+DROP TRIGGER list_queue_counts_update ON messages;
+CREATE TRIGGER list_queue_counts_update AFTER UPDATE ON messages
+FOR EACH ROW WHEN (
+    OLD.list_id IS DISTINCT FROM NEW.list_id
+    OR (OLD.list_id IS NOT NULL AND (OLD.state IN ('queued', 'deferred', 'sending', 'held'))
+        IS DISTINCT FROM (NEW.state IN ('queued', 'deferred', 'sending', 'held')))
+)
+EXECUTE FUNCTION smtpplus_list_queue_counts();
+"""
+
 MIGRATIONS: list[str] = [
     V1_DIRECTORY, V2_QUEUE, V3_ENVELOPE_PARAMETERS, V4_COUNTS, V5_BULK_SENDER, V6_DKIM_KEYS, V7_DESTINATIONS,
-    V8_RECIPIENT_DOMAIN, V9_COUNT_SHARDS, V10_VACUUM_MESSAGES,
+    V8_RECIPIENT_DOMAIN, V9_COUNT_SHARDS, V10_VACUUM_MESSAGES, V11_CHEAPER_ROUND,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
