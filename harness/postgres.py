@@ -102,10 +102,13 @@ class Cluster:
     """One private PostgreSQL cluster (initdb + pg_ctl), stopped and removed by
     :meth:`stop`."""
 
-    def __init__(self, bindir: Path, source: str, *, fsync: bool = False) -> None:
+    def __init__(self, bindir: Path, source: str, *, fsync: bool = False, small: bool = True) -> None:
         self.bindir = bindir
         self.source = source
         self.fsync = fsync
+        # Test clusters (one per xdist worker) keep their memory small; a bench's
+        # server runs with PostgreSQL's own defaults, as an installed one would.
+        self.small = small
         self.user = _run_as()
         self.root = Path(tempfile.mkdtemp(prefix="smtpplus-pg-", dir="/tmp"))
         self.data = self.root / "data"
@@ -155,7 +158,7 @@ class Cluster:
             self.port = free_port()
         options = (
             f"-p {self.port} -h 127.0.0.1 -k {self.root}{'' if self.fsync else ' -F'} -c max_connections=200 "
-            "-c shared_buffers=32MB -c log_min_messages=warning"
+            f"{'-c shared_buffers=32MB ' if self.small else ''}-c log_min_messages=warning"
         )
         self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-w", "-t", "60", "-o", options,
                   "-l", str(self.root / "server.log"), "start")
@@ -216,11 +219,11 @@ class Cluster:
 
 @contextlib.contextmanager
 def private_database(name: str = "bench") -> Iterator[tuple[str, str]]:
-    """A private server (fsync on) with one empty database: (its URL, where the server
-    comes from). Stopped and removed on leaving, also after a SIGTERM (a timeout's),
+    """A private server (fsync on, PostgreSQL's default memory settings) with one empty
+    database: (its URL, where the server comes from). Stopped and removed on leaving, also after a SIGTERM (a timeout's),
     which unwinds like Ctrl-C. Raises :class:`NoServer` with one line on failure."""
     bindir, source = find_bindir()
-    cluster = Cluster(bindir, source, fsync=True)
+    cluster = Cluster(bindir, source, fsync=True, small=False)
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         cluster.start()
