@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 
 from relay.reasons import EventKind, Reason
 from relay.store import AsyncStore, Connection, transaction
+from relay.store.changes import announced_as_intake
 from relay.store.errors import StoreFull
 from relay.store.events import NewEvent, record_events
 from relay.store.intake import NewMessage, Queued, insert_messages
@@ -61,14 +62,17 @@ def classify(exc: BaseException) -> WriteFailed:
 
 
 def commit_batch(db: Connection, messages: Sequence[NewMessage], events: Sequence[NewEvent]) -> list[Queued]:
-    """One transaction: the messages (bodies, recipients, queued events) and the events."""
-    if not events:
-        # insert_messages is one transaction by itself (PostgreSQL: one statement).
-        return insert_messages(db, messages) if messages else []
-    with transaction(db):
-        queued = insert_messages(db, messages) if messages else []
-        record_events(db, events)
-    return queued
+    """One transaction: the messages (bodies, recipients, queued events) and the events.
+    Announced as new mail only (a paused engine of any relay skips its look at the
+    controls for it)."""
+    with announced_as_intake(db):
+        if not events:
+            # insert_messages is one transaction by itself (PostgreSQL: one statement).
+            return insert_messages(db, messages) if messages else []
+        with transaction(db):
+            queued = insert_messages(db, messages) if messages else []
+            record_events(db, events)
+        return queued
 
 
 def _batch_size(pending: Sequence[tuple[NewMessage, object]]) -> int:

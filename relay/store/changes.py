@@ -26,9 +26,29 @@ This module imports no driver.
 
 from __future__ import annotations
 
-from typing import Protocol
+import contextlib
+from collections.abc import Iterator
+from typing import Any, Protocol
 
 DEFAULT_POLL = 0.05  # seconds between two looks while waiting (SQLite: one PRAGMA)
+# What a backend that can say what a commit wrote (PostgreSQL's notifications) says of
+# commits that wrote new mail only: see announced_as_intake.
+INTAKE = "intake"
+
+
+@contextlib.contextmanager
+def announced_as_intake(db: Any) -> Iterator[None]:
+    """The commits made on ``db`` inside wrote new mail only (messages, their bodies,
+    recipients and events — a relay's group commit): a backend whose change feed can
+    say so does (PostgreSQL: a note in the notification), so a reader waiting for
+    other changes (a paused engine waits for its controls) skips its look at the
+    store. SQLite's feed cannot tell: nothing changes there."""
+    announcing = getattr(db, "announcing", None)
+    if announcing is None:
+        yield
+        return
+    with announcing(INTAKE):
+        yield
 
 
 class ChangeFeed(Protocol):

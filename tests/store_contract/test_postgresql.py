@@ -711,3 +711,74 @@ def test_the_reclaim_of_expired_leases_reads_the_leases_index_not_every_claim_si
         assert q.reclaim_expired(db, now=now + 61) == 10  # the 10 still in flight, once their leases are over
     finally:
         db.close()
+
+
+async def _eventually(check: Any, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not await check():
+        assert time.monotonic() < deadline, "not within 30 s"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_following_feed_says_what_arrived_and_whether_it_was_new_mail_only(pg_url: str) -> None:
+    # The engine's feed reads notifications as they arrive (follow): a look is no round
+    # trip. A relay's group commit is announced as new mail only (intake_only): a
+    # paused engine skips its look at the controls for it; any other commit is not.
+    from relay.store.intake import NewMessage
+    from relay.store.postgres.changes import AsyncNotifyFeed
+    from relay.writer import commit_batch
+
+    other = open_store(pg_url)
+    store = await PgAsyncStore(pg_url).open()
+    try:
+        feed = AsyncNotifyFeed(store)
+        feed.follow()
+        assert await feed.changed() is True  # nothing seen yet
+        await _eventually(lambda: _settled(feed))
+        assert feed.listening
+
+        mail = [NewMessage(mail_from="a@example.com", recipients=["b@example.org"], data=b"x")]
+        await asyncio.to_thread(commit_batch, other, mail, [])
+        await _eventually(feed.changed)
+        assert feed.intake_only is True
+
+        await asyncio.to_thread(set_setting, other, "contract.poke", 1)  # not new mail
+        await _eventually(feed.changed)
+        assert feed.intake_only is False
+
+        await store.run(set_setting, "contract.mine", 1)  # its own store's commits are not news
+        await asyncio.sleep(0.2)
+        assert await feed.changed() is False
+        assert await feed.wait(0.05) is False
+        await feed.close()
+    finally:
+        await store.close()
+        other.close()
+
+
+async def _settled(feed: Any) -> bool:
+    """The feed listens and what its start reported is drained."""
+    await asyncio.sleep(0.05)
+    return bool(feed.listening) and not await feed.changed()
+
+
+async def test_a_following_feed_falls_back_when_its_listener_drops_and_listens_again(pg_url: str) -> None:
+    from relay.store.postgres.changes import AsyncNotifyFeed
+
+    other = open_store(pg_url)
+    store = await PgAsyncStore(pg_url).open()
+    try:
+        feed = AsyncNotifyFeed(store)
+        feed.follow()
+        await feed.changed()
+        await _eventually(lambda: _settled(feed))
+        other.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'smtpplus-listen'")
+        await _eventually(feed.changed)  # the listener is gone: something may have been missed
+        assert feed.intake_only is False
+        await _eventually(lambda: _settled(feed))  # listening again (within its reconnect interval)
+        await asyncio.to_thread(set_setting, other, "contract.poke", 1)
+        assert await feed.wait(30) is True
+        await feed.close()
+    finally:
+        await store.close()
+        other.close()

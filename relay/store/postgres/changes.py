@@ -30,7 +30,7 @@ import psycopg
 
 from relay.store.postgres.connection import PgConnection, connect, translate
 from relay.store.postgres.location import normalize
-from relay.store.postgres.schema import NOTIFY_CHANNEL
+from relay.store.postgres.schema import INTAKE_NOTE, NOTIFY_CHANNEL
 
 if TYPE_CHECKING:
     from relay.store.bridge import AsyncStore
@@ -153,10 +153,26 @@ def _backend_pid(db: Any) -> int:
     return int(db.backend_pid)
 
 
+def _intake(notice: Any) -> bool:
+    """The notification says its commit wrote new mail only (schema.INTAKE_NOTE)."""
+    return bool(notice.payload.endswith(" " + INTAKE_NOTE))
+
+
 class AsyncNotifyFeed:
     """Async (the delivery engine): commits by other connections than the async
     store's own, from LISTEN on an async connection of the feed's own (on the event
-    loop: no thread)."""
+    loop: no thread).
+
+    ``intake_only``: the last ``changed()`` that said yes saw only commits that wrote
+    new mail (schema.INTAKE_NOTE) — a paused engine needs no look at its controls.
+
+    ``follow()`` (the engine, which asks every 50 ms while idle): a task reads the
+    notifications as they arrive (it waits on the socket with the loop, no polling),
+    and ``changed()`` answers from what it has read — no round trip per look. Such a
+    look sees a commit once its notification has reached this process (PostgreSQL
+    sends it before the writer's COMMIT returns); without ``follow()``, one round trip
+    makes sure a commit that finished before the call is seen by it.
+    """
 
     def __init__(self, store: AsyncStore, *, poll: float | None = None) -> None:
         self._store = store
@@ -168,10 +184,57 @@ class AsyncNotifyFeed:
         self._fallback = _Fallback()
         self._started = False
         self._missed = False
+        self.intake_only = False
+        self._follower: asyncio.Task[None] | None = None
+        self._news = False  # follow(): something arrived since the last look
+        self._news_other = False  # … and not all of it was new mail
+        self._arrived = asyncio.Event()
 
     @property
     def listening(self) -> bool:
         return self._listener is not None
+
+    def follow(self) -> None:
+        """Read notifications as they arrive from now on (call on the loop)."""
+        if self._follower is None:
+            self._follower = asyncio.get_running_loop().create_task(self._follow(), name="smtpplus-change-feed")
+
+    def _heard(self, *, intake: bool) -> None:
+        self._news = True
+        self._news_other = self._news_other or not intake
+        self._arrived.set()
+
+    async def _follow(self) -> None:
+        while True:
+            listener = await self._listen()
+            if listener is None:  # cannot listen: yes once per FALLBACK_POLL, as changed() says
+                await asyncio.sleep(self._fallback.left() or RECONNECT)
+                if self._fallback.tick():
+                    self._heard(intake=False)
+                continue
+            if self._missed:  # reconnected: something may have been missed
+                self._missed = False
+                self._heard(intake=False)
+            try:
+                own = await self._own_pid()
+                # Back every RECONNECT seconds at most: the store's pid may have changed.
+                async for notice in listener.notifies(timeout=RECONNECT):
+                    if notice.pid != own:
+                        self._heard(intake=_intake(notice))
+            except psycopg.Error:
+                await self._drop()
+                self._heard(intake=False)
+            except Exception:  # the store's pid unknown (its server away, say): look again soon
+                self._heard(intake=False)
+                await asyncio.sleep(RECONNECT)
+
+    def _look(self) -> bool:
+        """follow(): what arrived since the last look."""
+        news, other = self._news, self._news_other
+        self._news = self._news_other = False
+        self._arrived.clear()
+        self.intake_only = news and not other
+        return news
 
     async def _listen(self) -> psycopg.AsyncConnection[Any] | None:
         if self._listener is not None:
@@ -196,29 +259,40 @@ class AsyncNotifyFeed:
                 await listener.close()
 
     async def changed(self) -> bool:
+        self.intake_only = False
         if not self._started:
-            await self._listen()
+            if self._follower is None:
+                await self._listen()
             self._started = True
             return True
+        if self._follower is not None:
+            return self._look()
         listener = await self._listen()
         if listener is None:
             return self._fallback.tick()
         try:
             own = await self._own_pid()
             await listener.execute("SELECT 1")
-            seen = False
+            seen = other = False
             async for notice in listener.notifies(timeout=0.0):
-                seen = seen or notice.pid != own
+                if notice.pid != own:
+                    seen = True
+                    other = other or not _intake(notice)
         except psycopg.Error:
             await self._drop()
             return True
         missed, self._missed = self._missed, False
+        self.intake_only = seen and not other and not missed
         return seen or missed
 
     async def wait(self, seconds: float) -> bool:
         deadline = time.monotonic() + seconds
         if await self.changed():
             return True
+        if self._follower is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), seconds)
+            return self._look()
         own = await self._own_pid()
         while (left := deadline - time.monotonic()) > 0:
             listener = await self._listen()
@@ -248,6 +322,11 @@ class AsyncNotifyFeed:
         return await self._store.run(_backend_pid)
 
     async def close(self) -> None:
+        follower, self._follower = self._follower, None
+        if follower is not None:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await follower
         await self._drop()
 
 

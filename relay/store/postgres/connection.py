@@ -313,6 +313,7 @@ class PgConnection:
         self._explicit = False  # inside a BEGIN … COMMIT/ROLLBACK of the caller's
         self._wrote = False  # the transaction under way changed rows: announce its COMMIT
         self.notified = 0  # change notifications this connection sent (tests, benchmarks)
+        self.note = ""  # what its notifications say the commits wrote (see announcing)
         self.feeds: list[Any] = []  # change feeds listening for this connection
         self._listening: psycopg.Connection[Any] | None = None  # the raw one LISTENing
         self._version = 0
@@ -471,9 +472,19 @@ class PgConnection:
         # one-row SELECT cost more CPU than the round trip itself, once per commit.
         with contextlib.suppress(psycopg.Error):
             pgconn = self.raw.pgconn
-            result = pgconn.exec_(schema.notify_now(pgconn.backend_pid))
+            result = pgconn.exec_(schema.notify_now(pgconn.backend_pid, self.note))
             if result.status == psycopg.pq.ExecStatus.COMMAND_OK:
                 self.notified += 1
+
+    @contextlib.contextmanager
+    def announcing(self, note: str) -> Iterator[None]:
+        """The commits made inside are announced with ``note`` (schema.INTAKE_NOTE: they
+        wrote new mail only). The caller vouches for what its work writes."""
+        before, self.note = self.note, note
+        try:
+            yield
+        finally:
+            self.note = before
 
     def _commit_and_notify(self) -> psycopg.Cursor[Any]:
         """COMMIT, then (once it succeeded) the notification. Two plain round trips:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from relay.store.changes import INTAKE
 from relay.store.errors import StoreTooNew
 
 if TYPE_CHECKING:
@@ -42,10 +43,20 @@ NOTIFY_SETTING = "smtpplus.notify"
 NOTIFY_AFTER_COMMIT = "after_commit"
 
 
-def notify_now(backend_pid: int) -> bytes:
-    """The notification of a session whose pid is ``backend_pid``: two statements of
-    one simple query (one implicit transaction of their own, no rows back)."""
-    return f"SET LOCAL synchronous_commit = off; NOTIFY {NOTIFY_CHANNEL}, '{int(backend_pid)}'".encode()
+# A notification's payload is the writer's pid, then this note when the commit wrote
+# new mail only (messages, bodies, recipients, their events: a relay's group commit):
+# a reader that waits for other changes (a paused delivery engine waits for its
+# controls) need not look at the store for it. Without the note: anything may have
+# changed (the trigger's notifications of other clients, an engine's rounds).
+INTAKE_NOTE = INTAKE
+
+
+def notify_now(backend_pid: int, note: str = "") -> bytes:
+    """The notification of a session whose pid is ``backend_pid`` (with ``note``, see
+    INTAKE_NOTE): two statements of one simple query (one implicit transaction of
+    their own, no rows back)."""
+    payload = f"{int(backend_pid)} {note}" if note == INTAKE_NOTE else str(int(backend_pid))
+    return f"SET LOCAL synchronous_commit = off; NOTIFY {NOTIFY_CHANNEL}, '{payload}'".encode()
 
 
 # The notification sent inside a transaction whose COMMIT does not wait for the WAL
