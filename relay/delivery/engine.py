@@ -368,7 +368,7 @@ class DeliveryEngine:
                 # the next finished delivery brings (with two relays, each one's
                 # commits otherwise cost the other a round each: measured).
                 self.counters.rounds += 1
-                await self._sleep(self._idle_wait(next_due, budget))
+                await self._sleep(self._idle_wait(next_due, budget), news=True)
                 continue
             try:
                 result = await self._store.run(dispatch_round, request)
@@ -400,7 +400,7 @@ class DeliveryEngine:
             if backlog and budget > 0:
                 await asyncio.sleep(0)
                 continue
-            await self._sleep(self._idle_wait(next_due, budget))
+            await self._sleep(self._idle_wait(next_due, budget), news=True)
 
     async def _changed(self) -> bool:
         """Whether another process committed since the last look; on a store error,
@@ -459,7 +459,7 @@ class DeliveryEngine:
 
     def _idle_wait(self, next_due: float | None, budget: int) -> float:
         now = time.time()
-        wait = IDLE_POLL
+        wait = self._quiet_wait()
         if next_due is not None:
             wait = min(wait, max(0.0, next_due - now))
         if self._hop_backoff.down:
@@ -468,13 +468,45 @@ class DeliveryEngine:
             wait = min(wait, max(0.001, self._bucket.wait_for_one(time.monotonic())))
         return wait
 
-    async def _sleep(self, seconds: float) -> None:
+    def _quiet_wait(self) -> float:
+        """How long an idle engine sleeps: IDLE_POLL, then it looks at the feed. Where
+        the feed itself says when something arrived (PostgreSQL, listening) and no
+        delivery is under way, up to the next periodic duty instead (a full round,
+        a look for expired leases): news wakes it (see _sleep)."""
+        if getattr(self._changes, "arrived", None) is None or not getattr(self._changes, "listening", False):
+            return IDLE_POLL
+        if self._flights or self._waiting:
+            return IDLE_POLL
+        return max(IDLE_POLL, min(FULL_ROUND_EVERY, max(0.5, min(5.0, self.lease_seconds / 2))))
+
+    async def _sleep(self, seconds: float, *, news: bool = False) -> None:
+        """Until woken or ``seconds``; with ``news``, the feed's news wakes it too,
+        but not before IDLE_POLL (an idle engine's looks stay that far apart: on a
+        busy store every relay's commits are news)."""
         if not self._wake.is_set():
+            first = min(seconds, IDLE_POLL) if news else seconds
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), seconds)
+                await asyncio.wait_for(self._wake.wait(), first)
+            if seconds > first and not self._wake.is_set():
+                await self._until_news(seconds - first)
         self._wake.clear()
         if self._many and self._outcomes:
             await self._gather_outcomes()
+
+    async def _until_news(self, seconds: float) -> None:
+        arrived = getattr(self._changes, "arrived", None)
+        if arrived is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), seconds)
+            return
+        if arrived.is_set():
+            return
+        waits = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(arrived.wait())]
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
 
     async def _gather_outcomes(self) -> None:
         """PostgreSQL: wait (GATHER_OUTCOMES at most) until every delivery still under

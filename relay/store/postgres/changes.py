@@ -189,10 +189,16 @@ class AsyncNotifyFeed:
         self._news = False  # follow(): something arrived since the last look
         self._news_other = False  # … and not all of it was new mail
         self._arrived = asyncio.Event()
+        self._look_waiter: asyncio.Future[None] | None = None  # the follower's, until the reader looks
 
     @property
     def listening(self) -> bool:
         return self._listener is not None
+
+    @property
+    def arrived(self) -> asyncio.Event | None:
+        """follow(): set when something arrived since the last look (None: not following)."""
+        return self._arrived if self._follower is not None else None
 
     def follow(self) -> None:
         """Read notifications as they arrive from now on (call on the loop)."""
@@ -215,10 +221,18 @@ class AsyncNotifyFeed:
             if self._missed:  # reconnected: something may have been missed
                 self._missed = False
                 self._heard(intake=False)
+            if self._news:
+                # Nothing more to tell until the reader looks: meanwhile what arrives
+                # waits in the socket, read at once afterwards (on a busy store one
+                # wake-up per look, not one per notification).
+                waiter = self._look_waiter = asyncio.get_running_loop().create_future()
+                await asyncio.wait({waiter}, timeout=RECONNECT)
+                self._look_waiter = None
             try:
                 own = await self._own_pid()
-                # Back every RECONNECT seconds at most: the store's pid may have changed.
-                async for notice in listener.notifies(timeout=RECONNECT):
+                # Back after what one read brought (or RECONNECT seconds): the store's
+                # pid may have changed.
+                async for notice in listener.notifies(timeout=RECONNECT, stop_after=1):
                     if notice.pid != own:
                         self._heard(intake=_intake(notice))
             except psycopg.Error:
@@ -233,6 +247,9 @@ class AsyncNotifyFeed:
         news, other = self._news, self._news_other
         self._news = self._news_other = False
         self._arrived.clear()
+        waiter = self._look_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
         self.intake_only = news and not other
         return news
 
@@ -290,8 +307,11 @@ class AsyncNotifyFeed:
         if await self.changed():
             return True
         if self._follower is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), seconds)
+            arrival = asyncio.ensure_future(self._arrived.wait())
+            try:
+                await asyncio.wait({arrival}, timeout=seconds)
+            finally:
+                arrival.cancel()
             return self._look()
         own = await self._own_pid()
         while (left := deadline - time.monotonic()) > 0:
@@ -325,9 +345,11 @@ class AsyncNotifyFeed:
         follower, self._follower = self._follower, None
         if follower is not None:
             follower.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await follower
+        # Closed before the follower is awaited: psycopg answers a cancelled wait on
+        # the connection by trying to cancel a query there (seconds).
         await self._drop()
+        if follower is not None:
+            await asyncio.wait({follower}, timeout=5)
 
 
 __all__ = ["FALLBACK_POLL", "RECONNECT", "AsyncNotifyFeed", "NotifyFeed", "translate"]
