@@ -368,7 +368,7 @@ class DeliveryEngine:
                 # the next finished delivery brings (with two relays, each one's
                 # commits otherwise cost the other a round each: measured).
                 self.counters.rounds += 1
-                await self._sleep(self._idle_wait(next_due, budget), news=True)
+                await self._sleep(self._idle_wait(next_due, budget, last_full), news=True)
                 continue
             try:
                 result = await self._store.run(dispatch_round, request)
@@ -397,10 +397,12 @@ class DeliveryEngine:
             # connection, or a full claim): look again without waiting for a commit.
             backlog = len(result.claimed) == budget and not self._held_back()
             await self._publish_status()
-            if backlog and budget > 0:
+            if (backlog and budget > 0) or force:
+                # New settings (a resume, a next hop) get their round now: the
+                # notification that brought them has been read, no news will wake us.
                 await asyncio.sleep(0)
                 continue
-            await self._sleep(self._idle_wait(next_due, budget), news=True)
+            await self._sleep(self._idle_wait(next_due, budget, last_full), news=True)
 
     async def _changed(self) -> bool:
         """Whether another process committed since the last look; on a store error,
@@ -457,9 +459,9 @@ class DeliveryEngine:
             return max(0, min(free, self._bucket.available(mono)))
         return max(0, min(free, self._bucket.available(mono), self._hop_backoff.allowed(time.time(), len(self._flights))))
 
-    def _idle_wait(self, next_due: float | None, budget: int) -> float:
+    def _idle_wait(self, next_due: float | None, budget: int, last_full: float = 0.0) -> float:
         now = time.time()
-        wait = self._quiet_wait()
+        wait = self._quiet_wait(now - last_full)
         if next_due is not None:
             wait = min(wait, max(0.0, next_due - now))
         if self._hop_backoff.down:
@@ -468,16 +470,18 @@ class DeliveryEngine:
             wait = min(wait, max(0.001, self._bucket.wait_for_one(time.monotonic())))
         return wait
 
-    def _quiet_wait(self) -> float:
+    def _quiet_wait(self, since_full: float = 0.0) -> float:
         """How long an idle engine sleeps: IDLE_POLL, then it looks at the feed. Where
         the feed itself says when something arrived (PostgreSQL, listening) and no
-        delivery is under way, up to the next periodic duty instead (a full round,
-        a look for expired leases): news wakes it (see _sleep)."""
+        delivery is under way, up to the next periodic duty instead (the next full
+        round, counted from the last one; a look for expired leases): news wakes it
+        (see _sleep)."""
         if getattr(self._changes, "arrived", None) is None or not getattr(self._changes, "listening", False):
             return IDLE_POLL
         if self._flights or self._waiting:
             return IDLE_POLL
-        return max(IDLE_POLL, min(FULL_ROUND_EVERY, max(0.5, min(5.0, self.lease_seconds / 2))))
+        duty = min(FULL_ROUND_EVERY - since_full, max(0.5, min(5.0, self.lease_seconds / 2)))
+        return max(IDLE_POLL, duty)
 
     async def _sleep(self, seconds: float, *, news: bool = False) -> None:
         """Until woken or ``seconds``; with ``news``, the feed's news wakes it too,

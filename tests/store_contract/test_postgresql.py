@@ -782,3 +782,38 @@ async def test_a_following_feed_falls_back_when_its_listener_drops_and_listens_a
     finally:
         await store.close()
         other.close()
+
+
+async def test_an_idle_engine_claims_at_once_when_delivery_is_resumed(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # An idle engine on PostgreSQL sleeps until news or its next periodic duty. A
+    # resume is news: the round that reads it must be followed by the claim at once —
+    # not by the next duty (a full round made a minute apart here, and the look for
+    # expired leases 5 s apart, so waiting for them would show as seconds).
+    from pathlib import Path
+
+    from harness.sink import CaptureSink
+    from relay.delivery import engine as engine_module
+    from relay.store import queue as q
+    from relay.store.intake import insert_messages
+    from tests.delivery.conftest import fast_config, message, point_at, running_engine
+
+    monkeypatch.setattr(engine_module, "FULL_ROUND_EVERY", 60.0)
+    db = open_store(pg_url)
+    sink = CaptureSink(port=0)
+    await sink.start()
+    try:
+        point_at(db, sink, paused=True)
+        async with running_engine(Path(pg_url), fast_config(message_lease=120.0)) as engine:
+            for n in (1, 2):  # the second time on an engine long idle and listening
+                insert_messages(db, [message(n)])
+                await asyncio.sleep(1.5)  # idle: a quiet sleep begins
+                assert engine._changes.listening and len(sink.messages) == n - 1
+                began = time.monotonic()
+                await asyncio.to_thread(q.set_paused, db, False)
+                await sink.wait_for(n, within=30)
+                took = time.monotonic() - began
+                assert took < 4.0, f"resume {n}: delivered {took:.1f} s later (waited for a periodic duty)"
+                await asyncio.to_thread(q.set_paused, db, True)
+    finally:
+        await sink.stop()
+        db.close()

@@ -40,6 +40,7 @@ RECONNECT = 1.0  # seconds between two attempts to listen again
 LISTEN = f"LISTEN {NOTIFY_CHANNEL}"
 
 
+
 class _Fallback:
     """What a feed answers while it cannot listen: yes once per FALLBACK_POLL."""
 
@@ -254,13 +255,17 @@ class AsyncNotifyFeed:
         return news
 
     async def _listen(self) -> psycopg.AsyncConnection[Any] | None:
+        # The following feed only reads from this connection: without TCP keepalives a
+        # silently dead one (a network cut, a NAT that forgot it) would pass for a quiet
+        # store for the OS's 2 hours; libpq's keepalives below notice it in about 25 s.
         if self._listener is not None:
             return self._listener
         if not self._fallback.may_reconnect():
             return None
         try:
             conn = await psycopg.AsyncConnection.connect(
-                self._location, autocommit=True, connect_timeout=10, application_name="smtpplus-listen"
+                self._location, autocommit=True, connect_timeout=10, application_name="smtpplus-listen",
+                keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3,
             )
             await conn.execute(LISTEN)
         except psycopg.Error:
