@@ -28,9 +28,10 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
+from relay.store.changes import INTAKE
 from relay.store.postgres.connection import PgConnection, connect, translate
 from relay.store.postgres.location import normalize
-from relay.store.postgres.schema import INTAKE_NOTE, NOTIFY_CHANNEL
+from relay.store.postgres.schema import NOTIFY_CHANNEL
 
 if TYPE_CHECKING:
     from relay.store.bridge import AsyncStore
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
 FALLBACK_POLL = 1.0  # seconds between two "yes" answers while not listening
 RECONNECT = 1.0  # seconds between two attempts to listen again
 LISTEN = f"LISTEN {NOTIFY_CHANNEL}"
-
 
 
 class _Fallback:
@@ -155,8 +155,8 @@ def _backend_pid(db: Any) -> int:
 
 
 def _intake(notice: Any) -> bool:
-    """The notification says its commit wrote new mail only (schema.INTAKE_NOTE)."""
-    return bool(notice.payload.endswith(" " + INTAKE_NOTE))
+    """The notification says its commit wrote new mail only (schema.notify_now)."""
+    return bool(notice.payload.endswith(" " + INTAKE))
 
 
 class AsyncNotifyFeed:
@@ -165,7 +165,7 @@ class AsyncNotifyFeed:
     loop: no thread).
 
     ``intake_only``: the last ``changed()`` that said yes saw only commits that wrote
-    new mail (schema.INTAKE_NOTE) — a paused engine needs no look at its controls.
+    new mail (schema.notify_now) — a paused engine needs no look at its controls.
 
     ``follow()`` (the engine, which asks every 50 ms while idle): a task reads the
     notifications as they arrive (it waits on the socket with the loop, no polling),

@@ -478,7 +478,7 @@ class PgConnection:
 
     @contextlib.contextmanager
     def announcing(self, note: str) -> Iterator[None]:
-        """The commits made inside are announced with ``note`` (schema.INTAKE_NOTE: they
+        """The commits made inside are announced with ``note`` (relay.store.changes.INTAKE: they
         wrote new mail only). The caller vouches for what its work writes."""
         before, self.note = self.note, note
         try:

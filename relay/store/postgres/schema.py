@@ -43,19 +43,16 @@ NOTIFY_SETTING = "smtpplus.notify"
 NOTIFY_AFTER_COMMIT = "after_commit"
 
 
-# A notification's payload is the writer's pid, then this note when the commit wrote
-# new mail only (messages, bodies, recipients, their events: a relay's group commit):
-# a reader that waits for other changes (a paused delivery engine waits for its
-# controls) need not look at the store for it. Without the note: anything may have
-# changed (the trigger's notifications of other clients, an engine's rounds).
-INTAKE_NOTE = INTAKE
-
-
 def notify_now(backend_pid: int, note: str = "") -> bytes:
-    """The notification of a session whose pid is ``backend_pid`` (with ``note``, see
-    INTAKE_NOTE): two statements of one simple query (one implicit transaction of
-    their own, no rows back)."""
-    payload = f"{int(backend_pid)} {note}" if note == INTAKE_NOTE else str(int(backend_pid))
+    """The notification of a session whose pid is ``backend_pid``: two statements of
+    one simple query (one implicit transaction of their own, no rows back).
+
+    Its payload is the pid, then ``INTAKE`` when ``note`` says the commit wrote new
+    mail only (messages, bodies, recipients, their events: a relay's group commit): a
+    reader that waits for other changes (a paused delivery engine waits for its
+    controls) need not look at the store for it. Without it: anything may have
+    changed (the trigger's notifications of other clients, an engine's rounds)."""
+    payload = f"{int(backend_pid)} {INTAKE}" if note == INTAKE else str(int(backend_pid))
     return f"SET LOCAL synchronous_commit = off; NOTIFY {NOTIFY_CHANNEL}, '{payload}'".encode()
 
 
