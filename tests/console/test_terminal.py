@@ -7,6 +7,7 @@ import pty
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -39,12 +40,32 @@ def wait_started(master: int, within: float = 20.0) -> bytes:
     return seen
 
 
+def keep_reading(master: int) -> threading.Thread:
+    """Drain the terminal like a live SSH client does. Unread, the pseudo-terminal's buffer
+    fills with the console's later frames and its goodbye, the console blocks writing them,
+    and only the hang-up deadline's forced exit ends it (a CI run hit exactly that)."""
+
+    def drain() -> None:
+        while True:
+            try:
+                if not os.read(master, 65536):
+                    return
+            except OSError:  # the console exited: the slave side is closed (EIO)
+                return
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    return reader
+
+
 def test_hangup_signal_ends_the_console(seeded_store: Path, tmp_path: Path) -> None:
     proc, master = start_console(seeded_store, tmp_path)
     try:
         wait_started(master)
+        reader = keep_reading(master)
         proc.send_signal(signal.SIGHUP)
-        assert proc.wait(timeout=20) == 129
+        assert proc.wait(timeout=60) == 129
+        reader.join(timeout=10)  # the slave side closed with the process: the read ends
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -57,7 +78,7 @@ def test_a_closed_terminal_ends_the_console(seeded_store: Path, tmp_path: Path) 
         wait_started(master)
         os.close(master)  # the SSH connection drops: the terminal hangs up
         master = -1
-        assert proc.wait(timeout=20) != 0
+        assert proc.wait(timeout=60) != 0
     finally:
         if proc.poll() is None:
             proc.kill()
