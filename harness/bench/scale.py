@@ -225,6 +225,7 @@ def _dequeue(store: str, queued: int, seconds: float, *, warmup: int = DEQUEUE_W
     from relay.store import open_store
     from relay.store import queue as q
     from relay.store.bulk import queue_bulk
+    from relay.store.claim_floors import ClaimFloors
 
     churn = max(1, min(churn, queued // 1000))  # a small queue (a quick run) lasts its seconds
     db = open_store(store, create=False)
@@ -236,6 +237,7 @@ def _dequeue(store: str, queued: int, seconds: float, *, warmup: int = DEQUEUE_W
         q.set_next_hop(db, hop)
         q.set_paused(db, False)  # the delivery runs before paused it: a paused round claims nothing
         times: list[float] = []
+        floors = ClaimFloors()  # the engine's: where its claims start, kept from round to round
         pending: list[q.Claimed] = []
         delivered = pruned = 0
         started = time.perf_counter()
@@ -248,6 +250,7 @@ def _dequeue(store: str, queued: int, seconds: float, *, warmup: int = DEQUEUE_W
             result = q.dispatch_round(db, q.RoundRequest(
                 owner="bench-dequeue", lease_seconds=60, budget=1, hop=hop, reclaim_expired=reclaim, promote_due=True,
                 force=True, versioned=False,  # as the engine's rounds: it follows the change feed instead
+                floors=floors,
             ))
             times.append((time.perf_counter() - began) * 1000)
             last_reclaim = began if reclaim else last_reclaim
@@ -256,7 +259,7 @@ def _dequeue(store: str, queued: int, seconds: float, *, warmup: int = DEQUEUE_W
             outcomes = _delivered(pending + result.claimed)
             pending = q.dispatch_round(db, q.RoundRequest(
                 owner="bench-dequeue", lease_seconds=60, budget=churn, hop=hop, outcomes=outcomes, force=True,
-                versioned=False,
+                versioned=False, floors=floors,
             )).claimed
             delivered += len(outcomes)
             if time.perf_counter() - last_prune >= PRUNE_EVERY:

@@ -49,6 +49,7 @@ from relay.scheduler import HopBackoff, StarvationShare, TokenBucket
 from relay.store import AsyncStore, Connection, StoreError
 from relay.store import relays as relays_module
 from relay.store.backend import backend_for
+from relay.store.claim_floors import ClaimFloors
 from relay.store.dkim import active_keys
 from relay.store.events import NewEvent
 from relay.store.intake import NewMessage, RecipientDsn
@@ -202,6 +203,7 @@ class DeliveryEngine:
         self.status: tuple[str, str] = ("starting", "")
         self._store = AsyncStore(self.store_path)
         self._changes = backend_for(self.store_path).async_change_feed(self._store)
+        self._floors = ClaimFloors()  # where claims start per priority (PostgreSQL)
         self._dkim = DkimSigner(lambda: self._store.run(active_keys))
         self._rng = random.Random()
         self._bucket = TokenBucket(0.0, time.monotonic())
@@ -355,6 +357,7 @@ class DeliveryEngine:
                 skip_destinations=self._destinations.blocked(now, self._share(), self._waiting) if self.mx else [],
                 versioned=False,  # the change feed says when another process wrote
                 destinations=self._destinations.take_changes(),
+                floors=self._floors,
                 # No ``now``: the store reads the clock under the write lock, where
                 # it decides what is ready (a time read here could be stale by then).
             )
@@ -408,9 +411,14 @@ class DeliveryEngine:
         """Whether another process committed since the last look; on a store error,
         yes (the round that follows meets the error and retries as rounds do)."""
         try:
-            return await self._changes.changed()
+            changed = await self._changes.changed()
         except StoreError:
             return True
+        if changed and not getattr(self._changes, "intake_only", False):
+            # Not only new mail (an operator's retry, another relay's reclaim): it may
+            # have made older mail ready under the claim's floors.
+            self._floors.forget()
+        return changed
 
     async def _still_held_back(self) -> bool:
         """Delivery is paused (or has no next hop) and the controls are as the last

@@ -160,6 +160,13 @@ class Dialect(Protocol):
         in-process statements, no round trips to save)."""
         ...
 
+    def claim_floors(self) -> bool:
+        """Whether a claim should start each priority at the engine's floors
+        (``relay.store.claim_floors``): True where a claimed message's index entry
+        stays behind, dead, until a vacuum (PostgreSQL); False where it goes at once
+        (SQLite)."""
+        ...
+
     def skip_locked(self) -> str:
         """SQL appended to the ``SELECT`` that picks rows to claim: ``""`` where the
         write lock is the whole database (SQLite), ``" FOR UPDATE SKIP LOCKED"`` where

@@ -40,6 +40,7 @@ VERSIONS: list[Version] = [
     Version(9, "maintained counts in shards, one per writing connection (PostgreSQL; SQLite keeps one row per key)"),
     Version(10, "PostgreSQL: messages vacuumed after a fixed number of changed rows, indexes included (SQLite: nothing)"),
     Version(11, "PostgreSQL: an index of the leases (the reclaim), the list count's trigger only where a list's count changes (SQLite: nothing)"),
+    Version(12, "PostgreSQL: in-flight messages left out of the dispatch index (SQLite: nothing)"),
 ]
 SCHEMA_VERSION = len(VERSIONS)
 

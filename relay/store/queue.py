@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from relay.reasons import EventKind, Reason
+from relay.store.claim_floors import ClaimFloors
 from relay.store.connection import Connection, Row, Statement, dialect_of, transaction
-from relay.store.counts import oldest_waiting, state_counts
+from relay.store.counts import PRIORITIES, oldest_waiting, state_counts
 from relay.store.errors import InvalidInput, NotFound
 from relay.store.events import (
     Event,
@@ -355,6 +356,9 @@ class RoundRequest:
     # None (the engine): the clock is read under the write lock, where readiness is
     # decided. A fixed time is for tests that need one.
     now: float | None = None
+    # Where the claim starts per priority (relay.store.claim_floors), kept by the
+    # caller from round to round; used where the dialect wants them (PostgreSQL).
+    floors: ClaimFloors | None = None
 
     @property
     def idle(self) -> bool:
@@ -375,6 +379,15 @@ class RoundResult:
     next_due: float | None = None  # earliest next attempt among deferred messages
     next_due_checked: bool = False  # next_due was looked up this round (None = nothing deferred)
     reclaimed: int = 0
+
+
+class _Again(Exception):
+    """The round's claim started at floors its own housekeeping went under: the
+    messages (priority, id) it made ready again."""
+
+    def __init__(self, ready: list[tuple[int, int]]) -> None:
+        super().__init__("again")
+        self.ready = ready
 
 
 def dispatch_round(db: Connection, req: RoundRequest) -> RoundResult:
@@ -402,7 +415,25 @@ def dispatch_round(db: Connection, req: RoundRequest) -> RoundResult:
     Statements go in batches (``Dialect.batch``: on PostgreSQL a batch is one round
     trip): the reads and writes the round can send before it knows anything, the
     claim, what the claimed messages need, and the round's events with its COMMIT.
+
+    With ``req.floors`` (and a dialect that wants them) the claim starts each
+    priority at its floor; when the round's own housekeeping made mail ready again
+    (a due retry, an expired lease) the claim may have passed it over: the round is
+    rolled back and runs again from the front of every priority.
     """
+    # Not inside a caller's transaction: running the round again needs its own to roll back.
+    floors = req.floors if req.floors is not None and dialect_of(db).claim_floors() and not db.in_transaction else None
+    for _ in range(3):
+        if floors is None:
+            break
+        try:
+            return _dispatch_round(db, req, floors)
+        except _Again as again:
+            floors.lower(again.ready)
+    return _dispatch_round(db, req, None)
+
+
+def _dispatch_round(db: Connection, req: RoundRequest, floors: ClaimFloors | None) -> RoundResult:
     version = dialect_of(db).data_version(db) if req.versioned or req.seen_version is not None else None
     if req.idle and req.seen_version is not None and version == req.seen_version:
         return RoundResult(version=version, skipped=True)
@@ -416,6 +447,8 @@ def dispatch_round(db: Connection, req: RoundRequest) -> RoundResult:
         # the lock) would pass over mail committed meanwhile and let lower-priority
         # mail start first.
         now = time.time() if req.now is None else req.now
+        clock = time.monotonic()
+        start = floors.floors(clock) if floors is not None else {}
         # Outcomes and renewals go before the housekeeping (a lease settled or renewed
         # is not reclaimed); without them it goes in the first batch…
         early = not req.outcomes and not req.renew
@@ -429,17 +462,19 @@ def dispatch_round(db: Connection, req: RoundRequest) -> RoundResult:
         first += [_settle_statement(req.owner, o, now) for o in req.outcomes]
         first += destination_statements(req.destinations, now)
         first += _renew_statements(req.owner, req.renew, now + req.lease_seconds)
-        reclaim_at = claim_at = None  # where their answers are (in the first batch, then the second)
+        reclaim_at = claim_at = promote_at = None  # where their answers are (in the first batch, then the second)
         if early:
             reclaim_at = len(first) if reclaim else None
             first += reclaim
             if req.promote_due:
-                first.append(_promote_statement(now))
+                promote_at = len(first)
+                first.append(_promote_statement(now, returning=bool(start)))
             elif eager:  # promoted as a claiming round would (below): when the controls allow a claim
-                first.append(_promote_statement(now, _controls(req.hop)))
+                promote_at = len(first)
+                first.append(_promote_statement(now, _controls(req.hop), returning=bool(start)))
             if eager:
                 claim_at = len(first)
-                first.append(_claim_statement(db, req, req.budget, now, _controls(req.hop)))
+                first.append(_claim_statement(db, req, req.budget, now, _controls(req.hop), start))
         answers = dialect.batch(db, first)
         stored = {row[0]: row[1] for row in answers[0].rows}
         settings = _settings_of(settings_from(answers[0].rows))
@@ -467,19 +502,30 @@ def dispatch_round(db: Connection, req: RoundRequest) -> RoundResult:
             reclaim_at = len(answers) + len(late)
             late += reclaim
         if promote and not promoted:
-            late.append(_promote_statement(now))
+            promote_at = len(answers) + len(late)
+            late.append(_promote_statement(now, returning=bool(start)))
         # The claim goes with them where it needs no reads of its own first.
         if budget > 0 and claim_at is None and not req.oldest_lower:
             claim_at = len(answers) + len(late)
-            late.append(_claim_statement(db, req, budget, now))
+            late.append(_claim_statement(db, req, budget, now, floors=start))
         if late:
             answers += dialect.batch(db, late)
         reclaimed = answers[reclaim_at].rows if reclaim_at is not None else []
         result.reclaimed = len(reclaimed)
+        if start and claim_at is not None:
+            # Mail this round made ready again under a floor: the claim may have passed
+            # it over. Rolled back (nothing of the round was committed), run again.
+            ready = [(int(r[4]), int(r[0])) for r in reclaimed]
+            ready += [(int(r[0]), int(r[1])) for r in answers[promote_at].rows] if promote_at is not None else []
+            under = [(priority, i) for priority, i in ready if i < start.get(priority, 0)]
+            if under:
+                raise _Again(under)
         if claim_at is not None:
             result.claimed = _claimed(db, req, answers[claim_at].rows)
         elif budget > 0:
             result.claimed = _claim(db, req, budget, now)
+        if floors is not None and claim_at is not None and not req.skip_destinations:
+            floors.claimed(clock, ((c.priority, c.id) for c in result.claimed))
         last = event_statements(settled_events)
         last += event_statements(_reclaim_events(reclaimed, now, "lease expired"))
         last += event_statements(_attempt_events(result.claimed, req.hop, now))
@@ -502,9 +548,11 @@ _CAMPAIGNS_TO_FOLLOW = (
 )
 
 
-def _promote_statement(now: float, controls: Statement = ("", ())) -> Statement:
+def _promote_statement(now: float, controls: Statement = ("", ()), *, returning: bool = False) -> Statement:
+    # ``returning``: the claim in its round starts at floors, which must not pass them.
     return (
-        f"UPDATE messages SET state = 'queued', updated_at = ? WHERE state = 'deferred' AND next_attempt_at <= ?{controls[0]}",
+        f"UPDATE messages SET state = 'queued', updated_at = ? WHERE state = 'deferred' AND next_attempt_at <= ?{controls[0]}"
+        + (" RETURNING priority, id" if returning else ""),
         (now, now, *controls[1]),
     )
 
@@ -552,9 +600,13 @@ def _claim(db: Connection, req: RoundRequest, budget: int, now: float) -> list[C
 
 
 def _claim_statement(
-    db: Connection, req: RoundRequest, budget: int, now: float, controls: Statement = ("", ())
+    db: Connection, req: RoundRequest, budget: int, now: float, controls: Statement = ("", ()),
+    floors: dict[int, int] | None = None,
 ) -> Statement:
-    """The claim of up to ``budget`` ready messages in (priority, id) order."""
+    """The claim of up to ``budget`` ready messages in (priority, id) order; with
+    ``floors`` (priority → first id to look at), each priority read from its floor."""
+    if floors:
+        return _claim_from_floors(db, req, budget, now, controls, floors)
     skip, skip_args = _skip_destinations(req.skip_destinations)
     # Where locks are per row (PostgreSQL), the inner SELECT skips rows another
     # relay process is claiming right now (the dialect's FOR UPDATE SKIP LOCKED).
@@ -571,6 +623,36 @@ def _claim_statement(
     )
     # Where a read is a round trip (PostgreSQL), the claim brings what the attempts need.
     return dialect_of(db).claim_reads(claim) or claim, (req.owner, now + req.lease_seconds, now, now, *skip_args, *controls[1])
+
+
+def _claim_from_floors(
+    db: Connection, req: RoundRequest, budget: int, now: float, controls: Statement, floors: dict[int, int]
+) -> Statement:
+    """The claim as one index descent per priority, each from its floor: the
+    priorities in order, the next one read only while the ones before gave fewer than
+    ``budget`` (UNION ALL under a LIMIT reads its parts in order and stops; a data-
+    modifying statement never runs them in parallel). Every priority is in the text,
+    a priority without a floor from 0: one statement text per budget, prepared once.
+    A branch names its priority as a literal so that the generic plan walks the
+    dispatch index (state, priority, id) from (queued, p, floor)."""
+    skip, skip_args = _skip_destinations(req.skip_destinations)
+    limit = int(budget)
+    parts: list[str] = []
+    args: list[Any] = [req.owner, now + req.lease_seconds, now]
+    for priority in PRIORITIES:
+        parts.append(
+            f"p{priority} AS (SELECT id FROM messages WHERE state = 'queued' AND (priority, id) >= ({priority}, ?) "
+            f"AND (priority, id) < ({priority + 1}, 0) "
+            f"AND next_attempt_at <= ?{skip}{controls[0]} ORDER BY priority, id LIMIT {limit}{dialect_of(db).skip_locked()})"
+        )
+        args += [floors.get(priority, 0), now, *skip_args, *controls[1]]
+    picked = " UNION ALL ".join(f"SELECT id FROM p{priority}" for priority in PRIORITIES)
+    claim = (
+        "UPDATE messages SET state = 'sending', lease_owner = ?, lease_until = ?, "
+        f"attempts = attempts + 1, updated_at = ? WHERE id IN (WITH {', '.join(parts)} "
+        f"SELECT id FROM ({picked}) AS picked LIMIT {limit}) " + _CLAIM_RETURNING
+    )
+    return dialect_of(db).claim_reads(claim) or claim, tuple(args)
 
 
 _CLAIM_COLUMNS = 16  # what _CLAIM_RETURNING gives; claim_reads' rows have five more
@@ -775,7 +857,7 @@ def _reclaim(db: Connection, where: str, args: tuple[Any, ...], now: float, why:
 def _reclaim_statement(where: str, args: tuple[Any, ...], now: float) -> Statement:
     return (
         "UPDATE messages SET state = 'queued', lease_owner = NULL, lease_until = NULL, updated_at = ? "
-        f"WHERE {where} RETURNING id, queue_id, username, list_id",
+        f"WHERE {where} RETURNING id, queue_id, username, list_id, priority",
         (now, *args),
     )
 

@@ -16,7 +16,8 @@ from relay.store.connection import Result, Statement
 from relay.store.postgres.connection import lease_transaction, transaction, translate
 
 __all__ = [
-    "batch", "bulk_load", "claim_reads", "data_version", "insert_group", "insert_rows", "lease_transaction", "load_rows",
+    "batch", "bulk_load", "claim_floors", "claim_reads", "data_version", "insert_group", "insert_rows", "lease_transaction",
+    "load_rows",
     "rows_per_insert", "skip_locked", "transaction", "write_body",
 ]
 
@@ -51,6 +52,12 @@ def claim_reads(claim: str) -> str:
         "array_agg(dsn_notify ORDER BY address) AS notifies, array_agg(dsn_orcpt ORDER BY address) AS orcpts "
         "FROM recipients WHERE message_id = claimed.id AND state IN ('queued', 'deferred')) r ON true"
     )
+
+
+def claim_floors() -> bool:
+    # An UPDATE leaves the old row version's index entries until a vacuum: a claim
+    # from the front of the dispatch index walks every entry claimed since.
+    return True
 
 
 def skip_locked() -> str:

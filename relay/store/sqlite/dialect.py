@@ -13,7 +13,7 @@ from relay.store.connection import Connection, Result, Statement
 from relay.store.sqlite.db import data_version, transaction
 
 __all__ = [
-    "BODY_CHUNK", "batch", "bulk_load", "claim_reads", "data_version", "insert_group", "insert_rows", "lease_transaction", "load_rows",
+    "BODY_CHUNK", "batch", "bulk_load", "claim_floors", "claim_reads", "data_version", "insert_group", "insert_rows", "lease_transaction", "load_rows",
     "rows_per_insert", "skip_locked", "transaction", "write_body",
 ]
 
@@ -56,6 +56,11 @@ def batch(db: Connection, statements: Sequence[Statement], *, commit: bool = Fal
 def claim_reads(claim: str) -> str:
     # In-process: the bodies and recipients are read after the claim at no cost.
     return ""
+
+
+def claim_floors() -> bool:
+    # An UPDATE moves the dispatch index entry at once: nothing dead to walk past.
+    return False
 
 
 def skip_locked() -> str:

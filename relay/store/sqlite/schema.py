@@ -385,9 +385,16 @@ V11_CHEAPER_ROUND = """
 -- Nothing to do on SQLite (PostgreSQL: an index of the leases, the list count's trigger).
 """
 
+# PostgreSQL's step leaves in-flight messages out of its dispatch index (its planner
+# walked their dead entries for the reclaim). SQLite's planner picks its index by the
+# query's terms, and SQLite removes a changed row's old entry at once: nothing to do.
+V12_DISPATCH_WITHOUT_LEASES = """
+-- Nothing to do on SQLite (PostgreSQL: in-flight messages out of the dispatch index).
+"""
+
 MIGRATIONS: list[str] = [
     V1_DIRECTORY, V2_QUEUE, V3_ENVELOPE_PARAMETERS, V4_COUNTS, V5_BULK_SENDER, V6_DKIM_KEYS, V7_DESTINATIONS,
-    V8_RECIPIENT_DOMAIN, V9_COUNT_SHARDS, V10_VACUUM_MESSAGES, V11_CHEAPER_ROUND,
+    V8_RECIPIENT_DOMAIN, V9_COUNT_SHARDS, V10_VACUUM_MESSAGES, V11_CHEAPER_ROUND, V12_DISPATCH_WITHOUT_LEASES,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
