@@ -39,6 +39,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, AnyStr
 
+import aiosmtpd.smtp as aiosmtpd_smtp
 from aiosmtpd.smtp import TLSSetupException
 
 from relay import priority
@@ -85,6 +86,25 @@ from relay.writer import REPLY_NO_SPACE, StoreWriter, WriteFailed, classify
 __all__ = ["ConnectionTracker", "RelayContext", "RelaySMTP", "authorization", "check_headers", "make_factory", "split_path"]
 
 log = logging.getLogger("smtpplus.relay")
+
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+_sanitized_log = aiosmtpd_smtp.sanitized_log
+
+
+def _sanitized_log_when_shown(func: Callable[..., None], msg: Any, *args: Any, **kwargs: Any) -> None:
+    """aiosmtpd hides AUTH secrets in each command line before it logs the line at debug
+    and info — to its ``mail.log``, which the relay keeps at WARNING (relay.logs), so the
+    work was thrown away twice a command (4 % of the relay's busy main thread at 2,700
+    msg/s). Asked first: done only when the line would be shown."""
+    logger = getattr(func, "__self__", None)
+    if isinstance(logger, logging.Logger) and not logger.isEnabledFor(_LEVELS.get(func.__name__, logging.CRITICAL)):
+        return
+    _sanitized_log(func, msg, *args, **kwargs)
+
+
+# aiosmtpd's session loop calls the module's function by name.
+aiosmtpd_smtp.sanitized_log = _sanitized_log_when_shown
 
 SPOOL_STEP = 1024 * 1024  # in-flight budget taken in steps of this many bytes
 CLOSE_GRACE = 5.0  # seconds a closing client gets to take its last reply before the abort

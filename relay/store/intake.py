@@ -4,7 +4,8 @@ writer), campaign expansion and system mail (bounces, verification codes)."""
 from __future__ import annotations
 
 import mmap
-import secrets
+import os
+import random
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -23,6 +24,12 @@ _TIME_MASK = (1 << _TIME_BITS) - 1
 _RANDOM_BITS = 60 - _TIME_BITS
 _last_time = 0
 _time_lock = threading.Lock()
+# The random part needs no secrecy (a queue id names a message, it grants nothing), only
+# independence between processes: seeded from the OS at start and again in a forked
+# child. secrets.randbits read the OS's generator for each id (a system call: 2.8 % of
+# the relay's busy main thread at 2,700 msg/s).
+_random = random.Random()
+os.register_at_fork(after_in_child=_random.seed)
 
 
 def new_queue_id() -> str:
@@ -50,7 +57,7 @@ def new_queue_id() -> str:
         if now <= _last_time and _last_time - now < 1 << (_TIME_BITS - 1):
             now = _last_time + 1 & _TIME_MASK
         _last_time = now
-    n = now << _RANDOM_BITS | secrets.randbits(_RANDOM_BITS)
+    n = now << _RANDOM_BITS | _random.getrandbits(_RANDOM_BITS)
     pairs = _PAIRS
     return (
         pairs[n >> 50] + pairs[(n >> 40) & 1023] + pairs[(n >> 30) & 1023]
