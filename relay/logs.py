@@ -28,7 +28,6 @@ Public API
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
@@ -50,13 +49,12 @@ events_log = logging.getLogger("smtpplus.events")
 _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "taskName"}
 _FIELD_LIMIT = 2000
 _EVENT_FIELD_SET = frozenset(EVENT_FIELDS)
-_NO_LOCK = contextlib.nullcontext()
 
 
 def configure_logging(log_format: str = "text", log_file: Path | None = None, level: int = logging.INFO) -> logging.Handler:
     if log_format not in LOG_FORMATS:
         raise ValueError(f"log format {log_format!r}: use text or json")
-    handler: logging.Handler = ReopeningFileHandler(log_file) if log_file is not None else StderrHandler(sys.stderr)
+    handler: logging.Handler = ReopeningFileHandler(log_file) if log_file is not None else logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     root = logging.getLogger()
     for old in list(root.handlers):
@@ -90,45 +88,7 @@ def reopen() -> None:
             handler.reopen()
 
 
-class _HoldingHandler(logging.StreamHandler):
-    """Writes the lines it gets between :meth:`hold` and :meth:`write_held` at once, in
-    one write: a line per accepted message was a write (and a flush: stderr is line
-    buffered) each — 4 % of the relay's busy main thread at 2,700 msg/s."""
-
-    _held: list[str] | None = None
-
-    def hold(self) -> None:
-        with self.lock or _NO_LOCK:
-            if self._held is None:
-                self._held = []
-
-    def write_held(self) -> None:
-        with self.lock or _NO_LOCK:
-            held, self._held = self._held, None
-            if not held or self.stream is None:
-                return
-            try:
-                self.stream.write("".join(held))
-                self.flush()
-            except Exception:  # as logging does: a broken stream never breaks the relay
-                if logging.raiseExceptions:
-                    sys.stderr.write("smtpplus: cannot write the log\n")
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if self._held is None:
-            super().emit(record)
-            return
-        try:
-            self._held.append(self.format(record) + self.terminator)
-        except Exception:
-            self.handleError(record)
-
-
-class StderrHandler(_HoldingHandler):
-    """stderr (journald): see :class:`_HoldingHandler`."""
-
-
-class ReopeningFileHandler(_HoldingHandler, logging.FileHandler):
+class ReopeningFileHandler(logging.FileHandler):
     """Appends to a file; :meth:`reopen` starts a new one at the same path (logrotate
     renamed the old one: lines written until the reopen land in the renamed file)."""
 
@@ -220,19 +180,7 @@ class TextFormatter(logging.Formatter):
 def log_events(events: Iterable[NewEvent]) -> None:
     # What ``events_log.log`` does, less its stack walk for the caller (the same frame
     # every time, looked up once): a line is written per accepted message. The message
-    # is escaped here, once (the escaping filter sees the mark and leaves it). A group
-    # commit's lines leave in one write (_HoldingHandler).
-    holding = [h for h in logging.getLogger().handlers if isinstance(h, _HoldingHandler)]
-    for handler in holding:
-        handler.hold()
-    try:
-        _log_events(events)
-    finally:
-        for handler in holding:
-            handler.write_held()
-
-
-def _log_events(events: Iterable[NewEvent]) -> None:
+    # is escaped here, once (the escaping filter sees the mark and leaves it).
     for event in events:
         level = _level(event)
         if not events_log.isEnabledFor(level):

@@ -95,8 +95,8 @@ _sanitized_log = aiosmtpd_smtp.sanitized_log
 def _sanitized_log_when_shown(func: Callable[..., None], msg: Any, *args: Any, **kwargs: Any) -> None:
     """aiosmtpd hides AUTH secrets in each command line before it logs the line at debug
     and info — to its ``mail.log``, which the relay keeps at WARNING (relay.logs), so the
-    work was thrown away twice a command (4 % of the relay's busy main thread at 2,700
-    msg/s). Asked first: done only when the line would be shown."""
+    work was thrown away twice a command (0.83 → 0.27 µs a call, measured: about 4 µs
+    per accepted message). Asked first: done only when the line would be shown."""
     logger = getattr(func, "__self__", None)
     if isinstance(logger, logging.Logger) and not logger.isEnabledFor(_LEVELS.get(func.__name__, logging.CRITICAL)):
         return

@@ -26,8 +26,7 @@ _last_time = 0
 _time_lock = threading.Lock()
 # The random part needs no secrecy (a queue id names a message, it grants nothing), only
 # independence between processes: seeded from the OS at start and again in a forked
-# child. secrets.randbits read the OS's generator for each id (a system call: 2.8 % of
-# the relay's busy main thread at 2,700 msg/s).
+# child. secrets.randbits asked the OS's generator for each id (0.67 against 0.06 µs).
 _random = random.Random()
 os.register_at_fork(after_in_child=_random.seed)
 
