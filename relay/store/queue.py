@@ -633,26 +633,28 @@ def _claim_from_floors(
     ``budget`` (UNION ALL under a LIMIT reads its parts in order and stops; a data-
     modifying statement never runs them in parallel). Every priority is in the text,
     a priority without a floor from 0: one statement text per budget, prepared once.
-    A branch names its priority as a literal so that the generic plan walks the
-    dispatch index (state, priority, id) from (queued, p, floor)."""
+    A branch names its priority as a literal and orders by (priority, id), so that
+    the generic plan walks the dispatch index (state, priority, id) from (queued, p,
+    floor) — ordered by id alone it walked the primary key. The time and the controls
+    are bound once (``args``), not once per priority."""
     skip, skip_args = _skip_destinations(req.skip_destinations)
     limit = int(budget)
-    parts: list[str] = []
-    args: list[Any] = [req.owner, now + req.lease_seconds, now]
+    parts = [f"args AS (SELECT CAST(? AS DOUBLE PRECISION) AS now, TRUE{controls[0]} AS go)"]
+    values: list[Any] = [req.owner, now + req.lease_seconds, now, now, *controls[1]]
     for priority in PRIORITIES:
         parts.append(
             f"p{priority} AS (SELECT id FROM messages WHERE state = 'queued' AND (priority, id) >= ({priority}, ?) "
-            f"AND (priority, id) < ({priority + 1}, 0) "
-            f"AND next_attempt_at <= ?{skip}{controls[0]} ORDER BY priority, id LIMIT {limit}{dialect_of(db).skip_locked()})"
+            f"AND (priority, id) < ({priority + 1}, 0) AND next_attempt_at <= (SELECT now FROM args) "
+            f"AND (SELECT go FROM args){skip} ORDER BY priority, id LIMIT {limit}{dialect_of(db).skip_locked()})"
         )
-        args += [floors.get(priority, 0), now, *skip_args, *controls[1]]
+        values += [floors.get(priority, 0), *skip_args]
     picked = " UNION ALL ".join(f"SELECT id FROM p{priority}" for priority in PRIORITIES)
     claim = (
         "UPDATE messages SET state = 'sending', lease_owner = ?, lease_until = ?, "
         f"attempts = attempts + 1, updated_at = ? WHERE id IN (WITH {', '.join(parts)} "
         f"SELECT id FROM ({picked}) AS picked LIMIT {limit}) " + _CLAIM_RETURNING
     )
-    return dialect_of(db).claim_reads(claim) or claim, tuple(args)
+    return dialect_of(db).claim_reads(claim) or claim, tuple(values)
 
 
 _CLAIM_COLUMNS = 16  # what _CLAIM_RETURNING gives; claim_reads' rows have five more
