@@ -204,6 +204,7 @@ class DeliveryEngine:
         self._store = AsyncStore(self.store_path)
         self._changes = backend_for(self.store_path).async_change_feed(self._store)
         self._floors = ClaimFloors()  # where claims start per priority (PostgreSQL)
+        self._other_news = 0  # the change feed's count of news that was not only new mail
         self._dkim = DkimSigner(lambda: self._store.run(active_keys))
         self._rng = random.Random()
         self._bucket = TokenBucket(0.0, time.monotonic())
@@ -362,6 +363,14 @@ class DeliveryEngine:
                 # it decides what is ready (a time read here could be stale by then).
             )
             events = request.events = self._take_events()
+            other_news = getattr(self._changes, "other_news", 0)
+            if other_news != self._other_news:
+                # Another process changed more than new mail (an operator's retry or
+                # release, another relay's reclaim): it may have made older mail ready
+                # under the claim's floors. Counted as it arrives, so a busy engine whose
+                # rounds never look at the feed hears it too.
+                self._other_news = other_news
+                self._floors.forget()
             if self.mx and full and now - self._routes_read >= ROUTES_REFRESH:
                 await self._read_routes(now)
             if request.idle and (self._slots_full() or not await self._changed() or await self._still_held_back()):
@@ -411,14 +420,9 @@ class DeliveryEngine:
         """Whether another process committed since the last look; on a store error,
         yes (the round that follows meets the error and retries as rounds do)."""
         try:
-            changed = await self._changes.changed()
+            return await self._changes.changed()
         except StoreError:
             return True
-        if changed and not getattr(self._changes, "intake_only", False):
-            # Not only new mail (an operator's retry, another relay's reclaim): it may
-            # have made older mail ready under the claim's floors.
-            self._floors.forget()
-        return changed
 
     async def _still_held_back(self) -> bool:
         """Delivery is paused (or has no next hop) and the controls are as the last

@@ -9,25 +9,27 @@ at once: it needs no floors.)
 
 A floor is an id below which the claim does not look for a priority: a claim with
 floors reads each priority's entries from its floor on (one index descent each, see
-``relay.store.queue``). A floor is only ever an id the engine itself claimed past,
-and only once that claim is ``LAG`` seconds old: mail queued since with a lower id —
-a group commit that took its ids before that claim and committed after it, a claim
-by another relay rolled back — has had a second to become visible, and the claims
-since saw it. What can still queue a message under a floor:
+``relay.store.queue``). A floor is only ever an id the engine itself claimed past —
+and only once confirmed: a later claim, started ``LAG`` seconds or more after the one
+that went past it, reached beyond it from the floor before. Everything under it had
+then been looked at twice, the second time a second later: mail committed out of id
+order in between (a group commit that took its ids before the first claim and
+committed after it, another relay's claim rolled back) was in the second look's way
+and claimed first. What can still queue a message under a floor:
 
 * the round's own housekeeping (a due retry made ready, an expired lease reclaimed):
-  ``relay.store.queue.dispatch_round`` lowers the floors to it and runs the round
-  again;
+  ``relay.store.queue.dispatch_round`` lowers the floors to it — and when the round's
+  claim already ran from above it, rolls back and runs again;
 * another process's change that is not new mail (an operator's retry or resume,
   another relay's reclaim or release): the engine forgets the floors when its change
   feed says so;
-* anything else (a relay killed in the middle of its claim leaves its rows as they
-  were, skipped by ours): every ``CHECK`` seconds one claim looks from the front of
-  every priority, and when it finds mail under a floor the floors are forgotten. Such
-  a message waits at most that long — the only case where a claim could pass over a
-  higher-priority message, and only for that long.
+* anything else (a transaction that held its ids for more than ``LAG`` seconds):
+  every ``CHECK`` seconds a claim looks from the front of every priority, and when it
+  finds mail under a floor the floors are forgotten. Such a message waits at most
+  that long — the only case where a claim could pass over a higher-priority message.
 
-Pure bookkeeping: the clock is the caller's (monotonic seconds).
+Pure bookkeeping: the clock is the caller's (monotonic seconds, read when the round
+starts).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-LAG = 1.0  # seconds a claim is old before the engine's floors move past it
+LAG = 1.0  # seconds between a claim and the one that confirms its floor
 CHECK = 5.0  # seconds between claims from the front of every priority
 STEP = 0.05  # claims this close together share one entry (a busy engine claims every ms)
 
@@ -45,64 +47,76 @@ class ClaimFloors:
     lag: float = LAG
     check: float = CHECK
     step: float = STEP
-    # Per priority: (when, the id after the highest claimed then and up to ``step``
-    # later), oldest first; the newest entry ripe (``lag`` + ``step`` old) is the floor.
-    _claims: dict[int, list[tuple[float, int]]] = field(default_factory=dict)
+    _floors: dict[int, int] = field(default_factory=dict)  # confirmed, per priority
+    # Per priority, not yet confirmed: (when the claim started, the id after the highest
+    # it took — and that claims up to ``step`` later took), oldest first.
+    _pending: dict[int, list[tuple[float, int]]] = field(default_factory=dict)
     _checked: float | None = None  # when a claim last looked from the front
-    _checking: dict[int, int] | None = None  # the floors the claim looking from the front passed by
+    _checking: dict[int, int] | None = None  # the floors that look passed by
     forgotten: int = 0  # times the floors started over (figures for the tests)
     checks: int = 0
 
     def forget(self) -> None:
-        """Start over: claims look from the front of every priority until the
-        claims since are ``LAG`` old."""
-        self._claims.clear()
+        """Start over: claims look from the front of every priority until new
+        floors are confirmed."""
+        self._floors.clear()
+        self._pending.clear()
         self.forgotten += 1
 
     def floors(self, now: float) -> dict[int, int]:
-        """The floor of each priority that has one — none every ``CHECK`` seconds:
-        that claim looks from the front (and :meth:`claimed` hears what it found)."""
-        ripe = self._ripe(now)
+        """The floor of each priority that has one — none while a look from the front
+        is due (every ``CHECK`` seconds, until a claim has made it: :meth:`claimed`)."""
         if self._checked is None or now - self._checked >= self.check:
-            self._checked = now
-            self._checking = ripe
-            self.checks += 1
+            self._checking = dict(self._floors)
             return {}
         self._checking = None
-        return ripe
-
-    def _ripe(self, now: float) -> dict[int, int]:
-        out: dict[int, int] = {}
-        for priority, claims in self._claims.items():
-            ripe = [i for i, (at, _) in enumerate(claims) if now - at >= self.lag + self.step]
-            if ripe:
-                last = ripe[-1]
-                out[priority] = claims[last][1]
-                del claims[:last]  # older entries are passed: the ripe one stays the floor
-        return out
+        return dict(self._floors)
 
     def lower(self, rows: Iterable[tuple[int, int]]) -> None:
-        """Mail (priority, id) became ready again: no floor stays above it."""
+        """Mail (priority, id) became ready again: no floor, confirmed or not, stays above it."""
         for priority, message_id in rows:
-            claims = self._claims.get(priority, [])
-            claims[:] = [(at, min(floor, message_id)) for at, floor in claims]
+            if priority in self._floors:
+                self._floors[priority] = min(self._floors[priority], message_id)
+            pending = self._pending.get(priority)
+            if pending:
+                pending[:] = [(at, min(floor, message_id)) for at, floor in pending]
 
-    def claimed(self, now: float, rows: Iterable[tuple[int, int]]) -> None:
-        """A claim without filters of its own took ``rows`` (priority, id): every
-        message of each priority before the highest id taken was claimed or was not
-        ready then (or another relay was claiming it)."""
+    def _confirm(self, priority: int, floors: list[int]) -> None:
+        if floors:
+            floor = self._floors[priority] = max(self._floors.get(priority, 0), *floors)
+            pending = self._pending[priority]
+            pending[:] = [(at, later) for at, later in pending if later > floor]
+
+    def claimed(self, started: float, rows: Iterable[tuple[int, int]]) -> None:
+        """A claim without filters of its own, started at ``started`` from the floors
+        :meth:`floors` gave, took ``rows`` (priority, id): every message of each
+        priority from its floor to the highest id taken was claimed, or not ready, or
+        another relay was claiming it."""
         taken = list(rows)
         checked, self._checking = self._checking, None
-        if checked and any(message_id < checked.get(priority, 0) for priority, message_id in taken):
-            self.forget()  # the look from the front found mail under a floor: there may be more
+        if checked is not None:  # this claim looked from the front
+            self._checked = started
+            self.checks += 1
+            if any(message_id < checked.get(priority, 0) for priority, message_id in taken):
+                self.forget()  # mail under a floor: there may be more
         highest: dict[int, int] = {}
         for priority, message_id in taken:
             highest[priority] = max(highest.get(priority, 0), message_id)
+        last = max(highest, default=0)
+        for priority, pending in self._pending.items():
+            if priority < last and priority not in highest and pending:
+                # The claim took lower-priority mail: it read this priority from its
+                # floor to its end and found nothing to take.
+                self._confirm(priority, [floor for at, floor in pending if started - at >= self.lag])
         for priority, top in highest.items():
-            claims = self._claims.setdefault(priority, [])
-            if claims and top + 1 <= claims[-1][1]:
+            pending = self._pending.setdefault(priority, [])
+            # Entries this claim confirms: a second old or more, and passed by it (or
+            # the claim went on to lower priorities: it read this one to its end).
+            sure = [floor for at, floor in pending if started - at >= self.lag and (floor <= top + 1 or priority < last)]
+            self._confirm(priority, sure)
+            if pending and top + 1 <= pending[-1][1]:
                 continue
-            if claims and now - claims[-1][0] < self.step:
-                claims[-1] = (claims[-1][0], top + 1)
+            if pending and started - pending[-1][0] < self.step:
+                pending[-1] = (pending[-1][0], top + 1)
             else:
-                claims.append((now, top + 1))
+                pending.append((started, top + 1))

@@ -383,7 +383,7 @@ class RoundResult:
 
 class _Again(Exception):
     """The round's claim started at floors its own housekeeping went under: the
-    messages (priority, id) it made ready again."""
+    messages (priority, id) it made ready again (the floors are lowered already)."""
 
     def __init__(self, ready: list[tuple[int, int]]) -> None:
         super().__init__("again")
@@ -428,8 +428,8 @@ def dispatch_round(db: Connection, req: RoundRequest) -> RoundResult:
             break
         try:
             return _dispatch_round(db, req, floors)
-        except _Again as again:
-            floors.lower(again.ready)
+        except _Again:
+            pass  # the floors are lowered: once more
     return _dispatch_round(db, req, None)
 
 
@@ -468,10 +468,10 @@ def _dispatch_round(db: Connection, req: RoundRequest, floors: ClaimFloors | Non
             first += reclaim
             if req.promote_due:
                 promote_at = len(first)
-                first.append(_promote_statement(now, returning=bool(start)))
+                first.append(_promote_statement(now, returning=floors is not None))
             elif eager:  # promoted as a claiming round would (below): when the controls allow a claim
                 promote_at = len(first)
-                first.append(_promote_statement(now, _controls(req.hop), returning=bool(start)))
+                first.append(_promote_statement(now, _controls(req.hop), returning=floors is not None))
             if eager:
                 claim_at = len(first)
                 first.append(_claim_statement(db, req, req.budget, now, _controls(req.hop), start))
@@ -503,7 +503,7 @@ def _dispatch_round(db: Connection, req: RoundRequest, floors: ClaimFloors | Non
             late += reclaim
         if promote and not promoted:
             promote_at = len(answers) + len(late)
-            late.append(_promote_statement(now, returning=bool(start)))
+            late.append(_promote_statement(now, returning=floors is not None))
         # The claim goes with them where it needs no reads of its own first.
         if budget > 0 and claim_at is None and not req.oldest_lower:
             claim_at = len(answers) + len(late)
@@ -512,14 +512,15 @@ def _dispatch_round(db: Connection, req: RoundRequest, floors: ClaimFloors | Non
             answers += dialect.batch(db, late)
         reclaimed = answers[reclaim_at].rows if reclaim_at is not None else []
         result.reclaimed = len(reclaimed)
-        if start and claim_at is not None:
-            # Mail this round made ready again under a floor: the claim may have passed
-            # it over. Rolled back (nothing of the round was committed), run again.
+        if floors is not None:
+            # Mail this round made ready again: no floor stays above it. If the claim
+            # already ran from above it, it may have passed it over: the round is rolled
+            # back (nothing of it was committed) and runs again from the lowered floors.
             ready = [(int(r[4]), int(r[0])) for r in reclaimed]
             ready += [(int(r[0]), int(r[1])) for r in answers[promote_at].rows] if promote_at is not None else []
-            under = [(priority, i) for priority, i in ready if i < start.get(priority, 0)]
-            if under:
-                raise _Again(under)
+            floors.lower(ready)
+            if claim_at is not None and any(i < start.get(priority, 0) for priority, i in ready):
+                raise _Again(ready)
         if claim_at is not None:
             result.claimed = _claimed(db, req, answers[claim_at].rows)
         elif budget > 0:

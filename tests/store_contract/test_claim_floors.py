@@ -97,12 +97,34 @@ def test_mail_an_operator_makes_ready_under_a_floor_is_claimed_once_the_floors_a
     floors.forget()  # what the engine does when its change feed brings such news
     assert [m.id for m in claim(db, 1, floors)] == [b.message_id]
     # Without the news: the look from the front (every CHECK seconds) finds it.
-    e, f = enqueue(db, [1, 1], start=10)
+    e, f, g = enqueue(db, [1, 1, 1], start=10)
     ops(db).queue.hold(db, [e.queue_id])
     assert [m.id for m in claim(db, 2, floors)] == [d.message_id, f.message_id]
+    assert [m.id for m in claim(db, 1, floors)] == [g.message_id]  # confirms the floor past f
     ops(db).queue.release(db, [e.queue_id])
     before = floors.forgotten
     floors.check = 0.0
     assert [m.id for m in claim(db, 1, floors)] == [e.message_id]
     # On PostgreSQL the look found mail under a floor, so the floors start over.
     assert floors.forgotten - before == (1 if db.dialect == "postgresql" else 0)
+
+
+def test_mail_made_ready_in_a_round_that_claims_nothing_is_claimed_next(db: Any) -> None:
+    # Every slot busy: the engine's round promotes a due retry and reclaims an expired
+    # lease but claims nothing. The next claim, from the floors, must still take them
+    # before later and lower-priority mail.
+    floors = quick_floors()
+    first, second, third, lost, low = enqueue(db, [1, 1, 1, 2, 4])
+    [m] = claim(db, 1, floors)
+    assert m.id == first.message_id
+    [gone] = claim(db, 1, floors, owner="dead", lease=0.01)
+    assert gone.id == second.message_id
+    assert [c.id for c in claim(db, 1, floors)] == [third.message_id]  # the floors now pass all three
+    defer(db, m, time.time() - 1)
+    time.sleep(0.05)
+    result = ops(db).queue.dispatch_round(db, q.RoundRequest(
+        owner="a", lease_seconds=60, budget=0, hop=HOP, promote_due=True, reclaim_expired=True, force=True, floors=floors,
+    ))
+    assert result.claimed == [] and result.reclaimed == 1
+    assert [c.id for c in claim(db, 3, floors)] == [first.message_id, second.message_id, lost.message_id]
+    assert [c.id for c in claim(db, 1, floors)] == [low.message_id]

@@ -189,6 +189,10 @@ class AsyncNotifyFeed:
         self._follower: asyncio.Task[None] | None = None
         self._news = False  # follow(): something arrived since the last look
         self._news_other = False  # … and not all of it was new mail
+        # Counts news that was not only new mail (or may have been anything: a drop, a
+        # poll), as it arrives: the engine forgets its claim floors on it even in the
+        # rounds that do not look at the feed.
+        self.other_news = 0
         self._arrived = asyncio.Event()
         self._look_waiter: asyncio.Future[None] | None = None  # the follower's, until the reader looks
 
@@ -209,6 +213,7 @@ class AsyncNotifyFeed:
     def _heard(self, *, intake: bool) -> None:
         self._news = True
         self._news_other = self._news_other or not intake
+        self.other_news += not intake
         self._arrived.set()
 
     async def _follow(self) -> None:
@@ -291,7 +296,9 @@ class AsyncNotifyFeed:
             return self._look()
         listener = await self._listen()
         if listener is None:
-            return self._fallback.tick()
+            ticked = self._fallback.tick()
+            self.other_news += ticked
+            return ticked
         try:
             own = await self._own_pid()
             await listener.execute("SELECT 1")
@@ -302,8 +309,10 @@ class AsyncNotifyFeed:
                     other = other or not _intake(notice)
         except psycopg.Error:
             await self._drop()
+            self.other_news += 1
             return True
         missed, self._missed = self._missed, False
+        self.other_news += other or missed
         self.intake_only = seen and not other and not missed
         return seen or missed
 
