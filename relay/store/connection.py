@@ -183,7 +183,8 @@ class Dialect(Protocol):
         """Around a very large write transaction (benchmarks' bulk queueing): whatever
         makes it fast (SQLite: a big page cache). The bulk load writes message ids
         itself (``max(id) + 1`` on): where ids come from a sequence (PostgreSQL), leaving
-        this must move the sequence past them."""
+        this must move the sequence past them — and, outside a caller's transaction,
+        vacuum and analyze what was loaded (PostgreSQL)."""
         ...
 
 
