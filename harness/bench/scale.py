@@ -17,7 +17,8 @@ STARTTLS + AUTH once per connection). In order:
    the work spreads without overhead).
 4. **dequeue p99 on PostgreSQL** — ``queued`` messages (default 1,000,000, mixed
    priorities 1–5) bulk-loaded (``COPY``, then ``VACUUM (ANALYZE)`` as after any bulk
-   load, and a ``CHECKPOINT``; the fill's time is a run of its own), then
+   load, and a ``CHECKPOINT``: the PostgreSQL dialect's bulk load; the fill's time is
+   a run of its own), then
    the engine's claim round timed for ``dequeue_seconds``: one message claimed with the
    round's housekeeping (due retries made ready, expired leases reclaimed every
    second), its attempt event, COMMIT (target p99 ≤ 2 ms). Untimed rounds between
@@ -233,7 +234,6 @@ def _dequeue(store: str, queued: int, seconds: float, *, warmup: int = DEQUEUE_W
     try:
         began = time.perf_counter()
         queue_bulk(db, queued)
-        _checkpoint(db)
         fill = time.perf_counter() - began
         hop = "127.0.0.1:9"
         q.set_next_hop(db, hop)
@@ -270,19 +270,6 @@ def _dequeue(store: str, queued: int, seconds: float, *, warmup: int = DEQUEUE_W
         return Dequeued(fill, times[warmup:], delivered, pruned, time.perf_counter() - started)
     finally:
         db.close()
-
-
-def _checkpoint(db: Any) -> None:
-    """Write the fill's pages out now (a CHECKPOINT), as part of the fill: otherwise the
-    checkpoint its gigabyte of WAL triggers writes them during the timed minute, and the
-    rounds measure a bulk load's aftermath. A server where the bench's user may not
-    (``pg_checkpoint``, PostgreSQL 15; a superuser) keeps its own schedule."""
-    from relay.store.errors import StoreError
-
-    try:
-        db.execute("CHECKPOINT")
-    except StoreError:
-        pass
 
 
 def _percentile(times: list[float], share: float) -> float:

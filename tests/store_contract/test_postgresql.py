@@ -885,7 +885,9 @@ def test_a_claim_from_floors_steps_over_none_of_the_dead_entries_claims_left(pg_
             return _index_pages(plan["Plan"], "messages_dispatch")
 
         from_front, from_floors = pages(None), pages(start)
-        assert from_floors <= 6 and from_front >= 5 * from_floors, (from_floors, from_front)  # measured 3, 35
+        # Measured 3 against 11–35 (the claims before marked the dead entries they
+        # passed, which a walk then skips inside each page).
+        assert from_floors <= 6 and from_front >= 2 * from_floors + 4, (from_floors, from_front)
     finally:
         db.close()
 
