@@ -417,9 +417,11 @@ def dispatch_round(db: Connection, req: RoundRequest) -> RoundResult:
     claim, what the claimed messages need, and the round's events with its COMMIT.
 
     With ``req.floors`` (and a dialect that wants them) the claim starts each
-    priority at its floor; when the round's own housekeeping made mail ready again
-    (a due retry, an expired lease) the claim may have passed it over: the round is
-    rolled back and runs again from the front of every priority.
+    priority at its floor (``relay.store.claim_floors``). Mail the round's own
+    housekeeping made ready again (a due retry, an expired lease) lowers the floors;
+    when the claim already ran from above it, it may have passed it over: the round is
+    rolled back and runs again from the lowered floors (after three tries, from the
+    front of every priority).
     """
     # Not inside a caller's transaction: running the round again needs its own to roll back.
     floors = req.floors if req.floors is not None and dialect_of(db).claim_floors() and not db.in_transaction else None
@@ -550,7 +552,7 @@ _CAMPAIGNS_TO_FOLLOW = (
 
 
 def _promote_statement(now: float, controls: Statement = ("", ()), *, returning: bool = False) -> Statement:
-    # ``returning``: the claim in its round starts at floors, which must not pass them.
+    # ``returning``: the caller keeps claim floors; what is made ready lowers them.
     return (
         f"UPDATE messages SET state = 'queued', updated_at = ? WHERE state = 'deferred' AND next_attempt_at <= ?{controls[0]}"
         + (" RETURNING priority, id" if returning else ""),

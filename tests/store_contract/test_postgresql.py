@@ -739,13 +739,16 @@ async def test_a_following_feed_says_what_arrived_and_whether_it_was_new_mail_on
         assert feed.listening
 
         mail = [NewMessage(mail_from="a@example.com", recipients=["b@example.org"], data=b"x")]
+        counted = feed.other_news
         await asyncio.to_thread(commit_batch, other, mail, [])
         await _eventually(feed.changed)
         assert feed.intake_only is True
+        assert feed.other_news == counted  # new mail only: the engine keeps its claim floors
 
         await asyncio.to_thread(set_setting, other, "contract.poke", 1)  # not new mail
         await _eventually(feed.changed)
         assert feed.intake_only is False
+        assert feed.other_news > counted  # counted as it arrived: the engine forgets its floors
 
         await store.run(set_setting, "contract.mine", 1)  # its own store's commits are not news
         await asyncio.sleep(0.2)
