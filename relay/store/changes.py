@@ -34,6 +34,8 @@ DEFAULT_POLL = 0.05  # seconds between two looks while waiting (SQLite: one PRAG
 # What a backend that can say what a commit wrote (PostgreSQL's notifications) says of
 # commits that wrote new mail only: see announced_as_intake.
 INTAKE = "intake"
+# … and of commits that wrote a relay's heartbeat only: no mail, no control either.
+BEAT = "beat"
 
 
 @contextlib.contextmanager
@@ -43,11 +45,27 @@ def announced_as_intake(db: Any) -> Iterator[None]:
     say so does (PostgreSQL: a note in the notification), so a reader waiting for
     other changes (a paused engine waits for its controls) skips its look at the
     store. SQLite's feed cannot tell: nothing changes there."""
+    with _announced(db, INTAKE):
+        yield
+
+
+@contextlib.contextmanager
+def announced_as_beat(db: Any) -> Iterator[None]:
+    """The commits made on ``db`` inside wrote a relay's heartbeat row only (every
+    second per relay): for the readers of :func:`announced_as_intake` it changes
+    nothing they wait for — a paused engine's controls, the queue under its claim
+    floors (relay.store.claim_floors)."""
+    with _announced(db, BEAT):
+        yield
+
+
+@contextlib.contextmanager
+def _announced(db: Any, note: str) -> Iterator[None]:
     announcing = getattr(db, "announcing", None)
     if announcing is None:
         yield
         return
-    with announcing(INTAKE):
+    with announcing(note):
         yield
 
 

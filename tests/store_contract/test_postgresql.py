@@ -745,6 +745,17 @@ async def test_a_following_feed_says_what_arrived_and_whether_it_was_new_mail_on
         assert feed.intake_only is True
         assert feed.other_news == counted  # new mail only: the engine keeps its claim floors
 
+        from relay.store.changes import announced_as_beat
+        from relay.store.relays import beat
+
+        def heartbeat() -> None:
+            with announced_as_beat(other):
+                beat(other, "relay-x", {})
+
+        await asyncio.to_thread(heartbeat)  # a relay's heartbeat, every second: no news for the floors
+        await _eventually(feed.changed)
+        assert feed.intake_only is True and feed.other_news == counted
+
         await asyncio.to_thread(set_setting, other, "contract.poke", 1)  # not new mail
         await _eventually(feed.changed)
         assert feed.intake_only is False

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from relay.store.changes import INTAKE
+from relay.store.changes import BEAT, INTAKE
 from relay.store.postgres.connection import PgConnection, connect, translate
 from relay.store.postgres.location import normalize
 from relay.store.postgres.schema import NOTIFY_CHANNEL
@@ -154,9 +154,13 @@ def _backend_pid(db: Any) -> int:
     return int(db.backend_pid)
 
 
+_QUIET = (" " + INTAKE, " " + BEAT)
+
+
 def _intake(notice: Any) -> bool:
-    """The notification says its commit wrote new mail only (schema.notify_now)."""
-    return bool(notice.payload.endswith(" " + INTAKE))
+    """The notification says its commit wrote new mail only, or a heartbeat only
+    (schema.notify_now): nothing an engine waits for or keeps floors over."""
+    return bool(notice.payload.endswith(_QUIET))
 
 
 class AsyncNotifyFeed:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from relay.store.changes import INTAKE
+from relay.store.changes import BEAT, INTAKE
 from relay.store.errors import StoreTooNew
 
 if TYPE_CHECKING:
@@ -48,11 +48,12 @@ def notify_now(backend_pid: int, note: str = "") -> bytes:
     one simple query (one implicit transaction of their own, no rows back).
 
     Its payload is the pid, then ``INTAKE`` when ``note`` says the commit wrote new
-    mail only (messages, bodies, recipients, their events: a relay's group commit): a
-    reader that waits for other changes (a paused delivery engine waits for its
-    controls) need not look at the store for it. Without it: anything may have
-    changed (the trigger's notifications of other clients, an engine's rounds)."""
-    payload = f"{int(backend_pid)} {INTAKE}" if note == INTAKE else str(int(backend_pid))
+    mail only (messages, bodies, recipients, their events: a relay's group commit), or
+    ``BEAT`` for a relay's heartbeat row only: a reader that waits for other changes (a
+    paused delivery engine waits for its controls, an engine keeps claim floors) need
+    not look at the store for it. Without it: anything may have changed (the trigger's
+    notifications of other clients, an engine's rounds)."""
+    payload = f"{int(backend_pid)} {note}" if note in (INTAKE, BEAT) else str(int(backend_pid))
     return f"SET LOCAL synchronous_commit = off; NOTIFY {NOTIFY_CHANNEL}, '{payload}'".encode()
 
 
