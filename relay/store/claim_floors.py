@@ -55,6 +55,7 @@ class ClaimFloors:
     _checking: dict[int, int] | None = None  # the floors that look passed by
     forgotten: int = 0  # times the floors started over (figures for the tests)
     checks: int = 0
+    confirmed: int = 0  # floors confirmed (moved up)
 
     def forget(self) -> None:
         """Start over: claims look from the front of every priority until new
@@ -83,6 +84,7 @@ class ClaimFloors:
 
     def _confirm(self, priority: int, floors: list[int]) -> None:
         if floors:
+            self.confirmed += 1
             floor = self._floors[priority] = max(self._floors.get(priority, 0), *floors)
             pending = self._pending[priority]
             pending[:] = [(at, later) for at, later in pending if later > floor]

@@ -942,3 +942,49 @@ def test_a_claim_from_floors_takes_mail_committed_out_of_id_order_however_late_i
     finally:
         db.close()
         other.close()
+
+
+async def test_a_delivering_engine_claims_from_floors_while_relays_beat(pg_url: str) -> None:
+    # The engine forgets its claim floors on news that is not only new mail; a relay's
+    # heartbeat, every second, is announced as a beat and is not such news — before
+    # it was, every engine forgot its floors each second and never claimed from one.
+    import threading
+    from pathlib import Path
+
+    from harness.sink import CaptureSink
+    from relay.store.changes import announced_as_beat
+    from relay.store.intake import insert_messages
+    from relay.store.relays import beat
+    from tests.delivery.conftest import fast_config, message, point_at, running_engine
+
+    db, beating = open_store(pg_url), open_store(pg_url)
+    sink = CaptureSink(port=0)
+    await sink.start()
+    stop = threading.Event()
+
+    def heartbeats() -> None:
+        while not stop.wait(0.2):
+            with announced_as_beat(beating):
+                beat(beating, "relay-beating", {})
+
+    beats = threading.Thread(target=heartbeats, daemon=True)
+    try:
+        point_at(db, sink, parallel=2, paused=True)
+        insert_messages(db, [message(n) for n in range(600)])
+        beats.start()
+        async with running_engine(Path(pg_url), fast_config()) as engine:
+            await asyncio.to_thread(q_set_paused, db, False)
+            await sink.wait_for(600, within=120)
+            floors = engine._floors
+        assert floors.confirmed > 0 and floors.forgotten == 0, (floors.confirmed, floors.forgotten)
+    finally:
+        stop.set()
+        await sink.stop()
+        db.close()
+        beating.close()
+
+
+def q_set_paused(db: Any, paused: bool) -> None:
+    from relay.store import queue as q
+
+    q.set_paused(db, paused)
