@@ -106,16 +106,13 @@ class ClaimFloors:
             highest[priority] = max(highest.get(priority, 0), message_id)
         last = max(highest, default=0)
         for priority, pending in self._pending.items():
-            if priority < last and priority not in highest and pending:
-                # The claim took lower-priority mail: it read this priority from its
-                # floor to its end and found nothing to take.
-                self._confirm(priority, [floor for at, floor in pending if started - at >= self.lag])
+            # Entries this claim confirms: a second old or more, and passed by it — or
+            # all of them when it went on to lower-priority mail: it read this priority
+            # from its floor to its end.
+            passed = highest.get(priority, -1) + 1
+            self._confirm(priority, [f for at, f in pending if started - at >= self.lag and (priority < last or f <= passed)])
         for priority, top in highest.items():
             pending = self._pending.setdefault(priority, [])
-            # Entries this claim confirms: a second old or more, and passed by it (or
-            # the claim went on to lower priorities: it read this one to its end).
-            sure = [floor for at, floor in pending if started - at >= self.lag and (floor <= top + 1 or priority < last)]
-            self._confirm(priority, sure)
             if pending and top + 1 <= pending[-1][1]:
                 continue
             if pending and started - pending[-1][0] < self.step:

@@ -618,14 +618,22 @@ def _claim_statement(
     # with an unknown LIMIT it guesses a tenth of the queue and picks a hash join over
     # every message (measured, 1,000,000 queued: 290 ms); with the number in the text
     # the generic plan is the index walk, and the claim is not planned anew each round.
+    picked = (
+        f"SELECT id FROM messages WHERE state = 'queued' AND next_attempt_at <= ?{skip}{controls[0]} "
+        f"ORDER BY priority, id LIMIT {int(budget)}{dialect_of(db).skip_locked()}"
+    )
+    return _claim_update(db, picked), (req.owner, now + req.lease_seconds, now, now, *skip_args, *controls[1])
+
+
+def _claim_update(db: Connection, picked: str) -> str:
+    """The claim of the ids ``picked`` selects (its parameters after the lease's
+    owner, end and the time); where a read is a round trip (PostgreSQL), the claim
+    brings what the attempts need."""
     claim = (
         "UPDATE messages SET state = 'sending', lease_owner = ?, lease_until = ?, "
-        "attempts = attempts + 1, updated_at = ? WHERE id IN ("
-        f"SELECT id FROM messages WHERE state = 'queued' AND next_attempt_at <= ?{skip}{controls[0]} "
-        f"ORDER BY priority, id LIMIT {int(budget)}{dialect_of(db).skip_locked()}) " + _CLAIM_RETURNING
+        f"attempts = attempts + 1, updated_at = ? WHERE id IN ({picked}) " + _CLAIM_RETURNING
     )
-    # Where a read is a round trip (PostgreSQL), the claim brings what the attempts need.
-    return dialect_of(db).claim_reads(claim) or claim, (req.owner, now + req.lease_seconds, now, now, *skip_args, *controls[1])
+    return dialect_of(db).claim_reads(claim) or claim
 
 
 def _claim_from_floors(
@@ -651,13 +659,9 @@ def _claim_from_floors(
             f"AND (SELECT go FROM args){skip} ORDER BY priority, id LIMIT {limit}{dialect_of(db).skip_locked()})"
         )
         values += [floors.get(priority, 0), *skip_args]
-    picked = " UNION ALL ".join(f"SELECT id FROM p{priority}" for priority in PRIORITIES)
-    claim = (
-        "UPDATE messages SET state = 'sending', lease_owner = ?, lease_until = ?, "
-        f"attempts = attempts + 1, updated_at = ? WHERE id IN (WITH {', '.join(parts)} "
-        f"SELECT id FROM ({picked}) AS picked LIMIT {limit}) " + _CLAIM_RETURNING
-    )
-    return dialect_of(db).claim_reads(claim) or claim, tuple(values)
+    branches = " UNION ALL ".join(f"SELECT id FROM p{priority}" for priority in PRIORITIES)
+    picked = f"WITH {', '.join(parts)} SELECT id FROM ({branches}) AS picked LIMIT {limit}"
+    return _claim_update(db, picked), tuple(values)
 
 
 _CLAIM_COLUMNS = 16  # what _CLAIM_RETURNING gives; claim_reads' rows have five more

@@ -157,7 +157,7 @@ def _backend_pid(db: Any) -> int:
 _QUIET = (" " + INTAKE, " " + BEAT)
 
 
-def _intake(notice: Any) -> bool:
+def _quiet(notice: Any) -> bool:
     """The notification says its commit wrote new mail only, or a heartbeat only
     (schema.notify_now): nothing an engine waits for or keeps floors over."""
     return bool(notice.payload.endswith(_QUIET))
@@ -169,7 +169,8 @@ class AsyncNotifyFeed:
     loop: no thread).
 
     ``intake_only``: the last ``changed()`` that said yes saw only commits that wrote
-    new mail (schema.notify_now) — a paused engine needs no look at its controls.
+    new mail or a heartbeat (schema.notify_now) — a paused engine needs no look at its
+    controls. ``other_news`` counts the rest as it arrives (an engine's claim floors).
 
     ``follow()`` (the engine, which asks every 50 ms while idle): a task reads the
     notifications as they arrive (it waits on the socket with the loop, no polling),
@@ -244,7 +245,7 @@ class AsyncNotifyFeed:
                 # pid may have changed.
                 async for notice in listener.notifies(timeout=RECONNECT, stop_after=1):
                     if notice.pid != own:
-                        self._heard(intake=_intake(notice))
+                        self._heard(intake=_quiet(notice))
             except psycopg.Error:
                 await self._drop()
                 self._heard(intake=False)
@@ -310,7 +311,7 @@ class AsyncNotifyFeed:
             async for notice in listener.notifies(timeout=0.0):
                 if notice.pid != own:
                     seen = True
-                    other = other or not _intake(notice)
+                    other = other or not _quiet(notice)
         except psycopg.Error:
             await self._drop()
             self.other_news += 1

@@ -478,8 +478,9 @@ class PgConnection:
 
     @contextlib.contextmanager
     def announcing(self, note: str) -> Iterator[None]:
-        """The commits made inside are announced with ``note`` (relay.store.changes.INTAKE: they
-        wrote new mail only). The caller vouches for what its work writes."""
+        """The commits made inside are announced with ``note`` (relay.store.changes.INTAKE:
+        they wrote new mail only; BEAT: a heartbeat only). The caller vouches for what
+        its work writes."""
         before, self.note = self.note, note
         try:
             yield
