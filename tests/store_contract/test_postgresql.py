@@ -685,22 +685,41 @@ def test_batches_survive_psycopg_deallocating_every_prepared_statement(pg_url: s
         db.close()
 
 
+def _queued(db: Any, count: int, *, analyze: bool = False) -> str:
+    """``count`` messages queued in bulk (statistics taken right after, with
+    ``analyze``) and a next hop to claim them for: the hop."""
+    from relay.store import queue as q
+    from relay.store.bulk import queue_bulk
+
+    queue_bulk(db, count)
+    if analyze:
+        db.execute("ANALYZE messages")
+    hop = "127.0.0.1:9"
+    q.set_next_hop(db, hop)
+    return hop
+
+
+def _claim_and_deliver(db: Any, hop: str, budget: int, *, floors: Any = None, in_flight: int = 0) -> None:
+    """A round that claims ``budget`` messages, then one that records all but the last
+    ``in_flight`` of them as delivered: their index entries are left behind, dead."""
+    from relay.store import queue as q
+
+    claimed = q.dispatch_round(db, q.RoundRequest(owner="o", lease_seconds=60, budget=budget, hop=hop, floors=floors)).claimed
+    sent = [q.Outcome(m, "sent", Reason.DELIVERED, "250 ok") for m in claimed[: len(claimed) - in_flight]]
+    q.dispatch_round(db, q.RoundRequest(owner="o", lease_seconds=60, budget=0, hop=hop, outcomes=sent))
+
+
 def test_the_reclaim_of_expired_leases_reads_the_leases_index_not_every_claim_since_the_last_vacuum(pg_url: str) -> None:
     # Every claimed message leaves a dead 'sending' entry in messages_dispatch until a
     # vacuum; the reclaim (each relay's round, every few seconds) reads the leases'
     # own index (V11), from the oldest lease to now: live claims end later, so with
     # none expired it reads next to nothing, however much was delivered.
     from relay.store import queue as q
-    from relay.store.bulk import queue_bulk
 
     db = open_store(pg_url)
     try:
-        queue_bulk(db, 300)
-        hop = "127.0.0.1:9"
-        q.set_next_hop(db, hop)
-        claimed = q.dispatch_round(db, q.RoundRequest(owner="o", lease_seconds=60, budget=200, hop=hop)).claimed
-        sent = [q.Outcome(m, "sent", Reason.DELIVERED, "250 ok") for m in claimed[:190]]
-        q.dispatch_round(db, q.RoundRequest(owner="o", lease_seconds=60, budget=0, hop=hop, outcomes=sent))
+        hop = _queued(db, 300)
+        _claim_and_deliver(db, hop, 200, in_flight=10)
         db.execute("ANALYZE messages")
         now = time.time()
         sql, args = q._reclaim_statement(q._EXPIRED, (now,), now)
@@ -839,17 +858,11 @@ def test_the_reclaim_reads_the_leases_index_even_when_statistics_know_only_queue
     # 'sending' range as empty; it holds a dead entry of every claim since the last
     # vacuum. V12 leaves in-flight mail out of that index: the reclaim has one way.
     from relay.store import queue as q
-    from relay.store.bulk import queue_bulk
 
     db = open_store(pg_url)
     try:
-        queue_bulk(db, 300)
-        db.execute("ANALYZE messages")  # every message queued
-        hop = "127.0.0.1:9"
-        q.set_next_hop(db, hop)
-        claimed = q.dispatch_round(db, q.RoundRequest(owner="o", lease_seconds=60, budget=200, hop=hop)).claimed
-        sent = [q.Outcome(m, "sent", Reason.DELIVERED, "250 ok") for m in claimed]
-        q.dispatch_round(db, q.RoundRequest(owner="o", lease_seconds=60, budget=0, hop=hop, outcomes=sent))
+        hop = _queued(db, 300, analyze=True)  # statistics: every message queued
+        _claim_and_deliver(db, hop, 200)
         now = time.time()
         sql, args = q._reclaim_statement(q._EXPIRED, (now,), now)
         with db.raw.transaction(force_rollback=True):
@@ -864,19 +877,14 @@ def test_a_claim_from_floors_steps_over_none_of_the_dead_entries_claims_left(pg_
     # until a vacuum; a claim from the front reads past all of them, a claim from the
     # engine's floors starts after them (relay.store.claim_floors). Pages read, not time.
     from relay.store import queue as q
-    from relay.store.bulk import queue_bulk
     from relay.store.claim_floors import ClaimFloors
 
     db = open_store(pg_url)
     try:
-        queue_bulk(db, 6000)
-        hop = "127.0.0.1:9"
-        q.set_next_hop(db, hop)
+        hop = _queued(db, 6000)
         floors = ClaimFloors(lag=0.0, step=0.0, check=3600.0)
         for _ in range(5):  # 1,000 of the 1,200 of priority 1 claimed and delivered, their entries left behind
-            claimed = q.dispatch_round(db, q.RoundRequest(owner="o", lease_seconds=60, budget=200, hop=hop, floors=floors)).claimed
-            sent = [q.Outcome(m, "sent", Reason.DELIVERED, "250 ok") for m in claimed]
-            q.dispatch_round(db, q.RoundRequest(owner="o", lease_seconds=60, budget=0, hop=hop, outcomes=sent))
+            _claim_and_deliver(db, hop, 200, floors=floors)
         # One more claim: it confirms the floors past the last big one (a floor is an id
         # a later claim went past again: relay.store.claim_floors).
         q.dispatch_round(db, q.RoundRequest(owner="o", lease_seconds=60, budget=1, hop=hop, floors=floors))
