@@ -960,6 +960,7 @@ async def test_a_delivering_engine_claims_from_floors_while_relays_beat(pg_url: 
     from pathlib import Path
 
     from harness.sink import CaptureSink
+    from relay.store import queue as q
     from relay.store.changes import announced_as_beat
     from relay.store.intake import insert_messages
     from relay.store.relays import beat
@@ -981,7 +982,7 @@ async def test_a_delivering_engine_claims_from_floors_while_relays_beat(pg_url: 
         insert_messages(db, [message(n) for n in range(600)])
         beats.start()
         async with running_engine(Path(pg_url), fast_config()) as engine:
-            await asyncio.to_thread(q_set_paused, db, False)
+            await asyncio.to_thread(q.set_paused, db, False)
             await sink.wait_for(600, within=120)
             floors = engine._floors
         # The resume itself is news (an operator's change): one forget may come of it,
@@ -992,9 +993,3 @@ async def test_a_delivering_engine_claims_from_floors_while_relays_beat(pg_url: 
         await sink.stop()
         db.close()
         beating.close()
-
-
-def q_set_paused(db: Any, paused: bool) -> None:
-    from relay.store import queue as q
-
-    q.set_paused(db, paused)
