@@ -979,6 +979,9 @@ async def test_a_delivering_engine_claims_from_floors_while_relays_beat(pg_url: 
     beats = threading.Thread(target=heartbeats, daemon=True)
     try:
         point_at(db, sink, parallel=2, paused=True)
+        # At most 200 a second: the deliveries take 3 s whatever the machine's speed
+        # (unthrottled, 0.9 s on an idle one: less than the floors' second of lag).
+        q.set_rate(db, 200)
         insert_messages(db, [message(n) for n in range(600)])
         beats.start()
         async with running_engine(Path(pg_url), fast_config()) as engine:
