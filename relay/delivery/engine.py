@@ -367,8 +367,9 @@ class DeliveryEngine:
             if other_news != self._other_news:
                 # Another process changed more than new mail (an operator's retry or
                 # release, another relay's reclaim): it may have made older mail ready
-                # under the claim's floors. Counted as it arrives, so a busy engine whose
-                # rounds never look at the feed hears it too.
+                # under the claim's floors. Counted as the feed reads it, so a busy
+                # engine whose rounds never look at the feed hears it too (within about
+                # a second: the follower reads again after a look or RECONNECT).
                 self._other_news = other_news
                 self._floors.forget()
             if self.mx and full and now - self._routes_read >= ROUTES_REFRESH:

@@ -170,7 +170,8 @@ class AsyncNotifyFeed:
 
     ``intake_only``: the last ``changed()`` that said yes saw only commits that wrote
     new mail or a heartbeat (schema.notify_now) — a paused engine needs no look at its
-    controls. ``other_news`` counts the rest as it arrives (an engine's claim floors).
+    controls. ``other_news`` counts the rest as the follower reads it (an engine's
+    claim floors): at once while the reader looks, else within RECONNECT.
 
     ``follow()`` (the engine, which asks every 50 ms while idle): a task reads the
     notifications as they arrive (it waits on the socket with the loop, no polling),
@@ -195,8 +196,9 @@ class AsyncNotifyFeed:
         self._news = False  # follow(): something arrived since the last look
         self._news_other = False  # … and not all of it was new mail
         # Counts news that was not only new mail (or may have been anything: a drop, a
-        # poll), as it arrives: the engine forgets its claim floors on it even in the
-        # rounds that do not look at the feed.
+        # poll), as the follower reads it: the engine forgets its claim floors on it
+        # even in the rounds that do not look at the feed (the follower reads again
+        # after a look, or after RECONNECT without one).
         self.other_news = 0
         self._arrived = asyncio.Event()
         self._look_waiter: asyncio.Future[None] | None = None  # the follower's, until the reader looks
