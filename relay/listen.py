@@ -14,21 +14,121 @@ with its fix.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import ipaddress
+import logging
 import resource
 import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
+from relay.display import clean
 from relay.ports import parse_port_spec
+from relay.reasons import Reason
 from relay.store import StoreError
+
+log = logging.getLogger("smtpplus.relay")
 
 # File descriptors kept free beyond the listening sockets: the store, TLS files, logs.
 FD_MARGIN = 64
 BACKLOG = 511
 HANDSHAKE_TIMEOUT = 30.0  # seconds an implicit-TLS client gets to finish its handshake
+
+
+class ImplicitTlsServer:
+    """An implicit-TLS port (RFC 8314): its connections counted against the caps
+    before their handshake.
+
+    A server with ``ssl=`` runs the handshake before its protocol sees the connection,
+    so the caps would count a client only once it finished one: clients that connect
+    and never start TLS would each hold a socket for the whole handshake timeout, past
+    every cap. Here each accepted connection is counted first — the session's
+    ``admit``; over a cap it is closed at once, unencrypted, with nothing said (a
+    client expecting TLS could not read a ``421``) — and only then is the handshake
+    run (``loop.connect_accepted_socket``), at most ``timeout`` seconds. A protocol
+    without ``admit``/``abandon`` (not a ``relay.smtp.RelaySMTP``) is served uncounted.
+    Closed like an ``asyncio.Server`` (``close``, ``wait_closed``)."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, sock: socket.socket, factory: Callable[[], Any],
+        context: ssl.SSLContext, timeout: float,
+    ) -> None:
+        self.sockets = [sock]
+        self._loop, self._factory, self._context, self._timeout = loop, factory, context, timeout
+        self._handshakes: set[asyncio.Task[None]] = set()
+        sock.setblocking(False)
+        self._accepting = loop.create_task(self._accept(sock))
+
+    def close(self) -> None:
+        self._accepting.cancel()
+        # The sockets close once the accept loop has stopped: under asyncio its reader
+        # stays registered until then, and a closed descriptor's number may be reused.
+        self._accepting.add_done_callback(lambda _: self._close_sockets())
+
+    def _close_sockets(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+        self.sockets = []
+
+    async def wait_closed(self) -> None:
+        await asyncio.wait({self._accepting})
+
+    async def _accept(self, sock: socket.socket) -> None:
+        while True:
+            try:
+                conn, peer = await self._loop.sock_accept(sock)
+            except (ConnectionAbortedError, InterruptedError):
+                continue
+            except OSError as exc:  # EMFILE and the like: as asyncio's servers, wait and go on
+                log.warning("implicit-TLS port: accept failed (%s); retrying in 1 s", exc.strerror or exc)
+                await asyncio.sleep(1.0)
+                continue
+            try:
+                self._take(conn, peer)
+            except Exception:  # one connection's trouble must not end the port's service
+                log.exception("implicit-TLS port: a new connection failed")
+                conn.close()
+
+    def _take(self, conn: socket.socket, peer: Any) -> None:
+        session = self._factory()
+        admit = getattr(session, "admit", None)
+        if admit is not None and not admit(peer, _local(conn)):
+            conn.close()
+            session.abandon(Reason.CONNECTION_LIMIT, "connection cap reached (before the TLS handshake)")
+            return
+        task = self._loop.create_task(self._handshake(conn, session, peer))
+        self._handshakes.add(task)
+        task.add_done_callback(self._handshakes.discard)
+        # A task cancelled before its first step never runs its own clean-up.
+        task.add_done_callback(lambda t: _abandon(conn, session) if t.cancelled() else None)
+        if admit is not None:
+            session.handshake = task  # a relay that stops cancels it (RelaySMTP.say_goodbye)
+
+    async def _handshake(self, conn: socket.socket, session: Any, peer: Any) -> None:
+        try:
+            await self._loop.connect_accepted_socket(
+                lambda: session, conn, ssl=self._context, ssl_handshake_timeout=self._timeout
+            )
+        except Exception as exc:  # failed or timed out: the slot is freed
+            _abandon(conn, session)
+            address = peer[0] if isinstance(peer, tuple) and peer else "?"
+            log.info("%s: TLS handshake failed: %s", clean(address), clean(str(exc) or type(exc).__name__, 300))
+
+
+def _abandon(conn: socket.socket, session: Any) -> None:
+    conn.close()
+    abandon = getattr(session, "abandon", None)
+    if abandon is not None:
+        abandon()  # once: a second call finds the slot released
+
+
+def _local(conn: socket.socket) -> Any:
+    with contextlib.suppress(OSError):
+        return conn.getsockname()
+    return None
 
 
 class ListenError(StoreError):
@@ -37,7 +137,7 @@ class ListenError(StoreError):
 
 @dataclass
 class Listeners:
-    servers: list[asyncio.AbstractServer] = field(default_factory=list)
+    servers: list[asyncio.AbstractServer | ImplicitTlsServer] = field(default_factory=list)
     served: list[int] = field(default_factory=list)  # every served port, implicit TLS included
     not_served: dict[int, str] = field(default_factory=dict)
     implicit_tls: list[int] = field(default_factory=list)  # served ports with TLS from the first byte
@@ -177,12 +277,8 @@ async def bind_all(
                     raise ListenError(f"port {port}: {listeners.not_served[port]} (--strict-ports)") from None
                 continue
             if implicit:
-                assert tls_factory is not None
-                # The handshake runs before the session exists; a client that never
-                # finishes it is dropped after handshake_timeout.
-                server = await loop.create_server(
-                    tls_factory, sock=sock, ssl=ssl_context, ssl_handshake_timeout=handshake_timeout
-                )
+                assert tls_factory is not None and ssl_context is not None
+                server: Any = ImplicitTlsServer(loop, sock, tls_factory, ssl_context, handshake_timeout)
             else:
                 server = await loop.create_server(factory, sock=sock)
             if not server.sockets:

@@ -287,7 +287,7 @@ class _LiveCollector:
             events.add_metric([kind, reason], n)
         yield events
         sessions = len(context.tracker.sessions) if context is not None else 0
-        yield GaugeMetricFamily("smtpplus_sessions_open", "SMTP sessions open now.", value=sessions)
+        yield GaugeMetricFamily("smtpplus_sessions_open", "SMTP sessions open now (implicit-TLS connections from their accept, before the handshake).", value=sessions)
         implicit = len(service.implicit_tls)
         ports = GaugeMetricFamily(
             "smtpplus_ports_served", "Ports this relay listens on, by TLS kind (starttls, implicit).", labels=["tls"]

@@ -172,8 +172,9 @@ ALREADY_ENCRYPTED = _AlreadyEncrypted()
 
 
 def implicit_tls_factory(factory: Callable[[], Any]) -> Callable[[], Any]:
-    """Sessions for an implicit-TLS port (RFC 8314): the server's ``ssl=`` context has
-    finished the handshake before the session sees the connection."""
+    """Sessions for an implicit-TLS port (RFC 8314): ``relay.listen.ImplicitTlsServer``
+    counts the connection (``admit``) and finishes the handshake before the session
+    sees the connection; the session then speaks as after STARTTLS."""
 
     def make() -> Any:
         session = factory()

@@ -400,6 +400,8 @@ class RelaySMTP(SaslCommands):
         self._attempted_user: str | None = None
         self._admitted = False
         self._released = False
+        self._counted = False  # admitted or refused by the caps (admit)
+        self.handshake: asyncio.Task[None] | None = None  # an implicit-TLS connection's, while it runs
         self._busy = False
         self._recipients_refused = False
         self._abort_handle: asyncio.TimerHandle | None = None
@@ -421,14 +423,35 @@ class RelaySMTP(SaslCommands):
 
     # -- connection ---------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        first = self.transport is None
-        if first:
-            peer = transport.get_extra_info("peername")
-            local = transport.get_extra_info("sockname")
+    def admit(self, peer: Any, local: Any) -> bool:
+        """Count the connection against the caps, once, from its addresses (``peer``,
+        ``local``: the socket's names, or None) — on an implicit-TLS port before the
+        handshake (``relay.listen.ImplicitTlsServer``), so clients that never finish
+        one hold slots of the caps like any other."""
+        if not self._counted:
+            self._counted = True
             self.client_ip = str(peer[0]) if peer else "?"
             self.local_port = int(local[1]) if local else None
             self._admitted = self.ctx.tracker.admit(self, self.client_ip)
+        return self._admitted
+
+    def abandon(self, reason: Reason | None = None, detail: str = "") -> None:
+        """The connection ends before the session started (an implicit-TLS client
+        refused at the caps, its handshake failed or timed out): record what it was
+        refused and free its slot."""
+        if reason is not None:
+            self._event(EventKind.REFUSED, reason, detail)
+        self.handshake = None
+        self._record_before_auth()
+        if self._admitted and not self._released:
+            self._released = True
+            self.ctx.tracker.release(self, self.client_ip)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = self.transport is None
+        if first:
+            self.admit(transport.get_extra_info("peername"), transport.get_extra_info("sockname"))
+            self.handshake = None
             self._progress_at = self.loop.time()
             limit = self.ctx.config.session_without_mail
             if limit > 0:
@@ -588,7 +611,11 @@ class RelaySMTP(SaslCommands):
         return not self._busy and (self.envelope is None or self.envelope.mail_from is None)
 
     def say_goodbye(self) -> None:
-        """The relay is stopping: tell the client and close."""
+        """The relay is stopping: tell the client and close (a connection still in its
+        implicit-TLS handshake is closed: there is no session to tell yet)."""
+        if self.transport is None and self.handshake is not None:
+            self.handshake.cancel()
+            return
         if self.transport is not None and not self.transport.is_closing():
             self._writer.write(Replies.SHUTTING_DOWN.encode("ascii") + b"\r\n")
             self.transport.close()

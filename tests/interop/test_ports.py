@@ -20,7 +20,10 @@ from typing import Any
 
 import pytest
 
+from relay.reasons import Reason
+from relay.service import RelayService
 from relay.store import open_store
+from relay.store.events import find_events
 from relay.store.intake import count_messages
 from relay.store.lease import relay_status
 from tests.relay.support import (
@@ -179,3 +182,117 @@ def test_a_port_in_both_specs_is_a_one_line_error(cli: Any) -> None:
     proc = cli("relay", "--host", "127.0.0.1", "--ports", "2525,4650", "--tls-ports", "4650")
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "port 4650 is in both ports and tls_ports" in proc.stderr and proc.stderr.count("\n") == 1
+
+
+async def _stalled(port: int, count: int) -> list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """``count`` TCP connections that never start their TLS handshake."""
+    return [await asyncio.open_connection("127.0.0.1", port) for _ in range(count)]
+
+
+async def _closed_at_once(port: int) -> bool:
+    """Whether the relay closes a new connection at once (well before the 30 s
+    handshake timeout), having said nothing."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        return await asyncio.wait_for(reader.read(), 10) == b""
+    finally:
+        writer.close()
+
+
+async def test_connections_in_their_implicit_tls_handshake_count_against_the_caps(
+    seeded: Seeded, tmp_path: Path, tls_files: dict[str, Path]
+) -> None:
+    """A client that opens connections to the implicit-TLS port and never starts TLS
+    holds slots of the caps like any other: over the per-client cap the next one is
+    closed at once, unencrypted, and the STARTTLS port answers 421; once those
+    connections go, their slots are free again (smtplib.SMTP_SSL sends mail)."""
+    config = relay_config(tmp_path, tls_files, ports="0", tls_ports="0", max_connections_per_client=2)
+    async with running_relay(seeded.store_path, config) as relay:
+        (implicit,) = relay.implicit_tls
+        (starttls_port,) = [p for p in relay.served if p != implicit]
+        stalled = await _stalled(implicit, 2)
+        for _ in range(200):  # the relay has taken both connections
+            if len(relay.context.tracker.sessions) == 2:
+                break
+            await asyncio.sleep(0.02)
+        assert len(relay.context.tracker.sessions) == 2
+        assert await _closed_at_once(implicit)  # a third from this address: over the cap
+        assert relay.context.tracker.refused == 1
+        with pytest.raises(smtplib.SMTPConnectError) as refused:
+            await asyncio.to_thread(smtplib.SMTP, "127.0.0.1", starttls_port, "client.test", 10)
+        assert refused.value.smtp_code == 421
+        for _, writer in stalled:
+            writer.close()
+        for _ in range(200):
+            if not relay.context.tracker.sessions:
+                break
+            await asyncio.sleep(0.02)
+        assert not relay.context.tracker.sessions  # the stalled handshakes gave their slots back
+        seen = await asyncio.to_thread(_send_over_implicit_tls, implicit, tls_files)
+        assert seen["refused"] == {}
+    db = open_store(seeded.store_path)
+    try:
+        details = sorted(e.detail for e in find_events(db, reason=str(Reason.CONNECTION_LIMIT)))
+        assert details == ["connection cap reached", "connection cap reached (before the TLS handshake)"], details
+    finally:
+        db.close()
+
+
+async def test_a_stopping_relay_closes_connections_still_in_their_handshake(
+    seeded: Seeded, tmp_path: Path, tls_files: dict[str, Path]
+) -> None:
+    config = relay_config(tmp_path, tls_files, ports="0", tls_ports="0", shutdown_grace=20.0)
+    service = RelayService(seeded.store_path, config)
+    await service.start()
+    try:
+        stalled = await _stalled(service.implicit_tls[0], 1)
+        for _ in range(200):
+            if service.context is not None and service.context.tracker.sessions:
+                break
+            await asyncio.sleep(0.02)
+        assert service.context is not None and service.context.tracker.sessions  # counted before its handshake
+        began = time.monotonic()
+        await service.stop()  # the grace is 20 s: a handshake that held its slot would use it all
+        assert time.monotonic() - began < 15
+        assert not service.context.tracker.sessions
+        reader, writer = stalled[0]
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the relay
+        writer.close()
+    finally:
+        await service.stop()
+
+
+async def test_a_connection_accepted_as_the_relay_stops_is_closed_and_freed(
+    seeded: Seeded, tmp_path: Path, tls_files: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stop lands between a connection's accept and its handshake's first step
+    (the handshake task is cancelled before it ran): the connection is still closed
+    and its slot given back, the stop does not wait out its grace."""
+    from relay.smtp import RelaySMTP
+
+    config = relay_config(tmp_path, tls_files, ports="0", tls_ports="0", shutdown_grace=20.0)
+    service = RelayService(seeded.store_path, config)
+    await service.start()
+    stopping: list[asyncio.Task[None]] = []
+    admit = RelaySMTP.admit
+
+    def admit_then_stop(self: RelaySMTP, peer: Any, local: Any) -> bool:
+        stopping.append(asyncio.ensure_future(service.stop()))  # runs before the handshake's first step
+        return admit(self, peer, local)
+
+    monkeypatch.setattr(RelaySMTP, "admit", admit_then_stop)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", service.implicit_tls[0])
+        for _ in range(200):
+            if stopping:
+                break
+            await asyncio.sleep(0.02)
+        began = time.monotonic()
+        await stopping[0]
+        assert time.monotonic() - began < 15  # not the 20 s grace
+        assert service.context is not None and not service.context.tracker.sessions
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+        writer.close()
+    finally:
+        monkeypatch.undo()
+        await service.stop()

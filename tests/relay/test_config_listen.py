@@ -163,3 +163,75 @@ def test_open_file_limit_is_raised_or_a_clear_error() -> None:
     if hard != resource.RLIM_INFINITY:
         with pytest.raises(ListenError, match="open-file limit"):
             raise_open_file_limit(hard + 1)
+
+
+async def test_an_implicit_tls_handshake_that_never_comes_frees_its_slot(tls_files: dict[str, Path]) -> None:
+    """The implicit-TLS port counts a connection before its handshake (admit) and
+    gives its slot back (abandon) when the handshake times out; over the cap the
+    connection is closed at once."""
+    import ssl
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tls_files["cert"], tls_files["key"])
+    seen: list[str] = []
+
+    class Counted(asyncio.Protocol):
+        def admit(self, peer: object, local: object) -> bool:
+            seen.append("admit")
+            return seen.count("admit") == 1  # one slot
+
+        def abandon(self, *refusal: object) -> None:
+            seen.append("abandon" + (f" {refusal[0]}" if refusal else ""))
+
+    loop = asyncio.get_running_loop()
+    listeners = await bind_all(
+        loop, Counted, "127.0.0.1", [], tls_ports=[0], tls_factory=Counted, ssl_context=context, handshake_timeout=0.5
+    )
+    try:
+        (port,) = listeners.implicit_tls
+        first_reader, first = await asyncio.open_connection("127.0.0.1", port)
+        second_reader, second = await asyncio.open_connection("127.0.0.1", port)
+        assert await asyncio.wait_for(second_reader.read(), 10) == b""  # over the cap: closed at once
+        assert await asyncio.wait_for(first_reader.read(), 10) == b""  # no handshake: closed after 0.5 s
+        for _ in range(100):
+            if len(seen) == 4:
+                break
+            await asyncio.sleep(0.05)
+        # (The two abandons may come in either order on a loaded machine.)
+        assert seen[:2] == ["admit", "admit"] and sorted(seen[2:]) == ["abandon", "abandon connection-limit"]
+        first.close()
+        second.close()
+    finally:
+        listeners.close()
+
+
+async def test_an_implicit_tls_port_serves_on_after_one_connection_failed(tls_files: dict[str, Path]) -> None:
+    """A session that cannot be made for one connection (the factory raises) closes
+    that connection; the port goes on serving the next."""
+    import ssl
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tls_files["cert"], tls_files["key"])
+    made: list[int] = []
+
+    class Hello(asyncio.Protocol):
+        def __init__(self) -> None:
+            made.append(1)
+            if len(made) == 1:
+                raise RuntimeError("the first session cannot be made")
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            transport.write(b"tls\n")  # type: ignore[attr-defined]
+
+    loop = asyncio.get_running_loop()
+    listeners = await bind_all(loop, Hello, "127.0.0.1", [], tls_ports=[0], tls_factory=Hello, ssl_context=context)
+    try:
+        (port,) = listeners.implicit_tls
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # closed: no session for it
+        writer.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_context(tls_files), server_hostname="localhost")
+        assert await asyncio.wait_for(reader.readline(), 10) == b"tls\n"
+        writer.close()
+    finally:
+        listeners.close()
