@@ -18,6 +18,8 @@ For operators (CLI, console): :func:`hold`, :func:`release`, :func:`retry`,
 from __future__ import annotations
 
 import datetime as dt
+import heapq
+import itertools
 import json
 import re
 import time
@@ -1214,13 +1216,8 @@ def list_messages(
     where: list[str] = []
     args: list[Any] = []
     chosen = state or "active"
-    if chosen == "active":
-        where.append("state IN ('queued', 'sending', 'deferred', 'held')")
-    elif chosen != "all":
-        if chosen not in ALL_STATES:
-            raise InvalidInput(f"state {state!r} is not one of {', '.join(ALL_STATES)}, active, all")
-        where.append("state = ?")
-        args.append(chosen)
+    if chosen not in ("active", "all", *ALL_STATES):
+        raise InvalidInput(f"state {state!r} is not one of {', '.join(ALL_STATES)}, active, all")
     if priority is not None:
         where.append("priority = ?")
         args.append(int(priority))
@@ -1228,12 +1225,30 @@ def list_messages(
         where.append("campaign_id = ?")
         args.append(campaign_id)
     size = max(1, int(limit))
+    # The state is written into the statement (one of ALL_STATES, checked above), not
+    # bound: PostgreSQL's dispatch index leaves 'sending' out (schema version 12), so a
+    # statement prepared for any state — planned once, generically, after a few runs —
+    # could not use it and read every message.
+    if chosen in ALL_STATES:
+        return _page(db, [f"state = '{chosen}'", *where], args, size, after)
+    # Several states: a page of each (one range of the dispatch index each), merged.
+    # One query over them all cannot walk that index in (priority, id) order: on
+    # PostgreSQL it read and sorted every message (127 ms with 300,000 queued).
+    states = ACTIVE_STATES if chosen == "active" else ALL_STATES
+    pages = [_page(db, [f"state = '{one}'", *where], args, size, after) for one in states]
+    return heapq.nsmallest(size, itertools.chain.from_iterable(pages), key=lambda r: (r.priority, r.id))
+
+
+def _page(db: Connection, where: list[str], args: list[Any], size: int, after: tuple[int, int] | None) -> list[MessageRow]:
     if after is None:
         return _message_rows(db, where, args, "priority, id", size)
     # Keyset paging in two index seeks: the rest of the last row's priority, then the
     # lower ones — each page one range of the dispatch index, however deep it is.
+    # (Ordered by priority too, though it is fixed: ordered by id alone, PostgreSQL
+    # walked the primary key from the last id and read every later message when the
+    # state had none there.)
     last_priority, last_id = after
-    rows = _message_rows(db, [*where, "priority = ?", "id > ?"], [*args, last_priority, last_id], "id", size)
+    rows = _message_rows(db, [*where, "priority = ?", "id > ?"], [*args, last_priority, last_id], "priority, id", size)
     if len(rows) < size:
         rows += _message_rows(db, [*where, "priority > ?"], [*args, last_priority], "priority, id", size - len(rows))
     return rows
