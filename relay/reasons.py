@@ -36,7 +36,7 @@ class Reason(enum.StrEnum):
     AUTH_MALFORMED = "auth-malformed"
     # Refusals during the session
     MAIL_BEFORE_AUTH = "mail-before-auth"
-    SENDER_EMPTY = "sender-empty"
+    SENDER_EMPTY = "sender-empty"  # no longer given (MAIL FROM:<> is accepted after AUTH); older events carry it
     SENDER_INVALID = "sender-invalid"
     SENDER_NOT_AUTHORIZED = "sender-not-authorized"
     SENDER_UNVERIFIED = "sender-unverified"
