@@ -45,13 +45,13 @@ ED25519 = "ed25519"
 ALGORITHMS = (RSA_2048, ED25519)
 DEFAULT_ALGORITHM = RSA_2048
 
-#: Days a key stays listed (and should stay published) after ``dkim rotate`` replaced
-#: it: receivers and forwarders may verify a message days after it left, and the
+#: Days a key stays listed (and should stay published) after ``dkim activate`` (or
+#: ``dkim rotate --now``) replaced it: receivers and forwarders may verify a message days after it left, and the
 #: queue retries for up to ``queue_lifetime`` (5 days by default) — a week covers both.
 RETIRED_KEEP_DAYS = 7
 
 #: Seconds the delivery engine keeps the store's keys before it reads them again: a
-#: key added, rotated or removed signs (or stops signing) within this time.
+#: key added, activated, rotated at once or removed signs (or stops signing) within this time.
 KEY_REFRESH_SECONDS = 10.0
 
 #: Signed when present (``from`` always is, once more than it occurs: a ``From:``

@@ -131,7 +131,8 @@ class Reason(enum.StrEnum):
     DELIVERY_RESUMED = "delivery-resumed"
     SETTING_CHANGED = "setting-changed"
     DKIM_KEY_ADDED = "dkim-key-added"  # `smtpplus dkim add`: a domain's first signing key
-    DKIM_KEY_ROTATED = "dkim-key-rotated"  # `dkim rotate`: a new active key, the old one retired
+    DKIM_KEY_STAGED = "dkim-key-staged"  # `dkim rotate`: a new key waits for its record; the old one signs on
+    DKIM_KEY_ROTATED = "dkim-key-rotated"  # `dkim activate` (or `rotate --now`): a new active key, the old one retired
     DKIM_KEY_REMOVED = "dkim-key-removed"  # `dkim rm`
     # Relay lifecycle
     RELAY_STARTED = "relay-started"

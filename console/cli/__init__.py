@@ -17,7 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "users": ("console.cli.users:users", "Relay users: add, edit, activate, reset passwords."),
     "senders": ("console.cli.senders:senders", "Sender identities and their verification."),
     "campaigns": ("console.cli.campaigns:campaigns", "Campaigns sent to every member of a list."),
-    "dkim": ("console.cli.dkim:dkim", "DKIM signing keys: add, publish, check, rotate, remove."),
+    "dkim": ("console.cli.dkim:dkim", "DKIM signing keys: add, publish, check, rotate and activate, remove."),
     "queue": ("console.cli.queue:queue", "The sending queue: inspect, hold, retry; pause, rate, next hop."),
     "unsubscribe": ("console.cli.bulk:unsubscribe", "Unsubscribe a list member with the token of a List-Unsubscribe header."),
     "suppressions": ("console.cli.bulk:suppressions", "The suppression list: addresses campaigns never send to."),

@@ -1,5 +1,5 @@
 """``smtpplus dkim``: DKIM signing keys — add one and publish its record, check DNS,
-rotate, remove. The operations are :mod:`relay.admin.dkim`; private keys stay in the
+rotate (stage a key, activate it once published), remove. The operations are :mod:`relay.admin.dkim`; private keys stay in the
 store and no command here prints one."""
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ dkim = common.LazyGroup(
     help="DKIM signing keys, one active key per sender domain.\n\n"
     "The relay signs every message whose From: domain has an active key (relaxed/relaxed, "
     "at delivery). Private keys live in the store — every relay on it signs alike, and the "
-    "store file is a secret (mode 0600). After `dkim rotate` the old key signs nothing but stays "
+    "store file is a secret (mode 0600). `dkim rotate` stages a new key: publish its record, then "
+    "`dkim activate` checks DNS and switches; the old key then signs nothing but stays "
     f"listed for {RETIRED_KEEP_DAYS} days: keep its DNS record published until `dkim ls` says removable.",
 )
 
@@ -86,8 +87,9 @@ def add(domain: str, selector: str | None, algorithm: str, as_json: bool, db_pat
 @common.json_option
 @common.db_option
 def ls(domain: str | None, as_json: bool, db_path: Path | None) -> None:
-    """List keys: domain, selector, algorithm, state (active, retired: keep it published
-    until the date shown, removable: delete its record, then `dkim rm`)."""
+    """List keys: domain, selector, algorithm, state (active; pending: publish its record,
+    then `dkim activate`; retired: keep it published until the date shown; removable:
+    delete its record, then `dkim rm`)."""
     from relay.admin.dkim import keys
 
     with common.open_db(db_path, create=False) as db:
@@ -117,7 +119,7 @@ def ls(domain: str | None, as_json: bool, db_path: Path | None) -> None:
 @common.json_option
 @common.db_option
 def check(domain: str, resolver: str | None, timeout: float, as_json: bool, db_path: Path | None) -> None:
-    """Is each key of DOMAIN (active and retired) published in DNS, with this key?
+    """Is each key of DOMAIN (active, pending and retired) published in DNS, with this key?
     Exits 1 when one is not."""
     from relay.admin.dkim import check as check_keys
 
@@ -137,24 +139,66 @@ def check(domain: str, resolver: str | None, timeout: float, as_json: bool, db_p
 @click.option("--selector", default=None, help=_SELECTOR_HELP)
 @click.option("--algorithm", type=click.Choice(ALGORITHMS), default=None,
               help="Key type of the new key (default: the current key's).")
+@click.option("--now", "at_once", is_flag=True,
+              help="Sign with the new key at once, before its record can be published (a leaked key): "
+              "receivers fail its signatures until they find the record.")
 @common.json_option
 @common.db_option
-def rotate(domain: str, selector: str | None, algorithm: str | None, as_json: bool, db_path: Path | None) -> None:
-    """A new key for DOMAIN signs from now on; the old one signs nothing and stays
-    listed (keep its record published) for the days `dkim ls` shows."""
+def rotate(domain: str, selector: str | None, algorithm: str | None, at_once: bool, as_json: bool, db_path: Path | None) -> None:
+    """A new key for DOMAIN, pending: the current key signs on. Publish the new
+    record, then `smtpplus dkim activate DOMAIN` (it checks DNS first) — the old key
+    then signs nothing and stays listed (keep its record published) for the days
+    `dkim ls` shows."""
     from relay.admin.dkim import rotate as rotate_key
 
     with common.open_db(db_path) as db:
-        rotation = rotate_key(db, domain, selector=selector, algorithm=algorithm)
+        rotation = rotate_key(db, domain, selector=selector, algorithm=algorithm, at_once=at_once)
     _warn_if_readable(db_path)
     new, old = rotation.new, rotation.retired
     if as_json:
-        common.print_json({**new.as_dict(), "retired": old.as_dict()})
+        common.print_json({
+            **new.as_dict(), "state": rotation.state, "signing": rotation.signing.as_dict(),
+            "retired": None if old is None else old.as_dict(),
+        })
+        return
+    if old is None:
+        click.echo(f"DKIM key {new.selector} is staged for {new.domain}; {rotation.signing.selector} signs until it is activated")
+        for line in _publish_lines(new):
+            click.echo(line)
+        click.echo(f"then: smtpplus dkim activate {new.domain}   (it checks that DNS publishes the record first)")
         return
     click.echo(f"DKIM key {new.selector} now signs for {new.domain}; {old.selector} is retired")
     for line in _publish_lines(new):
         click.echo(line)
     click.echo(f"keep {old.record.name} published until {common.fmt_time(old.keep_until)}, then remove it")
+
+
+@dkim.command("activate")
+@click.argument("domain")
+@click.option("--selector", default=None, help="The pending key (default: the one `dkim rotate` staged).")
+@click.option("--force", is_flag=True, help="Activate without looking for its record in DNS.")
+@click.option("--resolver", default=None, metavar="HOST[:PORT]", help=_RESOLVER_HELP)
+@click.option("--timeout", type=click.FloatRange(min=0.1, max=60), default=5.0, show_default=True, help="Seconds to wait.")
+@common.json_option
+@common.db_option
+def activate(domain: str, selector: str | None, force: bool, resolver: str | None, timeout: float, as_json: bool,
+             db_path: Path | None) -> None:
+    """The key `dkim rotate` staged for DOMAIN signs from now on, once DNS publishes
+    its record (exit 1 with what to publish when it does not); the old key is retired."""
+    from relay.admin.dkim import activate as activate_key
+
+    with common.open_db(db_path, create=False) as db:
+        done = activate_key(db, domain, selector=selector, force=force, resolver=resolver, timeout=timeout)
+    new, old = done.active, done.retired
+    if as_json:
+        common.print_json({**new.as_dict(), "retired": None if old is None else old.as_dict(),
+                           "checked": None if done.check is None else done.check.as_dict()})
+        return
+    how = "unchecked (--force)" if done.check is None else f"its record is published ({done.check.resolver})"
+    click.echo(f"DKIM key {new.selector} now signs for {new.domain}: {how}")
+    if old is not None:
+        click.echo(f"{old.selector} is retired: keep {old.record.name} published until "
+                   f"{common.fmt_time(old.keep_until)}, then remove it")
 
 
 @dkim.command("rm")

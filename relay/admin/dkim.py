@@ -1,5 +1,6 @@
 """DKIM keys: add one (and say what to publish), list, check that DNS publishes them,
-rotate, remove. The CLI (``smtpplus dkim``) and any other surface call these.
+rotate (stage a key, activate it once DNS publishes it), remove. The CLI (``smtpplus
+dkim``) and any other surface call these.
 
 Private keys never leave the store through here: the results carry the domain,
 selector, algorithm, state and the public DNS record only.
@@ -37,8 +38,9 @@ class DnsRecord:
 
 @dataclass(frozen=True, slots=True)
 class KeyView:
-    """A key as operators see it. ``state``: ``active`` (signs), ``retired`` (signs
-    nothing, keep it published until ``keep_until``), ``removable`` (past that)."""
+    """A key as operators see it. ``state``: ``active`` (signs), ``pending`` (staged by a
+    rotation: signs once activated), ``retired`` (signs nothing, keep it published until
+    ``keep_until``), ``removable`` (past that)."""
 
     domain: str
     selector: str
@@ -64,8 +66,9 @@ def record_of(key: store.KeyInfo) -> DnsRecord:
 
 
 def view(key: store.KeyInfo, now: float) -> KeyView:
-    if key.active:
-        return KeyView(key.domain, key.selector, key.algorithm, "active", key.created_at, None, None, record_of(key))
+    if key.active or key.pending:
+        state = "active" if key.active else "pending"
+        return KeyView(key.domain, key.selector, key.algorithm, state, key.created_at, None, None, record_of(key))
     retired = key.retired_at if key.retired_at is not None else key.created_at
     keep_until = retired + rules.RETIRED_KEEP_DAYS * DAY
     state = "retired" if now < keep_until else "removable"
@@ -93,24 +96,70 @@ def keys(db: Connection, domain: str | None = None, *, now: float | None = None)
 
 @dataclass(frozen=True, slots=True)
 class Rotation:
+    """``new``: the record to publish; ``signing``: the key that signs now (the old
+    one while the new one is pending, else the new one); ``retired``: the old one, when
+    it stopped signing (``at_once``)."""
+
     new: DnsRecord
-    retired: KeyView
+    state: str  # the new key's: "pending", or "active" (at once)
+    signing: KeyView
+    retired: KeyView | None
 
 
 def rotate(
     db: Connection, domain: str, *, selector: str | None = None, algorithm: str | None = None,
-    now: float | None = None,
+    at_once: bool = False, now: float | None = None,
 ) -> Rotation:
-    """A new active key (same algorithm unless ``algorithm``); the old one signs nothing
-    from now on and stays listed for :data:`relay.dkim.RETIRED_KEEP_DAYS` days."""
+    """A new key (same algorithm unless ``algorithm``), pending: the active key signs on
+    until :func:`activate` (which checks DNS for the new record first) — a key that
+    signed before receivers could find its record would fail every signature. With
+    ``at_once`` the new key signs now and the old one is retired (for a key that must
+    stop signing: leaked, too weak); a retired key stays listed for
+    :data:`relay.dkim.RETIRED_KEEP_DAYS` days."""
     stamp = time.time() if now is None else now
     name = rules.check_domain(domain)
     current = store.active_key(db, name)
     chosen_algorithm = rules.check_algorithm(algorithm) if algorithm else (current.algorithm if current else rules.DEFAULT_ALGORITHM)
     chosen = rules.check_selector(selector) if selector else rules.default_selector(stamp, store.selectors(db, name))
     pair = rules.generate(chosen_algorithm)
-    new, retired = store.rotate_key(db, name, chosen, pair, now=stamp)
-    return Rotation(record_of(new), view(retired, stamp))
+    if at_once:
+        new, retired = store.rotate_key(db, name, chosen, pair, now=stamp)
+        return Rotation(record_of(new), "active", view(new, stamp), view(retired, stamp))
+    new, signing = store.stage_key(db, name, chosen, pair, now=stamp)
+    return Rotation(record_of(new), "pending", view(signing, stamp), None)
+
+
+@dataclass(frozen=True, slots=True)
+class Activation:
+    active: KeyView
+    retired: KeyView | None
+    check: KeyCheck | None  # the DNS check that allowed it (None: forced)
+
+
+def activate(
+    db: Connection, domain: str, *, selector: str | None = None, force: bool = False, resolver: str | None = None,
+    timeout: float = 5.0, now: float | None = None,
+) -> Activation:
+    """The pending key of ``domain`` signs from now on, the active one is retired —
+    once DNS publishes the pending key's record (asked through ``resolver``, as
+    :func:`check`); ``force`` skips that look."""
+    from relay.store.errors import InvalidInput, NotFound
+
+    stamp = time.time() if now is None else now
+    name = rules.check_domain(domain)
+    waiting = store.pending_key(db, name)
+    if waiting is None:
+        raise NotFound(f"no DKIM key of {name} waits to be activated — `smtpplus dkim rotate {name}` stages one")
+    if selector is not None and waiting.selector != rules.check_selector(selector):
+        raise NotFound(f"DKIM key {selector} of {name} is not the one waiting — that is {waiting.selector}")
+    checked = None
+    if not force:
+        server = choose_resolver(resolver, get_setting(db, Keys.DNS_RESOLVER))
+        checked = _check_one(view(waiting, stamp), server, timeout)
+        if not checked.ok:
+            raise InvalidInput(f"not activated: {checked.message} (or --force to activate it without this check)")
+    new, retired = store.activate_key(db, name, waiting.selector, public_key=waiting.public_key, now=stamp)
+    return Activation(view(new, stamp), None if retired is None else view(retired, stamp), checked)
 
 
 def remove(db: Connection, domain: str, selector: str, *, now: float | None = None) -> KeyView:
@@ -145,8 +194,8 @@ class KeyCheck:
 def check(
     db: Connection, domain: str, *, resolver: str | None = None, timeout: float = 5.0, now: float | None = None
 ) -> list[KeyCheck]:
-    """Look up every key of ``domain`` still to be published (active and retired; not
-    removable ones) through ``resolver``, else the store setting, else
+    """Look up every key of ``domain`` still to be published (active, pending and
+    retired; not removable ones) through ``resolver``, else the store setting, else
     ``$SMTPPLUS_DNS_RESOLVER``, else the system's."""
     stamp = time.time() if now is None else now
     name = rules.check_domain(domain)

@@ -1,5 +1,9 @@
-"""DKIM keys in the store (table ``dkim_keys``): add, rotate, list, remove, and the
-active keys with their private halves for the delivery engine's signer.
+"""DKIM keys in the store (table ``dkim_keys``): add, stage and activate (a rotation),
+rotate at once, list, remove, and the active keys with their private halves for the
+delivery engine's signer.
+
+A key is active (``active`` 1: it signs), pending (0, never retired: staged by a
+rotation, it signs once activated) or retired (0, ``retired_at`` set: it signs nothing).
 
 Only :func:`active_keys` reads a private key; every other read leaves the column out,
 so no listing, event or export made from these rows can show one. Each change and its
@@ -32,6 +36,11 @@ class KeyInfo:
     active: bool
     created_at: float
     retired_at: float | None
+
+    @property
+    def pending(self) -> bool:
+        """Staged by a rotation, not signing yet (never active)."""
+        return not self.active and self.retired_at is None
 
     @classmethod
     def from_row(cls, row: Any) -> KeyInfo:
@@ -86,31 +95,103 @@ def add_key(db: Connection, domain: str, selector: str, pair: KeyPair, *, now: f
         _insert(db, domain, selector, pair, stamp)
         record_event(db, NewEvent(
             EventKind.OPERATOR, Reason.DKIM_KEY_ADDED, at=stamp,
-            detail=f"DKIM key {selector} ({pair.algorithm}) added for {domain}: publish it, then it signs",
+            detail=f"DKIM key {selector} ({pair.algorithm}) added for {domain}: it signs from now on; publish its record",
         ))
     return get_key(db, domain, selector)
+
+
+def pending_key(db: Connection, domain: str) -> KeyInfo | None:
+    row = db.execute(
+        f"SELECT {_PUBLIC_COLUMNS} FROM dkim_keys WHERE domain = ? AND active = 0 AND retired_at IS NULL", (domain,)
+    ).fetchone()
+    return None if row is None else KeyInfo.from_row(row)
+
+
+def stage_key(db: Connection, domain: str, selector: str, pair: KeyPair, *, now: float | None = None) -> tuple[KeyInfo, KeyInfo]:
+    """A rotation's new key, pending: the active key signs on until :func:`activate_key`
+    (once the new record is published — a key that signed before receivers could find
+    its record would fail every signature meanwhile). Returns (pending, active)."""
+    stamp = time.time() if now is None else now
+    with transaction(db):
+        current = _to_rotate(db, domain)
+        waiting = pending_key(db, domain)
+        if waiting is not None:
+            raise InvalidInput(
+                f"{domain} already has key {waiting.selector} waiting for its record — publish it and "
+                f"`smtpplus dkim activate {domain}`, or `smtpplus dkim rm {domain} {waiting.selector} --yes`"
+            )
+        _insert(db, domain, selector, pair, stamp, active=False)
+        record_event(db, NewEvent(
+            EventKind.OPERATOR, Reason.DKIM_KEY_STAGED, at=stamp,
+            detail=f"DKIM key {selector} ({pair.algorithm}) staged for {domain}: {current.selector} signs until "
+            f"it is activated (`smtpplus dkim activate {domain}`, once its record is published)",
+        ))
+    return get_key(db, domain, selector), current
+
+
+def activate_key(
+    db: Connection, domain: str, selector: str, *, public_key: str | None = None, now: float | None = None
+) -> tuple[KeyInfo, KeyInfo | None]:
+    """The pending key ``selector`` (with ``public_key``, when given: the one whose
+    record was checked) signs from now on; the active one is retired. Returns
+    (new, retired)."""
+    stamp = time.time() if now is None else now
+    with transaction(db):
+        key = get_key(db, domain, selector)
+        if not key.pending:
+            raise InvalidInput(f"DKIM key {selector} of {domain} is {'active' if key.active else 'retired'}, not waiting to sign")
+        current = active_key(db, domain)
+        if current is not None:
+            _retire(db, domain, current.selector, stamp)
+        # Still the key that was read (and checked): another operator's `dkim rm` (and a
+        # new rotation under the same selector) between the two leaves nothing to activate.
+        same = db.execute(
+            "UPDATE dkim_keys SET active = 1 WHERE domain = ? AND selector = ? AND active = 0 AND retired_at IS NULL "
+            "AND public_key = ? RETURNING selector",
+            (domain, selector, key.public_key if public_key is None else public_key),
+        ).fetchone()
+        if same is None:
+            raise InvalidInput(f"DKIM key {selector} of {domain} changed meanwhile — see `smtpplus dkim ls {domain}`")
+        record_event(db, NewEvent(
+            EventKind.OPERATOR, Reason.DKIM_KEY_ROTATED, at=stamp,
+            detail=f"DKIM key {selector} now signs for {domain}" + (f"; {current.selector} retired" if current else ""),
+        ))
+    return get_key(db, domain, selector), None if current is None else get_key(db, domain, current.selector)
 
 
 def rotate_key(
     db: Connection, domain: str, selector: str, pair: KeyPair, *, now: float | None = None
 ) -> tuple[KeyInfo, KeyInfo]:
-    """A new active key for ``domain``; the active one is retired (kept, signs nothing).
-    Returns (new, retired)."""
+    """A new active key for ``domain`` at once (before its record can be published: for
+    a key that must stop signing now); the active one is retired (kept, signs
+    nothing). Returns (new, retired)."""
     stamp = time.time() if now is None else now
     with transaction(db):
-        current = active_key(db, domain)
-        if current is None:
-            raise InvalidInput(f"{domain} has no active DKIM key to rotate — add one with `smtpplus dkim add {domain}`")
-        db.execute(
-            "UPDATE dkim_keys SET active = 0, retired_at = ? WHERE domain = ? AND selector = ?",
-            (stamp, domain, current.selector),
-        )
+        current = _to_rotate(db, domain)
+        waiting = pending_key(db, domain)
+        if waiting is not None:  # else a later `dkim activate` would retire this key for the one waiting
+            raise InvalidInput(
+                f"{domain} has key {waiting.selector} waiting for its record — `smtpplus dkim activate {domain} --force` "
+                f"switches to it now, or `smtpplus dkim rm {domain} {waiting.selector} --yes` first"
+            )
+        _retire(db, domain, current.selector, stamp)
         _insert(db, domain, selector, pair, stamp)
         record_event(db, NewEvent(
             EventKind.OPERATOR, Reason.DKIM_KEY_ROTATED, at=stamp,
-            detail=f"DKIM key {selector} ({pair.algorithm}) now signs for {domain}; {current.selector} retired",
+            detail=f"DKIM key {selector} ({pair.algorithm}) now signs for {domain}, at once; {current.selector} retired",
         ))
     return get_key(db, domain, selector), get_key(db, domain, current.selector)
+
+
+def _to_rotate(db: Connection, domain: str) -> KeyInfo:
+    current = active_key(db, domain)
+    if current is None:
+        raise InvalidInput(f"{domain} has no active DKIM key to rotate — add one with `smtpplus dkim add {domain}`")
+    return current
+
+
+def _retire(db: Connection, domain: str, selector: str, stamp: float) -> None:
+    db.execute("UPDATE dkim_keys SET active = 0, retired_at = ? WHERE domain = ? AND selector = ?", (stamp, domain, selector))
 
 
 def remove_key(db: Connection, domain: str, selector: str, *, now: float | None = None) -> KeyInfo:
@@ -118,7 +199,7 @@ def remove_key(db: Connection, domain: str, selector: str, *, now: float | None 
     with transaction(db):
         key = get_key(db, domain, selector)
         db.execute("DELETE FROM dkim_keys WHERE domain = ? AND selector = ?", (domain, selector))
-        what = "the active key: mail from it goes unsigned" if key.active else "retired"
+        what = "the active key: mail from it goes unsigned" if key.active else "pending" if key.pending else "retired"
         record_event(db, NewEvent(
             EventKind.OPERATOR, Reason.DKIM_KEY_REMOVED, at=stamp,
             detail=f"DKIM key {selector} of {domain} removed ({what})",
@@ -126,11 +207,11 @@ def remove_key(db: Connection, domain: str, selector: str, *, now: float | None 
     return key
 
 
-def _insert(db: Connection, domain: str, selector: str, pair: KeyPair, stamp: float) -> None:
+def _insert(db: Connection, domain: str, selector: str, pair: KeyPair, stamp: float, *, active: bool = True) -> None:
     if db.execute("SELECT 1 FROM dkim_keys WHERE domain = ? AND selector = ?", (domain, selector)).fetchone():
         raise AlreadyExists(f"{domain} already has a key with selector {selector} — choose another --selector")
     db.execute(
         "INSERT INTO dkim_keys(domain, selector, algorithm, private_key, public_key, active, created_at, retired_at) "
-        "VALUES (?, ?, ?, ?, ?, 1, ?, NULL)",
-        (domain, selector, pair.algorithm, pair.private_pem, pair.public, stamp),
+        "VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
+        (domain, selector, pair.algorithm, pair.private_pem, pair.public, int(active), stamp),
     )

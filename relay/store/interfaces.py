@@ -569,7 +569,8 @@ class Lease(Protocol):
 
 
 class DkimKeys(Protocol):
-    """DKIM keys per domain and selector: one active key per domain, rotation, removal."""
+    """DKIM keys per domain and selector: one active key per domain, rotation (a
+    pending key activated once published, or at once), removal."""
 
     def list_keys(self, db: Connection, domain: str | None = None) -> list[KeyInfo]: ...
 
@@ -600,6 +601,22 @@ class DkimKeys(Protocol):
         *,
         now: float | None = None,
     ) -> tuple[KeyInfo, KeyInfo]: ...
+
+    def pending_key(self, db: Connection, domain: str) -> KeyInfo | None: ...
+
+    def stage_key(
+        self,
+        db: Connection,
+        domain: str,
+        selector: str,
+        pair: KeyPair,
+        *,
+        now: float | None = None,
+    ) -> tuple[KeyInfo, KeyInfo]: ...
+
+    def activate_key(
+        self, db: Connection, domain: str, selector: str, *, public_key: str | None = None, now: float | None = None
+    ) -> tuple[KeyInfo, KeyInfo | None]: ...
 
     def remove_key(self, db: Connection, domain: str, selector: str, *, now: float | None = None) -> KeyInfo: ...
 

@@ -41,6 +41,7 @@ VERSIONS: list[Version] = [
     Version(10, "PostgreSQL: messages vacuumed after a fixed number of changed rows, indexes included (SQLite: nothing)"),
     Version(11, "PostgreSQL: an index of the leases (the reclaim), the list count's trigger only where a list's count changes (SQLite: nothing)"),
     Version(12, "PostgreSQL: in-flight messages left out of the dispatch index (SQLite: nothing)"),
+    Version(13, "DKIM keys may wait for their DNS record (pending: inactive, never retired), one per domain"),
 ]
 SCHEMA_VERSION = len(VERSIONS)
 

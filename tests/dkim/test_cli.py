@@ -34,7 +34,7 @@ def _secret_pieces(pem: str) -> list[str]:
 
 
 def test_every_dkim_command_has_help(cli: Any) -> None:
-    for command in ("add", "ls", "check", "rotate", "rm"):
+    for command in ("add", "ls", "check", "rotate", "activate", "rm"):
         proc = cli("dkim", command, "--help", check=True)
         assert "Usage:" in proc.stdout and "--db" in proc.stdout
     assert "s + the year and month" in " ".join(cli("dkim", "add", "--help", check=True).stdout.split())
@@ -82,16 +82,30 @@ def test_add_check_rotate_remove(cli: Any, dkim_dns: Any) -> None:
     wrong = run("dkim", "check", "example.net", "--resolver", dkim_dns.address, "--json", ok=False)
     assert wrong.returncode == 1 and json.loads(wrong.stdout)[0]["outcome"] == "mismatch"
 
+    # A rotation stages the new key: the old one signs on until the new record is published.
     rotated = json.loads(run("dkim", "rotate", "example.org", "--algorithm", "ed25519", "--json").stdout)
     assert rotated["selector"] == selector + "b" and rotated["value"].startswith("v=DKIM1; k=ed25519")
-    assert rotated["retired"]["selector"] == selector and rotated["retired"]["state"] == "retired"
-    assert rotated["retired"]["keep_until"] - rotated["retired"]["retired_at"] == RETIRED_KEEP_DAYS * 86400
+    assert rotated["state"] == "pending" and rotated["retired"] is None and rotated["signing"]["selector"] == selector
+    listing = json.loads(run("dkim", "ls", "example.org", "--json").stdout)
+    assert [(k["selector"], k["state"]) for k in listing] == [(selector, "active"), (selector + "b", "pending")]
+    both = json.loads(run("dkim", "check", "example.org", "--resolver", dkim_dns.address, "--json", ok=False).stdout)
+    assert [(c["selector"], c["outcome"]) for c in both] == [(selector, "published"), (selector + "b", "missing")]
+    unpublished = _one_line_error(run("dkim", "activate", "example.org", "--resolver", dkim_dns.address, ok=False))
+    assert "not activated" in unpublished and rotated["name"] in unpublished and "--force" in unpublished
+    again = _one_line_error(run("dkim", "rotate", "example.org", ok=False))
+    assert f"already has key {selector}b waiting for its record" in again
+    dkim_dns.set(rotated["name"], "TXT", rotated["value"])
+    done = json.loads(run("dkim", "activate", "example.org", "--resolver", dkim_dns.address, "--json").stdout)
+    assert done["selector"] == selector + "b" and done["state"] == "active" and done["checked"]["outcome"] == "published"
+    assert done["retired"]["selector"] == selector and done["retired"]["state"] == "retired"
+    assert done["retired"]["keep_until"] - done["retired"]["retired_at"] == RETIRED_KEEP_DAYS * 86400
     listing = json.loads(run("dkim", "ls", "example.org", "--json").stdout)
     assert [(k["selector"], k["state"]) for k in listing] == [(selector + "b", "active"), (selector, "retired")]
     # The retired key must stay published: check looks at both.
-    both = json.loads(run("dkim", "check", "example.org", "--resolver", dkim_dns.address, "--json", ok=False).stdout)
-    assert [(c["selector"], c["outcome"]) for c in both] == [(selector + "b", "missing"), (selector, "published")]
+    both = json.loads(run("dkim", "check", "example.org", "--resolver", dkim_dns.address, "--json").stdout)
+    assert [(c["selector"], c["outcome"]) for c in both] == [(selector + "b", "published"), (selector, "published")]
     assert "retired" in run("dkim", "ls").stdout
+    assert "no DKIM key of example.org waits" in _one_line_error(run("dkim", "activate", "example.org", ok=False))
 
     # Past its days a retired key is removable (its retirement moved back in the store).
     raw = sqlite3.connect(cli.store)
@@ -113,13 +127,30 @@ def test_add_check_rotate_remove(cli: Any, dkim_dns: Any) -> None:
     raw = sqlite3.connect(cli.store)
     events = raw.execute("SELECT reason, detail FROM events WHERE reason LIKE 'dkim-%' ORDER BY id").fetchall()
     raw.close()
-    assert [e[0] for e in events] == ["dkim-key-added"] * 3 + ["dkim-key-rotated"] + ["dkim-key-removed"] * 2
+    assert [e[0] for e in events] == ["dkim-key-added"] * 3 + ["dkim-key-staged", "dkim-key-rotated"] + ["dkim-key-removed"] * 2
     keys = _private_keys(cli.store)
     assert len(keys) == 2 and all("PRIVATE KEY" in k for k in keys)
     everything = "\n".join(outputs + [d for _, d in events])
     assert "PRIVATE KEY" not in everything
     for pem in keys:
         assert not any(piece in everything for piece in _secret_pieces(pem))
+
+
+def test_rotate_now_switches_at_once_and_activate_force_skips_the_dns_look(cli: Any) -> None:
+    import json
+
+    first = json.loads(cli("dkim", "add", "example.org", "--algorithm", "ed25519", "--json", check=True).stdout)
+    now = json.loads(cli("dkim", "rotate", "example.org", "--now", "--selector", "two", "--json", check=True).stdout)
+    assert now["state"] == "active" and now["retired"]["selector"] == first["selector"]
+    assert now["signing"]["selector"] == "two"
+    human = cli("dkim", "rotate", "example.org", "--selector", "three", check=True).stdout
+    assert human.startswith("DKIM key three is staged for example.org; two signs until it is activated")
+    assert "then: smtpplus dkim activate example.org" in human and '"v=DKIM1; k=ed25519; p=' in human
+    forced = cli("dkim", "activate", "example.org", "--selector", "three", "--force", check=True).stdout
+    assert forced.startswith("DKIM key three now signs for example.org: unchecked (--force)")
+    assert "two is retired" in forced
+    states = [(k["selector"], k["state"]) for k in json.loads(cli("dkim", "ls", "--json", check=True).stdout)]
+    assert states == [("three", "active"), ("two", "retired"), (first["selector"], "retired")]
 
 
 def test_the_store_and_its_backups_are_owner_only(cli: Any, tmp_path: Path) -> None:

@@ -33,7 +33,10 @@ async def test_the_active_key_signs_and_changes_take_effect_at_the_next_read(db:
         assert not other.signed and other.data == MESSAGE.replace(b"ann@example.org", b"ann@example.com")
         assert other.notes == []
 
-        keys.rotate(db, "example.org", selector="two")
+        keys.rotate(db, "example.org", selector="two")  # staged: "one" signs until it is activated
+        signer.forget()
+        assert selector_of((await signer.sign(MESSAGE)).data) == "one"
+        keys.activate(db, "example.org", force=True)
         assert selector_of((await signer.sign(MESSAGE)).data) == "one"  # within its refresh time: as read
         signer.forget()
         assert selector_of((await signer.sign(MESSAGE)).data) == "two"

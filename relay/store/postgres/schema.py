@@ -590,9 +590,19 @@ DROP INDEX messages_dispatch;
 CREATE INDEX messages_dispatch ON messages(state, priority, id) WHERE state <> 'sending';
 """
 
+# A rotation stages its new key (relay/store/dkim.py): inactive and never retired until
+# it is activated, once its DNS record is published. V6's table CHECK (PostgreSQL named
+# it dkim_keys_check) tied "inactive" to "retired".
+V13_PENDING_DKIM_KEYS = """
+ALTER TABLE dkim_keys DROP CONSTRAINT dkim_keys_check;
+ALTER TABLE dkim_keys ADD CONSTRAINT dkim_keys_retired_inactive CHECK (active = 0 OR retired_at IS NULL);
+CREATE UNIQUE INDEX dkim_keys_one_pending ON dkim_keys(domain) WHERE active = 0 AND retired_at IS NULL;
+"""
+
 MIGRATIONS: list[str] = [
     V1_DIRECTORY, V2_QUEUE, V3_ENVELOPE_PARAMETERS, V4_COUNTS, V5_BULK_SENDER, V6_DKIM_KEYS, V7_DESTINATIONS,
     V8_RECIPIENT_DOMAIN, V9_COUNT_SHARDS, V10_VACUUM_MESSAGES, V11_CHEAPER_ROUND, V12_DISPATCH_WITHOUT_LEASES,
+    V13_PENDING_DKIM_KEYS,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

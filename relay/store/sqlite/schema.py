@@ -392,9 +392,34 @@ V12_DISPATCH_WITHOUT_LEASES = """
 -- Nothing to do on SQLite (PostgreSQL: in-flight messages out of the dispatch index).
 """
 
+# A rotation stages its new key (relay/store/dkim.py): inactive and never retired until
+# it is activated, once its DNS record is published. The old CHECK tied "inactive" to
+# "retired": SQLite changes a CHECK only by building the table anew.
+V13_PENDING_DKIM_KEYS = """
+CREATE TABLE dkim_keys_v13 (
+    domain      TEXT NOT NULL,
+    selector    TEXT NOT NULL,
+    algorithm   TEXT NOT NULL CHECK (algorithm IN ('rsa-2048', 'ed25519')),
+    private_key TEXT NOT NULL,
+    public_key  TEXT NOT NULL,
+    active      INTEGER NOT NULL CHECK (active IN (0, 1)),
+    created_at  REAL NOT NULL,
+    retired_at  REAL,
+    PRIMARY KEY (domain, selector),
+    CHECK (active = 0 OR retired_at IS NULL)
+);
+INSERT INTO dkim_keys_v13 SELECT domain, selector, algorithm, private_key, public_key, active, created_at, retired_at
+    FROM dkim_keys;
+DROP TABLE dkim_keys;
+ALTER TABLE dkim_keys_v13 RENAME TO dkim_keys;
+CREATE UNIQUE INDEX dkim_keys_one_active ON dkim_keys(domain) WHERE active = 1;
+CREATE UNIQUE INDEX dkim_keys_one_pending ON dkim_keys(domain) WHERE active = 0 AND retired_at IS NULL;
+"""
+
 MIGRATIONS: list[str] = [
     V1_DIRECTORY, V2_QUEUE, V3_ENVELOPE_PARAMETERS, V4_COUNTS, V5_BULK_SENDER, V6_DKIM_KEYS, V7_DESTINATIONS,
     V8_RECIPIENT_DOMAIN, V9_COUNT_SHARDS, V10_VACUUM_MESSAGES, V11_CHEAPER_ROUND, V12_DISPATCH_WITHOUT_LEASES,
+    V13_PENDING_DKIM_KEYS,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
