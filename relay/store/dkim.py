@@ -92,6 +92,7 @@ def add_key(db: Connection, domain: str, selector: str, pair: KeyPair, *, now: f
             raise InvalidInput(
                 f"{domain} already signs with key {current.selector} — use `smtpplus dkim rotate {domain}` for a new one"
             )
+        _refuse_if_waiting(db, domain)
         _insert(db, domain, selector, pair, stamp)
         record_event(db, NewEvent(
             EventKind.OPERATOR, Reason.DKIM_KEY_ADDED, at=stamp,
@@ -186,8 +187,20 @@ def rotate_key(
 def _to_rotate(db: Connection, domain: str) -> KeyInfo:
     current = active_key(db, domain)
     if current is None:
+        _refuse_if_waiting(db, domain)
         raise InvalidInput(f"{domain} has no active DKIM key to rotate — add one with `smtpplus dkim add {domain}`")
     return current
+
+
+def _refuse_if_waiting(db: Connection, domain: str) -> None:
+    """No active key, but a rotation's key waits (the active one was removed): that one
+    is the way on — a new key now would be retired by its activation."""
+    waiting = pending_key(db, domain)
+    if waiting is not None:
+        raise InvalidInput(
+            f"{domain} has key {waiting.selector} waiting for its record — publish it and "
+            f"`smtpplus dkim activate {domain}`, or `smtpplus dkim rm {domain} {waiting.selector} --yes` first"
+        )
 
 
 def _retire(db: Connection, domain: str, selector: str, stamp: float) -> None:

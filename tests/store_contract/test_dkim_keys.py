@@ -50,6 +50,18 @@ def test_activation_takes_only_the_key_that_was_checked(db: Any) -> None:
     assert keys.pending_key(db, "example.org") is not None
 
 
+def test_with_only_a_waiting_key_left_add_and_rotate_point_to_it(db: Any) -> None:
+    keys = ops(db).dkim
+    keys.add_key(db, "example.org", "one", rules.generate("ed25519"))
+    keys.stage_key(db, "example.org", "two", rules.generate("ed25519"))
+    keys.remove_key(db, "example.org", "one")  # the active key is gone; "two" still waits
+    for attempt in (keys.add_key, keys.stage_key, keys.rotate_key):
+        with pytest.raises(InvalidInput, match="has key two waiting for its record .* dkim activate example.org"):
+            attempt(db, "example.org", "three", rules.generate("ed25519"))
+    new, retired = keys.activate_key(db, "example.org", "two")
+    assert new.active and retired is None and _signing(db) == [("example.org", "two")]
+
+
 def test_an_immediate_rotation_is_refused_while_a_key_waits(db: Any) -> None:
     keys = ops(db).dkim
     keys.add_key(db, "example.org", "one", rules.generate("ed25519"))
