@@ -183,8 +183,11 @@ def rotate(domain: str, selector: str | None, algorithm: str | None, at_once: bo
 @common.db_option
 def activate(domain: str, selector: str | None, force: bool, resolver: str | None, timeout: float, as_json: bool,
              db_path: Path | None) -> None:
-    """The key `dkim rotate` staged for DOMAIN signs from now on, once DNS publishes
-    its record (exit 1 with what to publish when it does not); the old key is retired."""
+    """Switch DOMAIN to the key `dkim rotate` staged, once DNS publishes its record.
+
+    Exits 1 with what to publish when DNS does not have it yet; the old key is then
+    retired (it signs nothing, keep its record published until `dkim ls` says
+    removable)."""
     from relay.admin.dkim import activate as activate_key
 
     with common.open_db(db_path, create=False) as db:
