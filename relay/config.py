@@ -114,6 +114,9 @@ class RelayConfig:
     soft_error_limit: int = 10
     hard_error_limit: int = 20
     header_size_limit: int = 100 * 1024  # header section in bytes; larger → 552 5.3.4
+    # Received: headers a message may carry, this relay's own included (Postfix's
+    # hopcount_limit): a mail loop between MTAs ends here → 554 5.4.6.
+    hopcount_limit: int = 50
     # Display names (and comments, encoded words) that spell an address other than
     # the mailbox's own ("evil\@evil.com" <boss@b.example>, full-width ＠) → 550 5.7.1.
     refuse_lookalike_display_names: bool = True
@@ -246,6 +249,9 @@ def load_config(
     mx_port = values.get("mx_port")
     if mx_port is not None and not 1 <= mx_port <= 65535:
         raise ConfigError(f"mx_port {mx_port} is out of range: 1 to 65535 (25 for the internet)")
+    hops = values.get("hopcount_limit")
+    if hops is not None and hops < 2:
+        raise ConfigError(f"hopcount_limit {hops} must be at least 2 (a message carries this relay's Received: too)")
     per_destination = values.get("max_connections_per_destination")
     if per_destination is not None and per_destination < 1:
         raise ConfigError(f"max_connections_per_destination {per_destination} must be at least 1")

@@ -56,6 +56,7 @@ class Reason(enum.StrEnum):
     HEADER_FROM_LOOKALIKE = "header-from-lookalike"  # display name spells another address
     HEADER_SENDER_LOOKALIKE = "header-sender-lookalike"
     HEADER_TOO_LARGE = "header-too-large"  # header section over header_size_limit
+    TOO_MANY_HOPS = "too-many-hops"  # Received: headers at hopcount_limit (a mail loop)
     MESSAGE_NUL = "message-nul"  # NUL in message data (Postfix's message_reject_characters)
     TOO_MANY_ERRORS = "too-many-errors"  # hard error limit: 421 4.7.0 and close
     PRE_AUTH_REFUSALS = "pre-auth-refusals"  # one per connection: refusals before AUTH, counted
@@ -167,7 +168,7 @@ PROBLEMS: frozenset[Reason] = frozenset({
     Reason.HEADER_FROM_MISSING, Reason.HEADER_FROM_MULTIPLE, Reason.HEADER_FROM_INVALID,
     Reason.HEADER_FROM_NOT_AUTHORIZED, Reason.HEADER_FROM_UNVERIFIED, Reason.HEADER_SENDER_MULTIPLE,
     Reason.HEADER_SENDER_INVALID, Reason.HEADER_SENDER_NOT_AUTHORIZED, Reason.HEADER_SENDER_UNVERIFIED,
-    Reason.HEADER_FROM_LOOKALIKE, Reason.HEADER_SENDER_LOOKALIKE, Reason.HEADER_TOO_LARGE,
+    Reason.HEADER_FROM_LOOKALIKE, Reason.HEADER_SENDER_LOOKALIKE, Reason.HEADER_TOO_LARGE, Reason.TOO_MANY_HOPS,
     Reason.MESSAGE_NUL, Reason.TOO_MANY_ERRORS, Reason.PRE_AUTH_REFUSALS, Reason.SERVER_BUSY,
     Reason.TLS_INSIDE_TLS, Reason.CONNECTION_LIMIT, Reason.SESSION_TIMEOUT,
     Reason.STORE_UNAVAILABLE, Reason.STORE_FULL, Reason.INTERNAL_ERROR,

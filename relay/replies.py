@@ -84,6 +84,7 @@ class Replies:
     DATA_SYNTAX = "501 5.5.4 Syntax: DATA"
     LINE_TOO_LONG = "500 5.5.2 Line too long (see RFC 5321 4.5.3.1.6)"
     HEADER_TOO_LARGE = "552 5.3.4 Message header section too large"
+    TOO_MANY_HOPS = "554 5.4.6 Too many hops"
     NUL = "554 5.6.0 Message contains NUL characters"
     NO_FROM = "550 5.6.0 Message has no From: header"
     SEVERAL_FROM = "550 5.7.1 Message has more than one From: header"

@@ -332,6 +332,16 @@ def mail_auth(declared: str | None, user: AuthRecord) -> str | None:
 # From: and Sender:
 
 
+def hop_refusal(fields: list[tuple[str, str]], limit: int) -> Refusal | None:
+    """RFC 5321 6.3: a loop between mail systems shows as Received: headers piling up.
+    ``fields`` are the message's (lower-case names); this relay's own Received: (added
+    before them) counts too, as Postfix counts its own against ``hopcount_limit``."""
+    hops = 1 + sum(1 for name, _ in fields if name == "received")
+    if hops < limit:
+        return None
+    return Refusal(Replies.TOO_MANY_HOPS, Reason.TOO_MANY_HOPS, f"{hops} Received: headers (hopcount_limit {limit}): a mail loop?")
+
+
 def check_headers(
     section: bytes, user: AuthRecord, refuse_lookalikes: bool, utf8: bool = False
 ) -> tuple[Refusal | None, list[tuple[str, str]], str]:

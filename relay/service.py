@@ -108,7 +108,7 @@ log = logging.getLogger("smtpplus.relay")
 # engine are updated in place.
 LIVE = frozenset({
     "allow_plain_auth", "max_recipients", "inflight_bytes_limit", "max_connections", "max_connections_per_client",
-    "session_without_mail", "soft_error_limit", "hard_error_limit", "header_size_limit",
+    "session_without_mail", "soft_error_limit", "hard_error_limit", "header_size_limit", "hopcount_limit",
     "refuse_lookalike_display_names", "postmaster_address", "received_names_user", "auth_failures_per_connection", "auth_failures_per_client",
     "auth_failures_per_user", "auth_failure_window", "auth_free_failures", "auth_failure_delay",
     "auth_failure_delay_max", "shutdown_grace", "retry_base", "retry_max", "queue_lifetime", "message_lease",

@@ -65,6 +65,7 @@ from relay.rules import (
     address_check,
     authorization,
     check_headers,
+    hop_refusal,
     mail_auth,
     needs_smtputf8,
     parse_mail_parameters,
@@ -1046,6 +1047,7 @@ class RelaySMTP(SaslCommands):
             refusal, fields, from_value = await asyncio.to_thread(check_headers, section, user, lookalikes, self.declared.smtputf8)
         else:
             refusal, fields, from_value = check_headers(section, user, lookalikes, self.declared.smtputf8)
+        refusal = hop_refusal(fields, self.ctx.config.hopcount_limit) or refusal
         if refusal is not None:
             return self._refusal_reply(refusal)
         added = owned_headers(fields, queue_id, self.ctx.server_name, time.time())

@@ -29,6 +29,7 @@ from tests.relay.support import (
     PASSWORD,
     Raw,
     Seeded,
+    events,
     message,
     relay_config,
     rows,
@@ -471,3 +472,40 @@ async def test_client_bytes_never_reach_a_log_line_raw(
     stored = rows(seeded.store_path, lambda db: [tuple(map(str, row)) for row in db.execute("SELECT username, detail FROM events")])
     assert stored and not [row for row in stored if any(ch in "".join(row) for ch in "\x1b\x07\x9b")]
     assert any("[31malice" in row[0] for row in stored)  # the attempted login, defused
+
+
+def _hops(count: int) -> str:
+    return "".join(
+        f"Received: from hop{n}.example (hop{n}.example [192.0.2.{n % 250 + 1}])\r\n\tby mx{n}.example; "
+        "Tue, 1 Dec 2026 05:00:00 +0000\r\n"
+        for n in range(count)
+    )
+
+
+async def test_a_mail_loop_ends_at_the_hop_limit_as_postfix_ends_it(
+    relay: RelayService, seeded: Seeded, tls_files: dict[str, Path]
+) -> None:
+    """RFC 5321 6.3, Postfix's hopcount_limit (50): a message that already carries 49
+    Received: headers (50 with this relay's own) is refused with 554 5.4.6; one with
+    48 goes on (smtplib as the client)."""
+
+    def send(client: smtplib.SMTP) -> tuple[Any, Any]:
+        looping = message(extra=_hops(49))
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            client.sendmail("x@a.example", ["r@d.example"], looping)
+        return (refused.value.smtp_code, refused.value.smtp_error), client.sendmail(
+            "x@a.example", ["r@d.example"], message(extra=_hops(48))
+        )
+
+    (code, text), accepted = await with_smtplib(relay.served[0], tls_files, send)
+    assert (code, text) == (554, b"5.4.6 Too many hops") and accepted == {}
+    await settle(relay)
+    assert len(stored_messages(seeded.store_path)) == 1
+    [event] = events(seeded.store_path, reason="too-many-hops")
+    assert "50 Received: headers (hopcount_limit 50)" in event.detail
+
+
+def test_the_hop_limit_is_a_setting_of_at_least_two() -> None:
+    assert load_config(None, {"hopcount_limit": 2}, environ={}).hopcount_limit == 2
+    with pytest.raises(ConfigError, match="hopcount_limit 1 must be at least 2"):
+        load_config(None, {"hopcount_limit": 1}, environ={})

@@ -9,6 +9,7 @@ from relay.rules import (
     Refusal,
     address_check,
     check_headers,
+    hop_refusal,
     mail_auth,
     mail_parameters_refusal,
     needs_smtputf8,
@@ -104,3 +105,18 @@ def test_header_checks_remembered_per_value_still_judge_each_user() -> None:
         assert refusal is not None and refusal.reason is Reason.HEADER_FROM_NOT_AUTHORIZED  # x@a.example
         refusal, _, from_value = check_headers(b"From: <ann@a.example\r\n", allowed, True)
         assert refusal is not None and refusal.reason is Reason.HEADER_FROM_INVALID and from_value == ""
+
+
+def test_the_hop_count_includes_this_relays_own_received_header() -> None:
+    def fields(received: int, other: int = 3) -> list[tuple[str, str]]:
+        return [("received", f"from h{n}") for n in range(received)] + [("x-received", "not one"), ("from", "a@b.example")] * other
+
+    for limit in (2, 3, 50, 100):
+        for received in range(limit + 2):
+            refusal = hop_refusal(fields(received), limit)
+            if received + 1 < limit:
+                assert refusal is None, (limit, received)
+            else:
+                assert refusal is not None and refusal.reply == Replies.TOO_MANY_HOPS, (limit, received)
+                assert refusal.reason is Reason.TOO_MANY_HOPS
+                assert f"{received + 1} Received: headers (hopcount_limit {limit})" in refusal.detail
