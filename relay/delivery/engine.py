@@ -32,7 +32,14 @@ from typing import Any, Protocol
 from relay.bounce import FailedRecipient, bounce_message, wants_report
 from relay.config import server_name_warning
 from relay.delivery.destinations import DestinationTable, destination_share, group_by_destination
-from relay.delivery.hop import HopConnection, HopFailure, NextHop, ReplyObserver, is_own_address
+from relay.delivery.hop import (
+    HopConnection,
+    HopFailure,
+    NextHop,
+    ReplyObserver,
+    canonical_address,
+    is_own_address,
+)
 from relay.delivery.outcome import (
     NO_DSN,
     AttemptResult,
@@ -1001,10 +1008,12 @@ class DeliveryEngine:
             return [], failure
         port = int(_setting(self.config, "mx_port"))
         hosts = list(route.hosts)
+        public = self.settings.public_addresses
         for host in route.hosts:
-            if any([await self._is_self(address, port) for address in host.addresses]):
-                # Postfix's rule: this relay is one of the domain's MX hosts, so only
-                # better-preference hosts may take the mail; none left is a loop (5.4.6).
+            if any([canonical_address(address) in public or await self._is_self(address, port) for address in host.addresses]):
+                # Postfix's rule: this relay is one of the domain's MX hosts (one of its
+                # listeners, or its public address behind NAT), so only better-preference
+                # hosts may take the mail; none left is a loop (5.4.6).
                 hosts = [h for h in hosts if h.preference < host.preference]
                 if not hosts:
                     return [], RouteFailure(

@@ -370,7 +370,7 @@ async def _resolve(host: str, port: int) -> set[str]:
     return {str(info[4][0]) for info in infos}
 
 
-def _canonical(ip: str) -> str:
+def canonical_address(ip: str) -> str:
     try:
         address = ipaddress.ip_address(ip)
     except ValueError:
@@ -386,7 +386,7 @@ async def is_own_address(hop_host: str, hop_port: int, own: list[tuple[str, int]
     same_port = [host for host, port in own if port == hop_port]
     if not same_port:
         return False
-    hop_ips = {_canonical(ip) for ip in await _resolve(hop_host, hop_port)}
+    hop_ips = {canonical_address(ip) for ip in await _resolve(hop_host, hop_port)}
     if not hop_ips:
         return False
     for host in same_port:
@@ -394,7 +394,7 @@ async def is_own_address(hop_host: str, hop_port: int, own: list[tuple[str, int]
             if any(_is_local_ip(ip) for ip in hop_ips):
                 return True
             continue
-        own_ips = {_canonical(ip) for ip in await _resolve(host, hop_port)}
+        own_ips = {canonical_address(ip) for ip in await _resolve(host, hop_port)}
         if hop_ips & own_ips:
             return True
     return False

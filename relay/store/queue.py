@@ -17,8 +17,10 @@ For operators (CLI, console): :func:`hold`, :func:`release`, :func:`retry`,
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import heapq
+import ipaddress
 import itertools
 import json
 import re
@@ -74,6 +76,10 @@ class DeliverySettings:
     next_hop_password: str | None = None
     next_hop_cafile: str | None = None
     starvation_share: float = 0.0
+    # The relay's addresses as receiving servers see them (``domains settings
+    # --public-address``; behind NAT, not its own interfaces): an MX host there is
+    # this relay (Postfix's proxy_interfaces).
+    public_addresses: tuple[str, ...] = ()
 
     @property
     def mx(self) -> bool:
@@ -88,7 +94,7 @@ class DeliverySettings:
 
 _SETTING_KEYS = [
     Keys.PAUSED, Keys.RATE, Keys.PARALLEL, Keys.NEXT_HOP, Keys.NEXT_HOP_TLS, Keys.NEXT_HOP_USER,
-    Keys.NEXT_HOP_PASSWORD, Keys.NEXT_HOP_CAFILE, Keys.STARVATION_SHARE,
+    Keys.NEXT_HOP_PASSWORD, Keys.NEXT_HOP_CAFILE, Keys.STARVATION_SHARE, Keys.PUBLIC_ADDRESS,
 ]
 
 
@@ -116,7 +122,18 @@ def _settings_of(raw: dict[str, Any]) -> DeliverySettings:
         next_hop_password=raw.get(Keys.NEXT_HOP_PASSWORD) or None,
         next_hop_cafile=raw.get(Keys.NEXT_HOP_CAFILE) or None,
         starvation_share=min(MAX_STARVATION_SHARE, max(0.0, num(Keys.STARVATION_SHARE, 0.0))),
+        public_addresses=_addresses(raw.get(Keys.PUBLIC_ADDRESS)),
     )
+
+
+def _addresses(value: Any) -> tuple[str, ...]:
+    """The setting's "IP[,IP]" as canonical addresses (the CLI checked them when it
+    stored them; anything else is left out)."""
+    out = []
+    for item in str(value or "").split(","):
+        with contextlib.suppress(ValueError):
+            out.append(str(ipaddress.ip_address(item.strip())))
+    return tuple(out)
 
 
 def parse_next_hop(text: str) -> tuple[str, int]:

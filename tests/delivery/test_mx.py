@@ -516,6 +516,35 @@ async def test_a_running_relay_switches_from_smarthost_to_mx_and_back(
         await mx.stop()
 
 
+async def test_an_mx_host_at_the_relays_public_address_is_this_relay(store_path: Path, dns: DnsServer, mx_port: int) -> None:
+    """Behind NAT the relay's public address is not one of its interfaces (Postfix's
+    proxy_interfaces): with `domains settings --public-address`, an MX host there is
+    this relay — never dialled; nothing better is a loop (5.4.6), a better host takes
+    the mail."""
+    public, better = CaptureSink("127.0.0.5", mx_port), CaptureSink("127.0.0.2", mx_port)
+    dns.set("nat.test", "MX", "10 mx.nat.test")
+    dns.set("mx.nat.test", "A", "127.0.0.5")  # the NAT's address, forwarded to this relay
+    dns.set("backup.test", "MX", "10 mx.backup.test", "20 mx.nat.test")  # this relay as the backup MX
+    dns.set("mx.backup.test", "A", "127.0.0.2")
+    for sink in (public, better):
+        await sink.start()
+    db = open_store(store_path)
+    try:
+        point_at_mx(db, dns)
+        set_setting(db, Keys.PUBLIC_ADDRESS, "127.0.0.5")
+        enqueue(db, [message(1, to=["a@nat.test"]), message(2, to=["b@backup.test"])])
+        config = fast_config(mx_port=mx_port, connect_timeout=0.5)
+        async with running_engine(store_path, config, own_addresses=[("127.0.0.1", mx_port)]):
+            await eventually(lambda: [by_subject(db)[f"m{n} p3"][0] for n in (1, 2)] == ["failed", "sent"])
+            found = by_subject(db)
+        assert (found["m1 p3"][1] or "").startswith("550 5.4.6 mail for nat.test loops back to myself")
+        assert public.messages == [] and [m.rcpt_tos for m in better.messages] == [["b@backup.test"]]
+    finally:
+        db.close()
+        for sink in (public, better):
+            await sink.stop()
+
+
 async def test_mx_hosts_and_routes_that_are_this_relay_are_never_dialled(store_path: Path, dns: DnsServer, mx_port: int) -> None:
     """An MX host or a route at one of the relay's own listeners would loop: an MX list
     cut at this relay (Postfix's rule) with nothing better fails 5.4.6; a route to
