@@ -51,6 +51,8 @@ from relay.delivery.outcome import (
     settle,
 )
 from relay.dkim import DkimSigner
+from relay.domains import parse_public_addresses
+from relay.policy import PolicyError
 from relay.reasons import EventKind, Reason
 from relay.scheduler import HopBackoff, StarvationShare, TokenBucket
 from relay.store import AsyncStore, Connection, StoreError
@@ -201,6 +203,7 @@ class DeliveryEngine:
         self.system_sender: str | None = None  # From: of bounces (the system sender setting)
         self.counters = EngineCounters()
         self.settings = DeliverySettings()
+        self._public: tuple[str, ...] = ()  # settings.public_address, parsed when it changes
         self._stored_settings: DeliverySettings | None = None  # as the last round read them
         # PostgreSQL: the live relays sharing the store's limits (relay.store.relays).
         self.relays = 1
@@ -553,6 +556,8 @@ class DeliveryEngine:
         """Follow new runtime controls; True when the next round should run at once."""
         before = self.settings
         self.settings = settings
+        if settings.public_address != before.public_address:
+            self._public = _public_addresses(settings.public_address)
         self._bucket.set_rate(settings.rate, time.monotonic())
         self._starvation.set_share(settings.starvation_share)
         if settings.hop_key != before.hop_key or self.status[0] == "starting":
@@ -1008,9 +1013,8 @@ class DeliveryEngine:
             return [], failure
         port = int(_setting(self.config, "mx_port"))
         hosts = list(route.hosts)
-        public = self.settings.public_addresses
         for host in route.hosts:
-            if any([canonical_address(address) in public or await self._is_self(address, port) for address in host.addresses]):
+            if any([canonical_address(address) in self._public or await self._is_self(address, port) for address in host.addresses]):
                 # Postfix's rule: this relay is one of the domain's MX hosts (one of its
                 # listeners, or its public address behind NAT), so only better-preference
                 # hosts may take the mail; none left is a loop (5.4.6).
@@ -1113,3 +1117,12 @@ def _final_round(db: Connection, request: RoundRequest) -> RoundResult:
     result = dispatch_round(db, request)
     release_claims(db, request.owner)
     return result
+
+
+def _public_addresses(setting: str | None) -> tuple[str, ...]:
+    """The relay's public addresses (the CLI checked them when it stored them)."""
+    try:
+        return parse_public_addresses(setting or "")
+    except PolicyError as exc:
+        log.warning("delivery: ignoring the public address setting: %s", exc)
+        return ()

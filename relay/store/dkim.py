@@ -115,12 +115,7 @@ def stage_key(db: Connection, domain: str, selector: str, pair: KeyPair, *, now:
     stamp = time.time() if now is None else now
     with transaction(db):
         current = _to_rotate(db, domain)
-        waiting = pending_key(db, domain)
-        if waiting is not None:
-            raise InvalidInput(
-                f"{domain} already has key {waiting.selector} waiting for its record — publish it and "
-                f"`smtpplus dkim activate {domain}`, or `smtpplus dkim rm {domain} {waiting.selector} --yes`"
-            )
+        _refuse_if_waiting(db, domain)
         _insert(db, domain, selector, pair, stamp, active=False)
         record_event(db, NewEvent(
             EventKind.OPERATOR, Reason.DKIM_KEY_STAGED, at=stamp,
@@ -193,12 +188,12 @@ def _to_rotate(db: Connection, domain: str) -> KeyInfo:
 
 
 def _refuse_if_waiting(db: Connection, domain: str) -> None:
-    """No active key, but a rotation's key waits (the active one was removed): that one
-    is the way on — a new key now would be retired by its activation."""
+    """A rotation's key waits: it is the way on — another key now would be retired by
+    its activation (or, staged too, wait beside it)."""
     waiting = pending_key(db, domain)
     if waiting is not None:
         raise InvalidInput(
-            f"{domain} has key {waiting.selector} waiting for its record — publish it and "
+            f"{domain} already has key {waiting.selector} waiting for its record — publish it and "
             f"`smtpplus dkim activate {domain}`, or `smtpplus dkim rm {domain} {waiting.selector} --yes` first"
         )
 

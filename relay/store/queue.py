@@ -17,10 +17,8 @@ For operators (CLI, console): :func:`hold`, :func:`release`, :func:`retry`,
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import heapq
-import ipaddress
 import itertools
 import json
 import re
@@ -76,10 +74,10 @@ class DeliverySettings:
     next_hop_password: str | None = None
     next_hop_cafile: str | None = None
     starvation_share: float = 0.0
-    # The relay's addresses as receiving servers see them (``domains settings
-    # --public-address``; behind NAT, not its own interfaces): an MX host there is
-    # this relay (Postfix's proxy_interfaces).
-    public_addresses: tuple[str, ...] = ()
+    # "IP[,IP]": the relay's addresses as receiving servers see them (``domains settings
+    # --public-address``; behind NAT, not its own interfaces): an MX host there is this
+    # relay (Postfix's proxy_interfaces). The engine parses it (relay.domains).
+    public_address: str | None = None
 
     @property
     def mx(self) -> bool:
@@ -122,18 +120,8 @@ def _settings_of(raw: dict[str, Any]) -> DeliverySettings:
         next_hop_password=raw.get(Keys.NEXT_HOP_PASSWORD) or None,
         next_hop_cafile=raw.get(Keys.NEXT_HOP_CAFILE) or None,
         starvation_share=min(MAX_STARVATION_SHARE, max(0.0, num(Keys.STARVATION_SHARE, 0.0))),
-        public_addresses=_addresses(raw.get(Keys.PUBLIC_ADDRESS)),
+        public_address=raw.get(Keys.PUBLIC_ADDRESS) or None,
     )
-
-
-def _addresses(value: Any) -> tuple[str, ...]:
-    """The setting's "IP[,IP]" as canonical addresses (the CLI checked them when it
-    stored them; anything else is left out)."""
-    out = []
-    for item in str(value or "").split(","):
-        with contextlib.suppress(ValueError):
-            out.append(str(ipaddress.ip_address(item.strip())))
-    return tuple(out)
 
 
 def parse_next_hop(text: str) -> tuple[str, int]:
@@ -1253,7 +1241,7 @@ def list_messages(
     # PostgreSQL it read and sorted every message (127 ms with 300,000 queued).
     states = ACTIVE_STATES if chosen == "active" else ALL_STATES
     pages = [_page(db, [f"state = '{one}'", *where], args, size, after) for one in states]
-    return heapq.nsmallest(size, itertools.chain.from_iterable(pages), key=lambda r: (r.priority, r.id))
+    return heapq.nsmallest(size, itertools.chain.from_iterable(pages), key=lambda r: r.dispatch_key)
 
 
 def _page(db: Connection, where: list[str], args: list[Any], size: int, after: tuple[int, int] | None) -> list[MessageRow]:

@@ -83,6 +83,25 @@ def test_the_schema_allows_one_pending_key_per_domain(db: Any) -> None:
         )
 
 
+def _upgrade_to_13_keeps_the_keys(raw: Any, schema: Any, unique: type[Exception], check: type[Exception]) -> None:
+    """A version-12 store with an active and a retired key, upgraded: both kept, a
+    pending key allowed, still one active and one pending per domain."""
+    schema.migrate(raw, target=12)
+    raw.execute(
+        "INSERT INTO dkim_keys VALUES ('example.org', 'one', 'ed25519', 'k1', 'p1', 0, 1.0, 2.0), "
+        "('example.org', 'two', 'ed25519', 'k2', 'p2', 1, 2.0, NULL)"
+    )
+    assert schema.migrate(raw) == schema.SCHEMA_VERSION
+    rows = raw.execute("SELECT selector, active, retired_at FROM dkim_keys ORDER BY selector").fetchall()
+    assert [tuple(r) for r in rows] == [("one", 0, 2.0), ("two", 1, None)]
+    raw.execute("INSERT INTO dkim_keys VALUES ('example.org', 'three', 'ed25519', 'k3', 'p3', 0, 3.0, NULL)")
+    for second in ("'four', 'ed25519', 'k4', 'p4', 1, 4.0, NULL", "'five', 'ed25519', 'k5', 'p5', 0, 5.0, NULL"):
+        with pytest.raises(unique):  # one active, one pending per domain
+            raw.execute(f"INSERT INTO dkim_keys VALUES ('example.org', {second})")
+    with pytest.raises(check):  # an active key is never retired
+        raw.execute("INSERT INTO dkim_keys VALUES ('example.net', 'six', 'ed25519', 'k6', 'p6', 1, 6.0, 7.0)")
+
+
 def test_version_13_keeps_the_keys_of_an_older_sqlite_store(tmp_path: Any) -> None:
     # SQLite changes a CHECK only by building the table anew: the keys come along.
     import sqlite3
@@ -91,18 +110,21 @@ def test_version_13_keeps_the_keys_of_an_older_sqlite_store(tmp_path: Any) -> No
 
     raw = sqlite3.connect(tmp_path / "old.db", isolation_level=None)
     try:
-        schema.migrate(raw, target=12)
-        raw.execute(
-            "INSERT INTO dkim_keys VALUES ('example.org', 'one', 'ed25519', 'k1', 'p1', 0, 1.0, 2.0), "
-            "('example.org', 'two', 'ed25519', 'k2', 'p2', 1, 2.0, NULL)"
-        )
-        assert schema.migrate(raw) == schema.SCHEMA_VERSION
-        rows = raw.execute("SELECT selector, active, retired_at FROM dkim_keys ORDER BY selector").fetchall()
-        assert rows == [("one", 0, 2.0), ("two", 1, None)]
-        raw.execute("INSERT INTO dkim_keys VALUES ('example.org', 'three', 'ed25519', 'k3', 'p3', 0, 3.0, NULL)")
-        with pytest.raises(sqlite3.IntegrityError):  # still one active key per domain
-            raw.execute("INSERT INTO dkim_keys VALUES ('example.org', 'four', 'ed25519', 'k4', 'p4', 1, 4.0, NULL)")
-        with pytest.raises(sqlite3.IntegrityError):  # and one pending
-            raw.execute("INSERT INTO dkim_keys VALUES ('example.org', 'five', 'ed25519', 'k5', 'p5', 0, 5.0, NULL)")
+        _upgrade_to_13_keeps_the_keys(raw, schema, sqlite3.IntegrityError, sqlite3.IntegrityError)
     finally:
         raw.close()
+
+
+def test_version_13_keeps_the_dkim_keys_of_a_version_12_postgresql_store(pg_cluster: Any) -> None:
+    # V6's table CHECK, unnamed, is dkim_keys_check on every store: V13 replaces it.
+    import psycopg
+
+    from relay.store.postgres import schema
+
+    url = pg_cluster.new_database(template=None)  # empty: migrated step by step
+    raw = psycopg.connect(url, autocommit=True)
+    try:
+        _upgrade_to_13_keeps_the_keys(raw, schema, psycopg.errors.UniqueViolation, psycopg.errors.CheckViolation)
+    finally:
+        raw.close()
+        pg_cluster.drop_database(url)

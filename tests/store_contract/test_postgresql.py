@@ -1026,27 +1026,3 @@ def test_the_queue_listing_of_several_states_never_reads_every_message(pg_url: s
         assert sum(r.state == "held" for r in rows) == 3  # the held ones, in their place
     finally:
         db.close()
-
-
-def test_version_13_keeps_the_dkim_keys_of_a_version_12_store(pg_cluster: Any) -> None:
-    # V6's table CHECK, unnamed, is dkim_keys_check on every store: V13 replaces it.
-    url = pg_cluster.new_database(template=None)  # empty: migrated step by step below
-    raw = psycopg.connect(url, autocommit=True)
-    try:
-        schema.migrate(raw, target=12)
-        raw.execute(
-            "INSERT INTO dkim_keys VALUES ('example.org', 'one', 'ed25519', 'k1', 'p1', 0, 1.0, 2.0), "
-            "('example.org', 'two', 'ed25519', 'k2', 'p2', 1, 2.0, NULL)"
-        )
-        assert schema.migrate(raw) == schema.SCHEMA_VERSION
-        rows = raw.execute("SELECT selector, active, retired_at FROM dkim_keys ORDER BY selector").fetchall()
-        assert rows == [("one", 0, 2.0), ("two", 1, None)]
-        raw.execute("INSERT INTO dkim_keys VALUES ('example.org', 'three', 'ed25519', 'k3', 'p3', 0, 3.0, NULL)")
-        for second in ("'four', 'ed25519', 'k4', 'p4', 1, 4.0, NULL", "'five', 'ed25519', 'k5', 'p5', 0, 5.0, NULL"):
-            with pytest.raises(psycopg.errors.UniqueViolation):  # one active, one pending per domain
-                raw.execute(f"INSERT INTO dkim_keys VALUES ('example.org', {second})")
-        with pytest.raises(psycopg.errors.CheckViolation):  # an active key is never retired
-            raw.execute("INSERT INTO dkim_keys VALUES ('example.net', 'six', 'ed25519', 'k6', 'p6', 1, 6.0, 7.0)")
-    finally:
-        raw.close()
-        pg_cluster.drop_database(url)
