@@ -157,6 +157,7 @@ class EngineCounters:
     held_back_skips: int = 0  # of those, new mail only (the feed said so): not even that look
     reclaimed: int = 0
     connections_opened: int = 0
+    scheduler_restarts: int = 0  # the rounds started again after a failure outside a round
 
 
 @dataclass(slots=True)
@@ -330,9 +331,27 @@ class DeliveryEngine:
     # -- the scheduler loop -----------------------------------------------------
 
     async def _run(self) -> None:
+        """The scheduler: rounds until the engine stops. Whatever fails in them (the
+        store gone in a call outside a round's own retry, a defect) is logged and the
+        rounds start again a second later: this task ending would leave a relay that
+        answers 250 to mail it never delivers."""
         follow = getattr(self._changes, "follow", None)
         if follow is not None:  # PostgreSQL: notifications read as they arrive, a look costs no round trip
             follow()
+        while not self._stopping:
+            try:
+                await self._rounds()
+            except StoreError as exc:
+                log.warning("delivery: store unavailable, rounds start again in 1 s: %s", exc)
+            except Exception as exc:
+                log.exception("delivery: the scheduler failed; it starts again in 1 s")
+                self._event(EventKind.RELAY, Reason.INTERNAL_ERROR, f"delivery scheduler failed ({type(exc).__name__}); started again")
+            else:
+                return
+            self.counters.scheduler_restarts += 1
+            await self._sleep_stopping(1.0)
+
+    async def _rounds(self) -> None:
         force = True
         backlog = True
         next_due: float | None = None
@@ -351,7 +370,10 @@ class DeliveryEngine:
             if reclaim:
                 last_reclaim = now
                 if self._many:
-                    self.relays = await self._store.run(relays_module.live_count)
+                    try:
+                        self.relays = await self._store.run(relays_module.live_count)
+                    except StoreError as exc:  # an outage: the last count stands until the store answers
+                        log.warning("delivery: cannot count the live relays: %s", exc)
             promote = next_due is not None and now >= next_due
             full = force or (backlog and budget > 0) or now - last_full >= FULL_ROUND_EVERY
             request = RoundRequest(

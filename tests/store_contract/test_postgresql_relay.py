@@ -52,9 +52,10 @@ class _Served:
 
 
 @contextlib.contextmanager
-def _relay_on_a_new_store(cluster: Cluster, tmp_path: Path) -> Iterator[_Served]:
+def _relay_on_a_new_store(cluster: Cluster, tmp_path: Path, *options: str) -> Iterator[_Served]:
     """A relay subprocess on an empty database of ``cluster`` (its first command makes
-    the schema), with one active user; stopped on leaving, its output kept."""
+    the schema), with one active user and ``options`` on its command line; stopped on
+    leaving, its output kept."""
     url = cluster.new_database(template=None)
     env = dict(os.environ, SMTPPLUS_DB=url, HOME=str(tmp_path), SMTPPLUS_DATA_DIR=str(tmp_path), NO_COLOR="1")
     env.pop("SMTPPLUS_CONFIG", None)
@@ -68,7 +69,7 @@ def _relay_on_a_new_store(cluster: Cluster, tmp_path: Path) -> Iterator[_Served]
     ready = tmp_path / "ready.json"
     relay = subprocess.Popen(
         [sys.executable, "-c", "from console.cli import main; main()", "relay", "--host", "127.0.0.1", "--ports", "0",
-         "--allow-plain-auth", "--ready-file", str(ready)],
+         "--allow-plain-auth", "--ready-file", str(ready), *options],
         env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     served = _Served(url, 0, "friends-1", password.group(1), relay)
@@ -110,6 +111,43 @@ def test_a_relay_on_postgresql_survives_a_server_restart(own_cluster: Cluster, t
         assert served.relay.poll() is None, "the relay stopped on the outage"
         accepted = sorted(f"m{i}" for i, c in codes.items() if c == 250)
         assert _stored_subjects(served.url) == accepted  # nothing acknowledged is lost, nothing refused was kept
+
+
+@pytest.mark.timeout(300)
+def test_delivery_goes_on_after_an_outage_longer_than_the_relays_periodic_duties(own_cluster: Cluster, tmp_path: Path) -> None:
+    """The engine's once-every-few-seconds duties (counting the live relays) met the
+    outage outside a round's own retry: the scheduler ended, unlogged, and the relay
+    went on answering 250 to mail it never delivered. The outage outlasts those duties'
+    period (5 s), the mail sent after it must reach the next hop."""
+    ready, record = tmp_path / "sink.ready.json", tmp_path / "sink.jsonl"
+    sink = subprocess.Popen(
+        [sys.executable, "-c", "from console.cli import main; main()", "sink", "--port", "0", "--ready-file", str(ready),
+         "--record", str(record), "--quiet"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        _until(ready.exists, 60, "the sink listening")
+        hop = f"127.0.0.1:{json.loads(ready.read_text())['port']}"
+        with _relay_on_a_new_store(own_cluster, tmp_path, "--next-hop", hop) as served:
+            def arrived() -> list[str]:
+                lines = record.read_text().splitlines() if record.exists() else []
+                return sorted(str(json.loads(line).get("subject")) for line in lines)
+
+            assert _send(served.port, served.user, served.password, 1) == 250
+            _until(lambda: arrived() == ["m1"], 60, "delivery before the outage")
+            own_cluster.halt("fast")
+            time.sleep(12)  # well past the engine's periodic duties (every 5 s; a call may first wait out its connect timeout)
+            own_cluster.restart()
+            deadline = time.monotonic() + 60
+            while _send(served.port, served.user, served.password, 2) != 250:
+                assert time.monotonic() < deadline, "no 250 after the server came back"
+                time.sleep(0.5)
+            _until(lambda: arrived() == ["m1", "m2"], 60, "delivery after the outage")
+            assert served.relay.poll() is None
+        assert "Traceback" not in served.output
+    finally:
+        sink.terminate()
+        sink.wait(30)
 
 
 def _stored_subjects(url: str) -> list[str]:
