@@ -208,7 +208,8 @@ def _print_list(info: Any, settings: Any, users: list[Any]) -> None:
         console.print(f"none yet — add one with: smtpplus users add --list {_markup_safe(_shell_word(info.name))}")
     console.print()
     console.print("Paste into your mail client", style="bold underline")
-    console.print(_markup_safe(settings.block))
+    for line in settings.block.splitlines():  # cleaned a line at a time: its newlines are its own
+        console.print(_markup_safe(line))
 
 
 def _shell_word(text: str) -> str:

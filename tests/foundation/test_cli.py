@@ -169,6 +169,9 @@ def test_lists_add_ls_edit_show_rm(cli: Any) -> None:
         "none yet — add one with: smtpplus users add --list Newsletter",
     ):
         assert expected in shown, expected
+    # The block to paste keeps its lines (a newline is not a control byte to escape there).
+    assert "\\x0a" not in shown
+    assert any(line.strip() == "SMTP_HOST=relay.example.net" for line in shown.splitlines())
 
     one_line_error(cli("lists", "rm", "Ops", input=""), "pass --yes")
     assert len(cli.json("lists", "ls")) == 2
