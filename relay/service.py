@@ -402,13 +402,19 @@ class RelayService:
         while True:
             await asyncio.sleep(interval)
             try:
-                still_ours = await self._control.run(lease.heartbeat, self.owner)
+                beat = await self._control.run(lease.beat, self.owner)
             except Exception as exc:  # a busy or failing store: try again next beat
                 log.warning("heartbeat failed: %s", exc)
                 self.heartbeat_error = str(exc) or type(exc).__name__
                 continue
             self.heartbeat_at, self.heartbeat_error = time.monotonic(), None
-            if not still_ours:
+            if beat.took_over:  # a dead relay's claims are this one's now: its log says so
+                if self.observers:
+                    self._tell(beat.took_over)
+                else:
+                    for event in beat.took_over:
+                        log.warning("%s", event.detail)
+            if not beat.ours:
                 log.error("another relay took over this store's lease; stopping")
                 self._leased = False
                 asyncio.get_running_loop().create_task(self.stop())

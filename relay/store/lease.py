@@ -13,7 +13,8 @@ Public API
     The same, also telling whether the previous relay died (rather than stopped).
 ``heartbeat(db, owner, *, now=None) -> bool``
     Refresh the heartbeat; ``False`` when the lease now belongs to someone else
-    (this relay was presumed dead and taken over: it must stop).
+    (this relay was presumed dead and taken over: it must stop). ``beat(…) -> Beat``
+    also returns the takeovers it made (many relays on PostgreSQL), for the log.
 ``mark_listening(db, owner, *, now=None)``
     The relay has published its settings and the ports it serves: it is *ready*
     (``RelayStatus.ready``). A new lease starts not ready, so a reader never takes a
@@ -204,10 +205,26 @@ def acquire_lease(
         return Acquired(str(previous["owner"]), died)
 
 
+@dataclass(frozen=True)
+class Beat:
+    """A heartbeat's outcome: whether the lease is still this relay's, and the
+    takeovers of dead relays it made (PostgreSQL: ``relay-takeover`` events, recorded)."""
+
+    ours: bool
+    took_over: list[NewEvent] = field(default_factory=list)
+
+
+def beat(db: Connection, owner: str, *, now: float | None = None) -> Beat:
+    """:func:`heartbeat`, also telling what it took over."""
+    if _many(db):
+        return Beat(True, list(_relays().heartbeat(db, owner).events))
+    return Beat(heartbeat(db, owner, now=now))
+
+
 def heartbeat(db: Connection, owner: str, *, now: float | None = None) -> bool:
     """Refresh the heartbeat; False when another relay owns the lease now."""
     if _many(db):
-        return bool(_relays().heartbeat(db, owner))
+        return beat(db, owner).ours
     with transaction(db):
         lease = _read_lease(db)
         if not lease or lease.get("owner") != owner or lease.get("stopped_at"):

@@ -60,6 +60,7 @@ class LiveRelay:
 class Reclaimed:
     messages: int = 0
     relays: list[str] = field(default_factory=list)  # the dead relays' owners
+    events: list[Any] = field(default_factory=list)  # the relay-takeover events recorded (NewEvent), one a dead relay
 
 
 def _postgres(db: Any) -> bool:
@@ -172,6 +173,8 @@ def reclaim_dead(db: Any, *, mine: str | None = None) -> Reclaimed:
     never judged."""
     if not _postgres(db):
         return Reclaimed()
+    from relay.reasons import EventKind, Reason
+    from relay.store.events import NewEvent, record_events
     from relay.store.postgres.relays import held_keys, key_of
     from relay.store.queue import reclaim_owner
 
@@ -199,11 +202,26 @@ def reclaim_dead(db: Any, *, mine: str | None = None) -> Reclaimed:
         if not gone:
             return Reclaimed()
         count = 0
+        events = []
         for owner in gone:
-            if owner in owners:
-                count += reclaim_owner(db, owner, now=stamp)
+            taken = reclaim_owner(db, owner, now=stamp) if owner in owners else 0
+            count += taken
             db.execute("DELETE FROM settings WHERE key = ?", (PREFIX + owner,))
-        return Reclaimed(count, gone)
+            facts = rows.get(owner) or {}
+            events.append(
+                NewEvent(
+                    kind=EventKind.RELAY,
+                    reason=Reason.RELAY_TAKEOVER,
+                    detail=f"took over from relay {owner} (pid {facts.get('pid')} on {facts.get('host')}): its lock is "
+                    f"free and its last beat {stamp - float(facts.get('beat_at') or 0.0):.1f}s old; "
+                    f"{taken} message(s) in flight back in the queue"
+                    if facts
+                    else f"took over from relay {owner} (no row): {taken} message(s) in flight back in the queue",
+                    at=stamp,
+                )
+            )
+        record_events(db, events)
+        return Reclaimed(count, gone, events)
 
 
 def share(total: int | float | None, relays: int) -> Any:
@@ -237,19 +255,19 @@ def acquire_lease(
     return Acquired(None, False)
 
 
-def heartbeat(db: Any, owner: str, **_: Any) -> bool:
+def heartbeat(db: Any, owner: str, **_: Any) -> Reclaimed:
     """Hold this relay's lock (taken again when its connection was lost: a server
-    restart), refresh its row and take over from relays that died meanwhile. Always
-    ``True``: a relay declared dead while its lock was lost (the others took its
-    claims: those may be delivered twice, never lost) simply carries on."""
+    restart), refresh its row and take over from relays that died meanwhile (what it
+    took over is returned: the relay logs it). The lease is always still this relay's:
+    a relay declared dead while its lock was lost (the others took its claims: those
+    may be delivered twice, never lost) simply carries on."""
     from relay.store.changes import announced_as_beat
     from relay.store.postgres.relays import keep
 
     keep(owner)
     with announced_as_beat(db):  # every second: readers waiting for mail or controls skip it
         beat(db, owner, {})
-    reclaim_dead(db, mine=owner)  # not announced as a beat: a takeover makes mail ready
-    return True
+    return reclaim_dead(db, mine=owner)  # not announced as a beat: a takeover makes mail ready
 
 
 def mark_listening(db: Any, owner: str, **_: Any) -> None:

@@ -58,6 +58,11 @@ def test_every_live_relay_is_listed_and_a_dead_ones_claims_are_taken_over(pg_url
         while not (taken := reclaim_dead(db)).relays and time.monotonic() < deadline:
             time.sleep(0.05)
         assert taken.messages == 1 and taken.relays == ["a" * 32]
+        assert [(e.reason, e.detail.startswith(f"took over from relay {'a' * 32} (pid 11 on one.example)")) for e in taken.events] == [
+            ("relay-takeover", True)
+        ]
+        recorded = db.execute("SELECT detail FROM events WHERE reason = 'relay-takeover'").fetchall()
+        assert [r[0] for r in recorded] == [taken.events[0].detail] and "1 message(s) in flight" in recorded[0][0]
         states = dict(db.execute("SELECT queue_id, state FROM messages").fetchall())
         assert states == {"Q1": "queued", "Q2": "sending"}
         reasons = [r[0] for r in db.execute("SELECT reason FROM events WHERE queue_id = 'Q1'").fetchall()]

@@ -83,7 +83,8 @@ class Relay:
         return dict(json.loads(self.ready_path.read_text()))
 
     def output(self) -> str:
-        self.log.flush()
+        if not self.log.closed:
+            self.log.flush()
         return Path(self.log.name).read_text()
 
     async def stop(self, sig: int = signal.SIGTERM) -> int | None:
@@ -219,7 +220,10 @@ async def test_kill_9_of_one_relay_under_load_loses_nothing_and_the_other_takes_
         finally:
             await victim.stop()
             await survivor.stop()
+        survivor_log = survivor.output()
         seen = Counter(r.message_id for r in sink.messages if r.message_id in accepted)
+    # The survivor's log says what it took over (every event it records is a log line).
+    assert f"pid {victim.proc.pid} on" in survivor_log and "relay-takeover" in survivor_log, survivor_log[-2000:]
     assert in_flight > 0, "the victim held no claims when it was killed"
     assert len(reclaimed) >= in_flight
     # Taken over by the database's clock within stale_after + 5 s (leases are 120 s):
