@@ -50,17 +50,6 @@ def normalize_line_endings(data: bytes) -> bytes:
     return _LINE_ENDINGS.sub(b"\r\n", data)
 
 
-def longest_line(data: bytes) -> int:
-    longest = 0
-    start = 0
-    while True:
-        end = data.find(b"\r\n", start)
-        if end < 0:
-            return max(longest, len(data) - start)
-        longest = max(longest, end + 2 - start)
-        start = end + 2
-
-
 def header_section(data: bytes) -> bytes:
     """The bytes before the first empty line (all of it when there is none)."""
     if data.startswith(b"\r\n"):

@@ -43,7 +43,7 @@ class Reason(enum.StrEnum):
     RECIPIENT_INVALID = "recipient-invalid"
     TOO_MANY_RECIPIENTS = "too-many-recipients"
     MESSAGE_TOO_LARGE = "message-too-large"
-    LINE_TOO_LONG = "line-too-long"
+    LINE_TOO_LONG = "line-too-long"  # no longer given (lines over 998 octets are taken and folded on delivery); older events carry it
     HEADER_FROM_MISSING = "header-from-missing"
     HEADER_FROM_MULTIPLE = "header-from-multiple"
     HEADER_FROM_INVALID = "header-from-invalid"

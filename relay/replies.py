@@ -82,7 +82,6 @@ class Replies:
     QUEUED = "250 2.0.0 Ok: queued as {queue_id}"
     NEED_RCPT = "503 5.5.1 Error: need RCPT command"
     DATA_SYNTAX = "501 5.5.4 Syntax: DATA"
-    LINE_TOO_LONG = "500 5.5.2 Line too long (see RFC 5321 4.5.3.1.6)"
     HEADER_TOO_LARGE = "552 5.3.4 Message header section too large"
     TOO_MANY_HOPS = "554 5.4.6 Too many hops"
     NUL = "554 5.6.0 Message contains NUL characters"

@@ -50,7 +50,6 @@ from relay.message import (
     TlsInfo,
     decoded_subject,
     header_section_at,
-    longest_line,
     normalize_line_endings,
     owned_headers,
     received_header,
@@ -119,7 +118,6 @@ RCPT_LIMIT = COMMAND_LIMIT + 31 + 507
 UNKNOWN_COMMAND_LIMIT = 5  # the fifth unknown command closes the connection (as aiosmtpd)
 RDNS_WAIT = 2.0  # seconds DATA waits for the client's reverse DNS name (then "unknown")
 LINE_LIMIT = 2048  # the stream's line limit: over the longest command (Postfix: 2048)
-MAX_DATA_LINE = 1000  # octets with CRLF (RFC 5321 4.5.3.1.6)
 # Work on more than this many bytes goes to a worker thread: the event loop serves
 # every other client meanwhile (each step is linear, but 25 MB is still 25 MB).
 INLINE_HEADER_BYTES = 16 * 1024
@@ -254,7 +252,6 @@ class _DataRead:
 
     refusal: str | None = None  # "size", "nul", "budget" or "spool" (the data was dropped)
     error: OSError | None = None
-    longest: int = 0  # the longest CRLF-terminated line, in octets with CRLF
     bare_line_ends: bool = False  # a bare CR or LF: the line ends are fixed after the read
 
 
@@ -295,10 +292,7 @@ class _DataIntake:
         body = len(piece) - 2 if complete else len(piece)
         if piece.find(b"\r", 0, body) >= 0 or piece.find(b"\n", 0, body) >= 0:
             read.bare_line_ends = True  # fixed (and measured again) after the read
-        self.line_length += len(piece)
-        if complete:
-            read.longest = max(read.longest, self.line_length)
-            self.line_length = 0
+        self.line_length = 0 if complete else self.line_length + len(piece)
         self._write(piece)
 
     def block(self, lines: bytes) -> None:
@@ -322,9 +316,6 @@ class _DataIntake:
         crlf = lines.count(b"\r\n")
         if lines.count(b"\r") != crlf or lines.count(b"\n") != crlf:
             read.bare_line_ends = True
-        longest = max(map(len, lines.split(b"\r\n"))) + 2
-        if longest > read.longest:
-            read.longest = longest
         self._write(lines)
 
     def _reserve(self, more: int) -> bool:
@@ -957,8 +948,7 @@ class RelaySMTP(SaslCommands):
 
     async def _read_data(self, spool: Spool) -> _DataRead:
         """Read up to ``<CRLF>.<CRLF>`` into ``spool`` (unstuffed), within the size
-        limit and the relay's in-flight byte budget, noting NUL bytes, bare CR/LF and
-        the longest CRLF-terminated line. Past a refusal the rest is read and dropped.
+        limit and the relay's in-flight byte budget, noting NUL bytes and bare CR/LF. Past a refusal the rest is read and dropped.
 
         Only a line that is exactly ``.`` followed by CRLF, at a line start, ends the
         data: ``\\n.\\n``, ``\\r.\\r`` and the rest of the smuggling variants are text.
@@ -1028,16 +1018,15 @@ class RelaySMTP(SaslCommands):
         if user is None:
             return Replies.AUTH_REQUIRED
         data: bytes | mmap.mmap = spool.finish()
-        longest = read.longest
         if read.bare_line_ends:  # rare (broken clients): fix the line ends on a copy
             start = spool.prefix_length
             if len(data) > INLINE_DATA_BYTES:
-                body, longest = await asyncio.to_thread(_normalized, data[start:], longest)
+                body = await asyncio.to_thread(normalize_line_endings, data[start:])
             else:
-                body, longest = _normalized(data[start:], longest)
+                body = normalize_line_endings(data[start:])
             data = data[:start] + body
-        if longest > MAX_DATA_LINE:
-            return self._refusal_reply(Refusal(Replies.LINE_TOO_LONG, Reason.LINE_TOO_LONG, "a data line is over 998 characters"))
+        # Lines over 998 octets are taken (RFC 5321 4.5.3.1.6 is the sender's limit;
+        # Postfix takes them too): delivery folds them for the next hop (lines-folded).
         limit = self.ctx.config.header_size_limit
         section = header_section_at(data, spool.prefix_length, limit)
         if section is None:
@@ -1186,13 +1175,6 @@ async def confirmed_name(loop: asyncio.AbstractEventLoop, ip: str) -> str | None
     except (OSError, UnicodeError, ValueError):
         return None
     return name if any(info[4][0] == ip for info in infos) else None
-
-
-def _normalized(raw: bytes, longest: int) -> tuple[bytes, int]:
-    data = normalize_line_endings(raw)
-    if data is not raw:  # bare CR/LF made new lines: measure them again
-        longest = longest_line(data)
-    return data, longest
 
 
 def make_factory(ctx: RelayContext) -> Any:

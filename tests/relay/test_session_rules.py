@@ -8,7 +8,6 @@ from relay.message import (
     decoded_subject,
     header_addresses,
     header_section,
-    longest_line,
     normalize_line_endings,
     sanitize_ehlo,
     shown,
@@ -63,11 +62,10 @@ def test_headers_are_split_unfolded_and_scanned_past_malformed_lines() -> None:
     assert header_section(b"\r\nbody only\r\n") == b""
 
 
-def test_line_endings_and_lengths() -> None:
+def test_line_endings() -> None:
     assert normalize_line_endings(b"a\nb\rc\r\n") == b"a\r\nb\r\nc\r\n"
     same = b"a\r\nb\r\n"
     assert normalize_line_endings(same) is same
-    assert longest_line(b"ab\r\nabcd\r\nx") == 6
 
 
 def test_text_from_clients_is_made_safe() -> None:
