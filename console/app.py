@@ -17,7 +17,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 from textual.app import App, SystemCommand
@@ -27,6 +26,7 @@ from textual.worker import Worker, WorkerState
 
 from console.live import StoreWatcher
 from relay.store import Connection, open_store, store_errors
+from relay.store.postgres.location import store_location  # text only: loads no driver
 
 HANGUP_EXIT_CODE = 129
 # A hung-up terminal must end the process even if shutdown itself hangs on it.
@@ -89,7 +89,8 @@ class ConsoleApp(App[None]):
         stale_after: float = 10.0,
     ) -> None:
         super().__init__()
-        self.store_path = Path(store_path)
+        # A postgresql:// URL stays text: pathlib would drop a slash of postgresql:///db.
+        self.store_path = store_location(store_path)
         self.run_relay = run_relay
         self.relay_config = relay_config
         self.clock = clock

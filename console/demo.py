@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import random
 import re
 import ssl
@@ -110,6 +111,33 @@ def configure_delivery(db: Connection, next_hop: str, rate: float) -> None:
     set_setting(db, Keys.SYSTEM_SENDER, SYSTEM_SENDER)
 
 
+def demo_data_dir(store: str | os.PathLike[str]) -> Path:
+    """Where the demo on a store given with ``--db`` keeps its TLS pair and the sink's
+    record: beside a SQLite file (``demo-data/`` for ``demo.db``). A PostgreSQL store has
+    no directory, and a path made from its URL would be a directory named after it —
+    password included — under the working directory: it gets one in the user's data
+    directory, named after its database."""
+    from relay.config import default_data_dir
+    from relay.store.postgres.location import database_name, is_postgres, normalize
+
+    if is_postgres(store):
+        name = re.sub(r"[^A-Za-z0-9._-]", "_", database_name(normalize(store))) or "default"
+        return default_data_dir() / f"demo-postgresql-{name}-data"
+    path = Path(store)
+    return path.parent / f"{path.stem}-data"
+
+
+def demo_farewell(store: str | os.PathLike[str]) -> str:
+    """The line the demo prints on exit: where its store stays, fit to print and paste
+    (a URL's password as ``***``: pass the real one, or use ~/.pgpass)."""
+    import shlex
+
+    from relay.store.postgres.location import masked
+
+    where = masked(store)
+    return f"The demo store stays at {where} — look around with: smtpplus --help, e.g. smtpplus queue ls --db {shlex.quote(where)}"
+
+
 def demo_config(config: RelayConfig | None = None, **overrides: Any) -> RelayConfig:
     """The demo relay's settings: ``config`` (or the defaults) with a dotted server
     name when it has none, so code mails have a valid sender and name the relay."""
@@ -202,7 +230,7 @@ class DemoApp(ConsoleApp):
     def __init__(self, store_path: str | Path, *, seed: DemoSeed, sink_port: int = SINK_PORT, **kwargs: Any) -> None:
         from relay.config import RelayConfig
 
-        given = kwargs.get("relay_config") or RelayConfig(host="127.0.0.1", data_dir=Path(store_path).parent)
+        given = kwargs.get("relay_config") or RelayConfig(host="127.0.0.1", data_dir=demo_data_dir(store_path))
         kwargs["relay_config"] = demo_config(given)
         super().__init__(store_path, **kwargs)
         self.seed = seed

@@ -14,11 +14,11 @@ last one (:meth:`StoreWatcher.applied`), so refreshes never overlap or pile up.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 from textual.message import Message
@@ -86,7 +86,7 @@ class StoreWatcher:
 
     def __init__(
         self,
-        store_path: Path,
+        store_path: str | os.PathLike[str],
         *,
         clock: Callable[[], float] = time.time,
         poll_interval: float = POLL_INTERVAL,

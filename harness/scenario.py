@@ -53,6 +53,7 @@ import itertools
 import json
 import multiprocessing
 import re
+import shlex
 import shutil
 import ssl
 import tempfile
@@ -104,6 +105,7 @@ from relay.store import scratch as scratch_store
 from relay.store import settings as settings_store
 from relay.store.errors import InvalidInput, NotFound
 from relay.store.events import NewEvent
+from relay.store.postgres.location import masked  # text only: loads no driver
 
 FIXTURES_PACKAGE = "fixtures"  # scenarios/ and messages/ are package data inside it
 STEP_KINDS = ("smtp", "raw", "campaign", "wait")
@@ -640,7 +642,7 @@ def live_refusal(sc: Scenario, next_hop: str | None, store: Path | str) -> str:
     )
 
 
-def live_refusals(names: list[str], store_path: Path) -> list[str]:
+def live_refusals(names: list[str], store_path: str | Path) -> list[str]:
     """The refusals (see :func:`live_refusal`) for scenario files run without
     --start-relay against ``store_path``; none when no relay is alive there (the
     run then fails saying how to start one)."""
@@ -651,7 +653,7 @@ def live_refusals(names: list[str], store_path: Path) -> list[str]:
     return [line for sc in scenarios if (line := live_refusal(sc, next_hop, store_path))]
 
 
-def live_relay(store_path: Path) -> tuple[bool, str | None]:
+def live_relay(store_path: str | Path) -> tuple[bool, str | None]:
     """Is a relay alive on ``store_path``, and its next hop."""
     db = open_store(store_path)
     try:
@@ -673,7 +675,7 @@ APPROVAL_REASON = "harness scenario setup"
 class RunOptions:
     """How to run: which store (setup + relay facts), where the relay listens, limits."""
 
-    store_path: Path | None
+    store_path: str | Path | None
     relay_host: str = "127.0.0.1"
     ports: str | None = None  # narrows the pool of served ports the sends pick from (a spec, "served" or "sample:N")
     concurrency: int = 64
@@ -819,7 +821,7 @@ class _ScenarioRun:
                 "relay",
                 "a live relay on the store",
                 "no relay alive" if status.owner is None else f"relay pid {status.pid} is not alive",
-                f"store {self.options.store_path}: start one (`smtpplus relay`) or use --start-relay",
+                f"store {masked(self.options.store_path or default_db_path())}: start one (`smtpplus relay`) or use --start-relay",
             )
             return False
         self.served, self.not_served = list(status.served), dict(status.not_served)
@@ -1248,7 +1250,7 @@ class _ScenarioRun:
         if self.options.store_removed:
             lines.append("the run's store is removed when it ends: run again with --keep to keep it and see every event")
         else:
-            lines.append(f"every event: `smtpplus console --no-relay --db {self.options.store_path or default_db_path()}` → Events")
+            lines.append(f"every event: `smtpplus console --no-relay --db {shlex.quote(masked(self.options.store_path or default_db_path()))}` → Events")
         return "\n".join(lines)
 
     def _not_served_check(self) -> None:
@@ -1626,7 +1628,7 @@ def relay_mode_for(mode: str, listen: str) -> str:
 
 @contextlib.asynccontextmanager
 async def started_relay(
-    store_path: Path, listen: str, *, data_dir: Path, mode: str = "in-process", **config: Any
+    store_path: str | Path, listen: str, *, data_dir: Path, mode: str = "in-process", **config: Any
 ) -> AsyncIterator[Any]:
     """A relay on ``store_path`` listening on 127.0.0.1 (``--start-relay``): a
     ``RelayService`` in this process, or (``mode="subprocess"``) in a child process.
@@ -1649,7 +1651,7 @@ async def started_relay(
 
 
 @contextlib.asynccontextmanager
-async def _relay_in_child(store_path: Path, settings: Any) -> AsyncIterator[Any]:
+async def _relay_in_child(store_path: str | Path, settings: Any) -> AsyncIterator[Any]:
     context = multiprocessing.get_context("spawn")
     ours, theirs = context.Pipe()
     child = context.Process(target=_child_relay_main, args=(store_path, settings, theirs), daemon=True)
@@ -1670,7 +1672,7 @@ async def _relay_in_child(store_path: Path, settings: Any) -> AsyncIterator[Any]
         ours.close()
 
 
-def _child_relay_main(store_path: Path, settings: Any, conn: Any) -> None:
+def _child_relay_main(store_path: str | Path, settings: Any, conn: Any) -> None:
     """The child process of ``started_relay(mode="subprocess")``: run until told to stop."""
 
     async def serve() -> None:

@@ -95,6 +95,7 @@ from relay.store import (
     transaction,
 )
 from relay.store.events import NewEvent, record_event, record_events
+from relay.store.postgres.location import store_location  # text only: loads no driver
 from relay.store.relay_info import publish_ports, record_relay_change
 from relay.store.settings import Keys, seed_setting, set_setting
 from relay.store.verification import host_fqdn_for
@@ -193,7 +194,8 @@ class RelayService:
         delivery_factory: Callable[..., Any] | None = None,
         config_loader: Callable[[], RelayConfig] | None = None,
     ) -> None:
-        self.store_path = Path(store_path)
+        # A postgresql:// URL stays text: pathlib would drop a slash of postgresql:///db.
+        self.store_path = store_location(store_path)
         self.config = config if config is not None else RelayConfig()
         self.config_loader = config_loader
         self._delivery_factory = delivery_factory
@@ -262,7 +264,7 @@ class RelayService:
     def _watch_corruption(self) -> None:
         """Stop the relay when any of its store connections meets SQLITE_CORRUPT."""
         loop = asyncio.get_running_loop()
-        mine = self.store_path.resolve()
+        mine = Path(self.store_path).resolve()  # SQLite only reports corruption: a file
 
         def heard(path: Path, exc: BaseException) -> None:
             if path.resolve() == mine:

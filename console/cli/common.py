@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast
 
 import click
 
@@ -138,12 +138,35 @@ def lazy_group(name: str, commands_spec: dict[str, tuple[str, str]], help: str) 
     return LazyGroup(name=name, commands_spec=commands_spec, help=help)
 
 
+StoreLocation = str | Path  # a postgresql:// URL (text, as given) or a SQLite file
+
+
+class StoreLocationType(click.ParamType):
+    """``--db``: a ``postgresql://`` URL stays text, exactly as given; anything else is
+    a file path (click.Path's checks). Not click.Path for both: pathlib turns
+    ``postgresql:///mailstore?host=h`` into ``postgresql:/mailstore?host=h``, read
+    back as host ``mailstore`` — a store created in another database."""
+
+    name = "path"
+    _file = click.Path(dir_okay=False, path_type=Path)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> StoreLocation:
+        from relay.store.postgres.location import (  # text only: loads no driver
+            is_postgres,
+            store_location,
+        )
+
+        if isinstance(value, str) and is_postgres(value):
+            return store_location(value)
+        return cast(Path, self._file.convert(value, param, ctx))
+
+
 def db_option(f: F) -> F:
     """``--db PATH`` on every command (else $SMTPPLUS_DB, else the data directory)."""
     return click.option(
         "--db",
         "db_path",
-        type=click.Path(dir_okay=False, path_type=Path),
+        type=StoreLocationType(),
         default=None,
         help="Store: a file, or a postgresql:// URL (default: $SMTPPLUS_DB, else smtpplus.db in the user's data directory).",
     )(f)
@@ -160,14 +183,22 @@ def json_option(f: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")(f)
 
 
-def resolve_db_path(db_path: Path | None) -> Path:
+def resolve_db_path(db_path: StoreLocation | None) -> StoreLocation:
     from relay.store import default_db_path
 
     return db_path if db_path is not None else default_db_path()
 
 
+def store_exists(location: StoreLocation) -> bool:
+    """Whether a SQLite file exists; a PostgreSQL store always counts as there (the
+    server tells when it is not: opening it says unavailable or no store)."""
+    from relay.store.postgres.location import is_postgres  # text only: loads no driver
+
+    return is_postgres(location) or Path(location).exists()
+
+
 @contextmanager
-def open_db(db_path: Path | None, *, create: bool = True) -> Iterator[Connection]:
+def open_db(db_path: StoreLocation | None, *, create: bool = True) -> Iterator[Connection]:
     """The store for one command. Commands that only read pass ``create=False``: a
     mistyped --db is then ``no store at PATH`` (exit 1), never a new empty store."""
     from relay.store import open_store, store_errors

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -12,11 +13,19 @@ from console.cli import common
 from console.cli.common import CliError
 
 
-def _open_checked(path: Path) -> None:
+def _open_checked(path: common.StoreLocation) -> None:
     """Create or upgrade the store before the UI starts, so a bad path is one line."""
     from relay.store import open_store
 
     open_store(path).close()
+
+
+def _same_store(a: common.StoreLocation, b: common.StoreLocation) -> bool:
+    from relay.store.postgres.location import is_postgres  # text only: loads no driver
+
+    if is_postgres(a) or is_postgres(b):
+        return os.fspath(a) == os.fspath(b)
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 
 
 @click.command("console")
@@ -62,6 +71,7 @@ def demo(db_path: Path | None, ports: str, sink_port: int) -> None:
     at about 20 messages a second. Press b to send a burst of mixed-priority mail
     through the real SMTP path and watch priority 1 overtake the campaign.
     """
+    from console.demo import demo_data_dir, demo_farewell
     from relay.config import RelayConfig
     from relay.ports import parse_port_spec
     from relay.store import default_db_path
@@ -72,9 +82,9 @@ def demo(db_path: Path | None, ports: str, sink_port: int) -> None:
         path = data_dir / "demo.db"
     else:
         path = db_path
-        if path.expanduser().resolve() == default_db_path().expanduser().resolve():
-            raise CliError(f"{path} is the default store — the demo uses a store of its own: pass another --db")
-        data_dir = path.parent / f"{path.stem}-data"
+        if _same_store(path, default_db_path()):
+            raise CliError(f"{common.shown(path)} is the default store — the demo uses a store of its own: pass another --db")
+        data_dir = demo_data_dir(path)
     _open_checked(path)
 
     from console.demo import DemoApp, seed_demo
@@ -88,6 +98,6 @@ def demo(db_path: Path | None, ports: str, sink_port: int) -> None:
     config = RelayConfig(host="127.0.0.1", ports=ports, data_dir=data_dir)  # DemoApp names it relay.demo.example
     app = DemoApp(path, seed=seed, sink_port=sink_port, relay_config=config)
     app.run()
-    click.echo(f"The demo store stays at {path} — look around with: smtpplus --help, e.g. smtpplus queue ls --db {path}")
+    click.echo(demo_farewell(path))
     if app.return_code:
         sys.exit(app.return_code)

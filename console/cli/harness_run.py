@@ -10,7 +10,16 @@ from typing import Any
 
 import click
 
-from console.cli.common import CliError, db_option, json_option, print_json, shown, stdout_console
+from console.cli.common import (
+    CliError,
+    StoreLocation,
+    db_option,
+    json_option,
+    print_json,
+    shown,
+    stdout_console,
+    store_exists,
+)
 from relay.display import clean
 
 
@@ -63,7 +72,7 @@ def run(
     keep: bool,
     junit_path: Path | None,
     as_json: bool,
-    db_path: Path | None,
+    db_path: StoreLocation | None,
 ) -> None:
     from harness.report import failure_details, summary_table, write_junit
     from harness.scenario import (
@@ -96,7 +105,7 @@ def run(
     if store_path is None and not start_relay:
         store_path = default_db_path()
     if not start_relay and store_path is not None:
-        if not store_path.exists():
+        if not store_exists(store_path):
             raise CliError(f"no store at {shown(store_path)} — check --db / $SMTPPLUS_DB, or use --start-relay")
         try:
             refusals = live_refusals(list(files), store_path)
@@ -104,7 +113,7 @@ def run(
             raise CliError(clean(str(exc))) from None
         if refusals:
             raise CliError(clean("; ".join(refusals)))
-    if start_relay and db_path is not None and db_path.exists():
+    if start_relay and db_path is not None and store_exists(db_path):
         try:
             alive = live_relay(db_path)[0]
         except StoreError as exc:

@@ -17,6 +17,7 @@ import click
 
 from console.cli.common import (
     CliError,
+    StoreLocation,
     db_option,
     json_option,
     open_db,
@@ -24,6 +25,7 @@ from console.cli.common import (
     resolve_db_path,
     shown,
     stdout_console,
+    store_exists,
 )
 from relay.display import clean
 
@@ -49,7 +51,7 @@ log = logging.getLogger("smtpplus.relay")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="TOML settings file (default: $SMTPPLUS_CONFIG).")
 @click.option("--check", "check_store", is_flag=True,
-              help="Check the store's integrity first (PRAGMA quick_check, with progress); refuse to start when it fails.")
+              help="Check the store first (SQLite: PRAGMA quick_check, with progress; PostgreSQL: it answers and has the schema); refuse to start when it fails.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default=None,
               help="Log lines as text (the default) or one JSON object per line.")
 @click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -117,13 +119,15 @@ def relay(
     _configure_logging(config)
     store_path = resolve_db_path(db_path)
     _check_reuse_port(config.reuse_port, store_path)
-    if check_store and store_path.exists():
+    # A PostgreSQL store is always checked (the backend's check: it answers and has the
+    # schema); a SQLite file only when there is one (the relay creates a new store).
+    if check_store and store_exists(store_path):
         from console.cli.store_cmd import check_failure, run_check
 
         result = run_check(store_path)
         if not result.ok:
             raise CliError(check_failure(result))
-        click.echo(f"store check: {shown(store_path)} is sound ({result.pages:,} pages, {result.seconds:.1f}s)", err=True)
+        click.echo(f"store check: {shown(store_path)} is sound ({_check_size(store_path, result)}, {result.seconds:.1f}s)", err=True)
     runner = _event_loop_runner()
 
     def reload_config() -> Any:
@@ -135,7 +139,15 @@ def relay(
 
 
 
-def _check_reuse_port(reuse_port: bool, store_path: Path) -> None:
+def _check_size(store_path: StoreLocation, result: Any) -> str:
+    from relay.store.postgres.location import is_postgres  # text only: loads no driver
+
+    if is_postgres(store_path):  # the server checks its own pages: this is the database's size
+        return f"answers with the schema, {result.bytes:,} bytes"
+    return f"{result.pages:,} pages"
+
+
+def _check_reuse_port(reuse_port: bool, store_path: StoreLocation) -> None:
     from relay.store.postgres.location import is_postgres  # text only: loads no driver
 
     if reuse_port and not is_postgres(store_path):
@@ -199,7 +211,7 @@ def _event_loop_runner() -> Any:
 
 
 async def _serve(
-    store_path: Path, config: Any, ready_file: Path | None, metrics_address: tuple[str, int] | None = None,
+    store_path: StoreLocation, config: Any, ready_file: Path | None, metrics_address: tuple[str, int] | None = None,
     config_loader: Any = None,
 ) -> int:
     from relay.logs import log_events
@@ -314,7 +326,7 @@ def _status_line(service: Any) -> str:
     return line
 
 
-def _announce(service: Any, store_path: Path) -> None:
+def _announce(service: Any, store_path: StoreLocation) -> None:
     from relay.config import server_name_warning
     from relay.ports import format_port_spec
 
@@ -368,9 +380,14 @@ def status(wait_seconds: float | None, stale_after: float | None, as_json: bool,
     store_path = resolve_db_path(db_path)
     # A relay just started may not have created its store yet: --wait waits for it
     # too, and never creates it (`status` only reads).
-    while wait_seconds is not None and not store_path.exists() and time.monotonic() < deadline:
+    # A PostgreSQL store has no file to wait for: --wait waits for the server to answer
+    # with the schema instead; then opening it below says what is wrong (server down:
+    # unavailable; no schema: no store), one line, exit 1.
+    if wait_seconds is not None:
+        _wait_for_server(store_path, deadline)
+    while wait_seconds is not None and not store_exists(store_path) and time.monotonic() < deadline:
         time.sleep(0.2)
-    if wait_seconds is not None and not store_path.exists():
+    if wait_seconds is not None and not store_exists(store_path):
         click.echo(f"smtpplus: no store at {shown(store_path)} after waiting {wait_seconds:g}s — start one with `smtpplus relay`", err=True)
         sys.exit(EXIT_NOT_RUNNING)
     with open_db(db_path, create=False) as db:
@@ -391,6 +408,21 @@ def status(wait_seconds: float | None, stale_after: float | None, as_json: bool,
     elif wait_seconds is not None:
         click.echo(f"smtpplus: no live relay on this store after waiting {wait_seconds:g}s — start one with `smtpplus relay`", err=True)
     sys.exit(EXIT_NOT_RUNNING)
+
+
+def _wait_for_server(store_path: StoreLocation, deadline: float) -> None:
+    from relay.store.postgres.location import is_postgres  # text only: loads no driver
+
+    if not is_postgres(store_path):
+        return
+    from relay.store import StoreError, open_store
+
+    while time.monotonic() < deadline:
+        try:
+            open_store(store_path, create=False).close()
+            return
+        except StoreError:
+            time.sleep(0.2)
 
 
 def _print_status(current: Any) -> None:

@@ -16,7 +16,7 @@ from relay.display import clean
 store = LazyGroup(name="store", help="The store: backup, integrity check, recount, copy.")
 
 
-def run_check(source: Path, *, quiet: bool = False) -> Any:
+def run_check(source: common.StoreLocation, *, quiet: bool = False) -> Any:
     """The backend's integrity check of ``source`` (SQLite: ``PRAGMA quick_check``) with
     a progress line on stderr about every second (a big store takes a while: every page
     is read)."""
@@ -34,6 +34,16 @@ def run_check(source: Path, *, quiet: bool = False) -> Any:
             click.echo(f"store check: still checking ({seconds:.0f}s)…", err=True)
 
     return backend_for(source).check(source, progress)
+
+
+def pg_dump_advice(target: str | os.PathLike[str], source: common.StoreLocation) -> str:
+    """The one line ``store backup`` answers for a PostgreSQL store: a pg_dump command
+    to paste. Its URL has no password at all (``***`` would be taken as the password):
+    pg_dump reads it from PGPASSWORD or ~/.pgpass."""
+    from relay.store.postgres.location import without_password  # text only: loads no driver
+
+    return (f"store backup copies SQLite stores — for PostgreSQL use pg_dump (password from PGPASSWORD or "
+            f"~/.pgpass): pg_dump -Fc -f {common.shell_word(os.fspath(target))} {common.shell_word(without_password(source))}")
 
 
 def check_failure(result: Any) -> str:
@@ -77,10 +87,10 @@ def backup(path: Path, force: bool, as_json: bool, db_path: Path | None) -> None
     from relay.store.postgres.location import is_postgres  # text only: loads no driver
 
     if is_postgres(source):  # pg_dump does it, consistently and while the relay runs
-        raise CliError(f"store backup copies SQLite stores — for PostgreSQL use pg_dump: pg_dump -Fc -f {path} '{common.shown(source)}'")
+        raise CliError(pg_dump_advice(path, source))
     if path.exists() and not force:
         raise CliError(f"{path} already exists — choose another path or pass --force to overwrite it")
-    if path.resolve() == source.resolve():
+    if path.resolve() == Path(source).resolve():
         raise CliError("the backup path is the store itself — choose another path")
     if not path.parent.is_dir():
         raise CliError(f"directory {path.parent} does not exist — create it first")

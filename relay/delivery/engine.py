@@ -26,7 +26,6 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 from relay.bounce import FailedRecipient, bounce_message, wants_report
@@ -62,7 +61,7 @@ from relay.store.claim_floors import ClaimFloors
 from relay.store.dkim import active_keys
 from relay.store.events import NewEvent
 from relay.store.intake import NewMessage, RecipientDsn
-from relay.store.postgres.location import is_postgres
+from relay.store.postgres.location import is_postgres, store_location
 from relay.store.queue import (
     Claimed,
     DeliverySettings,
@@ -179,14 +178,14 @@ class DeliveryEngine:
 
     def __init__(
         self,
-        store_path: Path,
+        store_path: str | os.PathLike[str],
         config: Any,
         *,
         owner: str,
         reclaim_from: str | None = None,
         own_addresses: list[tuple[str, int]] | None = None,
     ) -> None:
-        self.store_path = Path(store_path)
+        self.store_path = store_location(store_path)  # a URL stays text: pathlib would drop a slash of ///db
         self.config = config
         self.owner = owner
         self.reclaim_from = reclaim_from

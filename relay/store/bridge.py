@@ -67,7 +67,7 @@ class AsyncStore:
 
     def __init__(self, location: str | os.PathLike[str]) -> None:
         self.location = location
-        self.path = Path(location)
+        self.path = Path(location)  # a SQLite file (PgAsyncStore passes its masked URL: display only)
         self._jobs: queue.SimpleQueue[_Job | None] | None = None
         self._thread: threading.Thread | None = None
         self._db: Connection | None = None

@@ -9,6 +9,7 @@ package's; the operations are the shared, driver-neutral modules of
 from __future__ import annotations
 
 import os
+import shlex
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -30,7 +31,7 @@ from relay.store.postgres import schema
 from relay.store.postgres.bridge import PgAsyncStore
 from relay.store.postgres.changes import AsyncNotifyFeed, NotifyFeed
 from relay.store.postgres.connection import PgConnection, open_store, transaction, translate
-from relay.store.postgres.location import is_postgres, masked, normalize
+from relay.store.postgres.location import is_postgres, masked, normalize, without_password
 
 
 class PostgresBackend(SharedOperations):
@@ -70,7 +71,12 @@ class PostgresBackend(SharedOperations):
     def backup(self, conn: Connection, target: str | os.PathLike[str]) -> None:
         # pg_dump does it, consistently and while the relay runs: no second copy here.
         location = _pg(conn).location
-        raise StoreError(f"store backup copies SQLite stores — for PostgreSQL use pg_dump: pg_dump -Fc -f {os.fspath(target)} '{masked(location)}'")
+        # The URL without its password (``***`` would be taken for one): pg_dump reads
+        # it from PGPASSWORD or ~/.pgpass.
+        raise StoreError(
+            "store backup copies SQLite stores — for PostgreSQL use pg_dump (password from PGPASSWORD or ~/.pgpass): "
+            f"pg_dump -Fc -f {shlex.quote(os.fspath(target))} {shlex.quote(without_password(location))}"
+        )
 
     def check(
         self, location: str | os.PathLike[str], progress: Callable[[float, int], None] | None = None, *, every: float = 1.0

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import re
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
+from pathlib import Path
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 SCHEMES = ("postgresql://", "postgres://")
 MASK = "***"
@@ -35,6 +36,22 @@ def is_postgres(location: object) -> bool:
     return normalize(location).lower().startswith(SCHEMES)
 
 
+def store_location(location: str | os.PathLike[str]) -> str | Path:
+    """A ``--db`` / ``SMTPPLUS_DB`` value as the store takes it: a PostgreSQL URL stays
+    text, exactly as given, anything else is a file ``Path``.
+
+    Never put a URL through ``pathlib.Path``: it turns ``postgresql:///mailstore?host=h``
+    into ``postgresql:/mailstore?host=h``, which :func:`normalize` can only read back as
+    ``postgresql://mailstore?host=h`` — host ``mailstore``, the user's default database,
+    a store created in the wrong place. A URL that already went through ``Path`` is
+    mended as well as it can be (right for ``//host/db``, not for ``///db``)."""
+    if isinstance(location, str) and location.lower().startswith(SCHEMES):
+        return location
+    if is_postgres(location):
+        return normalize(location)
+    return Path(location)
+
+
 def masked(location: str | os.PathLike[str]) -> str:
     """``location`` fit to print: its password, if any, replaced by ``***``."""
     text = normalize(location)
@@ -54,7 +71,33 @@ def masked(location: str | os.PathLike[str]) -> str:
     if query:
         pairs = [(k, MASK if k.lower() == "password" else v) for k, v in parse_qsl(query, keep_blank_values=True)]
         query = urlencode(pairs, safe="*")
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    return _unsplit(parts.scheme, netloc, parts.path, query, parts.fragment)
+
+
+def without_password(location: str | os.PathLike[str]) -> str:
+    """``location`` with no password at all (not even ``***``): a URL an operator can
+    paste into ``pg_dump`` or ``psql``, which then take the password from
+    ``PGPASSWORD`` or ``~/.pgpass``."""
+    text = normalize(location)
+    if not is_postgres(text):
+        return os.fspath(location)
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return _PARAM_PASSWORD.sub("", text)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        netloc = f"{userinfo.split(':', 1)[0]}@{hostport}"
+    pairs = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k.lower() != "password"]
+    return _unsplit(parts.scheme, netloc, parts.path, urlencode(pairs), parts.fragment)
+
+
+def _unsplit(scheme: str, netloc: str, path: str, query: str, fragment: str) -> str:
+    # Not urlunsplit: it drops the ``//`` of a URL with no host (``postgresql:///db``),
+    # as postgresql is none of the schemes it knows to have one.
+    text = f"{scheme}://{netloc}{path}"
+    return text + (f"?{query}" if query else "") + (f"#{fragment}" if fragment else "")
 
 
 def password_of(location: str) -> str | None:

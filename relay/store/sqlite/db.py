@@ -146,11 +146,15 @@ def store_errors(path: str | os.PathLike[str] | None = None) -> Iterator[None]:
         raise translate(exc, path) from exc
 
 
-def default_db_path() -> Path:
-    """``SMTPPLUS_DB``, else ``smtpplus.db`` in the user's data directory."""
+def default_db_path() -> str | Path:
+    """``SMTPPLUS_DB``, else ``smtpplus.db`` in the user's data directory. A
+    ``postgresql://`` URL stays text, exactly as given (never through ``Path``:
+    ``postgresql:///db`` would lose a slash and name another database)."""
     env = os.environ.get("SMTPPLUS_DB")
     if env:
-        return Path(env)
+        from relay.store.postgres.location import store_location  # text only: loads no driver
+
+        return store_location(env)
     return data_dir_db_path()
 
 
