@@ -268,3 +268,22 @@ async def test_an_undotted_server_name_is_a_warning_with_the_fix_at_start(db: An
     async with running_engine(store_path, fast_config(server_name="relay.test")):
         pass
     assert len(find_events(db, reason=str(Reason.SERVER_NAME_UNDOTTED), limit=5)) == 1
+
+
+async def test_a_bounce_names_non_ascii_addresses_as_they_are_and_goes_with_smtputf8(db: Any, store_path: Path) -> None:
+    sender = "j\u00f6rg@example.com"
+    async with NextHop() as hop:
+        point(db, hop)
+        msg = plain(["bad@b\u00fccher.example", "bad\u00fcser@example.net"], mail_from=sender, smtputf8=True)
+        [queued] = insert_messages(db, [msg])
+        async with running_engine(store_path, fast_config(server_name="relay.test")):
+            await eventually(lambda: state_of(db, queued.queue_id) == "failed")
+            await hop.wait_for(1)
+    [bounce] = bounces(hop)
+    assert bounce.rcpt_tos == [sender] and "SMTPUTF8" in bounce.mail_params
+    assert b"\r\nTo: <" + sender.encode() + b">\r\n" in bounce.data
+    fields = report_fields(bounce)
+    assert "Final-Recipient: rfc822; bad@xn--bcher-kva.example" in fields
+    assert "Final-Recipient: utf-8; bad\\x{FC}ser@example.net" in fields
+    notice = list(bounce.parsed().iter_parts())[0].get_content()  # type: ignore[attr-defined]
+    assert "<bad@b\u00fccher.example>" in notice and "<bad\u00fcser@example.net>" in notice
