@@ -18,12 +18,21 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import idna
+
 from relay.store.intake import NewMessage, new_queue_id
 from relay.transcode import encode_quoted_printable
 
 BOUNCE_PRIORITY = 3
 _STATUS = re.compile(r"^\s*(\d)\d\d[\s-]+([245]\.\d{1,3}\.\d{1,3})")
 _XTEXT = re.compile(r"\+([0-9A-Fa-f]{2})")
+# C0 and C1 controls (CR and LF among them), DEL, and Unicode's own line and paragraph
+# separators: what could end a header line early. Everything else, non-ASCII letters
+# included, is part of an address and stays.
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# RFC 6533 §3 QCHAR: printable ASCII but SP, "\\", "+" and "=" (those and non-ASCII are
+# written \x{HEX} in utf-8-addr-xtext).
+_QCHAR = re.compile(r"[\x21-\x2a\x2c-\x3c\x3e-\x5b\x5d-\x7e]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,8 +129,67 @@ def _is_utf8(data: bytes) -> bool:
 
 
 def _clean(text: str) -> str:
-    """One line of printable ASCII (replies may carry anything)."""
-    return "".join(c if 32 <= ord(c) < 127 else " " for c in text).strip()
+    """One line of printable ASCII (replies may carry anything). Non-ASCII is written
+    ``\\x{HEX}`` (RFC 6533's embedded form) rather than dropped: a reply naming
+    ``<üser@example.net>`` must not come out naming ``ser@example.net``."""
+    return "".join(
+        c if 32 <= ord(c) < 127 else f"\\x{{{ord(c):X}}}" if ord(c) > 0x9F else " " for c in _one_line(text)
+    ).strip()
+
+
+def _one_line(text: str) -> str:
+    """``text`` on one line: controls become spaces, so no input can start a header
+    line of its own; non-ASCII letters are kept (an address is not ours to change)."""
+    return _CONTROLS.sub(" ", text).strip()
+
+
+def utf8_addr_xtext(address: str) -> str:
+    """RFC 6533 §3 ``utf-8-addr-xtext``: 7-bit, every character that is not a QCHAR
+    written ``\\x{HEX}`` — ``jörg@example.com`` → ``j\\x{F6}rg@example.com``."""
+    return "".join(c if _QCHAR.fullmatch(c) else f"\\x{{{ord(c):X}}}" for c in address)
+
+
+def dsn_address(address: str) -> str:
+    """An address for ``Final-Recipient``/``Original-Recipient`` (RFC 3464 §2.3, RFC
+    6533 §3): ``rfc822;`` when it is ASCII — or becomes ASCII with its domain's A-label
+    (``fail@xn--bcher-kva.example``, the same mailbox) —, else ``utf-8;`` in the 7-bit
+    xtext form, so the report part stays 7-bit whatever the bounce travels over."""
+    address = _one_line(address)
+    if address.isascii():
+        return f"rfc822; {address}"
+    local, at, domain = address.rpartition("@")
+    if at and local.isascii():
+        try:
+            return f"rfc822; {local}@{idna.encode(domain, uts46=True).decode('ascii')}"
+        except (idna.IDNAError, UnicodeError):
+            pass  # not a name IDNA can write: the utf-8 form names it as given
+    return f"utf-8; {utf8_addr_xtext(address)}"
+
+
+def _original_recipient(orcpt: str) -> str:
+    """The client's ``ORCPT`` (xtext decoded) as given; one in UTF-8 (RFC 6533's
+    ``utf-8-addr-unitext``, allowed with SMTPUTF8) in the 7-bit xtext form."""
+    decoded = _one_line(xtext_decode(orcpt))
+    if decoded.isascii():
+        return decoded
+    _kind, _, address = decoded.partition(";")
+    return f"utf-8;{utf8_addr_xtext(address.strip())}"
+
+
+def _notification_part(text: list[str]) -> list[str]:
+    """The human-readable part: US-ASCII as it was, or UTF-8 in quoted-printable when it
+    names a non-ASCII address, so it reads as the sender wrote it and stays 7-bit."""
+    body = "\r\n".join(text)
+    if body.isascii():
+        return ["Content-Type: text/plain; charset=us-ascii", "Content-Description: Notification", "", *text]
+    encoded = encode_quoted_printable(body.encode("utf-8") + b"\r\n").decode("ascii").removesuffix("\r\n")
+    return [
+        "Content-Type: text/plain; charset=utf-8",
+        "Content-Description: Notification",
+        "Content-Transfer-Encoding: quoted-printable",
+        "",
+        encoded,
+    ]
 
 
 def build_dsn(
@@ -147,13 +215,16 @@ def build_dsn(
     boundary = f"=_smtpplus_{secrets.token_hex(12)}"
     mta = _clean(reporting_mta) or "localhost"
     remote = mta_name(next_hop)
-    from_address = _clean(sender or "") or f"MAILER-DAEMON@{mta}"
+    # The bounce's own header fields name the real addresses: with a non-ASCII one the
+    # bounce goes with SMTPUTF8 (bounce_message), where UTF-8 header text is allowed
+    # (RFC 6532); a next hop without SMTPUTF8 refuses it (5.6.7) rather than get it mangled.
+    from_address = _one_line(sender or "") or f"MAILER-DAEMON@{mta}"
     failures = [r for r in failed if r.action == "failed"]
     relayed = [r for r in failed if r.action != "failed"]
     subject = "Undelivered Mail Returned to Sender" if failures else "Successful Mail Delivery Report"
     lines = [
         f"From: Mail Delivery System <{from_address}>",
-        f"To: <{original_sender}>",
+        f"To: <{_one_line(original_sender)}>",
         f"Subject: {subject}",
         f"Date: {email.utils.formatdate(stamp, localtime=True)}",
         f"Message-ID: <{new_queue_id()}.dsn@{mta}>",
@@ -164,28 +235,25 @@ def build_dsn(
         "This is a MIME-encapsulated message.",
         "",
         f"--{boundary}",
-        "Content-Type: text/plain; charset=us-ascii",
-        "Content-Description: Notification",
-        "",
-        f"This is the mail system at {mta}.",
-        "",
     ]
+    text = [f"This is the mail system at {mta}.", ""]
     if failures:
-        lines += [
+        text += [
             f"Your message (queue id {queue_id}) could not be delivered to",
             "one or more recipients. It has been removed from the queue.",
             "",
         ]
-        lines += [f"<{_clean(r.address)}>: {_clean(r.reply)}" for r in failures]
-        lines.append("")
+        text += [f"<{_one_line(r.address)}>: {_one_line(r.reply)}" for r in failures]
+        text.append("")
     if relayed:
-        lines += [
+        text += [
             f"Your message (queue id {queue_id}) was handed on to a mail system that does",
             "not send delivery notifications; no further notice will come from it.",
             "",
         ]
-        lines += [f"<{_clean(r.address)}>: relayed{f' to {remote}' if remote else ''}" for r in relayed]
-        lines.append("")
+        text += [f"<{_one_line(r.address)}>: relayed{f' to {remote}' if remote else ''}" for r in relayed]
+        text.append("")
+    lines += _notification_part(text)
     lines += [
         f"--{boundary}",
         "Content-Type: message/delivery-status",
@@ -202,8 +270,8 @@ def build_dsn(
     for r in failed:
         lines.append("")
         if r.orcpt:
-            lines.append(f"Original-Recipient: {_clean(xtext_decode(r.orcpt))}")
-        lines.append(f"Final-Recipient: rfc822; {_clean(r.address)}")
+            lines.append(f"Original-Recipient: {_original_recipient(r.orcpt)}")
+        lines.append(f"Final-Recipient: {dsn_address(r.address)}")
         if r.action == "failed":
             lines += ["Action: failed", f"Status: {status_code(r.reply)}"]
         else:
@@ -214,7 +282,7 @@ def build_dsn(
             lines.append(f"Diagnostic-Code: smtp; {_clean(r.reply)}")
         lines.append(f"Last-Attempt-Date: {email.utils.formatdate(stamp, localtime=True)}")
     lines += ["", f"--{boundary}"]
-    head = "\r\n".join(lines).encode("ascii", "replace") + b"\r\n"
+    head = "\r\n".join(lines).encode("utf-8") + b"\r\n"  # non-ASCII only in From:/To: (see above)
     returned = b"\r\n".join(_returned_part(original, ret))
     return head + returned + f"\r\n--{boundary}--\r\n".encode()
 
@@ -245,6 +313,7 @@ def bounce_message(
         sender=sender,
     )
     failures = any(r.action == "failed" for r in failed)
+    from_address = _one_line(sender or "") or f"MAILER-DAEMON@{_clean(reporting_mta) or 'localhost'}"
     return NewMessage(
         mail_from="",
         recipients=[original_sender],
@@ -253,10 +322,12 @@ def bounce_message(
         header_priority=BOUNCE_PRIORITY,
         user_priority=BOUNCE_PRIORITY,
         priority=BOUNCE_PRIORITY,
-        header_from=_clean(sender or "") or f"MAILER-DAEMON@{_clean(reporting_mta) or 'localhost'}",
+        header_from=from_address,
         subject="Undelivered Mail Returned to Sender" if failures else "Successful Mail Delivery Report",
         list_id=list_id,
         list_name=list_name,
         body_type=None if data.isascii() else "8BITMIME",
-        smtputf8=not original_sender.isascii(),
+        # Declared when an address in its envelope or header fields is non-ASCII: the
+        # only case its headers carry UTF-8 (the report and returned headers are 7-bit).
+        smtputf8=not (original_sender.isascii() and from_address.isascii()),
     )

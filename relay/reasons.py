@@ -95,6 +95,7 @@ class Reason(enum.StrEnum):
     LINES_FOLDED = "lines-folded"  # lines over 998 octets folded on delivery (RFC 5321 §4.5.3.1.6)
     DOWNGRADED_8BIT = "downgraded-8bit"  # 8-bit MIME parts re-encoded for a hop without 8BITMIME
     FAILED_NO_SMTPUTF8 = "failed-no-smtputf8"  # the message needs SMTPUTF8, the next hop lacks it (5.6.7)
+    FAILED_SIZE_LIMIT = "failed-size-limit"  # the message is over the next hop's advertised SIZE (5.3.4)
     RECIPIENTS_SPLIT = "recipients-split"  # more transactions: recipients_per_transaction or the hop's 452
     DSN_RELAYED = "dsn-relayed"  # NOTIFY=SUCCESS, next hop without DSN: a "relayed" report to the sender
     BOUNCE_SUPPRESSED = "bounce-suppressed"  # NOTIFY=NEVER (or no FAILURE), or a null reverse path
@@ -173,7 +174,7 @@ PROBLEMS: frozenset[Reason] = frozenset({
     Reason.TLS_INSIDE_TLS, Reason.CONNECTION_LIMIT, Reason.SESSION_TIMEOUT,
     Reason.STORE_UNAVAILABLE, Reason.STORE_FULL, Reason.INTERNAL_ERROR,
     Reason.DEFERRED_4XX, Reason.DEFERRED_CONNECT, Reason.DEFERRED_TIMEOUT, Reason.DEFERRED_TLS,
-    Reason.DEFERRED_AUTH, Reason.FAILED_5XX, Reason.FAILED_LIFETIME, Reason.FAILED_NO_SMTPUTF8,
+    Reason.DEFERRED_AUTH, Reason.FAILED_5XX, Reason.FAILED_LIFETIME, Reason.FAILED_NO_SMTPUTF8, Reason.FAILED_SIZE_LIMIT,
     Reason.FAILED_NULL_MX, Reason.FAILED_NO_DOMAIN, Reason.FAILED_NO_MAIL_HOST, Reason.DEFERRED_DNS,
     Reason.FAILED_MX_LOOP, Reason.ROUTE_SELF,
     Reason.NO_NEXT_HOP, Reason.NEXT_HOP_SELF, Reason.NEXT_HOP_DOWN,

@@ -112,6 +112,7 @@ class Replies:
     RSET_OK = "250 2.0.0 Ok"
     RSET_SYNTAX = "501 5.5.4 Syntax: RSET"
     VRFY = "252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery"
+    VRFY_SYNTAX = "501 5.5.4 Syntax: VRFY address"
     EXPN = "502 5.5.1 EXPN not implemented"
 
 

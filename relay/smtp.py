@@ -1118,7 +1118,9 @@ class RelaySMTP(SaslCommands):
     async def smtp_VRFY(self, arg: str) -> None:
         if await self.check_auth_needed("VRFY"):
             return
-        await self.push(Replies.VRFY)
+        # RFC 5321 §4.1.1.6: VRFY takes an argument; without one it is a syntax error
+        # (as Postfix answers), not a promise to deliver to nobody.
+        await self.push(Replies.VRFY if arg and arg.strip() else Replies.VRFY_SYNTAX)
 
     async def smtp_EXPN(self, arg: str) -> None:
         await self.push(Replies.EXPN)

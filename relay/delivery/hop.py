@@ -23,7 +23,7 @@ from relay.delivery.outcome import (
     reply_text,
     stop_state,
 )
-from relay.delivery.prepare import Prepared, prepare
+from relay.delivery.prepare import Prepared, prepare, size_limit
 from relay.dkim import DkimSigner, sign_for_delivery
 from relay.reasons import Reason
 from relay.store.queue import Claimed, DeliverySettings, RecipientResult, parse_next_hop
@@ -221,10 +221,10 @@ class HopConnection:
         smtp = self.smtp
         assert smtp is not None
         m, signing = await sign_for_delivery(self.signer, m)  # DKIM: the bytes prepare() sends as they are
-        prepared = prepare(m, smtp.supports_extension, self.hop.address)
+        prepared = prepare(m, smtp.supports_extension, self.hop.address, size_limit(smtp.esmtp_extensions.get("size")))
         prepared.notes[:0] = signing
         if prepared.refusal is not None:
-            return all_failed(m, Reason.FAILED_NO_SMTPUTF8, prepared.refusal)
+            return all_failed(m, prepared.refusal_reason, prepared.refusal)
         results: dict[str, RecipientResult] = {}
         pending = list(m.recipients)
         stop: tuple[Reason, str] | None = None

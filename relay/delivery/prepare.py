@@ -21,6 +21,7 @@ class Prepared:
     dsn: bool  # the hop offers DSN: RCPT gets NOTIFY/ORCPT, it reports by itself
     notes: list[tuple[Reason, str]] = field(default_factory=list)
     refusal: str | None = None
+    refusal_reason: Reason = Reason.FAILED_NO_SMTPUTF8
 
     def rcpt_options(self, m: Claimed, rcpt: str) -> list[str]:
         given = m.recipient_dsn.get(rcpt)
@@ -30,10 +31,18 @@ class Prepared:
         return options + ([f"ORCPT={given.orcpt}"] if given.orcpt else [])
 
 
-def prepare(m: Claimed, supports: Any, hop: str) -> Prepared:
+def size_limit(value: str | None) -> int | None:
+    """The limit in a hop's ``SIZE`` keyword (RFC 1870 §4): ``SIZE 200`` → 200; none
+    (``SIZE`` alone, ``SIZE 0``, not a number) → None, no limit declared."""
+    text = (value or "").strip()
+    return int(text) if text.isdigit() and int(text) > 0 else None
+
+
+def prepare(m: Claimed, supports: Any, hop: str, limit: int | None = None) -> Prepared:
     """What to send to a hop whose EHLO ``supports(keyword)`` says what it offers:
     SMTPUTF8 or a 5.6.7 refusal (RFC 6531 §3.2), 8-bit downgraded without 8BITMIME
-    (RFC 6152 §3), long lines folded, SIZE/BODY/DSN parameters passed on."""
+    (RFC 6152 §3), long lines folded, SIZE/BODY/DSN parameters passed on, and a 5.3.4
+    refusal when the bytes exceed the hop's declared SIZE ``limit`` (RFC 1870 §6)."""
     notes: list[tuple[Reason, str]] = []
     internationalized = needs_smtputf8(m.mail_from, m.recipients, m.data)
     # Needed: a non-ASCII address (no other way to send it), or non-ASCII headers the
@@ -41,7 +50,10 @@ def prepare(m: Claimed, supports: Any, hop: str) -> Prepared:
     # 8-bit headers from a client that did not declare it go as they did before.
     envelope_ascii = m.mail_from.isascii() and all(r.isascii() for r in m.recipients)
     needed = not envelope_ascii or (m.smtputf8 and internationalized)
-    utf8 = internationalized and bool(supports("smtputf8"))
+    # Only when needed: SMTPUTF8 on MAIL says the sender vouches for UTF-8 headers, and
+    # a client that did not declare it did not (Postfix: smtputf8_autodetect_classes
+    # leaves out smtpd mail).
+    utf8 = needed and bool(supports("smtputf8"))
     if needed and not utf8:
         refusal = (
             f"550 5.6.7 next hop {hop} does not offer SMTPUTF8, which this message needs "
@@ -62,6 +74,11 @@ def prepare(m: Claimed, supports: Any, hop: str) -> Prepared:
             Reason.LINES_FOLDED,
             f"{folded.lines_folded} line(s) over 998 octets folded for {hop} (longest {folded.longest})",
         ))
+    if limit is not None and len(data) > limit:
+        # RFC 1870 §6: do not send what the hop said it will refuse; fail it here for
+        # this destination, as Postfix does (a bounce follows, as for any 5xx).
+        refusal = f"552 5.3.4 message size {len(data)} exceeds size limit {limit} of server {hop}"
+        return Prepared(data, [], "ascii", False, notes, refusal, Reason.FAILED_SIZE_LIMIT)
     options: list[str] = []
     if supports("size"):
         options.append(f"SIZE={len(data)}")

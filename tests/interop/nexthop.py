@@ -57,6 +57,7 @@ class Transaction:
 @dataclass
 class NextHop:
     size: bool = True
+    size_limit: int = 50 * 1024 * 1024  # advertised as SIZE <size_limit> (with size)
     eightbit: bool = True
     smtputf8: bool = True
     dsn: bool = True
@@ -78,7 +79,7 @@ class NextHop:
 
         def factory() -> SMTP:
             return _HopSMTP(
-                self, handler, data_size_limit=50 * 1024 * 1024 if self.size else None,
+                self, handler, data_size_limit=self.size_limit if self.size else None,
                 enable_SMTPUTF8=self.smtputf8, decode_data=False, hostname="hop.test",
             )
 

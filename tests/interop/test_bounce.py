@@ -83,3 +83,38 @@ def test_status_shows_the_undotted_server_name_warning(db: Any, cli: Any) -> Non
     set_setting(db, Keys.SERVER_NAME, "relay.example.com")
     db.commit()
     assert "has no dot" not in cli("status").stdout
+
+
+def test_non_ascii_addresses_are_reported_as_themselves_never_as_another_address() -> None:
+    data = build_dsn(
+        original=b"Subject: x\r\n\r\nbody\r\n", original_sender="j\u00f6rg@example.com",
+        failed=[
+            FailedRecipient("fail@b\u00fccher.example", "550 5.1.1 <fail@b\u00fccher.example>: no such user"),
+            FailedRecipient("\u00fcser@example.net", "550 5.1.1 no such user", orcpt="utf-8;\u00fcser@example.net"),
+        ],
+        queue_id="Q1", arrival=0.0, reporting_mta="relay.example.com", next_hop="127.0.0.1",
+    )
+    report = email.message_from_string(data.decode("utf-8"), policy=default_policy)  # RFC 6532 header
+    assert report["To"].addresses[0].addr_spec == "j\u00f6rg@example.com"
+    notice, status, _headers = report.iter_parts()
+    text = notice.get_content()  # type: ignore[attr-defined]
+    assert "<fail@b\u00fccher.example>" in text and "<\u00fcser@example.net>" in text
+    fields = "".join(str(p) for p in status.get_payload())  # type: ignore[union-attr]
+    assert fields.isascii()  # message/delivery-status stays 7-bit (RFC 6533 §3 xtext form)
+    # An ASCII local part at an IDN domain: the same mailbox with the domain's A-label.
+    assert "Final-Recipient: rfc822; fail@xn--bcher-kva.example" in fields
+    assert "Final-Recipient: utf-8; \\x{FC}ser@example.net" in fields
+    assert "Original-Recipient: utf-8;\\x{FC}ser@example.net" in fields
+    assert "Diagnostic-Code: smtp; 550 5.1.1 <fail@b\\x{FC}cher.example>: no such user" in fields
+    assert "ser@example.net" not in fields.replace("\\x{FC}ser@example.net", "")
+
+
+def test_controls_in_addresses_and_replies_cannot_start_a_header_line() -> None:
+    data = build_dsn(
+        original=b"Subject: x\r\n\r\nbody\r\n", original_sender="ann@example.com\r\nBcc: eve@example.org",
+        failed=[FailedRecipient("bob@example.net\nX-Evil: 1\x85\u2028", "550 5.1.1 no\r\nX-Evil: 2")],
+        queue_id="Q1", arrival=0.0, reporting_mta="relay.example.com", next_hop=None,
+    )
+    lines = data.decode("utf-8").split("\r\n")
+    assert not any(line.startswith(("Bcc:", "X-Evil:")) for line in lines)
+    assert "\n" not in "".join(lines) and "\x85" not in data.decode() and "\u2028" not in data.decode()

@@ -9,6 +9,7 @@ from email.policy import default as default_policy
 from pathlib import Path
 from typing import Any
 
+from relay.delivery.prepare import size_limit
 from relay.reasons import Reason
 from relay.store import queue as q
 from relay.store.events import find_events
@@ -268,3 +269,66 @@ async def test_an_undotted_server_name_is_a_warning_with_the_fix_at_start(db: An
     async with running_engine(store_path, fast_config(server_name="relay.test")):
         pass
     assert len(find_events(db, reason=str(Reason.SERVER_NAME_UNDOTTED), limit=5)) == 1
+
+
+async def test_a_bounce_names_non_ascii_addresses_as_they_are_and_goes_with_smtputf8(db: Any, store_path: Path) -> None:
+    sender = "j\u00f6rg@example.com"
+    async with NextHop() as hop:
+        point(db, hop)
+        msg = plain(["bad@b\u00fccher.example", "bad\u00fcser@example.net"], mail_from=sender, smtputf8=True)
+        [queued] = insert_messages(db, [msg])
+        async with running_engine(store_path, fast_config(server_name="relay.test")):
+            await eventually(lambda: state_of(db, queued.queue_id) == "failed")
+            await hop.wait_for(1)
+    [bounce] = bounces(hop)
+    assert bounce.rcpt_tos == [sender] and "SMTPUTF8" in bounce.mail_params
+    assert b"\r\nTo: <" + sender.encode() + b">\r\n" in bounce.data
+    fields = report_fields(bounce)
+    assert "Final-Recipient: rfc822; bad@xn--bcher-kva.example" in fields
+    assert "Final-Recipient: utf-8; bad\\x{FC}ser@example.net" in fields
+    notice = list(bounce.parsed().iter_parts())[0].get_content()  # type: ignore[attr-defined]
+    assert "<bad@b\u00fccher.example>" in notice and "<bad\u00fcser@example.net>" in notice
+
+
+async def test_smtputf8_goes_on_only_when_the_client_declared_it(db: Any, store_path: Path) -> None:
+    async with NextHop() as hop:
+        point(db, hop)
+        undeclared = plain(["bob@example.net"], subject="t\u00e9", body_type="8BITMIME", mail_from="ceo@other.example")
+        declared = plain(["cy@example.net"], subject="t\u00e9 too", body_type="8BITMIME", smtputf8=True)
+        queued = insert_messages(db, [undeclared, declared])
+        async with running_engine(store_path):
+            await hop.wait_for(2)
+            await eventually(lambda: all(state_of(db, m.queue_id) == "sent" for m in queued))
+    [plain_8bit] = hop.to("bob@example.net")
+    [utf8] = hop.to("cy@example.net")
+    # 8-bit header text from a client that did not declare SMTPUTF8 goes as it came,
+    # without the relay vouching for it (Postfix: no autodetect for smtpd mail).
+    assert plain_8bit.mail_params.get("BODY") == "8BITMIME" and "SMTPUTF8" not in plain_8bit.mail_params
+    assert plain_8bit.data == undeclared.data
+    assert "SMTPUTF8" in utf8.mail_params
+
+
+async def test_a_message_over_the_hops_size_fails_with_5_3_4_unsent_and_bounces(db: Any, store_path: Path) -> None:
+    async with NextHop(size_limit=3000, refuse_prefix="nobody") as hop:  # room for the bounce (headers only)
+        point(db, hop)
+        big = plain(["bob@example.net"], subject="big", body=("x" * 70 + "\r\n") * 60)
+        small = plain(["cy@example.net"], subject="small")
+        queued = insert_messages(db, [big, small])
+        async with running_engine(store_path):
+            await hop.wait_for(2)
+            await eventually(lambda: state_of(db, queued[0].queue_id) == "failed")
+            await eventually(lambda: state_of(db, queued[1].queue_id) == "sent")
+    assert hop.to("bob@example.net") == []  # never offered: no MAIL SIZE=… the hop must refuse
+    [sent] = hop.to("cy@example.net")
+    assert int(sent.mail_params["SIZE"]) == len(sent.data) <= 3000
+    detail = q.message_detail(db, queued[0].queue_id)
+    reply = str(detail.recipients[0].last_reply)
+    assert reply == f"552 5.3.4 message size {len(big.data)} exceeds size limit 3000 of server {hop.address}"
+    assert str(Reason.FAILED_SIZE_LIMIT) in reasons_of(db, queued[0].queue_id)
+    [bounce] = bounces(hop)
+    assert bounce.rcpt_tos == [SENDER] and "Status: 5.3.4" in report_fields(bounce)
+
+
+def test_the_size_keyword_gives_a_limit_only_when_it_names_one() -> None:
+    assert size_limit("200") == 200 and size_limit(" 10240000 ") == 10240000
+    assert size_limit(None) is None and size_limit("") is None and size_limit("0") is None and size_limit("x") is None

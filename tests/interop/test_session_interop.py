@@ -368,7 +368,7 @@ async def test_every_reply_after_ehlo_carries_an_enhanced_status_code(seeded: Se
             b"MAIL FROM:<x@a.example> BOGUS=1", b"MAIL FROM:<x@b.example>", b"MAIL FROM x", b"MAIL FROM:<x@a.example> RET=NO",
             b"RCPT TO:<r@d.example>", b"MAIL FROM:<x@a.example>", b"MAIL FROM:<x@a.example>", b"RCPT TO:<bad%x@d.example>",
             b"RCPT TO:<Postmaster>", b"RCPT TO:<r@d.example> NOTIFY=MAYBE", b"RCPT TO:<r@d.example>", b"DATA x", b"DATA",
-            message() + b".", b"DATA", b"VRFY r@d.example", b"NOOP", b"QUIT",
+            message() + b".", b"DATA", b"VRFY r@d.example", b"VRFY", b"VRFY  ", b"NOOP", b"QUIT",
         ]
         checked += await walk(raw, after_tls)
         await raw.close()
@@ -383,6 +383,8 @@ async def test_every_reply_after_ehlo_carries_an_enhanced_status_code(seeded: Se
     assert replies[b"STARTTLS"] == "220 2.0.0 Ready to start TLS"
     assert replies[b"QUIT x"] == "501 5.5.4 Syntax: QUIT"
     assert replies[b"QUIT"] == "221 2.0.0 Bye"
+    assert replies[b"VRFY r@d.example"] == "252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery"
+    assert replies[b"VRFY"] == replies[b"VRFY  "] == "501 5.5.4 Syntax: VRFY address"
 
 
 async def test_help_answers_214_with_the_real_commands(relay: RelayService, tls_files: dict[str, Path]) -> None:
