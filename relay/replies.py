@@ -106,7 +106,7 @@ class Replies:
     # aiosmtpd's command loop words these; push() puts them in these words (see enhanced()).
     READY_FOR_TLS = "220 2.0.0 Ready to start TLS"
     UNKNOWN_COMMAND = '500 5.5.2 Error: command "{name}" not recognized'
-    TOO_MANY_UNKNOWN = "502 5.5.1 Too many unrecognized commands, goodbye."
+    TOO_MANY_UNKNOWN = "421 4.7.0 Too many unrecognized commands, closing connection"
     BAD_SYNTAX = "501 5.5.4 Error: bad syntax"
     COMMAND_TOO_LONG = "500 5.5.6 Command line too long"
     RSET_OK = "250 2.0.0 Ok"

@@ -115,7 +115,7 @@ COMMAND_LIMIT = 512  # RFC 5321 4.5.3.1.4, CRLF included
 # 4954 5, 3461 4.4); RCPT: + NOTIFY=, ORCPT= (RFC 3461 4.1, 4.2)
 MAIL_LIMIT = COMMAND_LIMIT + 26 + 15 + 9 + 506 + 9 + 107
 RCPT_LIMIT = COMMAND_LIMIT + 31 + 507
-UNKNOWN_COMMAND_LIMIT = 5  # the fifth unknown command closes the connection (as aiosmtpd)
+UNKNOWN_COMMAND_LIMIT = 5  # the fifth unknown command closes the connection (as aiosmtpd; with 421, RFC 5321 3.8)
 RDNS_WAIT = 2.0  # seconds DATA waits for the client's reverse DNS name (then "unknown")
 LINE_LIMIT = 2048  # the stream's line limit: over the longest command (Postfix: 2048)
 # Work on more than this many bytes goes to a worker thread: the event loop serves

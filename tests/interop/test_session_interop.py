@@ -387,6 +387,14 @@ async def test_every_reply_after_ehlo_carries_an_enhanced_status_code(seeded: Se
     assert replies[b"VRFY"] == replies[b"VRFY  "] == "501 5.5.4 Syntax: VRFY address"
 
 
+async def test_the_fifth_unknown_command_closes_the_connection_with_421(relay: RelayService) -> None:
+    raw = await Raw.connect(relay.served[0])
+    replies = [await raw.command(f"FOO{n}") for n in range(5)]
+    assert [code for code, _ in replies] == [500, 500, 500, 500, 421]  # RFC 5321 3.8: a server closing says 421
+    assert replies[-1][1] == "421 4.7.0 Too many unrecognized commands, closing connection"
+    assert await raw.closed()
+
+
 async def test_help_answers_214_with_the_real_commands(relay: RelayService, tls_files: dict[str, Path]) -> None:
     def ask(client: smtplib.SMTP) -> tuple[bytes, bytes]:
         return client.help(), client.help("MAIL")
