@@ -1,7 +1,7 @@
 """Message data taken a block of whole lines at a time (what has already arrived)
 gives exactly what a line at a time gives: the same stored bytes (dots unstuffed),
-the same refusal (the limit a message broke first), the same longest line and the
-same bare CR/LF finding — the fast path of ``RelaySMTP._read_data`` changes no outcome."""
+the same refusal (the limit a message broke first) and the same bare CR/LF
+finding — the fast path of ``RelaySMTP._read_data`` changes no outcome."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def _lines(body: list[bytes]) -> list[bytes]:
 def _outcome(intake: _DataIntake, spool: Spool) -> tuple[object, ...]:
     read = intake.read
     data = spool.finish() if read.refusal is None else b""
-    return (read.refusal, read.longest if read.refusal is None else 0, read.bare_line_ends if read.refusal is None else None,
+    return (read.refusal, read.bare_line_ends if read.refusal is None else None,
             bytes(data), intake.size)
 
 
@@ -61,5 +61,5 @@ def test_a_block_unstuffs_each_line_once() -> None:
     intake = _DataIntake(spool, 0, InFlight(0))
     intake.block(b"..a\r\n...b\r\nc.\r\n.d\r\n\r\n")
     assert spool.finish() == b".a\r\n..b\r\nc.\r\nd\r\n\r\n"
-    assert intake.read.longest == 5 and not intake.read.bare_line_ends
+    assert not intake.read.bare_line_ends
 
