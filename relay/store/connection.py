@@ -140,9 +140,16 @@ class Dialect(Protocol):
         ...
 
     def rows_per_insert(self) -> int:
-        """How many rows a group commit hands :meth:`insert_rows` at once: 1 where a
-        statement costs no round trip (SQLite, in-process: intake keeps its statement
-        per row), a few hundred where each statement is one (PostgreSQL)."""
+        """How many rows a group commit hands :meth:`insert_rows` at once: a few
+        dozen where statements are in-process (SQLite: fewer GIL hand-offs between
+        the store thread and the event loop; 1 on a SQLite without ``RETURNING``,
+        then intake writes a statement per row), a few hundred where each statement
+        is a round trip (PostgreSQL)."""
+        ...
+
+    def body_bytes_per_insert(self) -> int:
+        """Bytes of bodies one :meth:`insert_rows` statement may carry; a bigger body
+        goes alone through :meth:`write_body`."""
         ...
 
     def insert_rows(
@@ -158,6 +165,11 @@ class Dialect(Protocol):
         one statement — its own transaction, or part of the caller's — returning each
         queue id's message id; None where the database gains nothing by it (SQLite:
         in-process statements, no round trips to save)."""
+        ...
+
+    def group_statement(self) -> bool:
+        """Whether :meth:`insert_group` writes a group in one statement (else it
+        gives None, and intake does not build the group's rows for it)."""
         ...
 
     def claim_floors(self) -> bool:

@@ -116,8 +116,9 @@ def insert_messages(db: Connection, messages: Sequence[NewMessage], *, now: floa
     transaction (joins the caller's transaction when there is one)."""
     stamp = time.time() if now is None else now
     out: list[Queued] = []
-    rows_per_insert = dialect_of(db).rows_per_insert()
-    if rows_per_insert > 1 and messages and len(messages) <= rows_per_insert:
+    dialect = dialect_of(db)
+    rows_per_insert = dialect.rows_per_insert()
+    if dialect.group_statement() and messages and len(messages) <= rows_per_insert:
         at_once = _insert_at_once(db, messages, stamp)
         if at_once is not None:
             return at_once
@@ -170,9 +171,8 @@ MESSAGE_COLUMNS = (
     "created_at", "updated_at", "mail_auth", "body_type", "smtputf8", "size_declared", "dsn_ret", "dsn_envid",
 )
 _RECIPIENT_COLUMNS = ("message_id", "address", "dsn_notify", "dsn_orcpt")
-# Bodies are also bounded in bytes per statement: a group of big messages is never
-# all in one buffer.
-BODY_BYTES_PER_INSERT = 4 << 20
+# Bodies are also bounded in bytes per statement (the dialect's body_bytes_per_insert):
+# a group of big messages is never all in one buffer.
 _BODY_COLUMNS = ("message_id", "data")
 
 
@@ -202,7 +202,7 @@ def _insert_at_once(db: Connection, messages: Sequence[NewMessage], stamp: float
     """The whole group in one statement where the dialect has one (PostgreSQL: a
     round trip, and its own transaction when the caller has none), rows keyed by
     queue id; None: the dialect has none, or the bodies are too big for one."""
-    if sum(len(m.data) for m in messages) > BODY_BYTES_PER_INSERT:
+    if sum(len(m.data) for m in messages) > dialect_of(db).body_bytes_per_insert():
         return None
     recipients: list[tuple[object, ...]] = []
     for m in messages:
@@ -260,15 +260,16 @@ def _chunks(rows: list[tuple[object, ...]], size: int) -> list[list[tuple[object
 
 def _insert_bodies(db: Connection, bodies: list[tuple[int, bytes | mmap.mmap]], rows_per_insert: int) -> None:
     """Bodies a few MB per statement; a bigger one on its own (the dialect's way)."""
+    most = dialect_of(db).body_bytes_per_insert()
     group: list[tuple[object, ...]] = []
     views: list[memoryview] = []
     size = 0
     try:
         for message_id, data in bodies:
-            if len(data) > BODY_BYTES_PER_INSERT:
+            if len(data) > most:
                 dialect_of(db).write_body(db, message_id, data)
                 continue
-            if group and (size + len(data) > BODY_BYTES_PER_INSERT or len(group) >= rows_per_insert):
+            if group and (size + len(data) > most or len(group) >= rows_per_insert):
                 dialect_of(db).insert_rows(db, "message_bodies", _BODY_COLUMNS, group)
                 group, size = [], 0
             view = memoryview(data)  # no copy here: the driver reads the view as it encodes

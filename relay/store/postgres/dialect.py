@@ -17,7 +17,7 @@ from relay.store.errors import StoreError
 from relay.store.postgres.connection import lease_transaction, transaction, translate
 
 __all__ = [
-    "batch", "bulk_load", "claim_floors", "claim_reads", "data_version", "insert_group", "insert_rows", "lease_transaction",
+    "batch", "body_bytes_per_insert", "bulk_load", "claim_floors", "claim_reads", "data_version", "group_statement", "insert_group", "insert_rows", "lease_transaction",
     "load_rows",
     "rows_per_insert", "skip_locked", "transaction", "write_body",
 ]
@@ -125,6 +125,15 @@ def rows_per_insert() -> int:
     # Each statement is a round trip to the server: a group commit's rows go in one
     # statement per table (insert_rows; before: about four statements per message).
     return 500
+
+
+def body_bytes_per_insert() -> int:
+    # A group of big messages is never all in one buffer; a bigger body goes alone.
+    return 4 << 20
+
+
+def group_statement() -> bool:
+    return True  # insert_group
 
 
 def insert_rows(db: Any, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], tail: str = "") -> list[Any]:
