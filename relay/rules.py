@@ -138,6 +138,17 @@ def address_check(text: str, utf8: bool = False) -> policy.AddressCheck:
     return policy.AddressCheck(f"{local.lower()}@{check.address.rpartition('@')[2]}")
 
 
+def envelope_address(path: str) -> str:
+    """An accepted envelope path as it is kept, stored and relayed: exactly as sent
+    (case and all), less ONE trailing dot on its domain, as Postfix's trivial-rewrite
+    canonicalises it (``ann@example.net.`` → ``ann@example.net``). Only for a path the
+    rules accepted: ``ann@example.net..`` and ``ann@.`` are refused before this."""
+    address = path.strip()
+    if address.endswith(".") and "@" in address:
+        return address[:-1]
+    return address
+
+
 def needs_smtputf8(path: str) -> Refusal | None:
     """A non-ASCII address from a client that did not declare SMTPUTF8 (as Postfix)."""
     if path.isascii():
@@ -325,7 +336,7 @@ def mail_auth(declared: str | None, user: AuthRecord) -> str | None:
     if declared is None or declared == "<>":
         return declared
     address = declared[1:-1] if declared.startswith("<") and declared.endswith(">") else declared
-    return address if address and sender_refusal(address, user) is None else "<>"
+    return envelope_address(address) if address and sender_refusal(address, user) is None else "<>"
 
 
 # ---------------------------------------------------------------------------

@@ -64,6 +64,7 @@ from relay.rules import (
     address_check,
     authorization,
     check_headers,
+    envelope_address,
     hop_refusal,
     mail_auth,
     needs_smtputf8,
@@ -794,9 +795,10 @@ class RelaySMTP(SaslCommands):
         if refusal is not None:
             await self._refuse(refusal)
             return
-        # As sent (RFC 5321 2.4: a local part may be case-sensitive); the rules
-        # compared it case-insensitively, its domain through IDNA.
-        self.envelope.mail_from = path.strip()
+        # As sent (RFC 5321 2.4: a local part may be case-sensitive) but for one
+        # trailing dot on the domain; the rules compared it case-insensitively, its
+        # domain through IDNA.
+        self.envelope.mail_from = envelope_address(path)
         if self._rdns is None:
             self._rdns = self.ctx.names.lookup(self.loop, self.client_ip)
         self.envelope.mail_options = params
@@ -842,11 +844,12 @@ class RelaySMTP(SaslCommands):
         if refusal is not None:
             await self._refuse(refusal)
             return
-        self._add_recipient(path.strip(), utf8, dsn)
+        self._add_recipient(envelope_address(path), utf8, dsn)
         await self.push(Replies.RECIPIENT_OK)
 
     def _add_recipient(self, address: str, utf8: bool, dsn: RecipientDsn) -> None:
-        """Kept as sent; one recipient twice (its domain spelled another way) once."""
+        """Kept as sent (less a trailing dot: :func:`envelope_address`); one recipient
+        twice (its domain spelled another way) once."""
         assert self.envelope is not None
         check = address_check(address, utf8)
         domain = check.address.rpartition("@")[2] if check.address else address.rpartition("@")[2]

@@ -9,6 +9,7 @@ from relay.rules import (
     Refusal,
     address_check,
     check_headers,
+    envelope_address,
     hop_refusal,
     mail_auth,
     mail_parameters_refusal,
@@ -41,6 +42,23 @@ def test_recipient_rules() -> None:
     assert recipient_refusal("bob@b.example") is None
     bang = recipient_refusal("a!b@b.example")
     assert bang is not None and bang.reply.startswith("553 5.1.3 ")
+
+
+def test_one_trailing_dot_on_an_envelope_domain_is_dropped_as_postfix_does() -> None:
+    user = _user(domains={"a.example": "verified"})
+    assert sender_refusal("Ann@A.Example.", user) is None  # authorized as ann@a.example
+    assert recipient_refusal("Bob@Example.NET.") is None
+    assert address_check("Bob@Example.NET.").address == address_check("bob@example.net").address == "bob@example.net"
+    for bad in ("bob@example.net..", "bob@.", "bob@..", "bob@example..net"):
+        refused = recipient_refusal(bad)
+        assert refused is not None and refused.reason is Reason.RECIPIENT_INVALID, bad
+        assert sender_refusal(bad.replace("example.net", "a.example"), user) is not None, bad
+    # Kept as sent, case and all, less that one dot.
+    assert envelope_address(" Bob@Example.NET. ") == "Bob@Example.NET"
+    assert envelope_address("Bob@Example.NET") == "Bob@Example.NET"
+    assert envelope_address('"a.b."@example.net.') == '"a.b."@example.net'
+    assert envelope_address("") == ""
+    assert mail_auth("<Ann@A.Example.>", user) == "Ann@A.Example"
 
 
 def test_mail_parameters() -> None:
