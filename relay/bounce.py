@@ -24,6 +24,7 @@ from relay.store.intake import NewMessage, new_queue_id
 from relay.transcode import encode_quoted_printable
 
 BOUNCE_PRIORITY = 3
+LOCAL_DIAGNOSTIC_TYPE = "X-Smtpplus"  # RFC 3464 §2.3.6: a failure no remote server reported
 _STATUS = re.compile(r"^\s*(\d)\d\d[\s-]+([245]\.\d{1,3}\.\d{1,3})")
 _XTEXT = re.compile(r"\+([0-9A-Fa-f]{2})")
 # C0 and C1 controls (CR and LF among them), DEL, and Unicode's own line and paragraph
@@ -38,8 +39,10 @@ _QCHAR = re.compile(r"[\x21-\x2a\x2c-\x3c\x3e-\x5b\x5d-\x7e]")
 @dataclass(frozen=True, slots=True)
 class FailedRecipient:
     address: str
-    reply: str  # the next hop's reply, or our own reason ("queue lifetime exceeded …")
-    remote: bool = True  # the reply came from the next hop
+    reply: str  # the next hop's reply, or our own reason ("552 5.3.4 message size …")
+    # The reply came from the next hop: ``Diagnostic-Code: smtp;`` and ``Remote-MTA``.
+    # False: the relay's own text, ``Diagnostic-Code: X-Smtpplus;`` and no Remote-MTA.
+    remote: bool = True
     action: str = "failed"  # "failed" | "relayed" (delivered to a next hop without DSN)
     orcpt: str | None = None  # the ORCPT= the client gave ("rfc822;ann@example.com", xtext)
 
@@ -276,10 +279,13 @@ def build_dsn(
             lines += ["Action: failed", f"Status: {status_code(r.reply)}"]
         else:
             lines += ["Action: relayed", f"Status: {status_code(r.reply, '2.0.0') if r.reply[:1] == '2' else '2.0.0'}"]
+        # RFC 3464 §2.3.5/§2.3.6: Remote-MTA and the "smtp" diagnostic-type only for a
+        # reply a server sent; the relay's own failures (refused before sending, DNS,
+        # backing off) get its own type, as Postfix writes "X-Postfix;" for its own.
         if r.remote and remote:
             lines.append(f"Remote-MTA: dns; {remote}")
         if r.reply:
-            lines.append(f"Diagnostic-Code: smtp; {_clean(r.reply)}")
+            lines.append(f"Diagnostic-Code: {'smtp' if r.remote else LOCAL_DIAGNOSTIC_TYPE}; {_clean(r.reply)}")
         lines.append(f"Last-Attempt-Date: {email.utils.formatdate(stamp, localtime=True)}")
     lines += ["", f"--{boundary}"]
     head = "\r\n".join(lines).encode("utf-8") + b"\r\n"  # non-ASCII only in From:/To: (see above)

@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING
 from aiosmtpd.smtp import SMTP
 
 from relay.auth import AuthOutcome, throttle_delay
-from relay.display import clean
-from relay.message import shown
+from relay.display import clean, clean_bytes
 from relay.reasons import EventKind, Reason
 from relay.replies import Replies, reply
 from relay.store import StoreUnavailable
@@ -44,7 +43,10 @@ _FAILURE_DETAILS = {
 
 
 def printable(value: bytes) -> str:
-    return shown(value.decode("utf-8", "replace"), 64)
+    """A login or authorization identity as the client sent it, for events and log lines
+    only (never a reply): escaped as every log field is (:func:`relay.display.clean`,
+    ESC shows as ``\\x1b``, invalid UTF-8 as ``\\xNN``), at most 64 characters."""
+    return clean_bytes(value, 64)
 
 
 def decode_b64(text: str) -> bytes | None:
@@ -127,7 +129,7 @@ class SaslCommands(SMTP):
         if authzid and authzid != login:
             self._attempted_user = printable(login)
             await self._auth_failed(
-                Reason.AUTH_AUTHZID_MISMATCH, Replies.BAD_CREDENTIALS, f"authorization identity {printable(authzid)!r} is not the login"
+                Reason.AUTH_AUTHZID_MISMATCH, Replies.BAD_CREDENTIALS, f"authorization identity '{printable(authzid)}' is not the login"
             )
             return None
         return login, password
@@ -178,7 +180,7 @@ class SaslCommands(SMTP):
         self._attempted_user = printable(login)
         blocked = ctx.limiter.blocked(self.client_ip, username)
         if blocked is not None:
-            which = "this client address" if blocked == "client" else f"user {self._attempted_user!r} from this client address"
+            which = "this client address" if blocked == "client" else f"user '{self._attempted_user}' from this client address"
             self._event(EventKind.AUTH, Reason.AUTH_TOO_MANY_FAILURES, f"failure limit reached for {which}")
             await self.push(Replies.TOO_MANY_FAILURES)
             self._close()

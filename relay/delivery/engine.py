@@ -842,7 +842,7 @@ class DeliveryEngine:
             return m.recipient_dsn.get(address) or NO_DSN
 
         reported = [
-            FailedRecipient(r.address, r.reply, orcpt=dsn(r.address).orcpt)
+            FailedRecipient(r.address, r.reply, remote=r.remote, orcpt=dsn(r.address).orcpt)
             for r in failed if wants_report(dsn(r.address).notify, "failed")
         ]
         reported += [

@@ -241,14 +241,18 @@ class HopConnection:
                 # Earlier transactions went through: keep their outcomes, the rest waits.
                 reply = exc.reply if isinstance(exc, HopFailure) else f"connection to {self.hop.address} lost"
                 reason = exc.reason if isinstance(exc, HopFailure) else Reason.DEFERRED_CONNECT
-                txn = TransactionResult({r: RecipientResult(r, "deferred", reply) for r in batch}, stop=(reason, reply))
+                txn = TransactionResult(
+                    {r: RecipientResult(r, "deferred", reply, remote=False) for r in batch}, stop=(reason, reply),
+                )
             results.update(txn.results)
             data_failed = data_failed or txn.data_failed
             if txn.stop is not None:
                 stop = txn.stop
                 state = stop_state(stop)
                 for rcpt in pending:
-                    results[rcpt] = RecipientResult(rcpt, state, stop[1].removeprefix("MAIL: "), judged=False)
+                    results[rcpt] = RecipientResult(
+                        rcpt, state, stop[1].removeprefix("MAIL: "), judged=False, remote=txn.stop_remote,
+                    )
                 break
             pending = txn.too_many + pending
         return conclude(
@@ -272,7 +276,7 @@ class HopConnection:
             reply = reply_text(exc.code, exc.message)
             # A refused MAIL FROM is about the sender: no recipient was judged.
             refused = {r: RecipientResult(r, state, reply, judged=False) for r in batch}
-            return TransactionResult(refused, stop=(reason, f"MAIL: {reply}"))
+            return TransactionResult(refused, stop=(reason, f"MAIL: {reply}"), stop_remote=True)
         except aiosmtplib.SMTPTimeoutError as exc:
             self._heard("mail", None)
             smtp.close()
@@ -318,7 +322,7 @@ class HopConnection:
             # Mid-transaction: the message may or may not have gone; retry later (at least once).
             reply = f"connection to {self.hop.address} lost: {exc}"
             for rcpt in batch:
-                results.setdefault(rcpt, RecipientResult(rcpt, "deferred", reply))
+                results.setdefault(rcpt, RecipientResult(rcpt, "deferred", reply, remote=False))
             return TransactionResult(results, stop=(Reason.DEFERRED_CONNECT, reply))
         self._heard(command, response.code)
         self.delivered += 1

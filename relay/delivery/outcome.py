@@ -36,6 +36,7 @@ class TransactionResult:
     results: dict[str, RecipientResult]
     too_many: list[str] = field(default_factory=list)  # refused with 452 after others were accepted
     stop: tuple[Reason, str] | None = None  # MAIL refused or connection lost: the rest share it
+    stop_remote: bool = False  # the stop is the hop's reply (MAIL refused), not a lost connection
     data_failed: bool = False
 
 
@@ -54,13 +55,18 @@ def classify(code: int) -> tuple[str, Reason]:
 
 
 def all_deferred(m: Claimed, reason: Reason, reply: str, *, hop_failure: bool = False) -> AttemptResult:
-    """Every recipient waits for the next attempt with the same reply."""
-    return AttemptResult([RecipientResult(r, "deferred", reply) for r in m.recipients], reason, reply, hop_failure)
+    """Every recipient waits for the next attempt with the same reply, the relay's own
+    (the hop unusable, backing off, DNS): no server answered for the recipients."""
+    return AttemptResult(
+        [RecipientResult(r, "deferred", reply, remote=False) for r in m.recipients], reason, reply, hop_failure
+    )
 
 
 def all_failed(m: Claimed, reason: Reason, reply: str) -> AttemptResult:
-    """Every recipient fails with the relay's own reply (no server judged them)."""
-    return AttemptResult([RecipientResult(r, "failed", reply, judged=False) for r in m.recipients], reason, reply)
+    """Every recipient fails with the relay's own reply (no server judged them, none sent it)."""
+    return AttemptResult(
+        [RecipientResult(r, "failed", reply, judged=False, remote=False) for r in m.recipients], reason, reply
+    )
 
 
 def summarize(m: Claimed, results: dict[str, RecipientResult], prefix: str = "") -> AttemptResult:
@@ -166,8 +172,12 @@ def settle(m: Claimed, result: AttemptResult, *, now: float, retry: RetryPolicy,
         )
         if decision.final:
             lifetime_reply = f"queue lifetime exceeded after {m.attempts} attempt(s); last reply: {reply}"
+            # The last reply stays whose it was: the hop's 4xx is still the hop's (an
+            # ``smtp`` diagnostic in the bounce), the relay's own stays its own.
             recipients = [
-                RecipientResult(r.address, "failed", f"{r.reply} (queue lifetime exceeded)", judged=False) if r.state == "deferred" else r
+                RecipientResult(
+                    r.address, "failed", f"{r.reply} (queue lifetime exceeded)", judged=False, remote=r.remote,
+                ) if r.state == "deferred" else r
                 for r in recipients
             ]
             reason, reply = Reason.FAILED_LIFETIME, lifetime_reply

@@ -318,6 +318,10 @@ class RecipientResult:
     # verdict (DNS: null MX, no such domain) or a refused MAIL FROM — never a hard
     # bounce for the suppression list (docs/production.md, "Hard bounces").
     judged: bool = True
+    # The reply is one the next hop sent (RFC 3464 ``smtp`` diagnostic); False: text the
+    # relay made itself (a refusal before sending, DNS, a lost connection, backing off).
+    # Held in memory only, from the attempt to its bounce: not stored.
+    remote: bool = True
 
 
 @dataclass(slots=True)

@@ -11,6 +11,8 @@ import pytest
 from relay.delivery.outcome import (
     AttemptResult,
     RetryPolicy,
+    all_deferred,
+    all_failed,
     classify,
     conclude,
     merge,
@@ -181,3 +183,29 @@ def test_merge_destinations_in_message_order() -> None:
     assert merge(only_y, [both]) is both
     settled = settle(only_y, both, now=only_y.created_at, retry=POLICY, rng=random.Random(1))
     assert (settled.state, settled.reason) == ("failed", Reason.FAILED_NULL_MX)  # its own reason, kept
+
+
+@pytest.mark.parametrize("remote", [True, False])
+def test_a_lifetime_expiry_keeps_whose_reply_it_was(remote: bool) -> None:
+    # The hop's 4xx stays the hop's (an smtp diagnostic); the relay's own deferral
+    # (backing off, DNS, a lost connection) stays the relay's own.
+    m = claimed(["a@x", "b@x"], attempts=9)
+    result = summarize(m, {
+        "a@x": RecipientResult("a@x", "deferred", "451 4.2.0 busy", remote=remote),
+        "b@x": RecipientResult("b@x", "failed", "550 5.1.1 no"),
+    })
+    settled = settle(m, result, now=m.created_at + POLICY.lifetime + 1, retry=POLICY, rng=random.Random(1))
+    assert settled.reason == Reason.FAILED_LIFETIME
+    expired, refused = settled.failed
+    assert expired.reply == "451 4.2.0 busy (queue lifetime exceeded)" and expired.remote is remote
+    assert refused.remote and refused.judged and not expired.judged
+
+
+def test_replies_the_relay_makes_itself_are_not_the_hops() -> None:
+    m = claimed(["a@x", "b@x"])
+    for result in (
+        all_failed(m, Reason.FAILED_SIZE_LIMIT, "552 5.3.4 message size 9 exceeds size limit 3 of server h:25"),
+        all_deferred(m, Reason.DEFERRED_DESTINATION, "451 4.4.1 x is backing off after failures (down); not tried"),
+    ):
+        assert [r.remote for r in result.recipients] == [False, False]
+    assert RecipientResult("a@x", "failed", "550 5.1.1 no").remote  # a reply from a hop, as hop.py makes them

@@ -118,3 +118,36 @@ def test_controls_in_addresses_and_replies_cannot_start_a_header_line() -> None:
     lines = data.decode("utf-8").split("\r\n")
     assert not any(line.startswith(("Bcc:", "X-Evil:")) for line in lines)
     assert "\n" not in "".join(lines) and "\x85" not in data.decode() and "\u2028" not in data.decode()
+
+
+def test_the_relays_own_failures_say_x_smtpplus_and_name_no_remote_mta() -> None:
+    # RFC 3464 §2.3.6: "smtp" is for a reply an SMTP server sent; Remote-MTA only for a
+    # server that answered. A lifetime expiry after the hop's 4xx is still the hop's reply.
+    data = build_dsn(
+        original=b"Subject: x\r\n\r\nbody\r\n", original_sender="ann@example.com",
+        failed=[
+            FailedRecipient("bob@example.net", "550 5.1.1 <bob@example.net>: no such user"),
+            FailedRecipient(
+                "cy@example.net", "552 5.3.4 message size 9000 exceeds size limit 3000 of server 127.0.0.1:25",
+                remote=False,
+            ),
+            FailedRecipient("dee@example.net", "451 4.2.0 busy (queue lifetime exceeded)"),
+            FailedRecipient("eve@example.net", "451 4.4.1 example.net is backing off (queue lifetime exceeded)", remote=False),
+        ],
+        queue_id="Q1", arrival=0.0, reporting_mta="relay.example.com", next_hop="127.0.0.1:25",
+    )
+    report = email.message_from_bytes(data, policy=default_policy)
+    _notice, status, _headers = report.iter_parts()
+    _per_message, *groups = status.get_payload()  # type: ignore[misc]
+    by = {str(g["Final-Recipient"]).removeprefix("rfc822; "): g for g in groups}
+    assert list(by) == ["bob@example.net", "cy@example.net", "dee@example.net", "eve@example.net"]
+    assert by["bob@example.net"]["Diagnostic-Code"] == "smtp; 550 5.1.1 <bob@example.net>: no such user"
+    assert by["bob@example.net"]["Remote-MTA"] == "dns; [127.0.0.1]"
+    assert by["cy@example.net"]["Diagnostic-Code"] == (
+        "X-Smtpplus; 552 5.3.4 message size 9000 exceeds size limit 3000 of server 127.0.0.1:25"
+    )
+    assert by["cy@example.net"]["Remote-MTA"] is None and by["cy@example.net"]["Status"] == "5.3.4"
+    assert by["dee@example.net"]["Diagnostic-Code"] == "smtp; 451 4.2.0 busy (queue lifetime exceeded)"
+    assert by["dee@example.net"]["Remote-MTA"] == "dns; [127.0.0.1]"
+    assert str(by["eve@example.net"]["Diagnostic-Code"]).startswith("X-Smtpplus; 451 4.4.1")
+    assert by["eve@example.net"]["Remote-MTA"] is None and by["eve@example.net"]["Status"] == "4.4.1"

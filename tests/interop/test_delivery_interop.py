@@ -58,6 +58,21 @@ def report_fields(t: Transaction) -> str:
     return "".join(str(p) for p in status.get_payload())  # type: ignore[union-attr]
 
 
+def recipient_reports(t: Transaction) -> dict[str, Any]:
+    """The per-recipient field groups of a bounce's message/delivery-status part, as the
+    email package parses them, by Final-Recipient address."""
+    report = t.parsed()
+    assert report.get_content_type() == "multipart/report"
+    status = list(report.iter_parts())[1]
+    assert status.get_content_type() == "message/delivery-status"
+    _per_message, *per_recipient = status.get_payload()  # type: ignore[misc]
+    return {str(group["Final-Recipient"]).partition(";")[2].strip(): group for group in per_recipient}
+
+
+def diagnostic_type(group: Any) -> str:
+    return str(group["Diagnostic-Code"]).partition(";")[0].strip()
+
+
 async def test_size_and_dsn_parameters_go_to_a_hop_that_offers_them_and_it_reports_by_itself(db: Any, store_path: Path) -> None:
     async with NextHop() as hop:
         point(db, hop)
@@ -232,6 +247,10 @@ async def test_a_message_needing_smtputf8_fails_with_5_6_7_at_a_hop_without_it_a
     assert old.rcpt_commands == 2  # the ASCII message's and the bounce's: the other never went out
     assert [t.rcpt_tos for t in old.transactions if t.mail_from] == [["cy@example.net"]]
     assert bounce.rcpt_tos == [SENDER] and "Status: 5.6.7" in report_fields(bounce)
+    # The relay refused it before sending: no server said 5.6.7 (RFC 3464 §2.3.6).
+    group = recipient_reports(bounce)["bob@example.net"]
+    assert diagnostic_type(group) == "X-Smtpplus" and "5.6.7" in str(group["Diagnostic-Code"])
+    assert group["Remote-MTA"] is None
     assert "SMTPUTF8" in t.mail_params and t.rcpt_tos == ["jürgen@example.net"]
 
 
@@ -327,6 +346,29 @@ async def test_a_message_over_the_hops_size_fails_with_5_3_4_unsent_and_bounces(
     assert str(Reason.FAILED_SIZE_LIMIT) in reasons_of(db, queued[0].queue_id)
     [bounce] = bounces(hop)
     assert bounce.rcpt_tos == [SENDER] and "Status: 5.3.4" in report_fields(bounce)
+    group = recipient_reports(bounce)["bob@example.net"]  # refused here, before MAIL: the relay's own words
+    assert diagnostic_type(group) == "X-Smtpplus" and str(group["Diagnostic-Code"]).endswith(reply)
+    assert group["Remote-MTA"] is None and group["Action"] == "failed" and group["Status"] == "5.3.4"
+
+
+async def test_a_bounce_says_smtp_and_remote_mta_only_for_what_the_hop_answered(db: Any, store_path: Path) -> None:
+    # One recipient the hop refuses with its own 550, one message the relay refuses by
+    # itself (over the hop's SIZE): two bounces, told apart by their Diagnostic-Code.
+    async with NextHop(size_limit=3000) as hop:
+        point(db, hop)
+        refused = plain(["bad-one@example.net", "cy@example.net"], subject="refused")
+        big = plain(["dee@example.net"], subject="big", body=("x" * 70 + "\r\n") * 60)
+        queued = insert_messages(db, [refused, big])
+        async with running_engine(store_path):
+            await eventually(lambda: len(bounces(hop)) == 2)
+            await eventually(lambda: state_of(db, queued[1].queue_id) == "failed")
+    by_recipient = {a: g for t in bounces(hop) for a, g in recipient_reports(t).items()}
+    assert set(by_recipient) == {"bad-one@example.net", "dee@example.net"}
+    remote, local = by_recipient["bad-one@example.net"], by_recipient["dee@example.net"]
+    assert diagnostic_type(remote) == "smtp" and str(remote["Diagnostic-Code"]).startswith("smtp; 550 5.1.1")
+    assert remote["Remote-MTA"] == "dns; [127.0.0.1]" and remote["Status"] == "5.1.1"
+    assert diagnostic_type(local) == "X-Smtpplus" and "552 5.3.4 message size" in str(local["Diagnostic-Code"])
+    assert local["Remote-MTA"] is None and local["Status"] == "5.3.4"
 
 
 def test_the_size_keyword_gives_a_limit_only_when_it_names_one() -> None:

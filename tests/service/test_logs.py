@@ -37,6 +37,17 @@ async def _send(port: int, tls_files: dict[str, Path], sender: str) -> tuple[int
         await client.quit()
 
 
+async def _hostile_login(port: int, tls_files: dict[str, Path]) -> None:
+    """A failed AUTH whose user name carries OSC 0: its event's user= field must show it escaped."""
+    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=True, tls_context=client_context(tls_files), timeout=10)
+    await client.connect()
+    try:
+        with pytest.raises(aiosmtplib.SMTPAuthenticationError):
+            await client.login(HOSTILE.decode() + "alice", "wrong")
+    finally:
+        client.close()
+
+
 async def _hostile_command(port: int) -> None:
     raw = await Raw.connect(port)
     code, _ = await raw.command(HOSTILE)
@@ -110,7 +121,9 @@ async def test_the_log_file_is_reopened_on_sighup_and_text_lines_are_escaped(
         _wait_for(log_file, "")  # the reopen makes a new file at the path
         refused = await _send(port, tls_files, "x@z.example")
         assert refused[0] == 550
-        fresh = _wait_for(log_file, "sender-not-authorized")
+        await _hostile_login(port, tls_files)
+        fresh = _wait_for(log_file, "auth-unknown-user")
+        assert "sender-not-authorized" in fresh
     finally:
         assert relay.stop() == 0
     assert relay.output() == ""  # nothing on stderr: it all went to the file
@@ -123,6 +136,9 @@ async def test_the_log_file_is_reopened_on_sighup_and_text_lines_are_escaped(
     [refusal] = [line for line in fresh.splitlines() if "sender-not-authorized" in line]
     assert " INFO refused sender-not-authorized: " in refusal
     assert f"kind=refused reason=sender-not-authorized user=alice client=127.0.0.1 port={port}" in refusal
+    # A control byte in user= is shown as in the message: \x1b, as docs/production.md says (not "?").
+    [login] = [line for line in fresh.splitlines() if "auth-unknown-user" in line]
+    assert f"kind=auth reason=auth-unknown-user user=\\x1b]0;OWNED\\x07alice client=127.0.0.1 port={port}" in login
     assert log_file.read_text(encoding="utf-8").rstrip().endswith("stopped")
 
 
