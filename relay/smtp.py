@@ -3,8 +3,10 @@
 aiosmtpd 1.4.6 parses addresses with the email package (which silently drops source
 routes), leaks exception text in its default error reply, answers STARTTLS inside TLS
 by starting TLS again and words many replies without enhanced status codes, so this
-class takes over every command and keeps aiosmtpd for the connection, the command
-loop and the TLS upgrade (which discards commands pipelined before the handshake).
+class takes over every command and keeps aiosmtpd for the connection and the command
+loop; the STARTTLS upgrade runs through the event loop's own TLS layer
+(:meth:`RelaySMTP._start_tls`) and, as aiosmtpd's, discards commands pipelined
+before the handshake.
 What aiosmtpd still says itself is put in our words in :meth:`RelaySMTP.push`.
 
 The session is split as aiosmtpd's own package is: this module (connection, limits,
@@ -117,6 +119,7 @@ COMMAND_LIMIT = 512  # RFC 5321 4.5.3.1.4, CRLF included
 MAIL_LIMIT = COMMAND_LIMIT + 26 + 15 + 9 + 506 + 9 + 107
 RCPT_LIMIT = COMMAND_LIMIT + 31 + 507
 UNKNOWN_COMMAND_LIMIT = 5  # the fifth unknown command closes the connection (as aiosmtpd; with 421, RFC 5321 3.8)
+STARTTLS_HANDSHAKE_TIMEOUT = 30.0  # seconds a client gets to finish the handshake after STARTTLS (as on 465)
 RDNS_WAIT = 2.0  # seconds DATA waits for the client's reverse DNS name (then "unknown")
 LINE_LIMIT = 2048  # the stream's line limit: over the longest command (Postfix: 2048)
 # Work on more than this many bytes goes to a worker thread: the event loop serves
@@ -152,6 +155,22 @@ SAMPLE_CHARS = 60
 
 # ---------------------------------------------------------------------------
 # Shared state of all sessions
+
+
+class _StartedTls:
+    """Where aiosmtpd keeps its STARTTLS layer (``SMTP._tls_protocol``): the relay's own
+    upgrade (:meth:`RelaySMTP._start_tls`) leaves this there, with the TLS details
+    aiosmtpd copies into ``session.ssl``."""
+
+    def __init__(self, transport: asyncio.BaseTransport | None) -> None:
+        names = ("peercert", "cipher", "compression", "ssl_object")
+        self._extra = {} if transport is None else {name: transport.get_extra_info(name) for name in names}
+
+    def __repr__(self) -> str:
+        return "<STARTTLS>"
+
+
+_HANDSHAKING = _StartedTls(None)
 
 
 class ConnectionTracker:
@@ -494,9 +513,19 @@ class RelaySMTP(SaslCommands):
         transport = self.transport
         if transport is None:
             return
+        if self._in_handshake():
+            transport.abort()  # type: ignore[attr-defined]
+            return
         if not transport.is_closing():
             transport.write(reply.encode("ascii") + b"\r\n")  # type: ignore[attr-defined]
         self._close()
+
+    def _in_handshake(self) -> bool:
+        """Between STARTTLS's 220 and the end of the handshake the transport is still
+        the plain one: a reply written there would land inside the client's TLS
+        handshake, so the only thing to do then is to drop the connection (the
+        handshake fails, and the session ends as any failed STARTTLS does)."""
+        return self._tls_protocol is _HANDSHAKING
 
     def _set_post_data_state(self) -> None:
         # aiosmtpd calls this for RSET, HELO/EHLO and after DATA: a new envelope.
@@ -608,6 +637,9 @@ class RelaySMTP(SaslCommands):
         implicit-TLS handshake is closed: there is no session to tell yet)."""
         if self.transport is None and self.handshake is not None:
             self.handshake.cancel()
+            return
+        if self.transport is not None and self._in_handshake():
+            self.transport.abort()  # type: ignore[attr-defined]
             return
         if self.transport is not None and not self.transport.is_closing():
             self._writer.write(Replies.SHUTTING_DOWN.encode("ascii") + b"\r\n")
@@ -733,7 +765,42 @@ class RelaySMTP(SaslCommands):
         if self.tls_context is None:
             await self.push(Replies.TLS_NOT_AVAILABLE)
             return
-        await super().smtp_STARTTLS(arg)
+        await self.push(Replies.READY_FOR_TLS)
+        await self._start_tls(self.tls_context)
+
+    async def _start_tls(self, context: ssl.SSLContext) -> None:
+        """The upgrade through the event loop's own TLS layer (uvloop's, in C, where the
+        relay runs on uvloop) instead of aiosmtpd's, which wraps the connection in
+        asyncio's pure-Python one: the same handshake and rules, about a fifth less of
+        the session thread's CPU per message on a reused connection.
+
+        RFC 3207 4.2: what the client pipelined after STARTTLS is dropped; the session
+        starts over once the handshake is done (``connection_made``)."""
+        plain = self.transport
+        assert plain is not None
+        self._reader._buffer.clear()  # type: ignore[attr-defined]
+        self._original_transport = plain
+        self._tls_protocol = _HANDSHAKING  # type: ignore[assignment]
+        try:
+            tls = await self.loop.start_tls(
+                plain, self, context, server_side=True, ssl_handshake_timeout=STARTTLS_HANDSHAKE_TIMEOUT  # type: ignore[arg-type]
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            raise TLSSetupException() from error
+        if tls is None or tls.is_closing():
+            # Closed during the handshake (the client left, the relay stopped, the
+            # session timed out): asyncio returns None, uvloop a closed transport.
+            raise TLSSetupException("the connection closed during the handshake")
+        # A TLS 1.3 client may send its EHLO with its last handshake flight: the loop
+        # hands it over before this coroutine resumes, and connection_made empties the
+        # reader (aiosmtpd drops plaintext there), so keep it.
+        early = bytes(self._reader._buffer)  # type: ignore[attr-defined]
+        self._tls_protocol = _StartedTls(tls)  # type: ignore[assignment]
+        self.connection_made(tls)
+        if early:
+            self._reader.feed_data(early)
 
     # -- the transaction -----------------------------------------------------
 

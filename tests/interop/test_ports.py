@@ -33,13 +33,7 @@ from tests.relay.support import (
     message,
     relay_config,
     running_relay,
-    seed_store,
 )
-
-
-@pytest.fixture
-def seeded(store_path: Path) -> Seeded:
-    return seed_store(store_path)
 
 
 def _ssl_session(port: int, tls_files: dict[str, Path]) -> tuple[smtplib.SMTP_SSL, tuple[int, bytes]]:

@@ -34,18 +34,12 @@ from tests.relay.support import (
     relay_config,
     rows,
     running_relay,
-    seed_store,
     settle,
     split_trace,
     stored_body,
     stored_messages,
     stored_recipients,
 )
-
-
-@pytest.fixture
-def seeded(store_path: Path) -> Seeded:
-    return seed_store(store_path)
 
 
 @pytest.fixture
