@@ -771,8 +771,8 @@ class RelaySMTP(SaslCommands):
     async def _start_tls(self, context: ssl.SSLContext) -> None:
         """The upgrade through the event loop's own TLS layer (uvloop's, in C, where the
         relay runs on uvloop) instead of aiosmtpd's, which wraps the connection in
-        asyncio's pure-Python one: the same handshake and rules, about a fifth less of
-        the session thread's CPU per message on a reused connection.
+        asyncio's pure-Python one: the same handshake and rules, about a tenth less of
+        the relay's CPU a message on a reused connection (380 against 417 µs measured).
 
         RFC 3207 4.2: what the client pipelined after STARTTLS is dropped; the session
         starts over once the handshake is done (``connection_made``)."""
