@@ -139,6 +139,13 @@ class Dialect(Protocol):
         all of it at once."""
         ...
 
+    def new_ids(self, db: Connection, table: str, count: int) -> range | None:
+        """Inside a write transaction, the ids the next ``count`` rows of ``table`` get,
+        for the caller to insert them with (SQLite: after the largest id, as SQLite
+        itself picks them; the write lock is held, so no one else takes them) — or
+        None: the database picks them and ``RETURNING`` tells (PostgreSQL: a sequence)."""
+        ...
+
     def rows_per_insert(self) -> int:
         """How many rows a group commit hands :meth:`insert_rows` at once: a few
         dozen where statements are in-process (SQLite: fewer GIL hand-offs between

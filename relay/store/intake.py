@@ -178,13 +178,19 @@ _BODY_COLUMNS = ("message_id", "data")
 
 def _insert_grouped(db: Connection, messages: Sequence[NewMessage], stamp: float, rows_per_insert: int) -> list[Queued]:
     dialect = dialect_of(db)
-    ids: dict[str, int] = {}
-    message_rows = [_message_row(m, stamp) for m in messages]
-    for chunk in _chunks(message_rows, rows_per_insert):
-        # RETURNING's order is not promised to be the rows' order: match by queue id.
-        for row in dialect.insert_rows(db, "messages", MESSAGE_COLUMNS, chunk, "RETURNING id, queue_id"):
-            ids[row[1]] = int(row[0])
-    out = [Queued(ids[m.queue_id], m.queue_id) for m in messages]
+    given = dialect.new_ids(db, "messages", len(messages))
+    if given is not None:
+        out = [Queued(i, m.queue_id) for i, m in zip(given, messages, strict=True)]
+        rows = [(q.message_id, *_message_row(m, stamp)) for q, m in zip(out, messages, strict=True)]
+        for chunk in _chunks(rows, rows_per_insert):
+            dialect.insert_rows(db, "messages", ("id", *MESSAGE_COLUMNS), chunk)
+    else:
+        ids: dict[str, int] = {}
+        for chunk in _chunks([_message_row(m, stamp) for m in messages], rows_per_insert):
+            # RETURNING's order is not promised to be the rows' order: match by queue id.
+            for row in dialect.insert_rows(db, "messages", MESSAGE_COLUMNS, chunk, "RETURNING id, queue_id"):
+                ids[row[1]] = int(row[0])
+        out = [Queued(ids[m.queue_id], m.queue_id) for m in messages]
     _insert_bodies(db, [(q.message_id, m.data) for q, m in zip(out, messages, strict=True)], rows_per_insert)
     recipient_rows: list[tuple[object, ...]] = []
     for q, m in zip(out, messages, strict=True):

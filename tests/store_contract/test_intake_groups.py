@@ -166,3 +166,24 @@ def test_a_group_commit_keeps_every_value_as_given(db: Any) -> None:
             (q.message_id,),
         ).fetchone()
         assert tuple(event) == (stamp, m.username, m.list_id, m.client, m.port, m.queue_id)
+
+
+def test_groups_after_others_and_after_deletes_each_get_fresh_ids(db: Any) -> None:
+    """SQLite's group commit picks its ids itself (after the largest, under the write
+    lock) instead of reading them back row by row: a group after other groups, after
+    a single message and after the newest messages were deleted still gets ids no
+    row holds, each tied to its own row and body."""
+    messages = _group(db)[:120]
+    intake = ops(db).intake
+    first = intake.insert_messages(db, messages[:40])
+    single = intake.insert_messages(db, messages[40:41])
+    db.execute("DELETE FROM messages WHERE id IN (?, ?)", (first[-1].message_id, single[0].message_id))
+    second = intake.insert_messages(db, messages[41:])
+    kept = [*first[:-1], *second]
+    assert len({q.message_id for q in kept}) == len(kept)
+    rows = dict(db.execute("SELECT id, queue_id FROM messages").fetchall())
+    assert rows == {q.message_id: q.queue_id for q in kept}
+    for q, m in zip(second, messages[41:], strict=True):
+        body = db.execute("SELECT data FROM message_bodies WHERE message_id = ?", (q.message_id,)).fetchone()[0]
+        assert bytes(body) == m.data
+    assert ops(db).counts.differences(db) == []

@@ -18,7 +18,7 @@ from relay.store.postgres.connection import lease_transaction, transaction, tran
 
 __all__ = [
     "batch", "body_bytes_per_insert", "bulk_load", "claim_floors", "claim_reads", "data_version", "group_statement", "insert_group", "insert_rows", "lease_transaction",
-    "load_rows",
+    "load_rows", "new_ids",
     "rows_per_insert", "skip_locked", "transaction", "write_body",
 ]
 
@@ -119,6 +119,11 @@ def load_rows(db: Any, table: str, columns: Sequence[str], rows: Iterable[Sequen
                 copy.write_row(row)
     except psycopg.Error as exc:
         raise translate(exc, db.location) from None
+
+
+def new_ids(db: Any, table: str, count: int) -> None:
+    # The sequence gives the ids; RETURNING tells them (one round trip either way).
+    return None
 
 
 def rows_per_insert() -> int:
