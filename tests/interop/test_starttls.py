@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import re
 import socket
 import ssl
 import sys
@@ -28,6 +29,8 @@ from tests.relay.support import (
     client_context,
     relay_config,
     running_relay,
+    stored_body,
+    stored_messages,
 )
 
 LOOPS = ["asyncio", "uvloop"] if sys.platform.startswith("linux") else ["asyncio"]
@@ -104,6 +107,10 @@ def test_commands_sent_right_behind_a_tls13_handshake_are_all_answered(
         assert count_messages(db) == count
     finally:
         db.close()
+    # The session knows it is encrypted, and how: its Received: line says so.
+    queue_id = stored_messages(seeded.store_path)[0]["queue_id"]
+    received = stored_body(seeded.store_path, queue_id).split(b"\r\n\r\n")[0].decode()
+    assert "with ESMTPSA" in received and re.search(r"\(using TLSv1\.3 with cipher [A-Z0-9_-]+ \(\d+/\d+ bits\)\)", received), received
 
 
 async def _to_starttls(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
