@@ -39,6 +39,7 @@ class SqliteConnection(sqlite3.Connection):
 
 
 BUSY_TIMEOUT_MS = 10_000
+STATEMENT_CACHE = 512  # prepared statements kept per connection (see connect)
 
 # Re-exported: they were defined here before relay.store.errors held them.
 __all__ = [
@@ -209,7 +210,14 @@ def open_store(
             p.parent.mkdir(parents=True, exist_ok=True)
         create_private(p)
         db = sqlite3.connect(
-            p, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000, factory=SqliteConnection
+            p,
+            isolation_level=None,
+            check_same_thread=False,
+            timeout=BUSY_TIMEOUT_MS / 1000,
+            factory=SqliteConnection,
+            # A group commit's INSERTs have a text per row count (1–64) for messages,
+            # recipients and events: room for those beside the rest (the default is 128).
+            cached_statements=STATEMENT_CACHE,
         )
         _configure(db)
         migrate(db, target=migrate_to)

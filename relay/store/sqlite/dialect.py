@@ -111,10 +111,11 @@ def rows_per_insert() -> int:
     return GROUP_ROWS if sqlite3.sqlite_version_info >= (3, 35, 0) else 1
 
 
-# At most this many rows in one INSERT. Chunks are powers of two (a group of 13:
-# 8 + 4 + 1), so each table has a handful of statement texts in the statement
+# At most this many rows in one INSERT. Bodies go in power-of-two chunks (a group of
+# 13: 8 + 4 + 1), so there are a handful of body statement texts in the statement
 # cache, and a cached body statement keeps at most one chunk's bodies (SQLite copies
-# what is bound and keeps the copy until the statement's next use).
+# what is bound and keeps the copy until the statement's next use). Other rows are
+# small: one statement per table, a text per row count (the cache holds them all).
 GROUP_ROWS = 64
 
 
@@ -143,7 +144,11 @@ def insert_rows(
     out: list[Any] = []
     start = 0
     while start < len(rows):
-        count = 1 << (min(len(rows) - start, most).bit_length() - 1)  # the largest power of two that fits
+        left = min(len(rows) - start, most)
+        # Bodies in power-of-two chunks (see GROUP_ROWS); other rows all in one
+        # statement: each statement is two GIL hand-offs (step, reset) that can each
+        # wait on the busy event loop, and the group commit's clients wait for them all.
+        count = 1 << (left.bit_length() - 1) if table == "message_bodies" else left
         chunk = rows[start : start + count]
         sql = _insert_sql(table, tuple(columns), count, tail)
         out.extend(db.execute(sql, [value for row in chunk for value in row] if count > 1 else chunk[0]).fetchall())
@@ -151,7 +156,7 @@ def insert_rows(
     return out
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=512)
 def _insert_sql(table: str, columns: tuple[str, ...], count: int, tail: str) -> str:
     row = f"({', '.join('?' * len(columns))})"
     return f"INSERT INTO {table}({', '.join(columns)}) VALUES {', '.join([row] * count)} {tail}".rstrip()
