@@ -995,6 +995,8 @@ async def test_a_delivering_engine_claims_from_floors_while_relays_beat(pg_url: 
         assert floors.confirmed > 0 and floors.forgotten <= 3, (floors.confirmed, floors.forgotten)
     finally:
         stop.set()
+        if beats.is_alive():
+            await asyncio.to_thread(beats.join, 10)  # a beat under way must end before its connection closes
         await sink.stop()
         db.close()
         beating.close()
