@@ -135,12 +135,7 @@ async def _sessions_gone(service: RelayService) -> bool:
 
 
 async def _still_serves(service: RelayService, tls_files: dict[str, Path]) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", service.served[0])
-    assert (await reader.readline()).startswith(b"220 ")
-    writer.write(b"EHLO client.test\r\nSTARTTLS\r\n")
-    while not (line := await reader.readline()).startswith(b"250 "):
-        pass
-    assert (await reader.readline()).startswith(b"220 ")
+    reader, writer = await _to_starttls(service.served[0])
     await writer.start_tls(client_context(tls_files), server_hostname="127.0.0.1")
     writer.write(b"EHLO client.test\r\n")
     while not (line := await reader.readline()).startswith(b"250 "):
